@@ -1,0 +1,59 @@
+// Combine: out[t, c] = sum over slots j (in order) of weight[t, j] * y[row(t, j), c],
+// plus the shared expert's output (times sigmoid(gate logit) when gated). Fixed
+// summation order, no atomics: deterministic.
+// Layout: routed_ids, weights, assignment_row [T * k]; y [rows, d]; shared_out [T, d];
+// shared_gate [T]; out [T, d]. row(t, j) = assignment_row[t*k + j], or t*k + j when
+// identity_rows (decode path); SENTINEL rows (dropped) add nothing.
+// Mapping: one invocation per output element, 64 per workgroup.
+
+struct CombineParams {
+    tokens: u32,
+    top_k: u32,
+    dim: u32,
+    identity_rows: u32,
+    shared_mode: u32, // 0 = none, 1 = added as is, 2 = times sigmoid(shared_gate[t])
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: CombineParams;
+@group(0) @binding(1) var<storage, read> routed_ids: array<u32>;
+@group(0) @binding(2) var<storage, read> assignment_row: array<u32>;
+@group(0) @binding(3) var<storage, read> weights: array<f32>;
+@group(0) @binding(4) var<storage, read> y: array<f32>;
+@group(0) @binding(5) var<storage, read> shared_out: array<f32>;
+@group(0) @binding(6) var<storage, read> shared_gate: array<f32>;
+@group(0) @binding(7) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(64)
+fn combine(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let idx = linear_workgroup(wid, nwg) * 64u + lid;
+    if (idx >= p.tokens * p.dim) {
+        return;
+    }
+    let t = idx / p.dim;
+    let c = idx % p.dim;
+    var acc = 0.0;
+    for (var j = 0u; j < p.top_k; j++) {
+        let a = t * p.top_k + j;
+        if (routed_ids[a] == SENTINEL) {
+            continue;
+        }
+        let row = select(assignment_row[a], a, p.identity_rows != 0u);
+        if (row == SENTINEL) {
+            continue;
+        }
+        acc += weights[a] * y[row * p.dim + c];
+    }
+    if (p.shared_mode == 1u) {
+        acc += shared_out[idx];
+    } else if (p.shared_mode == 2u) {
+        acc += shared_out[idx] * (1.0 / (1.0 + exp(-shared_gate[t])));
+    }
+    out[idx] = acc;
+}

@@ -1,0 +1,134 @@
+// Expert GEMV (decode path, few tokens): each assignment's row times its own expert's
+// weights, with no permutation, so only the selected experts' weights are read.
+// gate_up: h[a, n] = silu(x[tok] . gate[e, n]) * (x[tok] . up[e, n]), tok = a / rows_per_token
+// down:    y[a, n] = h[a] . down[e, n]
+// e = routed_ids[a] (SENTINEL: dropped, skipped); dense mode (dense != 0): row a is token a
+// and the expert is 0 (shared expert). Weights [E_chunk, N, K] (WEIGHT_DTYPE) of experts
+// expert_begin..expert_end; assignments of other experts exit at once.
+// Mapping: one 64-invocation workgroup per (assignment, group of ROWS outputs); each
+// invocation sums a strided slice of K (coalesced weight reads), then a fixed-order
+// tree reduction in shared memory (deterministic).
+
+struct GemvParams {
+    rows_per_token: u32,
+    k_dim: u32,
+    n_dim: u32,
+    row_groups: u32,
+    expert_begin: u32,
+    expert_end: u32,
+    assignments: u32,
+    dense: u32,
+}
+
+const WG: u32 = 64u;
+const ROWS: u32 = 4u;
+
+@group(0) @binding(0) var<uniform> p: GemvParams;
+@group(0) @binding(1) var<storage, read> a_in: array<f32>;
+@group(0) @binding(2) var<storage, read> routed_ids: array<u32>;
+@group(0) @binding(3) var<storage, read> w0: array<u32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read> w1: array<u32>;
+
+var<workgroup> partial: array<f32, 512>; // [2 matrices][ROWS][WG]
+var<workgroup> shared_expert_id: u32;
+
+fn expert_of(a: u32, lid: u32) -> u32 {
+    if (lid == 0u) {
+        var e = 0u;
+        if (p.dense == 0u) {
+            e = routed_ids[a];
+        }
+        shared_expert_id = e;
+    }
+    return workgroupUniformLoad(&shared_expert_id);
+}
+
+// Sums partial[slot * WG ..][0..WG] into partial[slot * WG] for `slots` slots.
+fn reduce_partials(lid: u32, slots: u32) {
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        workgroupBarrier();
+        if (lid < stride) {
+            for (var s = 0u; s < slots; s++) {
+                partial[s * WG + lid] += partial[s * WG + lid + stride];
+            }
+        }
+    }
+    workgroupBarrier();
+}
+
+@compute @workgroup_size(64)
+fn gate_up(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let wg = linear_workgroup(wid, nwg);
+    if (wg >= p.assignments * p.row_groups) {
+        return;
+    }
+    let a = wg / p.row_groups;
+    let n0 = (wg % p.row_groups) * ROWS;
+    let e = expert_of(a, lid);
+    if (e == SENTINEL || e < p.expert_begin || e >= p.expert_end) {
+        return;
+    }
+    let tok = select(a / p.rows_per_token, a, p.dense != 0u);
+    let base = (e - p.expert_begin) * p.n_dim * p.k_dim;
+    var acc_g: array<f32, ROWS>;
+    var acc_u: array<f32, ROWS>;
+    for (var i = lid; i < p.k_dim; i += WG) {
+        let xv = a_in[tok * p.k_dim + i];
+        for (var r = 0u; r < ROWS; r++) {
+            let n = min(n0 + r, p.n_dim - 1u);
+            let wi = base + n * p.k_dim + i;
+            acc_g[r] += xv * decode_weight(w0[weight_word(wi)], wi);
+            acc_u[r] += xv * decode_weight(w1[weight_word(wi)], wi);
+        }
+    }
+    for (var r = 0u; r < ROWS; r++) {
+        partial[r * WG + lid] = acc_g[r];
+        partial[(ROWS + r) * WG + lid] = acc_u[r];
+    }
+    reduce_partials(lid, 2u * ROWS);
+    if (lid < ROWS && n0 + lid < p.n_dim) {
+        let g = partial[lid * WG];
+        let u = partial[(ROWS + lid) * WG];
+        out[a * p.n_dim + n0 + lid] = silu(g) * u;
+    }
+}
+
+@compute @workgroup_size(64)
+fn down(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let wg = linear_workgroup(wid, nwg);
+    if (wg >= p.assignments * p.row_groups) {
+        return;
+    }
+    let a = wg / p.row_groups;
+    let n0 = (wg % p.row_groups) * ROWS;
+    let e = expert_of(a, lid);
+    if (e == SENTINEL || e < p.expert_begin || e >= p.expert_end) {
+        return;
+    }
+    let base = (e - p.expert_begin) * p.n_dim * p.k_dim;
+    var acc: array<f32, ROWS>;
+    for (var i = lid; i < p.k_dim; i += WG) {
+        let hv = a_in[a * p.k_dim + i];
+        for (var r = 0u; r < ROWS; r++) {
+            let n = min(n0 + r, p.n_dim - 1u);
+            let wi = base + n * p.k_dim + i;
+            acc[r] += hv * decode_weight(w0[weight_word(wi)], wi);
+        }
+    }
+    for (var r = 0u; r < ROWS; r++) {
+        partial[r * WG + lid] = acc[r];
+    }
+    reduce_partials(lid, ROWS);
+    if (lid < ROWS && n0 + lid < p.n_dim) {
+        out[a * p.n_dim + n0 + lid] = partial[lid * WG];
+    }
+}

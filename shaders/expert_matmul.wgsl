@@ -1,0 +1,230 @@
+// Grouped expert matmul (prefill path): for each row block of the permuted layout,
+// its rows times the weights of the block's expert, tiled BM x BN with BK-deep
+// shared-memory slices. Each output is summed over the inner dimension in index
+// order in f32, whatever the tiling.
+// gate_up: h[row, n] = silu(x[tok] . gate[e, n]) * (x[tok] . up[e, n]), x [T, d] gathered
+//          through row_assignment (tok = assignment / rows_per_token), h [rows, ffn].
+// down:    y[row, n] = h[row] . down[e, n], y [rows, d].
+// Weights [E_chunk, N, K] (WEIGHT_DTYPE) hold experts expert_begin..expert_end of one
+// chunk; blocks of other experts, empty blocks and SENTINEL blocks exit at once.
+// Dense mode (dense_rows > 0): row r is token r and the expert is 0 (shared expert).
+// Mapping: one 256-invocation workgroup per (row block, column tile); invocation
+// (ty, tx) = (lid / 16, lid % 16) computes rows 2ty..2ty+1, columns tx + 16j, j < 4.
+
+struct MatmulParams {
+    rows_per_token: u32,
+    k_dim: u32,
+    n_dim: u32,
+    col_tiles: u32,
+    expert_begin: u32,
+    expert_end: u32,
+    blocks: u32,
+    dense_rows: u32,
+}
+
+const BM: u32 = 32u;
+const BN: u32 = 64u;
+const BK: u32 = 16u;
+
+@group(0) @binding(0) var<uniform> p: MatmulParams;
+@group(0) @binding(1) var<storage, read> a_in: array<f32>;
+@group(0) @binding(2) var<storage, read> row_assignment: array<u32>;
+@group(0) @binding(3) var<storage, read> block_expert: array<u32>;
+@group(0) @binding(4) var<storage, read> w0: array<u32>;
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+@group(0) @binding(6) var<storage, read> w1: array<u32>;
+
+var<workgroup> tile_a: array<f32, 512>;   // [BM][BK]
+var<workgroup> tile_b0: array<f32, 1024>; // [BK][BN]
+var<workgroup> tile_b1: array<f32, 1024>; // [BK][BN]
+var<workgroup> src_row: array<u32, BM>;   // row of a_in feeding each tile row, or SENTINEL
+var<workgroup> shared_expert_id: u32;
+
+// The expert of row block b (uniform across the workgroup).
+fn block_expert_of(b: u32, lid: u32) -> u32 {
+    if (lid == 0u) {
+        var e = 0u;
+        if (p.dense_rows == 0u) {
+            e = block_expert[b];
+        }
+        shared_expert_id = e;
+    }
+    return workgroupUniformLoad(&shared_expert_id);
+}
+
+// Fills src_row for block b. gather_tokens: a_in rows are tokens (gate_up), else rows.
+fn prepare_rows(b: u32, lid: u32, gather_tokens: bool) {
+    if (lid < BM) {
+        let row = b * BM + lid;
+        var src = SENTINEL;
+        if (p.dense_rows > 0u) {
+            if (row < p.dense_rows) {
+                src = row;
+            }
+        } else {
+            let a = row_assignment[row];
+            if (a != SENTINEL) {
+                src = select(row, a / p.rows_per_token, gather_tokens);
+            }
+        }
+        src_row[lid] = src;
+    }
+    workgroupBarrier();
+}
+
+fn load_a_tile(k0: u32, lid: u32) {
+    for (var i = 0u; i < 2u; i++) {
+        let idx = lid + 256u * i;
+        let r = idx / BK;
+        let k = k0 + idx % BK;
+        let src = src_row[r];
+        var v = 0.0;
+        if (src != SENTINEL && k < p.k_dim) {
+            v = a_in[src * p.k_dim + k];
+        }
+        tile_a[idx] = v;
+    }
+}
+
+// Index into the weights of element idx (0..1023) of a [BK][BN] weight slice for
+// expert-local index e, or SENTINEL outside the matrix. The slice is stored transposed
+// (tile[kk][n]) while consecutive invocations read consecutive k of one weight row.
+fn weight_tile_index(idx: u32, k0: u32, col0: u32, e: u32) -> u32 {
+    let col = col0 + idx / BK;
+    let k = k0 + idx % BK;
+    if (col >= p.n_dim || k >= p.k_dim) {
+        return SENTINEL;
+    }
+    return e * p.n_dim * p.k_dim + col * p.k_dim + k;
+}
+
+fn tile_slot(idx: u32) -> u32 {
+    return (idx % BK) * BN + idx / BK;
+}
+
+fn load_w0_tile(k0: u32, col0: u32, e: u32, lid: u32) {
+    for (var i = 0u; i < 4u; i++) {
+        let idx = lid + 256u * i;
+        let wi = weight_tile_index(idx, k0, col0, e);
+        var v = 0.0;
+        if (wi != SENTINEL) {
+            v = decode_weight(w0[weight_word(wi)], wi);
+        }
+        tile_b0[tile_slot(idx)] = v;
+    }
+}
+
+fn load_w1_tile(k0: u32, col0: u32, e: u32, lid: u32) {
+    for (var i = 0u; i < 4u; i++) {
+        let idx = lid + 256u * i;
+        let wi = weight_tile_index(idx, k0, col0, e);
+        var v = 0.0;
+        if (wi != SENTINEL) {
+            v = decode_weight(w1[weight_word(wi)], wi);
+        }
+        tile_b1[tile_slot(idx)] = v;
+    }
+}
+
+@compute @workgroup_size(256)
+fn gate_up(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let wg = linear_workgroup(wid, nwg);
+    if (wg >= p.blocks * p.col_tiles) {
+        return;
+    }
+    let b = wg / p.col_tiles;
+    let col0 = (wg % p.col_tiles) * BN;
+    let e = block_expert_of(b, lid);
+    if (e == SENTINEL || e < p.expert_begin || e >= p.expert_end) {
+        return;
+    }
+    prepare_rows(b, lid, true);
+    let ty = lid / 16u;
+    let tx = lid % 16u;
+    var acc_g: array<f32, 8>;
+    var acc_u: array<f32, 8>;
+    for (var k0 = 0u; k0 < p.k_dim; k0 += BK) {
+        load_a_tile(k0, lid);
+        load_w0_tile(k0, col0, e - p.expert_begin, lid);
+        load_w1_tile(k0, col0, e - p.expert_begin, lid);
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            let a0 = tile_a[(ty * 2u) * BK + kk];
+            let a1 = tile_a[(ty * 2u + 1u) * BK + kk];
+            for (var j = 0u; j < 4u; j++) {
+                let g = tile_b0[kk * BN + tx + 16u * j];
+                let u = tile_b1[kk * BN + tx + 16u * j];
+                acc_g[j] += a0 * g;
+                acc_g[4u + j] += a1 * g;
+                acc_u[j] += a0 * u;
+                acc_u[4u + j] += a1 * u;
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 2u; i++) {
+        if (src_row[ty * 2u + i] == SENTINEL) {
+            continue;
+        }
+        let row = b * BM + ty * 2u + i;
+        for (var j = 0u; j < 4u; j++) {
+            let col = col0 + tx + 16u * j;
+            if (col < p.n_dim) {
+                out[row * p.n_dim + col] = silu(acc_g[4u * i + j]) * acc_u[4u * i + j];
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn down(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let wg = linear_workgroup(wid, nwg);
+    if (wg >= p.blocks * p.col_tiles) {
+        return;
+    }
+    let b = wg / p.col_tiles;
+    let col0 = (wg % p.col_tiles) * BN;
+    let e = block_expert_of(b, lid);
+    if (e == SENTINEL || e < p.expert_begin || e >= p.expert_end) {
+        return;
+    }
+    prepare_rows(b, lid, false);
+    let ty = lid / 16u;
+    let tx = lid % 16u;
+    var acc: array<f32, 8>;
+    for (var k0 = 0u; k0 < p.k_dim; k0 += BK) {
+        load_a_tile(k0, lid);
+        load_w0_tile(k0, col0, e - p.expert_begin, lid);
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            let a0 = tile_a[(ty * 2u) * BK + kk];
+            let a1 = tile_a[(ty * 2u + 1u) * BK + kk];
+            for (var j = 0u; j < 4u; j++) {
+                let w = tile_b0[kk * BN + tx + 16u * j];
+                acc[j] += a0 * w;
+                acc[4u + j] += a1 * w;
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 2u; i++) {
+        if (src_row[ty * 2u + i] == SENTINEL) {
+            continue;
+        }
+        let row = b * BM + ty * 2u + i;
+        for (var j = 0u; j < 4u; j++) {
+            let col = col0 + tx + 16u * j;
+            if (col < p.n_dim) {
+                out[row * p.n_dim + col] = acc[4u * i + j];
+            }
+        }
+    }
+}

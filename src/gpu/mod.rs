@@ -1,0 +1,7 @@
+//! wgpu plumbing: context, tensors, kernels.
+pub mod context;
+pub mod kernel;
+pub mod tensor;
+
+pub use context::{ContextOptions, GpuContext};
+pub use tensor::{DType, GpuTensor};

@@ -1,0 +1,38 @@
+//! Parses and validates every WGSL file of shaders/ with naga, as the host composes
+//! it (common.wgsl + kernel file), and checks that the list of kernels is complete.
+
+use webmoe::gpu::kernel::{compose, ALL_SHADERS, COMMON_WGSL};
+
+fn validate(name: &str, source: &str) {
+    let module = naga::front::wgsl::parse_str(source)
+        .unwrap_or_else(|e| panic!("{name}: WGSL parse error:\n{}", e.emit_to_string(source)));
+    naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        // What wgpu grants on Vulkan, Metal, DX12 and WebGPU: unpack2x16float for f16 weights.
+        naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32,
+    )
+    .validate(&module)
+    .unwrap_or_else(|e| panic!("{name}: validation error:\n{}", e.emit_to_string(source)));
+}
+
+#[test]
+fn every_shader_file_validates() {
+    validate("common.wgsl", COMMON_WGSL);
+    for shader in ALL_SHADERS {
+        validate(shader.name, &compose(shader));
+    }
+}
+
+#[test]
+fn every_file_in_shaders_dir_is_known() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/shaders");
+    let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".wgsl") && n != "common.wgsl")
+        .collect();
+    on_disk.sort();
+    let mut known: Vec<String> = ALL_SHADERS.iter().map(|s| format!("{}.wgsl", s.name)).collect();
+    known.sort();
+    assert_eq!(on_disk, known, "shaders/ and kernel::ALL_SHADERS disagree");
+}
