@@ -1,0 +1,207 @@
+//! `MoeLayer`: one MoE feed-forward layer on the GPU, recorded into one command
+//! encoder: router logits -> top-k routing -> [capacity] -> permutation ->
+//! expert gate/up (SwiGLU) -> expert down -> [shared expert] -> weighted combine.
+
+use crate::error::{Error, Result};
+use crate::gpu::{DType, GpuContext, GpuTensor};
+use crate::moe::config::MoeConfig;
+use crate::moe::weights::MoeWeights;
+use crate::ops::capacity::{encode_capacity, expert_capacity};
+use crate::ops::combine::{encode_combine, SharedTerm};
+use crate::ops::expert_matmul::{encode_down, encode_gate_up, ExpertRows, ExpertWeights};
+use crate::ops::permute::Permutation;
+use crate::ops::router::encode_router_logits;
+use crate::ops::routing::encode_routing;
+
+struct SharedExpert {
+    gate: ExpertWeights,
+    up: ExpertWeights,
+    down: ExpertWeights,
+    gate_weight: Option<GpuTensor>,
+}
+
+/// The weights of one MoE layer on the GPU, ready to run.
+pub struct MoeLayer {
+    pub config: MoeConfig,
+    router: GpuTensor,
+    selection_bias: Option<GpuTensor>,
+    gate: ExpertWeights,
+    up: ExpertWeights,
+    down: ExpertWeights,
+    shared: Option<SharedExpert>,
+}
+
+/// The layer's output and the intermediate results worth inspecting.
+pub struct MoeOutputs {
+    /// `[T, d]`
+    pub output: GpuTensor,
+    /// `[T, E]`
+    pub router_logits: GpuTensor,
+    /// `[T, k]` experts chosen per token (before any capacity drop).
+    pub topk_ids: GpuTensor,
+    /// `[T, k]`
+    pub topk_weights: GpuTensor,
+    /// `[T, k]` experts actually used (SENTINEL where capacity dropped one).
+    pub routed_ids: GpuTensor,
+    /// `[E]` tokens routed to each expert (routing statistics).
+    pub expert_counts: GpuTensor,
+    /// `[E]` assignments dropped per expert, in capacity mode.
+    pub dropped: Option<GpuTensor>,
+}
+
+impl MoeLayer {
+    /// Validates `weights` against `config` and uploads them.
+    pub fn new(ctx: &GpuContext, config: MoeConfig, weights: &MoeWeights) -> Result<Self> {
+        config.validate()?;
+        weights.validate(&config)?;
+        let (d, f, e) = (config.hidden_size, config.expert_ffn, config.num_experts());
+        let dt = config.weight_dtype;
+        let experts = |name: &str, values: &[f32], shape: [usize; 3]| ExpertWeights::upload(ctx, name, values, shape, dt);
+        let shared = match (&config.shared_expert, &weights.shared) {
+            (Some(cfg), Some(w)) => Some(SharedExpert {
+                gate: experts("shared_expert.gate_proj", &w.gate, [1, cfg.ffn, d])?,
+                up: experts("shared_expert.up_proj", &w.up, [1, cfg.ffn, d])?,
+                down: experts("shared_expert.down_proj", &w.down, [1, d, cfg.ffn])?,
+                gate_weight: match &w.gate_weight {
+                    Some(g) => Some(GpuTensor::from_f32(ctx, "shared_expert_gate", &[1, d], g, DType::F32)?),
+                    None => None,
+                },
+            }),
+            _ => None,
+        };
+        Ok(Self {
+            router: GpuTensor::from_f32(ctx, "router", &[e, d], &weights.router, DType::F32)?,
+            selection_bias: match &weights.selection_bias {
+                Some(b) => Some(GpuTensor::from_f32(ctx, "selection bias", &[e], b, DType::F32)?),
+                None => None,
+            },
+            gate: experts("experts.gate_proj", &weights.gate, [e, f, d])?,
+            up: experts("experts.up_proj", &weights.up, [e, f, d])?,
+            down: experts("experts.down_proj", &weights.down, [e, d, f])?,
+            shared,
+            config,
+        })
+    }
+
+    /// Records the whole layer for `hidden [T, d]` into `encoder`.
+    pub fn encode(&self, ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder, hidden: &GpuTensor) -> Result<MoeOutputs> {
+        let cfg = &self.config;
+        let (d, e, k) = (cfg.hidden_size, cfg.num_experts(), cfg.top_k());
+        let tokens = hidden.shape.first().copied().unwrap_or(0);
+        if hidden.shape.len() != 2 || hidden.shape[1] != d || tokens == 0 || hidden.dtype != DType::F32 {
+            return Err(Error::Shape {
+                what: "MoE layer input (f32 [tokens > 0, hidden_size])".into(),
+                expected: vec![tokens.max(1), d],
+                actual: hidden.shape.clone(),
+            });
+        }
+        let f32_tensor = |name: &str, shape: &[usize]| GpuTensor::empty(ctx, name, shape, DType::F32);
+
+        let router_logits = f32_tensor("router logits", &[tokens, e])?;
+        encode_router_logits(ctx, encoder, hidden, &self.router, &router_logits)?;
+        let topk_ids = GpuTensor::empty(ctx, "top-k ids", &[tokens, k], DType::U32)?;
+        let topk_weights = f32_tensor("top-k weights", &[tokens, k])?;
+        encode_routing(
+            ctx,
+            encoder,
+            &cfg.routing,
+            &router_logits,
+            self.selection_bias.as_ref(),
+            &topk_ids,
+            &topk_weights,
+        )?;
+
+        let (routed_ids, dropped) = match cfg.capacity_factor {
+            None => (topk_ids.clone(), None),
+            Some(factor) => {
+                let capacity = expert_capacity(tokens, k, e, factor)?;
+                let routed = GpuTensor::empty(ctx, "routed ids", &[tokens, k], DType::U32)?;
+                let dropped = GpuTensor::empty(ctx, "dropped per expert", &[e], DType::U32)?;
+                encode_capacity(ctx, encoder, &topk_ids, &topk_weights, capacity, &routed, &dropped)?;
+                (routed, Some(dropped))
+            }
+        };
+
+        let permutation = Permutation::new(ctx, tokens * k, e)?;
+        permutation.encode(ctx, encoder, &routed_ids);
+        let decode = tokens <= cfg.decode_max_tokens;
+        let rows = if decode {
+            ExpertRows::PerAssignment {
+                routed_ids: &routed_ids,
+                top_k: k,
+            }
+        } else {
+            ExpertRows::Permuted {
+                permutation: &permutation,
+                top_k: k,
+            }
+        };
+        let h = f32_tensor("expert intermediate", &[rows.output_rows(), cfg.expert_ffn])?;
+        let y = f32_tensor("expert outputs", &[rows.output_rows(), d])?;
+        encode_gate_up(ctx, encoder, rows, hidden, &self.gate, &self.up, &h)?;
+        encode_down(ctx, encoder, rows, &h, &self.down, &y)?;
+
+        let shared_out = match &self.shared {
+            None => None,
+            Some(s) => {
+                let rows = ExpertRows::Dense { tokens, gemv: decode };
+                let hs = f32_tensor("shared expert intermediate", &[tokens, s.gate.out_dim])?;
+                let ys = f32_tensor("shared expert output", &[tokens, d])?;
+                encode_gate_up(ctx, encoder, rows, hidden, &s.gate, &s.up, &hs)?;
+                encode_down(ctx, encoder, rows, &hs, &s.down, &ys)?;
+                let gate_logits = match &s.gate_weight {
+                    None => None,
+                    Some(w) => {
+                        let logits = f32_tensor("shared expert gate logits", &[tokens, 1])?;
+                        encode_router_logits(ctx, encoder, hidden, w, &logits)?;
+                        Some(logits)
+                    }
+                };
+                Some((ys, gate_logits))
+            }
+        };
+
+        let output = f32_tensor("MoE output", &[tokens, d])?;
+        encode_combine(
+            ctx,
+            encoder,
+            &routed_ids,
+            (!decode).then_some(&permutation.assignment_row),
+            &topk_weights,
+            &y,
+            shared_out.as_ref().map(|(ys, g)| SharedTerm {
+                output: ys,
+                gate_logits: g.as_ref(),
+            }),
+            &output,
+        )?;
+        Ok(MoeOutputs {
+            output,
+            router_logits,
+            topk_ids,
+            topk_weights,
+            routed_ids,
+            expert_counts: permutation.expert_counts,
+            dropped,
+        })
+    }
+
+    /// Runs the layer on `hidden [T, d]`: one command encoder, one submit.
+    pub async fn forward(&self, ctx: &GpuContext, hidden: &GpuTensor) -> Result<MoeOutputs> {
+        ctx.scoped("MoE layer forward", || {
+            let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("moe forward"),
+            });
+            let outputs = self.encode(ctx, &mut encoder, hidden)?;
+            ctx.queue.submit([encoder.finish()]);
+            Ok(outputs)
+        })
+        .await
+    }
+
+    /// Blocking form of [`MoeLayer::forward`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn forward_blocking(&self, ctx: &GpuContext, hidden: &GpuTensor) -> Result<MoeOutputs> {
+        pollster::block_on(self.forward(ctx, hidden))
+    }
+}

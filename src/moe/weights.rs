@@ -1,0 +1,77 @@
+//! Host-side weights of one MoE layer, in Hugging Face orientation (`[out, in]`).
+
+use crate::error::{Error, Result};
+use crate::moe::config::MoeConfig;
+
+#[derive(Clone, Debug, Default)]
+pub struct SharedExpertWeights {
+    /// `[ffn_s, d]`
+    pub gate: Vec<f32>,
+    /// `[ffn_s, d]`
+    pub up: Vec<f32>,
+    /// `[d, ffn_s]`
+    pub down: Vec<f32>,
+    /// `[1, d]`, when the shared expert is gated.
+    pub gate_weight: Option<Vec<f32>>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct MoeWeights {
+    /// `[E, d]`
+    pub router: Vec<f32>,
+    /// `[E]`: added to the selection key only (DeepSeek-V3 e_score_correction_bias).
+    pub selection_bias: Option<Vec<f32>>,
+    /// `[E, ffn, d]`
+    pub gate: Vec<f32>,
+    /// `[E, ffn, d]`
+    pub up: Vec<f32>,
+    /// `[E, d, ffn]`
+    pub down: Vec<f32>,
+    pub shared: Option<SharedExpertWeights>,
+}
+
+fn check(name: &str, values: &[f32], shape: &[usize]) -> Result<()> {
+    if values.len() != shape.iter().product::<usize>() {
+        return Err(Error::Shape {
+            what: name.to_string(),
+            expected: shape.to_vec(),
+            actual: vec![values.len()],
+        });
+    }
+    Ok(())
+}
+
+impl MoeWeights {
+    /// Checks every tensor against the config; errors name the tensor.
+    pub fn validate(&self, config: &MoeConfig) -> Result<()> {
+        let (d, f, e) = (config.hidden_size, config.expert_ffn, config.num_experts());
+        check("router weight", &self.router, &[e, d])?;
+        if let Some(b) = &self.selection_bias {
+            check("expert selection bias", b, &[e])?;
+        }
+        check("experts gate_proj", &self.gate, &[e, f, d])?;
+        check("experts up_proj", &self.up, &[e, f, d])?;
+        check("experts down_proj", &self.down, &[e, d, f])?;
+        match (&config.shared_expert, &self.shared) {
+            (None, None) => {}
+            (Some(cfg), Some(w)) => {
+                check("shared expert gate_proj", &w.gate, &[cfg.ffn, d])?;
+                check("shared expert up_proj", &w.up, &[cfg.ffn, d])?;
+                check("shared expert down_proj", &w.down, &[d, cfg.ffn])?;
+                match (&w.gate_weight, cfg.gated) {
+                    (Some(g), true) => check("shared expert gate", g, &[1, d])?,
+                    (None, false) => {}
+                    (_, gated) => {
+                        return Err(Error::Config(format!(
+                            "shared expert gate weight {} but the config says gated = {gated}",
+                            if gated { "missing" } else { "given" }
+                        )))
+                    }
+                }
+            }
+            (Some(_), None) => return Err(Error::Config("the config has a shared expert but no weights were given".into())),
+            (None, Some(_)) => return Err(Error::Config("shared expert weights given but the config has none".into())),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,28 @@
+//! GPU ops of the MoE layer. Each module holds the host code that records a kernel
+//! of `shaders/` and, beside it, the plain-Rust CPU reference that tests compare with.
+pub mod capacity;
+pub mod combine;
+pub mod expert_matmul;
+pub mod permute;
+pub mod router;
+pub mod routing;
+
+use crate::error::{Error, Result};
+use crate::gpu::GpuTensor;
+
+/// Fails unless `tensor` has exactly `expected` as shape.
+pub fn expect_shape(what: &str, tensor: &GpuTensor, expected: &[usize]) -> Result<()> {
+    if tensor.shape != expected {
+        return Err(Error::Shape {
+            what: what.to_string(),
+            expected: expected.to_vec(),
+            actual: tensor.shape.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Workgroups needed for `items` items at `per_workgroup` each.
+pub fn workgroups(items: usize, per_workgroup: usize) -> u32 {
+    items.div_ceil(per_workgroup) as u32
+}

@@ -1,0 +1,177 @@
+//! Token permutation: a stable GPU counting sort of the T * k assignments by
+//! expert into the padded, block-aligned row layout the grouped matmul reads
+//! (shaders/permute.wgsl).
+
+use crate::error::Result;
+use crate::gpu::kernel::{dispatch, PERMUTE, SENTINEL};
+use crate::gpu::{DType, GpuContext, GpuTensor};
+use crate::ops::workgroups;
+
+/// Rows per block of the grouped matmul (its BM tile); expert segments are padded to it.
+pub const BLOCK_ROWS: usize = 32;
+/// Assignments per chunk of the counting sort (the kernel's workgroup size).
+const CHUNK: usize = 256;
+
+/// Upper bound on row blocks for `assignments` spread over `experts`: the grid the
+/// grouped matmul is dispatched with, so no readback is needed.
+pub fn max_blocks(assignments: usize, experts: usize) -> usize {
+    (assignments + experts.min(assignments) * (BLOCK_ROWS - 1)) / BLOCK_ROWS
+}
+
+/// The permutation's GPU buffers for one batch size.
+pub struct Permutation {
+    pub assignments: usize,
+    pub experts: usize,
+    pub max_blocks: usize,
+    /// Tokens routed to each expert [E] (routing statistics).
+    pub expert_counts: GpuTensor,
+    /// Start row of each expert in the padded layout [E + 1].
+    pub padded_offsets: GpuTensor,
+    /// Expert of each row block [max_blocks], SENTINEL past the last block.
+    pub block_expert: GpuTensor,
+    /// Assignment (t * k + slot) of each row [max_blocks * BLOCK_ROWS], SENTINEL for padding.
+    pub row_assignment: GpuTensor,
+    /// Row of each assignment [T * k], SENTINEL when dropped.
+    pub assignment_row: GpuTensor,
+    ranks: GpuTensor,
+    chunk_counts: GpuTensor,
+    chunk_offsets: GpuTensor,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct PermuteParams {
+    assignments: u32,
+    experts: u32,
+    chunks: u32,
+    block_rows: u32,
+    max_blocks: u32,
+    _pad: [u32; 3],
+}
+
+impl Permutation {
+    pub fn new(ctx: &GpuContext, assignments: usize, experts: usize) -> Result<Self> {
+        let chunks = assignments.div_ceil(CHUNK);
+        let max_blocks = max_blocks(assignments, experts);
+        let u32_tensor = |name: &str, len: usize| GpuTensor::empty(ctx, name, &[len], DType::U32);
+        Ok(Self {
+            assignments,
+            experts,
+            max_blocks,
+            expert_counts: u32_tensor("expert counts", experts)?,
+            padded_offsets: u32_tensor("padded expert offsets", experts + 1)?,
+            block_expert: u32_tensor("block expert table", max_blocks)?,
+            row_assignment: u32_tensor("row assignments", max_blocks * BLOCK_ROWS)?,
+            assignment_row: u32_tensor("assignment rows", assignments)?,
+            ranks: u32_tensor("chunk ranks", assignments)?,
+            chunk_counts: u32_tensor("chunk counts", chunks * experts)?,
+            chunk_offsets: u32_tensor("chunk offsets", chunks * experts)?,
+        })
+    }
+
+    /// Records the sort of `routed_ids [T * k]` (SENTINEL entries get no row).
+    pub fn encode(&self, ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder, routed_ids: &GpuTensor) {
+        let chunks = self.assignments.div_ceil(CHUNK);
+        let params = ctx.uniform(&PermuteParams {
+            assignments: self.assignments as u32,
+            experts: self.experts as u32,
+            chunks: chunks as u32,
+            block_rows: BLOCK_ROWS as u32,
+            max_blocks: self.max_blocks as u32,
+            _pad: [0; 3],
+        });
+        encoder.clear_buffer(&self.chunk_counts.buffer, 0, None);
+
+        let count = ctx.pipeline(&PERMUTE, "count_chunks", &[]);
+        let bind = ctx.bind(
+            &count,
+            &[
+                (0, &params),
+                (1, &routed_ids.buffer),
+                (2, &self.ranks.buffer),
+                (3, &self.chunk_counts.buffer),
+            ],
+        );
+        dispatch(encoder, &count, &bind, chunks as u32);
+
+        let scan = ctx.pipeline(&PERMUTE, "scan_offsets", &[]);
+        let bind = ctx.bind(
+            &scan,
+            &[
+                (0, &params),
+                (3, &self.chunk_counts.buffer),
+                (4, &self.chunk_offsets.buffer),
+                (5, &self.expert_counts.buffer),
+                (6, &self.padded_offsets.buffer),
+                (7, &self.block_expert.buffer),
+                (8, &self.row_assignment.buffer),
+            ],
+        );
+        dispatch(encoder, &scan, &bind, 1);
+
+        let scatter = ctx.pipeline(&PERMUTE, "scatter", &[]);
+        let bind = ctx.bind(
+            &scatter,
+            &[
+                (0, &params),
+                (1, &routed_ids.buffer),
+                (2, &self.ranks.buffer),
+                (4, &self.chunk_offsets.buffer),
+                (6, &self.padded_offsets.buffer),
+                (8, &self.row_assignment.buffer),
+                (9, &self.assignment_row.buffer),
+            ],
+        );
+        dispatch(encoder, &scatter, &bind, workgroups(self.assignments, 64));
+    }
+}
+
+/// What the permutation computes, on the CPU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PermutationReference {
+    pub expert_counts: Vec<u32>,
+    pub padded_offsets: Vec<u32>,
+    /// [max_blocks]
+    pub block_expert: Vec<u32>,
+    /// Only the first `padded_offsets[E]` rows are defined.
+    pub row_assignment: Vec<u32>,
+    pub assignment_row: Vec<u32>,
+}
+
+/// CPU reference: a stable counting sort.
+pub fn permutation_reference(routed_ids: &[u32], experts: usize) -> PermutationReference {
+    let mut expert_counts = vec![0u32; experts];
+    for &e in routed_ids.iter().filter(|&&e| e != SENTINEL) {
+        expert_counts[e as usize] += 1;
+    }
+    let mut padded_offsets = vec![0u32; experts + 1];
+    for e in 0..experts {
+        padded_offsets[e + 1] = padded_offsets[e] + expert_counts[e].div_ceil(BLOCK_ROWS as u32) * BLOCK_ROWS as u32;
+    }
+    let total_rows = padded_offsets[experts] as usize;
+    let mut block_expert = vec![SENTINEL; max_blocks(routed_ids.len(), experts)];
+    for e in 0..experts {
+        for row in (padded_offsets[e]..padded_offsets[e + 1]).step_by(BLOCK_ROWS) {
+            block_expert[row as usize / BLOCK_ROWS] = e as u32;
+        }
+    }
+    let mut row_assignment = vec![SENTINEL; total_rows];
+    let mut assignment_row = vec![SENTINEL; routed_ids.len()];
+    let mut next = padded_offsets.clone();
+    for (a, &e) in routed_ids.iter().enumerate() {
+        if e == SENTINEL {
+            continue;
+        }
+        let row = next[e as usize];
+        next[e as usize] += 1;
+        row_assignment[row as usize] = a as u32;
+        assignment_row[a] = row;
+    }
+    PermutationReference {
+        expert_counts,
+        padded_offsets,
+        block_expert,
+        row_assignment,
+        assignment_row,
+    }
+}

@@ -1,0 +1,64 @@
+//! Router logits: `logits[t, r] = x[t] . w[r]` (shaders/router.wgsl).
+
+use crate::error::Result;
+use crate::gpu::kernel::{dispatch, ROUTER};
+use crate::gpu::{DType, GpuContext, GpuTensor};
+use crate::ops::{expect_shape, workgroups};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct RouterParams {
+    tokens: u32,
+    rows: u32,
+    dim: u32,
+    _pad: u32,
+}
+
+/// Records `logits [T, R] = x [T, d] . w [R, d]^T` (w in any weight dtype).
+pub fn encode_router_logits(
+    ctx: &GpuContext,
+    encoder: &mut wgpu::CommandEncoder,
+    x: &GpuTensor,
+    w: &GpuTensor,
+    logits: &GpuTensor,
+) -> Result<()> {
+    let (tokens, dim) = (x.shape[0], x.shape[1]);
+    let rows = w.shape[0];
+    expect_shape("router weight", w, &[rows, dim])?;
+    expect_shape("router logits", logits, &[tokens, rows])?;
+    expect_shape("router input", x, &[tokens, dim])?;
+    let params = ctx.uniform(&RouterParams {
+        tokens: tokens as u32,
+        rows: rows as u32,
+        dim: dim as u32,
+        _pad: 0,
+    });
+    let pipeline = ctx.pipeline(&ROUTER, "router_logits", &[("WEIGHT_DTYPE", w.dtype.weight_code())]);
+    let bind = ctx.bind(
+        &pipeline,
+        &[(0, &params), (1, &x.buffer), (2, &w.buffer), (3, &logits.buffer)],
+    );
+    debug_assert_ne!(x.dtype, DType::U32);
+    dispatch(encoder, &pipeline, &bind, workgroups(tokens * rows, 64));
+    Ok(())
+}
+
+/// CPU reference: sequential f32 dot products.
+pub fn router_logits_reference(x: &[f32], w: &[f32], tokens: usize, rows: usize, dim: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; tokens * rows];
+    for t in 0..tokens {
+        for r in 0..rows {
+            out[t * rows + r] = dot(&x[t * dim..(t + 1) * dim], &w[r * dim..(r + 1) * dim]);
+        }
+    }
+    out
+}
+
+/// Sequential f32 dot product (the order every kernel uses).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = 0.0f32;
+    for (x, y) in a.iter().zip(b) {
+        acc += x * y;
+    }
+    acc
+}

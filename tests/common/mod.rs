@@ -1,0 +1,59 @@
+//! Helpers shared by the GPU tests: a context on the test adapter, seeded random
+//! data, and tolerance checks.
+#![allow(dead_code)]
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use webmoe::{ContextOptions, GpuContext};
+
+/// A context on the adapter the environment selects (lavapipe in CI). Tests fail,
+/// not skip, without one: a green run must mean the kernels ran.
+pub fn context() -> GpuContext {
+    context_with(ContextOptions::from_env())
+}
+
+pub fn context_with(options: ContextOptions) -> GpuContext {
+    pollster::block_on(GpuContext::new(options)).unwrap_or_else(|e| panic!("no GPU context for the tests: {e}"))
+}
+
+pub fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+/// Uniform values in [-scale, scale).
+pub fn random_vec(rng: &mut ChaCha8Rng, len: usize, scale: f32) -> Vec<f32> {
+    (0..len).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+/// Largest |a - b| relative to the largest |b| (at least `floor`), over all elements.
+/// Elements are compared one by one; NaN anywhere fails.
+pub fn max_relative_error(actual: &[f32], expected: &[f32], floor: f32) -> f32 {
+    assert_eq!(actual.len(), expected.len(), "length mismatch");
+    let scale = expected.iter().fold(floor, |m, v| m.max(v.abs()));
+    actual
+        .iter()
+        .zip(expected)
+        .map(|(a, b)| if a.is_nan() || b.is_nan() { f32::INFINITY } else { (a - b).abs() / scale })
+        .fold(0.0, f32::max)
+}
+
+#[track_caller]
+pub fn assert_close(what: &str, actual: &[f32], expected: &[f32], tolerance: f32) {
+    let err = max_relative_error(actual, expected, 1e-6);
+    if err > tolerance {
+        let worst = actual
+            .iter()
+            .zip(expected)
+            .enumerate()
+            .max_by(|x, y| {
+                let ex = (x.1 .0 - x.1 .1).abs();
+                let ey = (y.1 .0 - y.1 .1).abs();
+                ex.partial_cmp(&ey).unwrap_or(std::cmp::Ordering::Greater)
+            })
+            .unwrap();
+        panic!(
+            "{what}: max relative error {err:e} > {tolerance:e}; worst at {}: got {}, expected {}",
+            worst.0, worst.1 .0, worst.1 .1
+        );
+    }
+}
