@@ -1,0 +1,251 @@
+//! Permutation, expert matmuls (grouped, GEMV, dense) and combine against their CPU references.
+
+mod common;
+
+use common::*;
+use rand::Rng;
+use webmoe::gpu::kernel::SENTINEL;
+use webmoe::ops::combine::{combine_reference, encode_combine, SharedTerm};
+use webmoe::ops::expert_matmul::*;
+use webmoe::ops::permute::{permutation_reference, Permutation, BLOCK_ROWS};
+use webmoe::{DType, GpuContext, GpuTensor};
+
+fn run(ctx: &GpuContext, record: impl FnOnce(&mut wgpu::CommandEncoder)) {
+    let mut encoder = ctx.device.create_command_encoder(&Default::default());
+    record(&mut encoder);
+    ctx.queue.submit([encoder.finish()]);
+}
+
+/// Routed ids of a given kind for `tokens * k` assignments.
+fn routed_ids(rng: &mut impl Rng, tokens: usize, k: usize, experts: usize, kind: &str) -> Vec<u32> {
+    (0..tokens)
+        .flat_map(|t| {
+            let mut row: Vec<u32> = match kind {
+                // distinct experts per token, uniformly spread
+                "random" => {
+                    let mut all: Vec<u32> = (0..experts as u32).collect();
+                    for i in 0..k {
+                        let j = rng.random_range(i..experts);
+                        all.swap(i, j);
+                    }
+                    all[..k].to_vec()
+                }
+                // every token's first slot on expert 0, the rest on the last experts
+                "one_expert" => (0..k as u32).map(|j| if j == 0 { 0 } else { experts as u32 - j }).collect(),
+                // only even experts used (odd ones empty), some dropped
+                "sparse" => (0..k).map(|j| if (t + j) % 5 == 0 { SENTINEL } else { ((t * k + j) % experts) as u32 & !1 }).collect(),
+                _ => unreachable!(),
+            };
+            row.truncate(k);
+            row
+        })
+        .collect()
+}
+
+#[test]
+fn permutation_matches_counting_sort() {
+    let ctx = context();
+    let mut rng = rng(10);
+    for &tokens in &[1, 2, 7, 64, 257] {
+        for &experts in &[1, 4, 8, 60, 128] {
+            for &k in &[1, 2, 8] {
+                if k > experts {
+                    continue;
+                }
+                for kind in ["random", "one_expert", "sparse"] {
+                    let ids = routed_ids(&mut rng, tokens, k, experts, kind);
+                    let ig = GpuTensor::from_u32(&ctx, "ids", &[tokens, k], &ids).unwrap();
+                    let perm = Permutation::new(&ctx, tokens * k, experts).unwrap();
+                    for t in [
+                        &perm.expert_counts,
+                        &perm.padded_offsets,
+                        &perm.block_expert,
+                        &perm.row_assignment,
+                        &perm.assignment_row,
+                    ] {
+                        t.poison(&ctx);
+                    }
+                    run(&ctx, |enc| perm.encode(&ctx, enc, &ig));
+                    let want = permutation_reference(&ids, experts);
+                    let what = format!("T={tokens} E={experts} k={k} {kind}");
+                    assert_eq!(perm.expert_counts.read_u32_blocking(&ctx).unwrap(), want.expert_counts, "counts {what}");
+                    assert_eq!(perm.padded_offsets.read_u32_blocking(&ctx).unwrap(), want.padded_offsets, "offsets {what}");
+                    assert_eq!(perm.block_expert.read_u32_blocking(&ctx).unwrap(), want.block_expert, "blocks {what}");
+                    assert_eq!(perm.assignment_row.read_u32_blocking(&ctx).unwrap(), want.assignment_row, "rows {what}");
+                    let rows = perm.row_assignment.read_u32_blocking(&ctx).unwrap();
+                    assert_eq!(&rows[..want.row_assignment.len()], &want.row_assignment[..], "row assignment {what}");
+                    assert_eq!(want.padded_offsets[experts] as usize % BLOCK_ROWS, 0);
+                }
+            }
+        }
+    }
+}
+
+struct ExpertCase {
+    tokens: usize,
+    experts: usize,
+    k: usize,
+    dim: usize,
+    ffn: usize,
+    dtype: DType,
+    kind: &'static str,
+}
+
+/// Gate/up then down through every row mode, against the per-assignment CPU reference.
+fn check_expert_matmuls(ctx: &GpuContext, case: &ExpertCase, seed: u64) {
+    let mut rng = rng(seed);
+    let ExpertCase { tokens, experts, k, dim, ffn, dtype, kind } = *case;
+    let x = random_vec(&mut rng, tokens * dim, 1.0);
+    let gate = random_vec(&mut rng, experts * ffn * dim, 0.5);
+    let up = random_vec(&mut rng, experts * ffn * dim, 0.5);
+    let down = random_vec(&mut rng, experts * dim * ffn, 0.5);
+    let ids = routed_ids(&mut rng, tokens, k, experts, kind);
+
+    let round = |v: &[f32]| v.iter().map(|&w| dtype.round_trip(w)).collect::<Vec<_>>();
+    let (gr, ur, dr) = (round(&gate), round(&up), round(&down));
+    let per = ffn * dim;
+    let want: Vec<Option<Vec<f32>>> = ids
+        .iter()
+        .enumerate()
+        .map(|(a, &e)| {
+            (e != SENTINEL).then(|| {
+                let e = e as usize;
+                let h = swiglu_reference(&x[(a / k) * dim..(a / k + 1) * dim], &gr[e * per..(e + 1) * per], &ur[e * per..(e + 1) * per], ffn);
+                matvec_reference(&h, &dr[e * per..(e + 1) * per], dim)
+            })
+        })
+        .collect();
+
+    let xg = GpuTensor::from_f32(ctx, "x", &[tokens, dim], &x, DType::F32).unwrap();
+    let gw = ExpertWeights::upload(ctx, "gate", &gate, [experts, ffn, dim], dtype).unwrap();
+    let uw = ExpertWeights::upload(ctx, "up", &up, [experts, ffn, dim], dtype).unwrap();
+    let dw = ExpertWeights::upload(ctx, "down", &down, [experts, dim, ffn], dtype).unwrap();
+    let ig = GpuTensor::from_u32(ctx, "ids", &[tokens, k], &ids).unwrap();
+    let perm = Permutation::new(ctx, tokens * k, experts).unwrap();
+    let tol = if dtype == DType::F32 { 1e-5 } else { 2e-5 };
+    for grouped in [true, false] {
+        let rows = if grouped {
+            ExpertRows::Permuted { permutation: &perm, top_k: k }
+        } else {
+            ExpertRows::PerAssignment { routed_ids: &ig, top_k: k }
+        };
+        let h = GpuTensor::empty(ctx, "h", &[rows.output_rows(), ffn], DType::F32).unwrap();
+        let y = GpuTensor::empty(ctx, "y", &[rows.output_rows(), dim], DType::F32).unwrap();
+        h.poison(ctx);
+        y.poison(ctx);
+        run(ctx, |enc| {
+            perm.encode(ctx, enc, &ig);
+            encode_gate_up(ctx, enc, rows, &xg, &gw, &uw, &h).unwrap();
+            encode_down(ctx, enc, rows, &h, &dw, &y).unwrap();
+        });
+        let y_host = y.read_f32_blocking(ctx).unwrap();
+        let assignment_row = perm.assignment_row.read_u32_blocking(ctx).unwrap();
+        for (a, expected) in want.iter().enumerate() {
+            let Some(expected) = expected else { continue };
+            let row = if grouped { assignment_row[a] as usize } else { a };
+            let got = &y_host[row * dim..(row + 1) * dim];
+            let what = format!("{} T={tokens} E={experts} k={k} d={dim} ffn={ffn} {dtype:?} {kind} assignment {a}", if grouped { "grouped" } else { "gemv" });
+            assert_close(&what, got, expected, tol);
+        }
+    }
+}
+
+#[test]
+fn grouped_and_gemv_expert_matmuls_match_reference() {
+    let ctx = context();
+    let mut seed = 100;
+    for &(tokens, experts, k) in &[(1, 4, 2), (2, 8, 8), (7, 60, 4), (64, 8, 2), (257, 4, 1), (64, 128, 8)] {
+        for &(dim, ffn) in &[(13, 9), (67, 45), (64, 128)] {
+            for kind in ["random", "one_expert", "sparse"] {
+                seed += 1;
+                check_expert_matmuls(&ctx, &ExpertCase { tokens, experts, k, dim, ffn, dtype: DType::F32, kind }, seed);
+            }
+        }
+    }
+}
+
+#[test]
+fn half_precision_weights_match_rounded_reference() {
+    let ctx = context();
+    for (i, dtype) in [DType::F16, DType::BF16].into_iter().enumerate() {
+        for &(tokens, experts, k, dim, ffn) in &[(3, 8, 2, 33, 17), (40, 8, 2, 67, 45), (9, 4, 4, 64, 64)] {
+            check_expert_matmuls(&ctx, &ExpertCase { tokens, experts, k, dim, ffn, dtype, kind: "random" }, 200 + i as u64);
+        }
+    }
+}
+
+#[test]
+fn dense_shared_expert_tiled_and_gemv_agree_with_reference() {
+    let ctx = context();
+    let mut rng = rng(300);
+    for &(tokens, dim, ffn) in &[(1, 13, 9), (5, 67, 45), (70, 64, 100)] {
+        let x = random_vec(&mut rng, tokens * dim, 1.0);
+        let gate = random_vec(&mut rng, ffn * dim, 0.5);
+        let up = random_vec(&mut rng, ffn * dim, 0.5);
+        let down = random_vec(&mut rng, dim * ffn, 0.5);
+        let want: Vec<f32> = (0..tokens)
+            .flat_map(|t| matvec_reference(&swiglu_reference(&x[t * dim..(t + 1) * dim], &gate, &up, ffn), &down, dim))
+            .collect();
+        let xg = GpuTensor::from_f32(&ctx, "x", &[tokens, dim], &x, DType::F32).unwrap();
+        let gw = ExpertWeights::upload(&ctx, "gate", &gate, [1, ffn, dim], DType::F32).unwrap();
+        let uw = ExpertWeights::upload(&ctx, "up", &up, [1, ffn, dim], DType::F32).unwrap();
+        let dw = ExpertWeights::upload(&ctx, "down", &down, [1, dim, ffn], DType::F32).unwrap();
+        for gemv in [false, true] {
+            let rows = ExpertRows::Dense { tokens, gemv };
+            let h = GpuTensor::empty(&ctx, "h", &[tokens, ffn], DType::F32).unwrap();
+            let y = GpuTensor::empty(&ctx, "y", &[tokens, dim], DType::F32).unwrap();
+            y.poison(&ctx);
+            run(&ctx, |enc| {
+                encode_gate_up(&ctx, enc, rows, &xg, &gw, &uw, &h).unwrap();
+                encode_down(&ctx, enc, rows, &h, &dw, &y).unwrap();
+            });
+            assert_close(&format!("dense T={tokens} gemv={gemv}"), &y.read_f32_blocking(&ctx).unwrap(), &want, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn combine_matches_reference() {
+    let ctx = context();
+    let mut rng = rng(400);
+    for &(tokens, k, dim, rows_total) in &[(1, 1, 5, 3), (7, 4, 33, 40), (257, 2, 16, 600)] {
+        let mut ids: Vec<u32> = (0..tokens * k).map(|_| rng.random_range(0..8)).collect();
+        ids[0] = SENTINEL;
+        let weights = random_vec(&mut rng, tokens * k, 1.0);
+        // Distinct rows per assignment, in a shuffled order.
+        let mut rows: Vec<u32> = (0..rows_total as u32).collect();
+        for i in 0..rows.len() {
+            let j = rng.random_range(i..rows.len());
+            rows.swap(i, j);
+        }
+        rows.truncate(tokens * k);
+        let y = random_vec(&mut rng, rows_total * dim, 1.0);
+        let shared = random_vec(&mut rng, tokens * dim, 1.0);
+        let gate_logits = random_vec(&mut rng, tokens, 2.0);
+        let expert_rows: Vec<Option<Vec<f32>>> = rows.iter().map(|&r| Some(y[r as usize * dim..(r as usize + 1) * dim].to_vec())).collect();
+
+        let ig = GpuTensor::from_u32(&ctx, "ids", &[tokens, k], &ids).unwrap();
+        let rg = GpuTensor::from_u32(&ctx, "rows", &[tokens * k], &rows).unwrap();
+        let wg = GpuTensor::from_f32(&ctx, "w", &[tokens, k], &weights, DType::F32).unwrap();
+        let yg = GpuTensor::from_f32(&ctx, "y", &[rows_total, dim], &y, DType::F32).unwrap();
+        let sg = GpuTensor::from_f32(&ctx, "shared", &[tokens, dim], &shared, DType::F32).unwrap();
+        let gg = GpuTensor::from_f32(&ctx, "gate", &[tokens, 1], &gate_logits, DType::F32).unwrap();
+        for mode in 0..3 {
+            let term = match mode {
+                0 => None,
+                1 => Some(SharedTerm { output: &sg, gate_logits: None }),
+                _ => Some(SharedTerm { output: &sg, gate_logits: Some(&gg) }),
+            };
+            let out = GpuTensor::empty(&ctx, "out", &[tokens, dim], DType::F32).unwrap();
+            out.poison(&ctx);
+            run(&ctx, |enc| encode_combine(&ctx, enc, &ig, Some(&rg), &wg, &yg, term, &out).unwrap());
+            let shared_ref = match mode {
+                0 => None,
+                1 => Some((shared.as_slice(), None)),
+                _ => Some((shared.as_slice(), Some(gate_logits.as_slice()))),
+            };
+            let want = combine_reference(&ids, &weights, &expert_rows, shared_ref, tokens, k, dim);
+            assert_close(&format!("combine T={tokens} mode {mode}"), &out.read_f32_blocking(&ctx).unwrap(), &want, 1e-5);
+        }
+    }
+}
