@@ -3,8 +3,8 @@ pub mod error;
 pub mod gpu;
 
 pub use error::{Error, Result};
-pub mod ops;
 pub mod moe;
+pub mod ops;
 
 pub use gpu::{ContextOptions, DType, GpuContext, GpuTensor};
 pub use moe::{MoeConfig, MoeLayer, MoeOutputs, MoeWeights};

@@ -31,9 +31,19 @@ fn routed_ids(rng: &mut impl Rng, tokens: usize, k: usize, experts: usize, kind:
                     all[..k].to_vec()
                 }
                 // every token's first slot on expert 0, the rest on the last experts
-                "one_expert" => (0..k as u32).map(|j| if j == 0 { 0 } else { experts as u32 - j }).collect(),
+                "one_expert" => (0..k as u32)
+                    .map(|j| if j == 0 { 0 } else { experts as u32 - j })
+                    .collect(),
                 // only even experts used (odd ones empty), some dropped
-                "sparse" => (0..k).map(|j| if (t + j) % 5 == 0 { SENTINEL } else { ((t * k + j) % experts) as u32 & !1 }).collect(),
+                "sparse" => (0..k)
+                    .map(|j| {
+                        if (t + j) % 5 == 0 {
+                            SENTINEL
+                        } else {
+                            ((t * k + j) % experts) as u32 & !1
+                        }
+                    })
+                    .collect(),
                 _ => unreachable!(),
             };
             row.truncate(k);
@@ -68,12 +78,32 @@ fn permutation_matches_counting_sort() {
                     run(&ctx, |enc| perm.encode(&ctx, enc, &ig));
                     let want = permutation_reference(&ids, experts);
                     let what = format!("T={tokens} E={experts} k={k} {kind}");
-                    assert_eq!(perm.expert_counts.read_u32_blocking(&ctx).unwrap(), want.expert_counts, "counts {what}");
-                    assert_eq!(perm.padded_offsets.read_u32_blocking(&ctx).unwrap(), want.padded_offsets, "offsets {what}");
-                    assert_eq!(perm.block_expert.read_u32_blocking(&ctx).unwrap(), want.block_expert, "blocks {what}");
-                    assert_eq!(perm.assignment_row.read_u32_blocking(&ctx).unwrap(), want.assignment_row, "rows {what}");
+                    assert_eq!(
+                        perm.expert_counts.read_u32_blocking(&ctx).unwrap(),
+                        want.expert_counts,
+                        "counts {what}"
+                    );
+                    assert_eq!(
+                        perm.padded_offsets.read_u32_blocking(&ctx).unwrap(),
+                        want.padded_offsets,
+                        "offsets {what}"
+                    );
+                    assert_eq!(
+                        perm.block_expert.read_u32_blocking(&ctx).unwrap(),
+                        want.block_expert,
+                        "blocks {what}"
+                    );
+                    assert_eq!(
+                        perm.assignment_row.read_u32_blocking(&ctx).unwrap(),
+                        want.assignment_row,
+                        "rows {what}"
+                    );
                     let rows = perm.row_assignment.read_u32_blocking(&ctx).unwrap();
-                    assert_eq!(&rows[..want.row_assignment.len()], &want.row_assignment[..], "row assignment {what}");
+                    assert_eq!(
+                        &rows[..want.row_assignment.len()],
+                        &want.row_assignment[..],
+                        "row assignment {what}"
+                    );
                     assert_eq!(want.padded_offsets[experts] as usize % BLOCK_ROWS, 0);
                 }
             }
@@ -94,7 +124,15 @@ struct ExpertCase {
 /// Gate/up then down through every row mode, against the per-assignment CPU reference.
 fn check_expert_matmuls(ctx: &GpuContext, case: &ExpertCase, seed: u64) {
     let mut rng = rng(seed);
-    let ExpertCase { tokens, experts, k, dim, ffn, dtype, kind } = *case;
+    let ExpertCase {
+        tokens,
+        experts,
+        k,
+        dim,
+        ffn,
+        dtype,
+        kind,
+    } = *case;
     let x = random_vec(&mut rng, tokens * dim, 1.0);
     let gate = random_vec(&mut rng, experts * ffn * dim, 0.5);
     let up = random_vec(&mut rng, experts * ffn * dim, 0.5);
@@ -110,7 +148,12 @@ fn check_expert_matmuls(ctx: &GpuContext, case: &ExpertCase, seed: u64) {
         .map(|(a, &e)| {
             (e != SENTINEL).then(|| {
                 let e = e as usize;
-                let h = swiglu_reference(&x[(a / k) * dim..(a / k + 1) * dim], &gr[e * per..(e + 1) * per], &ur[e * per..(e + 1) * per], ffn);
+                let h = swiglu_reference(
+                    &x[(a / k) * dim..(a / k + 1) * dim],
+                    &gr[e * per..(e + 1) * per],
+                    &ur[e * per..(e + 1) * per],
+                    ffn,
+                );
                 matvec_reference(&h, &dr[e * per..(e + 1) * per], dim)
             })
         })
@@ -125,9 +168,15 @@ fn check_expert_matmuls(ctx: &GpuContext, case: &ExpertCase, seed: u64) {
     let tol = if dtype == DType::F32 { 1e-5 } else { 2e-5 };
     for grouped in [true, false] {
         let rows = if grouped {
-            ExpertRows::Permuted { permutation: &perm, top_k: k }
+            ExpertRows::Permuted {
+                permutation: &perm,
+                top_k: k,
+            }
         } else {
-            ExpertRows::PerAssignment { routed_ids: &ig, top_k: k }
+            ExpertRows::PerAssignment {
+                routed_ids: &ig,
+                top_k: k,
+            }
         };
         let h = GpuTensor::empty(ctx, "h", &[rows.output_rows(), ffn], DType::F32).unwrap();
         let y = GpuTensor::empty(ctx, "y", &[rows.output_rows(), dim], DType::F32).unwrap();
@@ -142,9 +191,16 @@ fn check_expert_matmuls(ctx: &GpuContext, case: &ExpertCase, seed: u64) {
         let assignment_row = perm.assignment_row.read_u32_blocking(ctx).unwrap();
         for (a, expected) in want.iter().enumerate() {
             let Some(expected) = expected else { continue };
-            let row = if grouped { assignment_row[a] as usize } else { a };
+            let row = if grouped {
+                assignment_row[a] as usize
+            } else {
+                a
+            };
             let got = &y_host[row * dim..(row + 1) * dim];
-            let what = format!("{} T={tokens} E={experts} k={k} d={dim} ffn={ffn} {dtype:?} {kind} assignment {a}", if grouped { "grouped" } else { "gemv" });
+            let what = format!(
+                "{} T={tokens} E={experts} k={k} d={dim} ffn={ffn} {dtype:?} {kind} assignment {a}",
+                if grouped { "grouped" } else { "gemv" }
+            );
             assert_close(&what, got, expected, tol);
         }
     }
@@ -154,11 +210,30 @@ fn check_expert_matmuls(ctx: &GpuContext, case: &ExpertCase, seed: u64) {
 fn grouped_and_gemv_expert_matmuls_match_reference() {
     let ctx = context();
     let mut seed = 100;
-    for &(tokens, experts, k) in &[(1, 4, 2), (2, 8, 8), (7, 60, 4), (64, 8, 2), (257, 4, 1), (64, 128, 8)] {
+    for &(tokens, experts, k) in &[
+        (1, 4, 2),
+        (2, 8, 8),
+        (7, 60, 4),
+        (64, 8, 2),
+        (257, 4, 1),
+        (64, 128, 8),
+    ] {
         for &(dim, ffn) in &[(13, 9), (67, 45), (64, 128)] {
             for kind in ["random", "one_expert", "sparse"] {
                 seed += 1;
-                check_expert_matmuls(&ctx, &ExpertCase { tokens, experts, k, dim, ffn, dtype: DType::F32, kind }, seed);
+                check_expert_matmuls(
+                    &ctx,
+                    &ExpertCase {
+                        tokens,
+                        experts,
+                        k,
+                        dim,
+                        ffn,
+                        dtype: DType::F32,
+                        kind,
+                    },
+                    seed,
+                );
             }
         }
     }
@@ -168,8 +243,22 @@ fn grouped_and_gemv_expert_matmuls_match_reference() {
 fn half_precision_weights_match_rounded_reference() {
     let ctx = context();
     for (i, dtype) in [DType::F16, DType::BF16].into_iter().enumerate() {
-        for &(tokens, experts, k, dim, ffn) in &[(3, 8, 2, 33, 17), (40, 8, 2, 67, 45), (9, 4, 4, 64, 64)] {
-            check_expert_matmuls(&ctx, &ExpertCase { tokens, experts, k, dim, ffn, dtype, kind: "random" }, 200 + i as u64);
+        for &(tokens, experts, k, dim, ffn) in
+            &[(3, 8, 2, 33, 17), (40, 8, 2, 67, 45), (9, 4, 4, 64, 64)]
+        {
+            check_expert_matmuls(
+                &ctx,
+                &ExpertCase {
+                    tokens,
+                    experts,
+                    k,
+                    dim,
+                    ffn,
+                    dtype,
+                    kind: "random",
+                },
+                200 + i as u64,
+            );
         }
     }
 }
@@ -184,7 +273,13 @@ fn dense_shared_expert_tiled_and_gemv_agree_with_reference() {
         let up = random_vec(&mut rng, ffn * dim, 0.5);
         let down = random_vec(&mut rng, dim * ffn, 0.5);
         let want: Vec<f32> = (0..tokens)
-            .flat_map(|t| matvec_reference(&swiglu_reference(&x[t * dim..(t + 1) * dim], &gate, &up, ffn), &down, dim))
+            .flat_map(|t| {
+                matvec_reference(
+                    &swiglu_reference(&x[t * dim..(t + 1) * dim], &gate, &up, ffn),
+                    &down,
+                    dim,
+                )
+            })
             .collect();
         let xg = GpuTensor::from_f32(&ctx, "x", &[tokens, dim], &x, DType::F32).unwrap();
         let gw = ExpertWeights::upload(&ctx, "gate", &gate, [1, ffn, dim], DType::F32).unwrap();
@@ -199,7 +294,12 @@ fn dense_shared_expert_tiled_and_gemv_agree_with_reference() {
                 encode_gate_up(&ctx, enc, rows, &xg, &gw, &uw, &h).unwrap();
                 encode_down(&ctx, enc, rows, &h, &dw, &y).unwrap();
             });
-            assert_close(&format!("dense T={tokens} gemv={gemv}"), &y.read_f32_blocking(&ctx).unwrap(), &want, 1e-5);
+            assert_close(
+                &format!("dense T={tokens} gemv={gemv}"),
+                &y.read_f32_blocking(&ctx).unwrap(),
+                &want,
+                1e-5,
+            );
         }
     }
 }
@@ -222,7 +322,10 @@ fn combine_matches_reference() {
         let y = random_vec(&mut rng, rows_total * dim, 1.0);
         let shared = random_vec(&mut rng, tokens * dim, 1.0);
         let gate_logits = random_vec(&mut rng, tokens, 2.0);
-        let expert_rows: Vec<Option<Vec<f32>>> = rows.iter().map(|&r| Some(y[r as usize * dim..(r as usize + 1) * dim].to_vec())).collect();
+        let expert_rows: Vec<Option<Vec<f32>>> = rows
+            .iter()
+            .map(|&r| Some(y[r as usize * dim..(r as usize + 1) * dim].to_vec()))
+            .collect();
 
         let ig = GpuTensor::from_u32(&ctx, "ids", &[tokens, k], &ids).unwrap();
         let rg = GpuTensor::from_u32(&ctx, "rows", &[tokens * k], &rows).unwrap();
@@ -233,19 +336,32 @@ fn combine_matches_reference() {
         for mode in 0..3 {
             let term = match mode {
                 0 => None,
-                1 => Some(SharedTerm { output: &sg, gate_logits: None }),
-                _ => Some(SharedTerm { output: &sg, gate_logits: Some(&gg) }),
+                1 => Some(SharedTerm {
+                    output: &sg,
+                    gate_logits: None,
+                }),
+                _ => Some(SharedTerm {
+                    output: &sg,
+                    gate_logits: Some(&gg),
+                }),
             };
             let out = GpuTensor::empty(&ctx, "out", &[tokens, dim], DType::F32).unwrap();
             out.poison(&ctx);
-            run(&ctx, |enc| encode_combine(&ctx, enc, &ig, Some(&rg), &wg, &yg, term, &out).unwrap());
+            run(&ctx, |enc| {
+                encode_combine(&ctx, enc, &ig, Some(&rg), &wg, &yg, term, &out).unwrap()
+            });
             let shared_ref = match mode {
                 0 => None,
                 1 => Some((shared.as_slice(), None)),
                 _ => Some((shared.as_slice(), Some(gate_logits.as_slice()))),
             };
             let want = combine_reference(&ids, &weights, &expert_rows, shared_ref, tokens, k, dim);
-            assert_close(&format!("combine T={tokens} mode {mode}"), &out.read_f32_blocking(&ctx).unwrap(), &want, 1e-5);
+            assert_close(
+                &format!("combine T={tokens} mode {mode}"),
+                &out.read_f32_blocking(&ctx).unwrap(),
+                &want,
+                1e-5,
+            );
         }
     }
 }

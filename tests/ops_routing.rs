@@ -32,18 +32,31 @@ fn router_logits_match_reference() {
                 let wg = GpuTensor::from_f32(&ctx, "w", &[experts, dim], &w, dtype).unwrap();
                 let out = GpuTensor::empty(&ctx, "logits", &[tokens, experts], DType::F32).unwrap();
                 out.poison(&ctx);
-                run(&ctx, |enc| encode_router_logits(&ctx, enc, &xg, &wg, &out).unwrap());
+                run(&ctx, |enc| {
+                    encode_router_logits(&ctx, enc, &xg, &wg, &out).unwrap()
+                });
                 let got = out.read_f32_blocking(&ctx).unwrap();
                 let w_stored: Vec<f32> = w.iter().map(|&v| dtype.round_trip(v)).collect();
                 let want = router_logits_reference(&x, &w_stored, tokens, experts, dim);
-                assert_close(&format!("logits T={tokens} E={experts} {dtype:?}"), &got, &want, 1e-5);
+                assert_close(
+                    &format!("logits T={tokens} E={experts} {dtype:?}"),
+                    &got,
+                    &want,
+                    1e-5,
+                );
             }
         }
     }
 }
 
 /// Runs routing on the GPU and compares ids exactly and weights to 1e-5.
-fn check_routing(ctx: &GpuContext, config: &RoutingConfig, logits: &[f32], bias: Option<&[f32]>, tokens: usize) {
+fn check_routing(
+    ctx: &GpuContext,
+    config: &RoutingConfig,
+    logits: &[f32],
+    bias: Option<&[f32]>,
+    tokens: usize,
+) {
     let (e, k) = (config.num_experts, config.top_k);
     let lg = GpuTensor::from_f32(ctx, "logits", &[tokens, e], logits, DType::F32).unwrap();
     let bg = bias.map(|b| GpuTensor::from_f32(ctx, "bias", &[e], b, DType::F32).unwrap());
@@ -51,11 +64,16 @@ fn check_routing(ctx: &GpuContext, config: &RoutingConfig, logits: &[f32], bias:
     let weights = GpuTensor::empty(ctx, "weights", &[tokens, k], DType::F32).unwrap();
     ids.poison(ctx);
     weights.poison(ctx);
-    run(ctx, |enc| encode_routing(ctx, enc, config, &lg, bg.as_ref(), &ids, &weights).unwrap());
+    run(ctx, |enc| {
+        encode_routing(ctx, enc, config, &lg, bg.as_ref(), &ids, &weights).unwrap()
+    });
     let (want_ids, want_w) = routing_reference(config, logits, bias, tokens);
     let got_ids = ids.read_u32_blocking(ctx).unwrap();
     assert_eq!(got_ids, want_ids, "ids for {config:?}, T={tokens}");
-    assert!(got_ids.iter().all(|&i| (i as usize) < e), "every slot chose a real expert");
+    assert!(
+        got_ids.iter().all(|&i| (i as usize) < e),
+        "every slot chose a real expert"
+    );
     for t in 0..tokens {
         let mut row = got_ids[t * k..(t + 1) * k].to_vec();
         row.sort();
@@ -63,7 +81,12 @@ fn check_routing(ctx: &GpuContext, config: &RoutingConfig, logits: &[f32], bias:
         assert_eq!(row.len(), k, "token {t} chose an expert twice");
     }
     let got_w = weights.read_f32_blocking(ctx).unwrap();
-    assert_close(&format!("weights for {config:?}, T={tokens}"), &got_w, &want_w, 1e-5);
+    assert_close(
+        &format!("weights for {config:?}, T={tokens}"),
+        &got_w,
+        &want_w,
+        1e-5,
+    );
 }
 
 fn top_ks(experts: usize) -> Vec<usize> {
@@ -126,7 +149,9 @@ fn group_limited_routing_matches_reference() {
     let ctx = context();
     let mut rng = rng(4);
     // (E, n_group, topk_group, k): DeepSeek-V3-like 256/8/4/8 and V2-like 64/8/3/6.
-    for (experts, n_group, topk_group, k) in [(256, 8, 4, 8), (64, 8, 3, 6), (16, 4, 1, 4), (8, 8, 8, 8)] {
+    for (experts, n_group, topk_group, k) in
+        [(256, 8, 4, 8), (64, 8, 3, 6), (16, 4, 1, 4), (8, 8, 8, 8)]
+    {
         for score in [GroupScore::Max, GroupScore::TopTwoSum] {
             for scoring in [Scoring::Softmax, Scoring::Sigmoid] {
                 let tokens = 33;
@@ -146,7 +171,10 @@ fn group_limited_routing_matches_reference() {
                 // Every chosen expert lies in one of topk_group groups.
                 let (ids, _) = routing_reference(&config, &logits, Some(&bias), tokens);
                 for t in 0..tokens {
-                    let mut groups: Vec<u32> = ids[t * k..(t + 1) * k].iter().map(|&e| e / (experts / n_group) as u32).collect();
+                    let mut groups: Vec<u32> = ids[t * k..(t + 1) * k]
+                        .iter()
+                        .map(|&e| e / (experts / n_group) as u32)
+                        .collect();
                     groups.sort();
                     groups.dedup();
                     assert!(groups.len() <= topk_group);
@@ -163,7 +191,9 @@ fn ties_break_toward_the_lower_expert_index() {
     for &experts in &[4, 8, 60] {
         let tokens = 64;
         // Few distinct values: many exact ties.
-        let logits: Vec<f32> = (0..tokens * experts).map(|_| rng.random_range(0..3) as f32 * 0.5).collect();
+        let logits: Vec<f32> = (0..tokens * experts)
+            .map(|_| rng.random_range(0..3) as f32 * 0.5)
+            .collect();
         for k in top_ks(experts) {
             for order in [TopKOrder::ScoreThenTopK, TopKOrder::TopKThenSoftmax] {
                 let config = RoutingConfig {
@@ -177,7 +207,9 @@ fn ties_break_toward_the_lower_expert_index() {
         let flat = vec![1.0f32; tokens * experts];
         let config = RoutingConfig::softmax_top_k(experts, experts.min(4), false);
         let (ids, _) = routing_reference(&config, &flat, None, tokens);
-        assert!(ids.chunks(config.top_k).all(|r| r.iter().enumerate().all(|(j, &e)| e == j as u32)));
+        assert!(ids
+            .chunks(config.top_k)
+            .all(|r| r.iter().enumerate().all(|(j, &e)| e == j as u32)));
         check_routing(&ctx, &config, &flat, None, tokens);
     }
 }
@@ -201,19 +233,30 @@ fn every_token_on_one_expert() {
 fn capacity_drops_lowest_scores_and_counts_them() {
     let ctx = context();
     let mut rng = rng(7);
-    for (tokens, k, experts, capacity) in [(64, 2, 8, 12), (7, 1, 4, 1), (257, 4, 8, 100), (33, 2, 4, 0)] {
+    for (tokens, k, experts, capacity) in [
+        (64, 2, 8, 12),
+        (7, 1, 4, 1),
+        (257, 4, 8, 100),
+        (33, 2, 4, 0),
+    ] {
         let n = tokens * k;
-        let mut ids: Vec<u32> = (0..n).map(|_| rng.random_range(0..experts as u32)).collect();
+        let mut ids: Vec<u32> = (0..n)
+            .map(|_| rng.random_range(0..experts as u32))
+            .collect();
         ids[0] = SENTINEL;
         // Quantised weights: ties too.
-        let weights: Vec<f32> = (0..n).map(|_| rng.random_range(0..5) as f32 / 4.0).collect();
+        let weights: Vec<f32> = (0..n)
+            .map(|_| rng.random_range(0..5) as f32 / 4.0)
+            .collect();
         let ig = GpuTensor::from_u32(&ctx, "ids", &[tokens, k], &ids).unwrap();
         let wg = GpuTensor::from_f32(&ctx, "w", &[tokens, k], &weights, DType::F32).unwrap();
         let routed = GpuTensor::empty(&ctx, "routed", &[tokens, k], DType::U32).unwrap();
         let dropped = GpuTensor::empty(&ctx, "dropped", &[experts], DType::U32).unwrap();
         routed.poison(&ctx);
         dropped.poison(&ctx);
-        run(&ctx, |enc| encode_capacity(&ctx, enc, &ig, &wg, capacity, &routed, &dropped).unwrap());
+        run(&ctx, |enc| {
+            encode_capacity(&ctx, enc, &ig, &wg, capacity, &routed, &dropped).unwrap()
+        });
         let (want_routed, want_dropped) = capacity_reference(&ids, &weights, experts, capacity);
         assert_eq!(routed.read_u32_blocking(&ctx).unwrap(), want_routed);
         assert_eq!(dropped.read_u32_blocking(&ctx).unwrap(), want_dropped);

@@ -209,7 +209,8 @@ pub fn list_adapters(backends: Option<wgpu::Backends>) -> Vec<wgpu::AdapterInfo>
         desc.backends = b;
     }
     let instance = wgpu::Instance::new(desc);
-    let adapters = pollster::block_on(instance.enumerate_adapters(backends.unwrap_or(wgpu::Backends::all())));
+    let adapters =
+        pollster::block_on(instance.enumerate_adapters(backends.unwrap_or(wgpu::Backends::all())));
     adapters.iter().map(|a| a.get_info()).collect()
 }
 

@@ -110,7 +110,11 @@ impl GpuContext {
     }
 
     /// A bind group for group 0 of `pipeline` from (binding number, buffer) pairs.
-    pub fn bind(&self, pipeline: &wgpu::ComputePipeline, buffers: &[(u32, &wgpu::Buffer)]) -> wgpu::BindGroup {
+    pub fn bind(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        buffers: &[(u32, &wgpu::Buffer)],
+    ) -> wgpu::BindGroup {
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
             .map(|(i, b)| wgpu::BindGroupEntry {

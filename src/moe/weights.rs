@@ -69,8 +69,16 @@ impl MoeWeights {
                     }
                 }
             }
-            (Some(_), None) => return Err(Error::Config("the config has a shared expert but no weights were given".into())),
-            (None, Some(_)) => return Err(Error::Config("shared expert weights given but the config has none".into())),
+            (Some(_), None) => {
+                return Err(Error::Config(
+                    "the config has a shared expert but no weights were given".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(Error::Config(
+                    "shared expert weights given but the config has none".into(),
+                ))
+            }
         }
         Ok(())
     }

@@ -13,7 +13,8 @@ pub fn context() -> GpuContext {
 }
 
 pub fn context_with(options: ContextOptions) -> GpuContext {
-    pollster::block_on(GpuContext::new(options)).unwrap_or_else(|e| panic!("no GPU context for the tests: {e}"))
+    pollster::block_on(GpuContext::new(options))
+        .unwrap_or_else(|e| panic!("no GPU context for the tests: {e}"))
 }
 
 pub fn rng(seed: u64) -> ChaCha8Rng {
@@ -33,7 +34,13 @@ pub fn max_relative_error(actual: &[f32], expected: &[f32], floor: f32) -> f32 {
     actual
         .iter()
         .zip(expected)
-        .map(|(a, b)| if a.is_nan() || b.is_nan() { f32::INFINITY } else { (a - b).abs() / scale })
+        .map(|(a, b)| {
+            if a.is_nan() || b.is_nan() {
+                f32::INFINITY
+            } else {
+                (a - b).abs() / scale
+            }
+        })
         .fold(0.0, f32::max)
 }
 
