@@ -91,7 +91,10 @@ impl RoutingConfig {
             return cfg("top-k-then-softmax routing cannot use sigmoid scoring".into());
         }
         if let Some(g) = self.group_limit {
-            if g.n_group == 0 || g.n_group > MAX_GROUPS || !self.num_experts.is_multiple_of(g.n_group) {
+            if g.n_group == 0
+                || g.n_group > MAX_GROUPS
+                || !self.num_experts.is_multiple_of(g.n_group)
+            {
                 return cfg(format!(
                     "n_group = {} must divide num_experts = {} and be at most {MAX_GROUPS}",
                     g.n_group, self.num_experts
