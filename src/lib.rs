@@ -3,6 +3,7 @@ pub mod error;
 pub mod gpu;
 
 pub use error::{Error, Result};
+pub mod model;
 pub mod moe;
 pub mod ops;
 
