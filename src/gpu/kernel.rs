@@ -33,6 +33,12 @@ pub const PERMUTE: Shader = shader!("permute");
 pub const EXPERT_MATMUL: Shader = shader!("expert_matmul");
 pub const EXPERT_GEMV: Shader = shader!("expert_gemv");
 pub const COMBINE: Shader = shader!("combine");
+pub const NORM: Shader = shader!("norm");
+pub const ELEMENTWISE: Shader = shader!("elementwise");
+pub const ROPE: Shader = shader!("rope");
+pub const ATTENTION: Shader = shader!("attention");
+pub const EMBEDDING: Shader = shader!("embedding");
+pub const SAMPLING: Shader = shader!("sampling");
 
 /// Every kernel file, for validation tests and tools.
 pub const ALL_SHADERS: &[Shader] = &[
@@ -43,6 +49,12 @@ pub const ALL_SHADERS: &[Shader] = &[
     EXPERT_MATMUL,
     EXPERT_GEMV,
     COMBINE,
+    NORM,
+    ELEMENTWISE,
+    ROPE,
+    ATTENTION,
+    EMBEDDING,
+    SAMPLING,
 ];
 
 /// The full WGSL text the host compiles for a kernel file.

@@ -1,9 +1,14 @@
 //! GPU ops of the MoE layer. Each module holds the host code that records a kernel
 //! of `shaders/` and, beside it, the plain-Rust CPU reference that tests compare with.
+pub mod attention;
 pub mod capacity;
 pub mod combine;
+pub mod elementwise;
+pub mod embedding;
 pub mod expert_matmul;
+pub mod norm;
 pub mod permute;
+pub mod rope;
 pub mod router;
 pub mod routing;
 

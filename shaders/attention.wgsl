@@ -1,0 +1,117 @@
+// Causal attention with a KV cache and grouped-query heads.
+// kv_store: copies this step's k, v [T, kv_heads * head_dim] into the caches
+//   [kv_heads, max_ctx, head_dim] at positions pos0..pos0+T.
+// attend: out[t, h] = sum_j softmax_j(scale * q[t, h] . k[j, h / group]) v[j, h / group]
+//   over cache positions j <= pos0 + t. Scores and then probabilities go through the
+//   `scores` scratch [T * heads, max_ctx]; max and sum by fixed-order tree reductions,
+//   the weighted sum of values in position order: deterministic.
+// Mapping: kv_store one invocation per element of k; attend one 64-invocation
+// workgroup per (t, head).
+
+struct AttentionParams {
+    tokens: u32,
+    heads: u32,
+    kv_heads: u32,
+    head_dim: u32,
+    pos0: u32,
+    max_ctx: u32,
+    scale: f32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: AttentionParams;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read_write> k_cache: array<f32>;
+@group(0) @binding(3) var<storage, read_write> v_cache: array<f32>;
+@group(0) @binding(4) var<storage, read_write> scores: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+@group(0) @binding(6) var<storage, read> k_new: array<f32>;
+@group(0) @binding(7) var<storage, read> v_new: array<f32>;
+
+@compute @workgroup_size(64)
+fn kv_store(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let idx = linear_workgroup(wid, nwg) * 64u + lid;
+    let width = p.kv_heads * p.head_dim;
+    if (idx >= p.tokens * width) {
+        return;
+    }
+    let t = idx / width;
+    let kvh = (idx % width) / p.head_dim;
+    let d = idx % p.head_dim;
+    let dst = (kvh * p.max_ctx + p.pos0 + t) * p.head_dim + d;
+    k_cache[dst] = k_new[idx];
+    v_cache[dst] = v_new[idx];
+}
+
+var<workgroup> partial: array<f32, 64>;
+
+// Tree reduction of partial[0..64] with max (use_max) or sum; result for all invocations.
+fn reduce(lid: u32, use_max: bool) -> f32 {
+    for (var stride = 32u; stride > 0u; stride /= 2u) {
+        workgroupBarrier();
+        if (lid < stride) {
+            let a = partial[lid];
+            let b = partial[lid + stride];
+            partial[lid] = select(a + b, max(a, b), use_max);
+        }
+    }
+    workgroupBarrier();
+    let r = partial[0];
+    workgroupBarrier();
+    return r;
+}
+
+@compute @workgroup_size(64)
+fn attend(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let th = linear_workgroup(wid, nwg);
+    if (th >= p.tokens * p.heads) {
+        return;
+    }
+    let t = th / p.heads;
+    let h = th % p.heads;
+    let kvh = h / (p.heads / p.kv_heads);
+    let keys = p.pos0 + t + 1u;
+    let qb = th * p.head_dim;
+    let cache_base = kvh * p.max_ctx * p.head_dim;
+    let sb = th * p.max_ctx;
+
+    var local_max = -3.0e38;
+    for (var j = lid; j < keys; j += 64u) {
+        var s = 0.0;
+        let kb = cache_base + j * p.head_dim;
+        for (var d = 0u; d < p.head_dim; d++) {
+            s += q[qb + d] * k_cache[kb + d];
+        }
+        s *= p.scale;
+        scores[sb + j] = s;
+        local_max = max(local_max, s);
+    }
+    partial[lid] = local_max;
+    let m = reduce(lid, true);
+
+    var local_sum = 0.0;
+    for (var j = lid; j < keys; j += 64u) {
+        let e = exp(scores[sb + j] - m);
+        scores[sb + j] = e;
+        local_sum += e;
+    }
+    partial[lid] = local_sum;
+    let total = reduce(lid, false);
+    storageBarrier();
+
+    for (var d = lid; d < p.head_dim; d += 64u) {
+        var acc = 0.0;
+        for (var j = 0u; j < keys; j++) {
+            acc += scores[sb + j] * v_cache[cache_base + j * p.head_dim + d];
+        }
+        out[qb + d] = acc / total;
+    }
+}

@@ -1,0 +1,30 @@
+// Token embedding lookup: x[t, c] = table[ids[t], c] * scale.
+// Layout: ids [T] u32 (checked < vocab on the host); table [vocab, d] (WEIGHT_DTYPE);
+// x [T, d] f32. Mapping: one invocation per output element, 64 per workgroup.
+
+struct EmbeddingParams {
+    tokens: u32,
+    dim: u32,
+    scale: f32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: EmbeddingParams;
+@group(0) @binding(1) var<storage, read> ids: array<u32>;
+@group(0) @binding(2) var<storage, read> table: array<u32>;
+@group(0) @binding(3) var<storage, read_write> x: array<f32>;
+
+@compute @workgroup_size(64)
+fn embed(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let idx = linear_workgroup(wid, nwg) * 64u + lid;
+    if (idx >= p.tokens * p.dim) {
+        return;
+    }
+    let t = idx / p.dim;
+    let wi = ids[t] * p.dim + idx % p.dim;
+    x[idx] = decode_weight(table[weight_word(wi)], wi) * p.scale;
+}

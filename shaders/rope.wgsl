@@ -1,0 +1,46 @@
+// Rotary position embedding, in place, rotate-half (GPT-NeoX / HF Llama) layout:
+// for i < rot/2 at position pos = pos0 + t:
+//   x[i]         = x[i] * cos - x[i + rot/2] * sin
+//   x[i + rot/2] = x[i + rot/2] * cos + x[i] * sin
+// Dimensions rot..head_dim are left alone (partial rotary).
+// Layout: x [T, heads, head_dim] f32; table [positions, rot/2, 2] f32 = (cos, sin),
+// computed on the CPU the way transformers does (f32 inv_freq * position).
+// Mapping: one invocation per (t, head, i), 64 per workgroup.
+
+struct RopeParams {
+    tokens: u32,
+    heads: u32,
+    head_dim: u32,
+    half_rot: u32,
+    pos0: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: RopeParams;
+@group(0) @binding(1) var<storage, read_write> x: array<f32>;
+@group(0) @binding(2) var<storage, read> table: array<f32>;
+
+@compute @workgroup_size(64)
+fn rope(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let idx = linear_workgroup(wid, nwg) * 64u + lid;
+    if (idx >= p.tokens * p.heads * p.half_rot) {
+        return;
+    }
+    let i = idx % p.half_rot;
+    let th = idx / p.half_rot; // t * heads + head
+    let t = th / p.heads;
+    let base = th * p.head_dim;
+    let entry = ((p.pos0 + t) * p.half_rot + i) * 2u;
+    let c = table[entry];
+    let s = table[entry + 1u];
+    let x1 = x[base + i];
+    let x2 = x[base + i + p.half_rot];
+    x[base + i] = x1 * c - x2 * s;
+    x[base + i + p.half_rot] = x2 * c + x1 * s;
+}

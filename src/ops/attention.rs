@@ -1,0 +1,156 @@
+//! Causal grouped-query attention over a GPU KV cache (shaders/attention.wgsl).
+
+use crate::error::{Error, Result};
+use crate::gpu::kernel::{dispatch, ATTENTION};
+use crate::gpu::{DType, GpuContext, GpuTensor};
+use crate::ops::workgroups;
+
+/// One layer's key and value caches, `[kv_heads, max_ctx, head_dim]` each.
+pub struct KvCache {
+    pub keys: GpuTensor,
+    pub values: GpuTensor,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub max_ctx: usize,
+}
+
+impl KvCache {
+    pub fn new(ctx: &GpuContext, kv_heads: usize, head_dim: usize, max_ctx: usize) -> Result<Self> {
+        let shape = [kv_heads, max_ctx, head_dim];
+        Ok(Self {
+            keys: GpuTensor::empty(ctx, "key cache", &shape, DType::F32)?,
+            values: GpuTensor::empty(ctx, "value cache", &shape, DType::F32)?,
+            kv_heads,
+            head_dim,
+            max_ctx,
+        })
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct AttentionParams {
+    tokens: u32,
+    heads: u32,
+    kv_heads: u32,
+    head_dim: u32,
+    pos0: u32,
+    max_ctx: u32,
+    scale: f32,
+    _pad: u32,
+}
+
+/// Stores `k`, `v [T, kv_heads * head_dim]` at positions `pos0..` and records attention
+/// of `q [T, heads * head_dim]` over positions `0..=pos0 + t` into `out` (like `q`).
+#[allow(clippy::too_many_arguments)]
+pub fn encode_attention(
+    ctx: &GpuContext,
+    encoder: &mut wgpu::CommandEncoder,
+    cache: &KvCache,
+    q: &GpuTensor,
+    k: &GpuTensor,
+    v: &GpuTensor,
+    heads: usize,
+    pos0: usize,
+    scale: f32,
+    out: &GpuTensor,
+) -> Result<()> {
+    let tokens = q.shape[0];
+    if pos0 + tokens > cache.max_ctx {
+        return Err(Error::Config(format!(
+            "positions up to {} do not fit the KV cache of {} positions",
+            pos0 + tokens,
+            cache.max_ctx
+        )));
+    }
+    if heads % cache.kv_heads != 0 {
+        return Err(Error::Config(format!(
+            "{heads} heads are not a multiple of {} kv heads",
+            cache.kv_heads
+        )));
+    }
+    let scores = GpuTensor::empty(
+        ctx,
+        "attention scores",
+        &[tokens * heads, cache.max_ctx],
+        DType::F32,
+    )?;
+    let params = ctx.uniform(&AttentionParams {
+        tokens: tokens as u32,
+        heads: heads as u32,
+        kv_heads: cache.kv_heads as u32,
+        head_dim: cache.head_dim as u32,
+        pos0: pos0 as u32,
+        max_ctx: cache.max_ctx as u32,
+        scale,
+        _pad: 0,
+    });
+    let store = ctx.pipeline(&ATTENTION, "kv_store", &[]);
+    let bind = ctx.bind(
+        &store,
+        &[
+            (0, &params),
+            (2, &cache.keys.buffer),
+            (3, &cache.values.buffer),
+            (6, &k.buffer),
+            (7, &v.buffer),
+        ],
+    );
+    dispatch(encoder, &store, &bind, workgroups(k.len(), 64));
+    let attend = ctx.pipeline(&ATTENTION, "attend", &[]);
+    let bind = ctx.bind(
+        &attend,
+        &[
+            (0, &params),
+            (1, &q.buffer),
+            (2, &cache.keys.buffer),
+            (3, &cache.values.buffer),
+            (4, &scores.buffer),
+            (5, &out.buffer),
+        ],
+    );
+    dispatch(encoder, &attend, &bind, (tokens * heads) as u32);
+    Ok(())
+}
+
+/// CPU reference: `keys`, `values` hold all positions `0..pos0 + T` as
+/// `[positions, kv_heads * head_dim]`; `q [T, heads * head_dim]`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_reference(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    pos0: usize,
+    scale: f32,
+) -> Vec<f32> {
+    let tokens = q.len() / (heads * head_dim);
+    let kv_width = kv_heads * head_dim;
+    let mut out = vec![0.0f32; q.len()];
+    for t in 0..tokens {
+        for h in 0..heads {
+            let kvh = h / (heads / kv_heads);
+            let qv = &q[(t * heads + h) * head_dim..][..head_dim];
+            let n = pos0 + t + 1;
+            let scores: Vec<f32> = (0..n)
+                .map(|j| {
+                    crate::ops::router::dot(qv, &keys[j * kv_width + kvh * head_dim..][..head_dim])
+                        * scale
+                })
+                .collect();
+            let m = scores.iter().fold(-3.0e38f32, |a, &b| a.max(b));
+            let e: Vec<f32> = scores.iter().map(|s| (s - m).exp()).collect();
+            let sum: f32 = e.iter().sum();
+            for d in 0..head_dim {
+                let mut acc = 0.0f32;
+                for (j, p) in e.iter().enumerate() {
+                    acc += p * values[j * kv_width + kvh * head_dim + d];
+                }
+                out[(t * heads + h) * head_dim + d] = acc / sum;
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,52 @@
+//! RMSNorm (shaders/norm.wgsl).
+
+use crate::error::Result;
+use crate::gpu::kernel::{dispatch, NORM};
+use crate::gpu::{GpuContext, GpuTensor};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct NormParams {
+    rows: u32,
+    dim: u32,
+    eps: f32,
+    _pad: u32,
+}
+
+/// Records `y = rms_norm(x) * w` over rows of `w.len()` elements (`x`, `y` of equal size).
+pub fn encode_rms_norm(
+    ctx: &GpuContext,
+    encoder: &mut wgpu::CommandEncoder,
+    x: &GpuTensor,
+    w: &GpuTensor,
+    eps: f32,
+    y: &GpuTensor,
+) -> Result<()> {
+    let dim = w.len();
+    let rows = x.len() / dim;
+    crate::ops::expect_shape("rms norm output", y, &x.shape)?;
+    let params = ctx.uniform(&NormParams {
+        rows: rows as u32,
+        dim: dim as u32,
+        eps,
+        _pad: 0,
+    });
+    let pipeline = ctx.pipeline(&NORM, "rms_norm", &[]);
+    let bind = ctx.bind(
+        &pipeline,
+        &[(0, &params), (1, &x.buffer), (2, &w.buffer), (3, &y.buffer)],
+    );
+    dispatch(encoder, &pipeline, &bind, rows as u32);
+    Ok(())
+}
+
+/// CPU reference, row by row.
+pub fn rms_norm_reference(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    x.chunks(w.len())
+        .flat_map(|row| {
+            let ms = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+            let inv = 1.0 / (ms + eps).sqrt();
+            row.iter().zip(w).map(move |(v, g)| v * inv * g)
+        })
+        .collect()
+}

@@ -1,0 +1,212 @@
+//! Transformer ops around the MoE layer against their CPU references: RMSNorm,
+//! RoPE, KV-cache attention, embedding, argmax and the elementwise updates.
+
+mod common;
+
+use common::*;
+use rand::Rng;
+use webmoe::ops::attention::{attention_reference, encode_attention, KvCache};
+use webmoe::ops::elementwise::{encode_add_row_bias, encode_add_scaled, encode_scale_clamp};
+use webmoe::ops::embedding::{argmax_reference, encode_argmax, encode_embedding};
+use webmoe::ops::norm::{encode_rms_norm, rms_norm_reference};
+use webmoe::ops::rope::{encode_rope, rope_reference, rope_table, upload_rope_table};
+use webmoe::{DType, GpuContext, GpuTensor};
+
+fn run(ctx: &GpuContext, record: impl FnOnce(&mut wgpu::CommandEncoder)) {
+    let mut encoder = ctx.device.create_command_encoder(&Default::default());
+    record(&mut encoder);
+    ctx.queue.submit([encoder.finish()]);
+}
+
+fn upload(ctx: &GpuContext, shape: &[usize], v: &[f32]) -> GpuTensor {
+    GpuTensor::from_f32(ctx, "t", shape, v, DType::F32).unwrap()
+}
+
+#[test]
+fn rms_norm_matches_reference() {
+    let ctx = context();
+    let mut rng = rng(1);
+    for &(rows, dim) in &[(1, 1), (7, 13), (64, 256), (3, 1000)] {
+        let x = random_vec(&mut rng, rows * dim, 3.0);
+        let w = random_vec(&mut rng, dim, 1.0);
+        let y = GpuTensor::empty(&ctx, "y", &[rows, dim], DType::F32).unwrap();
+        y.poison(&ctx);
+        run(&ctx, |enc| {
+            encode_rms_norm(
+                &ctx,
+                enc,
+                &upload(&ctx, &[rows, dim], &x),
+                &upload(&ctx, &[dim], &w),
+                1e-6,
+                &y,
+            )
+            .unwrap()
+        });
+        assert_close(
+            &format!("rms norm {rows}x{dim}"),
+            &y.read_f32_blocking(&ctx).unwrap(),
+            &rms_norm_reference(&x, &w, 1e-6),
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn rope_matches_reference_with_full_and_partial_rotary() {
+    let ctx = context();
+    let mut rng = rng(2);
+    for &(tokens, heads, head_dim, rot, pos0) in &[
+        (1, 1, 8, 8, 0),
+        (5, 4, 16, 16, 3),
+        (9, 2, 32, 16, 100),
+        (3, 3, 64, 64, 1000),
+    ] {
+        let table = upload_rope_table(&ctx, 10000.0, rot, pos0 + tokens).unwrap();
+        let host_table = rope_table(10000.0, rot, pos0 + tokens);
+        let mut x = random_vec(&mut rng, tokens * heads * head_dim, 1.0);
+        let xg = upload(&ctx, &[tokens, heads * head_dim], &x);
+        run(&ctx, |enc| {
+            encode_rope(&ctx, enc, &xg, &table, heads, head_dim, pos0)
+        });
+        rope_reference(&mut x, &host_table, rot / 2, heads, head_dim, pos0);
+        assert_close(
+            &format!("rope T={tokens} rot={rot}"),
+            &xg.read_f32_blocking(&ctx).unwrap(),
+            &x,
+            1e-6,
+        );
+    }
+}
+
+#[test]
+fn attention_prefill_then_decode_matches_reference() {
+    let ctx = context();
+    let mut rng = rng(3);
+    for &(heads, kv_heads, head_dim, prefill, decode_steps, max_ctx) in &[
+        (4, 4, 16, 5, 3, 16),
+        (8, 2, 32, 17, 2, 40),
+        (2, 1, 100, 1, 4, 8),
+        (4, 2, 8, 70, 1, 80),
+    ] {
+        let cache = KvCache::new(&ctx, kv_heads, head_dim, max_ctx).unwrap();
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let (mut all_k, mut all_v) = (Vec::new(), Vec::new());
+        let mut pos0 = 0;
+        for tokens in std::iter::once(prefill).chain(std::iter::repeat_n(1, decode_steps)) {
+            let q = random_vec(&mut rng, tokens * heads * head_dim, 1.0);
+            let k = random_vec(&mut rng, tokens * kv_heads * head_dim, 1.0);
+            let v = random_vec(&mut rng, tokens * kv_heads * head_dim, 1.0);
+            all_k.extend_from_slice(&k);
+            all_v.extend_from_slice(&v);
+            let out =
+                GpuTensor::empty(&ctx, "out", &[tokens, heads * head_dim], DType::F32).unwrap();
+            out.poison(&ctx);
+            run(&ctx, |enc| {
+                let (qg, kg, vg) = (
+                    upload(&ctx, &[tokens, heads * head_dim], &q),
+                    upload(&ctx, &[tokens, kv_heads * head_dim], &k),
+                    upload(&ctx, &[tokens, kv_heads * head_dim], &v),
+                );
+                encode_attention(&ctx, enc, &cache, &qg, &kg, &vg, heads, pos0, scale, &out)
+                    .unwrap();
+            });
+            let want =
+                attention_reference(&q, &all_k, &all_v, heads, kv_heads, head_dim, pos0, scale);
+            assert_close(
+                &format!("attention H={heads}/{kv_heads} pos0={pos0} T={tokens}"),
+                &out.read_f32_blocking(&ctx).unwrap(),
+                &want,
+                1e-5,
+            );
+            pos0 += tokens;
+        }
+        // Past the cache: an error, not a GPU fault.
+        let q = upload(
+            &ctx,
+            &[max_ctx, heads * head_dim],
+            &vec![0.0; max_ctx * heads * head_dim],
+        );
+        let kv = upload(
+            &ctx,
+            &[max_ctx, kv_heads * head_dim],
+            &vec![0.0; max_ctx * kv_heads * head_dim],
+        );
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        assert!(
+            encode_attention(&ctx, &mut enc, &cache, &q, &kv, &kv, heads, 1, scale, &q).is_err()
+        );
+    }
+}
+
+#[test]
+fn embedding_and_argmax_match_reference() {
+    let ctx = context();
+    let mut rng = rng(4);
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let (vocab, dim) = (50, 24);
+        let table = random_vec(&mut rng, vocab * dim, 1.0);
+        let ids: Vec<u32> = (0..9).map(|_| rng.random_range(0..vocab as u32)).collect();
+        let tg = GpuTensor::from_f32(&ctx, "table", &[vocab, dim], &table, dtype).unwrap();
+        let ig = GpuTensor::from_u32(&ctx, "ids", &[ids.len()], &ids).unwrap();
+        let x = GpuTensor::empty(&ctx, "x", &[ids.len(), dim], DType::F32).unwrap();
+        x.poison(&ctx);
+        run(&ctx, |enc| encode_embedding(&ctx, enc, &ig, &tg, 2.0, &x));
+        let want: Vec<f32> = ids
+            .iter()
+            .flat_map(|&i| {
+                table[i as usize * dim..][..dim]
+                    .iter()
+                    .map(|&v| dtype.round_trip(v) * 2.0)
+            })
+            .collect();
+        assert_close(
+            &format!("embedding {dtype:?}"),
+            &x.read_f32_blocking(&ctx).unwrap(),
+            &want,
+            0.0,
+        );
+    }
+    for &len in &[1, 5, 255, 256, 1000, 70000] {
+        let mut logits = random_vec(&mut rng, len, 10.0);
+        if len > 10 {
+            // a tie for the maximum: the lower index must win
+            let top = logits.iter().cloned().fold(f32::MIN, f32::max) + 1.0;
+            logits[len / 3] = top;
+            logits[len / 2] = top;
+        }
+        let lg = upload(&ctx, &[len], &logits);
+        let result = GpuTensor::empty(&ctx, "argmax", &[1], DType::U32).unwrap();
+        result.poison(&ctx);
+        run(&ctx, |enc| encode_argmax(&ctx, enc, &lg, &result));
+        assert_eq!(
+            result.read_u32_blocking(&ctx).unwrap()[0] as usize,
+            argmax_reference(&logits).unwrap(),
+            "argmax of {len}"
+        );
+    }
+}
+
+#[test]
+fn elementwise_updates_match_reference() {
+    let ctx = context();
+    let mut rng = rng(5);
+    let (rows, cols) = (7, 13);
+    let x = random_vec(&mut rng, rows * cols, 2.0);
+    let other = random_vec(&mut rng, rows * cols, 2.0);
+    let bias = random_vec(&mut rng, cols, 2.0);
+    let xg = upload(&ctx, &[rows, cols], &x);
+    run(&ctx, |enc| {
+        encode_add_scaled(&ctx, enc, &xg, &upload(&ctx, &[rows, cols], &other), 0.5);
+        encode_add_row_bias(&ctx, enc, &xg, &upload(&ctx, &[cols], &bias));
+        encode_scale_clamp(&ctx, enc, &xg, 1.5, 2.0);
+    });
+    let want: Vec<f32> = (0..rows * cols)
+        .map(|i| ((x[i] + 0.5 * other[i] + bias[i % cols]) * 1.5).clamp(-2.0, 2.0))
+        .collect();
+    assert_close(
+        "elementwise",
+        &xg.read_f32_blocking(&ctx).unwrap(),
+        &want,
+        1e-6,
+    );
+}
