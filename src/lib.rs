@@ -6,6 +6,7 @@ pub use error::{Error, Result};
 pub mod model;
 pub mod moe;
 pub mod ops;
+pub mod util;
 
 pub use gpu::{ContextOptions, DType, GpuContext, GpuTensor};
 pub use moe::{MoeConfig, MoeLayer, MoeOutputs, MoeWeights};

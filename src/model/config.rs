@@ -1,1 +1,333 @@
-//! (being written)
+//! `config.json` of a Hugging Face MoE checkpoint, parsed into one `ModelConfig`
+//! for the generic decoder. Family facts checked against transformers 5.23's
+//! configuration_*.py and modeling_*.py:
+//! - Mixtral: experts `num_local_experts`, ffn `intermediate_size`; router softmax ->
+//!   top-k -> renormalise (= top-k on logits then softmax); default rope theta 1e6.
+//! - Qwen2-MoE: `qkv_bias` (default true), shared expert of
+//!   `shared_expert_intermediate_size` gated by sigmoid; layer i is sparse when
+//!   i is not in `mlp_only_layers` and (i + 1) % `decoder_sparse_step` == 0.
+//! - Qwen3-MoE: per-head q/k RMSNorm over head_dim; `norm_topk_prob`; same sparse rule.
+//! - OLMoE: q/k RMSNorm over the whole projection, then `clip_qkv` clamps q, k, v.
+//! - GraniteMoE: `embedding_multiplier`, `residual_multiplier`, `attention_multiplier`
+//!   (the attention scale), `logits_scaling` (logits divided by it); router top-k on
+//!   logits then softmax.
+//! - head_dim = `head_dim` or hidden_size / num_attention_heads; rope theta from
+//!   `rope_parameters.rope_theta` (transformers 5) or `rope_theta`, partial rotary from
+//!   `partial_rotary_factor` in either place.
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::gpu::DType;
+use crate::moe::{MoeConfig, SharedExpertConfig};
+use crate::ops::routing::{RoutingConfig, TopKOrder};
+
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
+    "MixtralForCausalLM",
+    "Qwen2MoeForCausalLM",
+    "Qwen3MoeForCausalLM",
+    "OlmoeForCausalLM",
+    "GraniteMoeForCausalLM",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Mixtral,
+    Qwen2Moe,
+    Qwen3Moe,
+    Olmoe,
+    GraniteMoe,
+}
+
+/// Where q/k RMSNorms apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QkNorm {
+    None,
+    /// Over each head's head_dim (Qwen3-MoE).
+    PerHead,
+    /// Over the whole q / k projection (OLMoE).
+    Full,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub family: Family,
+    pub architecture: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub max_position_embeddings: usize,
+    pub rms_norm_eps: f32,
+    pub rope_theta: f32,
+    /// Rotated dimensions of each head (head_dim * partial_rotary_factor).
+    pub rotary_dim: usize,
+    pub tie_word_embeddings: bool,
+    pub attention_bias: bool,
+    pub qk_norm: QkNorm,
+    pub clip_qkv: Option<f32>,
+    pub moe: MoeConfig,
+    /// Intermediate size of dense (non-MoE) layers.
+    pub dense_ffn: usize,
+    /// Per layer: MoE (true) or dense MLP.
+    pub sparse_layers: Vec<bool>,
+    pub embedding_multiplier: f32,
+    pub residual_multiplier: f32,
+    pub attention_scale: f32,
+    pub logits_scaling: f32,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+    pub torch_dtype: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+#[derive(Deserialize, Default)]
+struct RopeParameters {
+    rope_theta: Option<f64>,
+    partial_rotary_factor: Option<f64>,
+    rope_type: Option<String>,
+}
+
+/// The fields webmoe reads; everything optional so missing ones get named errors.
+#[derive(Deserialize)]
+struct RawConfig {
+    architectures: Option<Vec<String>>,
+    vocab_size: Option<usize>,
+    hidden_size: Option<usize>,
+    intermediate_size: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    num_attention_heads: Option<usize>,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    max_position_embeddings: Option<usize>,
+    rms_norm_eps: Option<f64>,
+    rope_theta: Option<f64>,
+    partial_rotary_factor: Option<f64>,
+    rope_parameters: Option<RopeParameters>,
+    rope_scaling: Option<serde_json::Value>,
+    tie_word_embeddings: Option<bool>,
+    attention_bias: Option<bool>,
+    qkv_bias: Option<bool>,
+    clip_qkv: Option<f64>,
+    num_local_experts: Option<usize>,
+    num_experts: Option<usize>,
+    num_experts_per_tok: Option<usize>,
+    moe_intermediate_size: Option<usize>,
+    shared_expert_intermediate_size: Option<usize>,
+    norm_topk_prob: Option<bool>,
+    decoder_sparse_step: Option<usize>,
+    mlp_only_layers: Option<Vec<usize>>,
+    embedding_multiplier: Option<f64>,
+    residual_multiplier: Option<f64>,
+    attention_multiplier: Option<f64>,
+    logits_scaling: Option<f64>,
+    bos_token_id: Option<u32>,
+    eos_token_id: Option<OneOrMany>,
+    torch_dtype: Option<String>,
+    dtype: Option<String>,
+}
+
+impl ModelConfig {
+    /// Reads `dir/config.json` (native).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_dir(dir: &std::path::Path) -> Result<Self> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_json(&text, &path.display().to_string())
+    }
+
+    /// Parses config.json text; `source` names the file in errors.
+    pub fn from_json(text: &str, source: &str) -> Result<Self> {
+        let raw: RawConfig = serde_json::from_str(text)
+            .map_err(|e| Error::Config(format!("{source}: invalid config.json: {e}")))?;
+        let bad = |m: String| Error::Config(format!("{source}: {m}"));
+        let need = |v: Option<usize>, field: &str| {
+            v.ok_or_else(|| bad(format!("missing required field `{field}`")))
+        };
+
+        let architecture = raw
+            .architectures
+            .as_ref()
+            .and_then(|a| a.first().cloned())
+            .ok_or_else(|| bad("missing required field `architectures`".into()))?;
+        let family = match architecture.as_str() {
+            "MixtralForCausalLM" => Family::Mixtral,
+            "Qwen2MoeForCausalLM" => Family::Qwen2Moe,
+            "Qwen3MoeForCausalLM" => Family::Qwen3Moe,
+            "OlmoeForCausalLM" => Family::Olmoe,
+            "GraniteMoeForCausalLM" => Family::GraniteMoe,
+            other => {
+                return Err(bad(format!(
+                    "architecture `{other}` is not supported; supported: {} (DeepSeek-V2/V3 and gpt-oss are planned)",
+                    SUPPORTED_ARCHITECTURES.join(", ")
+                )))
+            }
+        };
+        if let Some(scaling) = &raw.rope_scaling {
+            if !scaling.is_null() {
+                return Err(bad(format!("rope_scaling {scaling} is not supported yet")));
+            }
+        }
+        let rope = raw.rope_parameters.unwrap_or_default();
+        if let Some(kind) = rope.rope_type.as_deref() {
+            if kind != "default" {
+                return Err(bad(format!(
+                    "rope_type `{kind}` is not supported yet (only default RoPE)"
+                )));
+            }
+        }
+
+        let hidden_size = need(raw.hidden_size, "hidden_size")?;
+        let num_heads = need(raw.num_attention_heads, "num_attention_heads")?;
+        let num_layers = need(raw.num_hidden_layers, "num_hidden_layers")?;
+        let vocab_size = need(raw.vocab_size, "vocab_size")?;
+        let intermediate_size = need(raw.intermediate_size, "intermediate_size")?;
+        let num_kv_heads = raw.num_key_value_heads.unwrap_or(num_heads);
+        if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+            return Err(bad(format!(
+                "num_attention_heads = {num_heads} must be a positive multiple of num_key_value_heads = {num_kv_heads}"
+            )));
+        }
+        let head_dim = match raw.head_dim {
+            Some(h) => h,
+            None if hidden_size % num_heads == 0 => hidden_size / num_heads,
+            None => {
+                return Err(bad(format!(
+                    "hidden_size {hidden_size} is not divisible by {num_heads} heads"
+                )))
+            }
+        };
+        let partial = rope
+            .partial_rotary_factor
+            .or(raw.partial_rotary_factor)
+            .unwrap_or(1.0);
+        let rotary_dim = ((head_dim as f64 * partial) as usize) & !1;
+        if head_dim == 0 || rotary_dim == 0 || rotary_dim > head_dim {
+            return Err(bad(format!(
+                "head_dim {head_dim} with partial_rotary_factor {partial} leaves no rotary dims"
+            )));
+        }
+        let default_theta = if family == Family::Mixtral {
+            1.0e6
+        } else {
+            1.0e4
+        };
+        let rope_theta = rope.rope_theta.or(raw.rope_theta).unwrap_or(default_theta) as f32;
+
+        let experts_field = match family {
+            Family::Mixtral | Family::GraniteMoe => ("num_local_experts", raw.num_local_experts),
+            _ => ("num_experts", raw.num_experts),
+        };
+        let num_experts = need(experts_field.1, experts_field.0)?;
+        let top_k = need(raw.num_experts_per_tok, "num_experts_per_tok")?;
+        let expert_ffn = match family {
+            Family::Qwen2Moe | Family::Qwen3Moe => {
+                need(raw.moe_intermediate_size, "moe_intermediate_size")?
+            }
+            _ => intermediate_size,
+        };
+        let order = match family {
+            Family::Mixtral | Family::GraniteMoe => TopKOrder::TopKThenSoftmax,
+            _ => TopKOrder::ScoreThenTopK,
+        };
+        let mut routing =
+            RoutingConfig::softmax_top_k(num_experts, top_k, raw.norm_topk_prob.unwrap_or(false));
+        routing.order = order;
+        let shared_expert = match family {
+            Family::Qwen2Moe => Some(SharedExpertConfig {
+                ffn: need(
+                    raw.shared_expert_intermediate_size,
+                    "shared_expert_intermediate_size",
+                )?,
+                gated: true,
+            }),
+            _ => None,
+        };
+        let moe = MoeConfig {
+            hidden_size,
+            expert_ffn,
+            routing,
+            capacity_factor: None,
+            shared_expert,
+            weight_dtype: DType::F32,
+            decode_max_tokens: 4,
+        };
+        moe.validate().map_err(|e| bad(e.to_string()))?;
+
+        let sparse_layers = match family {
+            Family::Qwen2Moe | Family::Qwen3Moe => {
+                let step = raw.decoder_sparse_step.unwrap_or(1).max(1);
+                let dense = raw.mlp_only_layers.clone().unwrap_or_default();
+                (0..num_layers)
+                    .map(|i| !dense.contains(&i) && (i + 1) % step == 0)
+                    .collect()
+            }
+            _ => vec![true; num_layers],
+        };
+        let granite = family == Family::GraniteMoe;
+        let multiplier = |v: Option<f64>| {
+            if granite {
+                v.unwrap_or(1.0) as f32
+            } else {
+                1.0
+            }
+        };
+        let eos_token_ids = match raw.eos_token_id {
+            None => vec![],
+            Some(OneOrMany::One(id)) => vec![id],
+            Some(OneOrMany::Many(ids)) => ids,
+        };
+        Ok(Self {
+            family,
+            architecture,
+            vocab_size,
+            hidden_size,
+            num_layers,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            max_position_embeddings: need(raw.max_position_embeddings, "max_position_embeddings")?,
+            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6) as f32,
+            rope_theta,
+            rotary_dim,
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            attention_bias: match family {
+                Family::Qwen2Moe => raw.qkv_bias.or(raw.attention_bias).unwrap_or(true),
+                _ => raw.attention_bias.unwrap_or(false),
+            },
+            qk_norm: match family {
+                Family::Qwen3Moe => QkNorm::PerHead,
+                Family::Olmoe => QkNorm::Full,
+                _ => QkNorm::None,
+            },
+            clip_qkv: if family == Family::Olmoe {
+                raw.clip_qkv.map(|c| c as f32)
+            } else {
+                None
+            },
+            moe,
+            dense_ffn: intermediate_size,
+            sparse_layers,
+            embedding_multiplier: multiplier(raw.embedding_multiplier),
+            residual_multiplier: multiplier(raw.residual_multiplier),
+            attention_scale: if granite {
+                raw.attention_multiplier.unwrap_or(1.0) as f32
+            } else {
+                1.0 / (head_dim as f32).sqrt()
+            },
+            logits_scaling: multiplier(raw.logits_scaling),
+            bos_token_id: raw.bos_token_id,
+            eos_token_ids,
+            torch_dtype: raw.torch_dtype.or(raw.dtype),
+        })
+    }
+}

@@ -1,1 +1,223 @@
-//! (being written)
+//! Host-side weights of the generic decoder, loaded by Hugging Face tensor names
+//! (per family) into one layout: `[out, in]` matrices, experts as `[E, out, in]`.
+
+use crate::error::Result;
+use crate::model::config::{Family, ModelConfig, QkNorm};
+use crate::model::safetensors_io::TensorStore;
+use crate::moe::{MoeWeights, SharedExpertWeights};
+
+#[derive(Clone, Debug, Default)]
+pub struct AttentionWeights {
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub o: Vec<f32>,
+    pub q_bias: Option<Vec<f32>>,
+    pub k_bias: Option<Vec<f32>>,
+    pub v_bias: Option<Vec<f32>>,
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
+}
+
+#[derive(Clone, Debug)]
+pub enum FeedForwardWeights {
+    Moe(MoeWeights),
+    Dense {
+        gate: Vec<f32>,
+        up: Vec<f32>,
+        down: Vec<f32>,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct LayerWeights {
+    pub input_norm: Vec<f32>,
+    pub attention: AttentionWeights,
+    pub post_attention_norm: Vec<f32>,
+    pub ffn: FeedForwardWeights,
+}
+
+#[derive(Clone, Debug)]
+pub struct ModelWeights {
+    /// `[vocab, d]`
+    pub embed_tokens: Vec<f32>,
+    pub layers: Vec<LayerWeights>,
+    pub final_norm: Vec<f32>,
+    /// `[vocab, d]`; `None` when tied to the embedding.
+    pub lm_head: Option<Vec<f32>>,
+}
+
+impl ModelWeights {
+    pub fn load(config: &ModelConfig, store: &TensorStore) -> Result<Self> {
+        let c = config;
+        let d = c.hidden_size;
+        let layers = (0..c.num_layers)
+            .map(|i| load_layer(c, store, i))
+            .collect::<Result<Vec<_>>>()?;
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some(store.get_f32("lm_head.weight", &[c.vocab_size, d])?)
+        };
+        Ok(Self {
+            embed_tokens: store.get_f32("model.embed_tokens.weight", &[c.vocab_size, d])?,
+            layers,
+            final_norm: store.get_f32("model.norm.weight", &[d])?,
+            lm_head,
+        })
+    }
+}
+
+fn load_layer(c: &ModelConfig, store: &TensorStore, i: usize) -> Result<LayerWeights> {
+    let p = format!("model.layers.{i}");
+    let get = |name: &str, shape: &[usize]| store.get_f32(&format!("{p}.{name}"), shape);
+    let (d, hd) = (c.hidden_size, c.head_dim);
+    let (qw, kvw) = (c.num_heads * hd, c.num_kv_heads * hd);
+    let bias = |name: &str, n: usize| -> Result<Option<Vec<f32>>> {
+        if c.attention_bias {
+            Ok(Some(get(&format!("self_attn.{name}.bias"), &[n])?))
+        } else {
+            Ok(None)
+        }
+    };
+    let (q_norm, k_norm) = match c.qk_norm {
+        QkNorm::None => (None, None),
+        QkNorm::PerHead => (
+            Some(get("self_attn.q_norm.weight", &[hd])?),
+            Some(get("self_attn.k_norm.weight", &[hd])?),
+        ),
+        QkNorm::Full => (
+            Some(get("self_attn.q_norm.weight", &[qw])?),
+            Some(get("self_attn.k_norm.weight", &[kvw])?),
+        ),
+    };
+    let attention = AttentionWeights {
+        q: get("self_attn.q_proj.weight", &[qw, d])?,
+        k: get("self_attn.k_proj.weight", &[kvw, d])?,
+        v: get("self_attn.v_proj.weight", &[kvw, d])?,
+        o: get("self_attn.o_proj.weight", &[d, qw])?,
+        q_bias: bias("q_proj", qw)?,
+        k_bias: bias("k_proj", kvw)?,
+        v_bias: bias("v_proj", kvw)?,
+        q_norm,
+        k_norm,
+    };
+    let ffn = if c.sparse_layers[i] {
+        FeedForwardWeights::Moe(load_moe(c, store, &p)?)
+    } else {
+        let f = c.dense_ffn;
+        FeedForwardWeights::Dense {
+            gate: get("mlp.gate_proj.weight", &[f, d])?,
+            up: get("mlp.up_proj.weight", &[f, d])?,
+            down: get("mlp.down_proj.weight", &[d, f])?,
+        }
+    };
+    Ok(LayerWeights {
+        input_norm: get("input_layernorm.weight", &[d])?,
+        attention,
+        post_attention_norm: get("post_attention_layernorm.weight", &[d])?,
+        ffn,
+    })
+}
+
+/// Concatenates per-expert `[out, in]` tensors into `[E, out, in]`.
+fn stack(
+    store: &TensorStore,
+    names: impl Iterator<Item = String>,
+    shape: &[usize],
+) -> Result<Vec<f32>> {
+    let mut all = Vec::new();
+    for name in names {
+        all.extend(store.get_f32(&name, shape)?);
+    }
+    Ok(all)
+}
+
+fn load_moe(c: &ModelConfig, store: &TensorStore, p: &str) -> Result<MoeWeights> {
+    let (d, f, e) = (c.hidden_size, c.moe.expert_ffn, c.moe.num_experts());
+    let experts =
+        |fmt: &dyn Fn(usize) -> String, shape: &[usize]| stack(store, (0..e).map(fmt), shape);
+    let (router, gate, up, down) = match c.family {
+        Family::Mixtral => (
+            store.get_f32(&format!("{p}.block_sparse_moe.gate.weight"), &[e, d])?,
+            experts(
+                &|x| format!("{p}.block_sparse_moe.experts.{x}.w1.weight"),
+                &[f, d],
+            )?,
+            experts(
+                &|x| format!("{p}.block_sparse_moe.experts.{x}.w3.weight"),
+                &[f, d],
+            )?,
+            experts(
+                &|x| format!("{p}.block_sparse_moe.experts.{x}.w2.weight"),
+                &[d, f],
+            )?,
+        ),
+        Family::GraniteMoe => {
+            // input_linear [E, 2 ffn, d]: the first ffn rows are the gate, the rest up.
+            let fused = store.get_f32(
+                &format!("{p}.block_sparse_moe.input_linear.weight"),
+                &[e, 2 * f, d],
+            )?;
+            let (mut gate, mut up) = (Vec::with_capacity(e * f * d), Vec::with_capacity(e * f * d));
+            for expert in fused.chunks(2 * f * d) {
+                gate.extend_from_slice(&expert[..f * d]);
+                up.extend_from_slice(&expert[f * d..]);
+            }
+            (
+                store.get_f32(
+                    &format!("{p}.block_sparse_moe.router.layer.weight"),
+                    &[e, d],
+                )?,
+                gate,
+                up,
+                store.get_f32(
+                    &format!("{p}.block_sparse_moe.output_linear.weight"),
+                    &[e, d, f],
+                )?,
+            )
+        }
+        Family::Qwen2Moe | Family::Qwen3Moe | Family::Olmoe => (
+            store.get_f32(&format!("{p}.mlp.gate.weight"), &[e, d])?,
+            experts(
+                &|x| format!("{p}.mlp.experts.{x}.gate_proj.weight"),
+                &[f, d],
+            )?,
+            experts(&|x| format!("{p}.mlp.experts.{x}.up_proj.weight"), &[f, d])?,
+            experts(
+                &|x| format!("{p}.mlp.experts.{x}.down_proj.weight"),
+                &[d, f],
+            )?,
+        ),
+    };
+    let shared = match c.moe.shared_expert {
+        None => None,
+        Some(s) => Some(SharedExpertWeights {
+            gate: store.get_f32(
+                &format!("{p}.mlp.shared_expert.gate_proj.weight"),
+                &[s.ffn, d],
+            )?,
+            up: store.get_f32(
+                &format!("{p}.mlp.shared_expert.up_proj.weight"),
+                &[s.ffn, d],
+            )?,
+            down: store.get_f32(
+                &format!("{p}.mlp.shared_expert.down_proj.weight"),
+                &[d, s.ffn],
+            )?,
+            gate_weight: if s.gated {
+                Some(store.get_f32(&format!("{p}.mlp.shared_expert_gate.weight"), &[1, d])?)
+            } else {
+                None
+            },
+        }),
+    };
+    Ok(MoeWeights {
+        router,
+        selection_bias: None,
+        gate,
+        up,
+        down,
+        shared,
+    })
+}

@@ -1,0 +1,58 @@
+//! tokenizer.json through the `tokenizers` crate, with BOS/EOS handling.
+
+use crate::error::{Error, Result};
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+}
+
+impl Tokenizer {
+    /// Parses tokenizer.json bytes; `source` names the file in errors.
+    pub fn from_bytes(bytes: &[u8], source: &str) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_bytes(bytes)
+            .map_err(|e| Error::Config(format!("{source}: not a valid tokenizer.json: {e}")))?;
+        Ok(Self { inner })
+    }
+
+    /// Token ids of `text`. BOS (and any other special tokens) come from the
+    /// tokenizer's own post-processor, as with transformers' `add_special_tokens=True`:
+    /// Mixtral's adds `<s>`, Qwen's adds none.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| Error::Config(format!("tokenizing the prompt failed: {e}")))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Text of `ids`, special tokens skipped.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| Error::Config(format!("detokenizing failed: {e}")))
+    }
+}
+
+/// Turns a growing list of ids into text pieces for streaming: each call returns
+/// the text added since the last call (whole characters only).
+#[derive(Default)]
+pub struct TextStream {
+    ids: Vec<u32>,
+    emitted: usize,
+}
+
+impl TextStream {
+    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let text = tokenizer.decode(&self.ids)?;
+        if text.ends_with('\u{fffd}')
+            || text.len() < self.emitted
+            || !text.is_char_boundary(self.emitted)
+        {
+            return Ok(String::new());
+        }
+        let piece = text[self.emitted..].to_string();
+        self.emitted = text.len();
+        Ok(piece)
+    }
+}
