@@ -148,7 +148,11 @@ pub async fn generate(
     gen.prefill_seconds = clock.seconds();
     let clock = crate::util::Clock::start();
     let mut position = prompt.len();
-    while max_new_tokens > 0 {
+    if max_new_tokens == 0 {
+        gen.decode_seconds = clock.seconds();
+        return Ok(gen);
+    }
+    loop {
         gen.generated_ids.push(token);
         if stop_ids.contains(&token)
             || !on_token(token)

@@ -49,7 +49,7 @@ struct Attention {
 }
 
 enum FeedForward {
-    Moe(MoeLayer),
+    Moe(Box<MoeLayer>),
     Dense {
         gate: ExpertWeights,
         up: ExpertWeights,
@@ -180,7 +180,9 @@ impl Transformer {
             _ => None,
         };
         let ffn = match &w.ffn {
-            FeedForwardWeights::Moe(moe) => FeedForward::Moe(MoeLayer::new(ctx, c.moe, moe)?),
+            FeedForwardWeights::Moe(moe) => {
+                FeedForward::Moe(Box::new(MoeLayer::new(ctx, c.moe, moe)?))
+            }
             FeedForwardWeights::Dense { gate, up, down } => FeedForward::Dense {
                 gate: matrix(
                     ctx,

@@ -63,7 +63,7 @@ pub fn encode_attention(
             cache.max_ctx
         )));
     }
-    if heads % cache.kv_heads != 0 {
+    if !heads.is_multiple_of(cache.kv_heads) {
         return Err(Error::Config(format!(
             "{heads} heads are not a multiple of {} kv heads",
             cache.kv_heads

@@ -14,6 +14,7 @@ struct ElementwiseParams {
     limit: f32,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn record(
     ctx: &GpuContext,
     encoder: &mut wgpu::CommandEncoder,
