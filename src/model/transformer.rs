@@ -48,13 +48,15 @@ struct Attention {
     qk_norm: Option<(GpuTensor, GpuTensor)>,
 }
 
+struct DenseMlp {
+    gate: ExpertWeights,
+    up: ExpertWeights,
+    down: ExpertWeights,
+}
+
 enum FeedForward {
     Moe(Box<MoeLayer>),
-    Dense {
-        gate: ExpertWeights,
-        up: ExpertWeights,
-        down: ExpertWeights,
-    },
+    Dense(Box<DenseMlp>),
 }
 
 struct Layer {
