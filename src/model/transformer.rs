@@ -185,25 +185,14 @@ impl Transformer {
             FeedForwardWeights::Moe(moe) => {
                 FeedForward::Moe(Box::new(MoeLayer::new(ctx, c.moe, moe)?))
             }
-            FeedForwardWeights::Dense { gate, up, down } => FeedForward::Dense {
-                gate: matrix(
-                    ctx,
-                    &name("mlp.gate_proj.weight"),
-                    gate,
-                    c.dense_ffn,
-                    d,
-                    dtype,
-                )?,
-                up: matrix(ctx, &name("mlp.up_proj.weight"), up, c.dense_ffn, d, dtype)?,
-                down: matrix(
-                    ctx,
-                    &name("mlp.down_proj.weight"),
-                    down,
-                    d,
-                    c.dense_ffn,
-                    dtype,
-                )?,
-            },
+            FeedForwardWeights::Dense { gate, up, down } => {
+                let f = c.dense_ffn;
+                FeedForward::Dense(Box::new(DenseMlp {
+                    gate: matrix(ctx, &name("mlp.gate_proj.weight"), gate, f, d, dtype)?,
+                    up: matrix(ctx, &name("mlp.up_proj.weight"), up, f, d, dtype)?,
+                    down: matrix(ctx, &name("mlp.down_proj.weight"), down, d, f, dtype)?,
+                }))
+            }
         };
         Ok(Layer {
             input_norm: vector(ctx, &name("input_layernorm.weight"), &w.input_norm)?,
@@ -306,16 +295,15 @@ impl Transformer {
             let h = norm(ctx, encoder, &x, &layer.post_attention_norm, c.rms_norm_eps)?;
             let f = match &layer.ffn {
                 FeedForward::Moe(moe) => moe.encode(ctx, encoder, &h)?.output,
-                FeedForward::Dense { gate, up, down } => {
-                    let rows = dense_rows(t);
+                FeedForward::Dense(mlp) => {
                     let mid = GpuTensor::empty(
                         ctx,
                         "dense mlp intermediate",
-                        &[t, gate.out_dim],
+                        &[t, mlp.gate.out_dim],
                         DType::F32,
                     )?;
-                    encode_gate_up(ctx, encoder, rows, &h, gate, up, &mid)?;
-                    linear(ctx, encoder, &mid, down)?
+                    encode_gate_up(ctx, encoder, dense_rows(t), &h, &mlp.gate, &mlp.up, &mid)?;
+                    linear(ctx, encoder, &mid, &mlp.down)?
                 }
             };
             encode_add_scaled(ctx, encoder, &x, &f, c.residual_multiplier);
