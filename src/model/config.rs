@@ -223,11 +223,11 @@ impl ModelConfig {
         };
         let rope_theta = rope.rope_theta.or(raw.rope_theta).unwrap_or(default_theta) as f32;
 
-        let experts_field = match family {
-            Family::Mixtral | Family::GraniteMoe => ("num_local_experts", raw.num_local_experts),
-            _ => ("num_experts", raw.num_experts),
-        };
-        let num_experts = need(experts_field.1, experts_field.0)?;
+        // transformers 5 may save either name for any family (attribute_map).
+        let num_experts = need(
+            raw.num_experts.or(raw.num_local_experts),
+            "num_experts (or num_local_experts)",
+        )?;
         let top_k = need(raw.num_experts_per_tok, "num_experts_per_tok")?;
         let expert_ffn = match family {
             Family::Qwen2Moe | Family::Qwen3Moe => {

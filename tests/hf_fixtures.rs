@@ -1,0 +1,248 @@
+//! The engine against Hugging Face transformers (fixtures from scripts/gen_fixtures.py):
+//! each family's MoE block, last-position logits, 16 greedy tokens (library and CLI),
+//! and the tokenizer.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use safetensors::SafeTensors;
+use serde_json::Value;
+use webmoe::model::generate::{generate, SamplingParams};
+use webmoe::model::load::{load_model_dir, LoadOptions};
+use webmoe::model::transformer::LogitsFor;
+use webmoe::model::weights::FeedForwardWeights;
+use webmoe::{DType, GpuTensor, MoeLayer};
+
+const FAMILIES: [&str; 5] = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe"];
+
+fn model_dir(family: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(family)
+}
+
+fn expected(family: &str) -> Value {
+    let text = std::fs::read_to_string(model_dir(family).join("expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn u32s(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn f32s(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+fn tensor_f32(st: &SafeTensors, name: &str) -> Vec<f32> {
+    st.tensor(name)
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+#[test]
+fn moe_blocks_match_transformers() {
+    let ctx = context();
+    for family in FAMILIES {
+        let bytes = std::fs::read(format!(
+            "{}/tests/fixtures/moe/{family}.safetensors",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let hidden = tensor_f32(&st, "hidden");
+        let want_ids: Vec<u32> = st
+            .tensor("topk_ids")
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes(b.try_into().unwrap()) as u32)
+            .collect();
+
+        // The block's weights come from the saved checkpoint, through webmoe's loader.
+        let config = webmoe::model::config::ModelConfig::from_dir(&model_dir(family)).unwrap();
+        let store =
+            webmoe::model::safetensors_io::TensorStore::open_dir(&model_dir(family)).unwrap();
+        let weights = webmoe::model::weights::ModelWeights::load(&config, &store).unwrap();
+        let FeedForwardWeights::Moe(moe_weights) = &weights.layers[0].ffn else {
+            panic!("layer 0 of {family} is not MoE")
+        };
+        let d = config.hidden_size;
+        let tokens = hidden.len() / d;
+        for decode_max_tokens in [0, tokens] {
+            let mut moe_config = config.moe;
+            moe_config.decode_max_tokens = decode_max_tokens;
+            let layer = MoeLayer::new(&ctx, moe_config, moe_weights).unwrap();
+            let input =
+                GpuTensor::from_f32(&ctx, "hidden", &[tokens, d], &hidden, DType::F32).unwrap();
+            let out = layer.forward_blocking(&ctx, &input).unwrap();
+            let what = format!("{family} (decode path up to {decode_max_tokens} tokens)");
+            assert_close(
+                &format!("{what} router logits"),
+                &out.router_logits.read_f32_blocking(&ctx).unwrap(),
+                &tensor_f32(&st, "router_logits"),
+                1e-5,
+            );
+            assert_eq!(
+                out.topk_ids.read_u32_blocking(&ctx).unwrap(),
+                want_ids,
+                "{what} chosen experts"
+            );
+            assert_close(
+                &format!("{what} routing weights"),
+                &out.topk_weights.read_f32_blocking(&ctx).unwrap(),
+                &tensor_f32(&st, "topk_weights"),
+                1e-5,
+            );
+            assert_close(
+                &format!("{what} output"),
+                &out.output.read_f32_blocking(&ctx).unwrap(),
+                &tensor_f32(&st, "output"),
+                1e-4,
+            );
+        }
+    }
+}
+
+#[test]
+fn logits_and_greedy_tokens_match_transformers() {
+    let ctx = context();
+    for family in FAMILIES {
+        let exp = expected(family);
+        let loaded = load_model_dir(&ctx, &model_dir(family), LoadOptions::default()).unwrap();
+        let prompt = u32s(&exp["prompt_ids"]);
+        let logits =
+            pollster::block_on(loaded.model.logits(&ctx, &prompt, 0, LogitsFor::Last)).unwrap();
+        assert_close(
+            &format!("{family} last-position logits"),
+            &logits,
+            &f32s(&exp["last_logits"]),
+            1e-3,
+        );
+        let gen = pollster::block_on(generate(
+            &ctx,
+            &loaded.model,
+            &prompt,
+            16,
+            SamplingParams::greedy(),
+            &[],
+            |_| true,
+        ))
+        .unwrap();
+        assert_eq!(
+            gen.generated_ids,
+            u32s(&exp["greedy_ids"]),
+            "{family} greedy tokens"
+        );
+    }
+}
+
+#[test]
+fn tokenizer_matches_transformers_ids() {
+    for family in FAMILIES {
+        let exp = expected(family);
+        let bytes = std::fs::read(model_dir(family).join("tokenizer.json")).unwrap();
+        let tok =
+            webmoe::model::tokenizer::Tokenizer::from_bytes(&bytes, "tokenizer.json").unwrap();
+        assert_eq!(
+            tok.encode(exp["prompt_text"].as_str().unwrap()).unwrap(),
+            u32s(&exp["prompt_ids"]),
+            "{family}"
+        );
+    }
+}
+
+#[test]
+fn cli_json_interface_matches_transformers() {
+    for family in FAMILIES {
+        let exp = expected(family);
+        let prompt: Vec<String> = u32s(&exp["prompt_ids"])
+            .iter()
+            .map(|i| i.to_string())
+            .collect();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_webmoe"))
+            .args(["run", "--model"])
+            .arg(model_dir(family))
+            .args([
+                "--prompt-ids",
+                &prompt.join(" "),
+                "--max-tokens",
+                "16",
+                "--greedy",
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{family}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let json: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{family}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        });
+        assert_eq!(u32s(&json["prompt_ids"]), u32s(&exp["prompt_ids"]));
+        assert_eq!(
+            u32s(&json["generated_ids"]),
+            u32s(&exp["greedy_ids"]),
+            "{family} CLI greedy tokens"
+        );
+        let top = json["first_logits_top"].as_array().unwrap();
+        assert_eq!(top.len(), 10);
+        let want_logits = f32s(&exp["last_logits"]);
+        let best = want_logits.iter().cloned().fold(f32::MIN, f32::max);
+        assert_eq!(
+            top[0][1].as_f64().unwrap() as f32 - best < 1e-2,
+            true,
+            "{family}: top logit {} vs {best}",
+            top[0][1]
+        );
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("tokens/s"),
+            "{family}: no speed report"
+        );
+    }
+}
+
+#[test]
+fn cli_streams_text_from_a_prompt() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_webmoe"))
+        .args(["run", "--model"])
+        .arg(model_dir("olmoe"))
+        .args([
+            "--prompt",
+            "The quick brown fox",
+            "--max-tokens",
+            "8",
+            "--seed",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.starts_with("The quick brown fox") && text.trim().len() > "The quick brown fox".len(),
+        "{text}"
+    );
+}
