@@ -1,0 +1,287 @@
+//! Bad checkpoints and bad requests give errors that name what is wrong, never a panic.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use webmoe::model::config::ModelConfig;
+use webmoe::model::load::{load_model_dir, LoadOptions};
+use webmoe::model::safetensors_io::TensorStore;
+use webmoe::model::weights::ModelWeights;
+
+fn fixture(family: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(family)
+}
+
+/// A scratch copy of a fixture model directory.
+fn copy_of(family: &str, tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("webmoe-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(fixture(family)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    dir
+}
+
+fn load_err(dir: &Path) -> String {
+    let ctx = common::context();
+    match load_model_dir(&ctx, dir, LoadOptions::default()) {
+        Ok(_) => panic!("{} loaded", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
+    let path = dir.join("config.json");
+    let mut value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(value.as_object_mut().unwrap());
+    std::fs::write(path, serde_json::to_string(&value).unwrap()).unwrap();
+}
+
+#[test]
+fn truncated_safetensors_is_named() {
+    let dir = copy_of("olmoe", "truncated");
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let err = load_err(&dir);
+    assert!(err.contains("model.safetensors"), "{err}");
+}
+
+#[test]
+fn header_offsets_past_the_end_are_an_error() {
+    let dir = copy_of("olmoe", "offsets");
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8(bytes[8..8 + n].to_vec()).unwrap();
+    // Push the end offset of the first tensor far past the file, keeping the header length.
+    let at = header.find("\"data_offsets\":[").unwrap() + "\"data_offsets\":[".len();
+    let close = at + header[at..].find(']').unwrap();
+    let first: Vec<&str> = header[at..close].split(',').collect();
+    let replacement = format!("{},999999999", first[0]);
+    let mut new_header = format!("{}{}{}", &header[..at], replacement, &header[close..]);
+    if new_header.len() <= n {
+        new_header.push_str(&" ".repeat(n - new_header.len()));
+        let mut out = bytes[..8].to_vec();
+        out.extend_from_slice(new_header.as_bytes());
+        out.extend_from_slice(&bytes[8 + n..]);
+        std::fs::write(&path, out).unwrap();
+    } else {
+        // Longer header: rewrite the length prefix too.
+        let mut out = (new_header.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(new_header.as_bytes());
+        out.extend_from_slice(&bytes[8 + n..]);
+        std::fs::write(&path, out).unwrap();
+    }
+    let err = load_err(&dir);
+    assert!(err.contains("model.safetensors"), "{err}");
+}
+
+#[test]
+fn garbage_header_is_an_error() {
+    let err = TensorStore::from_bytes(vec![(
+        "junk.safetensors".into(),
+        b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!".to_vec(),
+    )])
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("junk.safetensors"), "{err}");
+    let err = TensorStore::from_bytes(vec![("tiny.safetensors".into(), vec![1, 2, 3])])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("tiny.safetensors"), "{err}");
+}
+
+/// A store with one tensor of the given dtype and shape.
+fn one_tensor(name: &str, dtype: safetensors::Dtype, shape: Vec<usize>) -> TensorStore {
+    let len: usize = shape.iter().product::<usize>() * dtype.bitsize() / 8;
+    let data = vec![0u8; len];
+    let view = safetensors::tensor::TensorView::new(dtype, shape, &data).unwrap();
+    let bytes = safetensors::serialize([(name, view)], None).unwrap();
+    TensorStore::from_bytes(vec![("one.safetensors".into(), bytes)]).unwrap()
+}
+
+#[test]
+fn wrong_shape_wrong_dtype_and_missing_tensors_are_named() {
+    let store = one_tensor("model.norm.weight", safetensors::Dtype::F32, vec![3, 4]);
+    let err = store
+        .get_f32("model.norm.weight", &[12])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model.norm.weight") && err.contains("[12]") && err.contains("[3, 4]"),
+        "{err}"
+    );
+    let store = one_tensor("model.norm.weight", safetensors::Dtype::I64, vec![4]);
+    let err = store
+        .get_f32("model.norm.weight", &[4])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model.norm.weight") && err.contains("I64"),
+        "{err}"
+    );
+    let err = store
+        .get_f32("lm_head.weight", &[4])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("lm_head.weight") && err.contains("one.safetensors"),
+        "{err}"
+    );
+    // bf16 and f16 are converted.
+    let store = one_tensor("w", safetensors::Dtype::BF16, vec![2]);
+    assert_eq!(store.get_f32("w", &[2]).unwrap(), vec![0.0, 0.0]);
+}
+
+#[test]
+fn a_config_that_disagrees_with_the_weights_names_the_tensor() {
+    let dir = copy_of("qwen2_moe", "shape");
+    edit_config(&dir, |c| {
+        c.insert("moe_intermediate_size".into(), 33.into());
+    });
+    let err = load_err(&dir);
+    assert!(
+        err.contains("mlp.experts.0.gate_proj.weight") && err.contains("33"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_tensor_is_named() {
+    let dir = copy_of("mixtral", "missing");
+    edit_config(&dir, |c| {
+        c.insert("num_local_experts".into(), 9.into());
+    });
+    let err = load_err(&dir);
+    assert!(err.contains("experts.8") || err.contains("[9,"), "{err}");
+}
+
+#[test]
+fn config_errors_name_the_field_or_list_the_architectures() {
+    let good = std::fs::read_to_string(fixture("olmoe").join("config.json")).unwrap();
+    for field in [
+        "hidden_size",
+        "num_hidden_layers",
+        "vocab_size",
+        "num_experts_per_tok",
+        "max_position_embeddings",
+    ] {
+        let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
+        v.as_object_mut().unwrap().remove(field);
+        let err = ModelConfig::from_json(&v.to_string(), "config.json")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(field) && err.contains("config.json"), "{err}");
+    }
+    let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
+    v["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
+    let err = ModelConfig::from_json(&v.to_string(), "config.json")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("LlamaForCausalLM")
+            && err.contains("MixtralForCausalLM")
+            && err.contains("OlmoeForCausalLM"),
+        "{err}"
+    );
+    let err = ModelConfig::from_json("{not json", "config.json")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("config.json"), "{err}");
+    let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
+    v["num_experts_per_tok"] = 99.into();
+    let err = ModelConfig::from_json(&v.to_string(), "config.json")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("top_k"), "{err}");
+}
+
+#[test]
+fn sharded_checkpoints_load_through_the_index() {
+    let ctx = common::context();
+    let dir = copy_of("olmoe", "sharded");
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    let (first, second) = names.split_at(names.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (i, part) in [first, second].into_iter().enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", i + 1);
+        let views: Vec<(String, safetensors::tensor::TensorView)> = part
+            .iter()
+            .map(|n| (n.clone(), st.tensor(n).unwrap()))
+            .collect();
+        std::fs::write(
+            dir.join(&file),
+            safetensors::serialize(views, None).unwrap(),
+        )
+        .unwrap();
+        for n in part {
+            weight_map.insert(n.clone(), file.clone().into());
+        }
+    }
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        serde_json::json!({"weight_map": weight_map}).to_string(),
+    )
+    .unwrap();
+    let config = ModelConfig::from_dir(&dir).unwrap();
+    let sharded = ModelWeights::load(&config, &TensorStore::open_dir(&dir).unwrap()).unwrap();
+    let whole =
+        ModelWeights::load(&config, &TensorStore::open_dir(&fixture("olmoe")).unwrap()).unwrap();
+    assert_eq!(sharded.embed_tokens, whole.embed_tokens);
+    assert!(load_model_dir(&ctx, &dir, LoadOptions::default()).is_ok());
+}
+
+#[test]
+fn cli_errors_are_clear_and_not_panics() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_webmoe"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let model = fixture("qwen3_moe");
+    let model = model.to_str().unwrap();
+    let (code, err) = run(&[
+        "run",
+        "--model",
+        model,
+        "--prompt-ids",
+        "1 99999",
+        "--greedy",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("vocab_size") && !err.contains("panicked"),
+        "{err}"
+    );
+    let long = vec!["5"; 300].join(" ");
+    let (code, err) = run(&["run", "--model", model, "--prompt-ids", &long, "--greedy"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("context") && !err.contains("panicked"),
+        "{err}"
+    );
+    let (code, err) = run(&["run", "--model", "/no/such/dir", "--prompt", "hi"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("/no/such/dir") && !err.contains("panicked"),
+        "{err}"
+    );
+}
