@@ -79,3 +79,26 @@ pub fn load_model_dir(
     };
     load_model(ctx, config, &store, tokenizer, options)
 }
+
+/// The files of a model directory, already in memory (the browser, the embedded model).
+pub struct ModelFiles {
+    pub config_json: String,
+    /// (file name, contents) of each safetensors shard.
+    pub safetensors: Vec<(String, Vec<u8>)>,
+    pub tokenizer_json: Option<Vec<u8>>,
+}
+
+/// Loads a model from in-memory files.
+pub fn load_model_files(
+    ctx: &GpuContext,
+    files: ModelFiles,
+    options: LoadOptions,
+) -> Result<LoadedModel> {
+    let config = ModelConfig::from_json(&files.config_json, "config.json")?;
+    let store = TensorStore::from_bytes(files.safetensors)?;
+    let tokenizer = match &files.tokenizer_json {
+        Some(bytes) => Some(Tokenizer::from_bytes(bytes, "tokenizer.json")?),
+        None => None,
+    };
+    load_model(ctx, config, &store, tokenizer, options)
+}

@@ -2,6 +2,7 @@
 pub mod config;
 pub mod generate;
 pub mod load;
+pub mod perplexity;
 pub mod reference;
 pub mod safetensors_io;
 pub mod tokenizer;
