@@ -7,51 +7,25 @@ use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
 use webmoe::moe::reference::moe_reference;
-use webmoe::moe::{SharedExpertConfig, SharedExpertWeights};
+use webmoe::moe::SharedExpertConfig;
 use webmoe::{DType, GpuContext, GpuTensor, MoeConfig, MoeLayer, MoeWeights};
 
 fn main() -> webmoe::Result<()> {
-    let tokens: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(64);
+    let tokens: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(64);
     let ctx = GpuContext::new_blocking()?;
-    println!(
-        "adapter: {}",
-        webmoe::gpu::context::describe_adapter(&ctx.adapter_info)
-    );
+    println!("adapter: {}", webmoe::gpu::context::describe_adapter(&ctx.adapter_info));
 
     // A Qwen2-MoE-like layer, scaled down to run on a CPU driver.
     let mut config = MoeConfig::new(256, 128, 32, 4);
-    config.shared_expert = Some(SharedExpertConfig {
-        ffn: 256,
-        gated: true,
-    });
+    config.shared_expert = Some(SharedExpertConfig { ffn: 256, gated: true });
     let (d, f, e) = (config.hidden_size, config.expert_ffn, config.num_experts());
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-    let mut random =
-        |n: usize, s: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(-s..s)).collect() };
-    let weights = MoeWeights {
-        router: random(e * d, 0.2),
-        selection_bias: None,
-        gate: random(e * f * d, 0.1),
-        up: random(e * f * d, 0.1),
-        down: random(e * d * f, 0.1),
-        shared: Some(SharedExpertWeights {
-            gate: random(256 * d, 0.1),
-            up: random(256 * d, 0.1),
-            down: random(d * 256, 0.1),
-            gate_weight: Some(random(d, 0.2)),
-        }),
-    };
-    let hidden = random(tokens * d, 1.0);
+    let weights = MoeWeights::random(&config, 7, false);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+    let hidden: Vec<f32> = (0..tokens * d).map(|_| rng.random_range(-1.0f32..1.0)).collect();
 
     let layer = MoeLayer::new(&ctx, config, &weights)?;
     let input = GpuTensor::from_f32(&ctx, "hidden", &[tokens, d], &hidden, DType::F32)?;
-    layer
-        .forward_blocking(&ctx, &input)?
-        .output
-        .read_f32_blocking(&ctx)?; // warm-up
+    layer.forward_blocking(&ctx, &input)?.output.read_f32_blocking(&ctx)?; // warm-up
     let start = Instant::now();
     let out = layer.forward_blocking(&ctx, &input)?;
     let output = out.output.read_f32_blocking(&ctx)?;
@@ -69,9 +43,7 @@ fn main() -> webmoe::Result<()> {
         "MoE layer: T={tokens} d={d} ffn={f} E={e} k={} + gated shared expert",
         config.top_k()
     );
-    println!(
-        "GPU forward + readback: {gpu_ms:.2} ms; max relative error vs CPU reference: {err:.2e}"
-    );
+    println!("GPU forward + readback: {gpu_ms:.2} ms; max relative error vs CPU reference: {err:.2e}");
     println!("tokens per expert: {counts:?}");
     if err > 1e-4 {
         return Err(webmoe::Error::Config(format!(

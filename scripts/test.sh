@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# Runs every test of webmoe. On a fresh Debian 12 machine with no GPU it first
-# installs what is missing: Mesa's CPU Vulkan driver (lavapipe), which the GPU
-# tests run on.
+# Runs every test of webmoe: the native suite on the machine's Vulkan driver, then
+# the browser suite (the demo page in headless Chromium over WebGPU). On a fresh
+# Debian 12 machine with no GPU it first installs what is missing: Mesa's CPU Vulkan
+# driver (lavapipe), the wasm32 target, wasm-bindgen-cli at the crate's version,
+# Debian's chromium, and npm's playwright-core.
+# WEBMOE_SKIP_BROWSER=1 skips the browser suite (and its installs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_updated=""
+apt_install() {
+  [ -n "$apt_updated" ] || { as_root apt-get update -qq; apt_updated=1; }
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
 
 if ! ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1; then
   echo "== installing a Vulkan driver (mesa-vulkan-drivers: lavapipe)"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers >/dev/null
+  apt_install mesa-vulkan-drivers
 fi
 
 # Prefer the Vulkan adapter over GL's llvmpipe; silence Mesa's XDG warning.
@@ -20,3 +27,14 @@ mkdir -p -m 0700 "$XDG_RUNTIME_DIR"
 
 echo "== native tests (cargo test)"
 cargo test --all-targets
+
+if [ "${WEBMOE_SKIP_BROWSER:-}" = 1 ]; then
+  echo "== browser tests skipped (WEBMOE_SKIP_BROWSER=1)"
+  exit 0
+fi
+command -v chromium >/dev/null || { echo "== installing chromium"; apt_install chromium; }
+bash scripts/build-web.sh
+cargo build --release --bin webmoe
+( cd web && npm install --no-audit --no-fund --silent )
+echo "== browser tests (node --test, playwright-core + chromium, SwiftShader WebGPU)"
+( cd web && node --test tests/ )

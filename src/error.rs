@@ -8,10 +8,7 @@ pub enum Error {
     #[error("no GPU adapter found ({0}). Install a Vulkan driver (on Debian/Ubuntu: `apt-get install mesa-vulkan-drivers` gives Mesa's lavapipe CPU driver), or a Metal/DX12 capable GPU driver")]
     NoAdapter(String),
     #[error("no adapter matches {requested:?}; available adapters: {available}")]
-    AdapterNotFound {
-        requested: String,
-        available: String,
-    },
+    AdapterNotFound { requested: String, available: String },
     #[error("could not create a GPU device on {adapter}: {reason}")]
     RequestDevice { adapter: String, reason: String },
     #[error("GPU device lost: {0}")]

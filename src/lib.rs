@@ -1,4 +1,5 @@
 //! webmoe: Mixture-of-Experts inference on wgpu, native and in the browser.
+pub mod bench;
 pub mod error;
 pub mod gpu;
 
@@ -6,7 +7,10 @@ pub use error::{Error, Result};
 pub mod model;
 pub mod moe;
 pub mod ops;
+pub mod selftest;
 pub mod util;
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;
 
 pub use gpu::{ContextOptions, DType, GpuContext, GpuTensor};
 pub use moe::{MoeConfig, MoeLayer, MoeOutputs, MoeWeights};

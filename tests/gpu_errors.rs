@@ -15,15 +15,8 @@ fn validation_errors_inside_a_scope_become_errors() {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let pipeline = ctx.pipeline(
-            &webmoe::gpu::kernel::ROUTER,
-            "router_logits",
-            &[("WEIGHT_DTYPE", 0.0)],
-        );
-        let _ = ctx.bind(
-            &pipeline,
-            &[(0, &buffer), (1, &buffer), (2, &buffer), (3, &buffer)],
-        );
+        let pipeline = ctx.pipeline(&webmoe::gpu::kernel::ROUTER, "router_logits", &[("WEIGHT_DTYPE", 0.0)]);
+        let _ = ctx.bind(&pipeline, &[(0, &buffer), (1, &buffer), (2, &buffer), (3, &buffer)]);
         Ok(())
     });
     let err = result.expect_err("invalid binding accepted");
@@ -48,4 +41,13 @@ fn adapter_name_that_matches_nothing_lists_the_adapters() {
         matches!(&err, Error::AdapterNotFound { available, .. } if !available.is_empty()),
         "{err}"
     );
+}
+
+#[test]
+fn self_test_passes_natively() {
+    let ctx = common::context();
+    let report = pollster::block_on(webmoe::selftest::run(&ctx));
+    let failed: Vec<_> = report.checks.iter().filter(|c| !c.passed).collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+    assert!(report.passed > 40, "only {} checks ran", report.passed);
 }

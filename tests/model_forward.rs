@@ -51,10 +51,7 @@ fn tiny_config(family: Family) -> ModelConfig {
         }
         Family::Qwen2Moe => {
             c.attention_bias = true;
-            moe.shared_expert = Some(SharedExpertConfig {
-                ffn: 28,
-                gated: true,
-            });
+            moe.shared_expert = Some(SharedExpertConfig { ffn: 28, gated: true });
             c.sparse_layers = vec![false, true];
         }
         Family::Qwen3Moe => {
@@ -82,12 +79,8 @@ fn tiny_config(family: Family) -> ModelConfig {
 fn random_model(rng: &mut ChaCha8Rng, c: &ModelConfig) -> ModelWeights {
     let (d, hd) = (c.hidden_size, c.head_dim);
     let (qw, kvw) = (c.num_heads * hd, c.num_kv_heads * hd);
-    let norm = |rng: &mut ChaCha8Rng, n: usize| {
-        random_vec(rng, n, 0.5)
-            .into_iter()
-            .map(|v| 1.0 + v)
-            .collect::<Vec<_>>()
-    };
+    let norm =
+        |rng: &mut ChaCha8Rng, n: usize| random_vec(rng, n, 0.5).into_iter().map(|v| 1.0 + v).collect::<Vec<_>>();
     let layers = (0..c.num_layers)
         .map(|i| {
             let (e, f) = (c.moe.num_experts(), c.moe.expert_ffn);
@@ -194,9 +187,7 @@ fn kv_cache_prefill_equals_token_by_token() {
 fn bad_token_ids_and_overlong_prompts_are_errors() {
     let ctx = context();
     let (config, _, model) = model(&ctx, Family::Qwen3Moe, 30);
-    let err =
-        pollster::block_on(model.logits(&ctx, &[1, config.vocab_size as u32], 0, LogitsFor::Last))
-            .unwrap_err();
+    let err = pollster::block_on(model.logits(&ctx, &[1, config.vocab_size as u32], 0, LogitsFor::Last)).unwrap_err();
     assert!(err.to_string().contains("vocab_size"), "{err}");
     let long = vec![1u32; 33];
     let err = pollster::block_on(model.logits(&ctx, &long, 0, LogitsFor::Last)).unwrap_err();

@@ -37,8 +37,7 @@ fn load_err(dir: &Path) -> String {
 
 fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
     let path = dir.join("config.json");
-    let mut value: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut value: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     edit(value.as_object_mut().unwrap());
     std::fs::write(path, serde_json::to_string(&value).unwrap()).unwrap();
 }
@@ -112,27 +111,15 @@ fn one_tensor(name: &str, dtype: safetensors::Dtype, shape: Vec<usize>) -> Tenso
 #[test]
 fn wrong_shape_wrong_dtype_and_missing_tensors_are_named() {
     let store = one_tensor("model.norm.weight", safetensors::Dtype::F32, vec![3, 4]);
-    let err = store
-        .get_f32("model.norm.weight", &[12])
-        .unwrap_err()
-        .to_string();
+    let err = store.get_f32("model.norm.weight", &[12]).unwrap_err().to_string();
     assert!(
         err.contains("model.norm.weight") && err.contains("[12]") && err.contains("[3, 4]"),
         "{err}"
     );
     let store = one_tensor("model.norm.weight", safetensors::Dtype::I64, vec![4]);
-    let err = store
-        .get_f32("model.norm.weight", &[4])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("model.norm.weight") && err.contains("I64"),
-        "{err}"
-    );
-    let err = store
-        .get_f32("lm_head.weight", &[4])
-        .unwrap_err()
-        .to_string();
+    let err = store.get_f32("model.norm.weight", &[4]).unwrap_err().to_string();
+    assert!(err.contains("model.norm.weight") && err.contains("I64"), "{err}");
+    let err = store.get_f32("lm_head.weight", &[4]).unwrap_err().to_string();
     assert!(
         err.contains("lm_head.weight") && err.contains("one.safetensors"),
         "{err}"
@@ -188,9 +175,7 @@ fn config_errors_name_the_field_or_list_the_architectures() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("LlamaForCausalLM")
-            && err.contains("MixtralForCausalLM")
-            && err.contains("OlmoeForCausalLM"),
+        err.contains("LlamaForCausalLM") && err.contains("MixtralForCausalLM") && err.contains("OlmoeForCausalLM"),
         "{err}"
     );
     let err = ModelConfig::from_json("{not json", "config.json")
@@ -217,15 +202,9 @@ fn sharded_checkpoints_load_through_the_index() {
     let mut weight_map = serde_json::Map::new();
     for (i, part) in [first, second].into_iter().enumerate() {
         let file = format!("model-0000{}-of-00002.safetensors", i + 1);
-        let views: Vec<(String, safetensors::tensor::TensorView)> = part
-            .iter()
-            .map(|n| (n.clone(), st.tensor(n).unwrap()))
-            .collect();
-        std::fs::write(
-            dir.join(&file),
-            safetensors::serialize(views, None).unwrap(),
-        )
-        .unwrap();
+        let views: Vec<(String, safetensors::tensor::TensorView)> =
+            part.iter().map(|n| (n.clone(), st.tensor(n).unwrap())).collect();
+        std::fs::write(dir.join(&file), safetensors::serialize(views, None).unwrap()).unwrap();
         for n in part {
             weight_map.insert(n.clone(), file.clone().into());
         }
@@ -238,8 +217,7 @@ fn sharded_checkpoints_load_through_the_index() {
     .unwrap();
     let config = ModelConfig::from_dir(&dir).unwrap();
     let sharded = ModelWeights::load(&config, &TensorStore::open_dir(&dir).unwrap()).unwrap();
-    let whole =
-        ModelWeights::load(&config, &TensorStore::open_dir(&fixture("olmoe")).unwrap()).unwrap();
+    let whole = ModelWeights::load(&config, &TensorStore::open_dir(&fixture("olmoe")).unwrap()).unwrap();
     assert_eq!(sharded.embed_tokens, whole.embed_tokens);
     assert!(load_model_dir(&ctx, &dir, LoadOptions::default()).is_ok());
 }
@@ -251,37 +229,18 @@ fn cli_errors_are_clear_and_not_panics() {
             .args(args)
             .output()
             .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
     let model = fixture("qwen3_moe");
     let model = model.to_str().unwrap();
-    let (code, err) = run(&[
-        "run",
-        "--model",
-        model,
-        "--prompt-ids",
-        "1 99999",
-        "--greedy",
-    ]);
+    let (code, err) = run(&["run", "--model", model, "--prompt-ids", "1 99999", "--greedy"]);
     assert_eq!(code, Some(1));
-    assert!(
-        err.contains("vocab_size") && !err.contains("panicked"),
-        "{err}"
-    );
+    assert!(err.contains("vocab_size") && !err.contains("panicked"), "{err}");
     let long = vec!["5"; 300].join(" ");
     let (code, err) = run(&["run", "--model", model, "--prompt-ids", &long, "--greedy"]);
     assert_eq!(code, Some(1));
-    assert!(
-        err.contains("context") && !err.contains("panicked"),
-        "{err}"
-    );
+    assert!(err.contains("context") && !err.contains("panicked"), "{err}");
     let (code, err) = run(&["run", "--model", "/no/such/dir", "--prompt", "hi"]);
     assert_eq!(code, Some(1));
-    assert!(
-        err.contains("/no/such/dir") && !err.contains("panicked"),
-        "{err}"
-    );
+    assert!(err.contains("/no/such/dir") && !err.contains("panicked"), "{err}");
 }

@@ -4,45 +4,17 @@
 mod common;
 
 use common::*;
-use rand_chacha::ChaCha8Rng;
 use webmoe::moe::reference::moe_reference;
-use webmoe::moe::{SharedExpertConfig, SharedExpertWeights};
+use webmoe::moe::SharedExpertConfig;
 use webmoe::ops::routing::{GroupLimit, GroupScore, Scoring, TopKOrder};
-use webmoe::{
-    ContextOptions, DType, Error, GpuContext, GpuTensor, MoeConfig, MoeLayer, MoeWeights,
-};
-
-fn random_weights(rng: &mut ChaCha8Rng, config: &MoeConfig, with_bias: bool) -> MoeWeights {
-    let (d, f, e) = (config.hidden_size, config.expert_ffn, config.num_experts());
-    MoeWeights {
-        router: random_vec(rng, e * d, 1.0),
-        selection_bias: with_bias.then(|| random_vec(rng, e, 0.3)),
-        gate: random_vec(rng, e * f * d, 0.3),
-        up: random_vec(rng, e * f * d, 0.3),
-        down: random_vec(rng, e * d * f, 0.3),
-        shared: config.shared_expert.map(|s| SharedExpertWeights {
-            gate: random_vec(rng, s.ffn * d, 0.3),
-            up: random_vec(rng, s.ffn * d, 0.3),
-            down: random_vec(rng, d * s.ffn, 0.3),
-            gate_weight: s.gated.then(|| random_vec(rng, d, 0.5)),
-        }),
-    }
-}
+use webmoe::{ContextOptions, DType, Error, GpuContext, GpuTensor, MoeConfig, MoeLayer, MoeWeights};
 
 /// Runs the layer and its reference; compares output, ids, weights and counts.
 fn check_layer(ctx: &GpuContext, config: MoeConfig, tokens: usize, seed: u64, with_bias: bool) {
-    let mut rng = rng(seed);
-    let weights = random_weights(&mut rng, &config, with_bias);
-    let hidden = random_vec(&mut rng, tokens * config.hidden_size, 1.0);
+    let weights = MoeWeights::random(&config, seed, with_bias);
+    let hidden = random_vec(&mut rng(seed + 1), tokens * config.hidden_size, 1.0);
     let layer = MoeLayer::new(ctx, config, &weights).unwrap();
-    let input = GpuTensor::from_f32(
-        ctx,
-        "hidden",
-        &[tokens, config.hidden_size],
-        &hidden,
-        DType::F32,
-    )
-    .unwrap();
+    let input = GpuTensor::from_f32(ctx, "hidden", &[tokens, config.hidden_size], &hidden, DType::F32).unwrap();
     let out = layer.forward_blocking(ctx, &input).unwrap();
     let want = moe_reference(&config, &weights, &hidden);
     let what = format!("T={tokens} {config:?}");
@@ -62,11 +34,7 @@ fn check_layer(ctx: &GpuContext, config: MoeConfig, tokens: usize, seed: u64, wi
         "counts {what}"
     );
     if let Some(d) = &out.dropped {
-        assert_eq!(
-            Some(d.read_u32_blocking(ctx).unwrap()),
-            want.dropped,
-            "dropped {what}"
-        );
+        assert_eq!(Some(d.read_u32_blocking(ctx).unwrap()), want.dropped, "dropped {what}");
     }
     assert_close(
         &format!("weights {what}"),
@@ -74,11 +42,7 @@ fn check_layer(ctx: &GpuContext, config: MoeConfig, tokens: usize, seed: u64, wi
         &want.topk_weights,
         1e-5,
     );
-    let tol = if config.weight_dtype == DType::F32 {
-        1e-5
-    } else {
-        2e-5
-    };
+    let tol = if config.weight_dtype == DType::F32 { 1e-5 } else { 2e-5 };
     assert_close(
         &format!("output {what}"),
         &out.output.read_f32_blocking(ctx).unwrap(),
@@ -159,10 +123,7 @@ fn half_precision_weights() {
     for dtype in [DType::F16, DType::BF16] {
         let mut config = MoeConfig::new(40, 36, 8, 2);
         config.weight_dtype = dtype;
-        config.shared_expert = Some(SharedExpertConfig {
-            ffn: 20,
-            gated: true,
-        });
+        config.shared_expert = Some(SharedExpertConfig { ffn: 20, gated: true });
         for tokens in [1, 37] {
             check_layer(&ctx, config, tokens, 70, false);
         }
@@ -189,21 +150,10 @@ fn weights_are_chunked_under_a_small_binding_limit() {
         ..ContextOptions::from_env()
     });
     let mut config = MoeConfig::new(64, 32, 7, 2);
-    let mut rng = rng(90);
-    let weights = random_weights(&mut rng, &config, false);
-    let gate = webmoe::ops::expert_matmul::ExpertWeights::upload(
-        &ctx,
-        "gate",
-        &weights.gate,
-        [7, 32, 64],
-        DType::F32,
-    )
-    .unwrap();
-    let ranges: Vec<(usize, usize)> = gate
-        .chunks
-        .iter()
-        .map(|c| (c.expert_begin, c.expert_end))
-        .collect();
+    let weights = MoeWeights::random(&config, 90, false);
+    let gate = webmoe::ops::expert_matmul::ExpertWeights::upload(&ctx, "gate", &weights.gate, [7, 32, 64], DType::F32)
+        .unwrap();
+    let ranges: Vec<(usize, usize)> = gate.chunks.iter().map(|c| (c.expert_begin, c.expert_end)).collect();
     assert_eq!(ranges, [(0, 2), (2, 4), (4, 6), (6, 7)]);
     for tokens in [1, 2, 4] {
         check_layer(&ctx, config, tokens, 90 + tokens as u64, false);
@@ -216,9 +166,8 @@ fn weights_are_chunked_under_a_small_binding_limit() {
 fn forward_is_deterministic() {
     let ctx = context();
     let config = MoeConfig::new(64, 48, 16, 4);
-    let mut rng = rng(95);
-    let weights = random_weights(&mut rng, &config, false);
-    let hidden = random_vec(&mut rng, 100 * 64, 1.0);
+    let weights = MoeWeights::random(&config, 95, false);
+    let hidden = random_vec(&mut rng(96), 100 * 64, 1.0);
     let layer = MoeLayer::new(&ctx, config, &weights).unwrap();
     let input = GpuTensor::from_f32(&ctx, "hidden", &[100, 64], &hidden, DType::F32).unwrap();
     let a = layer
@@ -240,24 +189,17 @@ fn forward_is_deterministic() {
 fn bad_input_is_a_clear_error() {
     let ctx = context();
     let config = MoeConfig::new(16, 8, 4, 2);
-    let mut rng = rng(99);
-    let weights = random_weights(&mut rng, &config, false);
+    let weights = MoeWeights::random(&config, 99, false);
 
     // k > E, zero experts
     let err = MoeLayer::new(&ctx, MoeConfig::new(16, 8, 4, 5), &weights)
         .err()
         .unwrap();
-    assert!(
-        matches!(&err, Error::Config(m) if m.contains("top_k")),
-        "{err}"
-    );
+    assert!(matches!(&err, Error::Config(m) if m.contains("top_k")), "{err}");
     let err = MoeLayer::new(&ctx, MoeConfig::new(16, 8, 0, 1), &weights)
         .err()
         .unwrap();
-    assert!(
-        matches!(&err, Error::Config(m) if m.contains("num_experts")),
-        "{err}"
-    );
+    assert!(matches!(&err, Error::Config(m) if m.contains("num_experts")), "{err}");
 
     // a weight tensor of the wrong size names the tensor
     let mut short = weights.clone();

@@ -191,11 +191,7 @@ fn check_expert_matmuls(ctx: &GpuContext, case: &ExpertCase, seed: u64) {
         let assignment_row = perm.assignment_row.read_u32_blocking(ctx).unwrap();
         for (a, expected) in want.iter().enumerate() {
             let Some(expected) = expected else { continue };
-            let row = if grouped {
-                assignment_row[a] as usize
-            } else {
-                a
-            };
+            let row = if grouped { assignment_row[a] as usize } else { a };
             let got = &y_host[row * dim..(row + 1) * dim];
             let what = format!(
                 "{} T={tokens} E={experts} k={k} d={dim} ffn={ffn} {dtype:?} {kind} assignment {a}",
@@ -210,14 +206,7 @@ fn check_expert_matmuls(ctx: &GpuContext, case: &ExpertCase, seed: u64) {
 fn grouped_and_gemv_expert_matmuls_match_reference() {
     let ctx = context();
     let mut seed = 100;
-    for &(tokens, experts, k) in &[
-        (1, 4, 2),
-        (2, 8, 8),
-        (7, 60, 4),
-        (64, 8, 2),
-        (257, 4, 1),
-        (64, 128, 8),
-    ] {
+    for &(tokens, experts, k) in &[(1, 4, 2), (2, 8, 8), (7, 60, 4), (64, 8, 2), (257, 4, 1), (64, 128, 8)] {
         for &(dim, ffn) in &[(13, 9), (67, 45), (64, 128)] {
             for kind in ["random", "one_expert", "sparse"] {
                 seed += 1;
@@ -243,9 +232,7 @@ fn grouped_and_gemv_expert_matmuls_match_reference() {
 fn half_precision_weights_match_rounded_reference() {
     let ctx = context();
     for (i, dtype) in [DType::F16, DType::BF16].into_iter().enumerate() {
-        for &(tokens, experts, k, dim, ffn) in
-            &[(3, 8, 2, 33, 17), (40, 8, 2, 67, 45), (9, 4, 4, 64, 64)]
-        {
+        for &(tokens, experts, k, dim, ffn) in &[(3, 8, 2, 33, 17), (40, 8, 2, 67, 45), (9, 4, 4, 64, 64)] {
             check_expert_matmuls(
                 &ctx,
                 &ExpertCase {

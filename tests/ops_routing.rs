@@ -32,31 +32,18 @@ fn router_logits_match_reference() {
                 let wg = GpuTensor::from_f32(&ctx, "w", &[experts, dim], &w, dtype).unwrap();
                 let out = GpuTensor::empty(&ctx, "logits", &[tokens, experts], DType::F32).unwrap();
                 out.poison(&ctx);
-                run(&ctx, |enc| {
-                    encode_router_logits(&ctx, enc, &xg, &wg, &out).unwrap()
-                });
+                run(&ctx, |enc| encode_router_logits(&ctx, enc, &xg, &wg, &out).unwrap());
                 let got = out.read_f32_blocking(&ctx).unwrap();
                 let w_stored: Vec<f32> = w.iter().map(|&v| dtype.round_trip(v)).collect();
                 let want = router_logits_reference(&x, &w_stored, tokens, experts, dim);
-                assert_close(
-                    &format!("logits T={tokens} E={experts} {dtype:?}"),
-                    &got,
-                    &want,
-                    1e-5,
-                );
+                assert_close(&format!("logits T={tokens} E={experts} {dtype:?}"), &got, &want, 1e-5);
             }
         }
     }
 }
 
 /// Runs routing on the GPU and compares ids exactly and weights to 1e-5.
-fn check_routing(
-    ctx: &GpuContext,
-    config: &RoutingConfig,
-    logits: &[f32],
-    bias: Option<&[f32]>,
-    tokens: usize,
-) {
+fn check_routing(ctx: &GpuContext, config: &RoutingConfig, logits: &[f32], bias: Option<&[f32]>, tokens: usize) {
     let (e, k) = (config.num_experts, config.top_k);
     let lg = GpuTensor::from_f32(ctx, "logits", &[tokens, e], logits, DType::F32).unwrap();
     let bg = bias.map(|b| GpuTensor::from_f32(ctx, "bias", &[e], b, DType::F32).unwrap());
@@ -81,12 +68,7 @@ fn check_routing(
         assert_eq!(row.len(), k, "token {t} chose an expert twice");
     }
     let got_w = weights.read_f32_blocking(ctx).unwrap();
-    assert_close(
-        &format!("weights for {config:?}, T={tokens}"),
-        &got_w,
-        &want_w,
-        1e-5,
-    );
+    assert_close(&format!("weights for {config:?}, T={tokens}"), &got_w, &want_w, 1e-5);
 }
 
 fn top_ks(experts: usize) -> Vec<usize> {
@@ -149,9 +131,7 @@ fn group_limited_routing_matches_reference() {
     let ctx = context();
     let mut rng = rng(4);
     // (E, n_group, topk_group, k): DeepSeek-V3-like 256/8/4/8 and V2-like 64/8/3/6.
-    for (experts, n_group, topk_group, k) in
-        [(256, 8, 4, 8), (64, 8, 3, 6), (16, 4, 1, 4), (8, 8, 8, 8)]
-    {
+    for (experts, n_group, topk_group, k) in [(256, 8, 4, 8), (64, 8, 3, 6), (16, 4, 1, 4), (8, 8, 8, 8)] {
         for score in [GroupScore::Max, GroupScore::TopTwoSum] {
             for scoring in [Scoring::Softmax, Scoring::Sigmoid] {
                 let tokens = 33;
@@ -233,21 +213,12 @@ fn every_token_on_one_expert() {
 fn capacity_drops_lowest_scores_and_counts_them() {
     let ctx = context();
     let mut rng = rng(7);
-    for (tokens, k, experts, capacity) in [
-        (64, 2, 8, 12),
-        (7, 1, 4, 1),
-        (257, 4, 8, 100),
-        (33, 2, 4, 0),
-    ] {
+    for (tokens, k, experts, capacity) in [(64, 2, 8, 12), (7, 1, 4, 1), (257, 4, 8, 100), (33, 2, 4, 0)] {
         let n = tokens * k;
-        let mut ids: Vec<u32> = (0..n)
-            .map(|_| rng.random_range(0..experts as u32))
-            .collect();
+        let mut ids: Vec<u32> = (0..n).map(|_| rng.random_range(0..experts as u32)).collect();
         ids[0] = SENTINEL;
         // Quantised weights: ties too.
-        let weights: Vec<f32> = (0..n)
-            .map(|_| rng.random_range(0..5) as f32 / 4.0)
-            .collect();
+        let weights: Vec<f32> = (0..n).map(|_| rng.random_range(0..5) as f32 / 4.0).collect();
         let ig = GpuTensor::from_u32(&ctx, "ids", &[tokens, k], &ids).unwrap();
         let wg = GpuTensor::from_f32(&ctx, "w", &[tokens, k], &weights, DType::F32).unwrap();
         let routed = GpuTensor::empty(&ctx, "routed", &[tokens, k], DType::U32).unwrap();

@@ -65,9 +65,7 @@ fn rope_matches_reference_with_full_and_partial_rotary() {
         let host_table = rope_table(10000.0, rot, pos0 + tokens);
         let mut x = random_vec(&mut rng, tokens * heads * head_dim, 1.0);
         let xg = upload(&ctx, &[tokens, heads * head_dim], &x);
-        run(&ctx, |enc| {
-            encode_rope(&ctx, enc, &xg, &table, heads, head_dim, pos0)
-        });
+        run(&ctx, |enc| encode_rope(&ctx, enc, &xg, &table, heads, head_dim, pos0));
         rope_reference(&mut x, &host_table, rot / 2, heads, head_dim, pos0);
         assert_close(
             &format!("rope T={tokens} rot={rot}"),
@@ -98,8 +96,7 @@ fn attention_prefill_then_decode_matches_reference() {
             let v = random_vec(&mut rng, tokens * kv_heads * head_dim, 1.0);
             all_k.extend_from_slice(&k);
             all_v.extend_from_slice(&v);
-            let out =
-                GpuTensor::empty(&ctx, "out", &[tokens, heads * head_dim], DType::F32).unwrap();
+            let out = GpuTensor::empty(&ctx, "out", &[tokens, heads * head_dim], DType::F32).unwrap();
             out.poison(&ctx);
             run(&ctx, |enc| {
                 let (qg, kg, vg) = (
@@ -107,11 +104,9 @@ fn attention_prefill_then_decode_matches_reference() {
                     upload(&ctx, &[tokens, kv_heads * head_dim], &k),
                     upload(&ctx, &[tokens, kv_heads * head_dim], &v),
                 );
-                encode_attention(&ctx, enc, &cache, &qg, &kg, &vg, heads, pos0, scale, &out)
-                    .unwrap();
+                encode_attention(&ctx, enc, &cache, &qg, &kg, &vg, heads, pos0, scale, &out).unwrap();
             });
-            let want =
-                attention_reference(&q, &all_k, &all_v, heads, kv_heads, head_dim, pos0, scale);
+            let want = attention_reference(&q, &all_k, &all_v, heads, kv_heads, head_dim, pos0, scale);
             assert_close(
                 &format!("attention H={heads}/{kv_heads} pos0={pos0} T={tokens}"),
                 &out.read_f32_blocking(&ctx).unwrap(),
@@ -132,9 +127,7 @@ fn attention_prefill_then_decode_matches_reference() {
             &vec![0.0; max_ctx * kv_heads * head_dim],
         );
         let mut enc = ctx.device.create_command_encoder(&Default::default());
-        assert!(
-            encode_attention(&ctx, &mut enc, &cache, &q, &kv, &kv, heads, 1, scale, &q).is_err()
-        );
+        assert!(encode_attention(&ctx, &mut enc, &cache, &q, &kv, &kv, heads, 1, scale, &q).is_err());
     }
 }
 
@@ -203,10 +196,5 @@ fn elementwise_updates_match_reference() {
     let want: Vec<f32> = (0..rows * cols)
         .map(|i| ((x[i] + 0.5 * other[i] + bias[i % cols]) * 1.5).clamp(-2.0, 2.0))
         .collect();
-    assert_close(
-        "elementwise",
-        &xg.read_f32_blocking(&ctx).unwrap(),
-        &want,
-        1e-6,
-    );
+    assert_close("elementwise", &xg.read_f32_blocking(&ctx).unwrap(), &want, 1e-6);
 }

@@ -32,10 +32,7 @@ fn every_file_in_shaders_dir_is_known() {
         .filter(|n| n.ends_with(".wgsl") && n != "common.wgsl")
         .collect();
     on_disk.sort();
-    let mut known: Vec<String> = ALL_SHADERS
-        .iter()
-        .map(|s| format!("{}.wgsl", s.name))
-        .collect();
+    let mut known: Vec<String> = ALL_SHADERS.iter().map(|s| format!("{}.wgsl", s.name)).collect();
     known.sort();
     assert_eq!(on_disk, known, "shaders/ and kernel::ALL_SHADERS disagree");
 }

@@ -1,11 +1,12 @@
 //! The `webmoe` command line: run a model, list adapters.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 use webmoe::model::generate::{generate, SamplingParams};
-use webmoe::model::load::{load_model_dir, LoadOptions};
+use webmoe::model::load::{load_model_dir, load_model_files, LoadOptions, LoadedModel, ModelFiles};
+use webmoe::model::perplexity::perplexity;
 use webmoe::model::tokenizer::TextStream;
 use webmoe::{DType, GpuContext};
 
@@ -16,24 +17,67 @@ use webmoe::{DType, GpuContext};
     about = "Mixture-of-Experts LLM inference on the GPU (wgpu)"
 )]
 struct Cli {
+    /// Without a command: `run` on the embedded model with its default prompt.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Generate text from a Hugging Face model directory.
+    /// Generate text from a Hugging Face model directory (default: the embedded model).
     Run(RunArgs),
+    /// Perplexity of a text file, in windows of batched prefill.
+    Perplexity(PerplexityArgs),
     /// List GPU adapters with their backend, features and limits.
     Info,
+    /// Benchmark the MoE layer on real models' shapes against the adapter's ceilings.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Scaled-down shapes and few repeats, for CPU adapters (lavapipe, SwiftShader).
+    #[arg(long)]
+    quick: bool,
+    /// Comma-separated parts of model names to run, e.g. "mixtral,qwen3".
+    #[arg(long)]
+    shapes: Option<String>,
+    /// Timed repeats per row (default 20, or 3 with --quick).
+    #[arg(long)]
+    repeats: Option<usize>,
+    /// Token counts, comma-separated (default 1,4,128,512, or 1,4,32 with --quick).
+    #[arg(long)]
+    tokens: Option<String>,
+    /// Write the full report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write a roofline chart as SVG.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct PerplexityArgs {
+    /// Model directory (default: the embedded model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// UTF-8 text file to score.
+    #[arg(long)]
+    file: PathBuf,
+    /// Tokens per window (each window is one prefill from position 0).
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+    #[arg(long, default_value = "f32")]
+    dtype: String,
 }
 
 #[derive(Args)]
 struct RunArgs {
-    /// Model directory: config.json, *.safetensors, tokenizer.json.
+    /// Model directory: config.json, *.safetensors, tokenizer.json (default: the
+    /// embedded tiny-moe model, models/tiny-moe).
     #[arg(long)]
-    model: PathBuf,
-    /// Prompt text (needs tokenizer.json).
+    model: Option<PathBuf>,
+    /// Prompt text (needs tokenizer.json). Default: "The Rust programming language".
     #[arg(long, conflicts_with = "prompt_ids")]
     prompt: Option<String>,
     /// Prompt as token ids, e.g. "1 17 42".
@@ -67,9 +111,17 @@ struct RunArgs {
 
 fn main() {
     let cli = Cli::parse();
-    let result = match cli.command {
+    let command = cli
+        .command
+        .unwrap_or_else(|| match Cli::parse_from(["webmoe", "run"]).command {
+            Some(run) => run,
+            None => unreachable!("`webmoe run` parses to the run command"),
+        });
+    let result = match command {
         Command::Run(args) => run(args),
+        Command::Perplexity(args) => perplexity_of_file(args),
         Command::Info => info(),
+        Command::Bench(args) => bench(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
@@ -88,29 +140,74 @@ fn parse_dtype(s: &str) -> webmoe::Result<DType> {
     }
 }
 
+/// The default model, compiled into the binary: it runs from anywhere, with no download.
+fn embedded_model() -> ModelFiles {
+    macro_rules! file {
+        ($name:literal) => {
+            include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/models/tiny-moe/", $name))
+        };
+    }
+    ModelFiles {
+        config_json: String::from_utf8_lossy(file!("config.json")).into_owned(),
+        safetensors: vec![(
+            "models/tiny-moe/model.safetensors (embedded)".into(),
+            file!("model.safetensors").to_vec(),
+        )],
+        tokenizer_json: Some(file!("tokenizer.json").to_vec()),
+    }
+}
+
+fn load(ctx: &GpuContext, model: Option<&Path>, options: LoadOptions) -> webmoe::Result<LoadedModel> {
+    match model {
+        Some(dir) => load_model_dir(ctx, dir, options),
+        None => load_model_files(ctx, embedded_model(), options),
+    }
+}
+
+const DEFAULT_PROMPT: &str = "The Rust programming language";
+
+fn perplexity_of_file(args: PerplexityArgs) -> webmoe::Result<()> {
+    let text = std::fs::read_to_string(&args.file)
+        .map_err(|e| webmoe::Error::Config(format!("cannot read {}: {e}", args.file.display())))?;
+    let ctx = GpuContext::new_blocking()?;
+    let options = LoadOptions {
+        max_context: None,
+        weight_dtype: parse_dtype(&args.dtype)?,
+    };
+    let loaded = load(&ctx, args.model.as_deref(), options)?;
+    let ids = loaded.tokenizer()?.encode(&text)?;
+    let result = pollster::block_on(perplexity(&ctx, &loaded.model, &ids, args.window))?;
+    println!(
+        "perplexity {:.4} over {} predicted tokens",
+        result.perplexity, result.predicted
+    );
+    eprintln!(
+        "{} tokens in windows of {}: {:.1} tokens/s ({})",
+        ids.len(),
+        args.window,
+        result.tokens_per_second(),
+        ctx.adapter_info.name
+    );
+    Ok(())
+}
+
 fn run(args: RunArgs) -> webmoe::Result<()> {
     let ctx = GpuContext::new_blocking()?;
     let options = LoadOptions {
         max_context: args.context,
         weight_dtype: parse_dtype(&args.dtype)?,
     };
-    let loaded = load_model_dir(&ctx, &args.model, options)?;
+    let loaded = load(&ctx, args.model.as_deref(), options)?;
     let prompt_ids: Vec<u32> = match (&args.prompt_ids, &args.prompt) {
         (Some(ids), _) => ids
             .split(|c: char| c.is_whitespace() || c == ',')
             .filter(|s| !s.is_empty())
             .map(|s| {
-                s.parse().map_err(|_| {
-                    webmoe::Error::Config(format!("--prompt-ids: {s:?} is not a token id"))
-                })
+                s.parse()
+                    .map_err(|_| webmoe::Error::Config(format!("--prompt-ids: {s:?} is not a token id")))
             })
             .collect::<webmoe::Result<_>>()?,
-        (None, Some(text)) => loaded.tokenizer()?.encode(text)?,
-        (None, None) => {
-            return Err(webmoe::Error::Config(
-                "give --prompt or --prompt-ids".into(),
-            ))
-        }
+        (None, text) => loaded.tokenizer()?.encode(text.as_deref().unwrap_or(DEFAULT_PROMPT))?,
     };
     let sampling = SamplingParams {
         temperature: if args.greedy { 0.0 } else { args.temperature },
@@ -120,17 +217,13 @@ fn run(args: RunArgs) -> webmoe::Result<()> {
     };
     let stop = loaded.model.config.eos_token_ids.clone();
     let mut stream = TextStream::default();
-    let tokenizer = if args.json {
-        None
-    } else {
-        loaded.tokenizer.as_ref()
-    };
+    let tokenizer = if args.json { None } else { loaded.tokenizer.as_ref() };
     let mut stdout = std::io::stdout();
     if let Some(tok) = tokenizer {
-        if let Some(text) = &args.prompt {
-            print!("{text}");
-        } else {
-            print!("{}", tok.decode(&prompt_ids)?);
+        match (&args.prompt, &args.prompt_ids) {
+            (Some(text), _) => print!("{text}"),
+            (None, None) => print!("{DEFAULT_PROMPT}"),
+            (None, Some(_)) => print!("{}", tok.decode(&prompt_ids)?),
         }
         stdout.flush().ok();
     }
@@ -141,7 +234,7 @@ fn run(args: RunArgs) -> webmoe::Result<()> {
         args.max_tokens,
         sampling,
         &stop,
-        |id| {
+        |id, _| {
             if let Some(tok) = tokenizer {
                 if let Ok(piece) = stream.push(tok, id) {
                     print!("{piece}");
@@ -184,6 +277,43 @@ fn json_f32(v: f32) -> String {
     } else {
         "null".into()
     }
+}
+
+fn bench(args: BenchArgs) -> webmoe::Result<()> {
+    let mut options = webmoe::bench::BenchOptions::new(args.quick);
+    if let Some(shapes) = args.shapes {
+        options.shapes = shapes
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+    }
+    if let Some(r) = args.repeats {
+        options.repeats = r.max(1);
+    }
+    if let Some(t) = args.tokens {
+        options.tokens = t
+            .split(',')
+            .map(|s| {
+                s.trim()
+                    .parse()
+                    .map_err(|_| webmoe::Error::Config(format!("--tokens: {s:?} is not a count")))
+            })
+            .collect::<webmoe::Result<_>>()?;
+    }
+    let ctx = GpuContext::new_blocking()?;
+    let report = pollster::block_on(webmoe::bench::run_bench(&ctx, &options))?;
+    print!("{}", webmoe::bench::markdown(&report));
+    let write = |path: &Path, text: String| {
+        std::fs::write(path, text).map_err(|e| webmoe::Error::Config(format!("cannot write {}: {e}", path.display())))
+    };
+    if let Some(path) = &args.json {
+        write(path, serde_json::to_string_pretty(&report).unwrap_or_default())?;
+    }
+    if let Some(path) = &args.svg {
+        write(path, webmoe::bench::roofline_svg(&report))?;
+    }
+    Ok(())
 }
 
 fn info() -> webmoe::Result<()> {

@@ -10,7 +10,8 @@ use crate::gpu::kernel::PipelineCache;
 const WANTED_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
     .union(wgpu::Features::SUBGROUP)
     .union(wgpu::Features::TIMESTAMP_QUERY)
-    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES)
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS);
 
 /// How to choose the adapter. `from_env` reads the usual overrides.
 #[derive(Clone, Debug, Default)]
@@ -109,9 +110,7 @@ impl GpuContext {
             slot.get_or_insert(gpu_error("an operation outside an error scope", error));
         }));
 
-        let adapter_binding = limits
-            .max_storage_buffer_binding_size
-            .min(limits.max_buffer_size);
+        let adapter_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
         let max_binding_bytes = options
             .max_binding_bytes
             .map_or(adapter_binding, |m| m.min(adapter_binding));
@@ -209,8 +208,7 @@ pub fn list_adapters(backends: Option<wgpu::Backends>) -> Vec<wgpu::AdapterInfo>
         desc.backends = b;
     }
     let instance = wgpu::Instance::new(desc);
-    let adapters =
-        pollster::block_on(instance.enumerate_adapters(backends.unwrap_or(wgpu::Backends::all())));
+    let adapters = pollster::block_on(instance.enumerate_adapters(backends.unwrap_or(wgpu::Backends::all())));
     adapters.iter().map(|a| a.get_info()).collect()
 }
 
@@ -232,10 +230,7 @@ fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-async fn choose_adapter(
-    instance: &wgpu::Instance,
-    options: &ContextOptions,
-) -> Result<wgpu::Adapter> {
+async fn choose_adapter(instance: &wgpu::Instance, options: &ContextOptions) -> Result<wgpu::Adapter> {
     let backends = options.backends.unwrap_or(wgpu::Backends::all());
     let mut adapters = instance.enumerate_adapters(backends).await;
     if adapters.is_empty() {
@@ -261,10 +256,7 @@ async fn choose_adapter(
 }
 
 #[cfg(target_arch = "wasm32")]
-async fn choose_adapter(
-    instance: &wgpu::Instance,
-    _options: &ContextOptions,
-) -> Result<wgpu::Adapter> {
+async fn choose_adapter(instance: &wgpu::Instance, _options: &ContextOptions) -> Result<wgpu::Adapter> {
     instance
         .request_adapter(&wgpu::RequestAdapterOptions {
             power_preference: wgpu::PowerPreference::HighPerformance,

@@ -39,6 +39,7 @@ pub const ROPE: Shader = shader!("rope");
 pub const ATTENTION: Shader = shader!("attention");
 pub const EMBEDDING: Shader = shader!("embedding");
 pub const SAMPLING: Shader = shader!("sampling");
+pub const BENCH: Shader = shader!("bench");
 
 /// Every kernel file, for validation tests and tools.
 pub const ALL_SHADERS: &[Shader] = &[
@@ -55,6 +56,7 @@ pub const ALL_SHADERS: &[Shader] = &[
     ATTENTION,
     EMBEDDING,
     SAMPLING,
+    BENCH,
 ];
 
 /// The full WGSL text the host compiles for a kernel file.
@@ -77,12 +79,7 @@ pub struct PipelineCache {
 
 impl GpuContext {
     /// The compute pipeline for `entry` of `shader` with the given override constants.
-    pub fn pipeline(
-        &self,
-        shader: &Shader,
-        entry: &str,
-        constants: &[(&str, f64)],
-    ) -> wgpu::ComputePipeline {
+    pub fn pipeline(&self, shader: &Shader, entry: &str, constants: &[(&str, f64)]) -> wgpu::ComputePipeline {
         let key = format!("{}::{entry}::{constants:?}", shader.name);
         if let Some(p) = self.pipelines.pipelines.lock().unwrap().get(&key) {
             return p.clone();
@@ -92,41 +89,30 @@ impl GpuContext {
             modules
                 .entry(shader.name)
                 .or_insert_with(|| {
-                    self.device
-                        .create_shader_module(wgpu::ShaderModuleDescriptor {
-                            label: Some(shader.name),
-                            source: wgpu::ShaderSource::Wgsl(compose(shader).into()),
-                        })
+                    self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(shader.name),
+                        source: wgpu::ShaderSource::Wgsl(compose(shader).into()),
+                    })
                 })
                 .clone()
         };
-        let pipeline = self
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(&key),
-                layout: None,
-                module: &module,
-                entry_point: Some(entry),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants,
-                    zero_initialize_workgroup_memory: true,
-                },
-                cache: None,
-            });
-        self.pipelines
-            .pipelines
-            .lock()
-            .unwrap()
-            .insert(key, pipeline.clone());
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&key),
+            layout: None,
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                zero_initialize_workgroup_memory: true,
+            },
+            cache: None,
+        });
+        self.pipelines.pipelines.lock().unwrap().insert(key, pipeline.clone());
         pipeline
     }
 
     /// A bind group for group 0 of `pipeline` from (binding number, buffer) pairs.
-    pub fn bind(
-        &self,
-        pipeline: &wgpu::ComputePipeline,
-        buffers: &[(u32, &wgpu::Buffer)],
-    ) -> wgpu::BindGroup {
+    pub fn bind(&self, pipeline: &wgpu::ComputePipeline, buffers: &[(u32, &wgpu::Buffer)]) -> wgpu::BindGroup {
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
             .map(|(i, b)| wgpu::BindGroupEntry {
@@ -143,12 +129,11 @@ impl GpuContext {
 
     /// A small uniform buffer holding `value`.
     pub fn uniform<T: bytemuck::Pod>(&self, value: &T) -> wgpu::Buffer {
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("params"),
-                contents: bytemuck::bytes_of(value),
-                usage: wgpu::BufferUsages::UNIFORM,
-            })
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("params"),
+            contents: bytemuck::bytes_of(value),
+            usage: wgpu::BufferUsages::UNIFORM,
+        })
     }
 }
 

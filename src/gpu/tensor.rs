@@ -94,9 +94,7 @@ impl GpuTensor {
         let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(name),
             size: bytes,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
         Ok(Self {
@@ -106,26 +104,14 @@ impl GpuTensor {
         })
     }
 
-    fn from_bytes(
-        ctx: &GpuContext,
-        name: &str,
-        shape: &[usize],
-        dtype: DType,
-        bytes: &[u8],
-    ) -> Result<Self> {
+    fn from_bytes(ctx: &GpuContext, name: &str, shape: &[usize], dtype: DType, bytes: &[u8]) -> Result<Self> {
         let tensor = Self::empty(ctx, name, shape, dtype)?;
         ctx.queue.write_buffer(&tensor.buffer, 0, bytes);
         Ok(tensor)
     }
 
     /// Uploads f32 values, stored as `dtype` (F32, F16 or BF16).
-    pub fn from_f32(
-        ctx: &GpuContext,
-        name: &str,
-        shape: &[usize],
-        values: &[f32],
-        dtype: DType,
-    ) -> Result<Self> {
+    pub fn from_f32(ctx: &GpuContext, name: &str, shape: &[usize], values: &[f32], dtype: DType) -> Result<Self> {
         check_len(name, shape, values.len())?;
         Self::from_bytes(ctx, name, shape, dtype, &dtype.encode_f32(values))
     }
@@ -141,8 +127,7 @@ impl GpuTensor {
     /// Fills the tensor with [`POISON_WORD`].
     pub fn poison(&self, ctx: &GpuContext) {
         let words = vec![POISON_WORD; (self.buffer.size() / 4) as usize];
-        ctx.queue
-            .write_buffer(&self.buffer, 0, bytemuck::cast_slice(&words));
+        ctx.queue.write_buffer(&self.buffer, 0, bytemuck::cast_slice(&words));
     }
 
     /// Reads the raw words back.
@@ -160,10 +145,7 @@ impl GpuTensor {
             });
         }
         let words = self.read_words(ctx).await?;
-        Ok(words[..self.len()]
-            .iter()
-            .map(|w| f32::from_bits(*w))
-            .collect())
+        Ok(words[..self.len()].iter().map(|w| f32::from_bits(*w)).collect())
     }
 
     /// Reads a u32 tensor back.

@@ -147,12 +147,10 @@ impl ModelConfig {
 
     /// Parses config.json text; `source` names the file in errors.
     pub fn from_json(text: &str, source: &str) -> Result<Self> {
-        let raw: RawConfig = serde_json::from_str(text)
-            .map_err(|e| Error::Config(format!("{source}: invalid config.json: {e}")))?;
+        let raw: RawConfig =
+            serde_json::from_str(text).map_err(|e| Error::Config(format!("{source}: invalid config.json: {e}")))?;
         let bad = |m: String| Error::Config(format!("{source}: {m}"));
-        let need = |v: Option<usize>, field: &str| {
-            v.ok_or_else(|| bad(format!("missing required field `{field}`")))
-        };
+        let need = |v: Option<usize>, field: &str| v.ok_or_else(|| bad(format!("missing required field `{field}`")));
 
         let architecture = raw
             .architectures
@@ -206,21 +204,14 @@ impl ModelConfig {
                 )))
             }
         };
-        let partial = rope
-            .partial_rotary_factor
-            .or(raw.partial_rotary_factor)
-            .unwrap_or(1.0);
+        let partial = rope.partial_rotary_factor.or(raw.partial_rotary_factor).unwrap_or(1.0);
         let rotary_dim = ((head_dim as f64 * partial) as usize) & !1;
         if head_dim == 0 || rotary_dim == 0 || rotary_dim > head_dim {
             return Err(bad(format!(
                 "head_dim {head_dim} with partial_rotary_factor {partial} leaves no rotary dims"
             )));
         }
-        let default_theta = if family == Family::Mixtral {
-            1.0e6
-        } else {
-            1.0e4
-        };
+        let default_theta = if family == Family::Mixtral { 1.0e6 } else { 1.0e4 };
         let rope_theta = rope.rope_theta.or(raw.rope_theta).unwrap_or(default_theta) as f32;
 
         // transformers 5 may save either name for any family (attribute_map).
@@ -230,24 +221,18 @@ impl ModelConfig {
         )?;
         let top_k = need(raw.num_experts_per_tok, "num_experts_per_tok")?;
         let expert_ffn = match family {
-            Family::Qwen2Moe | Family::Qwen3Moe => {
-                need(raw.moe_intermediate_size, "moe_intermediate_size")?
-            }
+            Family::Qwen2Moe | Family::Qwen3Moe => need(raw.moe_intermediate_size, "moe_intermediate_size")?,
             _ => intermediate_size,
         };
         let order = match family {
             Family::Mixtral | Family::GraniteMoe => TopKOrder::TopKThenSoftmax,
             _ => TopKOrder::ScoreThenTopK,
         };
-        let mut routing =
-            RoutingConfig::softmax_top_k(num_experts, top_k, raw.norm_topk_prob.unwrap_or(false));
+        let mut routing = RoutingConfig::softmax_top_k(num_experts, top_k, raw.norm_topk_prob.unwrap_or(false));
         routing.order = order;
         let shared_expert = match family {
             Family::Qwen2Moe => Some(SharedExpertConfig {
-                ffn: need(
-                    raw.shared_expert_intermediate_size,
-                    "shared_expert_intermediate_size",
-                )?,
+                ffn: need(raw.shared_expert_intermediate_size, "shared_expert_intermediate_size")?,
                 gated: true,
             }),
             _ => None,

@@ -6,7 +6,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::model::transformer::{LogitsFor, Transformer};
+use crate::model::transformer::{Readback, Transformer};
 use crate::ops::embedding::argmax_reference;
 
 /// How the next token is chosen. `temperature == 0` means greedy.
@@ -115,18 +115,15 @@ impl Generation {
 
 /// The `n` highest logits, best first (lower id first on ties).
 pub fn top_logits(logits: &[f32], n: usize) -> Vec<(u32, f32)> {
-    let mut all: Vec<(u32, f32)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| (i as u32, l))
-        .collect();
+    let mut all: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
     all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     all.truncate(n);
     all
 }
 
 /// Generates up to `max_new_tokens` after `prompt`, stopping at any of `stop_ids`.
-/// `on_token` sees each new token and may return false to stop (cancel).
+/// `on_token` sees each new token with the routing counts (`[MoE layers * experts]`)
+/// of the forward that produced it, and may return false to stop (cancel).
 pub async fn generate(
     ctx: &GpuContext,
     model: &Transformer,
@@ -134,17 +131,18 @@ pub async fn generate(
     max_new_tokens: usize,
     sampling: SamplingParams,
     stop_ids: &[u32],
-    mut on_token: impl FnMut(u32) -> bool,
+    mut on_token: impl FnMut(u32, &[u32]) -> bool,
 ) -> Result<Generation> {
     let clock = crate::util::Clock::start();
-    let logits = model.logits(ctx, prompt, 0, LogitsFor::Last).await?;
+    let first = model.step(ctx, prompt, 0, Readback::LastLogits).await?;
     let mut gen = Generation {
         prompt_ids: prompt.to_vec(),
-        first_logits_top: top_logits(&logits, 10),
+        first_logits_top: top_logits(&first.logits, 10),
         ..Default::default()
     };
     let mut sampler = Sampler::new(sampling);
-    let mut token = sampler.sample(&logits);
+    let mut token = sampler.sample(&first.logits);
+    let mut routing = first.routing_counts;
     gen.prefill_seconds = clock.seconds();
     let clock = crate::util::Clock::start();
     let mut position = prompt.len();
@@ -154,24 +152,21 @@ pub async fn generate(
     }
     loop {
         gen.generated_ids.push(token);
-        if stop_ids.contains(&token)
-            || !on_token(token)
-            || gen.generated_ids.len() >= max_new_tokens
-        {
+        let go_on = on_token(token, &routing);
+        if !go_on || stop_ids.contains(&token) || gen.generated_ids.len() >= max_new_tokens {
             break;
         }
         if position + 1 > model.max_context {
             break;
         }
-        token = if sampling.is_greedy() {
-            model.next_greedy(ctx, &[token], position).await?
+        let read = if sampling.is_greedy() {
+            Readback::Argmax
         } else {
-            sampler.sample(
-                &model
-                    .logits(ctx, &[token], position, LogitsFor::Last)
-                    .await?,
-            )
+            Readback::LastLogits
         };
+        let step = model.step(ctx, &[token], position, read).await?;
+        token = step.token.unwrap_or_else(|| sampler.sample(&step.logits));
+        routing = step.routing_counts;
         position += 1;
     }
     gen.decode_seconds = clock.seconds();

@@ -34,9 +34,9 @@ pub struct LoadedModel {
 
 impl LoadedModel {
     pub fn tokenizer(&self) -> Result<&Tokenizer> {
-        self.tokenizer.as_ref().ok_or_else(|| {
-            Error::Config("the model has no tokenizer.json; give token ids instead".into())
-        })
+        self.tokenizer
+            .as_ref()
+            .ok_or_else(|| Error::Config("the model has no tokenizer.json; give token ids instead".into()))
     }
 }
 
@@ -49,6 +49,18 @@ pub fn load_model(
     options: LoadOptions,
 ) -> Result<LoadedModel> {
     config.moe.weight_dtype = options.weight_dtype;
+    #[cfg(not(target_arch = "wasm32"))]
+    let weights = {
+        // Drawn on stderr only when it is a terminal.
+        let bar = indicatif::ProgressBar::new(config.num_layers as u64).with_style(
+            indicatif::ProgressStyle::with_template("loading {bar:30} {pos}/{len} layers ({elapsed})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let weights = ModelWeights::load_with_progress(&config, store, &mut |done| bar.set_position(done as u64));
+        bar.finish_and_clear();
+        weights?
+    };
+    #[cfg(target_arch = "wasm32")]
     let weights = ModelWeights::load(&config, store)?;
     let context = options
         .max_context
@@ -59,21 +71,14 @@ pub fn load_model(
 
 /// Loads `dir` (config.json, safetensors, optional tokenizer.json) (native).
 #[cfg(not(target_arch = "wasm32"))]
-pub fn load_model_dir(
-    ctx: &GpuContext,
-    dir: &std::path::Path,
-    options: LoadOptions,
-) -> Result<LoadedModel> {
+pub fn load_model_dir(ctx: &GpuContext, dir: &std::path::Path, options: LoadOptions) -> Result<LoadedModel> {
     let config = ModelConfig::from_dir(dir)?;
     let store = TensorStore::open_dir(dir)?;
     let tokenizer_path = dir.join("tokenizer.json");
     let tokenizer = if tokenizer_path.exists() {
         let bytes = std::fs::read(&tokenizer_path)
             .map_err(|e| Error::Config(format!("cannot read {}: {e}", tokenizer_path.display())))?;
-        Some(Tokenizer::from_bytes(
-            &bytes,
-            &tokenizer_path.display().to_string(),
-        )?)
+        Some(Tokenizer::from_bytes(&bytes, &tokenizer_path.display().to_string())?)
     } else {
         None
     };
@@ -89,11 +94,7 @@ pub struct ModelFiles {
 }
 
 /// Loads a model from in-memory files.
-pub fn load_model_files(
-    ctx: &GpuContext,
-    files: ModelFiles,
-    options: LoadOptions,
-) -> Result<LoadedModel> {
+pub fn load_model_files(ctx: &GpuContext, files: ModelFiles, options: LoadOptions) -> Result<LoadedModel> {
     let config = ModelConfig::from_json(&files.config_json, "config.json")?;
     let store = TensorStore::from_bytes(files.safetensors)?;
     let tokenizer = match &files.tokenizer_json {

@@ -20,12 +20,7 @@ impl Perplexity {
 }
 
 /// exp(mean negative log-likelihood) of `ids`, in windows of `window` tokens.
-pub async fn perplexity(
-    ctx: &GpuContext,
-    model: &Transformer,
-    ids: &[u32],
-    window: usize,
-) -> Result<Perplexity> {
+pub async fn perplexity(ctx: &GpuContext, model: &Transformer, ids: &[u32], window: usize) -> Result<Perplexity> {
     if window < 2 || window > model.max_context {
         return Err(Error::Config(format!(
             "perplexity window {window} must be between 2 and the context of {} positions",
@@ -40,12 +35,7 @@ pub async fn perplexity(
         for (pos, &target) in chunk.iter().enumerate().skip(1) {
             let row = &logits[(pos - 1) * vocab..pos * vocab];
             let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-            let log_sum = row
-                .iter()
-                .map(|&v| (v as f64 - max).exp())
-                .sum::<f64>()
-                .ln()
-                + max;
+            let log_sum = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
             nll += log_sum - row[target as usize] as f64;
             predicted += 1;
         }

@@ -11,9 +11,7 @@ use crate::ops::rope::{rope_reference, rope_table};
 
 /// `x [T, in]` times `w [out, in]^T`.
 fn linear(x: &[f32], w: &[f32], input: usize, out: usize) -> Vec<f32> {
-    x.chunks(input)
-        .flat_map(|row| matvec_reference(row, w, out))
-        .collect()
+    x.chunks(input).flat_map(|row| matvec_reference(row, w, out)).collect()
 }
 
 fn add_bias(x: &mut [f32], bias: Option<&Vec<f32>>) {
@@ -27,21 +25,13 @@ fn add_bias(x: &mut [f32], bias: Option<&Vec<f32>>) {
 /// Logits `[T, vocab]` for every position of `ids` (positions 0..T).
 pub fn forward_reference(config: &ModelConfig, weights: &ModelWeights, ids: &[u32]) -> Vec<f32> {
     let c = config;
-    let round = |v: &[f32]| -> Vec<f32> {
-        v.iter()
-            .map(|&x| c.moe.weight_dtype.round_trip(x))
-            .collect()
-    };
+    let round = |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| c.moe.weight_dtype.round_trip(x)).collect() };
     let (t, d, hd) = (ids.len(), c.hidden_size, c.head_dim);
     let (qw, kvw) = (c.num_heads * hd, c.num_kv_heads * hd);
     let embed = round(&weights.embed_tokens);
     let mut x: Vec<f32> = ids
         .iter()
-        .flat_map(|&id| {
-            embed[id as usize * d..][..d]
-                .iter()
-                .map(|v| v * c.embedding_multiplier)
-        })
+        .flat_map(|&id| embed[id as usize * d..][..d].iter().map(|v| v * c.embedding_multiplier))
         .collect();
     let table = rope_table(c.rope_theta, c.rotary_dim, t);
     for layer in &weights.layers {
@@ -64,35 +54,20 @@ pub fn forward_reference(config: &ModelConfig, weights: &ModelWeights, ids: &[u3
         }
         rope_reference(&mut q, &table, c.rotary_dim / 2, c.num_heads, hd, 0);
         rope_reference(&mut k, &table, c.rotary_dim / 2, c.num_kv_heads, hd, 0);
-        let attn = attention_reference(
-            &q,
-            &k,
-            &v,
-            c.num_heads,
-            c.num_kv_heads,
-            hd,
-            0,
-            c.attention_scale,
-        );
+        let attn = attention_reference(&q, &k, &v, c.num_heads, c.num_kv_heads, hd, 0, c.attention_scale);
         let o = linear(&attn, &round(&a.o), qw, d);
-        x.iter_mut()
-            .zip(&o)
-            .for_each(|(x, o)| *x += c.residual_multiplier * o);
+        x.iter_mut().zip(&o).for_each(|(x, o)| *x += c.residual_multiplier * o);
         let h = rms_norm_reference(&x, &layer.post_attention_norm, c.rms_norm_eps);
         let f = match &layer.ffn {
             FeedForwardWeights::Moe(moe) => moe_reference(&c.moe, moe, &h).output,
             FeedForwardWeights::Dense { gate, up, down } => {
                 let (g, u, dn) = (round(gate), round(up), round(down));
                 h.chunks(d)
-                    .flat_map(|row| {
-                        matvec_reference(&swiglu_reference(row, &g, &u, c.dense_ffn), &dn, d)
-                    })
+                    .flat_map(|row| matvec_reference(&swiglu_reference(row, &g, &u, c.dense_ffn), &dn, d))
                     .collect()
             }
         };
-        x.iter_mut()
-            .zip(&f)
-            .for_each(|(x, f)| *x += c.residual_multiplier * f);
+        x.iter_mut().zip(&f).for_each(|(x, f)| *x += c.residual_multiplier * f);
     }
     let h = rms_norm_reference(&x, &weights.final_norm, c.rms_norm_eps);
     let head = round(weights.lm_head.as_ref().unwrap_or(&weights.embed_tokens));

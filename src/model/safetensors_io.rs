@@ -69,12 +69,7 @@ impl TensorStore {
             shards
         } else {
             let mut found: Vec<String> = std::fs::read_dir(dir)
-                .map_err(|e| {
-                    Error::Config(format!(
-                        "cannot read model directory {}: {e}",
-                        dir.display()
-                    ))
-                })?
+                .map_err(|e| Error::Config(format!("cannot read model directory {}: {e}", dir.display())))?
                 .filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .filter(|n| n.ends_with(".safetensors"))
@@ -83,10 +78,7 @@ impl TensorStore {
             found
         };
         if names.is_empty() {
-            return Err(Error::Config(format!(
-                "no .safetensors files in {}",
-                dir.display()
-            )));
+            return Err(Error::Config(format!("no .safetensors files in {}", dir.display())));
         }
         let files = names
             .iter()
@@ -130,10 +122,7 @@ impl TensorStore {
     fn file_of(&self, name: &str) -> Result<&StoreFile> {
         let i = self.index.get(name).ok_or_else(|| {
             let files: Vec<&str> = self.files.iter().map(|f| f.name.as_str()).collect();
-            Error::Config(format!(
-                "tensor `{name}` is missing from {}",
-                files.join(", ")
-            ))
+            Error::Config(format!("tensor `{name}` is missing from {}", files.join(", ")))
         })?;
         Ok(&self.files[*i])
     }
@@ -188,17 +177,17 @@ impl TensorStore {
 
 /// Shard file names from a model.safetensors.index.json text.
 pub fn shard_names(index_json: &str, source: &str) -> Result<Vec<String>> {
-    let value: serde_json::Value = serde_json::from_str(index_json)
-        .map_err(|e| Error::Config(format!("{source}: invalid JSON: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_str(index_json).map_err(|e| Error::Config(format!("{source}: invalid JSON: {e}")))?;
     let map = value
         .get("weight_map")
         .and_then(|m| m.as_object())
         .ok_or_else(|| Error::Config(format!("{source}: missing `weight_map`")))?;
     map.values()
         .map(|v| {
-            v.as_str().map(str::to_string).ok_or_else(|| {
-                Error::Config(format!("{source}: `weight_map` values must be file names"))
-            })
+            v.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| Error::Config(format!("{source}: `weight_map` values must be file names")))
         })
         .collect()
 }

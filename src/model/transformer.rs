@@ -98,12 +98,7 @@ fn vector(ctx: &GpuContext, name: &str, values: &[f32]) -> Result<GpuTensor> {
 impl Transformer {
     /// Uploads `weights` and allocates a KV cache of `max_context` positions
     /// (at most `max_position_embeddings`).
-    pub fn new(
-        ctx: &GpuContext,
-        config: ModelConfig,
-        weights: &ModelWeights,
-        max_context: usize,
-    ) -> Result<Self> {
+    pub fn new(ctx: &GpuContext, config: ModelConfig, weights: &ModelWeights, max_context: usize) -> Result<Self> {
         let c = &config;
         if max_context == 0 || max_context > c.max_position_embeddings {
             return Err(Error::Config(format!(
@@ -121,14 +116,7 @@ impl Transformer {
             dtype,
         )?;
         let lm_head = match &weights.lm_head {
-            Some(w) => Some(matrix(
-                ctx,
-                "lm_head.weight",
-                w,
-                c.vocab_size,
-                c.hidden_size,
-                dtype,
-            )?),
+            Some(w) => Some(matrix(ctx, "lm_head.weight", w, c.vocab_size, c.hidden_size, dtype)?),
             None => None,
         };
         let layers = weights
@@ -152,19 +140,10 @@ impl Transformer {
         })
     }
 
-    fn upload_layer(
-        ctx: &GpuContext,
-        c: &ModelConfig,
-        i: usize,
-        w: &LayerWeights,
-    ) -> Result<Layer> {
+    fn upload_layer(ctx: &GpuContext, c: &ModelConfig, i: usize, w: &LayerWeights) -> Result<Layer> {
         let dtype = c.moe.weight_dtype;
         let name = |s: &str| format!("model.layers.{i}.{s}");
-        let (d, q_width, kv_width) = (
-            c.hidden_size,
-            c.num_heads * c.head_dim,
-            c.num_kv_heads * c.head_dim,
-        );
+        let (d, q_width, kv_width) = (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
         let a = &w.attention;
         let biases = match (&a.q_bias, &a.k_bias, &a.v_bias) {
             (Some(q), Some(k), Some(v)) => Some([
@@ -182,9 +161,7 @@ impl Transformer {
             _ => None,
         };
         let ffn = match &w.ffn {
-            FeedForwardWeights::Moe(moe) => {
-                FeedForward::Moe(Box::new(MoeLayer::new(ctx, c.moe, moe)?))
-            }
+            FeedForwardWeights::Moe(moe) => FeedForward::Moe(Box::new(MoeLayer::new(ctx, c.moe, moe)?)),
             FeedForwardWeights::Dense { gate, up, down } => {
                 let f = c.dense_ffn;
                 FeedForward::Dense(Box::new(DenseMlp {
@@ -197,46 +174,14 @@ impl Transformer {
         Ok(Layer {
             input_norm: vector(ctx, &name("input_layernorm.weight"), &w.input_norm)?,
             attention: Attention {
-                q: matrix(
-                    ctx,
-                    &name("self_attn.q_proj.weight"),
-                    &a.q,
-                    q_width,
-                    d,
-                    dtype,
-                )?,
-                k: matrix(
-                    ctx,
-                    &name("self_attn.k_proj.weight"),
-                    &a.k,
-                    kv_width,
-                    d,
-                    dtype,
-                )?,
-                v: matrix(
-                    ctx,
-                    &name("self_attn.v_proj.weight"),
-                    &a.v,
-                    kv_width,
-                    d,
-                    dtype,
-                )?,
-                o: matrix(
-                    ctx,
-                    &name("self_attn.o_proj.weight"),
-                    &a.o,
-                    d,
-                    q_width,
-                    dtype,
-                )?,
+                q: matrix(ctx, &name("self_attn.q_proj.weight"), &a.q, q_width, d, dtype)?,
+                k: matrix(ctx, &name("self_attn.k_proj.weight"), &a.k, kv_width, d, dtype)?,
+                v: matrix(ctx, &name("self_attn.v_proj.weight"), &a.v, kv_width, d, dtype)?,
+                o: matrix(ctx, &name("self_attn.o_proj.weight"), &a.o, d, q_width, dtype)?,
                 biases,
                 qk_norm,
             },
-            post_attention_norm: vector(
-                ctx,
-                &name("post_attention_layernorm.weight"),
-                &w.post_attention_norm,
-            )?,
+            post_attention_norm: vector(ctx, &name("post_attention_layernorm.weight"), &w.post_attention_norm)?,
             ffn,
         })
     }
@@ -246,10 +191,7 @@ impl Transformer {
         if ids.is_empty() {
             return Err(Error::Config("no tokens to run".into()));
         }
-        if let Some(bad) = ids
-            .iter()
-            .find(|&&id| id as usize >= self.config.vocab_size)
-        {
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= self.config.vocab_size) {
             return Err(Error::Config(format!(
                 "token id {bad} is not below vocab_size = {}",
                 self.config.vocab_size
@@ -266,7 +208,7 @@ impl Transformer {
         Ok(())
     }
 
-    /// Records the forward of `ids` at positions `pos0..`; returns the logits tensor.
+    /// Records the forward of `ids` at positions `pos0..`.
     pub fn encode_forward(
         &self,
         ctx: &GpuContext,
@@ -274,7 +216,7 @@ impl Transformer {
         ids: &[u32],
         pos0: usize,
         logits_for: LogitsFor,
-    ) -> Result<GpuTensor> {
+    ) -> Result<ForwardOutputs> {
         self.check_input(ids, pos0)?;
         let c = &self.config;
         let (t, d) = (ids.len(), c.hidden_size);
@@ -288,20 +230,31 @@ impl Transformer {
             c.embedding_multiplier,
             &x,
         );
+        let experts = c.moe.num_experts();
+        let moe_layers = c.sparse_layers.iter().filter(|s| **s).count();
+        let routing_counts = GpuTensor::empty(ctx, "routing counts", &[moe_layers, experts], DType::U32)?;
+        let mut moe_index = 0;
         for (layer, cache) in self.layers.iter().zip(&self.caches) {
             let h = norm(ctx, encoder, &x, &layer.input_norm, c.rms_norm_eps)?;
             let attn = self.encode_attention(ctx, encoder, layer, cache, &h, pos0)?;
             encode_add_scaled(ctx, encoder, &x, &attn, c.residual_multiplier);
             let h = norm(ctx, encoder, &x, &layer.post_attention_norm, c.rms_norm_eps)?;
             let f = match &layer.ffn {
-                FeedForward::Moe(moe) => moe.encode(ctx, encoder, &h)?.output,
+                FeedForward::Moe(moe) => {
+                    let out = moe.encode(ctx, encoder, &h)?;
+                    let row_bytes = (experts * 4) as u64;
+                    encoder.copy_buffer_to_buffer(
+                        &out.expert_counts.buffer,
+                        0,
+                        &routing_counts.buffer,
+                        moe_index * row_bytes,
+                        row_bytes,
+                    );
+                    moe_index += 1;
+                    out.output
+                }
                 FeedForward::Dense(mlp) => {
-                    let mid = GpuTensor::empty(
-                        ctx,
-                        "dense mlp intermediate",
-                        &[t, mlp.gate.out_dim],
-                        DType::F32,
-                    )?;
+                    let mid = GpuTensor::empty(ctx, "dense mlp intermediate", &[t, mlp.gate.out_dim], DType::F32)?;
                     encode_gate_up(ctx, encoder, dense_rows(t), &h, &mlp.gate, &mlp.up, &mid)?;
                     linear(ctx, encoder, &mid, &mlp.down)?
                 }
@@ -312,27 +265,16 @@ impl Transformer {
             LogitsFor::All => x,
             LogitsFor::Last => {
                 let last = GpuTensor::empty(ctx, "last hidden", &[1, d], DType::F32)?;
-                encoder.copy_buffer_to_buffer(
-                    &x.buffer,
-                    ((t - 1) * d * 4) as u64,
-                    &last.buffer,
-                    0,
-                    (d * 4) as u64,
-                );
+                encoder.copy_buffer_to_buffer(&x.buffer, ((t - 1) * d * 4) as u64, &last.buffer, 0, (d * 4) as u64);
                 last
             }
         };
         let h = norm(ctx, encoder, &rows, &self.final_norm, c.rms_norm_eps)?;
-        let logits = linear(
-            ctx,
-            encoder,
-            &h,
-            self.lm_head.as_ref().unwrap_or(&self.embed),
-        )?;
+        let logits = linear(ctx, encoder, &h, self.lm_head.as_ref().unwrap_or(&self.embed))?;
         if c.logits_scaling != 1.0 {
             encode_scale_clamp(ctx, encoder, &logits, 1.0 / c.logits_scaling, f32::MAX);
         }
-        Ok(logits)
+        Ok(ForwardOutputs { logits, routing_counts })
     }
 
     fn encode_attention(
@@ -369,15 +311,7 @@ impl Transformer {
             }
         }
         encode_rope(ctx, encoder, &q, &self.rope, c.num_heads, c.head_dim, pos0);
-        encode_rope(
-            ctx,
-            encoder,
-            &k,
-            &self.rope,
-            c.num_kv_heads,
-            c.head_dim,
-            pos0,
-        );
+        encode_rope(ctx, encoder, &k, &self.rope, c.num_kv_heads, c.head_dim, pos0);
         let out = GpuTensor::empty(ctx, "attention output", &q.shape, DType::F32)?;
         encode_attention(
             ctx,
@@ -394,39 +328,99 @@ impl Transformer {
         linear(ctx, encoder, &out, &a.o)
     }
 
-    /// Runs `ids` at `pos0` (one submit) and reads back the requested logits.
-    pub async fn logits(
-        &self,
-        ctx: &GpuContext,
-        ids: &[u32],
-        pos0: usize,
-        logits_for: LogitsFor,
-    ) -> Result<Vec<f32>> {
-        let logits = ctx
+    /// Runs `ids` at `pos0` in one submit and reads back, in one readback, what `read`
+    /// asks for plus the routing counts.
+    pub async fn step(&self, ctx: &GpuContext, ids: &[u32], pos0: usize, read: Readback) -> Result<StepOutput> {
+        let (pack, logits_len) = ctx
             .scoped("model forward", || {
                 let mut encoder = ctx.device.create_command_encoder(&Default::default());
-                let logits = self.encode_forward(ctx, &mut encoder, ids, pos0, logits_for)?;
+                let logits_for = match read {
+                    Readback::AllLogits => LogitsFor::All,
+                    _ => LogitsFor::Last,
+                };
+                let out = self.encode_forward(ctx, &mut encoder, ids, pos0, logits_for)?;
+                let head = match read {
+                    Readback::Argmax => {
+                        let token = GpuTensor::empty(ctx, "sampled token", &[1], DType::U32)?;
+                        encode_argmax(ctx, &mut encoder, &out.logits, &token);
+                        token
+                    }
+                    _ => out.logits,
+                };
+                let head_len = head.len();
+                let pack = GpuTensor::empty(ctx, "step readback", &[head_len + out.routing_counts.len()], DType::U32)?;
+                encoder.copy_buffer_to_buffer(&head.buffer, 0, &pack.buffer, 0, (head_len * 4) as u64);
+                if !out.routing_counts.is_empty() {
+                    let bytes = (out.routing_counts.len() * 4) as u64;
+                    encoder.copy_buffer_to_buffer(
+                        &out.routing_counts.buffer,
+                        0,
+                        &pack.buffer,
+                        (head_len * 4) as u64,
+                        bytes,
+                    );
+                }
                 ctx.queue.submit([encoder.finish()]);
-                Ok(logits)
+                Ok((pack, head_len))
             })
             .await?;
-        logits.read_f32(ctx).await
+        let words = pack.read_u32(ctx).await?;
+        let (head, counts) = words.split_at(logits_len);
+        Ok(match read {
+            Readback::Argmax => StepOutput {
+                token: Some(head[0]),
+                logits: Vec::new(),
+                routing_counts: counts.to_vec(),
+            },
+            _ => StepOutput {
+                token: None,
+                logits: head.iter().map(|w| f32::from_bits(*w)).collect(),
+                routing_counts: counts.to_vec(),
+            },
+        })
     }
 
-    /// Runs `ids` at `pos0` (one submit) and returns the argmax token; reads back 4 bytes.
-    pub async fn next_greedy(&self, ctx: &GpuContext, ids: &[u32], pos0: usize) -> Result<u32> {
-        let token = ctx
-            .scoped("model forward", || {
-                let mut encoder = ctx.device.create_command_encoder(&Default::default());
-                let logits = self.encode_forward(ctx, &mut encoder, ids, pos0, LogitsFor::Last)?;
-                let token = GpuTensor::empty(ctx, "sampled token", &[1], DType::U32)?;
-                encode_argmax(ctx, &mut encoder, &logits, &token);
-                ctx.queue.submit([encoder.finish()]);
-                Ok(token)
-            })
-            .await?;
-        Ok(token.read_u32(ctx).await?[0])
+    /// Runs `ids` at `pos0` (one submit) and reads back the requested logits.
+    pub async fn logits(&self, ctx: &GpuContext, ids: &[u32], pos0: usize, logits_for: LogitsFor) -> Result<Vec<f32>> {
+        let read = match logits_for {
+            LogitsFor::All => Readback::AllLogits,
+            LogitsFor::Last => Readback::LastLogits,
+        };
+        Ok(self.step(ctx, ids, pos0, read).await?.logits)
     }
+
+    /// Runs `ids` at `pos0` (one submit) and returns the argmax token.
+    pub async fn next_greedy(&self, ctx: &GpuContext, ids: &[u32], pos0: usize) -> Result<u32> {
+        let out = self.step(ctx, ids, pos0, Readback::Argmax).await?;
+        Ok(out.token.unwrap_or(0))
+    }
+}
+
+/// What a recorded forward leaves on the GPU.
+pub struct ForwardOutputs {
+    /// `[1 or T, vocab]`
+    pub logits: GpuTensor,
+    /// `[MoE layers, experts]`: assignments routed to each expert in this forward.
+    pub routing_counts: GpuTensor,
+}
+
+/// What a step reads back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readback {
+    /// Only the greedy token (argmax on the GPU).
+    Argmax,
+    LastLogits,
+    AllLogits,
+}
+
+/// A step's readback.
+#[derive(Clone, Debug)]
+pub struct StepOutput {
+    pub token: Option<u32>,
+    /// Empty for `Readback::Argmax`.
+    pub logits: Vec<f32>,
+    /// `[MoE layers * experts]`, row-major.
+    pub routing_counts: Vec<u32>,
 }
 
 fn dense_rows(tokens: usize) -> ExpertRows<'static> {
@@ -437,19 +431,9 @@ fn dense_rows(tokens: usize) -> ExpertRows<'static> {
 }
 
 /// `x [T, in] W^T -> [T, out]` for a single-matrix weight.
-fn linear(
-    ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
-    x: &GpuTensor,
-    w: &ExpertWeights,
-) -> Result<GpuTensor> {
+fn linear(ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder, x: &GpuTensor, w: &ExpertWeights) -> Result<GpuTensor> {
     let t = x.shape[0];
-    let y = GpuTensor::empty(
-        ctx,
-        &format!("{} output", w.name),
-        &[t, w.out_dim],
-        DType::F32,
-    )?;
+    let y = GpuTensor::empty(ctx, &format!("{} output", w.name), &[t, w.out_dim], DType::F32)?;
     encode_down(ctx, encoder, dense_rows(t), x, w, &y)?;
     Ok(y)
 }

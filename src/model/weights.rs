@@ -49,10 +49,23 @@ pub struct ModelWeights {
 
 impl ModelWeights {
     pub fn load(config: &ModelConfig, store: &TensorStore) -> Result<Self> {
+        Self::load_with_progress(config, store, &mut |_| {})
+    }
+
+    /// Like [`ModelWeights::load`], calling `progress(layers done)` after each layer.
+    pub fn load_with_progress(
+        config: &ModelConfig,
+        store: &TensorStore,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Self> {
         let c = config;
         let d = c.hidden_size;
         let layers = (0..c.num_layers)
-            .map(|i| load_layer(c, store, i))
+            .map(|i| {
+                let layer = load_layer(c, store, i);
+                progress(i + 1);
+                layer
+            })
             .collect::<Result<Vec<_>>>()?;
         let lm_head = if c.tie_word_embeddings {
             None
@@ -121,11 +134,7 @@ fn load_layer(c: &ModelConfig, store: &TensorStore, i: usize) -> Result<LayerWei
 }
 
 /// Concatenates per-expert `[out, in]` tensors into `[E, out, in]`.
-fn stack(
-    store: &TensorStore,
-    names: impl Iterator<Item = String>,
-    shape: &[usize],
-) -> Result<Vec<f32>> {
+fn stack(store: &TensorStore, names: impl Iterator<Item = String>, shape: &[usize]) -> Result<Vec<f32>> {
     let mut all = Vec::new();
     for name in names {
         all.extend(store.get_f32(&name, shape)?);
@@ -135,76 +144,42 @@ fn stack(
 
 fn load_moe(c: &ModelConfig, store: &TensorStore, p: &str) -> Result<MoeWeights> {
     let (d, f, e) = (c.hidden_size, c.moe.expert_ffn, c.moe.num_experts());
-    let experts =
-        |fmt: &dyn Fn(usize) -> String, shape: &[usize]| stack(store, (0..e).map(fmt), shape);
+    let experts = |fmt: &dyn Fn(usize) -> String, shape: &[usize]| stack(store, (0..e).map(fmt), shape);
     let (router, gate, up, down) = match c.family {
         Family::Mixtral => (
             store.get_f32(&format!("{p}.block_sparse_moe.gate.weight"), &[e, d])?,
-            experts(
-                &|x| format!("{p}.block_sparse_moe.experts.{x}.w1.weight"),
-                &[f, d],
-            )?,
-            experts(
-                &|x| format!("{p}.block_sparse_moe.experts.{x}.w3.weight"),
-                &[f, d],
-            )?,
-            experts(
-                &|x| format!("{p}.block_sparse_moe.experts.{x}.w2.weight"),
-                &[d, f],
-            )?,
+            experts(&|x| format!("{p}.block_sparse_moe.experts.{x}.w1.weight"), &[f, d])?,
+            experts(&|x| format!("{p}.block_sparse_moe.experts.{x}.w3.weight"), &[f, d])?,
+            experts(&|x| format!("{p}.block_sparse_moe.experts.{x}.w2.weight"), &[d, f])?,
         ),
         Family::GraniteMoe => {
             // input_linear [E, 2 ffn, d]: the first ffn rows are the gate, the rest up.
-            let fused = store.get_f32(
-                &format!("{p}.block_sparse_moe.input_linear.weight"),
-                &[e, 2 * f, d],
-            )?;
+            let fused = store.get_f32(&format!("{p}.block_sparse_moe.input_linear.weight"), &[e, 2 * f, d])?;
             let (mut gate, mut up) = (Vec::with_capacity(e * f * d), Vec::with_capacity(e * f * d));
             for expert in fused.chunks(2 * f * d) {
                 gate.extend_from_slice(&expert[..f * d]);
                 up.extend_from_slice(&expert[f * d..]);
             }
             (
-                store.get_f32(
-                    &format!("{p}.block_sparse_moe.router.layer.weight"),
-                    &[e, d],
-                )?,
+                store.get_f32(&format!("{p}.block_sparse_moe.router.layer.weight"), &[e, d])?,
                 gate,
                 up,
-                store.get_f32(
-                    &format!("{p}.block_sparse_moe.output_linear.weight"),
-                    &[e, d, f],
-                )?,
+                store.get_f32(&format!("{p}.block_sparse_moe.output_linear.weight"), &[e, d, f])?,
             )
         }
         Family::Qwen2Moe | Family::Qwen3Moe | Family::Olmoe => (
             store.get_f32(&format!("{p}.mlp.gate.weight"), &[e, d])?,
-            experts(
-                &|x| format!("{p}.mlp.experts.{x}.gate_proj.weight"),
-                &[f, d],
-            )?,
+            experts(&|x| format!("{p}.mlp.experts.{x}.gate_proj.weight"), &[f, d])?,
             experts(&|x| format!("{p}.mlp.experts.{x}.up_proj.weight"), &[f, d])?,
-            experts(
-                &|x| format!("{p}.mlp.experts.{x}.down_proj.weight"),
-                &[d, f],
-            )?,
+            experts(&|x| format!("{p}.mlp.experts.{x}.down_proj.weight"), &[d, f])?,
         ),
     };
     let shared = match c.moe.shared_expert {
         None => None,
         Some(s) => Some(SharedExpertWeights {
-            gate: store.get_f32(
-                &format!("{p}.mlp.shared_expert.gate_proj.weight"),
-                &[s.ffn, d],
-            )?,
-            up: store.get_f32(
-                &format!("{p}.mlp.shared_expert.up_proj.weight"),
-                &[s.ffn, d],
-            )?,
-            down: store.get_f32(
-                &format!("{p}.mlp.shared_expert.down_proj.weight"),
-                &[d, s.ffn],
-            )?,
+            gate: store.get_f32(&format!("{p}.mlp.shared_expert.gate_proj.weight"), &[s.ffn, d])?,
+            up: store.get_f32(&format!("{p}.mlp.shared_expert.up_proj.weight"), &[s.ffn, d])?,
+            down: store.get_f32(&format!("{p}.mlp.shared_expert.down_proj.weight"), &[d, s.ffn])?,
             gate_weight: if s.gated {
                 Some(store.get_f32(&format!("{p}.mlp.shared_expert_gate.weight"), &[1, d])?)
             } else {

@@ -60,18 +60,14 @@ impl MoeConfig {
         }
         if let Some(s) = self.shared_expert {
             if s.ffn == 0 {
-                return Err(Error::Config(
-                    "shared expert ffn size must be positive".into(),
-                ));
+                return Err(Error::Config("shared expert ffn size must be positive".into()));
             }
         }
         if let Some(f) = self.capacity_factor {
             crate::ops::capacity::expert_capacity(1, 1, 1, f)?;
         }
         if self.weight_dtype == DType::U32 {
-            return Err(Error::Config(
-                "weight dtype must be f32, f16 or bf16".into(),
-            ));
+            return Err(Error::Config("weight dtype must be f32, f16 or bf16".into()));
         }
         Ok(())
     }

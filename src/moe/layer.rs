@@ -56,22 +56,15 @@ impl MoeLayer {
         weights.validate(&config)?;
         let (d, f, e) = (config.hidden_size, config.expert_ffn, config.num_experts());
         let dt = config.weight_dtype;
-        let experts = |name: &str, values: &[f32], shape: [usize; 3]| {
-            ExpertWeights::upload(ctx, name, values, shape, dt)
-        };
+        let experts =
+            |name: &str, values: &[f32], shape: [usize; 3]| ExpertWeights::upload(ctx, name, values, shape, dt);
         let shared = match (&config.shared_expert, &weights.shared) {
             (Some(cfg), Some(w)) => Some(SharedExpert {
                 gate: experts("shared_expert.gate_proj", &w.gate, [1, cfg.ffn, d])?,
                 up: experts("shared_expert.up_proj", &w.up, [1, cfg.ffn, d])?,
                 down: experts("shared_expert.down_proj", &w.down, [1, d, cfg.ffn])?,
                 gate_weight: match &w.gate_weight {
-                    Some(g) => Some(GpuTensor::from_f32(
-                        ctx,
-                        "shared_expert_gate",
-                        &[1, d],
-                        g,
-                        DType::F32,
-                    )?),
+                    Some(g) => Some(GpuTensor::from_f32(ctx, "shared_expert_gate", &[1, d], g, DType::F32)?),
                     None => None,
                 },
             }),
@@ -80,13 +73,7 @@ impl MoeLayer {
         Ok(Self {
             router: GpuTensor::from_f32(ctx, "router", &[e, d], &weights.router, DType::F32)?,
             selection_bias: match &weights.selection_bias {
-                Some(b) => Some(GpuTensor::from_f32(
-                    ctx,
-                    "selection bias",
-                    &[e],
-                    b,
-                    DType::F32,
-                )?),
+                Some(b) => Some(GpuTensor::from_f32(ctx, "selection bias", &[e], b, DType::F32)?),
                 None => None,
             },
             gate: experts("experts.gate_proj", &weights.gate, [e, f, d])?,
@@ -107,19 +94,14 @@ impl MoeLayer {
         let cfg = &self.config;
         let (d, e, k) = (cfg.hidden_size, cfg.num_experts(), cfg.top_k());
         let tokens = hidden.shape.first().copied().unwrap_or(0);
-        if hidden.shape.len() != 2
-            || hidden.shape[1] != d
-            || tokens == 0
-            || hidden.dtype != DType::F32
-        {
+        if hidden.shape.len() != 2 || hidden.shape[1] != d || tokens == 0 || hidden.dtype != DType::F32 {
             return Err(Error::Shape {
                 what: "MoE layer input (f32 [tokens > 0, hidden_size])".into(),
                 expected: vec![tokens.max(1), d],
                 actual: hidden.shape.clone(),
             });
         }
-        let f32_tensor =
-            |name: &str, shape: &[usize]| GpuTensor::empty(ctx, name, shape, DType::F32);
+        let f32_tensor = |name: &str, shape: &[usize]| GpuTensor::empty(ctx, name, shape, DType::F32);
 
         let router_logits = f32_tensor("router logits", &[tokens, e])?;
         encode_router_logits(ctx, encoder, hidden, &self.router, &router_logits)?;
@@ -141,15 +123,7 @@ impl MoeLayer {
                 let capacity = expert_capacity(tokens, k, e, factor)?;
                 let routed = GpuTensor::empty(ctx, "routed ids", &[tokens, k], DType::U32)?;
                 let dropped = GpuTensor::empty(ctx, "dropped per expert", &[e], DType::U32)?;
-                encode_capacity(
-                    ctx,
-                    encoder,
-                    &topk_ids,
-                    &topk_weights,
-                    capacity,
-                    &routed,
-                    &dropped,
-                )?;
+                encode_capacity(ctx, encoder, &topk_ids, &topk_weights, capacity, &routed, &dropped)?;
                 (routed, Some(dropped))
             }
         };
@@ -176,10 +150,7 @@ impl MoeLayer {
         let shared_out = match &self.shared {
             None => None,
             Some(s) => {
-                let rows = ExpertRows::Dense {
-                    tokens,
-                    gemv: decode,
-                };
+                let rows = ExpertRows::Dense { tokens, gemv: decode };
                 let hs = f32_tensor("shared expert intermediate", &[tokens, s.gate.out_dim])?;
                 let ys = f32_tensor("shared expert output", &[tokens, d])?;
                 encode_gate_up(ctx, encoder, rows, hidden, &s.gate, &s.up, &hs)?;
@@ -224,11 +195,9 @@ impl MoeLayer {
     /// Runs the layer on `hidden [T, d]`: one command encoder, one submit.
     pub async fn forward(&self, ctx: &GpuContext, hidden: &GpuTensor) -> Result<MoeOutputs> {
         ctx.scoped("MoE layer forward", || {
-            let mut encoder = ctx
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("moe forward"),
-                });
+            let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("moe forward"),
+            });
             let outputs = self.encode(ctx, &mut encoder, hidden)?;
             ctx.queue.submit([encoder.finish()]);
             Ok(outputs)

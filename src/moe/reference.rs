@@ -33,11 +33,7 @@ pub fn moe_reference(config: &MoeConfig, weights: &MoeWeights, hidden: &[f32]) -
     let tokens = hidden.len() / d;
     let dt = config.weight_dtype;
     let round = |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| dt.round_trip(x)).collect() };
-    let (gate, up, down) = (
-        round(&weights.gate),
-        round(&weights.up),
-        round(&weights.down),
-    );
+    let (gate, up, down) = (round(&weights.gate), round(&weights.up), round(&weights.down));
 
     let router_logits = router_logits_reference(hidden, &weights.router, tokens, e, d);
     let (topk_ids, topk_weights) = routing_reference(
@@ -49,8 +45,7 @@ pub fn moe_reference(config: &MoeConfig, weights: &MoeWeights, hidden: &[f32]) -
     let (routed_ids, dropped) = match config.capacity_factor {
         None => (topk_ids.clone(), None),
         Some(factor) => {
-            let capacity =
-                expert_capacity(tokens, k, e, factor).expect("validated capacity factor");
+            let capacity = expert_capacity(tokens, k, e, factor).expect("validated capacity factor");
             let (routed, dropped) = capacity_reference(&topk_ids, &topk_weights, e, capacity);
             (routed, Some(dropped))
         }
@@ -76,23 +71,20 @@ pub fn moe_reference(config: &MoeConfig, weights: &MoeWeights, hidden: &[f32]) -
         })
         .collect();
 
-    let shared = config
-        .shared_expert
-        .zip(weights.shared.as_ref())
-        .map(|(cfg, w)| {
-            let (sg, su, sd) = (round(&w.gate), round(&w.up), round(&w.down));
-            let out: Vec<f32> = (0..tokens)
-                .flat_map(|t| {
-                    let h = swiglu_reference(&hidden[t * d..(t + 1) * d], &sg, &su, cfg.ffn);
-                    matvec_reference(&h, &sd, d)
-                })
-                .collect();
-            let gate_logits = w
-                .gate_weight
-                .as_ref()
-                .map(|g| router_logits_reference(hidden, g, tokens, 1, d));
-            (out, gate_logits)
-        });
+    let shared = config.shared_expert.zip(weights.shared.as_ref()).map(|(cfg, w)| {
+        let (sg, su, sd) = (round(&w.gate), round(&w.up), round(&w.down));
+        let out: Vec<f32> = (0..tokens)
+            .flat_map(|t| {
+                let h = swiglu_reference(&hidden[t * d..(t + 1) * d], &sg, &su, cfg.ffn);
+                matvec_reference(&h, &sd, d)
+            })
+            .collect();
+        let gate_logits = w
+            .gate_weight
+            .as_ref()
+            .map(|g| router_logits_reference(hidden, g, tokens, 1, d));
+        (out, gate_logits)
+    });
     let output = combine_reference(
         &routed_ids,
         &topk_weights,

@@ -83,3 +83,27 @@ impl MoeWeights {
         Ok(())
     }
 }
+
+impl MoeWeights {
+    /// Seeded random weights for `config` (uniform in ±0.3, router ±1, bias ±0.3,
+    /// shared gate ±0.5), for tests, self-tests and benchmarks.
+    pub fn random(config: &MoeConfig, seed: u64, with_bias: bool) -> Self {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut random = |n: usize, s: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(-s..s)).collect() };
+        let (d, f, e) = (config.hidden_size, config.expert_ffn, config.num_experts());
+        Self {
+            router: random(e * d, 1.0),
+            selection_bias: if with_bias { Some(random(e, 0.3)) } else { None },
+            gate: random(e * f * d, 0.3),
+            up: random(e * f * d, 0.3),
+            down: random(e * d * f, 0.3),
+            shared: config.shared_expert.map(|s| SharedExpertWeights {
+                gate: random(s.ffn * d, 0.3),
+                up: random(s.ffn * d, 0.3),
+                down: random(d * s.ffn, 0.3),
+                gate_weight: if s.gated { Some(random(d, 0.5)) } else { None },
+            }),
+        }
+    }
+}

@@ -69,12 +69,7 @@ pub fn encode_attention(
             cache.kv_heads
         )));
     }
-    let scores = GpuTensor::empty(
-        ctx,
-        "attention scores",
-        &[tokens * heads, cache.max_ctx],
-        DType::F32,
-    )?;
+    let scores = GpuTensor::empty(ctx, "attention scores", &[tokens * heads, cache.max_ctx], DType::F32)?;
     let params = ctx.uniform(&AttentionParams {
         tokens: tokens as u32,
         heads: heads as u32,
@@ -135,10 +130,7 @@ pub fn attention_reference(
             let qv = &q[(t * heads + h) * head_dim..][..head_dim];
             let n = pos0 + t + 1;
             let scores: Vec<f32> = (0..n)
-                .map(|j| {
-                    crate::ops::router::dot(qv, &keys[j * kv_width + kvh * head_dim..][..head_dim])
-                        * scale
-                })
+                .map(|j| crate::ops::router::dot(qv, &keys[j * kv_width + kvh * head_dim..][..head_dim]) * scale)
                 .collect();
             let m = scores.iter().fold(-3.0e38f32, |a, &b| a.max(b));
             let e: Vec<f32> = scores.iter().map(|s| (s - m).exp()).collect();

@@ -60,12 +60,7 @@ pub fn encode_capacity(
 }
 
 /// CPU reference: (routed ids, drops per expert).
-pub fn capacity_reference(
-    ids: &[u32],
-    weights: &[f32],
-    experts: usize,
-    capacity: usize,
-) -> (Vec<u32>, Vec<u32>) {
+pub fn capacity_reference(ids: &[u32], weights: &[f32], experts: usize, capacity: usize) -> (Vec<u32>, Vec<u32>) {
     let mut dropped = vec![0u32; experts];
     let routed = (0..ids.len())
         .map(|a| {

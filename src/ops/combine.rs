@@ -57,9 +57,7 @@ pub fn encode_combine(
         identity_rows: assignment_row.is_none() as u32,
         shared_mode: match shared {
             None => 0,
-            Some(SharedTerm {
-                gate_logits: None, ..
-            }) => 1,
+            Some(SharedTerm { gate_logits: None, .. }) => 1,
             Some(_) => 2,
         },
         _pad: [0; 3],
@@ -68,9 +66,7 @@ pub fn encode_combine(
     // Unused inputs are never read; other read-only buffers stand in for them.
     let rows = assignment_row.map_or(&routed_ids.buffer, |r| &r.buffer);
     let shared_out = shared.map_or(&y.buffer, |s| &s.output.buffer);
-    let shared_gate = shared
-        .and_then(|s| s.gate_logits)
-        .map_or(&y.buffer, |g| &g.buffer);
+    let shared_gate = shared.and_then(|s| s.gate_logits).map_or(&y.buffer, |g| &g.buffer);
     let bind = ctx.bind(
         &pipeline,
         &[

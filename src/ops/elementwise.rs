@@ -54,31 +54,11 @@ pub fn encode_add_scaled(
 }
 
 /// `x[r, c] += bias[c]`.
-pub fn encode_add_row_bias(
-    ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
-    x: &GpuTensor,
-    bias: &GpuTensor,
-) {
-    record(
-        ctx,
-        encoder,
-        "add_row_bias",
-        x,
-        &bias.buffer,
-        bias.len(),
-        1.0,
-        0.0,
-    );
+pub fn encode_add_row_bias(ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder, x: &GpuTensor, bias: &GpuTensor) {
+    record(ctx, encoder, "add_row_bias", x, &bias.buffer, bias.len(), 1.0, 0.0);
 }
 
 /// `x = clamp(x * scale, -limit, limit)`.
-pub fn encode_scale_clamp(
-    ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
-    x: &GpuTensor,
-    scale: f32,
-    limit: f32,
-) {
+pub fn encode_scale_clamp(ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder, x: &GpuTensor, scale: f32, limit: f32) {
     record(ctx, encoder, "scale_clamp", x, &x.buffer, 1, scale, limit);
 }

@@ -30,36 +30,19 @@ pub fn encode_embedding(
         scale,
         _pad: 0,
     });
-    let pipeline = ctx.pipeline(
-        &EMBEDDING,
-        "embed",
-        &[("WEIGHT_DTYPE", table.dtype.weight_code())],
-    );
+    let pipeline = ctx.pipeline(&EMBEDDING, "embed", &[("WEIGHT_DTYPE", table.dtype.weight_code())]);
     let bind = ctx.bind(
         &pipeline,
-        &[
-            (0, &params),
-            (1, &ids.buffer),
-            (2, &table.buffer),
-            (3, &x.buffer),
-        ],
+        &[(0, &params), (1, &ids.buffer), (2, &table.buffer), (3, &x.buffer)],
     );
     dispatch(encoder, &pipeline, &bind, workgroups(tokens * dim, 64));
 }
 
 /// `result[0] = argmax(logits)`, lowest index on ties.
-pub fn encode_argmax(
-    ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
-    logits: &GpuTensor,
-    result: &GpuTensor,
-) {
+pub fn encode_argmax(ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder, logits: &GpuTensor, result: &GpuTensor) {
     let params = ctx.uniform(&[logits.len() as u32, 0, 0, 0]);
     let pipeline = ctx.pipeline(&SAMPLING, "argmax", &[]);
-    let bind = ctx.bind(
-        &pipeline,
-        &[(0, &params), (1, &logits.buffer), (2, &result.buffer)],
-    );
+    let bind = ctx.bind(&pipeline, &[(0, &params), (1, &logits.buffer), (2, &result.buffer)]);
     dispatch(encoder, &pipeline, &bind, 1);
 }
 

@@ -37,13 +37,7 @@ pub struct ExpertWeights {
 
 impl ExpertWeights {
     /// Uploads `values` (`[experts, out_dim, in_dim]`, row-major) stored as `dtype`.
-    pub fn upload(
-        ctx: &GpuContext,
-        name: &str,
-        values: &[f32],
-        shape: [usize; 3],
-        dtype: DType,
-    ) -> Result<Self> {
+    pub fn upload(ctx: &GpuContext, name: &str, values: &[f32], shape: [usize; 3], dtype: DType) -> Result<Self> {
         let [experts, out_dim, in_dim] = shape;
         if values.len() != experts * out_dim * in_dim {
             return Err(Error::Shape {
@@ -58,8 +52,7 @@ impl ExpertWeights {
         let per_expert = out_dim * in_dim;
         let expert_bytes = dtype.storage_bytes(per_expert);
         ctx.check_binding(&format!("one expert of {name}"), expert_bytes)?;
-        let per_chunk =
-            ((ctx.max_binding_bytes() / expert_bytes) as usize).clamp(1, experts.max(1));
+        let per_chunk = ((ctx.max_binding_bytes() / expert_bytes) as usize).clamp(1, experts.max(1));
         let mut chunks = Vec::new();
         for begin in (0..experts).step_by(per_chunk) {
             let end = (begin + per_chunk).min(experts);
@@ -91,15 +84,9 @@ impl ExpertWeights {
 #[derive(Clone, Copy)]
 pub enum ExpertRows<'a> {
     /// Permuted row blocks (prefill): row = the permutation's padded row.
-    Permuted {
-        permutation: &'a Permutation,
-        top_k: usize,
-    },
+    Permuted { permutation: &'a Permutation, top_k: usize },
     /// One row per assignment, expert from `routed_ids` (decode).
-    PerAssignment {
-        routed_ids: &'a GpuTensor,
-        top_k: usize,
-    },
+    PerAssignment { routed_ids: &'a GpuTensor, top_k: usize },
     /// Every token through expert 0 (a shared expert). `gemv` picks the decode kernel.
     Dense { tokens: usize, gemv: bool },
 }
@@ -141,8 +128,7 @@ pub fn encode_gate_up(
     up: &ExpertWeights,
     h: &GpuTensor,
 ) -> Result<()> {
-    if (up.experts, up.out_dim, up.in_dim, up.dtype)
-        != (gate.experts, gate.out_dim, gate.in_dim, gate.dtype)
+    if (up.experts, up.out_dim, up.in_dim, up.dtype) != (gate.experts, gate.out_dim, gate.in_dim, gate.dtype)
         || up.chunks.len() != gate.chunks.len()
     {
         return Err(Error::Config(format!(
@@ -163,11 +149,7 @@ pub fn encode_down(
     down: &ExpertWeights,
     y: &GpuTensor,
 ) -> Result<()> {
-    expect_shape(
-        "down projection input",
-        h,
-        &[rows.output_rows(), down.in_dim],
-    )?;
+    expect_shape("down projection input", h, &[rows.output_rows(), down.in_dim])?;
     encode_expert_matmul(ctx, encoder, rows, h, down, None, y)
 }
 
@@ -184,16 +166,7 @@ fn encode_expert_matmul(
     expect_shape("expert matmul output", out, &[out_rows, w0.out_dim])?;
     let (k_dim, n_dim) = (w0.in_dim, w0.out_dim);
     let entry = if w1.is_some() { "gate_up" } else { "down" };
-    let (
-        shader,
-        index_buffer,
-        block_buffer,
-        rows_per_token,
-        rows_or_blocks,
-        dense,
-        col_tiles,
-        groups,
-    ) = match rows {
+    let (shader, index_buffer, block_buffer, rows_per_token, rows_or_blocks, dense, col_tiles, groups) = match rows {
         ExpertRows::Permuted { permutation, top_k } => {
             let tiles = n_dim.div_ceil(TILE_COLS);
             (
@@ -207,22 +180,10 @@ fn encode_expert_matmul(
                 permutation.max_blocks * tiles,
             )
         }
-        ExpertRows::Dense {
-            tokens,
-            gemv: false,
-        } => {
+        ExpertRows::Dense { tokens, gemv: false } => {
             let tiles = n_dim.div_ceil(TILE_COLS);
             let blocks = tokens.div_ceil(BLOCK_ROWS);
-            (
-                &EXPERT_MATMUL,
-                None,
-                None,
-                1,
-                blocks,
-                tokens,
-                tiles,
-                blocks * tiles,
-            )
+            (&EXPERT_MATMUL, None, None, 1, blocks, tokens, tiles, blocks * tiles)
         }
         ExpertRows::PerAssignment { routed_ids, top_k } => {
             let groups = n_dim.div_ceil(GEMV_ROWS);
@@ -239,16 +200,7 @@ fn encode_expert_matmul(
         }
         ExpertRows::Dense { tokens, gemv: true } => {
             let groups = n_dim.div_ceil(GEMV_ROWS);
-            (
-                &EXPERT_GEMV,
-                None,
-                None,
-                1,
-                tokens,
-                1,
-                groups,
-                tokens * groups,
-            )
+            (&EXPERT_GEMV, None, None, 1, tokens, 1, groups, tokens * groups)
         }
     };
     let pipeline = ctx.pipeline(shader, entry, &[("WEIGHT_DTYPE", w0.dtype.weight_code())]);
@@ -266,8 +218,7 @@ fn encode_expert_matmul(
             rows_or_blocks: rows_or_blocks as u32,
             dense: dense as u32,
         });
-        let mut entries: Vec<(u32, &wgpu::Buffer)> =
-            vec![(0, &params), (1, &input.buffer), (2, index_buffer)];
+        let mut entries: Vec<(u32, &wgpu::Buffer)> = vec![(0, &params), (1, &input.buffer), (2, index_buffer)];
         if tiled {
             entries.push((3, block_buffer.unwrap_or(index_buffer)));
             entries.push((4, &chunk.tensor.buffer));

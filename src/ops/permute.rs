@@ -70,12 +70,7 @@ impl Permutation {
     }
 
     /// Records the sort of `routed_ids [T * k]` (SENTINEL entries get no row).
-    pub fn encode(
-        &self,
-        ctx: &GpuContext,
-        encoder: &mut wgpu::CommandEncoder,
-        routed_ids: &GpuTensor,
-    ) {
+    pub fn encode(&self, ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder, routed_ids: &GpuTensor) {
         let chunks = self.assignments.div_ceil(CHUNK);
         let params = ctx.uniform(&PermuteParams {
             assignments: self.assignments as u32,
@@ -151,8 +146,7 @@ pub fn permutation_reference(routed_ids: &[u32], experts: usize) -> PermutationR
     }
     let mut padded_offsets = vec![0u32; experts + 1];
     for e in 0..experts {
-        padded_offsets[e + 1] =
-            padded_offsets[e] + expert_counts[e].div_ceil(BLOCK_ROWS as u32) * BLOCK_ROWS as u32;
+        padded_offsets[e + 1] = padded_offsets[e] + expert_counts[e].div_ceil(BLOCK_ROWS as u32) * BLOCK_ROWS as u32;
     }
     let total_rows = padded_offsets[experts] as usize;
     let mut block_expert = vec![SENTINEL; max_blocks(routed_ids.len(), experts)];

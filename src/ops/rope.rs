@@ -24,20 +24,9 @@ pub fn rope_table(theta: f32, rotary_dim: usize, positions: usize) -> Vec<f32> {
 }
 
 /// Uploads a rope table.
-pub fn upload_rope_table(
-    ctx: &GpuContext,
-    theta: f32,
-    rotary_dim: usize,
-    positions: usize,
-) -> Result<GpuTensor> {
+pub fn upload_rope_table(ctx: &GpuContext, theta: f32, rotary_dim: usize, positions: usize) -> Result<GpuTensor> {
     let table = rope_table(theta, rotary_dim, positions);
-    GpuTensor::from_f32(
-        ctx,
-        "rope table",
-        &[positions, rotary_dim / 2, 2],
-        &table,
-        DType::F32,
-    )
+    GpuTensor::from_f32(ctx, "rope table", &[positions, rotary_dim / 2, 2], &table, DType::F32)
 }
 
 #[repr(C)]
@@ -72,34 +61,16 @@ pub fn encode_rope(
         _pad: [0; 3],
     });
     let pipeline = ctx.pipeline(&ROPE, "rope", &[]);
-    let bind = ctx.bind(
-        &pipeline,
-        &[(0, &params), (1, &x.buffer), (2, &table.buffer)],
-    );
-    dispatch(
-        encoder,
-        &pipeline,
-        &bind,
-        workgroups(tokens * heads * half_rot, 64),
-    );
+    let bind = ctx.bind(&pipeline, &[(0, &params), (1, &x.buffer), (2, &table.buffer)]);
+    dispatch(encoder, &pipeline, &bind, workgroups(tokens * heads * half_rot, 64));
 }
 
 /// CPU reference, in place on `x [T, heads * head_dim]`.
-pub fn rope_reference(
-    x: &mut [f32],
-    table: &[f32],
-    half_rot: usize,
-    heads: usize,
-    head_dim: usize,
-    pos0: usize,
-) {
+pub fn rope_reference(x: &mut [f32], table: &[f32], half_rot: usize, heads: usize, head_dim: usize, pos0: usize) {
     for (th, head) in x.chunks_mut(head_dim).enumerate() {
         let pos = pos0 + th / heads;
         for i in 0..half_rot {
-            let (c, s) = (
-                table[(pos * half_rot + i) * 2],
-                table[(pos * half_rot + i) * 2 + 1],
-            );
+            let (c, s) = (table[(pos * half_rot + i) * 2], table[(pos * half_rot + i) * 2 + 1]);
             let (x1, x2) = (head[i], head[i + half_rot]);
             head[i] = x1 * c - x2 * s;
             head[i + half_rot] = x2 * c + x1 * s;

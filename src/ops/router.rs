@@ -33,19 +33,10 @@ pub fn encode_router_logits(
         dim: dim as u32,
         _pad: 0,
     });
-    let pipeline = ctx.pipeline(
-        &ROUTER,
-        "router_logits",
-        &[("WEIGHT_DTYPE", w.dtype.weight_code())],
-    );
+    let pipeline = ctx.pipeline(&ROUTER, "router_logits", &[("WEIGHT_DTYPE", w.dtype.weight_code())]);
     let bind = ctx.bind(
         &pipeline,
-        &[
-            (0, &params),
-            (1, &x.buffer),
-            (2, &w.buffer),
-            (3, &logits.buffer),
-        ],
+        &[(0, &params), (1, &x.buffer), (2, &w.buffer), (3, &logits.buffer)],
     );
     debug_assert_ne!(x.dtype, DType::U32);
     dispatch(encoder, &pipeline, &bind, workgroups(tokens * rows, 64));
@@ -53,13 +44,7 @@ pub fn encode_router_logits(
 }
 
 /// CPU reference: sequential f32 dot products.
-pub fn router_logits_reference(
-    x: &[f32],
-    w: &[f32],
-    tokens: usize,
-    rows: usize,
-    dim: usize,
-) -> Vec<f32> {
+pub fn router_logits_reference(x: &[f32], w: &[f32], tokens: usize, rows: usize, dim: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; tokens * rows];
     for t in 0..tokens {
         for r in 0..rows {

@@ -82,29 +82,20 @@ impl RoutingConfig {
             ));
         }
         if !self.scaling.is_finite() {
-            return cfg(format!(
-                "routed scaling factor {} is not finite",
-                self.scaling
-            ));
+            return cfg(format!("routed scaling factor {} is not finite", self.scaling));
         }
         if self.order == TopKOrder::TopKThenSoftmax && self.scoring == Scoring::Sigmoid {
             return cfg("top-k-then-softmax routing cannot use sigmoid scoring".into());
         }
         if let Some(g) = self.group_limit {
-            if g.n_group == 0
-                || g.n_group > MAX_GROUPS
-                || !self.num_experts.is_multiple_of(g.n_group)
-            {
+            if g.n_group == 0 || g.n_group > MAX_GROUPS || !self.num_experts.is_multiple_of(g.n_group) {
                 return cfg(format!(
                     "n_group = {} must divide num_experts = {} and be at most {MAX_GROUPS}",
                     g.n_group, self.num_experts
                 ));
             }
             let group_size = self.num_experts / g.n_group;
-            if g.topk_group == 0
-                || g.topk_group > g.n_group
-                || g.topk_group * group_size < self.top_k
-            {
+            if g.topk_group == 0 || g.topk_group > g.n_group || g.topk_group * group_size < self.top_k {
                 return cfg(format!(
                     "topk_group = {} of n_group = {} leaves fewer than top_k = {} experts",
                     g.topk_group, g.n_group, self.top_k
@@ -249,9 +240,7 @@ pub fn routing_reference(
         let chosen = |j: usize| (out[j] != SENTINEL).then(|| out[j] as usize);
         match config.order {
             TopKOrder::TopKThenSoftmax => {
-                let top = (0..k)
-                    .filter_map(chosen)
-                    .fold(-3.0e38f32, |m, e| m.max(row[e]));
+                let top = (0..k).filter_map(chosen).fold(-3.0e38f32, |m, e| m.max(row[e]));
                 let mut s = 0.0f32;
                 for (j, wj) in w.iter_mut().enumerate() {
                     *wj = chosen(j).map_or(0.0, |e| (row[e] - top).exp());

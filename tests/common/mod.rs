@@ -13,8 +13,7 @@ pub fn context() -> GpuContext {
 }
 
 pub fn context_with(options: ContextOptions) -> GpuContext {
-    pollster::block_on(GpuContext::new(options))
-        .unwrap_or_else(|e| panic!("no GPU context for the tests: {e}"))
+    pollster::block_on(GpuContext::new(options)).unwrap_or_else(|e| panic!("no GPU context for the tests: {e}"))
 }
 
 pub fn rng(seed: u64) -> ChaCha8Rng {

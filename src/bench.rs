@@ -1,0 +1,630 @@
+//! `webmoe bench`: the adapter's own ceilings (copy bandwidth, FMA rate), then the
+//! MoE layer on shapes of real models, each row reported as a fraction of the
+//! ceiling that bounds it, next to two baselines: a naive per-expert loop with a
+//! CPU routing readback, and a dense SwiGLU MLP of the same active size.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::gpu::kernel::{dispatch, BENCH};
+use crate::gpu::{DType, GpuContext, GpuTensor};
+use crate::moe::{MoeConfig, MoeLayer, MoeWeights, SharedExpertConfig};
+use crate::ops::embedding::encode_embedding;
+use crate::ops::expert_matmul::{encode_down, encode_gate_up, ExpertRows, ExpertWeights};
+use crate::ops::router::encode_router_logits;
+use crate::ops::routing::encode_routing;
+use crate::util::Clock;
+
+/// One MoE layer shape: a real model's hidden, expert ffn, experts, top-k, shared experts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerShape {
+    pub model: String,
+    pub hidden: usize,
+    pub ffn: usize,
+    pub experts: usize,
+    pub top_k: usize,
+    /// Shared experts of the same ffn (DeepSeek-V2-Lite: 2), run densely on every token.
+    pub shared: usize,
+}
+
+/// The standard suite's shapes, from the models' config.json files.
+pub fn model_shapes() -> Vec<LayerShape> {
+    let shape = |model: &str, hidden, ffn, experts, top_k, shared| LayerShape {
+        model: model.into(),
+        hidden,
+        ffn,
+        experts,
+        top_k,
+        shared,
+    };
+    vec![
+        shape("Mixtral-8x7B", 4096, 14336, 8, 2, 0),
+        shape("OLMoE-1B-7B", 2048, 1024, 64, 8, 0),
+        shape("Qwen3-30B-A3B", 2048, 768, 128, 8, 0),
+        shape("DeepSeek-V2-Lite", 2048, 1408, 64, 6, 2),
+        shape("gpt-oss-20b", 2880, 2880, 32, 4, 0),
+    ]
+}
+
+impl LayerShape {
+    /// The `--quick` scale-down for CPU adapters: hidden and ffn divided by `factor`.
+    pub fn scaled(&self, factor: usize) -> Self {
+        Self {
+            model: format!("{} /{factor}", self.model),
+            hidden: (self.hidden / factor).max(8),
+            ffn: (self.ffn / factor).max(8),
+            ..self.clone()
+        }
+    }
+
+    /// FLOPs of one layer on `tokens` tokens: router, k routed SwiGLU experts (gate,
+    /// up, down: 3 matmuls of 2·d·ffn each) and the shared experts.
+    pub fn flops(&self, tokens: usize) -> f64 {
+        let (t, d, f) = (tokens as f64, self.hidden as f64, self.ffn as f64);
+        let router = 2.0 * t * self.experts as f64 * d;
+        let expert = 3.0 * 2.0 * d * f;
+        router + t * (self.top_k + self.shared) as f64 * expert
+    }
+
+    /// Bytes that must move: each active expert's weights once (plus the shared
+    /// experts' and the router's), and the f32 activations in and out.
+    pub fn bytes(&self, tokens: usize, active_experts: usize, weight_bytes: usize) -> f64 {
+        let (d, f) = (self.hidden as f64, self.ffn as f64);
+        let per_expert = 3.0 * d * f * weight_bytes as f64;
+        let router = self.experts as f64 * d * 4.0;
+        let activations = 2.0 * tokens as f64 * d * 4.0;
+        (active_experts + self.shared) as f64 * per_expert + router + activations
+    }
+}
+
+/// Median and spread of repeated timings, in milliseconds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+    pub repeats: usize,
+}
+
+impl Timing {
+    fn from_samples(mut ms: Vec<f64>) -> Self {
+        ms.sort_by(f64::total_cmp);
+        Self {
+            median_ms: ms[ms.len() / 2],
+            min_ms: ms[0],
+            max_ms: ms[ms.len() - 1],
+            repeats: ms.len(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ceilings {
+    /// Buffer copy, counting bytes read and written.
+    pub copy_gb_per_s: f64,
+    pub f32_gflop_per_s: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    pub shape: LayerShape,
+    pub tokens: usize,
+    /// "decode" (bandwidth-bound, GEMV path) or "prefill" (compute-bound, grouped path).
+    pub regime: String,
+    pub layer: Timing,
+    pub active_experts: usize,
+    pub gflop: f64,
+    pub gbytes: f64,
+    pub gflop_per_s: f64,
+    pub gb_per_s: f64,
+    /// Percent of the bounding ceiling: copy bandwidth for decode, FMA rate for prefill.
+    pub percent_of_ceiling: f64,
+    pub naive_loop: Timing,
+    pub speedup_over_naive: f64,
+    pub dense_same_active: Timing,
+    /// Grouped layer time over the dense MLP's time (1.0 = as fast as dense).
+    pub grouped_over_dense: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub webmoe_version: String,
+    pub adapter: String,
+    pub vendor: u32,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+    pub features: String,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_buffer_size: u64,
+    pub timing_method: String,
+    pub weight_dtype: String,
+    pub ceilings: Ceilings,
+    pub rows: Vec<Row>,
+}
+
+/// Options of one run.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub quick: bool,
+    /// Substrings of model names to keep (empty: all).
+    pub shapes: Vec<String>,
+    pub repeats: usize,
+    pub tokens: Vec<usize>,
+}
+
+impl BenchOptions {
+    pub fn new(quick: bool) -> Self {
+        Self {
+            quick,
+            shapes: Vec::new(),
+            repeats: if quick { 3 } else { 20 },
+            tokens: if quick { vec![1, 4, 32] } else { vec![1, 4, 128, 512] },
+        }
+    }
+}
+
+/// Times `record` (recorded into one encoder, submitted, waited for): GPU timestamps
+/// when the adapter has TIMESTAMP_QUERY_INSIDE_ENCODERS, else wall clock with a sync.
+struct Timer<'a> {
+    ctx: &'a GpuContext,
+    queries: Option<(wgpu::QuerySet, GpuTensor)>,
+}
+
+impl<'a> Timer<'a> {
+    fn new(ctx: &'a GpuContext) -> Result<Self> {
+        let wanted = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        let queries = if ctx.features.contains(wanted) {
+            let set = ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("bench timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            });
+            let resolved = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("timestamps"),
+                size: 16,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            });
+            Some((
+                set,
+                GpuTensor {
+                    buffer: resolved,
+                    shape: vec![4],
+                    dtype: DType::U32,
+                },
+            ))
+        } else {
+            None
+        };
+        Ok(Self { ctx, queries })
+    }
+
+    fn method(&self) -> &'static str {
+        if self.queries.is_some() {
+            "GPU timestamp queries"
+        } else {
+            "wall clock with a sync (no timestamp queries inside encoders)"
+        }
+    }
+
+    /// Milliseconds of one run of `record`.
+    async fn time(&self, record: &dyn Fn(&mut wgpu::CommandEncoder) -> Result<()>) -> Result<f64> {
+        let ctx = self.ctx;
+        let clock = Clock::start();
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        if let Some((set, _)) = &self.queries {
+            encoder.write_timestamp(set, 0);
+        }
+        record(&mut encoder)?;
+        if let Some((set, resolved)) = &self.queries {
+            encoder.write_timestamp(set, 1);
+            encoder.resolve_query_set(set, 0..2, &resolved.buffer, 0);
+        }
+        ctx.queue.submit([encoder.finish()]);
+        match &self.queries {
+            Some((_, resolved)) => {
+                let words = resolved.read_u32(ctx).await?;
+                let t0 = words[0] as u64 | (words[1] as u64) << 32;
+                let t1 = words[2] as u64 | (words[3] as u64) << 32;
+                Ok(t1.saturating_sub(t0) as f64 * ctx.queue.get_timestamp_period() as f64 / 1e6)
+            }
+            None => {
+                // A 4-byte readback waits for the submission.
+                let probe = GpuTensor::empty(ctx, "sync", &[1], DType::U32)?;
+                probe.read_u32(ctx).await?;
+                Ok(clock.seconds() * 1e3)
+            }
+        }
+    }
+
+    async fn repeat(&self, repeats: usize, record: &dyn Fn(&mut wgpu::CommandEncoder) -> Result<()>) -> Result<Timing> {
+        self.time(record).await?; // warm-up: pipelines, first-touch
+        let mut samples = Vec::with_capacity(repeats);
+        for _ in 0..repeats.max(1) {
+            samples.push(self.time(record).await?);
+        }
+        Ok(Timing::from_samples(samples))
+    }
+}
+
+/// Copy bandwidth (GB/s, read + write) over a buffer of `bytes`.
+async fn copy_ceiling(ctx: &GpuContext, timer: &Timer<'_>, bytes: u64, repeats: usize) -> Result<f64> {
+    let bytes = bytes.min(ctx.limits.max_buffer_size / 2) / 4 * 4;
+    let make = |label| {
+        ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes,
+            usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    };
+    let (src, dst) = (make("copy source"), make("copy destination"));
+    let t = timer
+        .repeat(repeats, &|e| {
+            e.copy_buffer_to_buffer(&src, 0, &dst, 0, bytes);
+            Ok(())
+        })
+        .await?;
+    Ok(2.0 * bytes as f64 / (t.median_ms / 1e3) / 1e9)
+}
+
+/// FMA rate (GFLOP/s) of an FMA-bound kernel.
+async fn fma_ceiling(ctx: &GpuContext, timer: &Timer<'_>, quick: bool, repeats: usize) -> Result<f64> {
+    let invocations: u32 = if quick { 1 << 14 } else { 1 << 22 };
+    let iterations: u32 = if quick { 256 } else { 1024 };
+    let out = GpuTensor::empty(ctx, "fma output", &[invocations as usize], DType::F32)?;
+    let params = ctx.uniform(&[invocations, iterations, 0, 0]);
+    let pipeline = ctx.pipeline(&BENCH, "fma_f32", &[]);
+    let bind = ctx.bind(&pipeline, &[(0, &params), (1, &out.buffer)]);
+    let t = timer
+        .repeat(repeats, &|e| {
+            dispatch(e, &pipeline, &bind, invocations.div_ceil(256));
+            Ok(())
+        })
+        .await?;
+    let flops = invocations as f64 * iterations as f64 * 64.0;
+    Ok(flops / (t.median_ms / 1e3) / 1e9)
+}
+
+fn random(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+/// Times one shape at each token count: the grouped layer, the naive loop, dense.
+async fn bench_shape(
+    ctx: &GpuContext,
+    timer: &Timer<'_>,
+    shape: &LayerShape,
+    options: &BenchOptions,
+    ceilings: &Ceilings,
+) -> Result<Vec<Row>> {
+    let (d, f, e, k) = (shape.hidden, shape.ffn, shape.experts, shape.top_k);
+    let dtype = DType::F16;
+    let mut config = MoeConfig::new(d, f, e, k);
+    config.weight_dtype = dtype;
+    config.routing.renormalize = true;
+    if shape.shared > 0 {
+        config.shared_expert = Some(SharedExpertConfig {
+            ffn: f * shape.shared,
+            gated: false,
+        });
+    }
+    let weights = MoeWeights::random(&config, 1, false);
+    let layer = MoeLayer::new(ctx, config, &weights)?;
+    // The naive port keeps one weight set per expert.
+    let per_expert = |w: &[f32], rows: usize, cols: usize, name: &str| -> Result<Vec<ExpertWeights>> {
+        (0..e)
+            .map(|x| {
+                ExpertWeights::upload(
+                    ctx,
+                    &format!("{name}[{x}]"),
+                    &w[x * rows * cols..(x + 1) * rows * cols],
+                    [1, rows, cols],
+                    dtype,
+                )
+            })
+            .collect()
+    };
+    let (naive_gate, naive_up, naive_down) = (
+        per_expert(&weights.gate, f, d, "gate")?,
+        per_expert(&weights.up, f, d, "up")?,
+        per_expert(&weights.down, d, f, "down")?,
+    );
+    let dense_ffn = f * (k + shape.shared);
+    let dense = [
+        ExpertWeights::upload(
+            ctx,
+            "dense gate",
+            &random(8, dense_ffn * d, 0.05),
+            [1, dense_ffn, d],
+            dtype,
+        )?,
+        ExpertWeights::upload(
+            ctx,
+            "dense up",
+            &random(9, dense_ffn * d, 0.05),
+            [1, dense_ffn, d],
+            dtype,
+        )?,
+        ExpertWeights::upload(
+            ctx,
+            "dense down",
+            &random(10, d * dense_ffn, 0.05),
+            [1, d, dense_ffn],
+            dtype,
+        )?,
+    ];
+
+    let mut rows = Vec::new();
+    for &tokens in &options.tokens {
+        let hidden = GpuTensor::from_f32(
+            ctx,
+            "hidden",
+            &[tokens, d],
+            &random(11 + tokens as u64, tokens * d, 1.0),
+            DType::F32,
+        )?;
+        let layer_time = timer
+            .repeat(options.repeats, &|enc| layer.encode(ctx, enc, &hidden).map(|_| ()))
+            .await?;
+        let routed = layer.forward(ctx, &hidden).await?;
+        let counts = routed.expert_counts.read_u32(ctx).await?;
+        let active = counts.iter().filter(|c| **c > 0).count();
+
+        // Naive loop: route on the GPU, read the choice back, then per expert a
+        // gather, gate/up and down over its rows.
+        let mut naive = Vec::new();
+        for _ in 0..=options.repeats {
+            let clock = Clock::start();
+            let logits = GpuTensor::empty(ctx, "logits", &[tokens, e], DType::F32)?;
+            let ids = GpuTensor::empty(ctx, "ids", &[tokens, k], DType::U32)?;
+            let w = GpuTensor::empty(ctx, "w", &[tokens, k], DType::F32)?;
+            let router = GpuTensor::from_f32(ctx, "router", &[e, d], &weights.router, DType::F32)?;
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            encode_router_logits(ctx, &mut enc, &hidden, &router, &logits)?;
+            encode_routing(ctx, &mut enc, &config.routing, &logits, None, &ids, &w)?;
+            ctx.queue.submit([enc.finish()]);
+            let chosen = ids.read_u32(ctx).await?;
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            for x in 0..e {
+                let tokens_of: Vec<u32> = (0..chosen.len())
+                    .filter(|a| chosen[*a] == x as u32)
+                    .map(|a| (a / k) as u32)
+                    .collect();
+                if tokens_of.is_empty() {
+                    continue;
+                }
+                let n = tokens_of.len();
+                let idx = GpuTensor::from_u32(ctx, "rows", &[n], &tokens_of)?;
+                let table = GpuTensor {
+                    buffer: hidden.buffer.clone(),
+                    shape: vec![tokens, d],
+                    dtype: DType::F32,
+                };
+                let xg = GpuTensor::empty(ctx, "gathered", &[n, d], DType::F32)?;
+                encode_embedding(ctx, &mut enc, &idx, &table, 1.0, &xg);
+                let h = GpuTensor::empty(ctx, "h", &[n, f], DType::F32)?;
+                let y = GpuTensor::empty(ctx, "y", &[n, d], DType::F32)?;
+                let rows = ExpertRows::Dense {
+                    tokens: n,
+                    gemv: n <= 4,
+                };
+                encode_gate_up(ctx, &mut enc, rows, &xg, &naive_gate[x], &naive_up[x], &h)?;
+                encode_down(ctx, &mut enc, rows, &h, &naive_down[x], &y)?;
+            }
+            ctx.queue.submit([enc.finish()]);
+            GpuTensor::empty(ctx, "sync", &[1], DType::U32)?.read_u32(ctx).await?;
+            naive.push(clock.seconds() * 1e3);
+        }
+        naive.remove(0); // warm-up
+        let naive = Timing::from_samples(naive);
+
+        let dense_time = timer
+            .repeat(options.repeats, &|enc| {
+                let rows = ExpertRows::Dense {
+                    tokens,
+                    gemv: tokens <= 4,
+                };
+                let h = GpuTensor::empty(ctx, "dense h", &[tokens, dense_ffn], DType::F32)?;
+                let y = GpuTensor::empty(ctx, "dense y", &[tokens, d], DType::F32)?;
+                encode_gate_up(ctx, enc, rows, &hidden, &dense[0], &dense[1], &h)?;
+                encode_down(ctx, enc, rows, &h, &dense[2], &y)
+            })
+            .await?;
+
+        let decode = tokens <= config.decode_max_tokens;
+        let (gflop, gbytes) = (
+            shape.flops(tokens) / 1e9,
+            shape.bytes(tokens, active, dtype.size()) / 1e9,
+        );
+        let seconds = layer_time.median_ms / 1e3;
+        let (gflop_per_s, gb_per_s) = (gflop / seconds, gbytes / seconds);
+        let percent = if decode {
+            100.0 * gb_per_s / ceilings.copy_gb_per_s
+        } else {
+            100.0 * gflop_per_s / ceilings.f32_gflop_per_s
+        };
+        rows.push(Row {
+            shape: shape.clone(),
+            tokens,
+            regime: if decode { "decode" } else { "prefill" }.into(),
+            active_experts: active,
+            gflop,
+            gbytes,
+            gflop_per_s,
+            gb_per_s,
+            percent_of_ceiling: percent,
+            speedup_over_naive: naive.median_ms / layer_time.median_ms,
+            grouped_over_dense: layer_time.median_ms / dense_time.median_ms,
+            layer: layer_time,
+            naive_loop: naive,
+            dense_same_active: dense_time,
+        });
+    }
+    Ok(rows)
+}
+
+/// Runs the whole suite.
+pub async fn run_bench(ctx: &GpuContext, options: &BenchOptions) -> Result<Report> {
+    let timer = Timer::new(ctx)?;
+    let copy_bytes = if options.quick { 16 << 20 } else { 512 << 20 };
+    let ceilings = Ceilings {
+        copy_gb_per_s: copy_ceiling(ctx, &timer, copy_bytes, options.repeats.max(3)).await?,
+        f32_gflop_per_s: fma_ceiling(ctx, &timer, options.quick, options.repeats.max(3)).await?,
+    };
+    let mut rows = Vec::new();
+    for shape in model_shapes() {
+        if !options.shapes.is_empty()
+            && !options
+                .shapes
+                .iter()
+                .any(|s| shape.model.to_lowercase().contains(&s.to_lowercase()))
+        {
+            continue;
+        }
+        let shape = if options.quick { shape.scaled(16) } else { shape };
+        rows.extend(bench_shape(ctx, &timer, &shape, options, &ceilings).await?);
+    }
+    let info = &ctx.adapter_info;
+    Ok(Report {
+        webmoe_version: env!("CARGO_PKG_VERSION").into(),
+        adapter: info.name.clone(),
+        vendor: info.vendor,
+        backend: format!("{:?}", info.backend),
+        device_type: format!("{:?}", info.device_type),
+        driver: info.driver.clone(),
+        driver_info: info.driver_info.clone(),
+        features: format!("{:?}", ctx.features),
+        max_storage_buffer_binding_size: ctx.limits.max_storage_buffer_binding_size,
+        max_buffer_size: ctx.limits.max_buffer_size,
+        timing_method: timer.method().into(),
+        weight_dtype: "f16".into(),
+        ceilings,
+        rows,
+    })
+}
+
+/// A llama-bench-like markdown table.
+pub fn markdown(report: &Report) -> String {
+    let mut s = format!(
+        "adapter: {} ({}, {}, driver {} {}); timing: {}; weights {}\n\nceilings: copy {:.1} GB/s, f32 FMA {:.1} GFLOP/s\n\n",
+        report.adapter,
+        report.backend,
+        report.device_type,
+        report.driver,
+        report.driver_info,
+        report.timing_method,
+        report.weight_dtype,
+        report.ceilings.copy_gb_per_s,
+        report.ceilings.f32_gflop_per_s
+    );
+    s.push_str("| model | d | ffn | E | k | T | regime | time ms (min-max) | GFLOP/s | GB/s | % of ceiling | naive ms | speedup | dense ms | grouped/dense |\n");
+    s.push_str("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in &report.rows {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {:.3} ({:.3}-{:.3}) | {:.1} | {:.1} | {:.1}% | {:.3} | {:.2}x | {:.3} | {:.2} |\n",
+            r.shape.model,
+            r.shape.hidden,
+            r.shape.ffn,
+            r.shape.experts,
+            r.shape.top_k,
+            r.tokens,
+            r.regime,
+            r.layer.median_ms,
+            r.layer.min_ms,
+            r.layer.max_ms,
+            r.gflop_per_s,
+            r.gb_per_s,
+            r.percent_of_ceiling,
+            r.naive_loop.median_ms,
+            r.speedup_over_naive,
+            r.dense_same_active.median_ms,
+            r.grouped_over_dense
+        ));
+    }
+    s
+}
+
+/// A roofline chart (log-log: arithmetic intensity vs GFLOP/s) as SVG. Written by
+/// hand: a few dozen lines, where a plotting crate would pull in font handling.
+pub fn roofline_svg(report: &Report) -> String {
+    let (w, h, m) = (720.0, 440.0, 60.0);
+    let (bw, peak) = (
+        report.ceilings.copy_gb_per_s.max(1e-3),
+        report.ceilings.f32_gflop_per_s.max(1e-3),
+    );
+    let (x_lo, x_hi) = (0.01f64, 1000.0f64);
+    let y_hi = peak * 4.0;
+    let y_lo = (report.rows.iter().map(|r| r.gflop_per_s).fold(peak, f64::min) / 4.0).max(y_hi / 1e6);
+    let px = |x: f64| m + (x.max(x_lo).log10() - x_lo.log10()) / (x_hi.log10() - x_lo.log10()) * (w - 2.0 * m);
+    let py = |y: f64| h - m - (y.max(y_lo).log10() - y_lo.log10()) / (y_hi.log10() - y_lo.log10()) * (h - 2.0 * m);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{m}\" y=\"20\" font-size=\"13\">webmoe roofline: {} ({})</text>\n",
+        xml(&report.adapter),
+        xml(&report.backend)
+    );
+    s.push_str(&format!(
+        "<line x1=\"{m}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/><line x1=\"{m}\" y1=\"{m}\" x2=\"{m}\" y2=\"{}\" stroke=\"black\"/>\n",
+        h - m,
+        w - m,
+        h - m,
+        h - m
+    ));
+    s.push_str(&format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">FLOP per byte moved</text>\n",
+        w / 2.0,
+        h - 20.0
+    ));
+    s.push_str(&format!(
+        "<text x=\"15\" y=\"{}\" transform=\"rotate(-90 15 {})\" text-anchor=\"middle\">GFLOP/s</text>\n",
+        h / 2.0,
+        h / 2.0
+    ));
+    // The roof: bandwidth slope up to the ridge, then the FMA ceiling.
+    let ridge = peak / bw;
+    let roof: Vec<String> = [x_lo, ridge, x_hi]
+        .iter()
+        .map(|&x| format!("{:.1},{:.1}", px(x), py((x * bw).min(peak))))
+        .collect();
+    s.push_str(&format!(
+        "<polyline points=\"{}\" fill=\"none\" stroke=\"#b00020\" stroke-width=\"2\"/>\n",
+        roof.join(" ")
+    ));
+    for (i, r) in report.rows.iter().enumerate() {
+        let x = r.gflop / r.gbytes.max(1e-12);
+        let color = if r.regime == "decode" { "#1652a0" } else { "#2e7d32" };
+        s.push_str(&format!(
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"{color}\"><title>{} T={}: {:.1} GFLOP/s, {:.1}% of ceiling</title></circle>\n",
+            px(x),
+            py(r.gflop_per_s),
+            xml(&r.shape.model),
+            r.tokens,
+            r.gflop_per_s,
+            r.percent_of_ceiling
+        ));
+        if i < 40 {
+            s.push_str(&format!(
+                "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\">T={}</text>\n",
+                px(x) + 5.0,
+                py(r.gflop_per_s) - 4.0,
+                r.tokens
+            ));
+        }
+    }
+    s.push_str(&format!(
+        "<text x=\"{}\" y=\"{}\" fill=\"#b00020\">roof: {:.1} GB/s, {:.1} GFLOP/s</text>\n</svg>\n",
+        w - m - 220.0,
+        m,
+        bw,
+        peak
+    ));
+    s
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}

@@ -1,0 +1,246 @@
+//! A compact run of every GPU op against its CPU reference, for adapters the test
+//! suite cannot reach directly (the browser's WebGPU through wasm; `Engine.selfTest`).
+//! The native test suite covers the same ops over many more shapes.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::gpu::{DType, GpuContext, GpuTensor};
+use crate::moe::reference::moe_reference;
+use crate::moe::{MoeConfig, MoeLayer, MoeWeights, SharedExpertConfig};
+use crate::ops::attention::{attention_reference, encode_attention, KvCache};
+use crate::ops::embedding::{argmax_reference, encode_argmax};
+use crate::ops::norm::{encode_rms_norm, rms_norm_reference};
+use crate::ops::rope::{encode_rope, rope_reference, rope_table, upload_rope_table};
+use crate::ops::routing::{GroupLimit, GroupScore, Scoring, TopKOrder};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    pub name: String,
+    /// Largest error relative to the reference's largest magnitude (or mismatches for ids).
+    pub error: f64,
+    pub tolerance: f64,
+    pub passed: bool,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub adapter: String,
+    pub checks: Vec<Check>,
+    pub passed: usize,
+    pub failed: usize,
+}
+
+fn random(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+fn relative_error(got: &[f32], want: &[f32]) -> f64 {
+    let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs())) as f64;
+    got.iter()
+        .zip(want)
+        .map(|(a, b)| {
+            if a.is_nan() || b.is_nan() {
+                f64::INFINITY
+            } else {
+                (a - b).abs() as f64 / scale
+            }
+        })
+        .fold(if got.len() == want.len() { 0.0 } else { f64::INFINITY }, f64::max)
+}
+
+fn check(name: impl Into<String>, error: f64, tolerance: f64, detail: impl Into<String>) -> Check {
+    Check {
+        name: name.into(),
+        error,
+        tolerance,
+        passed: error <= tolerance,
+        detail: detail.into(),
+    }
+}
+
+/// The MoE layer cases: routing variants, both expert paths, dtypes, shared expert.
+fn layer_cases() -> Vec<(String, MoeConfig, usize, bool)> {
+    let mut cases = Vec::new();
+    for &(tokens, experts, k) in &[(1, 8, 2), (7, 60, 4), (64, 8, 2), (33, 128, 8), (20, 4, 4)] {
+        let mut c = MoeConfig::new(67, 45, experts, k);
+        c.routing.renormalize = tokens % 2 == 0;
+        cases.push((format!("moe layer T={tokens} E={experts} k={k}"), c, tokens, false));
+    }
+    let mut mixtral = MoeConfig::new(32, 24, 8, 2);
+    mixtral.routing.order = TopKOrder::TopKThenSoftmax;
+    cases.push(("moe layer top-k then softmax".into(), mixtral, 17, false));
+    let mut deepseek = MoeConfig::new(32, 24, 16, 4);
+    deepseek.routing.scoring = Scoring::Sigmoid;
+    deepseek.routing.renormalize = true;
+    deepseek.routing.scaling = 2.5;
+    deepseek.routing.group_limit = Some(GroupLimit {
+        n_group: 4,
+        topk_group: 2,
+        score: GroupScore::TopTwoSum,
+    });
+    cases.push(("moe layer sigmoid + bias + groups".into(), deepseek, 9, true));
+    for (dtype, name) in [(DType::F16, "f16"), (DType::BF16, "bf16")] {
+        let mut c = MoeConfig::new(48, 24, 12, 4);
+        c.weight_dtype = dtype;
+        c.shared_expert = Some(SharedExpertConfig { ffn: 40, gated: true });
+        cases.push((format!("moe layer {name} weights + gated shared expert"), c, 11, false));
+    }
+    let mut capacity = MoeConfig::new(24, 16, 8, 2);
+    capacity.capacity_factor = Some(0.5);
+    cases.push(("moe layer capacity 0.5".into(), capacity, 33, false));
+    cases
+}
+
+async fn layer_check(
+    ctx: &GpuContext,
+    name: &str,
+    config: MoeConfig,
+    tokens: usize,
+    bias: bool,
+    seed: u64,
+) -> Result<Vec<Check>> {
+    let weights = MoeWeights::random(&config, seed, bias);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed + 1);
+    let hidden = random(&mut rng, tokens * config.hidden_size, 1.0);
+    let want = moe_reference(&config, &weights, &hidden);
+    let mut checks = Vec::new();
+    for decode in [false, true] {
+        let mut c = config;
+        c.decode_max_tokens = if decode { tokens } else { 0 };
+        let layer = MoeLayer::new(ctx, c, &weights)?;
+        let input = GpuTensor::from_f32(ctx, "hidden", &[tokens, c.hidden_size], &hidden, DType::F32)?;
+        let out = layer.forward(ctx, &input).await?;
+        let path = if decode { "gemv" } else { "grouped" };
+        let ids = out.routed_ids.read_u32(ctx).await?;
+        let mismatched = ids.iter().zip(&want.routed_ids).filter(|(a, b)| a != b).count();
+        checks.push(check(
+            format!("{name} [{path}] expert ids"),
+            mismatched as f64,
+            0.0,
+            format!("{mismatched} of {} differ", ids.len()),
+        ));
+        let counts = out.expert_counts.read_u32(ctx).await?;
+        let wrong = counts.iter().zip(&want.expert_counts).filter(|(a, b)| a != b).count();
+        checks.push(check(format!("{name} [{path}] expert counts"), wrong as f64, 0.0, ""));
+        let w = out.topk_weights.read_f32(ctx).await?;
+        checks.push(check(
+            format!("{name} [{path}] routing weights"),
+            relative_error(&w, &want.topk_weights),
+            1e-5,
+            "",
+        ));
+        let y = out.output.read_f32(ctx).await?;
+        let tol = if c.weight_dtype == DType::F32 { 1e-5 } else { 2e-5 };
+        checks.push(check(
+            format!("{name} [{path}] output"),
+            relative_error(&y, &want.output),
+            tol,
+            "",
+        ));
+    }
+    Ok(checks)
+}
+
+async fn transformer_op_checks(ctx: &GpuContext, rng: &mut ChaCha8Rng) -> Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    let run = |f: &dyn Fn(&mut wgpu::CommandEncoder) -> Result<()>| -> Result<()> {
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        f(&mut encoder)?;
+        ctx.queue.submit([encoder.finish()]);
+        Ok(())
+    };
+    // RMSNorm
+    let (rows, dim) = (7, 300);
+    let x = random(rng, rows * dim, 3.0);
+    let w = random(rng, dim, 1.0);
+    let (xg, wg) = (
+        GpuTensor::from_f32(ctx, "x", &[rows, dim], &x, DType::F32)?,
+        GpuTensor::from_f32(ctx, "w", &[dim], &w, DType::F32)?,
+    );
+    let y = GpuTensor::empty(ctx, "y", &[rows, dim], DType::F32)?;
+    run(&|e| encode_rms_norm(ctx, e, &xg, &wg, 1e-6, &y))?;
+    checks.push(check(
+        "rms norm",
+        relative_error(&y.read_f32(ctx).await?, &rms_norm_reference(&x, &w, 1e-6)),
+        1e-5,
+        "",
+    ));
+    // RoPE at a large position
+    let (tokens, heads, hd, pos0) = (3, 2, 32, 200);
+    let table = upload_rope_table(ctx, 10000.0, hd, pos0 + tokens)?;
+    let mut q = random(rng, tokens * heads * hd, 1.0);
+    let qg = GpuTensor::from_f32(ctx, "q", &[tokens, heads * hd], &q, DType::F32)?;
+    run(&|e| {
+        encode_rope(ctx, e, &qg, &table, heads, hd, pos0);
+        Ok(())
+    })?;
+    rope_reference(&mut q, &rope_table(10000.0, hd, pos0 + tokens), hd / 2, heads, hd, pos0);
+    checks.push(check("rope", relative_error(&qg.read_f32(ctx).await?, &q), 1e-5, ""));
+    // Attention: prefill 9 tokens with GQA
+    let (heads, kv_heads, hd, t) = (4, 2, 16, 9);
+    let cache = KvCache::new(ctx, kv_heads, hd, 16)?;
+    let (q, k, v) = (
+        random(rng, t * heads * hd, 1.0),
+        random(rng, t * kv_heads * hd, 1.0),
+        random(rng, t * kv_heads * hd, 1.0),
+    );
+    let qg = GpuTensor::from_f32(ctx, "q", &[t, heads * hd], &q, DType::F32)?;
+    let kg = GpuTensor::from_f32(ctx, "k", &[t, kv_heads * hd], &k, DType::F32)?;
+    let vg = GpuTensor::from_f32(ctx, "v", &[t, kv_heads * hd], &v, DType::F32)?;
+    let out = GpuTensor::empty(ctx, "out", &[t, heads * hd], DType::F32)?;
+    let scale = 0.25;
+    run(&|e| encode_attention(ctx, e, &cache, &qg, &kg, &vg, heads, 0, scale, &out))?;
+    let want = attention_reference(&q, &k, &v, heads, kv_heads, hd, 0, scale);
+    checks.push(check(
+        "attention (GQA, causal)",
+        relative_error(&out.read_f32(ctx).await?, &want),
+        1e-5,
+        "",
+    ));
+    // Argmax over a vocabulary-sized row with a tie
+    let mut logits = random(rng, 5000, 10.0);
+    logits[1234] = 20.0;
+    logits[4321] = 20.0;
+    let lg = GpuTensor::from_f32(ctx, "logits", &[5000], &logits, DType::F32)?;
+    let result = GpuTensor::empty(ctx, "argmax", &[1], DType::U32)?;
+    run(&|e| {
+        encode_argmax(ctx, e, &lg, &result);
+        Ok(())
+    })?;
+    let got = result.read_u32(ctx).await?[0] as usize;
+    let want = argmax_reference(&logits).unwrap_or(0);
+    checks.push(check(
+        "argmax (ties to the lower index)",
+        (got != want) as u8 as f64,
+        0.0,
+        format!("got {got}, want {want}"),
+    ));
+    Ok(checks)
+}
+
+/// Runs every check; errors become failed checks, so the report is always complete.
+pub async fn run(ctx: &GpuContext) -> Report {
+    let mut checks = Vec::new();
+    for (i, (name, config, tokens, bias)) in layer_cases().into_iter().enumerate() {
+        match layer_check(ctx, &name, config, tokens, bias, 100 + i as u64).await {
+            Ok(c) => checks.extend(c),
+            Err(e) => checks.push(check(name, f64::INFINITY, 0.0, e.to_string())),
+        }
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    match transformer_op_checks(ctx, &mut rng).await {
+        Ok(c) => checks.extend(c),
+        Err(e) => checks.push(check("transformer ops", f64::INFINITY, 0.0, e.to_string())),
+    }
+    let failed = checks.iter().filter(|c| !c.passed).count();
+    Report {
+        adapter: crate::gpu::context::describe_adapter(&ctx.adapter_info),
+        passed: checks.len() - failed,
+        failed,
+        checks,
+    }
+}

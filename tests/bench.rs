@@ -1,0 +1,69 @@
+//! The benchmark suite's arithmetic, its JSON report, and a quick run of the CLI.
+
+use webmoe::bench::{model_shapes, LayerShape, Report};
+
+fn shape(name: &str) -> LayerShape {
+    model_shapes().into_iter().find(|s| s.model.starts_with(name)).unwrap()
+}
+
+#[test]
+fn flop_and_byte_counts_match_hand_computed_values() {
+    // Mixtral-8x7B, one token: router 2*8*4096 = 65,536; two experts of
+    // 3 matmuls * 2*4096*14336 = 352,321,536 FLOPs each.
+    let m = shape("Mixtral");
+    assert_eq!(m.flops(1), 65_536.0 + 2.0 * 352_321_536.0);
+    // Weights of the 2 active experts in f16: 2 * 3*4096*14336*2 = 704,643,072 bytes,
+    // router 8*4096*4 = 131,072, activations 2*4096*4 = 32,768.
+    assert_eq!(m.bytes(1, 2, 2), 704_643_072.0 + 131_072.0 + 32_768.0);
+    // DeepSeek-V2-Lite at 128 tokens: router 2*128*64*2048 = 33,554,432; 6 routed + 2 shared
+    // experts per token of 3*2*2048*1408 = 17,301,504 each: 128*8*17,301,504 = 17,716,740,096.
+    let ds = shape("DeepSeek");
+    assert_eq!(ds.flops(128), 33_554_432.0 + 17_716_740_096.0);
+    // 64 active + 2 shared experts of 3*2048*1408*2 bytes = 17,301,504; router 524,288; act 2,097,152.
+    assert_eq!(ds.bytes(128, 64, 2), 66.0 * 17_301_504.0 + 524_288.0 + 2_097_152.0);
+    // Qwen3-30B-A3B decode, 8 experts: 2*128*2048 + 8*3*2*2048*768 = 524,288 + 75,497,472.
+    assert_eq!(shape("Qwen3").flops(1), 524_288.0 + 75_497_472.0);
+    let q = shape("Qwen3").scaled(16);
+    assert_eq!((q.hidden, q.ffn, q.experts, q.top_k), (128, 48, 128, 8));
+}
+
+#[test]
+fn quick_bench_runs_and_its_json_round_trips() {
+    let dir = std::env::temp_dir().join(format!("webmoe-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (json, svg) = (dir.join("bench.json"), dir.join("bench.svg"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_webmoe"))
+        .args([
+            "bench",
+            "--quick",
+            "--shapes",
+            "qwen3,mixtral",
+            "--tokens",
+            "1,8",
+            "--repeats",
+            "2",
+            "--json",
+        ])
+        .arg(&json)
+        .arg("--svg")
+        .arg(&svg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("| model |") && table.contains("Qwen3-30B-A3B") && table.contains("Mixtral-8x7B"),
+        "{table}"
+    );
+    let text = std::fs::read_to_string(&json).unwrap();
+    let report: Report = serde_json::from_str(&text).unwrap();
+    assert_eq!(report.rows.len(), 4);
+    assert!(report.ceilings.copy_gb_per_s > 0.0 && report.ceilings.f32_gflop_per_s > 0.0);
+    for row in &report.rows {
+        assert!(row.layer.median_ms > 0.0 && row.active_experts >= 1 && row.active_experts <= row.shape.experts);
+        assert_eq!(row.gflop, row.shape.flops(row.tokens) / 1e9);
+    }
+    let again: Report = serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
+    assert_eq!(again, report);
+    assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
+}

@@ -1,0 +1,112 @@
+//! The embedded default model (models/tiny-moe): the engine reproduces what
+//! transformers recorded at training time, and the README's first command works.
+
+mod common;
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+use webmoe::model::generate::{generate, SamplingParams};
+use webmoe::model::load::{load_model_dir, LoadOptions};
+use webmoe::model::perplexity::perplexity;
+
+fn model_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tiny-moe")
+}
+
+fn expected() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(model_dir().join("expected.json")).unwrap()).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn heldout_perplexity_matches_transformers() {
+    let ctx = common::context();
+    let exp = expected();
+    let loaded = load_model_dir(&ctx, &model_dir(), LoadOptions::default()).unwrap();
+    let text = std::fs::read_to_string(model_dir().join(exp["heldout_file"].as_str().unwrap())).unwrap();
+    let tokens = loaded.tokenizer().unwrap().encode(&text).unwrap();
+    let window = exp["heldout_window"].as_u64().unwrap() as usize;
+    let result = pollster::block_on(perplexity(&ctx, &loaded.model, &tokens, window)).unwrap();
+    let want = exp["heldout_excerpt_perplexity"].as_f64().unwrap();
+    let rel = (result.perplexity - want).abs() / want;
+    println!(
+        "engine perplexity {:.4}, transformers {want:.4} ({rel:.2e} relative), {:.1} tokens/s",
+        result.perplexity,
+        result.tokens_per_second()
+    );
+    assert!(rel < 5e-3, "engine {} vs transformers {want}", result.perplexity);
+}
+
+#[test]
+fn greedy_continuation_matches_transformers() {
+    let ctx = common::context();
+    let exp = expected();
+    let loaded = load_model_dir(&ctx, &model_dir(), LoadOptions::default()).unwrap();
+    let prompt = loaded
+        .tokenizer()
+        .unwrap()
+        .encode(exp["prompt_text"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(prompt, ids(&exp["prompt_ids"]));
+    let gen = pollster::block_on(generate(
+        &ctx,
+        &loaded.model,
+        &prompt,
+        32,
+        SamplingParams::greedy(),
+        &[],
+        |_, _| true,
+    ))
+    .unwrap();
+    assert_eq!(gen.generated_ids, ids(&exp["greedy_ids"]));
+}
+
+#[test]
+fn first_command_writes_text_from_the_embedded_model() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_webmoe"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("The Rust programming language") && text.split_whitespace().count() > 10,
+        "{text}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tokens/s"));
+}
+
+#[test]
+fn perplexity_command_reports_perplexity_and_speed() {
+    let file = model_dir().join("heldout.txt");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_webmoe"))
+        .args(["perplexity", "--file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("perplexity "));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tokens/s"));
+}
+
+#[test]
+fn no_adapter_gives_a_clear_message_naming_the_fix() {
+    // No adapter exists for this backend on Linux: the same path as a machine without a GPU driver.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_webmoe"))
+        .env("WGPU_BACKEND", "dx12")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no GPU adapter") && err.contains("mesa-vulkan-drivers") && !err.contains("panicked"),
+        "{err}"
+    );
+}

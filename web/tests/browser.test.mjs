@@ -1,0 +1,112 @@
+// Opens the demo page (web/dist, built by scripts/build-web.sh) in headless Chromium
+// with WebGPU, generates 16 greedy tokens on the embedded model, and checks them
+// against the native engine; checks the routing heat map's totals; runs the kernel
+// self-test in the browser; saves a screenshot.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { createServer } from "node:http";
+import { mkdirSync, mkdtempSync, readFileSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, extname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const web = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+const root = resolve(web, "..");
+const dist = join(web, "dist");
+const PROMPT = "The Rust programming language";
+const TOKENS = 16;
+const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm", ".json": "application/json" };
+
+let server, baseUrl, context;
+
+before(async () => {
+  server = createServer((req, res) => {
+    const path = join(dist, decodeURIComponent(new URL(req.url, "http://x").pathname));
+    try {
+      const file = statSync(path).isDirectory() ? join(path, "index.html") : path;
+      res.writeHead(200, { "content-type": TYPES[extname(file)] ?? "application/octet-stream" });
+      res.end(readFileSync(file));
+    } catch {
+      res.writeHead(404).end();
+    }
+  });
+  await new Promise((ok) => server.listen(0, "127.0.0.1", ok));
+  baseUrl = `http://127.0.0.1:${server.address().port}`;
+  context = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "webmoe-chromium-")), {
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    headless: false,
+    ignoreDefaultArgs: ["--headless"],
+    args: ["--headless=new", "--no-sandbox", "--disable-gpu-sandbox", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync", "--enable-unsafe-webgpu"],
+    viewport: { width: 1000, height: 1100 },
+  });
+});
+
+after(async () => {
+  await context?.close();
+  server?.close();
+});
+
+async function openPage(query) {
+  const page = await context.newPage();
+  page.on("console", (m) => { if (m.type() === "error") console.log(`[browser] ${m.text()}`); });
+  await page.goto(`${baseUrl}/index.html?${query}`);
+  await page.waitForFunction(() => window.__webmoe?.done === true, null, { timeout: 600_000, polling: 500 });
+  const state = await page.evaluate(() => window.__webmoe);
+  assert.equal(state.error, null, `the page reported an error: ${state.error}`);
+  return { page, state };
+}
+
+test("greedy tokens in the browser equal the native engine's", async () => {
+  const bin = process.env.WEBMOE_BIN ?? join(root, "target/release/webmoe");
+  const started = Date.now();
+  const native = JSON.parse(execFileSync(bin, ["run", "--prompt", PROMPT, "--max-tokens", String(TOKENS), "--greedy", "--json"], {
+    env: { ...process.env }, stdio: ["ignore", "pipe", "inherit"],
+  }).toString());
+  const nativeSeconds = (Date.now() - started) / 1000;
+
+  const { page, state } = await openPage(`autorun=1&greedy=1&max=${TOKENS}&prompt=${encodeURIComponent(PROMPT)}`);
+  assert.deepEqual(state.promptIds, native.prompt_ids, "browser and native tokenizers disagree");
+  assert.deepEqual(state.generated, native.generated_ids, "browser tokens differ from native tokens");
+
+  const summary = await page.evaluate(() => document.getElementById("model-summary").textContent);
+  const layers = Number(/(\d+) layers/.exec(summary)[1]);
+  const topK = Number(/top-(\d+)/.exec(summary)[1]);
+  const processed = state.promptIds.length + state.generated.length - 1; // the last token is never fed back
+  assert.equal(state.routingTotal, processed * layers * topK, "routing counts do not add up to tokens x layers x k");
+
+  mkdirSync(join(web, "test-results"), { recursive: true });
+  const shot = join(web, "test-results", "demo.png");
+  await page.screenshot({ path: shot, fullPage: true });
+  console.log(`screenshot of the demo page after generation: ${shot}`);
+  console.log(`adapter: ${state.adapter.description}`);
+  console.log(`browser: prefill ${state.report.prefill_tokens_per_second.toFixed(1)} tokens/s, decode ${state.report.decode_tokens_per_second.toFixed(1)} tokens/s; native run (whole process) ${nativeSeconds.toFixed(1)} s`);
+  await page.close();
+});
+
+test("every kernel matches the CPU reference in the browser", async () => {
+  const { page, state } = await openPage("selftest=1");
+  const report = state.selftest;
+  for (const c of report.checks.filter((c) => !c.passed)) console.log(`FAILED ${c.name}: error ${c.error} > ${c.tolerance} ${c.detail}`);
+  console.log(`self-test on ${report.adapter}: ${report.passed} passed, ${report.failed} failed`);
+  assert.equal(report.failed, 0);
+  assert.ok(report.passed > 40);
+  await page.close();
+});
+
+test("the benchmark page produces the CLI's JSON report", async () => {
+  const page = await context.newPage();
+  await page.goto(`${baseUrl}/bench.html?autorun=1&shapes=qwen3&tokens=1,8&repeats=2`);
+  await page.waitForFunction(() => window.__bench?.done === true, null, { timeout: 600_000, polling: 500 });
+  const bench = await page.evaluate(() => window.__bench);
+  assert.equal(bench.error, null, `bench page error: ${bench.error}`);
+  const report = bench.report;
+  assert.equal(report.rows.length, 2);
+  for (const key of ["adapter", "backend", "timing_method", "ceilings", "rows", "max_storage_buffer_binding_size"]) assert.ok(key in report, key);
+  assert.ok(report.ceilings.copy_gb_per_s > 0 && report.ceilings.f32_gflop_per_s > 0);
+  console.log(`browser bench (${report.timing_method}): copy ${report.ceilings.copy_gb_per_s.toFixed(1)} GB/s, FMA ${report.ceilings.f32_gflop_per_s.toFixed(1)} GFLOP/s; ` +
+    report.rows.map((r) => `T=${r.tokens} ${r.layer.median_ms.toFixed(2)} ms`).join(", "));
+  await page.close();
+});
