@@ -46,7 +46,7 @@ function drawHeatmap() {
   const { moe_layers: layers, experts } = state.model;
   const cell = Math.max(4, Math.floor(canvas.clientWidth / experts) || 8);
   canvas.width = cell * experts;
-  canvas.height = Math.max(cell, 12) * layers;
+  canvas.height = Math.min(Math.max(cell, 12), 28) * layers;
   const rowHeight = canvas.height / layers;
   const g = canvas.getContext("2d");
   g.fillStyle = "#fff";
@@ -143,6 +143,11 @@ async function main() {
     await initWasm();
     state.engine = await Engine.create();
     const info = JSON.parse(state.engine.adapterInfo());
+    if (!info.name) {
+      // wgpu's WebGPU backend reports no adapter name; ask the browser directly.
+      const web = (await navigator.gpu.requestAdapter())?.info;
+      if (web) info.description = [web.vendor, web.architecture, web.device, web.description].filter(Boolean).join(" ") || info.description;
+    }
     $("adapter").textContent = `GPU: ${info.description}; largest storage binding ${(info.max_storage_buffer_binding_size / 2 ** 20).toFixed(0)} MiB`;
     window.__webmoe.adapter = info;
     if (params.has("selftest")) {
