@@ -10,12 +10,6 @@ use webmoe::ops::expert_matmul::*;
 use webmoe::ops::permute::{permutation_reference, Permutation, BLOCK_ROWS};
 use webmoe::{DType, GpuContext, GpuTensor};
 
-fn run(ctx: &GpuContext, record: impl FnOnce(&mut wgpu::CommandEncoder)) {
-    let mut encoder = ctx.device.create_command_encoder(&Default::default());
-    record(&mut encoder);
-    ctx.queue.submit([encoder.finish()]);
-}
-
 /// Routed ids of a given kind for `tokens * k` assignments.
 fn routed_ids(rng: &mut impl Rng, tokens: usize, k: usize, experts: usize, kind: &str) -> Vec<u32> {
     (0..tokens)

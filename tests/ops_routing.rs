@@ -13,12 +13,6 @@ use webmoe::{DType, GpuContext, GpuTensor};
 const TOKENS: &[usize] = &[1, 2, 7, 64, 257];
 const EXPERTS: &[usize] = &[1, 4, 8, 60, 128];
 
-fn run(ctx: &GpuContext, record: impl FnOnce(&mut wgpu::CommandEncoder)) {
-    let mut encoder = ctx.device.create_command_encoder(&Default::default());
-    record(&mut encoder);
-    ctx.queue.submit([encoder.finish()]);
-}
-
 #[test]
 fn router_logits_match_reference() {
     let ctx = context();

@@ -12,12 +12,6 @@ use webmoe::ops::norm::{encode_rms_norm, rms_norm_reference};
 use webmoe::ops::rope::{encode_rope, rope_reference, rope_table, upload_rope_table};
 use webmoe::{DType, GpuContext, GpuTensor};
 
-fn run(ctx: &GpuContext, record: impl FnOnce(&mut wgpu::CommandEncoder)) {
-    let mut encoder = ctx.device.create_command_encoder(&Default::default());
-    record(&mut encoder);
-    ctx.queue.submit([encoder.finish()]);
-}
-
 fn upload(ctx: &GpuContext, shape: &[usize], v: &[f32]) -> GpuTensor {
     GpuTensor::from_f32(ctx, "t", shape, v, DType::F32).unwrap()
 }

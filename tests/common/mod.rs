@@ -25,6 +25,13 @@ pub fn random_vec(rng: &mut ChaCha8Rng, len: usize, scale: f32) -> Vec<f32> {
     (0..len).map(|_| rng.random_range(-scale..scale)).collect()
 }
 
+/// Records work into one encoder and submits it.
+pub fn run(ctx: &GpuContext, record: impl FnOnce(&mut wgpu::CommandEncoder)) {
+    let mut encoder = ctx.device.create_command_encoder(&Default::default());
+    record(&mut encoder);
+    ctx.queue.submit([encoder.finish()]);
+}
+
 /// Largest |a - b| relative to the largest |b| (at least `floor`), over all elements.
 /// Elements are compared one by one; NaN anywhere fails.
 pub fn max_relative_error(actual: &[f32], expected: &[f32], floor: f32) -> f32 {
