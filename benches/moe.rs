@@ -9,7 +9,7 @@ fn main() {
         }
     };
     let options = webmoe::bench::BenchOptions::new(true);
-    match pollster::block_on(webmoe::bench::run_bench(&ctx, &options)) {
+    match pollster::block_on(webmoe::bench::run_bench(&ctx, &options, &[])) {
         Ok(report) => print!("{}", webmoe::bench::markdown(&report)),
         Err(e) => eprintln!("benchmark failed: {e}"),
     }

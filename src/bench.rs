@@ -142,6 +142,63 @@ pub struct Report {
     pub weight_dtype: String,
     pub ceilings: Ceilings,
     pub rows: Vec<Row>,
+    /// Whole-model prefill and decode speeds.
+    #[serde(default)]
+    pub models: Vec<ModelRow>,
+}
+
+/// Prefill and decode speed of a whole model (one submit and one small readback per step).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelRow {
+    pub model: String,
+    pub prompt_tokens: usize,
+    pub prefill: Timing,
+    pub prefill_tokens_per_s: f64,
+    pub decode_tokens: usize,
+    pub decode_tokens_per_s: f64,
+}
+
+/// Times a prefill of `prompt_tokens` tokens (median of `repeats`) and `decode_tokens`
+/// greedy decode steps after it.
+pub async fn bench_model(
+    ctx: &GpuContext,
+    name: &str,
+    model: &crate::model::transformer::Transformer,
+    prompt_tokens: usize,
+    decode_tokens: usize,
+    repeats: usize,
+) -> Result<ModelRow> {
+    use crate::model::transformer::Readback;
+    let vocab = model.config.vocab_size as u32;
+    let prompt_tokens = prompt_tokens.clamp(1, model.max_context.saturating_sub(decode_tokens).max(1));
+    let prompt: Vec<u32> = (0..prompt_tokens as u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    let mut samples = Vec::new();
+    let mut token = 0;
+    for _ in 0..=repeats.max(1) {
+        let clock = Clock::start();
+        token = model.step(ctx, &prompt, 0, Readback::Argmax).await?.token.unwrap_or(0);
+        samples.push(clock.seconds() * 1e3);
+    }
+    samples.remove(0); // warm-up
+    let prefill = Timing::from_samples(samples);
+    let decode_tokens = decode_tokens.min(model.max_context - prompt_tokens);
+    let clock = Clock::start();
+    for i in 0..decode_tokens {
+        token = model
+            .step(ctx, &[token], prompt_tokens + i, Readback::Argmax)
+            .await?
+            .token
+            .unwrap_or(0);
+    }
+    let decode_seconds = clock.seconds();
+    Ok(ModelRow {
+        model: name.to_string(),
+        prompt_tokens,
+        prefill_tokens_per_s: prompt_tokens as f64 / (prefill.median_ms / 1e3),
+        prefill,
+        decode_tokens,
+        decode_tokens_per_s: decode_tokens as f64 / decode_seconds.max(1e-9),
+    })
 }
 
 /// Options of one run.
@@ -468,8 +525,12 @@ async fn bench_shape(
     Ok(rows)
 }
 
-/// Runs the whole suite.
-pub async fn run_bench(ctx: &GpuContext, options: &BenchOptions) -> Result<Report> {
+/// Runs the whole suite; `models` get whole-model rows.
+pub async fn run_bench(
+    ctx: &GpuContext,
+    options: &BenchOptions,
+    models: &[(String, &crate::model::transformer::Transformer)],
+) -> Result<Report> {
     let timer = Timer::new(ctx)?;
     let copy_bytes = if options.quick { 16 << 20 } else { 512 << 20 };
     let ceilings = Ceilings {
@@ -489,6 +550,11 @@ pub async fn run_bench(ctx: &GpuContext, options: &BenchOptions) -> Result<Repor
         let shape = if options.quick { shape.scaled(16) } else { shape };
         rows.extend(bench_shape(ctx, &timer, &shape, options, &ceilings).await?);
     }
+    let (prompt, decode) = if options.quick { (32, 16) } else { (512, 64) };
+    let mut model_rows = Vec::new();
+    for (name, model) in models {
+        model_rows.push(bench_model(ctx, name, model, prompt, decode, options.repeats).await?);
+    }
     let info = &ctx.adapter_info;
     Ok(Report {
         webmoe_version: env!("CARGO_PKG_VERSION").into(),
@@ -505,6 +571,7 @@ pub async fn run_bench(ctx: &GpuContext, options: &BenchOptions) -> Result<Repor
         weight_dtype: "f16".into(),
         ceilings,
         rows,
+        models: model_rows,
     })
 }
 
@@ -545,6 +612,20 @@ pub fn markdown(report: &Report) -> String {
             r.dense_same_active.median_ms,
             r.grouped_over_dense
         ));
+    }
+    if !report.models.is_empty() {
+        s.push_str("\n| model | prompt tokens | prefill ms | prefill tokens/s | decode tokens | decode tokens/s |\n|---|---:|---:|---:|---:|---:|\n");
+        for m in &report.models {
+            s.push_str(&format!(
+                "| {} | {} | {:.2} | {:.1} | {} | {:.1} |\n",
+                m.model,
+                m.prompt_tokens,
+                m.prefill.median_ms,
+                m.prefill_tokens_per_s,
+                m.decode_tokens,
+                m.decode_tokens_per_s
+            ));
+        }
     }
     s
 }

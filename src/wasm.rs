@@ -209,7 +209,7 @@ impl Engine {
             if repeats > 0 {
                 options.repeats = repeats as usize;
             }
-            let report = crate::bench::run_bench(&state.ctx, &options)
+            let report = crate::bench::run_bench(&state.ctx, &options, &[])
                 .await
                 .map_err(|e| JsValue::from(JsError::new(&e.to_string())))?;
             let json = serde_json::json!({

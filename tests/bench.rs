@@ -58,6 +58,11 @@ fn quick_bench_runs_and_its_json_round_trips() {
     let text = std::fs::read_to_string(&json).unwrap();
     let report: Report = serde_json::from_str(&text).unwrap();
     assert_eq!(report.rows.len(), 4);
+    assert_eq!(report.models.len(), 2);
+    assert!(report
+        .models
+        .iter()
+        .all(|m| m.prefill_tokens_per_s > 0.0 && m.decode_tokens_per_s > 0.0 && m.decode_tokens > 0));
     assert!(report.ceilings.copy_gb_per_s > 0.0 && report.ceilings.f32_gflop_per_s > 0.0);
     for row in &report.rows {
         assert!(row.layer.median_ms > 0.0 && row.active_experts >= 1 && row.active_experts <= row.shape.experts);

@@ -302,7 +302,15 @@ fn bench(args: BenchArgs) -> webmoe::Result<()> {
             .collect::<webmoe::Result<_>>()?;
     }
     let ctx = GpuContext::new_blocking()?;
-    let report = pollster::block_on(webmoe::bench::run_bench(&ctx, &options))?;
+    // Whole-model rows: the embedded model, and random weights in Qwen3-30B-A3B's shape
+    // (2 of its 48 layers; hidden, ffn and vocabulary divided by 16 with --quick).
+    let embedded = load(&ctx, None, LoadOptions::default())?;
+    let synthetic = qwen3_shaped_model(&ctx, args.quick)?;
+    let models = [
+        ("tiny-moe (embedded)".to_string(), &embedded.model),
+        (synthetic.0.clone(), &synthetic.1),
+    ];
+    let report = pollster::block_on(webmoe::bench::run_bench(&ctx, &options, &models))?;
     print!("{}", webmoe::bench::markdown(&report));
     let write = |path: &Path, text: String| {
         std::fs::write(path, text).map_err(|e| webmoe::Error::Config(format!("cannot write {}: {e}", path.display())))
@@ -314,6 +322,37 @@ fn bench(args: BenchArgs) -> webmoe::Result<()> {
         write(path, webmoe::bench::roofline_svg(&report))?;
     }
     Ok(())
+}
+
+/// A 2-layer model with random f16 weights in Qwen3-30B-A3B's shape.
+fn qwen3_shaped_model(
+    ctx: &GpuContext,
+    quick: bool,
+) -> webmoe::Result<(String, webmoe::model::transformer::Transformer)> {
+    use webmoe::model::synthetic::{random_weights, synthetic_config, Dims};
+    let scale = if quick { 16 } else { 1 };
+    let dims = Dims {
+        layers: 2,
+        heads: 32 / scale.min(8),
+        kv_heads: 4,
+        head_dim: 128 / scale.min(8),
+        vocab: 151_936 / scale,
+        max_positions: 1024,
+    };
+    let mut moe = webmoe::MoeConfig::new(2048 / scale, 768 / scale, 128, 8);
+    moe.routing.renormalize = true;
+    moe.weight_dtype = DType::F16;
+    let mut config = synthetic_config(webmoe::model::config::Family::Qwen3Moe, dims, moe);
+    config.qk_norm = webmoe::model::config::QkNorm::PerHead;
+    let weights = random_weights(&config, 42);
+    let name = format!(
+        "Qwen3-30B-A3B shape, 2 layers, random{}",
+        if quick { " /16" } else { "" }
+    );
+    Ok((
+        name,
+        webmoe::model::transformer::Transformer::new(ctx, config, &weights, 1024)?,
+    ))
 }
 
 fn info() -> webmoe::Result<()> {

@@ -5,6 +5,7 @@ pub mod load;
 pub mod perplexity;
 pub mod reference;
 pub mod safetensors_io;
+pub mod synthetic;
 pub mod tokenizer;
 pub mod transformer;
 pub mod weights;
