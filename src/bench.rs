@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::gpu::kernel::{dispatch, BENCH};
+use crate::gpu::kernel::{dispatch, BENCH, BENCH_F16};
 use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::moe::{MoeConfig, MoeLayer, MoeWeights, SharedExpertConfig};
 use crate::ops::embedding::encode_embedding;
@@ -103,6 +103,9 @@ pub struct Ceilings {
     /// Buffer copy, counting bytes read and written.
     pub copy_gb_per_s: f64,
     pub f32_gflop_per_s: f64,
+    /// Where the adapter has shader-f16.
+    #[serde(default)]
+    pub f16_gflop_per_s: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -327,13 +330,17 @@ async fn copy_ceiling(ctx: &GpuContext, timer: &Timer<'_>, bytes: u64, repeats: 
     Ok(2.0 * bytes as f64 / (t.median_ms / 1e3) / 1e9)
 }
 
-/// FMA rate (GFLOP/s) of an FMA-bound kernel.
-async fn fma_ceiling(ctx: &GpuContext, timer: &Timer<'_>, quick: bool, repeats: usize) -> Result<f64> {
+/// FMA rate (GFLOP/s) of an FMA-bound kernel in f32, or in f16 (`half`).
+async fn fma_ceiling(ctx: &GpuContext, timer: &Timer<'_>, quick: bool, repeats: usize, half: bool) -> Result<f64> {
     let invocations: u32 = if quick { 1 << 14 } else { 1 << 22 };
     let iterations: u32 = if quick { 256 } else { 1024 };
     let out = GpuTensor::empty(ctx, "fma output", &[invocations as usize], DType::F32)?;
     let params = ctx.uniform(&[invocations, iterations, 0, 0]);
-    let pipeline = ctx.pipeline(&BENCH, "fma_f32", &[]);
+    let pipeline = if half {
+        ctx.pipeline(&BENCH_F16, "fma_f16", &[])
+    } else {
+        ctx.pipeline(&BENCH, "fma_f32", &[])
+    };
     let bind = ctx.bind(&pipeline, &[(0, &params), (1, &out.buffer)]);
     let t = timer
         .repeat(repeats, &|e| {
@@ -535,7 +542,12 @@ pub async fn run_bench(
     let copy_bytes = if options.quick { 16 << 20 } else { 512 << 20 };
     let ceilings = Ceilings {
         copy_gb_per_s: copy_ceiling(ctx, &timer, copy_bytes, options.repeats.max(3)).await?,
-        f32_gflop_per_s: fma_ceiling(ctx, &timer, options.quick, options.repeats.max(3)).await?,
+        f32_gflop_per_s: fma_ceiling(ctx, &timer, options.quick, options.repeats.max(3), false).await?,
+        f16_gflop_per_s: if ctx.has_shader_f16() {
+            Some(fma_ceiling(ctx, &timer, options.quick, options.repeats.max(3), true).await?)
+        } else {
+            None
+        },
     };
     let mut rows = Vec::new();
     for shape in model_shapes() {
@@ -578,7 +590,7 @@ pub async fn run_bench(
 /// A llama-bench-like markdown table.
 pub fn markdown(report: &Report) -> String {
     let mut s = format!(
-        "adapter: {} ({}, {}, driver {} {}); timing: {}; weights {}\n\nceilings: copy {:.1} GB/s, f32 FMA {:.1} GFLOP/s\n\n",
+        "adapter: {} ({}, {}, driver {} {}); timing: {}; weights {}\n\nceilings: copy {:.1} GB/s, f32 FMA {:.1} GFLOP/s, f16 FMA {}\n\n",
         report.adapter,
         report.backend,
         report.device_type,
@@ -587,7 +599,8 @@ pub fn markdown(report: &Report) -> String {
         report.timing_method,
         report.weight_dtype,
         report.ceilings.copy_gb_per_s,
-        report.ceilings.f32_gflop_per_s
+        report.ceilings.f32_gflop_per_s,
+        report.ceilings.f16_gflop_per_s.map_or("n/a (no shader-f16)".to_string(), |g| format!("{g:.1} GFLOP/s"))
     );
     s.push_str("| model | d | ffn | E | k | T | regime | time ms (min-max) | GFLOP/s | GB/s | % of ceiling | naive ms | speedup | dense ms | grouped/dense |\n");
     s.push_str("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");

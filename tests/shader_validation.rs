@@ -8,8 +8,8 @@ fn validate(name: &str, source: &str) {
         .unwrap_or_else(|e| panic!("{name}: WGSL parse error:\n{}", e.emit_to_string(source)));
     naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
-        // What wgpu grants on Vulkan, Metal, DX12 and WebGPU: unpack2x16float for f16 weights.
-        naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32,
+        // unpack2x16float (every kernel) and f16 arithmetic (bench_f16.wgsl, built only where the adapter has shader-f16).
+        naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32 | naga::valid::Capabilities::SHADER_FLOAT16,
     )
     .validate(&module)
     .unwrap_or_else(|e| panic!("{name}: validation error:\n{}", e.emit_to_string(source)));

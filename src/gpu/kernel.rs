@@ -40,6 +40,8 @@ pub const ATTENTION: Shader = shader!("attention");
 pub const EMBEDDING: Shader = shader!("embedding");
 pub const SAMPLING: Shader = shader!("sampling");
 pub const BENCH: Shader = shader!("bench");
+/// Needs the SHADER_F16 feature.
+pub const BENCH_F16: Shader = shader!("bench_f16");
 
 /// Every kernel file, for validation tests and tools.
 pub const ALL_SHADERS: &[Shader] = &[
@@ -57,11 +59,14 @@ pub const ALL_SHADERS: &[Shader] = &[
     EMBEDDING,
     SAMPLING,
     BENCH,
+    BENCH_F16,
 ];
 
-/// The full WGSL text the host compiles for a kernel file.
+/// The full WGSL text the host compiles for a kernel file: its `enable` directives
+/// (which must come first), common.wgsl, then the rest of the file.
 pub fn compose(shader: &Shader) -> String {
-    format!("{COMMON_WGSL}\n{}", shader.source)
+    let (directives, body): (Vec<&str>, Vec<&str>) = shader.source.lines().partition(|l| l.starts_with("enable "));
+    format!("{}\n{COMMON_WGSL}\n{}", directives.join("\n"), body.join("\n"))
 }
 
 /// Marks "no expert / no row" in index buffers (dropped or padded entries).
