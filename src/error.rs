@@ -34,15 +34,6 @@ pub enum Error {
     },
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// A checkpoint file (safetensors shard, index.json) that cannot be read or parsed.
-    #[error("{file}: {reason}")]
-    Checkpoint { file: String, reason: String },
-    /// A tensor the model needs is in none of the checkpoint's files.
-    #[error("tensor `{name}` not found in {searched}")]
-    MissingTensor { name: String, searched: String },
-    /// A tensor stored in an element type webmoe does not read.
-    #[error("tensor `{name}` in {file} has dtype {dtype}; webmoe reads F32, F16 and BF16 tensors")]
-    TensorDtype { name: String, file: String, dtype: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
