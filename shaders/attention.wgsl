@@ -13,10 +13,18 @@ struct AttentionParams {
     heads: u32,
     kv_heads: u32,
     head_dim: u32,
-    pos0: u32,
     max_ctx: u32,
     scale: f32,
-    _pad: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+// The position of the first token (written by the host before each submit).
+struct Position {
+    pos0: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: AttentionParams;
@@ -27,6 +35,7 @@ struct AttentionParams {
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 @group(0) @binding(6) var<storage, read> k_new: array<f32>;
 @group(0) @binding(7) var<storage, read> v_new: array<f32>;
+@group(0) @binding(8) var<uniform> position: Position;
 
 @compute @workgroup_size(64)
 fn kv_store(
@@ -42,7 +51,7 @@ fn kv_store(
     let t = idx / width;
     let kvh = (idx % width) / p.head_dim;
     let d = idx % p.head_dim;
-    let dst = (kvh * p.max_ctx + p.pos0 + t) * p.head_dim + d;
+    let dst = (kvh * p.max_ctx + position.pos0 + t) * p.head_dim + d;
     k_cache[dst] = k_new[idx];
     v_cache[dst] = v_new[idx];
 }
@@ -78,7 +87,7 @@ fn attend(
     let t = th / p.heads;
     let h = th % p.heads;
     let kvh = h / (p.heads / p.kv_heads);
-    let keys = p.pos0 + t + 1u;
+    let keys = position.pos0 + t + 1u;
     let qb = th * p.head_dim;
     let cache_base = kvh * p.max_ctx * p.head_dim;
     let sb = th * p.max_ctx;

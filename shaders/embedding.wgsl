@@ -1,12 +1,18 @@
 // Token embedding lookup: x[t, c] = table[ids[t], c] * scale.
-// Layout: ids [T] u32 (checked < vocab on the host); table [vocab, d] (WEIGHT_DTYPE);
-// x [T, d] f32. Mapping: one invocation per output element, 64 per workgroup.
+// Layout: ids [T] u32 (checked < vocab on the host); the table [vocab, d] (WEIGHT_DTYPE)
+// is split into chunks of rows: this dispatch holds rows row_begin..row_end and writes
+// only the tokens whose id falls there; x [T, d] f32.
+// Mapping: one invocation per output element, 64 per workgroup.
 
 struct EmbeddingParams {
     tokens: u32,
     dim: u32,
     scale: f32,
-    _pad: u32,
+    row_begin: u32,
+    row_end: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: EmbeddingParams;
@@ -24,7 +30,10 @@ fn embed(
     if (idx >= p.tokens * p.dim) {
         return;
     }
-    let t = idx / p.dim;
-    let wi = ids[t] * p.dim + idx % p.dim;
+    let id = ids[idx / p.dim];
+    if (id < p.row_begin || id >= p.row_end) {
+        return;
+    }
+    let wi = (id - p.row_begin) * p.dim + idx % p.dim;
     x[idx] = decode_weight(table[weight_word(wi)], wi) * p.scale;
 }

@@ -3,8 +3,10 @@
 // gate_up: h[a, n] = silu(x[tok] . gate[e, n]) * (x[tok] . up[e, n]), tok = a / rows_per_token
 // down:    y[a, n] = h[a] . down[e, n]
 // e = routed_ids[a] (SENTINEL: dropped, skipped); dense mode (dense != 0): row a is token a
-// and the expert is 0 (shared expert). Weights [E_chunk, N, K] (WEIGHT_DTYPE) of experts
-// expert_begin..expert_end; assignments of other experts exit at once.
+// and the expert is 0 (shared expert). One dispatch per weight chunk: the chunk holds
+// output rows row_begin..row_end of experts expert_begin..expert_end, expert_stride
+// elements apart, each row K elements (WEIGHT_DTYPE); assignments of other experts
+// exit at once. Outputs are [A, n_dim].
 // Mapping: one 64-invocation workgroup per (assignment, group of ROWS outputs); each
 // invocation sums a strided slice of K (coalesced weight reads), then a fixed-order
 // tree reduction in shared memory (deterministic).
@@ -18,6 +20,10 @@ struct GemvParams {
     expert_end: u32,
     assignments: u32,
     dense: u32,
+    row_begin: u32,
+    row_end: u32,
+    expert_stride: u32,
+    _pad: u32,
 }
 
 const WG: u32 = 64u;
@@ -68,20 +74,20 @@ fn gate_up(
         return;
     }
     let a = wg / p.row_groups;
-    let n0 = (wg % p.row_groups) * ROWS;
+    let n0 = p.row_begin + (wg % p.row_groups) * ROWS;
     let e = expert_of(a, lid);
     if (e == SENTINEL || e < p.expert_begin || e >= p.expert_end) {
         return;
     }
     let tok = select(a / p.rows_per_token, a, p.dense != 0u);
-    let base = (e - p.expert_begin) * p.n_dim * p.k_dim;
+    let base = (e - p.expert_begin) * p.expert_stride;
     var acc_g: array<f32, ROWS>;
     var acc_u: array<f32, ROWS>;
     for (var i = lid; i < p.k_dim; i += WG) {
         let xv = a_in[tok * p.k_dim + i];
         for (var r = 0u; r < ROWS; r++) {
-            let n = min(n0 + r, p.n_dim - 1u);
-            let wi = base + n * p.k_dim + i;
+            let n = min(n0 + r, p.row_end - 1u);
+            let wi = base + (n - p.row_begin) * p.k_dim + i;
             acc_g[r] += xv * decode_weight(w0[weight_word(wi)], wi);
             acc_u[r] += xv * decode_weight(w1[weight_word(wi)], wi);
         }
@@ -91,7 +97,7 @@ fn gate_up(
         partial[(ROWS + r) * WG + lid] = acc_u[r];
     }
     reduce_partials(lid, 2u * ROWS);
-    if (lid < ROWS && n0 + lid < p.n_dim) {
+    if (lid < ROWS && n0 + lid < p.row_end) {
         let g = partial[lid * WG];
         let u = partial[(ROWS + lid) * WG];
         out[a * p.n_dim + n0 + lid] = silu(g) * u;
@@ -109,18 +115,18 @@ fn down(
         return;
     }
     let a = wg / p.row_groups;
-    let n0 = (wg % p.row_groups) * ROWS;
+    let n0 = p.row_begin + (wg % p.row_groups) * ROWS;
     let e = expert_of(a, lid);
     if (e == SENTINEL || e < p.expert_begin || e >= p.expert_end) {
         return;
     }
-    let base = (e - p.expert_begin) * p.n_dim * p.k_dim;
+    let base = (e - p.expert_begin) * p.expert_stride;
     var acc: array<f32, ROWS>;
     for (var i = lid; i < p.k_dim; i += WG) {
         let hv = a_in[a * p.k_dim + i];
         for (var r = 0u; r < ROWS; r++) {
-            let n = min(n0 + r, p.n_dim - 1u);
-            let wi = base + n * p.k_dim + i;
+            let n = min(n0 + r, p.row_end - 1u);
+            let wi = base + (n - p.row_begin) * p.k_dim + i;
             acc[r] += hv * decode_weight(w0[weight_word(wi)], wi);
         }
     }
@@ -128,7 +134,7 @@ fn down(
         partial[r * WG + lid] = acc[r];
     }
     reduce_partials(lid, ROWS);
-    if (lid < ROWS && n0 + lid < p.n_dim) {
+    if (lid < ROWS && n0 + lid < p.row_end) {
         out[a * p.n_dim + n0 + lid] = partial[lid * WG];
     }
 }

@@ -5,8 +5,10 @@
 // gate_up: h[row, n] = silu(x[tok] . gate[e, n]) * (x[tok] . up[e, n]), x [T, d] gathered
 //          through row_assignment (tok = assignment / rows_per_token), h [rows, ffn].
 // down:    y[row, n] = h[row] . down[e, n], y [rows, d].
-// Weights [E_chunk, N, K] (WEIGHT_DTYPE) hold experts expert_begin..expert_end of one
-// chunk; blocks of other experts, empty blocks and SENTINEL blocks exit at once.
+// One dispatch per weight chunk: the chunk holds output columns row_begin..row_end (weight
+// rows) of experts expert_begin..expert_end, expert_stride elements apart, each weight
+// row K elements (WEIGHT_DTYPE); blocks of other experts, empty blocks and SENTINEL
+// blocks exit at once. Outputs are [rows, n_dim].
 // Dense mode (dense_rows > 0): row r is token r and the expert is 0 (shared expert).
 // Mapping: one 256-invocation workgroup per (row block, column tile); invocation
 // (ty, tx) = (lid / 16, lid % 16) computes rows 2ty..2ty+1, columns tx + 16j, j < 4.
@@ -20,6 +22,10 @@ struct MatmulParams {
     expert_end: u32,
     blocks: u32,
     dense_rows: u32,
+    row_begin: u32,
+    row_end: u32,
+    expert_stride: u32,
+    _pad: u32,
 }
 
 const BM: u32 = 32u;
@@ -92,10 +98,10 @@ fn load_a_tile(k0: u32, lid: u32) {
 fn weight_tile_index(idx: u32, k0: u32, col0: u32, e: u32) -> u32 {
     let col = col0 + idx / BK;
     let k = k0 + idx % BK;
-    if (col >= p.n_dim || k >= p.k_dim) {
+    if (col >= p.row_end || k >= p.k_dim) {
         return SENTINEL;
     }
-    return e * p.n_dim * p.k_dim + col * p.k_dim + k;
+    return e * p.expert_stride + (col - p.row_begin) * p.k_dim + k;
 }
 
 fn tile_slot(idx: u32) -> u32 {
@@ -137,7 +143,7 @@ fn gate_up(
         return;
     }
     let b = wg / p.col_tiles;
-    let col0 = (wg % p.col_tiles) * BN;
+    let col0 = p.row_begin + (wg % p.col_tiles) * BN;
     let e = block_expert_of(b, lid);
     if (e == SENTINEL || e < p.expert_begin || e >= p.expert_end) {
         return;
@@ -173,7 +179,7 @@ fn gate_up(
         let row = b * BM + ty * 2u + i;
         for (var j = 0u; j < 4u; j++) {
             let col = col0 + tx + 16u * j;
-            if (col < p.n_dim) {
+            if (col < p.row_end) {
                 out[row * p.n_dim + col] = silu(acc_g[4u * i + j]) * acc_u[4u * i + j];
             }
         }
@@ -191,7 +197,7 @@ fn down(
         return;
     }
     let b = wg / p.col_tiles;
-    let col0 = (wg % p.col_tiles) * BN;
+    let col0 = p.row_begin + (wg % p.col_tiles) * BN;
     let e = block_expert_of(b, lid);
     if (e == SENTINEL || e < p.expert_begin || e >= p.expert_end) {
         return;
@@ -222,7 +228,7 @@ fn down(
         let row = b * BM + ty * 2u + i;
         for (var j = 0u; j < 4u; j++) {
             let col = col0 + tx + 16u * j;
-            if (col < p.n_dim) {
+            if (col < p.row_end) {
                 out[row * p.n_dim + col] = acc[4u * i + j];
             }
         }

@@ -151,3 +151,22 @@ fn scatter(
     row_assignment[row] = a;
     assignment_row[a] = row;
 }
+
+// Decode path (no permutation): expert_counts[e] = assignments routed to e, one
+// invocation per expert scanning the few assignments in order.
+@compute @workgroup_size(64)
+fn count_experts(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let e = linear_workgroup(wid, nwg) * 64u + lid;
+    if (e >= p.experts) {
+        return;
+    }
+    var n = 0u;
+    for (var a = 0u; a < p.assignments; a++) {
+        n += select(0u, 1u, routed_ids[a] == e);
+    }
+    expert_counts[e] = n;
+}

@@ -6,14 +6,15 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::gpu::kernel::{dispatch, BENCH, BENCH_F16};
+use crate::gpu::kernel::{Recorder, BENCH, BENCH_F16};
 use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::moe::{MoeConfig, MoeLayer, MoeWeights, SharedExpertConfig};
 use crate::ops::embedding::encode_embedding;
-use crate::ops::expert_matmul::{encode_down, encode_gate_up, ExpertRows, ExpertWeights};
+use crate::ops::expert_matmul::{encode_down, encode_gate_up, ExpertRows};
 use crate::ops::router::encode_router_logits;
 use crate::ops::routing::encode_routing;
 use crate::util::Clock;
+use crate::weights::{WeightChunk, WeightFormat, WeightMatrix};
 
 /// One MoE layer shape: a real model's hidden, expert ffn, experts, top-k, shared experts.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -166,12 +167,13 @@ pub struct ModelRow {
 pub async fn bench_model(
     ctx: &GpuContext,
     name: &str,
-    model: &crate::model::transformer::Transformer,
+    model: &crate::model::model::Model,
     prompt_tokens: usize,
     decode_tokens: usize,
     repeats: usize,
 ) -> Result<ModelRow> {
-    use crate::model::transformer::Readback;
+    use crate::model::session::{Readback, Session};
+    let mut session = Session::new(ctx, model, None)?;
     let vocab = model.config.vocab_size as u32;
     let prompt_tokens = prompt_tokens.clamp(1, model.max_context.saturating_sub(decode_tokens).max(1));
     let prompt: Vec<u32> = (0..prompt_tokens as u32).map(|i| (i * 7919 + 13) % vocab).collect();
@@ -179,16 +181,21 @@ pub async fn bench_model(
     let mut token = 0;
     for _ in 0..=repeats.max(1) {
         let clock = Clock::start();
-        token = model.step(ctx, &prompt, 0, Readback::Argmax).await?.token.unwrap_or(0);
+        session.rewind(0)?;
+        token = session
+            .step(ctx, model, &prompt, Readback::Argmax)
+            .await?
+            .token
+            .unwrap_or(0);
         samples.push(clock.seconds() * 1e3);
     }
     samples.remove(0); // warm-up
     let prefill = Timing::from_samples(samples);
     let decode_tokens = decode_tokens.min(model.max_context - prompt_tokens);
     let clock = Clock::start();
-    for i in 0..decode_tokens {
-        token = model
-            .step(ctx, &[token], prompt_tokens + i, Readback::Argmax)
+    for _ in 0..decode_tokens {
+        token = session
+            .step(ctx, model, &[token], Readback::Argmax)
             .await?
             .token
             .unwrap_or(0);
@@ -241,7 +248,7 @@ impl<'a> Timer<'a> {
                 ty: wgpu::QueryType::Timestamp,
                 count: 2,
             });
-            let resolved = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            let resolved = ctx.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("timestamps"),
                 size: 16,
                 usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::STORAGE,
@@ -270,14 +277,16 @@ impl<'a> Timer<'a> {
     }
 
     /// Milliseconds of one run of `record`.
-    async fn time(&self, record: &dyn Fn(&mut wgpu::CommandEncoder) -> Result<()>) -> Result<f64> {
+    async fn time(&self, record: &dyn Fn(&mut Recorder) -> Result<()>) -> Result<f64> {
         let ctx = self.ctx;
         let clock = Clock::start();
+        let mut recorder = Recorder::new();
+        record(&mut recorder)?;
         let mut encoder = ctx.device.create_command_encoder(&Default::default());
         if let Some((set, _)) = &self.queries {
             encoder.write_timestamp(set, 0);
         }
-        record(&mut encoder)?;
+        recorder.encode(&mut encoder);
         if let Some((set, resolved)) = &self.queries {
             encoder.write_timestamp(set, 1);
             encoder.resolve_query_set(set, 0..2, &resolved.buffer, 0);
@@ -299,7 +308,7 @@ impl<'a> Timer<'a> {
         }
     }
 
-    async fn repeat(&self, repeats: usize, record: &dyn Fn(&mut wgpu::CommandEncoder) -> Result<()>) -> Result<Timing> {
+    async fn repeat(&self, repeats: usize, record: &dyn Fn(&mut Recorder) -> Result<()>) -> Result<Timing> {
         self.time(record).await?; // warm-up: pipelines, first-touch
         let mut samples = Vec::with_capacity(repeats);
         for _ in 0..repeats.max(1) {
@@ -313,7 +322,7 @@ impl<'a> Timer<'a> {
 async fn copy_ceiling(ctx: &GpuContext, timer: &Timer<'_>, bytes: u64, repeats: usize) -> Result<f64> {
     let bytes = bytes.min(ctx.limits.max_buffer_size / 2) / 4 * 4;
     let make = |label| {
-        ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        ctx.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes,
             usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
@@ -323,7 +332,7 @@ async fn copy_ceiling(ctx: &GpuContext, timer: &Timer<'_>, bytes: u64, repeats: 
     let (src, dst) = (make("copy source"), make("copy destination"));
     let t = timer
         .repeat(repeats, &|e| {
-            e.copy_buffer_to_buffer(&src, 0, &dst, 0, bytes);
+            e.copy(&src, 0, &dst, 0, bytes);
             Ok(())
         })
         .await?;
@@ -335,16 +344,15 @@ async fn fma_ceiling(ctx: &GpuContext, timer: &Timer<'_>, quick: bool, repeats: 
     let invocations: u32 = if quick { 1 << 14 } else { 1 << 22 };
     let iterations: u32 = if quick { 256 } else { 1024 };
     let out = GpuTensor::empty(ctx, "fma output", &[invocations as usize], DType::F32)?;
-    let params = ctx.uniform(&[invocations, iterations, 0, 0]);
-    let pipeline = if half {
-        ctx.pipeline(&BENCH_F16, "fma_f16", &[])
+    let params = [invocations, iterations, 0, 0];
+    let key = if half {
+        BENCH_F16.entry("fma_f16")
     } else {
-        ctx.pipeline(&BENCH, "fma_f32", &[])
+        BENCH.entry("fma_f32")
     };
-    let bind = ctx.bind(&pipeline, &[(0, &params), (1, &out.buffer)]);
     let t = timer
         .repeat(repeats, &|e| {
-            dispatch(e, &pipeline, &bind, invocations.div_ceil(256));
+            e.dispatch(ctx, key, &params, &[(1, &out.buffer)], invocations.div_ceil(256));
             Ok(())
         })
         .await?;
@@ -380,15 +388,16 @@ async fn bench_shape(
     let weights = MoeWeights::random(&config, 1, false);
     let layer = MoeLayer::new(ctx, config, &weights)?;
     // The naive port keeps one weight set per expert.
-    let per_expert = |w: &[f32], rows: usize, cols: usize, name: &str| -> Result<Vec<ExpertWeights>> {
+    let format = WeightFormat::of_dtype(dtype)?;
+    let per_expert = |w: &[f32], rows: usize, cols: usize, name: &str| -> Result<Vec<WeightMatrix>> {
         (0..e)
             .map(|x| {
-                ExpertWeights::upload(
+                WeightMatrix::from_f32(
                     ctx,
                     &format!("{name}[{x}]"),
                     &w[x * rows * cols..(x + 1) * rows * cols],
                     [1, rows, cols],
-                    dtype,
+                    format,
                 )
             })
             .collect()
@@ -400,26 +409,26 @@ async fn bench_shape(
     );
     let dense_ffn = f * (k + shape.shared);
     let dense = [
-        ExpertWeights::upload(
+        WeightMatrix::from_f32(
             ctx,
             "dense gate",
             &random(8, dense_ffn * d, 0.05),
             [1, dense_ffn, d],
-            dtype,
+            format,
         )?,
-        ExpertWeights::upload(
+        WeightMatrix::from_f32(
             ctx,
             "dense up",
             &random(9, dense_ffn * d, 0.05),
             [1, dense_ffn, d],
-            dtype,
+            format,
         )?,
-        ExpertWeights::upload(
+        WeightMatrix::from_f32(
             ctx,
             "dense down",
             &random(10, d * dense_ffn, 0.05),
             [1, d, dense_ffn],
-            dtype,
+            format,
         )?,
     ];
 
@@ -448,12 +457,26 @@ async fn bench_shape(
             let ids = GpuTensor::empty(ctx, "ids", &[tokens, k], DType::U32)?;
             let w = GpuTensor::empty(ctx, "w", &[tokens, k], DType::F32)?;
             let router = GpuTensor::from_f32(ctx, "router", &[e, d], &weights.router, DType::F32)?;
-            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            let mut enc = Recorder::new();
             encode_router_logits(ctx, &mut enc, &hidden, &router, &logits)?;
             encode_routing(ctx, &mut enc, &config.routing, &logits, None, &ids, &w)?;
-            ctx.queue.submit([enc.finish()]);
+            enc.submit(ctx);
             let chosen = ids.read_u32(ctx).await?;
-            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            let mut enc = Recorder::new();
+            // The hidden states as a table of rows to gather from.
+            let table = WeightMatrix {
+                name: "hidden".into(),
+                experts: 1,
+                out_dim: tokens,
+                in_dim: d,
+                format: WeightFormat::F32,
+                expert_stride: tokens * d,
+                chunks: vec![WeightChunk {
+                    buffer: hidden.buffer.clone(),
+                    experts: 0..1,
+                    rows: 0..tokens,
+                }],
+            };
             for x in 0..e {
                 let tokens_of: Vec<u32> = (0..chosen.len())
                     .filter(|a| chosen[*a] == x as u32)
@@ -464,13 +487,8 @@ async fn bench_shape(
                 }
                 let n = tokens_of.len();
                 let idx = GpuTensor::from_u32(ctx, "rows", &[n], &tokens_of)?;
-                let table = GpuTensor {
-                    buffer: hidden.buffer.clone(),
-                    shape: vec![tokens, d],
-                    dtype: DType::F32,
-                };
                 let xg = GpuTensor::empty(ctx, "gathered", &[n, d], DType::F32)?;
-                encode_embedding(ctx, &mut enc, &idx, &table, 1.0, &xg);
+                encode_embedding(ctx, &mut enc, &idx, &table, 1.0, &xg)?;
                 let h = GpuTensor::empty(ctx, "h", &[n, f], DType::F32)?;
                 let y = GpuTensor::empty(ctx, "y", &[n, d], DType::F32)?;
                 let rows = ExpertRows::Dense {
@@ -480,7 +498,7 @@ async fn bench_shape(
                 encode_gate_up(ctx, &mut enc, rows, &xg, &naive_gate[x], &naive_up[x], &h)?;
                 encode_down(ctx, &mut enc, rows, &h, &naive_down[x], &y)?;
             }
-            ctx.queue.submit([enc.finish()]);
+            enc.submit(ctx);
             GpuTensor::empty(ctx, "sync", &[1], DType::U32)?.read_u32(ctx).await?;
             naive.push(clock.seconds() * 1e3);
         }
@@ -536,7 +554,7 @@ async fn bench_shape(
 pub async fn run_bench(
     ctx: &GpuContext,
     options: &BenchOptions,
-    models: &[(String, &crate::model::transformer::Transformer)],
+    models: &[(String, &crate::model::model::Model)],
 ) -> Result<Report> {
     let timer = Timer::new(ctx)?;
     let copy_bytes = if options.quick { 16 << 20 } else { 512 << 20 };

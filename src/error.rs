@@ -1,7 +1,31 @@
 //! The crate's error type: every failure a user can cause or meet is a variant
-//! with a message that names the thing at fault (tensor, field, limit).
+//! with a message that names the thing at fault (file, tensor, field, limit), and
+//! every variant has a [`ErrorKind`] so the CLI and a server can map it (exit code,
+//! HTTP status) without parsing messages.
 
 use thiserror::Error;
+
+/// What kind of failure an [`Error`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// Bad input from the caller: a malformed file or config, wrong shapes or dtypes,
+    /// token ids past the vocabulary, prompts past the context.
+    InvalidInput,
+    /// A file that cannot be opened, read or mapped.
+    Io,
+    /// Valid input the engine does not handle (yet): an architecture, a RoPE variant, a dtype.
+    Unsupported,
+    /// No usable GPU adapter or device.
+    NoDevice,
+    /// The GPU ran out of memory.
+    OutOfMemory,
+    /// The GPU device was lost (driver reset, unplugged, browser tab reclaimed).
+    DeviceLost,
+    /// A size past one of the adapter's limits (the error names the limit).
+    LimitExceeded,
+    /// Any other GPU failure (validation, readback).
+    Gpu,
+}
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -32,8 +56,38 @@ pub enum Error {
         expected: Vec<usize>,
         actual: Vec<usize>,
     },
+    /// Invalid input: a config, checkpoint or request that is wrong.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A file that cannot be read.
+    #[error("{path}: {reason}")]
+    Io { path: String, reason: String },
+    /// Something valid that webmoe does not support.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::NoAdapter(_) | Error::AdapterNotFound { .. } | Error::RequestDevice { .. } => ErrorKind::NoDevice,
+            Error::DeviceLost(_) => ErrorKind::DeviceLost,
+            Error::Validation { .. } | Error::Readback { .. } => ErrorKind::Gpu,
+            Error::OutOfMemory { .. } => ErrorKind::OutOfMemory,
+            Error::ExceedsLimit { .. } => ErrorKind::LimitExceeded,
+            Error::Shape { .. } | Error::Config(_) => ErrorKind::InvalidInput,
+            Error::Io { .. } => ErrorKind::Io,
+            Error::Unsupported(_) => ErrorKind::Unsupported,
+        }
+    }
+
+    /// An I/O error on `path`.
+    pub fn io(path: impl std::fmt::Display, reason: impl std::fmt::Display) -> Self {
+        Error::Io {
+            path: path.to_string(),
+            reason: reason.to_string(),
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -3,7 +3,7 @@ pub mod bench;
 pub mod error;
 pub mod gpu;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub mod model;
 pub mod moe;
 pub mod ops;
@@ -11,6 +11,8 @@ pub mod selftest;
 pub mod util;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
+pub mod weights;
 
 pub use gpu::{ContextOptions, DType, GpuContext, GpuTensor};
 pub use moe::{MoeConfig, MoeLayer, MoeOutputs, MoeWeights};
+pub use weights::{WeightFormat, WeightMatrix};

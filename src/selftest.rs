@@ -7,6 +7,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::error::Result;
+use crate::gpu::kernel::Recorder;
 use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::moe::reference::moe_reference;
 use crate::moe::{MoeConfig, MoeLayer, MoeWeights, SharedExpertConfig};
@@ -15,6 +16,7 @@ use crate::ops::embedding::{argmax_reference, encode_argmax};
 use crate::ops::norm::{encode_rms_norm, rms_norm_reference};
 use crate::ops::rope::{encode_rope, rope_reference, rope_table, upload_rope_table};
 use crate::ops::routing::{GroupLimit, GroupScore, Scoring, TopKOrder};
+use crate::ops::Position;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Check {
@@ -147,10 +149,10 @@ async fn layer_check(
 
 async fn transformer_op_checks(ctx: &GpuContext, rng: &mut ChaCha8Rng) -> Result<Vec<Check>> {
     let mut checks = Vec::new();
-    let run = |f: &dyn Fn(&mut wgpu::CommandEncoder) -> Result<()>| -> Result<()> {
-        let mut encoder = ctx.device.create_command_encoder(&Default::default());
-        f(&mut encoder)?;
-        ctx.queue.submit([encoder.finish()]);
+    let run = |f: &dyn Fn(&mut Recorder) -> Result<()>| -> Result<()> {
+        let mut recorder = Recorder::new();
+        f(&mut recorder)?;
+        recorder.submit(ctx);
         Ok(())
     };
     // RMSNorm
@@ -175,7 +177,7 @@ async fn transformer_op_checks(ctx: &GpuContext, rng: &mut ChaCha8Rng) -> Result
     let mut q = random(rng, tokens * heads * hd, 1.0);
     let qg = GpuTensor::from_f32(ctx, "q", &[tokens, heads * hd], &q, DType::F32)?;
     run(&|e| {
-        encode_rope(ctx, e, &qg, &table, heads, hd, pos0);
+        encode_rope(ctx, e, &qg, &table, heads, hd, &Position::new(ctx, pos0));
         Ok(())
     })?;
     rope_reference(&mut q, &rope_table(10000.0, hd, pos0 + tokens), hd / 2, heads, hd, pos0);
@@ -193,7 +195,8 @@ async fn transformer_op_checks(ctx: &GpuContext, rng: &mut ChaCha8Rng) -> Result
     let vg = GpuTensor::from_f32(ctx, "v", &[t, kv_heads * hd], &v, DType::F32)?;
     let out = GpuTensor::empty(ctx, "out", &[t, heads * hd], DType::F32)?;
     let scale = 0.25;
-    run(&|e| encode_attention(ctx, e, &cache, &qg, &kg, &vg, heads, 0, scale, &out))?;
+    let start = Position::new(ctx, 0);
+    run(&|e| encode_attention(ctx, e, &cache, &qg, &kg, &vg, heads, &start, scale, &out))?;
     let want = attention_reference(&q, &k, &v, heads, kv_heads, hd, 0, scale);
     checks.push(check(
         "attention (GQA, causal)",

@@ -10,13 +10,19 @@ use wasm_bindgen::prelude::*;
 
 use crate::gpu::context::{describe_adapter, ContextOptions};
 use crate::gpu::GpuContext;
+use crate::model::config::ModelConfig;
 use crate::model::generate::{generate, SamplingParams};
-use crate::model::load::{load_model_files, LoadOptions, LoadedModel, ModelFiles};
-use crate::model::tokenizer::TextStream;
+use crate::model::load::{LoadOptions, LoadedModel, StreamingLoad};
+use crate::model::safetensors_io::{header_prefix_len, parse_header};
+use crate::model::session::Session;
+use crate::model::tokenizer::{TextStream, Tokenizer};
+use crate::weights::Uploader;
 
 struct State {
     ctx: GpuContext,
     model: RefCell<Option<Rc<LoadedModel>>>,
+    /// A load in progress (between beginLoad and finishLoad).
+    loading: RefCell<Option<StreamingLoad>>,
     cancelled: Cell<bool>,
 }
 
@@ -39,6 +45,7 @@ impl Engine {
             state: Rc::new(State {
                 ctx,
                 model: RefCell::new(None),
+                loading: RefCell::new(None),
                 cancelled: Cell::new(false),
             }),
         })
@@ -64,38 +71,94 @@ impl Engine {
         .to_string()
     }
 
-    /// Loads a model from its files: config.json text, safetensors shards (an array of
-    /// Uint8Array with their names) and tokenizer.json bytes. Returns a JSON summary.
-    #[wasm_bindgen(js_name = loadModel)]
-    pub fn load_model(
+    /// Bytes at the start of a safetensors file that hold its header, from the file's
+    /// first 8 bytes.
+    #[wasm_bindgen(js_name = headerLength)]
+    pub fn header_length(first: &[u8]) -> Result<f64, JsError> {
+        header_prefix_len("safetensors file", first)
+            .map(|n| n as f64)
+            .map_err(js_error)
+    }
+
+    /// Starts a streaming load: config.json text, tokenizer.json bytes, and per shard its
+    /// name, size in bytes (0 if unknown) and header (at least `headerLength` bytes).
+    /// Allocates the model's GPU buffers and returns JSON
+    /// `{"total_bytes": n, "shards": [{"name", "ranges": [[start, end], ...]}]}`: the
+    /// byte ranges of each shard to feed, in order.
+    #[wasm_bindgen(js_name = beginLoad)]
+    pub fn begin_load(
         &self,
         config_json: String,
-        shard_names: Vec<String>,
-        shards: js_sys::Array,
         tokenizer_json: Option<Vec<u8>>,
+        shard_names: Vec<String>,
+        shard_sizes: Vec<f64>,
+        headers: js_sys::Array,
     ) -> Result<String, JsError> {
-        let safetensors = shard_names
-            .into_iter()
-            .zip(shards.iter())
-            .map(|(name, bytes)| (name, js_sys::Uint8Array::new(&bytes).to_vec()))
-            .collect();
-        let files = ModelFiles {
-            config_json,
-            safetensors,
-            tokenizer_json,
-        };
         *self.state.model.borrow_mut() = None;
-        let loaded = load_model_files(&self.state.ctx, files, LoadOptions::default()).map_err(js_error)?;
+        *self.state.loading.borrow_mut() = None;
+        let config = ModelConfig::from_json(&config_json, "config.json").map_err(js_error)?;
+        let tokenizer = match &tokenizer_json {
+            Some(bytes) => Some(Tokenizer::from_bytes(bytes, "tokenizer.json").map_err(js_error)?),
+            None => None,
+        };
+        let mut parsed = Vec::with_capacity(shard_names.len());
+        for (i, name) in shard_names.iter().enumerate() {
+            let prefix = js_sys::Uint8Array::new(&headers.get(i as u32)).to_vec();
+            let size = shard_sizes.get(i).copied().unwrap_or(0.0);
+            let size = if size > 0.0 { size as u64 } else { u64::MAX };
+            parsed.push(parse_header(name, &prefix, size).map_err(js_error)?);
+        }
+        let load =
+            StreamingLoad::new(&self.state.ctx, config, parsed, tokenizer, LoadOptions::default()).map_err(js_error)?;
+        let shards: Vec<serde_json::Value> = shard_names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let ranges: Vec<[u64; 2]> = load.ranges(i).iter().map(|r| [r.start, r.end]).collect();
+                serde_json::json!({ "name": name, "ranges": ranges })
+            })
+            .collect();
+        let summary = serde_json::json!({ "total_bytes": load.progress().1, "shards": shards }).to_string();
+        *self.state.loading.borrow_mut() = Some(load);
+        Ok(summary)
+    }
+
+    /// Writes `bytes`, the contents of shard `shard` from file offset `offset`, into the
+    /// model's GPU buffers (pieces of any size, in file order). Returns the bytes the
+    /// load has taken so far.
+    pub fn feed(&self, shard: u32, offset: f64, bytes: &[u8]) -> Result<f64, JsError> {
+        let mut loading = self.state.loading.borrow_mut();
+        let load = loading
+            .as_mut()
+            .ok_or_else(|| JsError::new("feed called without beginLoad"))?;
+        let mut uploader = Uploader::new(&self.state.ctx);
+        load.feed(&mut uploader, shard as usize, offset as u64, bytes)
+            .map_err(js_error)?;
+        Ok(load.progress().0 as f64)
+    }
+
+    /// Ends a streaming load (every byte must have arrived); returns the model summary.
+    #[wasm_bindgen(js_name = finishLoad)]
+    pub fn finish_load(&self) -> Result<String, JsError> {
+        let load = self
+            .state
+            .loading
+            .borrow_mut()
+            .take()
+            .ok_or_else(|| JsError::new("finishLoad called without beginLoad"))?;
+        let loaded = load.finish(&self.state.ctx).map_err(js_error)?;
         let c = &loaded.model.config;
         let summary = serde_json::json!({
             "architecture": c.architecture,
             "layers": c.num_layers,
-            "moe_layers": c.sparse_layers.iter().filter(|s| **s).count(),
+            "moe_layers": loaded.model.moe_layers(),
             "experts": c.moe.num_experts(),
             "top_k": c.moe.top_k(),
             "hidden_size": c.hidden_size,
             "vocab_size": c.vocab_size,
             "context": loaded.model.max_context,
+            "weight_bytes": loaded.model.weight_bytes(),
+            "load_seconds": loaded.stats.seconds,
         })
         .to_string();
         *self.state.model.borrow_mut() = Some(Rc::new(loaded));
@@ -145,9 +208,12 @@ impl Engine {
             let experts = config.moe.num_experts() as u32;
             let stop = config.eos_token_ids.clone();
             let mut stream = TextStream::default();
+            let mut session = Session::new(&state.ctx, &model.model, None)
+                .map_err(|e| JsValue::from(JsError::new(&e.to_string())))?;
             let result = generate(
                 &state.ctx,
                 &model.model,
+                &mut session,
                 &prompt_ids,
                 max_tokens as usize,
                 sampling,

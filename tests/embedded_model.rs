@@ -56,9 +56,11 @@ fn greedy_continuation_matches_transformers() {
         .encode(exp["prompt_text"].as_str().unwrap())
         .unwrap();
     assert_eq!(prompt, ids(&exp["prompt_ids"]));
+    let mut session = webmoe::model::session::Session::new(&ctx, &loaded.model, None).unwrap();
     let gen = pollster::block_on(generate(
         &ctx,
         &loaded.model,
+        &mut session,
         &prompt,
         32,
         SamplingParams::greedy(),
@@ -103,7 +105,7 @@ fn no_adapter_gives_a_clear_message_naming_the_fix() {
         .env("WGPU_BACKEND", "dx12")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3), "no device: exit code 3");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("no GPU adapter") && err.contains("mesa-vulkan-drivers") && !err.contains("panicked"),

@@ -15,7 +15,11 @@ fn validation_errors_inside_a_scope_become_errors() {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let pipeline = ctx.pipeline(&webmoe::gpu::kernel::ROUTER, "router_logits", &[("WEIGHT_DTYPE", 0.0)]);
+        let pipeline = ctx.pipeline(
+            webmoe::gpu::kernel::ROUTER
+                .entry("router_logits")
+                .weights(webmoe::WeightFormat::F32),
+        );
         let _ = ctx.bind(&pipeline, &[(0, &buffer), (1, &buffer), (2, &buffer), (3, &buffer)]);
         Ok(())
     });

@@ -11,7 +11,8 @@ use safetensors::SafeTensors;
 use serde_json::Value;
 use webmoe::model::generate::{generate, SamplingParams};
 use webmoe::model::load::{load_model_dir, LoadOptions};
-use webmoe::model::transformer::LogitsFor;
+use webmoe::model::model::LogitsFor;
+use webmoe::model::session::Session;
 use webmoe::model::weights::FeedForwardWeights;
 use webmoe::{DType, GpuTensor, MoeLayer};
 
@@ -122,16 +123,19 @@ fn logits_and_greedy_tokens_match_transformers() {
         let exp = expected(family);
         let loaded = load_model_dir(&ctx, &model_dir(family), LoadOptions::default()).unwrap();
         let prompt = u32s(&exp["prompt_ids"]);
-        let logits = pollster::block_on(loaded.model.logits(&ctx, &prompt, 0, LogitsFor::Last)).unwrap();
+        let mut session = Session::new(&ctx, &loaded.model, None).unwrap();
+        let logits = pollster::block_on(session.logits(&ctx, &loaded.model, &prompt, LogitsFor::Last)).unwrap();
         assert_close(
             &format!("{family} last-position logits"),
             &logits,
             &f32s(&exp["last_logits"]),
             1e-3,
         );
+        session.rewind(0).unwrap();
         let gen = pollster::block_on(generate(
             &ctx,
             &loaded.model,
+            &mut session,
             &prompt,
             16,
             SamplingParams::greedy(),

@@ -5,9 +5,11 @@ mod common;
 
 use common::*;
 use webmoe::model::config::{Family, ModelConfig, QkNorm};
+use webmoe::model::model::{LogitsFor, Model};
 use webmoe::model::reference::forward_reference;
+use webmoe::model::session::Session;
+use webmoe::model::synthetic::model_from_weights;
 use webmoe::model::synthetic::{random_weights, synthetic_config, Dims};
-use webmoe::model::transformer::{LogitsFor, Transformer};
 use webmoe::model::weights::ModelWeights;
 use webmoe::moe::{MoeConfig, SharedExpertConfig};
 use webmoe::ops::routing::TopKOrder;
@@ -63,11 +65,24 @@ const FAMILIES: [Family; 5] = [
     Family::GraniteMoe,
 ];
 
-fn model(ctx: &GpuContext, family: Family, seed: u64) -> (ModelConfig, ModelWeights, Transformer) {
+fn model(ctx: &GpuContext, family: Family, seed: u64) -> (ModelConfig, ModelWeights, Model) {
     let config = tiny_config(family);
     let weights = random_weights(&config, seed);
-    let model = Transformer::new(ctx, config.clone(), &weights, 32).unwrap();
+    let model = model_from_weights(ctx, &config, &weights, 32).unwrap();
     (config, weights, model)
+}
+
+/// Logits of `ids` fed at `pos0` of `session` (rewinding to it).
+fn logits_at(
+    ctx: &GpuContext,
+    model: &Model,
+    session: &mut Session,
+    ids: &[u32],
+    pos0: usize,
+    which: LogitsFor,
+) -> webmoe::Result<Vec<f32>> {
+    session.rewind(pos0)?;
+    pollster::block_on(session.logits(ctx, model, ids, which))
 }
 
 #[test]
@@ -77,7 +92,8 @@ fn gpu_forward_matches_cpu_reference_for_every_family() {
     for (i, family) in FAMILIES.into_iter().enumerate() {
         let (config, weights, model) = model(&ctx, family, 10 + i as u64);
         let want = forward_reference(&config, &weights, &ids);
-        let got = pollster::block_on(model.logits(&ctx, &ids, 0, LogitsFor::All)).unwrap();
+        let mut session = Session::new(&ctx, &model, None).unwrap();
+        let got = logits_at(&ctx, &model, &mut session, &ids, 0, LogitsFor::All).unwrap();
         assert_close(&format!("{family:?} logits"), &got, &want, 1e-4);
     }
 }
@@ -88,9 +104,11 @@ fn kv_cache_prefill_equals_token_by_token() {
     let ids: Vec<u32> = vec![3, 9, 27, 81, 50, 7, 1];
     for (i, family) in FAMILIES.into_iter().enumerate() {
         let (config, _, model) = model(&ctx, family, 20 + i as u64);
-        let all = pollster::block_on(model.logits(&ctx, &ids, 0, LogitsFor::All)).unwrap();
+        let mut session = Session::new(&ctx, &model, None).unwrap();
+        let all = logits_at(&ctx, &model, &mut session, &ids, 0, LogitsFor::All).unwrap();
+        session.rewind(0).unwrap();
         for (pos, &id) in ids.iter().enumerate() {
-            let step = pollster::block_on(model.logits(&ctx, &[id], pos, LogitsFor::Last)).unwrap();
+            let step = logits_at(&ctx, &model, &mut session, &[id], pos, LogitsFor::Last).unwrap();
             let v = config.vocab_size;
             assert_close(
                 &format!("{family:?} position {pos}"),
@@ -106,9 +124,23 @@ fn kv_cache_prefill_equals_token_by_token() {
 fn bad_token_ids_and_overlong_prompts_are_errors() {
     let ctx = context();
     let (config, _, model) = model(&ctx, Family::Qwen3Moe, 30);
-    let err = pollster::block_on(model.logits(&ctx, &[1, config.vocab_size as u32], 0, LogitsFor::Last)).unwrap_err();
+    let mut session = Session::new(&ctx, &model, None).unwrap();
+    let err = logits_at(
+        &ctx,
+        &model,
+        &mut session,
+        &[1, config.vocab_size as u32],
+        0,
+        LogitsFor::Last,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("vocab_size"), "{err}");
+    assert_eq!(err.kind(), webmoe::ErrorKind::InvalidInput);
     let long = vec![1u32; 33];
-    let err = pollster::block_on(model.logits(&ctx, &long, 0, LogitsFor::Last)).unwrap_err();
+    let err = logits_at(&ctx, &model, &mut session, &long, 0, LogitsFor::Last).unwrap_err();
+    assert!(err.to_string().contains("context"), "{err}");
+    // A prompt that fits, then a step past the end of the context.
+    logits_at(&ctx, &model, &mut session, &[1u32; 32], 0, LogitsFor::Last).unwrap();
+    let err = pollster::block_on(session.logits(&ctx, &model, &[1], LogitsFor::Last)).unwrap_err();
     assert!(err.to_string().contains("context"), "{err}");
 }

@@ -151,9 +151,9 @@ fn weights_are_chunked_under_a_small_binding_limit() {
     });
     let mut config = MoeConfig::new(64, 32, 7, 2);
     let weights = MoeWeights::random(&config, 90, false);
-    let gate = webmoe::ops::expert_matmul::ExpertWeights::upload(&ctx, "gate", &weights.gate, [7, 32, 64], DType::F32)
-        .unwrap();
-    let ranges: Vec<(usize, usize)> = gate.chunks.iter().map(|c| (c.expert_begin, c.expert_end)).collect();
+    let gate =
+        webmoe::WeightMatrix::from_f32(&ctx, "gate", &weights.gate, [7, 32, 64], webmoe::WeightFormat::F32).unwrap();
+    let ranges: Vec<(usize, usize)> = gate.chunks.iter().map(|c| (c.experts.start, c.experts.end)).collect();
     assert_eq!(ranges, [(0, 2), (2, 4), (4, 6), (6, 7)]);
     for tokens in [1, 2, 4] {
         check_layer(&ctx, config, tokens, 90 + tokens as u64, false);

@@ -8,7 +8,7 @@ use webmoe::gpu::kernel::SENTINEL;
 use webmoe::ops::combine::{combine_reference, encode_combine, SharedTerm};
 use webmoe::ops::expert_matmul::*;
 use webmoe::ops::permute::{permutation_reference, Permutation, BLOCK_ROWS};
-use webmoe::{DType, GpuContext, GpuTensor};
+use webmoe::{DType, GpuContext, GpuTensor, WeightFormat, WeightMatrix};
 
 /// Routed ids of a given kind for `tokens * k` assignments.
 fn routed_ids(rng: &mut impl Rng, tokens: usize, k: usize, experts: usize, kind: &str) -> Vec<u32> {
@@ -154,9 +154,30 @@ fn check_expert_matmuls(ctx: &GpuContext, case: &ExpertCase, seed: u64) {
         .collect();
 
     let xg = GpuTensor::from_f32(ctx, "x", &[tokens, dim], &x, DType::F32).unwrap();
-    let gw = ExpertWeights::upload(ctx, "gate", &gate, [experts, ffn, dim], dtype).unwrap();
-    let uw = ExpertWeights::upload(ctx, "up", &up, [experts, ffn, dim], dtype).unwrap();
-    let dw = ExpertWeights::upload(ctx, "down", &down, [experts, dim, ffn], dtype).unwrap();
+    let gw = WeightMatrix::from_f32(
+        ctx,
+        "gate",
+        &gate,
+        [experts, ffn, dim],
+        WeightFormat::of_dtype(dtype).unwrap(),
+    )
+    .unwrap();
+    let uw = WeightMatrix::from_f32(
+        ctx,
+        "up",
+        &up,
+        [experts, ffn, dim],
+        WeightFormat::of_dtype(dtype).unwrap(),
+    )
+    .unwrap();
+    let dw = WeightMatrix::from_f32(
+        ctx,
+        "down",
+        &down,
+        [experts, dim, ffn],
+        WeightFormat::of_dtype(dtype).unwrap(),
+    )
+    .unwrap();
     let ig = GpuTensor::from_u32(ctx, "ids", &[tokens, k], &ids).unwrap();
     let perm = Permutation::new(ctx, tokens * k, experts).unwrap();
     let tol = if dtype == DType::F32 { 1e-5 } else { 2e-5 };
@@ -263,9 +284,9 @@ fn dense_shared_expert_tiled_and_gemv_agree_with_reference() {
             })
             .collect();
         let xg = GpuTensor::from_f32(&ctx, "x", &[tokens, dim], &x, DType::F32).unwrap();
-        let gw = ExpertWeights::upload(&ctx, "gate", &gate, [1, ffn, dim], DType::F32).unwrap();
-        let uw = ExpertWeights::upload(&ctx, "up", &up, [1, ffn, dim], DType::F32).unwrap();
-        let dw = ExpertWeights::upload(&ctx, "down", &down, [1, dim, ffn], DType::F32).unwrap();
+        let gw = WeightMatrix::from_f32(&ctx, "gate", &gate, [1, ffn, dim], WeightFormat::F32).unwrap();
+        let uw = WeightMatrix::from_f32(&ctx, "up", &up, [1, ffn, dim], WeightFormat::F32).unwrap();
+        let dw = WeightMatrix::from_f32(&ctx, "down", &down, [1, dim, ffn], WeightFormat::F32).unwrap();
         for gemv in [false, true] {
             let rows = ExpertRows::Dense { tokens, gemv };
             let h = GpuTensor::empty(&ctx, "h", &[tokens, ffn], DType::F32).unwrap();

@@ -5,12 +5,14 @@ mod common;
 
 use common::*;
 use rand::Rng;
+use webmoe::gpu::kernel::Recorder;
 use webmoe::ops::attention::{attention_reference, encode_attention, KvCache};
 use webmoe::ops::elementwise::{encode_add_row_bias, encode_add_scaled, encode_scale_clamp};
 use webmoe::ops::embedding::{argmax_reference, encode_argmax, encode_embedding};
 use webmoe::ops::norm::{encode_rms_norm, rms_norm_reference};
 use webmoe::ops::rope::{encode_rope, rope_reference, rope_table, upload_rope_table};
-use webmoe::{DType, GpuContext, GpuTensor};
+use webmoe::ops::Position;
+use webmoe::{ContextOptions, DType, GpuContext, GpuTensor, WeightFormat, WeightMatrix};
 
 fn upload(ctx: &GpuContext, shape: &[usize], v: &[f32]) -> GpuTensor {
     GpuTensor::from_f32(ctx, "t", shape, v, DType::F32).unwrap()
@@ -59,7 +61,10 @@ fn rope_matches_reference_with_full_and_partial_rotary() {
         let host_table = rope_table(10000.0, rot, pos0 + tokens);
         let mut x = random_vec(&mut rng, tokens * heads * head_dim, 1.0);
         let xg = upload(&ctx, &[tokens, heads * head_dim], &x);
-        run(&ctx, |enc| encode_rope(&ctx, enc, &xg, &table, heads, head_dim, pos0));
+        let position = Position::new(&ctx, pos0);
+        run(&ctx, |enc| {
+            encode_rope(&ctx, enc, &xg, &table, heads, head_dim, &position)
+        });
         rope_reference(&mut x, &host_table, rot / 2, heads, head_dim, pos0);
         assert_close(
             &format!("rope T={tokens} rot={rot}"),
@@ -92,13 +97,14 @@ fn attention_prefill_then_decode_matches_reference() {
             all_v.extend_from_slice(&v);
             let out = GpuTensor::empty(&ctx, "out", &[tokens, heads * head_dim], DType::F32).unwrap();
             out.poison(&ctx);
+            let position = Position::new(&ctx, pos0);
             run(&ctx, |enc| {
                 let (qg, kg, vg) = (
                     upload(&ctx, &[tokens, heads * head_dim], &q),
                     upload(&ctx, &[tokens, kv_heads * head_dim], &k),
                     upload(&ctx, &[tokens, kv_heads * head_dim], &v),
                 );
-                encode_attention(&ctx, enc, &cache, &qg, &kg, &vg, heads, pos0, scale, &out).unwrap();
+                encode_attention(&ctx, enc, &cache, &qg, &kg, &vg, heads, &position, scale, &out).unwrap();
             });
             let want = attention_reference(&q, &all_k, &all_v, heads, kv_heads, head_dim, pos0, scale);
             assert_close(
@@ -109,19 +115,14 @@ fn attention_prefill_then_decode_matches_reference() {
             );
             pos0 += tokens;
         }
-        // Past the cache: an error, not a GPU fault.
-        let q = upload(
-            &ctx,
-            &[max_ctx, heads * head_dim],
-            &vec![0.0; max_ctx * heads * head_dim],
-        );
-        let kv = upload(
-            &ctx,
-            &[max_ctx, kv_heads * head_dim],
-            &vec![0.0; max_ctx * kv_heads * head_dim],
-        );
-        let mut enc = ctx.device.create_command_encoder(&Default::default());
-        assert!(encode_attention(&ctx, &mut enc, &cache, &q, &kv, &kv, heads, 1, scale, &q).is_err());
+        // More tokens than the cache holds: an error, not a GPU fault. (A position past
+        // the cache is refused by the session before anything runs.)
+        let n = max_ctx + 1;
+        let q = upload(&ctx, &[n, heads * head_dim], &vec![0.0; n * heads * head_dim]);
+        let kv = upload(&ctx, &[n, kv_heads * head_dim], &vec![0.0; n * kv_heads * head_dim]);
+        let mut enc = Recorder::new();
+        let start = Position::new(&ctx, 0);
+        assert!(encode_attention(&ctx, &mut enc, &cache, &q, &kv, &kv, heads, &start, scale, &q).is_err());
     }
 }
 
@@ -129,15 +130,35 @@ fn attention_prefill_then_decode_matches_reference() {
 fn embedding_and_argmax_match_reference() {
     let ctx = context();
     let mut rng = rng(4);
-    for dtype in [DType::F32, DType::F16, DType::BF16] {
-        let (vocab, dim) = (50, 24);
+    // A 4 KiB binding limit splits the larger tables into chunks of rows (odd widths
+    // in half types keep every chunk word-aligned).
+    let small = context_with(ContextOptions {
+        max_binding_bytes: Some(4096),
+        ..ContextOptions::from_env()
+    });
+    for (ctx, format, vocab, dim, chunked) in [
+        (&ctx, WeightFormat::F32, 50, 24, false),
+        (&ctx, WeightFormat::F16, 50, 24, false),
+        (&ctx, WeightFormat::BF16, 50, 24, false),
+        (&small, WeightFormat::F32, 301, 24, true),
+        (&small, WeightFormat::BF16, 257, 33, true),
+        (&small, WeightFormat::F16, 1000, 7, true),
+    ] {
+        let ctx: &GpuContext = ctx;
+        let dtype = format.dtype();
         let table = random_vec(&mut rng, vocab * dim, 1.0);
-        let ids: Vec<u32> = (0..9).map(|_| rng.random_range(0..vocab as u32)).collect();
-        let tg = GpuTensor::from_f32(&ctx, "table", &[vocab, dim], &table, dtype).unwrap();
-        let ig = GpuTensor::from_u32(&ctx, "ids", &[ids.len()], &ids).unwrap();
-        let x = GpuTensor::empty(&ctx, "x", &[ids.len(), dim], DType::F32).unwrap();
-        x.poison(&ctx);
-        run(&ctx, |enc| encode_embedding(&ctx, enc, &ig, &tg, 2.0, &x));
+        let mut ids: Vec<u32> = (0..20).map(|_| rng.random_range(0..vocab as u32)).collect();
+        ids.extend([0, vocab as u32 - 1]);
+        let tg = WeightMatrix::from_f32(ctx, "table", &table, [1, vocab, dim], format).unwrap();
+        assert_eq!(
+            tg.chunks.len() > 1,
+            chunked,
+            "chunks of a {vocab} x {dim} {format} table"
+        );
+        let ig = GpuTensor::from_u32(ctx, "ids", &[ids.len()], &ids).unwrap();
+        let x = GpuTensor::empty(ctx, "x", &[ids.len(), dim], DType::F32).unwrap();
+        x.poison(ctx);
+        run(ctx, |enc| encode_embedding(ctx, enc, &ig, &tg, 2.0, &x).unwrap());
         let want: Vec<f32> = ids
             .iter()
             .flat_map(|&i| {
@@ -147,8 +168,8 @@ fn embedding_and_argmax_match_reference() {
             })
             .collect();
         assert_close(
-            &format!("embedding {dtype:?}"),
-            &x.read_f32_blocking(&ctx).unwrap(),
+            &format!("embedding {vocab} x {dim} {format}"),
+            &x.read_f32_blocking(ctx).unwrap(),
             &want,
             0.0,
         );

@@ -1,7 +1,7 @@
 // The demo page: loads the engine and the embedded model, streams generations,
 // and draws the expert-routing heat map. URL options (used by the browser test):
 // ?autorun=1&greedy=1&max=16&prompt=...  and  ?selftest=1
-import { Engine, initWasm, loadFromFiles, loadFromUrl } from "./webmoe.js";
+import { Engine, initWasm, loadFromFiles, loadFromUrl, wasmMemoryBytes } from "./webmoe.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -65,8 +65,12 @@ function drawHeatmap() {
 
 async function loadDefault() {
   status("Loading the embedded tiny-moe model…");
+  const before = wasmMemoryBytes();
   state.model = await loadFromUrl(state.engine, "models/tiny-moe", (m) => status(m));
-  modelReady("tiny-moe (embedded)");
+  // wasm memory never shrinks: its size after the load is the load's peak.
+  window.__webmoe.load = { fromCache: state.model.fromCache, notes: state.model.notes, wasmBytesBefore: before, wasmBytesAfter: wasmMemoryBytes(), weightBytes: state.model.weight_bytes };
+  modelReady(`tiny-moe (embedded${state.model.fromCache ? ", from the browser's cache" : ""})`);
+  if (state.model.notes?.length) status(`Ready. ${state.model.notes.join(" ")}`, "warning");
 }
 
 function modelReady(name) {

@@ -1,14 +1,25 @@
 // Loading helpers around the wasm engine (pkg/webmoe.js, built by scripts/build-web.sh):
-// a model directory from URLs or from files the user picked.
+// a model directory from URLs or from files the user picked. Shards stream into the
+// GPU: each one's header is read first, then its bytes go to the engine piece by piece
+// as they arrive, so no whole shard is ever held in wasm memory. Files fetched from
+// URLs are kept in Cache Storage, so a reload loads from disk (and works offline).
 import init, { Engine } from "./pkg/webmoe.js";
 
 export { Engine };
 
+const CACHE_NAME = "webmoe-models-v1";
 let ready = null;
+let wasm = null;
+
 /** Loads the wasm module once. */
 export function initWasm() {
-  ready ??= init();
+  ready ??= init().then((exports) => (wasm = exports));
   return ready;
+}
+
+/** Bytes of the wasm module's linear memory (what the page holds in wasm). */
+export function wasmMemoryBytes() {
+  return wasm?.memory?.buffer?.byteLength ?? 0;
 }
 
 async function fetchOk(url) {
@@ -17,32 +28,186 @@ async function fetchOk(url) {
   return response;
 }
 
+async function openCache() {
+  try {
+    return typeof caches === "undefined" ? null : await caches.open(CACHE_NAME);
+  } catch {
+    return null; // e.g. storage disabled
+  }
+}
+
+/**
+ * A response for `url`: from Cache Storage when it is there, else from the network,
+ * stored in the cache on the way (streamed to disk, then read back). `notes` collects
+ * why something could not be cached (quota exceeded).
+ */
+async function cachedResponse(cache, url, notes) {
+  if (cache) {
+    const hit = await cache.match(url);
+    if (hit) return { response: hit, cached: true };
+  }
+  const response = await fetchOk(url);
+  if (!cache) return { response, cached: false };
+  try {
+    await cache.put(url, response);
+    const stored = await cache.match(url);
+    if (stored) return { response: stored, cached: false };
+  } catch (e) {
+    const quota = e?.name === "QuotaExceededError" || /quota/i.test(String(e?.message));
+    notes.push(quota
+      ? `${url} is not kept for offline use: the browser's storage quota is exceeded (free some site data to cache it)`
+      : `${url} is not kept for offline use: ${e?.message ?? e}`);
+  }
+  return { response: await fetchOk(url), cached: false };
+}
+
+/** Reads a byte stream with a look-ahead buffer: `take(n)` returns exactly n bytes. */
+class ByteReader {
+  constructor(stream) {
+    this.reader = stream.getReader();
+    this.pending = [];
+    this.pendingBytes = 0;
+    this.offset = 0; // file offset of the next byte handed out
+  }
+  async fill(n) {
+    while (this.pendingBytes < n) {
+      const { value, done } = await this.reader.read();
+      if (done) return false;
+      this.pending.push(value);
+      this.pendingBytes += value.byteLength;
+    }
+    return true;
+  }
+  /** Exactly n bytes (fewer at the end of the stream). */
+  async take(n) {
+    await this.fill(n);
+    const out = new Uint8Array(Math.min(n, this.pendingBytes));
+    let at = 0;
+    while (at < out.length) {
+      const head = this.pending[0];
+      const want = out.length - at;
+      if (head.byteLength <= want) {
+        out.set(head, at);
+        at += head.byteLength;
+        this.pending.shift();
+      } else {
+        out.set(head.subarray(0, want), at);
+        this.pending[0] = head.subarray(want);
+        at += want;
+      }
+    }
+    this.pendingBytes -= out.length;
+    this.offset += out.length;
+    return out;
+  }
+  /** The next piece of the stream as it arrives (null at the end). */
+  async next() {
+    if (this.pending.length) {
+      const piece = this.pending.shift();
+      this.pendingBytes -= piece.byteLength;
+      this.offset += piece.byteLength;
+      return piece;
+    }
+    const { value, done } = await this.reader.read();
+    if (done) return null;
+    this.offset += value.byteLength;
+    return value;
+  }
+  cancel() {
+    this.reader.cancel().catch(() => {});
+  }
+}
+
+/**
+ * Streams shards into the engine. `sources` are {name, size, stream()}; config and
+ * tokenizer are already read. `onProgress(text, fraction)` reports bytes.
+ */
+async function streamShards(engine, config, tokenizer, sources, onProgress) {
+  const readers = [];
+  const headers = [];
+  for (const source of sources) {
+    const reader = new ByteReader(await source.stream());
+    const first = await reader.take(8);
+    const length = Engine.headerLength(first);
+    const rest = await reader.take(length - 8);
+    const header = new Uint8Array(length);
+    header.set(first);
+    header.set(rest, 8);
+    readers.push(reader);
+    headers.push(header);
+  }
+  const plan = JSON.parse(engine.beginLoad(config, tokenizer, sources.map((s) => s.name), sources.map((s) => s.size ?? 0), headers));
+  const total = plan.total_bytes;
+  const started = performance.now();
+  let done = 0;
+  for (const [i, reader] of readers.entries()) {
+    const name = sources[i].name;
+    let piece;
+    while ((piece = await reader.next()) !== null) {
+      done = engine.feed(i, reader.offset - piece.byteLength, piece);
+      const seconds = (performance.now() - started) / 1000;
+      onProgress(`loading ${name}: ${(done / 2 ** 20).toFixed(1)} / ${(total / 2 ** 20).toFixed(1)} MiB (${(done / 2 ** 20 / Math.max(seconds, 1e-3)).toFixed(1)} MiB/s)`, done / total);
+    }
+    reader.cancel();
+  }
+  return JSON.parse(engine.finishLoad());
+}
+
 /** Shard names of a model at `base` (model.safetensors or the index's shards). */
-async function shardNames(base) {
-  const index = await fetch(`${base}/model.safetensors.index.json`);
-  if (index.ok) {
+async function shardNames(cache, base, notes) {
+  const url = `${base}/model.safetensors.index.json`;
+  let index = cache ? await cache.match(url) : null;
+  if (!index) {
+    index = await fetch(url).catch(() => null);
+    if (index?.ok && cache) await cache.put(url, index.clone()).catch(() => {});
+  }
+  if (index?.ok) {
     const map = (await index.json()).weight_map ?? {};
     return [...new Set(Object.values(map))].sort();
   }
+  void notes;
   return ["model.safetensors"];
 }
 
-/** Fetches config.json, the safetensors shards and tokenizer.json from `base`. */
-export async function loadFromUrl(engine, base, onProgress = () => {}) {
-  const config = await (await fetchOk(`${base}/config.json`)).text();
-  const names = await shardNames(base);
-  const shards = [];
-  for (const [i, name] of names.entries()) {
-    onProgress(`fetching ${name} (${i + 1}/${names.length})`);
-    shards.push(new Uint8Array(await (await fetchOk(`${base}/${name}`)).arrayBuffer()));
+async function optionalBytes(cache, url, notes) {
+  try {
+    const { response } = await cachedResponse(cache, url, notes);
+    return new Uint8Array(await response.arrayBuffer());
+  } catch {
+    return undefined;
   }
-  const tok = await fetch(`${base}/tokenizer.json`);
-  const tokenizer = tok.ok ? new Uint8Array(await tok.arrayBuffer()) : undefined;
-  onProgress("uploading weights to the GPU");
-  return JSON.parse(engine.loadModel(config, names, shards, tokenizer));
 }
 
-/** Loads a model from user-picked files (a folder or several files). */
+/**
+ * Loads the model at `base` (config.json, safetensors shards, tokenizer.json),
+ * streaming each shard into the GPU and keeping the files in Cache Storage.
+ * `onProgress(text, fraction)`; resolves to the model summary plus `notes` (e.g. a
+ * quota message) and `fromCache` (every shard came from Cache Storage).
+ */
+export async function loadFromUrl(engine, base, onProgress = () => {}) {
+  const cache = await openCache();
+  const notes = [];
+  const config = await (await cachedResponse(cache, `${base}/config.json`, notes)).response.text();
+  const tokenizer = await optionalBytes(cache, `${base}/tokenizer.json`, notes);
+  const names = await shardNames(cache, base, notes);
+  let fromCache = true;
+  const sources = names.map((name) => ({
+    name,
+    size: 0,
+    stream: async () => {
+      onProgress(`opening ${name}`, 0);
+      const { response, cached } = await cachedResponse(cache, `${base}/${name}`, notes);
+      fromCache &&= cached;
+      const size = Number(response.headers.get("content-length") ?? 0);
+      sources.find((s) => s.name === name).size = size;
+      return response.body;
+    },
+  }));
+  const summary = await streamShards(engine, config, tokenizer, sources, onProgress);
+  return { ...summary, notes, fromCache };
+}
+
+/** Loads a model from user-picked files (a folder or several files), streaming each shard. */
 export async function loadFromFiles(engine, fileList, onProgress = () => {}) {
   const files = [...fileList];
   const byName = (n) => files.find((f) => f.name === n);
@@ -50,13 +215,13 @@ export async function loadFromFiles(engine, fileList, onProgress = () => {}) {
   if (!configFile) throw new Error("the chosen files have no config.json");
   const shardFiles = files.filter((f) => f.name.endsWith(".safetensors")).sort((a, b) => a.name.localeCompare(b.name));
   if (shardFiles.length === 0) throw new Error("the chosen files have no .safetensors file");
-  const shards = [];
-  for (const f of shardFiles) {
-    onProgress(`reading ${f.name}`);
-    shards.push(new Uint8Array(await f.arrayBuffer()));
-  }
   const tokFile = byName("tokenizer.json");
   const tokenizer = tokFile ? new Uint8Array(await tokFile.arrayBuffer()) : undefined;
-  onProgress("uploading weights to the GPU");
-  return JSON.parse(engine.loadModel(await configFile.text(), shardFiles.map((f) => f.name), shards, tokenizer));
+  const sources = shardFiles.map((f) => ({ name: f.name, size: f.size, stream: async () => f.stream() }));
+  return { ...(await streamShards(engine, await configFile.text(), tokenizer, sources, onProgress)), notes: [], fromCache: false };
+}
+
+/** Removes the cached model files (Cache Storage). */
+export async function clearModelCache() {
+  if (typeof caches !== "undefined") await caches.delete(CACHE_NAME);
 }

@@ -7,8 +7,10 @@ use clap::{Args, Parser, Subcommand};
 use webmoe::model::generate::{generate, SamplingParams};
 use webmoe::model::load::{load_model_dir, load_model_files, LoadOptions, LoadedModel, ModelFiles};
 use webmoe::model::perplexity::perplexity;
+use webmoe::model::safetensors_io::ShardBytes;
+use webmoe::model::session::Session;
 use webmoe::model::tokenizer::TextStream;
-use webmoe::{DType, GpuContext};
+use webmoe::{DType, GpuContext, WeightFormat};
 
 #[derive(Parser)]
 #[command(
@@ -67,8 +69,9 @@ struct PerplexityArgs {
     /// Tokens per window (each window is one prefill from position 0).
     #[arg(long, default_value_t = 256)]
     window: usize,
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    /// Weight storage on the GPU: f32, f16 or bf16 (default: the checkpoint's dtype).
+    #[arg(long)]
+    dtype: Option<String>,
 }
 
 #[derive(Args)]
@@ -104,9 +107,9 @@ struct RunArgs {
     /// KV-cache positions (default: max_position_embeddings, at most 4096).
     #[arg(long)]
     context: Option<usize>,
-    /// Weight storage on the GPU: f32, f16 or bf16.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    /// Weight storage on the GPU: f32, f16 or bf16 (default: the checkpoint's dtype).
+    #[arg(long)]
+    dtype: Option<String>,
 }
 
 fn main() {
@@ -125,15 +128,27 @@ fn main() {
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
-        std::process::exit(1);
+        std::process::exit(exit_code(e.kind()));
     }
 }
 
-fn parse_dtype(s: &str) -> webmoe::Result<DType> {
+/// Exit codes by kind of error: 1 for bad input or files, 2 for what is unsupported,
+/// 3 for GPU trouble (no device, out of memory, lost, over a limit).
+fn exit_code(kind: webmoe::ErrorKind) -> i32 {
+    use webmoe::ErrorKind::*;
+    match kind {
+        InvalidInput | Io => 1,
+        Unsupported => 2,
+        NoDevice | OutOfMemory | DeviceLost | LimitExceeded | Gpu => 3,
+    }
+}
+
+fn parse_dtype(s: Option<&str>) -> webmoe::Result<Option<WeightFormat>> {
+    let Some(s) = s else { return Ok(None) };
     match s.to_ascii_lowercase().as_str() {
-        "f32" => Ok(DType::F32),
-        "f16" => Ok(DType::F16),
-        "bf16" => Ok(DType::BF16),
+        "f32" => Ok(Some(WeightFormat::F32)),
+        "f16" => Ok(Some(WeightFormat::F16)),
+        "bf16" => Ok(Some(WeightFormat::BF16)),
         other => Err(webmoe::Error::Config(format!(
             "--dtype {other}: expected f32, f16 or bf16"
         ))),
@@ -151,17 +166,26 @@ fn embedded_model() -> ModelFiles {
         config_json: String::from_utf8_lossy(file!("config.json")).into_owned(),
         safetensors: vec![(
             "models/tiny-moe/model.safetensors (embedded)".into(),
-            file!("model.safetensors").to_vec(),
+            ShardBytes::Static(file!("model.safetensors")),
         )],
         tokenizer_json: Some(file!("tokenizer.json").to_vec()),
     }
 }
 
 fn load(ctx: &GpuContext, model: Option<&Path>, options: LoadOptions) -> webmoe::Result<LoadedModel> {
-    match model {
+    let loaded = match model {
         Some(dir) => load_model_dir(ctx, dir, options),
         None => load_model_files(ctx, embedded_model(), options),
-    }
+    }?;
+    let s = loaded.stats;
+    eprintln!(
+        "loaded {:.2} GB in {:.1} s ({:.2} GB/s); {:.2} GB on the GPU",
+        s.bytes as f64 / 1e9,
+        s.seconds,
+        s.gb_per_second(),
+        loaded.model.weight_bytes() as f64 / 1e9
+    );
+    Ok(loaded)
 }
 
 const DEFAULT_PROMPT: &str = "The Rust programming language";
@@ -172,7 +196,7 @@ fn perplexity_of_file(args: PerplexityArgs) -> webmoe::Result<()> {
     let ctx = GpuContext::new_blocking()?;
     let options = LoadOptions {
         max_context: None,
-        weight_dtype: parse_dtype(&args.dtype)?,
+        weight_format: parse_dtype(args.dtype.as_deref())?,
     };
     let loaded = load(&ctx, args.model.as_deref(), options)?;
     let ids = loaded.tokenizer()?.encode(&text)?;
@@ -195,7 +219,7 @@ fn run(args: RunArgs) -> webmoe::Result<()> {
     let ctx = GpuContext::new_blocking()?;
     let options = LoadOptions {
         max_context: args.context,
-        weight_dtype: parse_dtype(&args.dtype)?,
+        weight_format: parse_dtype(args.dtype.as_deref())?,
     };
     let loaded = load(&ctx, args.model.as_deref(), options)?;
     let prompt_ids: Vec<u32> = match (&args.prompt_ids, &args.prompt) {
@@ -227,9 +251,11 @@ fn run(args: RunArgs) -> webmoe::Result<()> {
         }
         stdout.flush().ok();
     }
+    let mut session = Session::new(&ctx, &loaded.model, None)?;
     let generation = pollster::block_on(generate(
         &ctx,
         &loaded.model,
+        &mut session,
         &prompt_ids,
         args.max_tokens,
         sampling,
@@ -325,10 +351,7 @@ fn bench(args: BenchArgs) -> webmoe::Result<()> {
 }
 
 /// A 2-layer model with random f16 weights in Qwen3-30B-A3B's shape.
-fn qwen3_shaped_model(
-    ctx: &GpuContext,
-    quick: bool,
-) -> webmoe::Result<(String, webmoe::model::transformer::Transformer)> {
+fn qwen3_shaped_model(ctx: &GpuContext, quick: bool) -> webmoe::Result<(String, webmoe::model::model::Model)> {
     use webmoe::model::synthetic::{random_weights, synthetic_config, Dims};
     let scale = if quick { 16 } else { 1 };
     let dims = Dims {
@@ -351,7 +374,7 @@ fn qwen3_shaped_model(
     );
     Ok((
         name,
-        webmoe::model::transformer::Transformer::new(ctx, config, &weights, 1024)?,
+        webmoe::model::synthetic::model_from_weights(ctx, &config, &weights, 1024)?,
     ))
 }
 

@@ -1,6 +1,7 @@
 //! GPU context: adapter choice, device creation with the optional features the
 //! kernels can use, the adapter's limits, and GPU errors turned into `Result`s.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
@@ -59,6 +60,16 @@ pub struct GpuContext {
     max_binding_bytes: u64,
     failure: Arc<Mutex<Option<Error>>>,
     pub(crate) pipelines: PipelineCache,
+    buffers_created: AtomicU64,
+    bind_groups_created: AtomicU64,
+}
+
+/// How many GPU buffers and bind groups the engine has created on a context (tests
+/// check that a decode step creates none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResourceCounts {
+    pub buffers: u64,
+    pub bind_groups: u64,
 }
 
 impl GpuContext {
@@ -123,6 +134,8 @@ impl GpuContext {
             max_binding_bytes,
             failure,
             pipelines: PipelineCache::default(),
+            buffers_created: AtomicU64::new(0),
+            bind_groups_created: AtomicU64::new(0),
         })
     }
 
@@ -151,6 +164,10 @@ impl GpuContext {
         match slot.as_ref() {
             None => Ok(()),
             Some(Error::DeviceLost(m)) => Err(Error::DeviceLost(m.clone())),
+            Some(Error::OutOfMemory { context, message }) => Err(Error::OutOfMemory {
+                context: context.clone(),
+                message: message.clone(),
+            }),
             Some(other) => Err(Error::Validation {
                 context: "earlier GPU work".into(),
                 message: other.to_string(),
@@ -179,6 +196,26 @@ impl GpuContext {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn scoped_blocking<T>(&self, context: &str, work: impl FnOnce() -> Result<T>) -> Result<T> {
         pollster::block_on(self.scoped(context, work))
+    }
+
+    /// Creates a buffer (every buffer of the engine is made here, so it is counted).
+    pub fn create_buffer(&self, desc: &wgpu::BufferDescriptor) -> wgpu::Buffer {
+        self.buffers_created.fetch_add(1, Ordering::Relaxed);
+        self.device.create_buffer(desc)
+    }
+
+    /// Creates a bind group (counted like buffers).
+    pub fn create_bind_group(&self, desc: &wgpu::BindGroupDescriptor) -> wgpu::BindGroup {
+        self.bind_groups_created.fetch_add(1, Ordering::Relaxed);
+        self.device.create_bind_group(desc)
+    }
+
+    /// Buffers and bind groups created so far.
+    pub fn resource_counts(&self) -> ResourceCounts {
+        ResourceCounts {
+            buffers: self.buffers_created.load(Ordering::Relaxed),
+            bind_groups: self.bind_groups_created.load(Ordering::Relaxed),
+        }
     }
 
     /// Whether the device can store and compute with f16 in shaders.

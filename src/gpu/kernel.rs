@@ -3,45 +3,66 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use wgpu::util::DeviceExt;
-
 use crate::gpu::context::GpuContext;
+use crate::weights::WeightFormat;
 
 /// Helpers prepended to every kernel file (weight decoding, grid indexing).
 pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
 
+/// The kernel files of `shaders/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ShaderId {
+    Router,
+    Routing,
+    Capacity,
+    Permute,
+    ExpertMatmul,
+    ExpertGemv,
+    Combine,
+    Norm,
+    Elementwise,
+    Rope,
+    Attention,
+    Embedding,
+    Sampling,
+    Bench,
+    BenchF16,
+}
+
 /// One WGSL file of `shaders/`. The host compiles `common.wgsl` + the file.
 #[derive(Clone, Copy, Debug)]
 pub struct Shader {
+    pub id: ShaderId,
     pub name: &'static str,
     pub source: &'static str,
 }
 
 macro_rules! shader {
-    ($name:literal) => {
+    ($id:ident, $name:literal) => {
         Shader {
+            id: ShaderId::$id,
             name: $name,
             source: include_str!(concat!("../../shaders/", $name, ".wgsl")),
         }
     };
 }
 
-pub const ROUTER: Shader = shader!("router");
-pub const ROUTING: Shader = shader!("routing");
-pub const CAPACITY: Shader = shader!("capacity");
-pub const PERMUTE: Shader = shader!("permute");
-pub const EXPERT_MATMUL: Shader = shader!("expert_matmul");
-pub const EXPERT_GEMV: Shader = shader!("expert_gemv");
-pub const COMBINE: Shader = shader!("combine");
-pub const NORM: Shader = shader!("norm");
-pub const ELEMENTWISE: Shader = shader!("elementwise");
-pub const ROPE: Shader = shader!("rope");
-pub const ATTENTION: Shader = shader!("attention");
-pub const EMBEDDING: Shader = shader!("embedding");
-pub const SAMPLING: Shader = shader!("sampling");
-pub const BENCH: Shader = shader!("bench");
+pub const ROUTER: Shader = shader!(Router, "router");
+pub const ROUTING: Shader = shader!(Routing, "routing");
+pub const CAPACITY: Shader = shader!(Capacity, "capacity");
+pub const PERMUTE: Shader = shader!(Permute, "permute");
+pub const EXPERT_MATMUL: Shader = shader!(ExpertMatmul, "expert_matmul");
+pub const EXPERT_GEMV: Shader = shader!(ExpertGemv, "expert_gemv");
+pub const COMBINE: Shader = shader!(Combine, "combine");
+pub const NORM: Shader = shader!(Norm, "norm");
+pub const ELEMENTWISE: Shader = shader!(Elementwise, "elementwise");
+pub const ROPE: Shader = shader!(Rope, "rope");
+pub const ATTENTION: Shader = shader!(Attention, "attention");
+pub const EMBEDDING: Shader = shader!(Embedding, "embedding");
+pub const SAMPLING: Shader = shader!(Sampling, "sampling");
+pub const BENCH: Shader = shader!(Bench, "bench");
 /// Needs the SHADER_F16 feature.
-pub const BENCH_F16: Shader = shader!("bench_f16");
+pub const BENCH_F16: Shader = shader!(BenchF16, "bench_f16");
 
 /// Every kernel file, for validation tests and tools.
 pub const ALL_SHADERS: &[Shader] = &[
@@ -62,6 +83,38 @@ pub const ALL_SHADERS: &[Shader] = &[
     BENCH_F16,
 ];
 
+impl Shader {
+    /// The kernel `entry` of this file (no weight decoding variant).
+    pub const fn entry(&self, entry: &'static str) -> KernelKey {
+        KernelKey {
+            shader: *self,
+            entry,
+            weights: None,
+        }
+    }
+}
+
+/// Everything that identifies a compiled pipeline: the file, the entry point, and the
+/// weight format the kernel decodes (its `WEIGHT_DTYPE` override), if it reads weights.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelKey {
+    pub shader: Shader,
+    pub entry: &'static str,
+    pub weights: Option<WeightFormat>,
+}
+
+impl KernelKey {
+    /// This kernel's variant for weights stored in `format`.
+    pub const fn weights(mut self, format: WeightFormat) -> Self {
+        self.weights = Some(format);
+        self
+    }
+
+    fn id(&self) -> PipelineId {
+        (self.shader.id, self.entry, self.weights)
+    }
+}
+
 /// The full WGSL text the host compiles for a kernel file: its `enable` directives
 /// (which must come first), common.wgsl, then the rest of the file.
 pub fn compose(shader: &Shader) -> String {
@@ -75,44 +128,56 @@ pub const SENTINEL: u32 = u32::MAX;
 /// Largest workgroup count per grid dimension that every WebGPU device allows.
 const MAX_GRID_DIM: u32 = 65535;
 
-/// Compiled shader modules and pipelines, keyed by shader, entry point and constants.
+/// The identity of a compiled pipeline (a [`KernelKey`] without the shader source).
+type PipelineId = (ShaderId, &'static str, Option<WeightFormat>);
+
+/// Compiled shader modules and pipelines.
 #[derive(Default)]
 pub struct PipelineCache {
-    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
-    pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
+    modules: Mutex<HashMap<ShaderId, wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<PipelineId, wgpu::ComputePipeline>>,
 }
 
 impl GpuContext {
-    /// The compute pipeline for `entry` of `shader` with the given override constants.
-    pub fn pipeline(&self, shader: &Shader, entry: &str, constants: &[(&str, f64)]) -> wgpu::ComputePipeline {
-        let key = format!("{}::{entry}::{constants:?}", shader.name);
-        if let Some(p) = self.pipelines.pipelines.lock().unwrap().get(&key) {
+    /// The compute pipeline of `key` (compiled once per key).
+    pub fn pipeline(&self, key: KernelKey) -> wgpu::ComputePipeline {
+        if let Some(p) = self.pipelines.pipelines.lock().unwrap().get(&key.id()) {
             return p.clone();
         }
+        let shader = key.shader;
         let module = {
             let mut modules = self.pipelines.modules.lock().unwrap();
             modules
-                .entry(shader.name)
+                .entry(shader.id)
                 .or_insert_with(|| {
                     self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
                         label: Some(shader.name),
-                        source: wgpu::ShaderSource::Wgsl(compose(shader).into()),
+                        source: wgpu::ShaderSource::Wgsl(compose(&shader).into()),
                     })
                 })
                 .clone()
         };
+        let constants: Vec<(&str, f64)> = key
+            .weights
+            .map(|f| vec![("WEIGHT_DTYPE", f.kernel_code() as f64)])
+            .unwrap_or_default();
+        let label = format!("{}::{}::{:?}", shader.name, key.entry, key.weights);
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(&key),
+            label: Some(&label),
             layout: None,
             module: &module,
-            entry_point: Some(entry),
+            entry_point: Some(key.entry),
             compilation_options: wgpu::PipelineCompilationOptions {
-                constants,
+                constants: &constants,
                 zero_initialize_workgroup_memory: true,
             },
             cache: None,
         });
-        self.pipelines.pipelines.lock().unwrap().insert(key, pipeline.clone());
+        self.pipelines
+            .pipelines
+            .lock()
+            .unwrap()
+            .insert(key.id(), pipeline.clone());
         pipeline
     }
 
@@ -125,7 +190,7 @@ impl GpuContext {
                 resource: b.as_entire_binding(),
             })
             .collect();
-        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        self.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
@@ -134,11 +199,18 @@ impl GpuContext {
 
     /// A small uniform buffer holding `value`.
     pub fn uniform<T: bytemuck::Pod>(&self, value: &T) -> wgpu::Buffer {
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        let bytes = bytemuck::bytes_of(value);
+        let buffer = self.create_buffer(&wgpu::BufferDescriptor {
             label: Some("params"),
-            contents: bytemuck::bytes_of(value),
-            usage: wgpu::BufferUsages::UNIFORM,
-        })
+            size: (bytes.len() as u64).next_multiple_of(16),
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: true,
+        });
+        if let Ok(mut view) = buffer.get_mapped_range_mut(..) {
+            view.slice(..bytes.len()).copy_from_slice(bytes);
+        }
+        buffer.unmap();
+        buffer
     }
 }
 
@@ -153,19 +225,134 @@ pub fn grid_for(workgroups: u32) -> (u32, u32) {
     }
 }
 
-/// Records one dispatch of `workgroups` workgroups in its own compute pass.
-pub fn dispatch(
-    encoder: &mut wgpu::CommandEncoder,
-    pipeline: &wgpu::ComputePipeline,
-    bind_group: &wgpu::BindGroup,
-    workgroups: u32,
-) {
-    let (x, y) = grid_for(workgroups);
-    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-        label: None,
-        timestamp_writes: None,
-    });
-    pass.set_pipeline(pipeline);
-    pass.set_bind_group(0, bind_group, &[]);
-    pass.dispatch_workgroups(x, y, 1);
+/// One recorded piece of GPU work.
+enum Step {
+    Dispatch {
+        pipeline: wgpu::ComputePipeline,
+        bind_group: wgpu::BindGroup,
+        grid: (u32, u32),
+    },
+    Copy {
+        src: wgpu::Buffer,
+        src_offset: u64,
+        dst: wgpu::Buffer,
+        dst_offset: u64,
+        size: u64,
+    },
+    Clear(wgpu::Buffer),
+}
+
+/// A list of dispatches and copies, recorded once and encoded any number of times.
+/// Ops record into it (creating their parameter buffers and bind groups then); a
+/// whole forward recorded once per shape is replayed every step with no new buffers
+/// or bind groups. Consecutive dispatches share one compute pass.
+#[derive(Default)]
+pub struct Recorder {
+    steps: Vec<Step>,
+}
+
+impl Recorder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records `workgroups` workgroups of `key` with `params` in binding 0 and `buffers`
+    /// in the other bindings of group 0.
+    pub fn dispatch<P: bytemuck::Pod>(
+        &mut self,
+        ctx: &GpuContext,
+        key: KernelKey,
+        params: &P,
+        buffers: &[(u32, &wgpu::Buffer)],
+        workgroups: u32,
+    ) {
+        let pipeline = ctx.pipeline(key);
+        let uniform = ctx.uniform(params);
+        let mut entries = vec![(0, &uniform)];
+        entries.extend_from_slice(buffers);
+        self.dispatch_bound(ctx, pipeline, &entries, workgroups);
+    }
+
+    /// Records a dispatch whose bindings (params included) the caller gives.
+    pub fn dispatch_bound(
+        &mut self,
+        ctx: &GpuContext,
+        pipeline: wgpu::ComputePipeline,
+        buffers: &[(u32, &wgpu::Buffer)],
+        workgroups: u32,
+    ) {
+        let bind_group = ctx.bind(&pipeline, buffers);
+        self.steps.push(Step::Dispatch {
+            pipeline,
+            bind_group,
+            grid: grid_for(workgroups),
+        });
+    }
+
+    pub fn copy(&mut self, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, dst_offset: u64, size: u64) {
+        self.steps.push(Step::Copy {
+            src: src.clone(),
+            src_offset,
+            dst: dst.clone(),
+            dst_offset,
+            size,
+        });
+    }
+
+    /// Zeroes `buffer`.
+    pub fn clear(&mut self, buffer: &wgpu::Buffer) {
+        self.steps.push(Step::Clear(buffer.clone()));
+    }
+
+    /// Dispatches recorded so far.
+    pub fn dispatches(&self) -> usize {
+        self.steps.iter().filter(|s| matches!(s, Step::Dispatch { .. })).count()
+    }
+
+    /// Encodes every recorded step into `encoder`, dispatches in shared compute passes.
+    pub fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
+        let mut i = 0;
+        while i < self.steps.len() {
+            match &self.steps[i] {
+                Step::Dispatch { .. } => {
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: None,
+                        timestamp_writes: None,
+                    });
+                    while let Some(Step::Dispatch {
+                        pipeline,
+                        bind_group,
+                        grid,
+                    }) = self.steps.get(i)
+                    {
+                        pass.set_pipeline(pipeline);
+                        pass.set_bind_group(0, bind_group, &[]);
+                        pass.dispatch_workgroups(grid.0, grid.1, 1);
+                        i += 1;
+                    }
+                }
+                Step::Copy {
+                    src,
+                    src_offset,
+                    dst,
+                    dst_offset,
+                    size,
+                } => {
+                    encoder.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size);
+                    i += 1;
+                }
+                Step::Clear(buffer) => {
+                    encoder.clear_buffer(buffer, 0, None);
+                    i += 1;
+                }
+            }
+        }
+    }
+
+    /// Encodes the steps into a new command encoder and submits it.
+    pub fn submit(&self, ctx: &GpuContext) {
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        self.encode(&mut encoder);
+        ctx.queue.submit([encoder.finish()]);
+    }
 }

@@ -91,7 +91,7 @@ impl GpuTensor {
     pub fn empty(ctx: &GpuContext, name: &str, shape: &[usize], dtype: DType) -> Result<Self> {
         let bytes = dtype.storage_bytes(shape.iter().product());
         ctx.check_binding(name, bytes)?;
-        let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        let buffer = ctx.create_buffer(&wgpu::BufferDescriptor {
             label: Some(name),
             size: bytes,
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
@@ -180,7 +180,7 @@ fn check_len(name: &str, shape: &[usize], len: usize) -> Result<()> {
 /// Copies `size` bytes of `buffer` into a staging buffer and maps it.
 pub async fn read_buffer(ctx: &GpuContext, buffer: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
     ctx.check_healthy()?;
-    let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+    let staging = ctx.create_buffer(&wgpu::BufferDescriptor {
         label: Some("readback"),
         size,
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
@@ -189,6 +189,16 @@ pub async fn read_buffer(ctx: &GpuContext, buffer: &wgpu::Buffer, size: u64) -> 
     let mut encoder = ctx.device.create_command_encoder(&Default::default());
     encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
     ctx.queue.submit([encoder.finish()]);
+    map_read(ctx, &staging, "a GPU buffer").await
+}
+
+/// Maps a MAP_READ buffer once the submitted work that fills it is done, copies its
+/// bytes out and unmaps it (so it can be filled again).
+pub async fn map_read(ctx: &GpuContext, staging: &wgpu::Buffer, what: &str) -> Result<Vec<u8>> {
+    let failed = |reason: String| Error::Readback {
+        what: what.to_string(),
+        reason,
+    };
     let (sender, receiver) = futures_channel::oneshot::channel();
     staging.map_async(wgpu::MapMode::Read, .., move |r| {
         let _ = sender.send(r);
@@ -196,29 +206,15 @@ pub async fn read_buffer(ctx: &GpuContext, buffer: &wgpu::Buffer, size: u64) -> 
     #[cfg(not(target_arch = "wasm32"))]
     ctx.device
         .poll(wgpu::PollType::wait_indefinitely())
-        .map_err(|e| Error::Readback {
-            what: buffer_name(buffer),
-            reason: e.to_string(),
-        })?;
-    let mapped = receiver.await.map_err(|_| Error::Readback {
-        what: buffer_name(buffer),
-        reason: "the map callback was dropped (device lost?)".into(),
-    })?;
-    mapped.map_err(|e| Error::Readback {
-        what: buffer_name(buffer),
-        reason: e.to_string(),
-    })?;
+        .map_err(|e| failed(e.to_string()))?;
+    let mapped = receiver
+        .await
+        .map_err(|_| failed("the map callback was dropped (device lost?)".into()))?;
+    mapped.map_err(|e| failed(e.to_string()))?;
     ctx.check_healthy()?;
-    let view = staging.get_mapped_range(..).map_err(|e| Error::Readback {
-        what: buffer_name(buffer),
-        reason: e.to_string(),
-    })?;
+    let view = staging.get_mapped_range(..).map_err(|e| failed(e.to_string()))?;
     let bytes = view.to_vec();
     drop(view);
     staging.unmap();
     Ok(bytes)
-}
-
-fn buffer_name(_buffer: &wgpu::Buffer) -> String {
-    "a GPU buffer".to_string()
 }

@@ -6,7 +6,8 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::model::transformer::{Readback, Transformer};
+use crate::model::model::Model;
+use crate::model::session::{Readback, Session};
 use crate::ops::embedding::argmax_reference;
 
 /// How the next token is chosen. `temperature == 0` means greedy.
@@ -121,12 +122,15 @@ pub fn top_logits(logits: &[f32], n: usize) -> Vec<(u32, f32)> {
     all
 }
 
-/// Generates up to `max_new_tokens` after `prompt`, stopping at any of `stop_ids`.
-/// `on_token` sees each new token with the routing counts (`[MoE layers * experts]`)
-/// of the forward that produced it, and may return false to stop (cancel).
+/// Generates up to `max_new_tokens` after `prompt` (fed at the session's position),
+/// stopping at any of `stop_ids`. `on_token` sees each new token with the routing
+/// counts (`[MoE layers * experts]`) of the forward that produced it, and may return
+/// false to stop (cancel).
+#[allow(clippy::too_many_arguments)]
 pub async fn generate(
     ctx: &GpuContext,
-    model: &Transformer,
+    model: &Model,
+    session: &mut Session,
     prompt: &[u32],
     max_new_tokens: usize,
     sampling: SamplingParams,
@@ -134,7 +138,7 @@ pub async fn generate(
     mut on_token: impl FnMut(u32, &[u32]) -> bool,
 ) -> Result<Generation> {
     let clock = crate::util::Clock::start();
-    let first = model.step(ctx, prompt, 0, Readback::LastLogits).await?;
+    let first = session.step(ctx, model, prompt, Readback::LastLogits).await?;
     let mut gen = Generation {
         prompt_ids: prompt.to_vec(),
         first_logits_top: top_logits(&first.logits, 10),
@@ -145,7 +149,6 @@ pub async fn generate(
     let mut routing = first.routing_counts;
     gen.prefill_seconds = clock.seconds();
     let clock = crate::util::Clock::start();
-    let mut position = prompt.len();
     if max_new_tokens == 0 {
         gen.decode_seconds = clock.seconds();
         return Ok(gen);
@@ -156,7 +159,7 @@ pub async fn generate(
         if !go_on || stop_ids.contains(&token) || gen.generated_ids.len() >= max_new_tokens {
             break;
         }
-        if position + 1 > model.max_context {
+        if session.position() + 1 > session.max_context {
             break;
         }
         let read = if sampling.is_greedy() {
@@ -164,10 +167,9 @@ pub async fn generate(
         } else {
             Readback::LastLogits
         };
-        let step = model.step(ctx, &[token], position, read).await?;
+        let step = session.step(ctx, model, &[token], read).await?;
         token = step.token.unwrap_or_else(|| sampler.sample(&step.logits));
         routing = step.routing_counts;
-        position += 1;
     }
     gen.decode_seconds = clock.seconds();
     Ok(gen)

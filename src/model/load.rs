@@ -1,35 +1,48 @@
-//! Loading a model directory (or the same files as bytes) onto the GPU.
+//! Loading a model onto the GPU. The checkpoint's headers plan the model (every buffer
+//! allocated, every tensor checked); then its bytes stream tensor by tensor straight
+//! into the GPU buffers in the stored format (converted only when a storage format is
+//! forced), in bounded pieces: natively from a memory map, in the browser from `fetch`
+//! streams ([`StreamingLoad`]). No host copy of the model is made.
 
 use crate::error::{Error, Result};
-use crate::gpu::{DType, GpuContext};
+use crate::gpu::GpuContext;
 use crate::model::config::ModelConfig;
-use crate::model::safetensors_io::TensorStore;
+use crate::model::model::Model;
+use crate::model::safetensors_io::{Checkpoint, ShardHeader, TensorStore};
 use crate::model::tokenizer::Tokenizer;
-use crate::model::transformer::Transformer;
-use crate::model::weights::ModelWeights;
+use crate::util::Clock;
+use crate::weights::upload::{Placements, PIECE_BYTES};
+use crate::weights::{Uploader, WeightFormat};
 
-/// Largest KV cache allocated when the caller names none.
+/// Largest context allocated when the caller names none.
 pub const DEFAULT_MAX_CONTEXT: usize = 4096;
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct LoadOptions {
-    /// KV-cache positions (default: max_position_embeddings, at most 4096).
+    /// Positions the model serves (default: max_position_embeddings, at most 4096).
     pub max_context: Option<usize>,
-    pub weight_dtype: DType,
+    /// GPU storage of weight matrices (default: each tensor's own dtype).
+    pub weight_format: Option<WeightFormat>,
 }
 
-impl Default for LoadOptions {
-    fn default() -> Self {
-        Self {
-            max_context: None,
-            weight_dtype: DType::F32,
-        }
+/// How a load went.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadStats {
+    /// Checkpoint bytes read.
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+impl LoadStats {
+    pub fn gb_per_second(&self) -> f64 {
+        self.bytes as f64 / 1e9 / self.seconds.max(1e-9)
     }
 }
 
 pub struct LoadedModel {
-    pub model: Transformer,
+    pub model: Model,
     pub tokenizer: Option<Tokenizer>,
+    pub stats: LoadStats,
 }
 
 impl LoadedModel {
@@ -40,66 +53,145 @@ impl LoadedModel {
     }
 }
 
-/// Builds the model from a parsed config and its tensors.
+/// A load in progress: the model planned, its bytes arriving shard by shard in file
+/// order (any piece sizes).
+pub struct StreamingLoad {
+    model: Model,
+    placements: Placements,
+    tokenizer: Option<Tokenizer>,
+    clock: Clock,
+}
+
+impl StreamingLoad {
+    /// Plans the model of `config` from the shards' headers.
+    pub fn new(
+        ctx: &GpuContext,
+        config: ModelConfig,
+        shards: Vec<ShardHeader>,
+        tokenizer: Option<Tokenizer>,
+        options: LoadOptions,
+    ) -> Result<Self> {
+        let clock = Clock::start();
+        let checkpoint = Checkpoint::new(shards);
+        let context = options
+            .max_context
+            .unwrap_or(config.max_position_embeddings.min(DEFAULT_MAX_CONTEXT));
+        let (model, placements) = Model::plan(ctx, config, &checkpoint, options.weight_format, context)?;
+        Ok(Self {
+            model,
+            placements: Placements::new(checkpoint.shards.len(), placements),
+            tokenizer,
+            clock,
+        })
+    }
+
+    /// Bytes of the checkpoint the model needs, and how many have arrived.
+    pub fn progress(&self) -> (u64, u64) {
+        (self.placements.fed_bytes(), self.placements.total_bytes())
+    }
+
+    /// The byte ranges of shard `shard` the model reads, in file order.
+    pub fn ranges(&self, shard: usize) -> Vec<std::ops::Range<u64>> {
+        self.placements.ranges(shard)
+    }
+
+    /// Takes `data`, bytes of shard `shard` from file offset `offset`.
+    pub fn feed(&mut self, uploader: &mut Uploader, shard: usize, offset: u64, data: &[u8]) -> Result<()> {
+        self.placements.feed(uploader, shard, offset, data)
+    }
+
+    /// The loaded model, once every tensor has arrived.
+    pub fn finish(self, ctx: &GpuContext) -> Result<LoadedModel> {
+        self.placements.check_complete()?;
+        ctx.check_healthy()?;
+        Ok(LoadedModel {
+            stats: LoadStats {
+                bytes: self.placements.total_bytes(),
+                seconds: self.clock.seconds(),
+            },
+            model: self.model,
+            tokenizer: self.tokenizer,
+        })
+    }
+}
+
+/// Loads a model whose files are at hand (mapped or in memory), calling
+/// `progress(bytes done, bytes total)` as it goes.
 pub fn load_model(
     ctx: &GpuContext,
-    mut config: ModelConfig,
+    config: ModelConfig,
     store: &TensorStore,
     tokenizer: Option<Tokenizer>,
     options: LoadOptions,
+    progress: &mut dyn FnMut(u64, u64),
 ) -> Result<LoadedModel> {
-    config.moe.weight_dtype = options.weight_dtype;
-    #[cfg(not(target_arch = "wasm32"))]
-    let weights = {
-        // Drawn on stderr only when it is a terminal.
-        let bar = indicatif::ProgressBar::new(config.num_layers as u64).with_style(
-            indicatif::ProgressStyle::with_template("loading {bar:30} {pos}/{len} layers ({elapsed})")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        let weights = ModelWeights::load_with_progress(&config, store, &mut |done| bar.set_position(done as u64));
-        bar.finish_and_clear();
-        weights?
-    };
-    #[cfg(target_arch = "wasm32")]
-    let weights = ModelWeights::load(&config, store)?;
-    let context = options
-        .max_context
-        .unwrap_or(config.max_position_embeddings.min(DEFAULT_MAX_CONTEXT));
-    let model = Transformer::new(ctx, config, &weights, context)?;
-    Ok(LoadedModel { model, tokenizer })
+    let mut load = StreamingLoad::new(ctx, config, store.checkpoint.shards.clone(), tokenizer, options)?;
+    let mut uploader = Uploader::new(ctx);
+    for shard in 0..store.checkpoint.shards.len() {
+        let bytes = store.shard_bytes(shard);
+        for range in load.ranges(shard) {
+            let mut offset = range.start;
+            while offset < range.end {
+                let end = (offset + PIECE_BYTES as u64).min(range.end);
+                load.feed(&mut uploader, shard, offset, &bytes[offset as usize..end as usize])?;
+                offset = end;
+                let (done, total) = load.progress();
+                progress(done, total);
+            }
+        }
+    }
+    uploader.finish();
+    load.finish(ctx)
 }
 
-/// Loads `dir` (config.json, safetensors, optional tokenizer.json) (native).
+/// A progress bar in bytes on stderr (drawn only when it is a terminal).
+#[cfg(not(target_arch = "wasm32"))]
+fn progress_bar() -> indicatif::ProgressBar {
+    indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template("loading {bar:30} {bytes}/{total_bytes} ({bytes_per_sec}, {elapsed})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    )
+}
+
+/// Loads `dir` (config.json, safetensors, optional tokenizer.json) (native), with a
+/// progress bar in bytes.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn load_model_dir(ctx: &GpuContext, dir: &std::path::Path, options: LoadOptions) -> Result<LoadedModel> {
     let config = ModelConfig::from_dir(dir)?;
     let store = TensorStore::open_dir(dir)?;
     let tokenizer_path = dir.join("tokenizer.json");
     let tokenizer = if tokenizer_path.exists() {
-        let bytes = std::fs::read(&tokenizer_path)
-            .map_err(|e| Error::Config(format!("cannot read {}: {e}", tokenizer_path.display())))?;
+        let bytes = std::fs::read(&tokenizer_path).map_err(|e| Error::io(tokenizer_path.display(), e))?;
         Some(Tokenizer::from_bytes(&bytes, &tokenizer_path.display().to_string())?)
     } else {
         None
     };
-    load_model(ctx, config, &store, tokenizer, options)
+    let bar = progress_bar();
+    let loaded = ctx.scoped_blocking("loading the model", || {
+        load_model(ctx, config, &store, tokenizer, options, &mut |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        })
+    });
+    bar.finish_and_clear();
+    loaded
 }
 
-/// The files of a model directory, already in memory (the browser, the embedded model).
+/// The files of a model directory, already in memory (the embedded model, tests).
 pub struct ModelFiles {
     pub config_json: String,
     /// (file name, contents) of each safetensors shard.
-    pub safetensors: Vec<(String, Vec<u8>)>,
+    pub safetensors: Vec<(String, crate::model::safetensors_io::ShardBytes)>,
     pub tokenizer_json: Option<Vec<u8>>,
 }
 
 /// Loads a model from in-memory files.
 pub fn load_model_files(ctx: &GpuContext, files: ModelFiles, options: LoadOptions) -> Result<LoadedModel> {
     let config = ModelConfig::from_json(&files.config_json, "config.json")?;
-    let store = TensorStore::from_bytes(files.safetensors)?;
+    let store = TensorStore::build(files.safetensors)?;
     let tokenizer = match &files.tokenizer_json {
         Some(bytes) => Some(Tokenizer::from_bytes(bytes, "tokenizer.json")?),
         None => None,
     };
-    load_model(ctx, config, &store, tokenizer, options)
+    load_model(ctx, config, &store, tokenizer, options, &mut |_, _| {})
 }

@@ -1,11 +1,16 @@
-//! Hugging Face MoE checkpoints: config, safetensors loading, and the generic decoder.
+//! Hugging Face MoE checkpoints: config, tensor names, safetensors reading, the
+//! generic decoder on the GPU ([`model::Model`]), per-sequence state
+//! ([`session::Session`]) and generation.
 pub mod config;
 pub mod generate;
 pub mod load;
+#[allow(clippy::module_inception)]
+pub mod model;
+pub mod names;
 pub mod perplexity;
 pub mod reference;
 pub mod safetensors_io;
+pub mod session;
 pub mod synthetic;
 pub mod tokenizer;
-pub mod transformer;
 pub mod weights;

@@ -3,7 +3,8 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
-use crate::model::transformer::{LogitsFor, Transformer};
+use crate::model::model::{LogitsFor, Model};
+use crate::model::session::Session;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Perplexity {
@@ -20,7 +21,7 @@ impl Perplexity {
 }
 
 /// exp(mean negative log-likelihood) of `ids`, in windows of `window` tokens.
-pub async fn perplexity(ctx: &GpuContext, model: &Transformer, ids: &[u32], window: usize) -> Result<Perplexity> {
+pub async fn perplexity(ctx: &GpuContext, model: &Model, ids: &[u32], window: usize) -> Result<Perplexity> {
     if window < 2 || window > model.max_context {
         return Err(Error::Config(format!(
             "perplexity window {window} must be between 2 and the context of {} positions",
@@ -28,10 +29,12 @@ pub async fn perplexity(ctx: &GpuContext, model: &Transformer, ids: &[u32], wind
         )));
     }
     let vocab = model.config.vocab_size;
+    let mut session = Session::new(ctx, model, Some(window))?;
     let clock = crate::util::Clock::start();
     let (mut nll, mut predicted) = (0.0f64, 0usize);
     for chunk in ids.chunks(window).filter(|c| c.len() >= 2) {
-        let logits = model.logits(ctx, chunk, 0, LogitsFor::All).await?;
+        session.rewind(0)?;
+        let logits = session.logits(ctx, model, chunk, LogitsFor::All).await?;
         for (pos, &target) in chunk.iter().enumerate().skip(1) {
             let row = &logits[(pos - 1) * vocab..pos * vocab];
             let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;

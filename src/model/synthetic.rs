@@ -4,9 +4,16 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::error::{Error, Result};
+use crate::gpu::GpuContext;
 use crate::model::config::{Family, ModelConfig, QkNorm};
+use crate::model::load::{load_model, LoadOptions};
+use crate::model::model::Model;
+use crate::model::names::{self, ExpertTensors};
+use crate::model::safetensors_io::TensorStore;
 use crate::model::weights::{AttentionWeights, FeedForwardWeights, LayerWeights, ModelWeights};
 use crate::moe::{MoeConfig, MoeWeights};
+use crate::weights::WeightFormat;
 
 /// Attention and vocabulary sizes of a synthetic model.
 #[derive(Clone, Copy, Debug)]
@@ -102,4 +109,128 @@ pub fn random_weights(c: &ModelConfig, seed: u64) -> ModelWeights {
         lm_head: (!c.tie_word_embeddings).then(|| random(c.vocab_size * d, 0.3)),
         layers,
     }
+}
+
+/// `weights` as a safetensors checkpoint of f32 tensors under the family's Hugging Face
+/// names (what [`crate::model::weights::ModelWeights::load`] reads back).
+pub fn checkpoint_bytes(c: &ModelConfig, weights: &ModelWeights) -> Result<Vec<u8>> {
+    let mut tensors: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
+    let (d, hd) = (c.hidden_size, c.head_dim);
+    let (qw, kvw) = (c.num_heads * hd, c.num_kv_heads * hd);
+    tensors.push((names::EMBED_TOKENS.into(), vec![c.vocab_size, d], &weights.embed_tokens));
+    if let Some(head) = &weights.lm_head {
+        tensors.push((names::LM_HEAD.into(), vec![c.vocab_size, d], head));
+    }
+    tensors.push((names::FINAL_NORM.into(), vec![d], &weights.final_norm));
+    // Granite's fused expert tensors are built here and outlive the list.
+    let mut fused: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    for (i, layer) in weights.layers.iter().enumerate() {
+        let p = names::layer(i);
+        let a = &layer.attention;
+        let entries: Vec<(String, Vec<usize>, &[f32])> = [
+            ("input_layernorm.weight", vec![d], Some(&layer.input_norm)),
+            (
+                "post_attention_layernorm.weight",
+                vec![d],
+                Some(&layer.post_attention_norm),
+            ),
+            ("self_attn.q_proj.weight", vec![qw, d], Some(&a.q)),
+            ("self_attn.k_proj.weight", vec![kvw, d], Some(&a.k)),
+            ("self_attn.v_proj.weight", vec![kvw, d], Some(&a.v)),
+            ("self_attn.o_proj.weight", vec![d, qw], Some(&a.o)),
+            ("self_attn.q_proj.bias", vec![qw], a.q_bias.as_ref()),
+            ("self_attn.k_proj.bias", vec![kvw], a.k_bias.as_ref()),
+            ("self_attn.v_proj.bias", vec![kvw], a.v_bias.as_ref()),
+            (
+                "self_attn.q_norm.weight",
+                vec![a.q_norm.as_ref().map_or(0, |v| v.len())],
+                a.q_norm.as_ref(),
+            ),
+            (
+                "self_attn.k_norm.weight",
+                vec![a.k_norm.as_ref().map_or(0, |v| v.len())],
+                a.k_norm.as_ref(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, shape, v)| v.map(|v| (format!("{p}.{name}"), shape, v.as_slice())))
+        .collect();
+        tensors.extend(entries);
+        match &layer.ffn {
+            FeedForwardWeights::Dense { gate, up, down } => {
+                let f = c.dense_ffn;
+                tensors.push((format!("{p}.mlp.gate_proj.weight"), vec![f, d], gate));
+                tensors.push((format!("{p}.mlp.up_proj.weight"), vec![f, d], up));
+                tensors.push((format!("{p}.mlp.down_proj.weight"), vec![d, f], down));
+            }
+            FeedForwardWeights::Moe(moe) => {
+                let (f, e) = (c.moe.expert_ffn, c.moe.num_experts());
+                let n = names::moe(c.family, i);
+                tensors.push((n.router.clone(), vec![e, d], &moe.router));
+                match &n.experts {
+                    ExpertTensors::PerExpert { prefix, gate, up, down } => {
+                        for x in 0..e {
+                            let one = |suffix: &str| ExpertTensors::expert(prefix, x, suffix);
+                            tensors.push((one(gate), vec![f, d], &moe.gate[x * f * d..(x + 1) * f * d]));
+                            tensors.push((one(up), vec![f, d], &moe.up[x * f * d..(x + 1) * f * d]));
+                            tensors.push((one(down), vec![d, f], &moe.down[x * d * f..(x + 1) * d * f]));
+                        }
+                    }
+                    ExpertTensors::Fused { input, output } => {
+                        let mut joined = Vec::with_capacity(2 * e * f * d);
+                        for x in 0..e {
+                            joined.extend_from_slice(&moe.gate[x * f * d..(x + 1) * f * d]);
+                            joined.extend_from_slice(&moe.up[x * f * d..(x + 1) * f * d]);
+                        }
+                        fused.push((input.clone(), vec![e, 2 * f, d], joined));
+                        tensors.push((output.clone(), vec![e, d, f], &moe.down));
+                    }
+                }
+                if let Some(s) = &moe.shared {
+                    let sf = s.gate.len() / d;
+                    tensors.push((n.shared_gate.clone(), vec![sf, d], &s.gate));
+                    tensors.push((n.shared_up.clone(), vec![sf, d], &s.up));
+                    tensors.push((n.shared_down.clone(), vec![d, sf], &s.down));
+                    if let Some(g) = &s.gate_weight {
+                        tensors.push((n.shared_expert_gate.clone(), vec![1, d], g));
+                    }
+                }
+            }
+        }
+    }
+    for (name, shape, values) in &fused {
+        tensors.push((name.clone(), shape.clone(), values));
+    }
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(n, s, v)| (n, s, bytemuck::cast_slice(v).to_vec()))
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(n, s, b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::Config(format!("tensor `{n}`: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize(views, None).map_err(|e| Error::Config(format!("serializing a synthetic checkpoint: {e}")))
+}
+
+/// Loads `weights` onto the GPU through the checkpoint path, storing matrices as
+/// `config.moe.weight_dtype` (tests and benchmarks of made-up models).
+pub fn model_from_weights(
+    ctx: &GpuContext,
+    config: &ModelConfig,
+    weights: &ModelWeights,
+    max_context: usize,
+) -> Result<Model> {
+    let store = TensorStore::from_bytes(vec![(
+        "synthetic.safetensors".into(),
+        checkpoint_bytes(config, weights)?,
+    )])?;
+    let options = LoadOptions {
+        max_context: Some(max_context),
+        weight_format: Some(WeightFormat::of_dtype(config.moe.weight_dtype)?),
+    };
+    Ok(load_model(ctx, config.clone(), &store, None, options, &mut |_, _| {})?.model)
 }

@@ -1,8 +1,11 @@
-//! Host-side weights of the generic decoder, loaded by Hugging Face tensor names
-//! (per family) into one layout: `[out, in]` matrices, experts as `[E, out, in]`.
+//! Host-side f32 weights of the generic decoder, by Hugging Face tensor names (per
+//! family, [`crate::model::names`]) in one layout: `[out, in]` matrices, experts as
+//! `[E, out, in]`. The CPU reference decoder and synthetic models use these; the GPU
+//! load streams checkpoint bytes instead ([`crate::model::model`]).
 
 use crate::error::Result;
-use crate::model::config::{Family, ModelConfig, QkNorm};
+use crate::model::config::{ModelConfig, QkNorm};
+use crate::model::names::{self, ExpertTensors};
 use crate::model::safetensors_io::TensorStore;
 use crate::moe::{MoeWeights, SharedExpertWeights};
 
@@ -70,19 +73,19 @@ impl ModelWeights {
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
-            Some(store.get_f32("lm_head.weight", &[c.vocab_size, d])?)
+            Some(store.get_f32(names::LM_HEAD, &[c.vocab_size, d])?)
         };
         Ok(Self {
-            embed_tokens: store.get_f32("model.embed_tokens.weight", &[c.vocab_size, d])?,
+            embed_tokens: store.get_f32(names::EMBED_TOKENS, &[c.vocab_size, d])?,
             layers,
-            final_norm: store.get_f32("model.norm.weight", &[d])?,
+            final_norm: store.get_f32(names::FINAL_NORM, &[d])?,
             lm_head,
         })
     }
 }
 
 fn load_layer(c: &ModelConfig, store: &TensorStore, i: usize) -> Result<LayerWeights> {
-    let p = format!("model.layers.{i}");
+    let p = names::layer(i);
     let get = |name: &str, shape: &[usize]| store.get_f32(&format!("{p}.{name}"), shape);
     let (d, hd) = (c.hidden_size, c.head_dim);
     let (qw, kvw) = (c.num_heads * hd, c.num_kv_heads * hd);
@@ -116,7 +119,7 @@ fn load_layer(c: &ModelConfig, store: &TensorStore, i: usize) -> Result<LayerWei
         k_norm,
     };
     let ffn = if c.sparse_layers[i] {
-        FeedForwardWeights::Moe(load_moe(c, store, &p)?)
+        FeedForwardWeights::Moe(load_moe(c, store, i)?)
     } else {
         let f = c.dense_ffn;
         FeedForwardWeights::Dense {
@@ -142,53 +145,42 @@ fn stack(store: &TensorStore, names: impl Iterator<Item = String>, shape: &[usiz
     Ok(all)
 }
 
-fn load_moe(c: &ModelConfig, store: &TensorStore, p: &str) -> Result<MoeWeights> {
+fn load_moe(c: &ModelConfig, store: &TensorStore, layer: usize) -> Result<MoeWeights> {
     let (d, f, e) = (c.hidden_size, c.moe.expert_ffn, c.moe.num_experts());
-    let experts = |fmt: &dyn Fn(usize) -> String, shape: &[usize]| stack(store, (0..e).map(fmt), shape);
-    let (router, gate, up, down) = match c.family {
-        Family::Mixtral => (
-            store.get_f32(&format!("{p}.block_sparse_moe.gate.weight"), &[e, d])?,
-            experts(&|x| format!("{p}.block_sparse_moe.experts.{x}.w1.weight"), &[f, d])?,
-            experts(&|x| format!("{p}.block_sparse_moe.experts.{x}.w3.weight"), &[f, d])?,
-            experts(&|x| format!("{p}.block_sparse_moe.experts.{x}.w2.weight"), &[d, f])?,
-        ),
-        Family::GraniteMoe => {
-            // input_linear [E, 2 ffn, d]: the first ffn rows are the gate, the rest up.
-            let fused = store.get_f32(&format!("{p}.block_sparse_moe.input_linear.weight"), &[e, 2 * f, d])?;
+    let n = names::moe(c.family, layer);
+    let (gate, up, down) = match &n.experts {
+        ExpertTensors::PerExpert { prefix, gate, up, down } => {
+            let kind = |suffix: &str, shape: &[usize]| {
+                stack(store, (0..e).map(|x| ExpertTensors::expert(prefix, x, suffix)), shape)
+            };
+            (kind(gate, &[f, d])?, kind(up, &[f, d])?, kind(down, &[d, f])?)
+        }
+        ExpertTensors::Fused { input, output } => {
+            // input [E, 2 ffn, d]: the first ffn rows are the gate, the rest up.
+            let fused = store.get_f32(input, &[e, 2 * f, d])?;
             let (mut gate, mut up) = (Vec::with_capacity(e * f * d), Vec::with_capacity(e * f * d));
             for expert in fused.chunks(2 * f * d) {
                 gate.extend_from_slice(&expert[..f * d]);
                 up.extend_from_slice(&expert[f * d..]);
             }
-            (
-                store.get_f32(&format!("{p}.block_sparse_moe.router.layer.weight"), &[e, d])?,
-                gate,
-                up,
-                store.get_f32(&format!("{p}.block_sparse_moe.output_linear.weight"), &[e, d, f])?,
-            )
+            (gate, up, store.get_f32(output, &[e, d, f])?)
         }
-        Family::Qwen2Moe | Family::Qwen3Moe | Family::Olmoe => (
-            store.get_f32(&format!("{p}.mlp.gate.weight"), &[e, d])?,
-            experts(&|x| format!("{p}.mlp.experts.{x}.gate_proj.weight"), &[f, d])?,
-            experts(&|x| format!("{p}.mlp.experts.{x}.up_proj.weight"), &[f, d])?,
-            experts(&|x| format!("{p}.mlp.experts.{x}.down_proj.weight"), &[d, f])?,
-        ),
     };
     let shared = match c.moe.shared_expert {
         None => None,
         Some(s) => Some(SharedExpertWeights {
-            gate: store.get_f32(&format!("{p}.mlp.shared_expert.gate_proj.weight"), &[s.ffn, d])?,
-            up: store.get_f32(&format!("{p}.mlp.shared_expert.up_proj.weight"), &[s.ffn, d])?,
-            down: store.get_f32(&format!("{p}.mlp.shared_expert.down_proj.weight"), &[d, s.ffn])?,
+            gate: store.get_f32(&n.shared_gate, &[s.ffn, d])?,
+            up: store.get_f32(&n.shared_up, &[s.ffn, d])?,
+            down: store.get_f32(&n.shared_down, &[d, s.ffn])?,
             gate_weight: if s.gated {
-                Some(store.get_f32(&format!("{p}.mlp.shared_expert_gate.weight"), &[1, d])?)
+                Some(store.get_f32(&n.shared_expert_gate, &[1, d])?)
             } else {
                 None
             },
         }),
     };
     Ok(MoeWeights {
-        router,
+        router: store.get_f32(&n.router, &[e, d])?,
         selection_bias: None,
         gate,
         up,

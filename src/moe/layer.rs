@@ -3,32 +3,38 @@
 //! expert gate/up (SwiGLU) -> expert down -> [shared expert] -> weighted combine.
 
 use crate::error::{Error, Result};
+use crate::gpu::kernel::Recorder;
 use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::moe::config::MoeConfig;
 use crate::moe::weights::MoeWeights;
 use crate::ops::capacity::{encode_capacity, expert_capacity};
 use crate::ops::combine::{encode_combine, SharedTerm};
-use crate::ops::expert_matmul::{encode_down, encode_gate_up, ExpertRows, ExpertWeights};
-use crate::ops::permute::Permutation;
+use crate::ops::expert_matmul::{encode_down, encode_gate_up, ExpertRows};
+use crate::ops::permute::{encode_expert_counts, Permutation};
 use crate::ops::router::encode_router_logits;
 use crate::ops::routing::encode_routing;
+use crate::weights::{WeightFormat, WeightMatrix};
 
-struct SharedExpert {
-    gate: ExpertWeights,
-    up: ExpertWeights,
-    down: ExpertWeights,
-    gate_weight: Option<GpuTensor>,
+/// A dense SwiGLU expert every token goes through, on the GPU.
+pub struct SharedExpert {
+    pub gate: WeightMatrix,
+    pub up: WeightMatrix,
+    pub down: WeightMatrix,
+    /// `[1, d]` f32: the output is scaled by sigmoid(x . w) (Qwen2-MoE).
+    pub gate_weight: Option<GpuTensor>,
 }
 
 /// The weights of one MoE layer on the GPU, ready to run.
 pub struct MoeLayer {
     pub config: MoeConfig,
-    router: GpuTensor,
-    selection_bias: Option<GpuTensor>,
-    gate: ExpertWeights,
-    up: ExpertWeights,
-    down: ExpertWeights,
-    shared: Option<SharedExpert>,
+    /// `[E, d]`
+    pub router: GpuTensor,
+    /// `[E]`
+    pub selection_bias: Option<GpuTensor>,
+    pub gate: WeightMatrix,
+    pub up: WeightMatrix,
+    pub down: WeightMatrix,
+    pub shared: Option<SharedExpert>,
 }
 
 /// The layer's output and the intermediate results worth inspecting.
@@ -55,9 +61,9 @@ impl MoeLayer {
         config.validate()?;
         weights.validate(&config)?;
         let (d, f, e) = (config.hidden_size, config.expert_ffn, config.num_experts());
-        let dt = config.weight_dtype;
+        let format = WeightFormat::of_dtype(config.weight_dtype)?;
         let experts =
-            |name: &str, values: &[f32], shape: [usize; 3]| ExpertWeights::upload(ctx, name, values, shape, dt);
+            |name: &str, values: &[f32], shape: [usize; 3]| WeightMatrix::from_f32(ctx, name, values, shape, format);
         let shared = match (&config.shared_expert, &weights.shared) {
             (Some(cfg), Some(w)) => Some(SharedExpert {
                 gate: experts("shared_expert.gate_proj", &w.gate, [1, cfg.ffn, d])?,
@@ -84,13 +90,8 @@ impl MoeLayer {
         })
     }
 
-    /// Records the whole layer for `hidden [T, d]` into `encoder`.
-    pub fn encode(
-        &self,
-        ctx: &GpuContext,
-        encoder: &mut wgpu::CommandEncoder,
-        hidden: &GpuTensor,
-    ) -> Result<MoeOutputs> {
+    /// Records the whole layer for `hidden [T, d]`.
+    pub fn encode(&self, ctx: &GpuContext, rec: &mut Recorder, hidden: &GpuTensor) -> Result<MoeOutputs> {
         let cfg = &self.config;
         let (d, e, k) = (cfg.hidden_size, cfg.num_experts(), cfg.top_k());
         let tokens = hidden.shape.first().copied().unwrap_or(0);
@@ -104,12 +105,12 @@ impl MoeLayer {
         let f32_tensor = |name: &str, shape: &[usize]| GpuTensor::empty(ctx, name, shape, DType::F32);
 
         let router_logits = f32_tensor("router logits", &[tokens, e])?;
-        encode_router_logits(ctx, encoder, hidden, &self.router, &router_logits)?;
+        encode_router_logits(ctx, rec, hidden, &self.router, &router_logits)?;
         let topk_ids = GpuTensor::empty(ctx, "top-k ids", &[tokens, k], DType::U32)?;
         let topk_weights = f32_tensor("top-k weights", &[tokens, k])?;
         encode_routing(
             ctx,
-            encoder,
+            rec,
             &cfg.routing,
             &router_logits,
             self.selection_bias.as_ref(),
@@ -123,29 +124,35 @@ impl MoeLayer {
                 let capacity = expert_capacity(tokens, k, e, factor)?;
                 let routed = GpuTensor::empty(ctx, "routed ids", &[tokens, k], DType::U32)?;
                 let dropped = GpuTensor::empty(ctx, "dropped per expert", &[e], DType::U32)?;
-                encode_capacity(ctx, encoder, &topk_ids, &topk_weights, capacity, &routed, &dropped)?;
+                encode_capacity(ctx, rec, &topk_ids, &topk_weights, capacity, &routed, &dropped)?;
                 (routed, Some(dropped))
             }
         };
 
-        let permutation = Permutation::new(ctx, tokens * k, e)?;
-        permutation.encode(ctx, encoder, &routed_ids);
+        // Decode reads each assignment's expert directly (GEMV): no permutation, just
+        // the counts for the routing statistics.
         let decode = tokens <= cfg.decode_max_tokens;
-        let rows = if decode {
-            ExpertRows::PerAssignment {
+        let (permutation, expert_counts) = if decode {
+            let counts = GpuTensor::empty(ctx, "expert counts", &[e], DType::U32)?;
+            encode_expert_counts(ctx, rec, &routed_ids, &counts);
+            (None, counts)
+        } else {
+            let permutation = Permutation::new(ctx, tokens * k, e)?;
+            permutation.encode(ctx, rec, &routed_ids);
+            let counts = permutation.expert_counts.clone();
+            (Some(permutation), counts)
+        };
+        let rows = match &permutation {
+            None => ExpertRows::PerAssignment {
                 routed_ids: &routed_ids,
                 top_k: k,
-            }
-        } else {
-            ExpertRows::Permuted {
-                permutation: &permutation,
-                top_k: k,
-            }
+            },
+            Some(permutation) => ExpertRows::Permuted { permutation, top_k: k },
         };
         let h = f32_tensor("expert intermediate", &[rows.output_rows(), cfg.expert_ffn])?;
         let y = f32_tensor("expert outputs", &[rows.output_rows(), d])?;
-        encode_gate_up(ctx, encoder, rows, hidden, &self.gate, &self.up, &h)?;
-        encode_down(ctx, encoder, rows, &h, &self.down, &y)?;
+        encode_gate_up(ctx, rec, rows, hidden, &self.gate, &self.up, &h)?;
+        encode_down(ctx, rec, rows, &h, &self.down, &y)?;
 
         let shared_out = match &self.shared {
             None => None,
@@ -153,13 +160,13 @@ impl MoeLayer {
                 let rows = ExpertRows::Dense { tokens, gemv: decode };
                 let hs = f32_tensor("shared expert intermediate", &[tokens, s.gate.out_dim])?;
                 let ys = f32_tensor("shared expert output", &[tokens, d])?;
-                encode_gate_up(ctx, encoder, rows, hidden, &s.gate, &s.up, &hs)?;
-                encode_down(ctx, encoder, rows, &hs, &s.down, &ys)?;
+                encode_gate_up(ctx, rec, rows, hidden, &s.gate, &s.up, &hs)?;
+                encode_down(ctx, rec, rows, &hs, &s.down, &ys)?;
                 let gate_logits = match &s.gate_weight {
                     None => None,
                     Some(w) => {
                         let logits = f32_tensor("shared expert gate logits", &[tokens, 1])?;
-                        encode_router_logits(ctx, encoder, hidden, w, &logits)?;
+                        encode_router_logits(ctx, rec, hidden, w, &logits)?;
                         Some(logits)
                     }
                 };
@@ -170,9 +177,9 @@ impl MoeLayer {
         let output = f32_tensor("MoE output", &[tokens, d])?;
         encode_combine(
             ctx,
-            encoder,
+            rec,
             &routed_ids,
-            (!decode).then_some(&permutation.assignment_row),
+            permutation.as_ref().map(|p| &p.assignment_row),
             &topk_weights,
             &y,
             shared_out.as_ref().map(|(ys, g)| SharedTerm {
@@ -187,7 +194,7 @@ impl MoeLayer {
             topk_ids,
             topk_weights,
             routed_ids,
-            expert_counts: permutation.expert_counts,
+            expert_counts,
             dropped,
         })
     }
@@ -195,11 +202,9 @@ impl MoeLayer {
     /// Runs the layer on `hidden [T, d]`: one command encoder, one submit.
     pub async fn forward(&self, ctx: &GpuContext, hidden: &GpuTensor) -> Result<MoeOutputs> {
         ctx.scoped("MoE layer forward", || {
-            let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("moe forward"),
-            });
-            let outputs = self.encode(ctx, &mut encoder, hidden)?;
-            ctx.queue.submit([encoder.finish()]);
+            let mut rec = Recorder::new();
+            let outputs = self.encode(ctx, &mut rec, hidden)?;
+            rec.submit(ctx);
             Ok(outputs)
         })
         .await

@@ -1,9 +1,9 @@
 //! Causal grouped-query attention over a GPU KV cache (shaders/attention.wgsl).
 
 use crate::error::{Error, Result};
-use crate::gpu::kernel::{dispatch, ATTENTION};
+use crate::gpu::kernel::{Recorder, ATTENTION};
 use crate::gpu::{DType, GpuContext, GpuTensor};
-use crate::ops::workgroups;
+use crate::ops::{workgroups, Position};
 
 /// One layer's key and value caches, `[kv_heads, max_ctx, head_dim]` each.
 pub struct KvCache {
@@ -29,37 +29,35 @@ impl KvCache {
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct AttentionParams {
+pub(crate) struct AttentionParams {
     tokens: u32,
     heads: u32,
     kv_heads: u32,
     head_dim: u32,
-    pos0: u32,
     max_ctx: u32,
     scale: f32,
-    _pad: u32,
+    _pad: [u32; 2],
 }
 
-/// Stores `k`, `v [T, kv_heads * head_dim]` at positions `pos0..` and records attention
+/// Stores `k`, `v [T, kv_heads * head_dim]` at positions `pos0..` (`position` holds pos0) and records attention
 /// of `q [T, heads * head_dim]` over positions `0..=pos0 + t` into `out` (like `q`).
 #[allow(clippy::too_many_arguments)]
 pub fn encode_attention(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    rec: &mut Recorder,
     cache: &KvCache,
     q: &GpuTensor,
     k: &GpuTensor,
     v: &GpuTensor,
     heads: usize,
-    pos0: usize,
+    position: &Position,
     scale: f32,
     out: &GpuTensor,
 ) -> Result<()> {
     let tokens = q.shape[0];
-    if pos0 + tokens > cache.max_ctx {
+    if tokens > cache.max_ctx {
         return Err(Error::Config(format!(
-            "positions up to {} do not fit the KV cache of {} positions",
-            pos0 + tokens,
+            "{tokens} tokens do not fit the KV cache of {} positions",
             cache.max_ctx
         )));
     }
@@ -70,41 +68,37 @@ pub fn encode_attention(
         )));
     }
     let scores = GpuTensor::empty(ctx, "attention scores", &[tokens * heads, cache.max_ctx], DType::F32)?;
-    let params = ctx.uniform(&AttentionParams {
+    let params = AttentionParams {
         tokens: tokens as u32,
         heads: heads as u32,
         kv_heads: cache.kv_heads as u32,
         head_dim: cache.head_dim as u32,
-        pos0: pos0 as u32,
         max_ctx: cache.max_ctx as u32,
         scale,
-        _pad: 0,
-    });
-    let store = ctx.pipeline(&ATTENTION, "kv_store", &[]);
-    let bind = ctx.bind(
-        &store,
-        &[
-            (0, &params),
-            (2, &cache.keys.buffer),
-            (3, &cache.values.buffer),
-            (6, &k.buffer),
-            (7, &v.buffer),
-        ],
+        _pad: [0; 2],
+    };
+    let (keys, values, pos) = (&cache.keys.buffer, &cache.values.buffer, &position.buffer);
+    rec.dispatch(
+        ctx,
+        ATTENTION.entry("kv_store"),
+        &params,
+        &[(2, keys), (3, values), (6, &k.buffer), (7, &v.buffer), (8, pos)],
+        workgroups(k.len(), 64),
     );
-    dispatch(encoder, &store, &bind, workgroups(k.len(), 64));
-    let attend = ctx.pipeline(&ATTENTION, "attend", &[]);
-    let bind = ctx.bind(
-        &attend,
+    rec.dispatch(
+        ctx,
+        ATTENTION.entry("attend"),
+        &params,
         &[
-            (0, &params),
             (1, &q.buffer),
-            (2, &cache.keys.buffer),
-            (3, &cache.values.buffer),
+            (2, keys),
+            (3, values),
             (4, &scores.buffer),
             (5, &out.buffer),
+            (8, pos),
         ],
+        (tokens * heads) as u32,
     );
-    dispatch(encoder, &attend, &bind, (tokens * heads) as u32);
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! lowest-weight ones dropped and counted (shaders/capacity.wgsl).
 
 use crate::error::{Error, Result};
-use crate::gpu::kernel::{dispatch, CAPACITY, SENTINEL};
+use crate::gpu::kernel::{Recorder, CAPACITY, SENTINEL};
 use crate::gpu::{GpuContext, GpuTensor};
 use crate::ops::{expect_shape, workgroups};
 
@@ -18,7 +18,7 @@ pub fn expert_capacity(tokens: usize, top_k: usize, experts: usize, factor: f32)
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct CapacityParams {
+pub(crate) struct CapacityParams {
     assignments: u32,
     capacity: u32,
     _pad: [u32; 2],
@@ -28,7 +28,7 @@ struct CapacityParams {
 /// `dropped [E]` counts drops per expert (cleared here first).
 pub fn encode_capacity(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    rec: &mut Recorder,
     ids: &GpuTensor,
     weights: &GpuTensor,
     capacity: usize,
@@ -38,24 +38,24 @@ pub fn encode_capacity(
     let n = ids.len();
     expect_shape("capacity weights", weights, &ids.shape)?;
     expect_shape("capacity routed ids", routed_ids, &ids.shape)?;
-    encoder.clear_buffer(&dropped.buffer, 0, None);
-    let params = ctx.uniform(&CapacityParams {
+    rec.clear(&dropped.buffer);
+    let params = CapacityParams {
         assignments: n as u32,
         capacity: capacity as u32,
         _pad: [0; 2],
-    });
-    let pipeline = ctx.pipeline(&CAPACITY, "apply_capacity", &[]);
-    let bind = ctx.bind(
-        &pipeline,
+    };
+    rec.dispatch(
+        ctx,
+        CAPACITY.entry("apply_capacity"),
+        &params,
         &[
-            (0, &params),
             (1, &ids.buffer),
             (2, &weights.buffer),
             (3, &routed_ids.buffer),
             (4, &dropped.buffer),
         ],
+        workgroups(n, 64),
     );
-    dispatch(encoder, &pipeline, &bind, workgroups(n, 64));
     Ok(())
 }
 

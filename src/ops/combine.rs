@@ -2,7 +2,7 @@
 //! (shaders/combine.wgsl).
 
 use crate::error::Result;
-use crate::gpu::kernel::{dispatch, COMBINE, SENTINEL};
+use crate::gpu::kernel::{Recorder, COMBINE, SENTINEL};
 use crate::gpu::{GpuContext, GpuTensor};
 use crate::ops::{expect_shape, workgroups};
 
@@ -17,7 +17,7 @@ pub struct SharedTerm<'a> {
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct CombineParams {
+pub(crate) struct CombineParams {
     tokens: u32,
     top_k: u32,
     dim: u32,
@@ -31,7 +31,7 @@ struct CombineParams {
 #[allow(clippy::too_many_arguments)]
 pub fn encode_combine(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    rec: &mut Recorder,
     routed_ids: &GpuTensor,
     assignment_row: Option<&GpuTensor>,
     weights: &GpuTensor,
@@ -50,7 +50,7 @@ pub fn encode_combine(
             expect_shape("shared expert gate logits", g, &[tokens, 1])?;
         }
     }
-    let params = ctx.uniform(&CombineParams {
+    let params = CombineParams {
         tokens: tokens as u32,
         top_k: top_k as u32,
         dim: dim as u32,
@@ -61,16 +61,16 @@ pub fn encode_combine(
             Some(_) => 2,
         },
         _pad: [0; 3],
-    });
-    let pipeline = ctx.pipeline(&COMBINE, "combine", &[]);
+    };
     // Unused inputs are never read; other read-only buffers stand in for them.
     let rows = assignment_row.map_or(&routed_ids.buffer, |r| &r.buffer);
     let shared_out = shared.map_or(&y.buffer, |s| &s.output.buffer);
     let shared_gate = shared.and_then(|s| s.gate_logits).map_or(&y.buffer, |g| &g.buffer);
-    let bind = ctx.bind(
-        &pipeline,
+    rec.dispatch(
+        ctx,
+        COMBINE.entry("combine"),
+        &params,
         &[
-            (0, &params),
             (1, &routed_ids.buffer),
             (2, rows),
             (3, &weights.buffer),
@@ -79,8 +79,8 @@ pub fn encode_combine(
             (6, shared_gate),
             (7, &out.buffer),
         ],
+        workgroups(tokens * dim, 64),
     );
-    dispatch(encoder, &pipeline, &bind, workgroups(tokens * dim, 64));
     Ok(())
 }
 

@@ -1,49 +1,65 @@
 //! Token embedding lookup (shaders/embedding.wgsl) and greedy argmax (shaders/sampling.wgsl).
 
-use crate::gpu::kernel::{dispatch, EMBEDDING, SAMPLING};
+use crate::error::Result;
+use crate::gpu::kernel::{Recorder, EMBEDDING, SAMPLING};
 use crate::gpu::{GpuContext, GpuTensor};
-use crate::ops::workgroups;
+use crate::ops::{expect_shape, workgroups};
+use crate::weights::WeightMatrix;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct EmbeddingParams {
+pub(crate) struct EmbeddingParams {
     tokens: u32,
     dim: u32,
     scale: f32,
-    _pad: u32,
+    row_begin: u32,
+    row_end: u32,
+    _pad: [u32; 3],
 }
 
-/// `x [T, d] = table[ids] * scale`; `table` is `[vocab, d]` in any weight dtype.
-/// Ids must be below vocab (checked by the caller, on the host).
+/// `x [T, d] = table[ids] * scale`; `table` is a `[vocab, d]` matrix in any format,
+/// one dispatch per chunk of its rows. Ids must be below vocab (checked by the
+/// caller, on the host).
 pub fn encode_embedding(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    rec: &mut Recorder,
     ids: &GpuTensor,
-    table: &GpuTensor,
+    table: &WeightMatrix,
     scale: f32,
     x: &GpuTensor,
-) {
-    let (tokens, dim) = (ids.len(), table.shape[table.shape.len() - 1]);
-    let params = ctx.uniform(&EmbeddingParams {
-        tokens: tokens as u32,
-        dim: dim as u32,
-        scale,
-        _pad: 0,
-    });
-    let pipeline = ctx.pipeline(&EMBEDDING, "embed", &[("WEIGHT_DTYPE", table.dtype.weight_code())]);
-    let bind = ctx.bind(
-        &pipeline,
-        &[(0, &params), (1, &ids.buffer), (2, &table.buffer), (3, &x.buffer)],
-    );
-    dispatch(encoder, &pipeline, &bind, workgroups(tokens * dim, 64));
+) -> Result<()> {
+    let (tokens, dim) = (ids.len(), table.in_dim);
+    expect_shape("embedding output", x, &[tokens, dim])?;
+    for chunk in &table.chunks {
+        let params = EmbeddingParams {
+            tokens: tokens as u32,
+            dim: dim as u32,
+            scale,
+            row_begin: chunk.rows.start as u32,
+            row_end: chunk.rows.end as u32,
+            _pad: [0; 3],
+        };
+        rec.dispatch(
+            ctx,
+            EMBEDDING.entry("embed").weights(table.format),
+            &params,
+            &[(1, &ids.buffer), (2, &chunk.buffer), (3, &x.buffer)],
+            workgroups(tokens * dim, 64),
+        );
+    }
+    Ok(())
 }
 
 /// `result[0] = argmax(logits)`, lowest index on ties.
-pub fn encode_argmax(ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder, logits: &GpuTensor, result: &GpuTensor) {
-    let params = ctx.uniform(&[logits.len() as u32, 0, 0, 0]);
-    let pipeline = ctx.pipeline(&SAMPLING, "argmax", &[]);
-    let bind = ctx.bind(&pipeline, &[(0, &params), (1, &logits.buffer), (2, &result.buffer)]);
-    dispatch(encoder, &pipeline, &bind, 1);
+pub fn encode_argmax(ctx: &GpuContext, rec: &mut Recorder, logits: &GpuTensor, result: &GpuTensor) {
+    let params = [logits.len() as u32, 0, 0, 0];
+    rec.dispatch(
+        ctx,
+        SAMPLING.entry("argmax"),
+        &params,
+        &[(1, &logits.buffer), (2, &result.buffer)],
+        1,
+    );
 }
 
 /// CPU reference of argmax (lowest index on ties, NaN ignored).

@@ -4,81 +4,17 @@
 //! used for shared experts.
 
 use crate::error::{Error, Result};
-use crate::gpu::kernel::{dispatch, EXPERT_GEMV, EXPERT_MATMUL};
-use crate::gpu::{DType, GpuContext, GpuTensor};
+use crate::gpu::kernel::{Recorder, EXPERT_GEMV, EXPERT_MATMUL};
+use crate::gpu::{GpuContext, GpuTensor};
 use crate::ops::permute::{Permutation, BLOCK_ROWS};
 use crate::ops::router::dot;
 use crate::ops::{expect_shape, workgroups};
+use crate::weights::WeightMatrix;
 
 /// Output columns per workgroup of the tiled kernel (its BN tile).
 const TILE_COLS: usize = 64;
 /// Output rows per workgroup of the GEMV kernel.
 const GEMV_ROWS: usize = 4;
-
-/// One storage buffer holding experts `expert_begin..expert_end` of a matrix kind.
-#[derive(Clone, Debug)]
-pub struct WeightChunk {
-    pub tensor: GpuTensor,
-    pub expert_begin: usize,
-    pub expert_end: usize,
-}
-
-/// All experts' weights of one matrix kind, `[E, out, in]`, split into as few
-/// buffers as the adapter's binding limit allows (whole experts per buffer).
-#[derive(Clone, Debug)]
-pub struct ExpertWeights {
-    pub name: String,
-    pub experts: usize,
-    pub out_dim: usize,
-    pub in_dim: usize,
-    pub dtype: DType,
-    pub chunks: Vec<WeightChunk>,
-}
-
-impl ExpertWeights {
-    /// Uploads `values` (`[experts, out_dim, in_dim]`, row-major) stored as `dtype`.
-    pub fn upload(ctx: &GpuContext, name: &str, values: &[f32], shape: [usize; 3], dtype: DType) -> Result<Self> {
-        let [experts, out_dim, in_dim] = shape;
-        if values.len() != experts * out_dim * in_dim {
-            return Err(Error::Shape {
-                what: name.to_string(),
-                expected: shape.to_vec(),
-                actual: vec![values.len()],
-            });
-        }
-        if dtype == DType::U32 {
-            return Err(Error::Config(format!("{name}: u32 is not a weight type")));
-        }
-        let per_expert = out_dim * in_dim;
-        let expert_bytes = dtype.storage_bytes(per_expert);
-        ctx.check_binding(&format!("one expert of {name}"), expert_bytes)?;
-        let per_chunk = ((ctx.max_binding_bytes() / expert_bytes) as usize).clamp(1, experts.max(1));
-        let mut chunks = Vec::new();
-        for begin in (0..experts).step_by(per_chunk) {
-            let end = (begin + per_chunk).min(experts);
-            let tensor = GpuTensor::from_f32(
-                ctx,
-                &format!("{name}[{begin}..{end}]"),
-                &[end - begin, out_dim, in_dim],
-                &values[begin * per_expert..end * per_expert],
-                dtype,
-            )?;
-            chunks.push(WeightChunk {
-                tensor,
-                expert_begin: begin,
-                expert_end: end,
-            });
-        }
-        Ok(Self {
-            name: name.to_string(),
-            experts,
-            out_dim,
-            in_dim,
-            dtype,
-            chunks,
-        })
-    }
-}
 
 /// Which rows the matmul computes and how they map to tokens and experts.
 #[derive(Clone, Copy)]
@@ -104,10 +40,12 @@ impl ExpertRows<'_> {
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct MatmulParams {
+pub(crate) struct MatmulParams {
     rows_per_token: u32,
     k_dim: u32,
+    /// Output width (the matrix's out_dim): the row stride of the output.
     n_dim: u32,
+    /// Column tiles (tiled) or row groups (GEMV) of this chunk's rows.
     col_tiles: u32,
     expert_begin: u32,
     expert_end: u32,
@@ -115,126 +53,139 @@ struct MatmulParams {
     rows_or_blocks: u32,
     /// Tiled: dense row count (0 = grouped). GEMV: 1 = dense.
     dense: u32,
+    /// The chunk holds output rows row_begin..row_end of each of its experts.
+    row_begin: u32,
+    row_end: u32,
+    /// Elements from one expert to the next in the chunk.
+    expert_stride: u32,
+    _pad: u32,
 }
 
 /// Records `h = silu(x . gate^T) * (x . up^T)` per row: input `[tokens, d]`, output
 /// `[rows, ffn]` (rows per `ExpertRows::output_rows`).
 pub fn encode_gate_up(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    rec: &mut Recorder,
     rows: ExpertRows,
     x: &GpuTensor,
-    gate: &ExpertWeights,
-    up: &ExpertWeights,
+    gate: &WeightMatrix,
+    up: &WeightMatrix,
     h: &GpuTensor,
 ) -> Result<()> {
-    if (up.experts, up.out_dim, up.in_dim, up.dtype) != (gate.experts, gate.out_dim, gate.in_dim, gate.dtype)
-        || up.chunks.len() != gate.chunks.len()
+    let same_chunks = up.chunks.len() == gate.chunks.len()
+        && up
+            .chunks
+            .iter()
+            .zip(&gate.chunks)
+            .all(|(a, b)| a.experts == b.experts && a.rows == b.rows);
+    if (up.experts, up.out_dim, up.in_dim, up.format, up.expert_stride)
+        != (gate.experts, gate.out_dim, gate.in_dim, gate.format, gate.expert_stride)
+        || !same_chunks
     {
         return Err(Error::Config(format!(
-            "{} and {} must have the same shape, dtype and chunking",
+            "{} and {} must have the same shape, format and chunking",
             gate.name, up.name
         )));
     }
     expect_shape("expert matmul input", x, &[x.shape[0], gate.in_dim])?;
-    encode_expert_matmul(ctx, encoder, rows, x, gate, Some(up), h)
+    encode_expert_matmul(ctx, rec, rows, x, gate, Some(up), h)
 }
 
 /// Records `y = h . down^T` per row: input `[rows, ffn]`, output `[rows, d]`.
 pub fn encode_down(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    rec: &mut Recorder,
     rows: ExpertRows,
     h: &GpuTensor,
-    down: &ExpertWeights,
+    down: &WeightMatrix,
     y: &GpuTensor,
 ) -> Result<()> {
     expect_shape("down projection input", h, &[rows.output_rows(), down.in_dim])?;
-    encode_expert_matmul(ctx, encoder, rows, h, down, None, y)
+    encode_expert_matmul(ctx, rec, rows, h, down, None, y)
 }
 
 fn encode_expert_matmul(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    rec: &mut Recorder,
     rows: ExpertRows,
     input: &GpuTensor,
-    w0: &ExpertWeights,
-    w1: Option<&ExpertWeights>,
+    w0: &WeightMatrix,
+    w1: Option<&WeightMatrix>,
     out: &GpuTensor,
 ) -> Result<()> {
     let out_rows = rows.output_rows();
     expect_shape("expert matmul output", out, &[out_rows, w0.out_dim])?;
     let (k_dim, n_dim) = (w0.in_dim, w0.out_dim);
     let entry = if w1.is_some() { "gate_up" } else { "down" };
-    let (shader, index_buffer, block_buffer, rows_per_token, rows_or_blocks, dense, col_tiles, groups) = match rows {
-        ExpertRows::Permuted { permutation, top_k } => {
-            let tiles = n_dim.div_ceil(TILE_COLS);
-            (
-                &EXPERT_MATMUL,
-                Some(&permutation.row_assignment.buffer),
-                Some(&permutation.block_expert.buffer),
-                top_k,
-                permutation.max_blocks,
-                0,
-                tiles,
-                permutation.max_blocks * tiles,
-            )
-        }
-        ExpertRows::Dense { tokens, gemv: false } => {
-            let tiles = n_dim.div_ceil(TILE_COLS);
-            let blocks = tokens.div_ceil(BLOCK_ROWS);
-            (&EXPERT_MATMUL, None, None, 1, blocks, tokens, tiles, blocks * tiles)
-        }
-        ExpertRows::PerAssignment { routed_ids, top_k } => {
-            let groups = n_dim.div_ceil(GEMV_ROWS);
-            (
-                &EXPERT_GEMV,
-                Some(&routed_ids.buffer),
-                None,
-                top_k,
-                routed_ids.len(),
-                0,
-                groups,
-                routed_ids.len() * groups,
-            )
-        }
-        ExpertRows::Dense { tokens, gemv: true } => {
-            let groups = n_dim.div_ceil(GEMV_ROWS);
-            (&EXPERT_GEMV, None, None, 1, tokens, 1, groups, tokens * groups)
-        }
+    // (kernel, row index buffer, block table, rows per token, grid rows, dense, outputs per workgroup)
+    let (shader, tiled, index_buffer, block_buffer, rows_per_token, rows_or_blocks, dense, per_group) = match rows {
+        ExpertRows::Permuted { permutation, top_k } => (
+            EXPERT_MATMUL,
+            true,
+            Some(&permutation.row_assignment.buffer),
+            Some(&permutation.block_expert.buffer),
+            top_k,
+            permutation.max_blocks,
+            0,
+            TILE_COLS,
+        ),
+        ExpertRows::Dense { tokens, gemv: false } => (
+            EXPERT_MATMUL,
+            true,
+            None,
+            None,
+            1,
+            tokens.div_ceil(BLOCK_ROWS),
+            tokens,
+            TILE_COLS,
+        ),
+        ExpertRows::PerAssignment { routed_ids, top_k } => (
+            EXPERT_GEMV,
+            false,
+            Some(&routed_ids.buffer),
+            None,
+            top_k,
+            routed_ids.len(),
+            0,
+            GEMV_ROWS,
+        ),
+        ExpertRows::Dense { tokens, gemv: true } => (EXPERT_GEMV, false, None, None, 1, tokens, 1, GEMV_ROWS),
     };
-    let pipeline = ctx.pipeline(shader, entry, &[("WEIGHT_DTYPE", w0.dtype.weight_code())]);
+    let key = shader.entry(entry).weights(w0.format);
     // Dense mode never reads the index buffers; the input stands in for them.
     let index_buffer = index_buffer.unwrap_or(&input.buffer);
-    let tiled = std::ptr::eq(shader, &EXPERT_MATMUL);
     for (i, chunk) in w0.chunks.iter().enumerate() {
-        let params = ctx.uniform(&MatmulParams {
+        let col_tiles = chunk.rows.len().div_ceil(per_group);
+        let params = MatmulParams {
             rows_per_token: rows_per_token as u32,
             k_dim: k_dim as u32,
             n_dim: n_dim as u32,
             col_tiles: col_tiles as u32,
-            expert_begin: chunk.expert_begin as u32,
-            expert_end: chunk.expert_end as u32,
+            expert_begin: chunk.experts.start as u32,
+            expert_end: chunk.experts.end as u32,
             rows_or_blocks: rows_or_blocks as u32,
             dense: dense as u32,
-        });
-        let mut entries: Vec<(u32, &wgpu::Buffer)> = vec![(0, &params), (1, &input.buffer), (2, index_buffer)];
+            row_begin: chunk.rows.start as u32,
+            row_end: chunk.rows.end as u32,
+            expert_stride: w0.expert_stride as u32,
+            _pad: 0,
+        };
+        let mut entries: Vec<(u32, &wgpu::Buffer)> = vec![(1, &input.buffer), (2, index_buffer)];
         if tiled {
             entries.push((3, block_buffer.unwrap_or(index_buffer)));
-            entries.push((4, &chunk.tensor.buffer));
+            entries.push((4, &chunk.buffer));
             entries.push((5, &out.buffer));
             if let Some(w1) = w1 {
-                entries.push((6, &w1.chunks[i].tensor.buffer));
+                entries.push((6, &w1.chunks[i].buffer));
             }
         } else {
-            entries.push((3, &chunk.tensor.buffer));
+            entries.push((3, &chunk.buffer));
             entries.push((4, &out.buffer));
             if let Some(w1) = w1 {
-                entries.push((5, &w1.chunks[i].tensor.buffer));
+                entries.push((5, &w1.chunks[i].buffer));
             }
         }
-        let bind = ctx.bind(&pipeline, &entries);
-        dispatch(encoder, &pipeline, &bind, workgroups(groups, 1));
+        rec.dispatch(ctx, key, &params, &entries, workgroups(rows_or_blocks * col_tiles, 1));
     }
     Ok(())
 }

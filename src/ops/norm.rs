@@ -1,12 +1,12 @@
 //! RMSNorm (shaders/norm.wgsl).
 
 use crate::error::Result;
-use crate::gpu::kernel::{dispatch, NORM};
+use crate::gpu::kernel::{Recorder, NORM};
 use crate::gpu::{GpuContext, GpuTensor};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct NormParams {
+pub(crate) struct NormParams {
     rows: u32,
     dim: u32,
     eps: f32,
@@ -16,7 +16,7 @@ struct NormParams {
 /// Records `y = rms_norm(x) * w` over rows of `w.len()` elements (`x`, `y` of equal size).
 pub fn encode_rms_norm(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    rec: &mut Recorder,
     x: &GpuTensor,
     w: &GpuTensor,
     eps: f32,
@@ -25,18 +25,19 @@ pub fn encode_rms_norm(
     let dim = w.len();
     let rows = x.len() / dim;
     crate::ops::expect_shape("rms norm output", y, &x.shape)?;
-    let params = ctx.uniform(&NormParams {
+    let params = NormParams {
         rows: rows as u32,
         dim: dim as u32,
         eps,
         _pad: 0,
-    });
-    let pipeline = ctx.pipeline(&NORM, "rms_norm", &[]);
-    let bind = ctx.bind(
-        &pipeline,
-        &[(0, &params), (1, &x.buffer), (2, &w.buffer), (3, &y.buffer)],
+    };
+    rec.dispatch(
+        ctx,
+        NORM.entry("rms_norm"),
+        &params,
+        &[(1, &x.buffer), (2, &w.buffer), (3, &y.buffer)],
+        rows as u32,
     );
-    dispatch(encoder, &pipeline, &bind, rows as u32);
     Ok(())
 }
 

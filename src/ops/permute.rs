@@ -3,7 +3,7 @@
 //! (shaders/permute.wgsl).
 
 use crate::error::Result;
-use crate::gpu::kernel::{dispatch, PERMUTE, SENTINEL};
+use crate::gpu::kernel::{Recorder, PERMUTE, SENTINEL};
 use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::ops::workgroups;
 
@@ -40,7 +40,7 @@ pub struct Permutation {
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct PermuteParams {
+pub(crate) struct PermuteParams {
     assignments: u32,
     experts: u32,
     chunks: u32,
@@ -70,35 +70,35 @@ impl Permutation {
     }
 
     /// Records the sort of `routed_ids [T * k]` (SENTINEL entries get no row).
-    pub fn encode(&self, ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder, routed_ids: &GpuTensor) {
+    pub fn encode(&self, ctx: &GpuContext, rec: &mut Recorder, routed_ids: &GpuTensor) {
         let chunks = self.assignments.div_ceil(CHUNK);
-        let params = ctx.uniform(&PermuteParams {
+        let params = PermuteParams {
             assignments: self.assignments as u32,
             experts: self.experts as u32,
             chunks: chunks as u32,
             block_rows: BLOCK_ROWS as u32,
             max_blocks: self.max_blocks as u32,
             _pad: [0; 3],
-        });
-        encoder.clear_buffer(&self.chunk_counts.buffer, 0, None);
+        };
+        rec.clear(&self.chunk_counts.buffer);
 
-        let count = ctx.pipeline(&PERMUTE, "count_chunks", &[]);
-        let bind = ctx.bind(
-            &count,
+        rec.dispatch(
+            ctx,
+            PERMUTE.entry("count_chunks"),
+            &params,
             &[
-                (0, &params),
                 (1, &routed_ids.buffer),
                 (2, &self.ranks.buffer),
                 (3, &self.chunk_counts.buffer),
             ],
+            chunks as u32,
         );
-        dispatch(encoder, &count, &bind, chunks as u32);
 
-        let scan = ctx.pipeline(&PERMUTE, "scan_offsets", &[]);
-        let bind = ctx.bind(
-            &scan,
+        rec.dispatch(
+            ctx,
+            PERMUTE.entry("scan_offsets"),
+            &params,
             &[
-                (0, &params),
                 (3, &self.chunk_counts.buffer),
                 (4, &self.chunk_offsets.buffer),
                 (5, &self.expert_counts.buffer),
@@ -106,14 +106,14 @@ impl Permutation {
                 (7, &self.block_expert.buffer),
                 (8, &self.row_assignment.buffer),
             ],
+            1,
         );
-        dispatch(encoder, &scan, &bind, 1);
 
-        let scatter = ctx.pipeline(&PERMUTE, "scatter", &[]);
-        let bind = ctx.bind(
-            &scatter,
+        rec.dispatch(
+            ctx,
+            PERMUTE.entry("scatter"),
+            &params,
             &[
-                (0, &params),
                 (1, &routed_ids.buffer),
                 (2, &self.ranks.buffer),
                 (4, &self.chunk_offsets.buffer),
@@ -121,9 +121,38 @@ impl Permutation {
                 (8, &self.row_assignment.buffer),
                 (9, &self.assignment_row.buffer),
             ],
+            workgroups(self.assignments, 64),
         );
-        dispatch(encoder, &scatter, &bind, workgroups(self.assignments, 64));
     }
+}
+
+/// Records `counts [E]` = assignments of `routed_ids [N]` per expert, without a
+/// permutation (the decode path's routing statistics).
+pub fn encode_expert_counts(ctx: &GpuContext, rec: &mut Recorder, routed_ids: &GpuTensor, counts: &GpuTensor) {
+    let params = PermuteParams {
+        assignments: routed_ids.len() as u32,
+        experts: counts.len() as u32,
+        chunks: 0,
+        block_rows: BLOCK_ROWS as u32,
+        max_blocks: 0,
+        _pad: [0; 3],
+    };
+    rec.dispatch(
+        ctx,
+        PERMUTE.entry("count_experts"),
+        &params,
+        &[(1, &routed_ids.buffer), (5, &counts.buffer)],
+        workgroups(counts.len(), 64),
+    );
+}
+
+/// CPU reference of the expert counts.
+pub fn expert_counts_reference(routed_ids: &[u32], experts: usize) -> Vec<u32> {
+    let mut counts = vec![0u32; experts];
+    for &e in routed_ids.iter().filter(|&&e| e != SENTINEL) {
+        counts[e as usize] += 1;
+    }
+    counts
 }
 
 /// What the permutation computes, on the CPU.
@@ -140,10 +169,7 @@ pub struct PermutationReference {
 
 /// CPU reference: a stable counting sort.
 pub fn permutation_reference(routed_ids: &[u32], experts: usize) -> PermutationReference {
-    let mut expert_counts = vec![0u32; experts];
-    for &e in routed_ids.iter().filter(|&&e| e != SENTINEL) {
-        expert_counts[e as usize] += 1;
-    }
+    let expert_counts = expert_counts_reference(routed_ids, experts);
     let mut padded_offsets = vec![0u32; experts + 1];
     for e in 0..experts {
         padded_offsets[e + 1] = padded_offsets[e] + expert_counts[e].div_ceil(BLOCK_ROWS as u32) * BLOCK_ROWS as u32;

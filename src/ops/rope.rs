@@ -1,9 +1,9 @@
 //! Rotary position embedding (shaders/rope.wgsl) and its cos/sin table.
 
 use crate::error::Result;
-use crate::gpu::kernel::{dispatch, ROPE};
+use crate::gpu::kernel::{Recorder, ROPE};
 use crate::gpu::{DType, GpuContext, GpuTensor};
-use crate::ops::workgroups;
+use crate::ops::{workgroups, Position};
 
 /// The (cos, sin) table `[positions, rot/2, 2]` as transformers computes it in f32:
 /// `inv_freq[i] = 1 / theta^(2i / rot)`, angle = position * inv_freq[i].
@@ -31,38 +31,38 @@ pub fn upload_rope_table(ctx: &GpuContext, theta: f32, rotary_dim: usize, positi
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct RopeParams {
+pub(crate) struct RopeParams {
     tokens: u32,
     heads: u32,
     head_dim: u32,
     half_rot: u32,
-    pos0: u32,
-    _pad: [u32; 3],
 }
 
-/// Rotates `x [T, heads * head_dim]` in place for positions `pos0..pos0 + T`.
+/// Rotates `x [T, heads * head_dim]` in place for positions `pos0..pos0 + T` (`position` holds pos0).
 pub fn encode_rope(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    rec: &mut Recorder,
     x: &GpuTensor,
     table: &GpuTensor,
     heads: usize,
     head_dim: usize,
-    pos0: usize,
+    position: &Position,
 ) {
     let tokens = x.shape[0];
     let half_rot = table.shape[1];
-    let params = ctx.uniform(&RopeParams {
+    let params = RopeParams {
         tokens: tokens as u32,
         heads: heads as u32,
         head_dim: head_dim as u32,
         half_rot: half_rot as u32,
-        pos0: pos0 as u32,
-        _pad: [0; 3],
-    });
-    let pipeline = ctx.pipeline(&ROPE, "rope", &[]);
-    let bind = ctx.bind(&pipeline, &[(0, &params), (1, &x.buffer), (2, &table.buffer)]);
-    dispatch(encoder, &pipeline, &bind, workgroups(tokens * heads * half_rot, 64));
+    };
+    rec.dispatch(
+        ctx,
+        ROPE.entry("rope"),
+        &params,
+        &[(1, &x.buffer), (2, &table.buffer), (3, &position.buffer)],
+        workgroups(tokens * heads * half_rot, 64),
+    );
 }
 
 /// CPU reference, in place on `x [T, heads * head_dim]`.

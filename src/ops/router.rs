@@ -1,13 +1,14 @@
 //! Router logits: `logits[t, r] = x[t] . w[r]` (shaders/router.wgsl).
 
 use crate::error::Result;
-use crate::gpu::kernel::{dispatch, ROUTER};
+use crate::gpu::kernel::{Recorder, ROUTER};
 use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::ops::{expect_shape, workgroups};
+use crate::weights::WeightFormat;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct RouterParams {
+pub(crate) struct RouterParams {
     tokens: u32,
     rows: u32,
     dim: u32,
@@ -17,7 +18,7 @@ struct RouterParams {
 /// Records `logits [T, R] = x [T, d] . w [R, d]^T` (w in any weight dtype).
 pub fn encode_router_logits(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    rec: &mut Recorder,
     x: &GpuTensor,
     w: &GpuTensor,
     logits: &GpuTensor,
@@ -27,19 +28,21 @@ pub fn encode_router_logits(
     expect_shape("router weight", w, &[rows, dim])?;
     expect_shape("router logits", logits, &[tokens, rows])?;
     expect_shape("router input", x, &[tokens, dim])?;
-    let params = ctx.uniform(&RouterParams {
+    let params = RouterParams {
         tokens: tokens as u32,
         rows: rows as u32,
         dim: dim as u32,
         _pad: 0,
-    });
-    let pipeline = ctx.pipeline(&ROUTER, "router_logits", &[("WEIGHT_DTYPE", w.dtype.weight_code())]);
-    let bind = ctx.bind(
-        &pipeline,
-        &[(0, &params), (1, &x.buffer), (2, &w.buffer), (3, &logits.buffer)],
-    );
+    };
     debug_assert_ne!(x.dtype, DType::U32);
-    dispatch(encoder, &pipeline, &bind, workgroups(tokens * rows, 64));
+    let key = ROUTER.entry("router_logits").weights(WeightFormat::of_dtype(w.dtype)?);
+    rec.dispatch(
+        ctx,
+        key,
+        &params,
+        &[(1, &x.buffer), (2, &w.buffer), (3, &logits.buffer)],
+        workgroups(tokens * rows, 64),
+    );
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! Expert selection: scores, top-k and routing weights (shaders/routing.wgsl).
 
 use crate::error::{Error, Result};
-use crate::gpu::kernel::{dispatch, ROUTING, SENTINEL};
+use crate::gpu::kernel::{Recorder, ROUTING, SENTINEL};
 use crate::gpu::{GpuContext, GpuTensor};
 use crate::ops::{expect_shape, workgroups};
 
@@ -108,7 +108,7 @@ impl RoutingConfig {
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct RoutingParams {
+pub(crate) struct RoutingParams {
     tokens: u32,
     experts: u32,
     top_k: u32,
@@ -128,7 +128,7 @@ struct RoutingParams {
 /// `bias [E]` shifts the selection key only.
 pub fn encode_routing(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    rec: &mut Recorder,
     config: &RoutingConfig,
     logits: &GpuTensor,
     bias: Option<&GpuTensor>,
@@ -149,7 +149,7 @@ pub fn encode_routing(
         topk_group: 1,
         score: GroupScore::Max,
     });
-    let params = ctx.uniform(&RoutingParams {
+    let params = RoutingParams {
         tokens: tokens as u32,
         experts: e as u32,
         top_k: k as u32,
@@ -163,21 +163,21 @@ pub fn encode_routing(
         _pad0: [0; 2],
         scaling: config.scaling,
         _pad1: [0.0; 3],
-    });
-    let pipeline = ctx.pipeline(&ROUTING, "route", &[]);
+    };
     // Without a bias the kernel never reads binding 2; the logits stand in for it.
     let bias_buffer = bias.map_or(&logits.buffer, |b| &b.buffer);
-    let bind = ctx.bind(
-        &pipeline,
+    rec.dispatch(
+        ctx,
+        ROUTING.entry("route"),
+        &params,
         &[
-            (0, &params),
             (1, &logits.buffer),
             (2, bias_buffer),
             (3, &ids.buffer),
             (4, &weights.buffer),
         ],
+        workgroups(tokens, 64),
     );
-    dispatch(encoder, &pipeline, &bind, workgroups(tokens, 64));
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use webmoe::gpu::kernel::Recorder;
 use webmoe::{ContextOptions, GpuContext};
 
 /// A context on the adapter the environment selects (lavapipe in CI). Tests fail,
@@ -25,11 +26,11 @@ pub fn random_vec(rng: &mut ChaCha8Rng, len: usize, scale: f32) -> Vec<f32> {
     (0..len).map(|_| rng.random_range(-scale..scale)).collect()
 }
 
-/// Records work into one encoder and submits it.
-pub fn run(ctx: &GpuContext, record: impl FnOnce(&mut wgpu::CommandEncoder)) {
-    let mut encoder = ctx.device.create_command_encoder(&Default::default());
-    record(&mut encoder);
-    ctx.queue.submit([encoder.finish()]);
+/// Records work and submits it in one command buffer.
+pub fn run(ctx: &GpuContext, record: impl FnOnce(&mut Recorder)) {
+    let mut recorder = Recorder::new();
+    record(&mut recorder);
+    recorder.submit(ctx);
 }
 
 /// Largest |a - b| relative to the largest |b| (at least `floor`), over all elements.

@@ -20,10 +20,17 @@ const TOKENS = 16;
 const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm", ".json": "application/json" };
 
 let server, baseUrl, context;
+// When set, the server refuses the model's files (as if the network were gone).
+let modelFilesOffline = false;
 
 before(async () => {
   server = createServer((req, res) => {
-    const path = join(dist, decodeURIComponent(new URL(req.url, "http://x").pathname));
+    const pathname = decodeURIComponent(new URL(req.url, "http://x").pathname);
+    if (modelFilesOffline && pathname.startsWith("/models/")) {
+      res.writeHead(503).end();
+      return;
+    }
+    const path = join(dist, pathname);
     try {
       const file = statSync(path).isDirectory() ? join(path, "index.html") : path;
       res.writeHead(200, { "content-type": TYPES[extname(file)] ?? "application/octet-stream" });
@@ -84,6 +91,30 @@ test("greedy tokens in the browser equal the native engine's", async () => {
   console.log(`adapter: ${state.adapter.description}`);
   console.log(`browser: prefill ${state.report.prefill_tokens_per_second.toFixed(1)} tokens/s, decode ${state.report.decode_tokens_per_second.toFixed(1)} tokens/s; native run (whole process) ${nativeSeconds.toFixed(1)} s`);
   await page.close();
+});
+
+test("shards stream into the GPU with bounded wasm memory, and a reload works offline from Cache Storage", async () => {
+  const shardBytes = statSync(join(dist, "models/tiny-moe/model.safetensors")).size;
+  const query = `autorun=1&greedy=1&max=8&prompt=${encodeURIComponent(PROMPT)}`;
+  const first = await openPage(query);
+  const load = first.state.load;
+  console.log(`wasm memory: ${(load.wasmBytesBefore / 2 ** 20).toFixed(1)} MiB before the load, ${(load.wasmBytesAfter / 2 ** 20).toFixed(1)} MiB after (the shard is ${(shardBytes / 2 ** 20).toFixed(1)} MiB); from cache: ${load.fromCache}`);
+  // Streaming: the load adds far less to wasm memory than one shard (a copy of the
+  // shard would add all of it), and the whole wasm memory stays under the shard size.
+  assert.ok(load.wasmBytesAfter - load.wasmBytesBefore < shardBytes / 4, "the load grew wasm memory by a large part of the shard");
+  assert.ok(load.wasmBytesAfter < shardBytes, `wasm memory ${load.wasmBytesAfter} is not below the shard's ${shardBytes} bytes`);
+  assert.deepEqual(load.notes, []);
+  await first.page.close();
+
+  modelFilesOffline = true;
+  try {
+    const again = await openPage(query);
+    assert.equal(again.state.load.fromCache, true, "the reload did not come from Cache Storage");
+    assert.deepEqual(again.state.generated, first.state.generated, "tokens after an offline reload differ");
+    await again.page.close();
+  } finally {
+    modelFilesOffline = false;
+  }
 });
 
 test("every kernel matches the CPU reference in the browser", async () => {

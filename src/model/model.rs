@@ -1,0 +1,473 @@
+//! The generic MoE decoder's weights on the GPU: an immutable [`Model`] (shared by any
+//! number of [`crate::model::session::Session`]s), planned from a checkpoint's headers
+//! and filled by streaming its bytes ([`crate::model::load`]), and the recording of
+//! one forward pass. Every supported family (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE,
+//! GraniteMoE) is a configuration of this one model:
+//!
+//! ```text
+//! x = embed(ids) * embedding_multiplier
+//! per layer:
+//!   h = rms_norm(x)
+//!   q, k, v = h W_q (+b), h W_k (+b), h W_v (+b)       [q/k norm per head or whole, clip]
+//!   q, k = rope(q), rope(k); store k, v in the KV cache
+//!   x += residual_multiplier * attention(q, cache) W_o
+//!   x += residual_multiplier * ffn(rms_norm(x))         [MoE layer or dense SwiGLU]
+//! logits = rms_norm(x) W_lm / logits_scaling            [W_lm tied to embed or not]
+//! ```
+
+use crate::error::{Error, Result};
+use crate::gpu::kernel::Recorder;
+use crate::gpu::{DType, GpuContext, GpuTensor};
+use crate::model::config::{ModelConfig, QkNorm};
+use crate::model::names::{self, ExpertTensors};
+use crate::model::safetensors_io::Checkpoint;
+use crate::moe::layer::SharedExpert;
+use crate::moe::MoeLayer;
+use crate::ops::attention::{encode_attention, KvCache};
+use crate::ops::elementwise::{encode_add_row_bias, encode_add_scaled, encode_scale_clamp};
+use crate::ops::embedding::encode_embedding;
+use crate::ops::expert_matmul::{encode_down, encode_gate_up, ExpertRows};
+use crate::ops::norm::encode_rms_norm;
+use crate::ops::rope::{encode_rope, upload_rope_table};
+use crate::ops::Position;
+use crate::weights::{Placement, WeightFormat, WeightMatrix};
+
+/// Batches of at most this many tokens use the GEMV kernels for dense projections.
+const GEMV_MAX_TOKENS: usize = 4;
+
+/// Which positions get logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LogitsFor {
+    /// The last position only: `[1, vocab]` (generation).
+    Last,
+    /// Every position: `[T, vocab]` (perplexity).
+    All,
+}
+
+struct Attention {
+    q: WeightMatrix,
+    k: WeightMatrix,
+    v: WeightMatrix,
+    o: WeightMatrix,
+    biases: Option<[GpuTensor; 3]>,
+    qk_norm: Option<(GpuTensor, GpuTensor)>,
+}
+
+struct DenseMlp {
+    gate: WeightMatrix,
+    up: WeightMatrix,
+    down: WeightMatrix,
+}
+
+enum FeedForward {
+    Moe(Box<MoeLayer>),
+    Dense(Box<DenseMlp>),
+}
+
+struct Layer {
+    input_norm: GpuTensor,
+    attention: Attention,
+    post_attention_norm: GpuTensor,
+    ffn: FeedForward,
+}
+
+/// A loaded model: weights on the GPU and the RoPE table. Immutable once loaded;
+/// per-sequence state lives in sessions.
+pub struct Model {
+    pub config: ModelConfig,
+    /// Positions the RoPE table covers: the longest context a session may have.
+    pub max_context: usize,
+    embed: WeightMatrix,
+    lm_head: Option<WeightMatrix>,
+    layers: Vec<Layer>,
+    final_norm: GpuTensor,
+    rope: GpuTensor,
+}
+
+/// What a recorded forward leaves on the GPU.
+pub struct ForwardOutputs {
+    /// `[1 or T, vocab]`
+    pub logits: GpuTensor,
+    /// Per MoE layer, `[E]` assignments routed to each expert in this forward.
+    pub expert_counts: Vec<GpuTensor>,
+}
+
+/// Allocates the model's buffers from a checkpoint's headers and lists where each
+/// tensor's bytes go.
+struct Planner<'a> {
+    ctx: &'a GpuContext,
+    checkpoint: &'a Checkpoint,
+    /// Storage format forced by the caller (`--dtype`); else each tensor's own.
+    format: Option<WeightFormat>,
+    placements: Vec<Placement>,
+}
+
+impl Planner<'_> {
+    /// A plain `[out, in]` matrix.
+    fn matrix(&mut self, name: &str, out: usize, input: usize) -> Result<WeightMatrix> {
+        self.stacked(name, 1, out, input, &|_| (name.to_string(), vec![out, input], 0))
+    }
+
+    /// `[experts, out, in]` gathered from the checkpoint: `source(e)` names the tensor
+    /// holding expert e, its full shape, and the row where expert e's rows begin.
+    fn stacked(
+        &mut self,
+        label: &str,
+        experts: usize,
+        out: usize,
+        input: usize,
+        source: &dyn Fn(usize) -> (String, Vec<usize>, usize),
+    ) -> Result<WeightMatrix> {
+        let (first, shape, _) = source(0);
+        let (_, _, first_format) = self.checkpoint.expect(&first, &shape)?;
+        let format = self.format.unwrap_or(first_format);
+        let matrix = WeightMatrix::allocate(self.ctx, label, [experts, out, input], format)?;
+        for e in 0..experts {
+            let (name, shape, row0) = source(e);
+            let (shard, info, src_format) = self.checkpoint.expect(&name, &shape)?;
+            let src_row = src_format.bytes_for(input)? as u64;
+            for (chunk, rows, dst_offset) in matrix.destinations(e, 0..out) {
+                self.placements.push(Placement {
+                    tensor: name.clone(),
+                    shard,
+                    src_offset: info.start + (row0 + rows.start) as u64 * src_row,
+                    src_len: rows.len() as u64 * src_row,
+                    src_format,
+                    dst: chunk.buffer.clone(),
+                    dst_offset,
+                    dst_format: format,
+                });
+            }
+        }
+        Ok(matrix)
+    }
+
+    /// A small tensor kept in f32 (norms, biases, routers).
+    fn vector(&mut self, name: &str, shape: &[usize]) -> Result<GpuTensor> {
+        let (shard, info, src_format) = self.checkpoint.expect(name, shape)?;
+        let tensor = GpuTensor::empty(self.ctx, name, shape, DType::F32)?;
+        self.placements.push(Placement {
+            tensor: name.to_string(),
+            shard,
+            src_offset: info.start,
+            src_len: info.len,
+            src_format,
+            dst: tensor.buffer.clone(),
+            dst_offset: 0,
+            dst_format: WeightFormat::F32,
+        });
+        Ok(tensor)
+    }
+
+    fn layer(&mut self, c: &ModelConfig, i: usize) -> Result<Layer> {
+        let p = names::layer(i);
+        let name = |s: &str| format!("{p}.{s}");
+        let (d, hd) = (c.hidden_size, c.head_dim);
+        let (qw, kvw) = (c.num_heads * hd, c.num_kv_heads * hd);
+        let biases = if c.attention_bias {
+            Some([
+                self.vector(&name("self_attn.q_proj.bias"), &[qw])?,
+                self.vector(&name("self_attn.k_proj.bias"), &[kvw])?,
+                self.vector(&name("self_attn.v_proj.bias"), &[kvw])?,
+            ])
+        } else {
+            None
+        };
+        let qk_norm = match c.qk_norm {
+            QkNorm::None => None,
+            QkNorm::PerHead => Some((
+                self.vector(&name("self_attn.q_norm.weight"), &[hd])?,
+                self.vector(&name("self_attn.k_norm.weight"), &[hd])?,
+            )),
+            QkNorm::Full => Some((
+                self.vector(&name("self_attn.q_norm.weight"), &[qw])?,
+                self.vector(&name("self_attn.k_norm.weight"), &[kvw])?,
+            )),
+        };
+        let attention = Attention {
+            q: self.matrix(&name("self_attn.q_proj.weight"), qw, d)?,
+            k: self.matrix(&name("self_attn.k_proj.weight"), kvw, d)?,
+            v: self.matrix(&name("self_attn.v_proj.weight"), kvw, d)?,
+            o: self.matrix(&name("self_attn.o_proj.weight"), d, qw)?,
+            biases,
+            qk_norm,
+        };
+        let ffn = if c.sparse_layers[i] {
+            FeedForward::Moe(Box::new(self.moe(c, i)?))
+        } else {
+            let f = c.dense_ffn;
+            FeedForward::Dense(Box::new(DenseMlp {
+                gate: self.matrix(&name("mlp.gate_proj.weight"), f, d)?,
+                up: self.matrix(&name("mlp.up_proj.weight"), f, d)?,
+                down: self.matrix(&name("mlp.down_proj.weight"), d, f)?,
+            }))
+        };
+        Ok(Layer {
+            input_norm: self.vector(&name("input_layernorm.weight"), &[d])?,
+            attention,
+            post_attention_norm: self.vector(&name("post_attention_layernorm.weight"), &[d])?,
+            ffn,
+        })
+    }
+
+    fn moe(&mut self, c: &ModelConfig, i: usize) -> Result<MoeLayer> {
+        let (d, f, e) = (c.hidden_size, c.moe.expert_ffn, c.moe.num_experts());
+        let n = names::moe(c.family, i);
+        let label = |kind: &str| format!("{}.experts.{kind}", names::layer(i));
+        let (gate, up, down) = match &n.experts {
+            ExpertTensors::PerExpert { prefix, gate, up, down } => {
+                let mut kind = |suffix: &str, out: usize, input: usize| {
+                    self.stacked(&label(suffix), e, out, input, &|x| {
+                        (ExpertTensors::expert(prefix, x, suffix), vec![out, input], 0)
+                    })
+                };
+                (kind(gate, f, d)?, kind(up, f, d)?, kind(down, d, f)?)
+            }
+            ExpertTensors::Fused { input, output } => {
+                let fused = |x: usize, first: usize| (input.clone(), vec![e, 2 * f, d], x * 2 * f + first);
+                (
+                    self.stacked(&label("gate"), e, f, d, &|x| fused(x, 0))?,
+                    self.stacked(&label("up"), e, f, d, &|x| fused(x, f))?,
+                    self.stacked(&label("down"), e, d, f, &|x| (output.clone(), vec![e, d, f], x * d))?,
+                )
+            }
+        };
+        let shared = match c.moe.shared_expert {
+            None => None,
+            Some(s) => Some(SharedExpert {
+                gate: self.matrix(&n.shared_gate, s.ffn, d)?,
+                up: self.matrix(&n.shared_up, s.ffn, d)?,
+                down: self.matrix(&n.shared_down, d, s.ffn)?,
+                gate_weight: if s.gated {
+                    Some(self.vector(&n.shared_expert_gate, &[1, d])?)
+                } else {
+                    None
+                },
+            }),
+        };
+        let mut config = c.moe;
+        config.weight_dtype = gate.format.dtype();
+        Ok(MoeLayer {
+            config,
+            router: self.vector(&n.router, &[e, d])?,
+            selection_bias: None,
+            gate,
+            up,
+            down,
+            shared,
+        })
+    }
+}
+
+impl Model {
+    /// Allocates every buffer of `config`'s model, checking each tensor of
+    /// `checkpoint` (shape, dtype), and returns the model (contents not yet written)
+    /// with the placements that fill it. `format` forces a storage format.
+    pub fn plan(
+        ctx: &GpuContext,
+        mut config: ModelConfig,
+        checkpoint: &Checkpoint,
+        format: Option<WeightFormat>,
+        max_context: usize,
+    ) -> Result<(Self, Vec<Placement>)> {
+        if max_context == 0 || max_context > config.max_position_embeddings {
+            return Err(Error::Config(format!(
+                "context of {max_context} positions must be between 1 and max_position_embeddings = {}",
+                config.max_position_embeddings
+            )));
+        }
+        let mut planner = Planner {
+            ctx,
+            checkpoint,
+            format,
+            placements: Vec::new(),
+        };
+        let c = &config;
+        let (v, d) = (c.vocab_size, c.hidden_size);
+        let embed = planner.matrix(names::EMBED_TOKENS, v, d)?;
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some(planner.matrix(names::LM_HEAD, v, d)?)
+        };
+        let layers = (0..c.num_layers)
+            .map(|i| planner.layer(c, i))
+            .collect::<Result<Vec<_>>>()?;
+        let final_norm = planner.vector(names::FINAL_NORM, &[d])?;
+        if let Some(FeedForward::Moe(moe)) = layers.iter().map(|l| &l.ffn).find(|f| matches!(f, FeedForward::Moe(_))) {
+            config.moe.weight_dtype = moe.config.weight_dtype;
+        } else {
+            config.moe.weight_dtype = embed.format.dtype();
+        }
+        let rope = upload_rope_table(ctx, config.rope_theta, config.rotary_dim, max_context)?;
+        let model = Self {
+            config,
+            max_context,
+            embed,
+            lm_head,
+            layers,
+            final_norm,
+            rope,
+        };
+        Ok((model, planner.placements))
+    }
+
+    /// Number of MoE layers.
+    pub fn moe_layers(&self) -> usize {
+        self.config.sparse_layers.iter().filter(|s| **s).count()
+    }
+
+    /// Bytes of GPU memory the weights take.
+    pub fn weight_bytes(&self) -> u64 {
+        let matrices = |m: &WeightMatrix| m.bytes();
+        let mut total =
+            matrices(&self.embed) + self.lm_head.as_ref().map_or(0, matrices) + self.final_norm.buffer.size();
+        for l in &self.layers {
+            let a = &l.attention;
+            total += [&a.q, &a.k, &a.v, &a.o].iter().map(|m| m.bytes()).sum::<u64>();
+            total += l.input_norm.buffer.size() + l.post_attention_norm.buffer.size();
+            total += match &l.ffn {
+                FeedForward::Moe(m) => {
+                    m.gate.bytes()
+                        + m.up.bytes()
+                        + m.down.bytes()
+                        + m.router.buffer.size()
+                        + m.shared
+                            .as_ref()
+                            .map_or(0, |s| s.gate.bytes() + s.up.bytes() + s.down.bytes())
+                }
+                FeedForward::Dense(m) => m.gate.bytes() + m.up.bytes() + m.down.bytes(),
+            };
+        }
+        total
+    }
+
+    /// Records the forward of `ids [T]` at the position `position` holds, reading and
+    /// writing `caches` (one per layer).
+    pub fn record_forward(
+        &self,
+        ctx: &GpuContext,
+        rec: &mut Recorder,
+        ids: &GpuTensor,
+        position: &Position,
+        caches: &[KvCache],
+        logits_for: LogitsFor,
+    ) -> Result<ForwardOutputs> {
+        let c = &self.config;
+        let (t, d) = (ids.len(), c.hidden_size);
+        if caches.len() != self.layers.len() {
+            return Err(Error::Config(format!(
+                "{} KV caches for {} layers",
+                caches.len(),
+                self.layers.len()
+            )));
+        }
+        let x = GpuTensor::empty(ctx, "hidden", &[t, d], DType::F32)?;
+        encode_embedding(ctx, rec, ids, &self.embed, c.embedding_multiplier, &x)?;
+        let mut expert_counts = Vec::new();
+        for (layer, cache) in self.layers.iter().zip(caches) {
+            let h = norm(ctx, rec, &x, &layer.input_norm, c.rms_norm_eps)?;
+            let attn = self.record_attention(ctx, rec, layer, cache, &h, position)?;
+            encode_add_scaled(ctx, rec, &x, &attn, c.residual_multiplier);
+            let h = norm(ctx, rec, &x, &layer.post_attention_norm, c.rms_norm_eps)?;
+            let f = match &layer.ffn {
+                FeedForward::Moe(moe) => {
+                    let out = moe.encode(ctx, rec, &h)?;
+                    expert_counts.push(out.expert_counts);
+                    out.output
+                }
+                FeedForward::Dense(mlp) => {
+                    let mid = GpuTensor::empty(ctx, "dense mlp intermediate", &[t, mlp.gate.out_dim], DType::F32)?;
+                    encode_gate_up(ctx, rec, dense_rows(t), &h, &mlp.gate, &mlp.up, &mid)?;
+                    linear(ctx, rec, &mid, &mlp.down)?
+                }
+            };
+            encode_add_scaled(ctx, rec, &x, &f, c.residual_multiplier);
+        }
+        let rows = match logits_for {
+            LogitsFor::All => x,
+            LogitsFor::Last => {
+                let last = GpuTensor::empty(ctx, "last hidden", &[1, d], DType::F32)?;
+                rec.copy(&x.buffer, ((t - 1) * d * 4) as u64, &last.buffer, 0, (d * 4) as u64);
+                last
+            }
+        };
+        let h = norm(ctx, rec, &rows, &self.final_norm, c.rms_norm_eps)?;
+        let logits = linear(ctx, rec, &h, self.lm_head.as_ref().unwrap_or(&self.embed))?;
+        if c.logits_scaling != 1.0 {
+            encode_scale_clamp(ctx, rec, &logits, 1.0 / c.logits_scaling, f32::MAX);
+        }
+        Ok(ForwardOutputs { logits, expert_counts })
+    }
+
+    fn record_attention(
+        &self,
+        ctx: &GpuContext,
+        rec: &mut Recorder,
+        layer: &Layer,
+        cache: &KvCache,
+        h: &GpuTensor,
+        position: &Position,
+    ) -> Result<GpuTensor> {
+        let c = &self.config;
+        let a = &layer.attention;
+        let (mut q, mut k, v) = (
+            linear(ctx, rec, h, &a.q)?,
+            linear(ctx, rec, h, &a.k)?,
+            linear(ctx, rec, h, &a.v)?,
+        );
+        if let Some([qb, kb, vb]) = &a.biases {
+            encode_add_row_bias(ctx, rec, &q, qb);
+            encode_add_row_bias(ctx, rec, &k, kb);
+            encode_add_row_bias(ctx, rec, &v, vb);
+        }
+        if let Some((qn, kn)) = &a.qk_norm {
+            // PerHead norms have head_dim weights, Full norms the projection width:
+            // the kernel normalises rows of the weight's length either way.
+            q = norm(ctx, rec, &q, qn, c.rms_norm_eps)?;
+            k = norm(ctx, rec, &k, kn, c.rms_norm_eps)?;
+        }
+        if let Some(limit) = c.clip_qkv {
+            for x in [&q, &k, &v] {
+                encode_scale_clamp(ctx, rec, x, 1.0, limit);
+            }
+        }
+        encode_rope(ctx, rec, &q, &self.rope, c.num_heads, c.head_dim, position);
+        encode_rope(ctx, rec, &k, &self.rope, c.num_kv_heads, c.head_dim, position);
+        let out = GpuTensor::empty(ctx, "attention output", &q.shape, DType::F32)?;
+        encode_attention(
+            ctx,
+            rec,
+            cache,
+            &q,
+            &k,
+            &v,
+            c.num_heads,
+            position,
+            c.attention_scale,
+            &out,
+        )?;
+        linear(ctx, rec, &out, &a.o)
+    }
+}
+
+fn dense_rows(tokens: usize) -> ExpertRows<'static> {
+    ExpertRows::Dense {
+        tokens,
+        gemv: tokens <= GEMV_MAX_TOKENS,
+    }
+}
+
+/// `x [T, in] W^T -> [T, out]` for a plain matrix.
+fn linear(ctx: &GpuContext, rec: &mut Recorder, x: &GpuTensor, w: &WeightMatrix) -> Result<GpuTensor> {
+    let t = x.shape[0];
+    let y = GpuTensor::empty(ctx, &format!("{} output", w.name), &[t, w.out_dim], DType::F32)?;
+    encode_down(ctx, rec, dense_rows(t), x, w, &y)?;
+    Ok(y)
+}
+
+fn norm(ctx: &GpuContext, rec: &mut Recorder, x: &GpuTensor, w: &GpuTensor, eps: f32) -> Result<GpuTensor> {
+    let y = GpuTensor::empty(ctx, "normed", &x.shape, DType::F32)?;
+    encode_rms_norm(ctx, rec, x, w, eps, &y)?;
+    Ok(y)
+}
