@@ -1,0 +1,132 @@
+//! Model / Session / Workspace: a decode step after the first creates no GPU buffers
+//! and no bind groups; sessions on one model are independent (interleaved steps give
+//! the same tokens as each session alone); a session's routing totals add up.
+
+mod common;
+
+use common::*;
+use webmoe::model::config::{Family, QkNorm};
+use webmoe::model::model::Model;
+use webmoe::model::session::{Readback, Session};
+use webmoe::model::synthetic::{model_from_weights, random_weights, synthetic_config, Dims};
+use webmoe::moe::MoeConfig;
+use webmoe::GpuContext;
+
+fn tiny_model(ctx: &GpuContext) -> Model {
+    let dims = Dims {
+        layers: 3,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 8,
+        vocab: 101,
+        max_positions: 64,
+    };
+    let mut moe = MoeConfig::new(32, 24, 8, 2);
+    moe.routing.renormalize = true;
+    let mut config = synthetic_config(Family::Qwen3Moe, dims, moe);
+    config.qk_norm = QkNorm::PerHead;
+    let weights = random_weights(&config, 7);
+    model_from_weights(ctx, &config, &weights, 64).unwrap()
+}
+
+/// Greedy tokens after `prompt`, one step at a time.
+fn greedy(ctx: &GpuContext, model: &Model, session: &mut Session, prompt: &[u32], steps: usize) -> Vec<u32> {
+    let mut token = pollster::block_on(session.next_greedy(ctx, model, prompt)).unwrap();
+    let mut out = vec![token];
+    for _ in 1..steps {
+        token = pollster::block_on(session.next_greedy(ctx, model, &[token])).unwrap();
+        out.push(token);
+    }
+    out
+}
+
+#[test]
+fn decode_steps_after_the_first_create_no_buffers_or_bind_groups() {
+    let ctx = context();
+    let model = tiny_model(&ctx);
+    let mut session = Session::new(&ctx, &model, None).unwrap();
+    let prompt = [5, 17, 3, 99];
+    let mut token = pollster::block_on(session.next_greedy(&ctx, &model, &prompt)).unwrap();
+    // The first decode step records the decode workspace.
+    token = pollster::block_on(session.next_greedy(&ctx, &model, &[token])).unwrap();
+    let before = ctx.resource_counts();
+    for _ in 0..6 {
+        token = pollster::block_on(session.next_greedy(&ctx, &model, &[token])).unwrap();
+    }
+    let after = ctx.resource_counts();
+    assert_eq!(
+        after, before,
+        "decode steps created GPU resources: {before:?} -> {after:?}"
+    );
+    assert!(
+        before.buffers > 0 && before.bind_groups > 0,
+        "the counters do not count"
+    );
+    // Sampling decode (logits read back) has its own workspace, reused the same way.
+    let step = |s: &mut Session, t: u32| pollster::block_on(s.step(&ctx, &model, &[t], Readback::LastLogits)).unwrap();
+    step(&mut session, token);
+    let before = ctx.resource_counts();
+    for _ in 0..3 {
+        step(&mut session, token);
+    }
+    assert_eq!(ctx.resource_counts(), before);
+    assert_eq!(session.position(), prompt.len() + 1 + 6 + 4);
+}
+
+#[test]
+fn interleaved_sessions_give_the_same_tokens_as_each_alone() {
+    let ctx = context();
+    let model = tiny_model(&ctx);
+    let (prompt_a, prompt_b) = ([1u32, 2, 3, 4, 5, 6], [60u32, 7, 7]);
+    let steps = 10;
+    let alone_a = greedy(
+        &ctx,
+        &model,
+        &mut Session::new(&ctx, &model, None).unwrap(),
+        &prompt_a,
+        steps,
+    );
+    let alone_b = greedy(
+        &ctx,
+        &model,
+        &mut Session::new(&ctx, &model, Some(32)).unwrap(),
+        &prompt_b,
+        steps,
+    );
+    assert_ne!(alone_a, alone_b, "the two prompts should continue differently");
+
+    let mut a = Session::new(&ctx, &model, None).unwrap();
+    let mut b = Session::new(&ctx, &model, Some(32)).unwrap();
+    let mut ta = pollster::block_on(a.next_greedy(&ctx, &model, &prompt_a)).unwrap();
+    let mut tb = pollster::block_on(b.next_greedy(&ctx, &model, &prompt_b)).unwrap();
+    let (mut got_a, mut got_b) = (vec![ta], vec![tb]);
+    for _ in 1..steps {
+        tb = pollster::block_on(b.next_greedy(&ctx, &model, &[tb])).unwrap();
+        ta = pollster::block_on(a.next_greedy(&ctx, &model, &[ta])).unwrap();
+        got_a.push(ta);
+        got_b.push(tb);
+    }
+    assert_eq!(got_a, alone_a);
+    assert_eq!(got_b, alone_b);
+}
+
+#[test]
+fn routing_totals_count_every_assignment() {
+    let ctx = context();
+    let model = tiny_model(&ctx);
+    let mut session = Session::new(&ctx, &model, None).unwrap();
+    let prompt = [9u32, 8, 7, 6, 5];
+    let generated = greedy(&ctx, &model, &mut session, &prompt, 5);
+    // Every token fed (the prompt and all but the last generated one) is routed to
+    // top-k experts in each MoE layer.
+    let fed = prompt.len() + generated.len() - 1;
+    let total: u64 = session.routing_totals.iter().sum();
+    let c = &model.config;
+    assert_eq!(total, (fed * model.moe_layers() * c.moe.top_k()) as u64);
+    assert_eq!(session.routing_totals.len(), model.moe_layers() * c.moe.num_experts());
+    // Rewinding and replaying the prompt gives the same first token.
+    session.rewind(0).unwrap();
+    let again = pollster::block_on(session.next_greedy(&ctx, &model, &prompt)).unwrap();
+    assert_eq!(again, generated[0]);
+    assert!(session.rewind(50).is_err());
+}
