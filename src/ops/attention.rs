@@ -30,13 +30,13 @@ impl KvCache {
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct AttentionParams {
-    tokens: u32,
-    heads: u32,
-    kv_heads: u32,
-    head_dim: u32,
-    max_ctx: u32,
-    scale: f32,
-    _pad: [u32; 2],
+    pub(crate) tokens: u32,
+    pub(crate) heads: u32,
+    pub(crate) kv_heads: u32,
+    pub(crate) head_dim: u32,
+    pub(crate) max_ctx: u32,
+    pub(crate) scale: f32,
+    pub(crate) _pad: [u32; 2],
 }
 
 /// Stores `k`, `v [T, kv_heads * head_dim]` at positions `pos0..` (`position` holds pos0) and records attention

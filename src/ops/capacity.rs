@@ -19,9 +19,9 @@ pub fn expert_capacity(tokens: usize, top_k: usize, experts: usize, factor: f32)
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct CapacityParams {
-    assignments: u32,
-    capacity: u32,
-    _pad: [u32; 2],
+    pub(crate) assignments: u32,
+    pub(crate) capacity: u32,
+    pub(crate) _pad: [u32; 2],
 }
 
 /// Records the drop: `routed_ids` = `ids` with dropped entries set to SENTINEL;

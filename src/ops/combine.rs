@@ -18,12 +18,12 @@ pub struct SharedTerm<'a> {
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct CombineParams {
-    tokens: u32,
-    top_k: u32,
-    dim: u32,
-    identity_rows: u32,
-    shared_mode: u32,
-    _pad: [u32; 3],
+    pub(crate) tokens: u32,
+    pub(crate) top_k: u32,
+    pub(crate) dim: u32,
+    pub(crate) identity_rows: u32,
+    pub(crate) shared_mode: u32,
+    pub(crate) _pad: [u32; 3],
 }
 
 /// Records `out[t] = sum_j weights[t, j] * y[row(t, j)] (+ shared term)`. `assignment_row`

@@ -8,10 +8,10 @@ use crate::ops::workgroups;
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct ElementwiseParams {
-    len: u32,
-    cols: u32,
-    scale: f32,
-    limit: f32,
+    pub(crate) len: u32,
+    pub(crate) cols: u32,
+    pub(crate) scale: f32,
+    pub(crate) limit: f32,
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -9,12 +9,12 @@ use crate::weights::WeightMatrix;
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct EmbeddingParams {
-    tokens: u32,
-    dim: u32,
-    scale: f32,
-    row_begin: u32,
-    row_end: u32,
-    _pad: [u32; 3],
+    pub(crate) tokens: u32,
+    pub(crate) dim: u32,
+    pub(crate) scale: f32,
+    pub(crate) row_begin: u32,
+    pub(crate) row_end: u32,
+    pub(crate) _pad: [u32; 3],
 }
 
 /// `x [T, d] = table[ids] * scale`; `table` is a `[vocab, d]` matrix in any format,

@@ -41,24 +41,24 @@ impl ExpertRows<'_> {
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct MatmulParams {
-    rows_per_token: u32,
-    k_dim: u32,
+    pub(crate) rows_per_token: u32,
+    pub(crate) k_dim: u32,
     /// Output width (the matrix's out_dim): the row stride of the output.
-    n_dim: u32,
+    pub(crate) n_dim: u32,
     /// Column tiles (tiled) or row groups (GEMV) of this chunk's rows.
-    col_tiles: u32,
-    expert_begin: u32,
-    expert_end: u32,
+    pub(crate) col_tiles: u32,
+    pub(crate) expert_begin: u32,
+    pub(crate) expert_end: u32,
     /// Tiled: row blocks in the grid. GEMV: assignments (rows).
-    rows_or_blocks: u32,
+    pub(crate) rows_or_blocks: u32,
     /// Tiled: dense row count (0 = grouped). GEMV: 1 = dense.
-    dense: u32,
+    pub(crate) dense: u32,
     /// The chunk holds output rows row_begin..row_end of each of its experts.
-    row_begin: u32,
-    row_end: u32,
+    pub(crate) row_begin: u32,
+    pub(crate) row_end: u32,
     /// Elements from one expert to the next in the chunk.
-    expert_stride: u32,
-    _pad: u32,
+    pub(crate) expert_stride: u32,
+    pub(crate) _pad: u32,
 }
 
 /// Records `h = silu(x . gate^T) * (x . up^T)` per row: input `[tokens, d]`, output

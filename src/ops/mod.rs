@@ -7,6 +7,7 @@ pub mod elementwise;
 pub mod embedding;
 pub mod expert_matmul;
 pub mod norm;
+pub mod params_layout;
 pub mod permute;
 pub mod rope;
 pub mod router;

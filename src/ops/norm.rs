@@ -7,10 +7,10 @@ use crate::gpu::{GpuContext, GpuTensor};
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct NormParams {
-    rows: u32,
-    dim: u32,
-    eps: f32,
-    _pad: u32,
+    pub(crate) rows: u32,
+    pub(crate) dim: u32,
+    pub(crate) eps: f32,
+    pub(crate) _pad: u32,
 }
 
 /// Records `y = rms_norm(x) * w` over rows of `w.len()` elements (`x`, `y` of equal size).

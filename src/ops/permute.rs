@@ -41,12 +41,12 @@ pub struct Permutation {
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct PermuteParams {
-    assignments: u32,
-    experts: u32,
-    chunks: u32,
-    block_rows: u32,
-    max_blocks: u32,
-    _pad: [u32; 3],
+    pub(crate) assignments: u32,
+    pub(crate) experts: u32,
+    pub(crate) chunks: u32,
+    pub(crate) block_rows: u32,
+    pub(crate) max_blocks: u32,
+    pub(crate) _pad: [u32; 3],
 }
 
 impl Permutation {

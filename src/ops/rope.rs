@@ -32,10 +32,10 @@ pub fn upload_rope_table(ctx: &GpuContext, theta: f32, rotary_dim: usize, positi
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct RopeParams {
-    tokens: u32,
-    heads: u32,
-    head_dim: u32,
-    half_rot: u32,
+    pub(crate) tokens: u32,
+    pub(crate) heads: u32,
+    pub(crate) head_dim: u32,
+    pub(crate) half_rot: u32,
 }
 
 /// Rotates `x [T, heads * head_dim]` in place for positions `pos0..pos0 + T` (`position` holds pos0).

@@ -9,10 +9,10 @@ use crate::weights::WeightFormat;
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct RouterParams {
-    tokens: u32,
-    rows: u32,
-    dim: u32,
-    _pad: u32,
+    pub(crate) tokens: u32,
+    pub(crate) rows: u32,
+    pub(crate) dim: u32,
+    pub(crate) _pad: u32,
 }
 
 /// Records `logits [T, R] = x [T, d] . w [R, d]^T` (w in any weight dtype).

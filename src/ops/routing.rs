@@ -109,19 +109,19 @@ impl RoutingConfig {
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct RoutingParams {
-    tokens: u32,
-    experts: u32,
-    top_k: u32,
-    scoring: u32,
-    order: u32,
-    renormalize: u32,
-    has_bias: u32,
-    n_group: u32,
-    topk_group: u32,
-    group_score: u32,
-    _pad0: [u32; 2],
-    scaling: f32,
-    _pad1: [f32; 3],
+    pub(crate) tokens: u32,
+    pub(crate) experts: u32,
+    pub(crate) top_k: u32,
+    pub(crate) scoring: u32,
+    pub(crate) order: u32,
+    pub(crate) renormalize: u32,
+    pub(crate) has_bias: u32,
+    pub(crate) n_group: u32,
+    pub(crate) topk_group: u32,
+    pub(crate) group_score: u32,
+    pub(crate) _pad0: [u32; 2],
+    pub(crate) scaling: f32,
+    pub(crate) _pad1: [f32; 3],
 }
 
 /// Records the selection: `ids [T, k]` and `weights [T, k]` from `logits [T, E]`.
