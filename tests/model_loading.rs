@@ -244,3 +244,39 @@ fn cli_errors_are_clear_and_not_panics() {
     assert_eq!(code, Some(1));
     assert!(err.contains("/no/such/dir") && !err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn errors_have_kinds_and_the_cli_maps_them_to_exit_codes() {
+    use webmoe::ErrorKind;
+    let good = std::fs::read_to_string(fixture("olmoe").join("config.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
+    v["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
+    let err = ModelConfig::from_json(&v.to_string(), "config.json").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
+    v.as_object_mut().unwrap().remove("hidden_size");
+    assert_eq!(
+        ModelConfig::from_json(&v.to_string(), "config.json")
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidInput
+    );
+    let err = ModelConfig::from_dir(Path::new("/no/such/dir")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+
+    // The CLI: 2 for an unsupported architecture, 1 for a missing directory.
+    let dir = copy_of("olmoe", "kinds");
+    edit_config(&dir, |c| {
+        c.insert("architectures".into(), serde_json::json!(["DeepseekV3ForCausalLM"]));
+    });
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_webmoe"))
+        .args(["run", "--model", dir.to_str().unwrap(), "--prompt-ids", "1", "--greedy"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("DeepseekV3ForCausalLM") && err.contains("unsupported"),
+        "{err}"
+    );
+}

@@ -130,3 +130,37 @@ fn routing_totals_count_every_assignment() {
     assert_eq!(again, generated[0]);
     assert!(session.rewind(50).is_err());
 }
+
+#[test]
+fn the_model_is_shared_between_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Model>();
+    shareable::<GpuContext>();
+    // Two threads, two sessions, one model.
+    let ctx = std::sync::Arc::new(context());
+    let model = std::sync::Arc::new(tiny_model(&ctx));
+    let alone = greedy(
+        &ctx,
+        &model,
+        &mut Session::new(&ctx, &model, None).unwrap(),
+        &[4, 4, 2],
+        4,
+    );
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            let (ctx, model) = (ctx.clone(), model.clone());
+            std::thread::spawn(move || {
+                greedy(
+                    &ctx,
+                    &model,
+                    &mut Session::new(&ctx, &model, None).unwrap(),
+                    &[4, 4, 2],
+                    4,
+                )
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), alone);
+    }
+}

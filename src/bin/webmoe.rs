@@ -191,8 +191,7 @@ fn load(ctx: &GpuContext, model: Option<&Path>, options: LoadOptions) -> webmoe:
 const DEFAULT_PROMPT: &str = "The Rust programming language";
 
 fn perplexity_of_file(args: PerplexityArgs) -> webmoe::Result<()> {
-    let text = std::fs::read_to_string(&args.file)
-        .map_err(|e| webmoe::Error::Config(format!("cannot read {}: {e}", args.file.display())))?;
+    let text = std::fs::read_to_string(&args.file).map_err(|e| webmoe::Error::io(args.file.display(), e))?;
     let ctx = GpuContext::new_blocking()?;
     let options = LoadOptions {
         max_context: None,
@@ -338,9 +337,8 @@ fn bench(args: BenchArgs) -> webmoe::Result<()> {
     ];
     let report = pollster::block_on(webmoe::bench::run_bench(&ctx, &options, &models))?;
     print!("{}", webmoe::bench::markdown(&report));
-    let write = |path: &Path, text: String| {
-        std::fs::write(path, text).map_err(|e| webmoe::Error::Config(format!("cannot write {}: {e}", path.display())))
-    };
+    let write =
+        |path: &Path, text: String| std::fs::write(path, text).map_err(|e| webmoe::Error::io(path.display(), e));
     if let Some(path) = &args.json {
         write(path, serde_json::to_string_pretty(&report).unwrap_or_default())?;
     }

@@ -140,8 +140,7 @@ impl ModelConfig {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn from_dir(dir: &std::path::Path) -> Result<Self> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(path.display(), e))?;
         Self::from_json(&text, &path.display().to_string())
     }
 
@@ -164,22 +163,24 @@ impl ModelConfig {
             "OlmoeForCausalLM" => Family::Olmoe,
             "GraniteMoeForCausalLM" => Family::GraniteMoe,
             other => {
-                return Err(bad(format!(
-                    "architecture `{other}` is not supported; supported: {} (DeepSeek-V2/V3 and gpt-oss are planned)",
+                return Err(Error::Unsupported(format!(
+                    "{source}: architecture `{other}` is not supported; supported: {} (DeepSeek-V2/V3 and gpt-oss are planned)",
                     SUPPORTED_ARCHITECTURES.join(", ")
                 )))
             }
         };
         if let Some(scaling) = &raw.rope_scaling {
             if !scaling.is_null() {
-                return Err(bad(format!("rope_scaling {scaling} is not supported yet")));
+                return Err(Error::Unsupported(format!(
+                    "{source}: rope_scaling {scaling} is not supported yet"
+                )));
             }
         }
         let rope = raw.rope_parameters.unwrap_or_default();
         if let Some(kind) = rope.rope_type.as_deref() {
             if kind != "default" {
-                return Err(bad(format!(
-                    "rope_type `{kind}` is not supported yet (only default RoPE)"
+                return Err(Error::Unsupported(format!(
+                    "{source}: rope_type `{kind}` is not supported yet (only default RoPE)"
                 )));
             }
         }
