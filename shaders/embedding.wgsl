@@ -3,6 +3,7 @@
 // is split into chunks of rows: this dispatch holds rows row_begin..row_end and writes
 // only the tokens whose id falls there; x [T, d] f32.
 // Mapping: one invocation per output element, 64 per workgroup.
+//! weights: table
 
 struct EmbeddingParams {
     tokens: u32,
@@ -35,5 +36,5 @@ fn embed(
         return;
     }
     let wi = (id - p.row_begin) * p.dim + idx % p.dim;
-    x[idx] = decode_weight(table[weight_word(wi)], wi) * p.scale;
+    x[idx] = table_at(wi) * p.scale;
 }

@@ -10,6 +10,7 @@
 // Mapping: one 64-invocation workgroup per (assignment, group of ROWS outputs); each
 // invocation sums a strided slice of K (coalesced weight reads), then a fixed-order
 // tree reduction in shared memory (deterministic).
+//! weights: w0, w1
 
 struct GemvParams {
     rows_per_token: u32,
@@ -88,8 +89,8 @@ fn gate_up(
         for (var r = 0u; r < ROWS; r++) {
             let n = min(n0 + r, p.row_end - 1u);
             let wi = base + (n - p.row_begin) * p.k_dim + i;
-            acc_g[r] += xv * decode_weight(w0[weight_word(wi)], wi);
-            acc_u[r] += xv * decode_weight(w1[weight_word(wi)], wi);
+            acc_g[r] += xv * w0_at(wi);
+            acc_u[r] += xv * w1_at(wi);
         }
     }
     for (var r = 0u; r < ROWS; r++) {
@@ -127,7 +128,7 @@ fn down(
         for (var r = 0u; r < ROWS; r++) {
             let n = min(n0 + r, p.row_end - 1u);
             let wi = base + (n - p.row_begin) * p.k_dim + i;
-            acc[r] += hv * decode_weight(w0[weight_word(wi)], wi);
+            acc[r] += hv * w0_at(wi);
         }
     }
     for (var r = 0u; r < ROWS; r++) {

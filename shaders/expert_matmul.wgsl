@@ -12,6 +12,7 @@
 // Dense mode (dense_rows > 0): row r is token r and the expert is 0 (shared expert).
 // Mapping: one 256-invocation workgroup per (row block, column tile); invocation
 // (ty, tx) = (lid / 16, lid % 16) computes rows 2ty..2ty+1, columns tx + 16j, j < 4.
+//! weights: w0, w1
 
 struct MatmulParams {
     rows_per_token: u32,
@@ -114,7 +115,7 @@ fn load_w0_tile(k0: u32, col0: u32, e: u32, lid: u32) {
         let wi = weight_tile_index(idx, k0, col0, e);
         var v = 0.0;
         if (wi != SENTINEL) {
-            v = decode_weight(w0[weight_word(wi)], wi);
+            v = w0_at(wi);
         }
         tile_b0[tile_slot(idx)] = v;
     }
@@ -126,7 +127,7 @@ fn load_w1_tile(k0: u32, col0: u32, e: u32, lid: u32) {
         let wi = weight_tile_index(idx, k0, col0, e);
         var v = 0.0;
         if (wi != SENTINEL) {
-            v = decode_weight(w1[weight_word(wi)], wi);
+            v = w1_at(wi);
         }
         tile_b1[tile_slot(idx)] = v;
     }

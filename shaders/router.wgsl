@@ -2,6 +2,7 @@
 // Layout: x [T, d] f32 row-major; w [R, d] weights (WEIGHT_DTYPE); logits [T, R] f32.
 // Mapping: one invocation per (t, r), 64 per workgroup, grid split over x/y.
 // Also used with R = 1 for the shared expert's sigmoid gate.
+//! weights: w
 
 struct RouterParams {
     tokens: u32,
@@ -31,7 +32,7 @@ fn router_logits(
     let wb = r * p.dim;
     var acc = 0.0;
     for (var i = 0u; i < p.dim; i++) {
-        acc += x[xb + i] * decode_weight(w[weight_word(wb + i)], wb + i);
+        acc += x[xb + i] * w_at(wb + i);
     }
     logits[idx] = acc;
 }

@@ -377,7 +377,7 @@ async fn bench_shape(
     let (d, f, e, k) = (shape.hidden, shape.ffn, shape.experts, shape.top_k);
     let dtype = DType::F16;
     let mut config = MoeConfig::new(d, f, e, k);
-    config.weight_dtype = dtype;
+    config.weight_format = WeightFormat::of_dtype(dtype)?;
     config.routing.renormalize = true;
     if shape.shared > 0 {
         config.shared_expert = Some(SharedExpertConfig {

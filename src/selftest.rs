@@ -17,6 +17,7 @@ use crate::ops::norm::{encode_rms_norm, rms_norm_reference};
 use crate::ops::rope::{encode_rope, rope_reference, rope_table, upload_rope_table};
 use crate::ops::routing::{GroupLimit, GroupScore, Scoring, TopKOrder};
 use crate::ops::Position;
+use crate::weights::WeightFormat;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Check {
@@ -85,10 +86,16 @@ fn layer_cases() -> Vec<(String, MoeConfig, usize, bool)> {
         score: GroupScore::TopTwoSum,
     });
     cases.push(("moe layer sigmoid + bias + groups".into(), deepseek, 9, true));
-    for (dtype, name) in [(DType::F16, "f16"), (DType::BF16, "bf16")] {
-        let mut c = MoeConfig::new(48, 24, 12, 4);
-        c.weight_dtype = dtype;
-        c.shared_expert = Some(SharedExpertConfig { ffn: 40, gated: true });
+    for (format, d, f) in [
+        (WeightFormat::F16, 48, 24),
+        (WeightFormat::BF16, 48, 24),
+        (WeightFormat::Q8_0, 64, 96),
+        (WeightFormat::Q4_0, 96, 64),
+    ] {
+        let name = format.to_string();
+        let mut c = MoeConfig::new(d, f, 12, 4);
+        c.weight_format = format;
+        c.shared_expert = Some(SharedExpertConfig { ffn: 64, gated: true });
         cases.push((format!("moe layer {name} weights + gated shared expert"), c, 11, false));
     }
     let mut capacity = MoeConfig::new(24, 16, 8, 2);
@@ -136,7 +143,11 @@ async fn layer_check(
             "",
         ));
         let y = out.output.read_f32(ctx).await?;
-        let tol = if c.weight_dtype == DType::F32 { 1e-5 } else { 2e-5 };
+        let tol = if c.weight_format == WeightFormat::F32 {
+            1e-5
+        } else {
+            2e-5
+        };
         checks.push(check(
             format!("{name} [{path}] output"),
             relative_error(&y, &want.output),

@@ -144,3 +144,41 @@ fn bad_token_ids_and_overlong_prompts_are_errors() {
     let err = pollster::block_on(session.logits(&ctx, &model, &[1], LogitsFor::Last)).unwrap_err();
     assert!(err.to_string().contains("context"), "{err}");
 }
+
+#[test]
+fn quantized_at_load_matches_the_cpu_reference() {
+    // Dimensions in whole 32-element blocks; the reference rounds the weights the way
+    // the load stores them (projections quantized, lm_head q8_0, embedding f32).
+    let ctx = context();
+    let ids: Vec<u32> = vec![1, 17, 42, 5, 96, 0, 33];
+    for (family, format) in [
+        (Family::Qwen2Moe, webmoe::WeightFormat::Q8_0),
+        (Family::Olmoe, webmoe::WeightFormat::Q4_0),
+    ] {
+        let dims = Dims {
+            layers: 2,
+            heads: 2,
+            kv_heads: 1,
+            head_dim: 32,
+            vocab: 97,
+            max_positions: 32,
+        };
+        let mut moe = MoeConfig::new(64, 32, 8, 2);
+        moe.weight_format = format;
+        let mut config = synthetic_config(family, dims, moe);
+        config.dense_ffn = 96;
+        if family == Family::Qwen2Moe {
+            config.attention_bias = true;
+            config.moe.shared_expert = Some(SharedExpertConfig { ffn: 32, gated: true });
+            config.sparse_layers = vec![false, true];
+        } else {
+            config.qk_norm = QkNorm::Full;
+        }
+        let weights = random_weights(&config, 40);
+        let model = model_from_weights(&ctx, &config, &weights, 32).unwrap();
+        let want = forward_reference(&config, &weights, &ids);
+        let mut session = Session::new(&ctx, &model, None).unwrap();
+        let got = logits_at(&ctx, &model, &mut session, &ids, 0, LogitsFor::All).unwrap();
+        assert_close(&format!("{family:?} {format} logits"), &got, &want, 1e-4);
+    }
+}

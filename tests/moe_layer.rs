@@ -7,7 +7,7 @@ use common::*;
 use webmoe::moe::reference::moe_reference;
 use webmoe::moe::SharedExpertConfig;
 use webmoe::ops::routing::{GroupLimit, GroupScore, Scoring, TopKOrder};
-use webmoe::{ContextOptions, DType, Error, GpuContext, GpuTensor, MoeConfig, MoeLayer, MoeWeights};
+use webmoe::{ContextOptions, DType, Error, GpuContext, GpuTensor, MoeConfig, MoeLayer, MoeWeights, WeightFormat};
 
 /// Runs the layer and its reference; compares output, ids, weights and counts.
 fn check_layer(ctx: &GpuContext, config: MoeConfig, tokens: usize, seed: u64, with_bias: bool) {
@@ -42,7 +42,11 @@ fn check_layer(ctx: &GpuContext, config: MoeConfig, tokens: usize, seed: u64, wi
         &want.topk_weights,
         1e-5,
     );
-    let tol = if config.weight_dtype == DType::F32 { 1e-5 } else { 2e-5 };
+    let tol = if config.weight_format == WeightFormat::F32 {
+        1e-5
+    } else {
+        2e-5
+    };
     assert_close(
         &format!("output {what}"),
         &out.output.read_f32_blocking(ctx).unwrap(),
@@ -118,12 +122,20 @@ fn shared_expert_gated_and_ungated() {
 }
 
 #[test]
-fn half_precision_weights() {
+fn half_precision_and_quantized_weights() {
     let ctx = context();
-    for dtype in [DType::F16, DType::BF16] {
-        let mut config = MoeConfig::new(40, 36, 8, 2);
-        config.weight_dtype = dtype;
-        config.shared_expert = Some(SharedExpertConfig { ffn: 20, gated: true });
+    for (format, d, f, shared) in [
+        (WeightFormat::F16, 40, 36, 20),
+        (WeightFormat::BF16, 40, 36, 20),
+        (WeightFormat::Q8_0, 64, 96, 32),
+        (WeightFormat::Q4_0, 96, 64, 64),
+    ] {
+        let mut config = MoeConfig::new(d, f, 8, 2);
+        config.weight_format = format;
+        config.shared_expert = Some(SharedExpertConfig {
+            ffn: shared,
+            gated: true,
+        });
         for tokens in [1, 37] {
             check_layer(&ctx, config, tokens, 70, false);
         }

@@ -143,9 +143,11 @@ fn embedding_and_argmax_match_reference() {
         (&small, WeightFormat::F32, 301, 24, true),
         (&small, WeightFormat::BF16, 257, 33, true),
         (&small, WeightFormat::F16, 1000, 7, true),
+        (&ctx, WeightFormat::Q8_0, 50, 64, false),
+        (&small, WeightFormat::Q8_0, 300, 32, true),
+        (&small, WeightFormat::Q4_0, 1001, 32, true),
     ] {
         let ctx: &GpuContext = ctx;
-        let dtype = format.dtype();
         let table = random_vec(&mut rng, vocab * dim, 1.0);
         let mut ids: Vec<u32> = (0..20).map(|_| rng.random_range(0..vocab as u32)).collect();
         ids.extend([0, vocab as u32 - 1]);
@@ -159,13 +161,10 @@ fn embedding_and_argmax_match_reference() {
         let x = GpuTensor::empty(ctx, "x", &[ids.len(), dim], DType::F32).unwrap();
         x.poison(ctx);
         run(ctx, |enc| encode_embedding(ctx, enc, &ig, &tg, 2.0, &x).unwrap());
+        let stored = format.round_trip_all(&table);
         let want: Vec<f32> = ids
             .iter()
-            .flat_map(|&i| {
-                table[i as usize * dim..][..dim]
-                    .iter()
-                    .map(|&v| dtype.round_trip(v) * 2.0)
-            })
+            .flat_map(|&i| stored[i as usize * dim..][..dim].iter().map(|&v| v * 2.0))
             .collect();
         assert_close(
             &format!("embedding {vocab} x {dim} {format}"),

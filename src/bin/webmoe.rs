@@ -10,7 +10,7 @@ use webmoe::model::perplexity::perplexity;
 use webmoe::model::safetensors_io::ShardBytes;
 use webmoe::model::session::Session;
 use webmoe::model::tokenizer::TextStream;
-use webmoe::{DType, GpuContext, WeightFormat};
+use webmoe::{GpuContext, WeightFormat};
 
 #[derive(Parser)]
 #[command(
@@ -72,6 +72,10 @@ struct PerplexityArgs {
     /// Weight storage on the GPU: f32, f16 or bf16 (default: the checkpoint's dtype).
     #[arg(long)]
     dtype: Option<String>,
+    /// Quantize attention, MLP and expert matrices at load: q8_0 or q4_0 (lm_head
+    /// becomes q8_0; embeddings, routers and norms keep their formats).
+    #[arg(long)]
+    quantize: Option<String>,
 }
 
 #[derive(Args)]
@@ -110,6 +114,10 @@ struct RunArgs {
     /// Weight storage on the GPU: f32, f16 or bf16 (default: the checkpoint's dtype).
     #[arg(long)]
     dtype: Option<String>,
+    /// Quantize attention, MLP and expert matrices at load: q8_0 or q4_0 (lm_head
+    /// becomes q8_0; embeddings, routers and norms keep their formats).
+    #[arg(long)]
+    quantize: Option<String>,
 }
 
 fn main() {
@@ -140,6 +148,14 @@ fn exit_code(kind: webmoe::ErrorKind) -> i32 {
         InvalidInput | Io => 1,
         Unsupported => 2,
         NoDevice | OutOfMemory | DeviceLost | LimitExceeded | Gpu => 3,
+    }
+}
+
+fn parse_quantize(s: Option<&str>) -> webmoe::Result<Option<WeightFormat>> {
+    let Some(s) = s else { return Ok(None) };
+    match WeightFormat::from_name(s) {
+        Some(f) if f.is_quantized() => Ok(Some(f)),
+        _ => Err(webmoe::Error::Config(format!("--quantize {s}: expected q8_0 or q4_0"))),
     }
 }
 
@@ -196,6 +212,7 @@ fn perplexity_of_file(args: PerplexityArgs) -> webmoe::Result<()> {
     let options = LoadOptions {
         max_context: None,
         weight_format: parse_dtype(args.dtype.as_deref())?,
+        quantize: parse_quantize(args.quantize.as_deref())?,
     };
     let loaded = load(&ctx, args.model.as_deref(), options)?;
     let ids = loaded.tokenizer()?.encode(&text)?;
@@ -219,6 +236,7 @@ fn run(args: RunArgs) -> webmoe::Result<()> {
     let options = LoadOptions {
         max_context: args.context,
         weight_format: parse_dtype(args.dtype.as_deref())?,
+        quantize: parse_quantize(args.quantize.as_deref())?,
     };
     let loaded = load(&ctx, args.model.as_deref(), options)?;
     let prompt_ids: Vec<u32> = match (&args.prompt_ids, &args.prompt) {
@@ -362,7 +380,7 @@ fn qwen3_shaped_model(ctx: &GpuContext, quick: bool) -> webmoe::Result<(String, 
     };
     let mut moe = webmoe::MoeConfig::new(2048 / scale, 768 / scale, 128, 8);
     moe.routing.renormalize = true;
-    moe.weight_dtype = DType::F16;
+    moe.weight_format = WeightFormat::F16;
     let mut config = synthetic_config(webmoe::model::config::Family::Qwen3Moe, dims, moe);
     config.qk_norm = webmoe::model::config::QkNorm::PerHead;
     let weights = random_weights(&config, 42);

@@ -6,8 +6,10 @@ use std::sync::Mutex;
 use crate::gpu::context::GpuContext;
 use crate::weights::WeightFormat;
 
-/// Helpers prepended to every kernel file (weight decoding, grid indexing).
+/// Helpers prepended to every kernel file (grid indexing, SiLU, the weight format override).
 pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
+/// The weight decoder, instantiated per weight array a kernel names in `//! weights: ...`.
+pub const WEIGHT_ACCESS_WGSL: &str = include_str!("../../shaders/weight_access.wgsl");
 
 /// The kernel files of `shaders/`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -116,10 +118,25 @@ impl KernelKey {
 }
 
 /// The full WGSL text the host compiles for a kernel file: its `enable` directives
-/// (which must come first), common.wgsl, then the rest of the file.
+/// (which must come first), common.wgsl, one weight accessor per array the file names
+/// in a `//! weights: a, b` line, then the rest of the file.
 pub fn compose(shader: &Shader) -> String {
     let (directives, body): (Vec<&str>, Vec<&str>) = shader.source.lines().partition(|l| l.starts_with("enable "));
-    format!("{}\n{COMMON_WGSL}\n{}", directives.join("\n"), body.join("\n"))
+    let accessors: String = shader
+        .source
+        .lines()
+        .filter_map(|l| l.strip_prefix("//! weights:"))
+        .flat_map(|names| names.split(','))
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|name| WEIGHT_ACCESS_WGSL.replace("WEIGHTS", name))
+        .collect::<Vec<_>>()
+        .join("\n");
+    format!(
+        "{}\n{COMMON_WGSL}\n{accessors}\n{}",
+        directives.join("\n"),
+        body.join("\n")
+    )
 }
 
 /// Marks "no expert / no row" in index buffers (dropped or padded entries).

@@ -18,9 +18,9 @@
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::gpu::DType;
 use crate::moe::{MoeConfig, SharedExpertConfig};
 use crate::ops::routing::{RoutingConfig, TopKOrder};
+use crate::weights::WeightFormat;
 
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
     "MixtralForCausalLM",
@@ -244,7 +244,7 @@ impl ModelConfig {
             routing,
             capacity_factor: None,
             shared_expert,
-            weight_dtype: DType::F32,
+            weight_format: WeightFormat::F32,
             decode_max_tokens: 4,
         };
         moe.validate().map_err(|e| bad(e.to_string()))?;

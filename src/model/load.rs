@@ -7,7 +7,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::model::config::ModelConfig;
-use crate::model::model::Model;
+use crate::model::model::{Model, StorageFormats};
 use crate::model::safetensors_io::{Checkpoint, ShardHeader, TensorStore};
 use crate::model::tokenizer::Tokenizer;
 use crate::util::Clock;
@@ -23,6 +23,8 @@ pub struct LoadOptions {
     pub max_context: Option<usize>,
     /// GPU storage of weight matrices (default: each tensor's own dtype).
     pub weight_format: Option<WeightFormat>,
+    /// Quantize projections at load (Q8_0 or Q4_0; see [`StorageFormats`]).
+    pub quantize: Option<WeightFormat>,
 }
 
 /// How a load went.
@@ -76,7 +78,21 @@ impl StreamingLoad {
         let context = options
             .max_context
             .unwrap_or(config.max_position_embeddings.min(DEFAULT_MAX_CONTEXT));
-        let (model, placements) = Model::plan(ctx, config, &checkpoint, options.weight_format, context)?;
+        if let Some(q) = options.quantize.filter(|q| !q.is_quantized()) {
+            return Err(Error::Config(format!(
+                "--quantize {q}: expected a block format (q8_0, q4_0)"
+            )));
+        }
+        if let Some(f) = options.weight_format.filter(|f| f.is_quantized()) {
+            return Err(Error::Config(format!(
+                "--dtype {f}: expected f32, f16 or bf16 (use --quantize for {f})"
+            )));
+        }
+        let formats = StorageFormats {
+            convert: options.weight_format,
+            quantize: options.quantize,
+        };
+        let (model, placements) = Model::plan(ctx, config, &checkpoint, formats, context)?;
         Ok(Self {
             model,
             placements: Placements::new(checkpoint.shards.len(), placements),

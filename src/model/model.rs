@@ -92,26 +92,64 @@ pub struct ForwardOutputs {
     pub expert_counts: Vec<GpuTensor>,
 }
 
+/// How the caller wants weights stored on the GPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StorageFormats {
+    /// Element format for every matrix (`--dtype`); else each tensor's own.
+    pub convert: Option<WeightFormat>,
+    /// Block format for the projections — attention, dense MLPs, experts
+    /// (`--quantize`); lm_head then becomes Q8_0, embeddings keep `convert` or their own
+    /// format (a lookup reads one row per token), routers, norms and biases stay f32.
+    pub quantize: Option<WeightFormat>,
+}
+
+/// What a matrix is for, which decides its storage when quantizing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Embedding,
+    Output,
+    Projection,
+}
+
 /// Allocates the model's buffers from a checkpoint's headers and lists where each
 /// tensor's bytes go.
 struct Planner<'a> {
     ctx: &'a GpuContext,
     checkpoint: &'a Checkpoint,
-    /// Storage format forced by the caller (`--dtype`); else each tensor's own.
-    format: Option<WeightFormat>,
+    formats: StorageFormats,
     placements: Vec<Placement>,
 }
 
 impl Planner<'_> {
+    /// The storage format of a matrix of `role` with rows of `input` elements stored
+    /// as `stored`. Rows that are not whole blocks keep the element format.
+    fn format_for(&self, role: Role, stored: WeightFormat, input: usize) -> WeightFormat {
+        let element = self.formats.convert.unwrap_or(stored);
+        let block = match (role, self.formats.quantize) {
+            (_, None) | (Role::Embedding, _) => None,
+            (Role::Output, Some(_)) => Some(WeightFormat::Q8_0),
+            (Role::Projection, Some(q)) => Some(q),
+        };
+        match block {
+            Some(q) if input.is_multiple_of(q.block_elements()) => q,
+            _ => element,
+        }
+    }
+
     /// A plain `[out, in]` matrix.
     fn matrix(&mut self, name: &str, out: usize, input: usize) -> Result<WeightMatrix> {
-        self.stacked(name, 1, out, input, &|_| (name.to_string(), vec![out, input], 0))
+        self.matrix_as(Role::Projection, name, out, input)
+    }
+
+    fn matrix_as(&mut self, role: Role, name: &str, out: usize, input: usize) -> Result<WeightMatrix> {
+        self.stacked(role, name, 1, out, input, &|_| (name.to_string(), vec![out, input], 0))
     }
 
     /// `[experts, out, in]` gathered from the checkpoint: `source(e)` names the tensor
     /// holding expert e, its full shape, and the row where expert e's rows begin.
     fn stacked(
         &mut self,
+        role: Role,
         label: &str,
         experts: usize,
         out: usize,
@@ -120,7 +158,7 @@ impl Planner<'_> {
     ) -> Result<WeightMatrix> {
         let (first, shape, _) = source(0);
         let (_, _, first_format) = self.checkpoint.expect(&first, &shape)?;
-        let format = self.format.unwrap_or(first_format);
+        let format = self.format_for(role, first_format, input);
         let matrix = WeightMatrix::allocate(self.ctx, label, [experts, out, input], format)?;
         for e in 0..experts {
             let (name, shape, row0) = source(e);
@@ -217,7 +255,7 @@ impl Planner<'_> {
         let (gate, up, down) = match &n.experts {
             ExpertTensors::PerExpert { prefix, gate, up, down } => {
                 let mut kind = |suffix: &str, out: usize, input: usize| {
-                    self.stacked(&label(suffix), e, out, input, &|x| {
+                    self.stacked(Role::Projection, &label(suffix), e, out, input, &|x| {
                         (ExpertTensors::expert(prefix, x, suffix), vec![out, input], 0)
                     })
                 };
@@ -226,9 +264,11 @@ impl Planner<'_> {
             ExpertTensors::Fused { input, output } => {
                 let fused = |x: usize, first: usize| (input.clone(), vec![e, 2 * f, d], x * 2 * f + first);
                 (
-                    self.stacked(&label("gate"), e, f, d, &|x| fused(x, 0))?,
-                    self.stacked(&label("up"), e, f, d, &|x| fused(x, f))?,
-                    self.stacked(&label("down"), e, d, f, &|x| (output.clone(), vec![e, d, f], x * d))?,
+                    self.stacked(Role::Projection, &label("gate"), e, f, d, &|x| fused(x, 0))?,
+                    self.stacked(Role::Projection, &label("up"), e, f, d, &|x| fused(x, f))?,
+                    self.stacked(Role::Projection, &label("down"), e, d, f, &|x| {
+                        (output.clone(), vec![e, d, f], x * d)
+                    })?,
                 )
             }
         };
@@ -246,7 +286,7 @@ impl Planner<'_> {
             }),
         };
         let mut config = c.moe;
-        config.weight_dtype = gate.format.dtype();
+        config.weight_format = gate.format;
         Ok(MoeLayer {
             config,
             router: self.vector(&n.router, &[e, d])?,
@@ -262,12 +302,12 @@ impl Planner<'_> {
 impl Model {
     /// Allocates every buffer of `config`'s model, checking each tensor of
     /// `checkpoint` (shape, dtype), and returns the model (contents not yet written)
-    /// with the placements that fill it. `format` forces a storage format.
+    /// with the placements that fill it, stored as `formats` asks.
     pub fn plan(
         ctx: &GpuContext,
         mut config: ModelConfig,
         checkpoint: &Checkpoint,
-        format: Option<WeightFormat>,
+        formats: StorageFormats,
         max_context: usize,
     ) -> Result<(Self, Vec<Placement>)> {
         if max_context == 0 || max_context > config.max_position_embeddings {
@@ -279,25 +319,25 @@ impl Model {
         let mut planner = Planner {
             ctx,
             checkpoint,
-            format,
+            formats,
             placements: Vec::new(),
         };
         let c = &config;
         let (v, d) = (c.vocab_size, c.hidden_size);
-        let embed = planner.matrix(names::EMBED_TOKENS, v, d)?;
+        let embed = planner.matrix_as(Role::Embedding, names::EMBED_TOKENS, v, d)?;
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
-            Some(planner.matrix(names::LM_HEAD, v, d)?)
+            Some(planner.matrix_as(Role::Output, names::LM_HEAD, v, d)?)
         };
         let layers = (0..c.num_layers)
             .map(|i| planner.layer(c, i))
             .collect::<Result<Vec<_>>>()?;
         let final_norm = planner.vector(names::FINAL_NORM, &[d])?;
         if let Some(FeedForward::Moe(moe)) = layers.iter().map(|l| &l.ffn).find(|f| matches!(f, FeedForward::Moe(_))) {
-            config.moe.weight_dtype = moe.config.weight_dtype;
+            config.moe.weight_format = moe.config.weight_format;
         } else {
-            config.moe.weight_dtype = embed.format.dtype();
+            config.moe.weight_format = embed.format;
         }
         let rope = upload_rope_table(ctx, config.rope_theta, config.rotary_dim, max_context)?;
         let model = Self {

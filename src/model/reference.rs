@@ -8,6 +8,7 @@ use crate::ops::attention::attention_reference;
 use crate::ops::expert_matmul::{matvec_reference, swiglu_reference};
 use crate::ops::norm::rms_norm_reference;
 use crate::ops::rope::{rope_reference, rope_table};
+use crate::weights::WeightFormat;
 
 /// `x [T, in]` times `w [out, in]^T`.
 fn linear(x: &[f32], w: &[f32], input: usize, out: usize) -> Vec<f32> {
@@ -22,13 +23,22 @@ fn add_bias(x: &mut [f32], bias: Option<&Vec<f32>>) {
     }
 }
 
-/// Logits `[T, vocab]` for every position of `ids` (positions 0..T).
+/// Logits `[T, vocab]` for every position of `ids` (positions 0..T), with weights
+/// rounded as a load of f32 weights stores them for `config.moe.weight_format`: every
+/// matrix in it, or, for a block format (quantize at load), the projections in it, the
+/// lm_head in Q8_0 and the embedding in f32 (see `StorageFormats`).
 pub fn forward_reference(config: &ModelConfig, weights: &ModelWeights, ids: &[u32]) -> Vec<f32> {
     let c = config;
-    let round = |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| c.moe.weight_dtype.round_trip(x)).collect() };
+    let format = c.moe.weight_format;
+    let round = |v: &[f32]| -> Vec<f32> { format.round_trip_all(v) };
+    let (embed_format, head_format) = if format.is_quantized() {
+        (WeightFormat::F32, WeightFormat::Q8_0)
+    } else {
+        (format, format)
+    };
     let (t, d, hd) = (ids.len(), c.hidden_size, c.head_dim);
     let (qw, kvw) = (c.num_heads * hd, c.num_kv_heads * hd);
-    let embed = round(&weights.embed_tokens);
+    let embed = embed_format.round_trip_all(&weights.embed_tokens);
     let mut x: Vec<f32> = ids
         .iter()
         .flat_map(|&id| embed[id as usize * d..][..d].iter().map(|v| v * c.embedding_multiplier))
@@ -70,7 +80,10 @@ pub fn forward_reference(config: &ModelConfig, weights: &ModelWeights, ids: &[u3
         x.iter_mut().zip(&f).for_each(|(x, f)| *x += c.residual_multiplier * f);
     }
     let h = rms_norm_reference(&x, &weights.final_norm, c.rms_norm_eps);
-    let head = round(weights.lm_head.as_ref().unwrap_or(&weights.embed_tokens));
+    let head = match &weights.lm_head {
+        Some(head) => head_format.round_trip_all(head),
+        None => embed.clone(),
+    };
     let mut logits = linear(&h, &head, d, c.vocab_size);
     logits.iter_mut().for_each(|l| *l *= 1.0 / c.logits_scaling);
     logits

@@ -13,7 +13,6 @@ use crate::model::names::{self, ExpertTensors};
 use crate::model::safetensors_io::TensorStore;
 use crate::model::weights::{AttentionWeights, FeedForwardWeights, LayerWeights, ModelWeights};
 use crate::moe::{MoeConfig, MoeWeights};
-use crate::weights::WeightFormat;
 
 /// Attention and vocabulary sizes of a synthetic model.
 #[derive(Clone, Copy, Debug)]
@@ -217,7 +216,7 @@ pub fn checkpoint_bytes(c: &ModelConfig, weights: &ModelWeights) -> Result<Vec<u
 }
 
 /// Loads `weights` onto the GPU through the checkpoint path, storing matrices as
-/// `config.moe.weight_dtype` (tests and benchmarks of made-up models).
+/// `config.moe.weight_format` (tests and benchmarks of made-up models).
 pub fn model_from_weights(
     ctx: &GpuContext,
     config: &ModelConfig,
@@ -228,9 +227,11 @@ pub fn model_from_weights(
         "synthetic.safetensors".into(),
         checkpoint_bytes(config, weights)?,
     )])?;
+    let format = config.moe.weight_format;
     let options = LoadOptions {
         max_context: Some(max_context),
-        weight_format: Some(WeightFormat::of_dtype(config.moe.weight_dtype)?),
+        weight_format: (!format.is_quantized()).then_some(format),
+        quantize: format.is_quantized().then_some(format),
     };
     Ok(load_model(ctx, config.clone(), &store, None, options, &mut |_, _| {})?.model)
 }

@@ -1,8 +1,8 @@
 //! Configuration of one MoE feed-forward layer.
 
 use crate::error::{Error, Result};
-use crate::gpu::DType;
 use crate::ops::routing::RoutingConfig;
+use crate::weights::WeightFormat;
 
 /// A dense SwiGLU expert every token goes through, besides the routed ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,7 +23,7 @@ pub struct MoeConfig {
     pub capacity_factor: Option<f32>,
     pub shared_expert: Option<SharedExpertConfig>,
     /// Storage type of expert (and router) weights on the GPU.
-    pub weight_dtype: DType,
+    pub weight_format: WeightFormat,
     /// Batches of at most this many tokens take the GEMV decode path.
     pub decode_max_tokens: usize,
 }
@@ -37,7 +37,7 @@ impl MoeConfig {
             routing: RoutingConfig::softmax_top_k(num_experts, top_k, false),
             capacity_factor: None,
             shared_expert: None,
-            weight_dtype: DType::F32,
+            weight_format: WeightFormat::F32,
             decode_max_tokens: 4,
         }
     }
@@ -66,8 +66,19 @@ impl MoeConfig {
         if let Some(f) = self.capacity_factor {
             crate::ops::capacity::expert_capacity(1, 1, 1, f)?;
         }
-        if self.weight_dtype == DType::U32 {
-            return Err(Error::Config("weight dtype must be f32, f16 or bf16".into()));
+        let shared_ffn = self.shared_expert.map_or(0, |s| s.ffn);
+        for (what, n) in [
+            ("hidden_size", self.hidden_size),
+            ("expert ffn size", self.expert_ffn),
+            ("shared expert ffn size", shared_ffn),
+        ] {
+            if !n.is_multiple_of(self.weight_format.block_elements()) {
+                return Err(Error::Config(format!(
+                    "{what} {n} is not a whole number of {} blocks of {}",
+                    self.weight_format,
+                    self.weight_format.block_elements()
+                )));
+            }
         }
         Ok(())
     }

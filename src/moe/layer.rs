@@ -13,7 +13,7 @@ use crate::ops::expert_matmul::{encode_down, encode_gate_up, ExpertRows};
 use crate::ops::permute::{encode_expert_counts, Permutation};
 use crate::ops::router::encode_router_logits;
 use crate::ops::routing::encode_routing;
-use crate::weights::{WeightFormat, WeightMatrix};
+use crate::weights::WeightMatrix;
 
 /// A dense SwiGLU expert every token goes through, on the GPU.
 pub struct SharedExpert {
@@ -61,7 +61,7 @@ impl MoeLayer {
         config.validate()?;
         weights.validate(&config)?;
         let (d, f, e) = (config.hidden_size, config.expert_ffn, config.num_experts());
-        let format = WeightFormat::of_dtype(config.weight_dtype)?;
+        let format = config.weight_format;
         let experts =
             |name: &str, values: &[f32], shape: [usize; 3]| WeightMatrix::from_f32(ctx, name, values, shape, format);
         let shared = match (&config.shared_expert, &weights.shared) {

@@ -31,8 +31,7 @@ pub fn moe_reference(config: &MoeConfig, weights: &MoeWeights, hidden: &[f32]) -
         config.top_k(),
     );
     let tokens = hidden.len() / d;
-    let dt = config.weight_dtype;
-    let round = |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| dt.round_trip(x)).collect() };
+    let round = |v: &[f32]| -> Vec<f32> { config.weight_format.round_trip_all(v) };
     let (gate, up, down) = (round(&weights.gate), round(&weights.up), round(&weights.down));
 
     let router_logits = router_logits_reference(hidden, &weights.router, tokens, e, d);

@@ -27,8 +27,8 @@ pub struct WeightMatrix {
     /// Input columns.
     pub in_dim: usize,
     pub format: WeightFormat,
-    /// Elements from one expert to the next inside a chunk (`out * in`, rounded up so
-    /// every expert starts on a 32-bit word).
+    /// Elements from one expert to the next inside a chunk (`out * in`, rounded up to
+    /// whole blocks that fill whole 32-bit words, so every expert starts on a word).
     pub expert_stride: usize,
     pub chunks: Vec<WeightChunk>,
 }
@@ -52,8 +52,8 @@ impl WeightMatrix {
             )));
         }
         let row_bytes = format.bytes_for(in_dim)? as u64;
-        let expert_bytes = (row_bytes * out_dim as u64).next_multiple_of(4);
-        let expert_stride = (expert_bytes / format.block_bytes() as u64) as usize * format.block_elements();
+        let expert_stride = format.word_aligned_elements(out_dim * in_dim);
+        let expert_bytes = format.bytes_for(expert_stride)? as u64;
         let limit = ctx.max_binding_bytes();
         let mut plan: Vec<(Range<usize>, Range<usize>, u64)> = Vec::new();
         if experts > 1 {

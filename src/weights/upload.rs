@@ -97,12 +97,17 @@ impl Progress {
         self.placement.src_offset + self.placement.src_len
     }
 
-    /// Source bytes that convert to a whole number of 32-bit destination words.
+    /// Source bytes of whole source and destination blocks that convert to a whole
+    /// number of 32-bit destination words.
     fn unit(&self) -> usize {
         let p = &self.placement;
-        let dst_block = p.dst_format.block_bytes();
-        let blocks = 4 / gcd(4, dst_block);
-        blocks * p.src_format.block_bytes()
+        let (src, dst) = (p.src_format, p.dst_format);
+        let step = lcm(src.block_elements(), dst.block_elements());
+        let mut elements = step;
+        while !(elements / dst.block_elements() * dst.block_bytes()).is_multiple_of(4) {
+            elements += step;
+        }
+        elements / src.block_elements() * src.block_bytes()
     }
 
     /// Takes `data`, the next source bytes of this placement.
@@ -148,6 +153,10 @@ fn gcd(a: usize, b: usize) -> usize {
     } else {
         gcd(b, a % b)
     }
+}
+
+fn lcm(a: usize, b: usize) -> usize {
+    a / gcd(a, b) * b
 }
 
 /// Every placement of a load, fed shard by shard in file order.

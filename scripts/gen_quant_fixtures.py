@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""Reference data for webmoe's block formats, from the `gguf` package (PyPI), which
+implements ggml's reference quantizers bit for bit. Writes, per format, to
+tests/fixtures/quants/<format>.bin (little endian):
+
+    u32 n_values, f32[n] input values,
+    u32 n_bytes,  u8[n_bytes] gguf.quants.quantize(input),
+    f32[n] gguf.quants.dequantize(those bytes),
+    u32 n_raw,    u8[n_raw] random raw blocks (finite f16 scales),
+    f32[...] gguf.quants.dequantize(raw blocks)
+
+Inputs mix scales, exact ties at .5 after scaling, zeros and all-zero blocks.
+    pip install gguf numpy && python3 scripts/gen_quant_fixtures.py
+"""
+import pathlib
+import struct
+
+import numpy as np
+from gguf import GGMLQuantizationType as T
+from gguf import quants
+
+OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "quants"
+rng = np.random.default_rng(20261128)
+
+
+def values(blocks):
+    v = rng.normal(0, 1, (blocks, 32)).astype(np.float32)
+    v *= np.float32(10.0) ** rng.integers(-4, 3, (blocks, 1)).astype(np.float32)
+    v[0] = 0.0                                           # an all-zero block
+    v[1, :] = np.arange(32, dtype=np.float32) - 15.5     # halves after scaling
+    v[2, 5] = -v[2].__abs__().max() * 2                  # a negative maximum
+    v[3, :16] = 0.0
+    return v.reshape(-1)
+
+
+def raw_blocks(fmt, blocks):
+    size = quants.GGML_QUANT_SIZES[fmt][1]
+    raw = rng.integers(0, 256, (blocks, size), dtype=np.uint8)
+    scales = rng.normal(0, 0.01, blocks).astype(np.float16).view(np.uint8).reshape(blocks, 2)
+    raw[:, :2] = scales
+    return raw.reshape(-1)
+
+
+for name, fmt in [("q8_0", T.Q8_0), ("q4_0", T.Q4_0)]:
+    x = values(64)
+    q = quants.quantize(x.reshape(-1, 32 * 4), fmt).reshape(-1)
+    dq = quants.dequantize(q, fmt).astype(np.float32).reshape(-1)
+    raw = raw_blocks(fmt, 64)
+    raw_dq = quants.dequantize(raw, fmt).astype(np.float32).reshape(-1)
+    with open(OUT / f"{name}.bin", "wb") as f:
+        f.write(struct.pack("<I", x.size)); f.write(x.tobytes())
+        f.write(struct.pack("<I", q.size)); f.write(q.tobytes())
+        f.write(dq.tobytes())
+        f.write(struct.pack("<I", raw.size)); f.write(raw.tobytes())
+        f.write(raw_dq.tobytes())
+    print(name, x.size, "values,", q.size, "bytes")
