@@ -9,7 +9,9 @@ tests/fixtures/quants/<format>.bin (little endian):
     u32 n_raw,    u8[n_raw] random raw blocks (finite f16 scales),
     f32[...] gguf.quants.dequantize(raw blocks)
 
-Inputs mix scales, exact ties at .5 after scaling, zeros and all-zero blocks.
+Inputs mix scales, exact ties at .5 after scaling, zeros and all-zero blocks. The
+K-quants have no quantizer here (n_values = n_bytes = 0); their raw blocks get
+finite f16 scales, MXFP4's scale bytes stay in a finite range.
     pip install gguf numpy && python3 scripts/gen_quant_fixtures.py
 """
 import pathlib
@@ -33,19 +35,36 @@ def values(blocks):
     return v.reshape(-1)
 
 
+def f16s(blocks):
+    return rng.normal(0, 0.01, blocks).astype(np.float16).view(np.uint8).reshape(blocks, 2)
+
+
 def raw_blocks(fmt, blocks):
     size = quants.GGML_QUANT_SIZES[fmt][1]
     raw = rng.integers(0, 256, (blocks, size), dtype=np.uint8)
-    scales = rng.normal(0, 0.01, blocks).astype(np.float16).view(np.uint8).reshape(blocks, 2)
-    raw[:, :2] = scales
+    if fmt in (T.Q8_0, T.Q4_0):
+        raw[:, :2] = f16s(blocks)
+    elif fmt in (T.Q4_K, T.Q5_K):
+        raw[:, 0:2] = f16s(blocks)  # d
+        raw[:, 2:4] = f16s(blocks)  # dmin
+    elif fmt == T.Q6_K:
+        raw[:, 208:210] = f16s(blocks)  # d
+    elif fmt == T.MXFP4:
+        raw[:, 0] = rng.integers(100, 150, blocks)  # e8m0 scale
     return raw.reshape(-1)
 
 
-for name, fmt in [("q8_0", T.Q8_0), ("q4_0", T.Q4_0)]:
-    x = values(64)
-    q = quants.quantize(x.reshape(-1, 32 * 4), fmt).reshape(-1)
-    dq = quants.dequantize(q, fmt).astype(np.float32).reshape(-1)
-    raw = raw_blocks(fmt, 64)
+for name, fmt in [("q8_0", T.Q8_0), ("q4_0", T.Q4_0), ("q4_k", T.Q4_K), ("q5_k", T.Q5_K),
+                  ("q6_k", T.Q6_K), ("mxfp4", T.MXFP4)]:
+    if fmt in (T.Q8_0, T.Q4_0, T.MXFP4):
+        x = values(64)
+        q = quants.quantize(x.reshape(-1, 32 * 4), fmt).reshape(-1)
+        dq = quants.dequantize(q, fmt).astype(np.float32).reshape(-1)
+    else:
+        x = np.zeros(0, np.float32)
+        q = np.zeros(0, np.uint8)
+        dq = np.zeros(0, np.float32)
+    raw = raw_blocks(fmt, 64 if quants.GGML_QUANT_SIZES[fmt][0] == 32 else 16)
     raw_dq = quants.dequantize(raw, fmt).astype(np.float32).reshape(-1)
     with open(OUT / f"{name}.bin", "wb") as f:
         f.write(struct.pack("<I", x.size)); f.write(x.tobytes())

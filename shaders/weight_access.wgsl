@@ -8,9 +8,26 @@
 //   3 q8_0: blocks of 32 elements in 34 bytes (f16 scale d, then 32 x i8 q): q * d.
 //   4 q4_0: blocks of 32 elements in 18 bytes (f16 scale d, then 16 bytes: element j
 //     in the low nibble of byte j, element j + 16 in the high nibble): (q - 8) * d.
-// Block formats are read in place as u32 words (blocks are 2 bytes off word alignment
-// every other block; the scale never straddles a word because blocks start on even
-// bytes). None of this needs shader-f16.
+//   5 q4_k, 6 q5_k: superblocks of 256 in 144 / 176 bytes (f16 d, f16 dmin, 12 bytes
+//     of packed 6-bit scales and mins of 8 sub-blocks of 32, [q5_k: 32 bytes of fifth
+//     bits], 128 bytes of nibbles, sub-block 2g in the low and 2g + 1 in the high
+//     nibbles of bytes 32g..32g+32): d * scale * q - dmin * min.
+//   7 q6_k: superblocks of 256 in 210 bytes (128 bytes of low nibbles, 64 of 2-bit
+//     highs, 16 i8 scales of 16-element groups, f16 d): d * scale * (q - 32).
+//   8 mxfp4: blocks of 32 in 17 bytes (e8m0 scale byte, 16 bytes of e2m1 nibbles as
+//     in q4_0): 2^(e - 128) * doubled e2m1 value.
+// Block formats are read in place as u32 words (a block may start at any byte; f16
+// scales sit at even offsets, so they never straddle a word). None of this needs
+// shader-f16.
+fn WEIGHTS_byte(at: u32) -> u32 {
+    return (WEIGHTS[at >> 2u] >> ((at & 3u) * 8u)) & 0xffu;
+}
+
+// The f16 at even byte offset `at`.
+fn WEIGHTS_half(at: u32) -> f32 {
+    return unpack2x16float(WEIGHTS[at >> 2u])[(at >> 1u) & 1u];
+}
+
 fn WEIGHTS_at(i: u32) -> f32 {
     switch WEIGHT_DTYPE {
         case 1u: {
@@ -22,19 +39,63 @@ fn WEIGHTS_at(i: u32) -> f32 {
         }
         case 3u: {
             let block = (i >> 5u) * 34u;
-            let d = unpack2x16float(WEIGHTS[block >> 2u])[(block >> 1u) & 1u];
-            let at = block + 2u + (i & 31u);
-            let q = (WEIGHTS[at >> 2u] >> ((at & 3u) * 8u)) & 0xffu;
-            return f32(bitcast<i32>(q << 24u) >> 24u) * d;
+            let q = WEIGHTS_byte(block + 2u + (i & 31u));
+            return f32(bitcast<i32>(q << 24u) >> 24u) * WEIGHTS_half(block);
         }
         case 4u: {
             let block = (i >> 5u) * 18u;
-            let d = unpack2x16float(WEIGHTS[block >> 2u])[(block >> 1u) & 1u];
             let j = i & 31u;
-            let at = block + 2u + (j & 15u);
-            let byte = (WEIGHTS[at >> 2u] >> ((at & 3u) * 8u)) & 0xffu;
+            let byte = WEIGHTS_byte(block + 2u + (j & 15u));
             let q = select(byte & 0xfu, byte >> 4u, j >= 16u);
-            return (f32(q) - 8.0) * d;
+            return (f32(q) - 8.0) * WEIGHTS_half(block);
+        }
+        case 5u, 6u: {
+            let five = WEIGHT_DTYPE == 6u;
+            let block = (i >> 8u) * select(144u, 176u, five);
+            let idx = i & 255u;
+            let j = idx >> 5u;
+            let l = idx & 31u;
+            let s = block + 4u;
+            var sc: u32;
+            var m: u32;
+            if (j < 4u) {
+                sc = WEIGHTS_byte(s + j) & 63u;
+                m = WEIGHTS_byte(s + j + 4u) & 63u;
+            } else {
+                sc = (WEIGHTS_byte(s + j + 4u) & 15u) | ((WEIGHTS_byte(s + j - 4u) >> 6u) << 4u);
+                m = (WEIGHTS_byte(s + j + 4u) >> 4u) | ((WEIGHTS_byte(s + j) >> 6u) << 4u);
+            }
+            let qs = block + select(16u, 48u, five);
+            let byte = WEIGHTS_byte(qs + (j >> 1u) * 32u + l);
+            var q = select(byte & 15u, byte >> 4u, (j & 1u) == 1u);
+            if (five) {
+                q |= ((WEIGHTS_byte(block + 16u + l) >> j) & 1u) << 4u;
+            }
+            let scale = WEIGHTS_half(block) * f32(sc);
+            let min = WEIGHTS_half(block + 2u) * f32(m);
+            return scale * f32(q) - min;
+        }
+        case 7u: {
+            let block = (i >> 8u) * 210u;
+            let idx = i & 255u;
+            let h = idx >> 7u;
+            let r = idx & 127u;
+            let low = (WEIGHTS_byte(block + h * 64u + (r & 63u)) >> (4u * (r >> 6u))) & 15u;
+            let high = (WEIGHTS_byte(block + 128u + h * 32u + (r & 31u)) >> (2u * (r >> 5u))) & 3u;
+            let q = i32(low | (high << 4u)) - 32;
+            let sc = bitcast<i32>(WEIGHTS_byte(block + 192u + (idx >> 4u)) << 24u) >> 24u;
+            return WEIGHTS_half(block + 208u) * f32(sc) * f32(q);
+        }
+        case 8u: {
+            let block = (i >> 5u) * 17u;
+            let e = WEIGHTS_byte(block);
+            let d = bitcast<f32>(select((e - 1u) << 23u, 0x00200000u << e, e < 2u));
+            let j = i & 31u;
+            let byte = WEIGHTS_byte(block + 1u + (j & 15u));
+            let q = select(byte & 15u, byte >> 4u, j >= 16u);
+            // The doubled e2m1 values, index 8 a positive zero (as ggml's table).
+            var values = array<f32, 16>(0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 0.0, -1.0, -2.0, -3.0, -4.0, -6.0, -8.0, -12.0);
+            return d * values[q];
         }
         default: {
             return bitcast<f32>(WEIGHTS[i]);

@@ -12,12 +12,13 @@ use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::moe::reference::moe_reference;
 use crate::moe::{MoeConfig, MoeLayer, MoeWeights, SharedExpertConfig};
 use crate::ops::attention::{attention_reference, encode_attention, KvCache};
+use crate::ops::embedding::encode_embedding;
 use crate::ops::embedding::{argmax_reference, encode_argmax};
 use crate::ops::norm::{encode_rms_norm, rms_norm_reference};
 use crate::ops::rope::{encode_rope, rope_reference, rope_table, upload_rope_table};
 use crate::ops::routing::{GroupLimit, GroupScore, Scoring, TopKOrder};
 use crate::ops::Position;
-use crate::weights::WeightFormat;
+use crate::weights::{WeightFormat, WeightMatrix};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Check {
@@ -236,6 +237,57 @@ async fn transformer_op_checks(ctx: &GpuContext, rng: &mut ChaCha8Rng) -> Result
     Ok(checks)
 }
 
+/// Random raw blocks of `format` (random bytes, scales in a finite range), `blocks` of them.
+fn random_blocks(rng: &mut ChaCha8Rng, format: WeightFormat, blocks: usize) -> Vec<u8> {
+    let size = format.block_bytes();
+    let mut bytes: Vec<u8> = (0..blocks * size).map(|_| rng.random()).collect();
+    let f16 = |rng: &mut ChaCha8Rng| half::f16::from_f32(rng.random_range(-0.02..0.02)).to_le_bytes();
+    for block in bytes.chunks_exact_mut(size) {
+        match format {
+            WeightFormat::Q8_0 | WeightFormat::Q4_0 => block[..2].copy_from_slice(&f16(rng)),
+            WeightFormat::Q4K | WeightFormat::Q5K => {
+                block[..2].copy_from_slice(&f16(rng));
+                block[2..4].copy_from_slice(&f16(rng));
+            }
+            WeightFormat::Q6K => block[208..210].copy_from_slice(&f16(rng)),
+            WeightFormat::Mxfp4 => block[0] = rng.random_range(100..150),
+            WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => {}
+        }
+    }
+    bytes
+}
+
+/// Every block format decoded on the GPU (through the embedding kernel's weight
+/// accessor, the one all weight kernels share) against the CPU decoder.
+async fn block_format_checks(ctx: &GpuContext, rng: &mut ChaCha8Rng) -> Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    for format in WeightFormat::ALL.into_iter().filter(|f| f.is_quantized()) {
+        let (rows, cols) = (6, 2 * format.block_elements());
+        let raw = random_blocks(rng, format, rows * 2);
+        let table = WeightMatrix::allocate(ctx, "blocks", [1, rows, cols], format)?;
+        ctx.queue.write_buffer(&table.chunks[0].buffer, 0, &raw);
+        let ids: Vec<u32> = (0..rows as u32).rev().collect();
+        let ig = GpuTensor::from_u32(ctx, "ids", &[rows], &ids)?;
+        let x = GpuTensor::empty(ctx, "x", &[rows, cols], DType::F32)?;
+        x.poison(ctx);
+        let mut recorder = Recorder::new();
+        encode_embedding(ctx, &mut recorder, &ig, &table, 1.0, &x)?;
+        recorder.submit(ctx);
+        let values = format.dequantize(&raw);
+        let want: Vec<f32> = ids
+            .iter()
+            .flat_map(|&r| values[r as usize * cols..][..cols].to_vec())
+            .collect();
+        checks.push(check(
+            format!("{format} blocks decoded on the GPU"),
+            relative_error(&x.read_f32(ctx).await?, &want),
+            1e-6,
+            "",
+        ));
+    }
+    Ok(checks)
+}
+
 /// Runs every check; errors become failed checks, so the report is always complete.
 pub async fn run(ctx: &GpuContext) -> Report {
     let mut checks = Vec::new();
@@ -249,6 +301,10 @@ pub async fn run(ctx: &GpuContext) -> Report {
     match transformer_op_checks(ctx, &mut rng).await {
         Ok(c) => checks.extend(c),
         Err(e) => checks.push(check("transformer ops", f64::INFINITY, 0.0, e.to_string())),
+    }
+    match block_format_checks(ctx, &mut rng).await {
+        Ok(c) => checks.extend(c),
+        Err(e) => checks.push(check("block formats", f64::INFINITY, 0.0, e.to_string())),
     }
     let failed = checks.iter().filter(|c| !c.passed).count();
     Report {

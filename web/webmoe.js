@@ -8,6 +8,7 @@ import init, { Engine } from "./pkg/webmoe.js";
 export { Engine };
 
 const CACHE_NAME = "webmoe-models-v1";
+const FEED_BYTES = 1 << 20;
 let ready = null;
 let wasm = null;
 
@@ -144,7 +145,11 @@ async function streamShards(engine, config, tokenizer, sources, onProgress) {
     const name = sources[i].name;
     let piece;
     while ((piece = await reader.next()) !== null) {
-      done = engine.feed(i, reader.offset - piece.byteLength, piece);
+      // Each feed copies its bytes into wasm memory for the call: at most 1 MiB at a time.
+      const start = reader.offset - piece.byteLength;
+      for (let at = 0; at < piece.byteLength; at += FEED_BYTES) {
+        done = engine.feed(i, start + at, piece.subarray(at, at + FEED_BYTES));
+      }
       const seconds = (performance.now() - started) / 1000;
       onProgress(`loading ${name}: ${(done / 2 ** 20).toFixed(1)} / ${(total / 2 ** 20).toFixed(1)} MiB (${(done / 2 ** 20 / Math.max(seconds, 1e-3)).toFixed(1)} MiB/s)`, done / total);
     }

@@ -72,7 +72,7 @@ struct PerplexityArgs {
     /// Weight storage on the GPU: f32, f16 or bf16 (default: the checkpoint's dtype).
     #[arg(long)]
     dtype: Option<String>,
-    /// Quantize attention, MLP and expert matrices at load: q8_0 or q4_0 (lm_head
+    /// Quantize attention, MLP and expert matrices at load: q8_0, q4_0 or mxfp4 (lm_head
     /// becomes q8_0; embeddings, routers and norms keep their formats).
     #[arg(long)]
     quantize: Option<String>,
@@ -114,7 +114,7 @@ struct RunArgs {
     /// Weight storage on the GPU: f32, f16 or bf16 (default: the checkpoint's dtype).
     #[arg(long)]
     dtype: Option<String>,
-    /// Quantize attention, MLP and expert matrices at load: q8_0 or q4_0 (lm_head
+    /// Quantize attention, MLP and expert matrices at load: q8_0, q4_0 or mxfp4 (lm_head
     /// becomes q8_0; embeddings, routers and norms keep their formats).
     #[arg(long)]
     quantize: Option<String>,
@@ -154,8 +154,10 @@ fn exit_code(kind: webmoe::ErrorKind) -> i32 {
 fn parse_quantize(s: Option<&str>) -> webmoe::Result<Option<WeightFormat>> {
     let Some(s) = s else { return Ok(None) };
     match WeightFormat::from_name(s) {
-        Some(f) if f.is_quantized() => Ok(Some(f)),
-        _ => Err(webmoe::Error::Config(format!("--quantize {s}: expected q8_0 or q4_0"))),
+        Some(f) if f.is_quantized() && f.can_encode() => Ok(Some(f)),
+        _ => Err(webmoe::Error::Config(format!(
+            "--quantize {s}: expected q8_0, q4_0 or mxfp4"
+        ))),
     }
 }
 

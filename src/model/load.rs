@@ -23,7 +23,7 @@ pub struct LoadOptions {
     pub max_context: Option<usize>,
     /// GPU storage of weight matrices (default: each tensor's own dtype).
     pub weight_format: Option<WeightFormat>,
-    /// Quantize projections at load (Q8_0 or Q4_0; see [`StorageFormats`]).
+    /// Quantize projections at load (Q8_0, Q4_0 or MXFP4; see [`StorageFormats`]).
     pub quantize: Option<WeightFormat>,
 }
 
@@ -78,9 +78,9 @@ impl StreamingLoad {
         let context = options
             .max_context
             .unwrap_or(config.max_position_embeddings.min(DEFAULT_MAX_CONTEXT));
-        if let Some(q) = options.quantize.filter(|q| !q.is_quantized()) {
-            return Err(Error::Config(format!(
-                "--quantize {q}: expected a block format (q8_0, q4_0)"
+        if let Some(q) = options.quantize.filter(|q| !q.is_quantized() || !q.can_encode()) {
+            return Err(Error::Unsupported(format!(
+                "quantizing to {q} at load: the formats webmoe quantizes to are q8_0, q4_0 and mxfp4"
             )));
         }
         if let Some(f) = options.weight_format.filter(|f| f.is_quantized()) {

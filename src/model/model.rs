@@ -98,7 +98,7 @@ pub struct StorageFormats {
     /// Element format for every matrix (`--dtype`); else each tensor's own.
     pub convert: Option<WeightFormat>,
     /// Block format for the projections — attention, dense MLPs, experts
-    /// (`--quantize`); lm_head then becomes Q8_0, embeddings keep `convert` or their own
+    /// (`--quantize`: Q8_0, Q4_0 or MXFP4); lm_head then becomes Q8_0, embeddings keep `convert` or their own
     /// format (a lookup reads one row per token), routers, norms and biases stay f32.
     pub quantize: Option<WeightFormat>,
 }

@@ -5,7 +5,13 @@
 //! Q8_0 (34 bytes: scale, 32 x i8) and Q4_0 (18 bytes: scale, 16 bytes of nibbles,
 //! element j in the low nibble of byte j, element j + 16 in its high nibble). Encoding
 //! follows ggml's reference quantizers (`quantize_row_q8_0_ref`, `quantize_row_q4_0_ref`)
-//! bit for bit; decoding matches `gguf.quants.dequantize`.
+//! bit for bit; decoding matches `gguf.quants.dequantize`. The K-quants hold 256
+//! elements in superblocks: Q4_K (144 bytes: f16 d, f16 dmin, 12 bytes of 6-bit scales
+//! and mins for 8 sub-blocks of 32, 128 bytes of nibbles), Q5_K (176: the same plus 32
+//! bytes of fifth bits), Q6_K (210: 128 bytes of low nibbles, 64 of high 2-bit pairs,
+//! 16 i8 scales of 16-element groups, f16 d); MXFP4 (17 bytes per 32: an e8m0 scale
+//! byte, 16 bytes of e2m1 nibbles). These decode but have no encoder here (they come
+//! from GGUF files or MXFP4 checkpoints).
 
 use crate::error::{Error, Result};
 use crate::gpu::DType;
@@ -17,25 +23,38 @@ pub enum WeightFormat {
     BF16,
     Q8_0,
     Q4_0,
+    Q4K,
+    Q5K,
+    Q6K,
+    Mxfp4,
 }
 
 /// Elements per block of the ggml block formats.
 pub const QK: usize = 32;
+/// Elements per superblock of the K-quants.
+pub const QK_K: usize = 256;
+/// MXFP4's e2m1 values, doubled (ggml's `kvalues_mxfp4`).
+const MXFP4_VALUES: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
 
 impl WeightFormat {
-    pub const ALL: [WeightFormat; 5] = [
+    pub const ALL: [WeightFormat; 9] = [
         WeightFormat::F32,
         WeightFormat::F16,
         WeightFormat::BF16,
         WeightFormat::Q8_0,
         WeightFormat::Q4_0,
+        WeightFormat::Q4K,
+        WeightFormat::Q5K,
+        WeightFormat::Q6K,
+        WeightFormat::Mxfp4,
     ];
 
     /// Elements per block.
     pub fn block_elements(self) -> usize {
         match self {
             WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => 1,
-            WeightFormat::Q8_0 | WeightFormat::Q4_0 => QK,
+            WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Mxfp4 => QK,
+            WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K => QK_K,
         }
     }
 
@@ -46,7 +65,16 @@ impl WeightFormat {
             WeightFormat::F16 | WeightFormat::BF16 => 2,
             WeightFormat::Q8_0 => 2 + QK,
             WeightFormat::Q4_0 => 2 + QK / 2,
+            WeightFormat::Q4K => 144,
+            WeightFormat::Q5K => 176,
+            WeightFormat::Q6K => 210,
+            WeightFormat::Mxfp4 => 17,
         }
+    }
+
+    /// Whether [`WeightFormat::encode_into`] can produce this format.
+    pub fn can_encode(self) -> bool {
+        !matches!(self, WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K)
     }
 
     /// Whether values are quantized in blocks with a scale.
@@ -84,6 +112,10 @@ impl WeightFormat {
             WeightFormat::BF16 => 2,
             WeightFormat::Q8_0 => 3,
             WeightFormat::Q4_0 => 4,
+            WeightFormat::Q4K => 5,
+            WeightFormat::Q5K => 6,
+            WeightFormat::Q6K => 7,
+            WeightFormat::Mxfp4 => 8,
         }
     }
 
@@ -95,6 +127,10 @@ impl WeightFormat {
             "bf16" | "bfloat16" => Some(WeightFormat::BF16),
             "q8_0" => Some(WeightFormat::Q8_0),
             "q4_0" => Some(WeightFormat::Q4_0),
+            "q4_k" => Some(WeightFormat::Q4K),
+            "q5_k" => Some(WeightFormat::Q5K),
+            "q6_k" => Some(WeightFormat::Q6K),
+            "mxfp4" => Some(WeightFormat::Mxfp4),
             _ => None,
         }
     }
@@ -105,7 +141,7 @@ impl WeightFormat {
             WeightFormat::F32 => Some(DType::F32),
             WeightFormat::F16 => Some(DType::F16),
             WeightFormat::BF16 => Some(DType::BF16),
-            WeightFormat::Q8_0 | WeightFormat::Q4_0 => None,
+            _ => None,
         }
     }
 
@@ -158,6 +194,52 @@ impl WeightFormat {
                     out.extend(qs.iter().map(|&q| ((q >> 4) as i32 - 8) as f32 * d));
                 }
             }
+            WeightFormat::Q4K | WeightFormat::Q5K => {
+                let five = self == WeightFormat::Q5K;
+                for block in bytes.chunks_exact(self.block_bytes()) {
+                    let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+                    let dmin = half::f16::from_le_bytes([block[2], block[3]]).to_f32();
+                    let scales = &block[4..16];
+                    let (qh, qs) = if five {
+                        (&block[16..48], &block[48..])
+                    } else {
+                        (&block[..0], &block[16..])
+                    };
+                    for j in 0..8 {
+                        let (sc, m) = k_scale_min(scales, j);
+                        let (scale, min) = (d * sc as f32, dmin * m as f32);
+                        for l in 0..32 {
+                            let byte = qs[(j / 2) * 32 + l];
+                            let mut q = if j % 2 == 0 { byte & 0x0f } else { byte >> 4 };
+                            if five {
+                                q |= ((qh[l] >> j) & 1) << 4;
+                            }
+                            out.push(scale * q as f32 - min);
+                        }
+                    }
+                }
+            }
+            WeightFormat::Q6K => {
+                for block in bytes.chunks_exact(self.block_bytes()) {
+                    let (ql, qh, scales) = (&block[..128], &block[128..192], &block[192..208]);
+                    let d = half::f16::from_le_bytes([block[208], block[209]]).to_f32();
+                    for idx in 0..QK_K {
+                        let (half_block, i) = (idx / 128, idx % 128);
+                        let low = (ql[half_block * 64 + i % 64] >> (4 * (i / 64))) & 0x0f;
+                        let high = (qh[half_block * 32 + i % 32] >> (2 * (i / 32))) & 0x03;
+                        let q = (low | high << 4) as i32 - 32;
+                        out.push(d * scales[idx / 16] as i8 as f32 * q as f32);
+                    }
+                }
+            }
+            WeightFormat::Mxfp4 => {
+                for block in bytes.chunks_exact(self.block_bytes()) {
+                    let d = e8m0_half(block[0]);
+                    let qs = &block[1..];
+                    out.extend(qs.iter().map(|&q| d * MXFP4_VALUES[(q & 0x0f) as usize] as f32));
+                    out.extend(qs.iter().map(|&q| d * MXFP4_VALUES[(q >> 4) as usize] as f32));
+                }
+            }
         }
     }
 
@@ -197,6 +279,33 @@ impl WeightFormat {
                     out.extend((0..QK / 2).map(|j| q(block[j]) | q(block[j + QK / 2]) << 4));
                 }
             }
+            WeightFormat::Mxfp4 => {
+                debug_assert!(values.len().is_multiple_of(QK));
+                for block in values.chunks_exact(QK) {
+                    let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                    let e = if amax > 0.0 {
+                        (amax.log2().floor() - 2.0 + 127.0) as u8
+                    } else {
+                        0
+                    };
+                    let d = e8m0_half(e);
+                    // The nearest doubled e2m1 value (the first of equals).
+                    let q = |v: f32| {
+                        (0..16u8)
+                            .min_by(|&a, &b| {
+                                let ea = (d * MXFP4_VALUES[a as usize] as f32 - v).abs();
+                                let eb = (d * MXFP4_VALUES[b as usize] as f32 - v).abs();
+                                ea.total_cmp(&eb)
+                            })
+                            .unwrap_or(0)
+                    };
+                    out.push(e);
+                    out.extend((0..QK / 2).map(|j| q(block[j]) | q(block[j + QK / 2]) << 4));
+                }
+            }
+            WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K => {
+                debug_assert!(values.is_empty(), "no encoder for {self}");
+            }
         }
     }
 
@@ -227,6 +336,32 @@ impl std::fmt::Display for WeightFormat {
             WeightFormat::BF16 => "bf16",
             WeightFormat::Q8_0 => "q8_0",
             WeightFormat::Q4_0 => "q4_0",
+            WeightFormat::Q4K => "q4_k",
+            WeightFormat::Q5K => "q5_k",
+            WeightFormat::Q6K => "q6_k",
+            WeightFormat::Mxfp4 => "mxfp4",
         })
     }
+}
+
+/// The scale and min of sub-block `j` (0..8) from a K-quant's 12 packed scale bytes.
+fn k_scale_min(s: &[u8], j: usize) -> (u8, u8) {
+    if j < 4 {
+        (s[j] & 63, s[j + 4] & 63)
+    } else {
+        (
+            (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4),
+            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+        )
+    }
+}
+
+/// ggml's `ggml_e8m0_to_fp32_half`: 2^(e - 128) as f32 bits.
+fn e8m0_half(e: u8) -> f32 {
+    let bits = if e < 2 {
+        0x0020_0000u32 << e
+    } else {
+        ((e - 1) as u32) << 23
+    };
+    f32::from_bits(bits)
 }

@@ -124,6 +124,11 @@ impl WeightMatrix {
                 actual: vec![values.len()],
             });
         }
+        if !format.can_encode() {
+            return Err(crate::error::Error::Unsupported(format!(
+                "{name}: webmoe has no {format} encoder (such weights come from files already in {format})"
+            )));
+        }
         let matrix = Self::allocate(ctx, name, shape, format)?;
         let mut uploader = crate::weights::Uploader::new(ctx);
         let mut bytes = Vec::new();

@@ -99,10 +99,11 @@ test("shards stream into the GPU with bounded wasm memory, and a reload works of
   const first = await openPage(query);
   const load = first.state.load;
   console.log(`wasm memory: ${(load.wasmBytesBefore / 2 ** 20).toFixed(1)} MiB before the load, ${(load.wasmBytesAfter / 2 ** 20).toFixed(1)} MiB after (the shard is ${(shardBytes / 2 ** 20).toFixed(1)} MiB); from cache: ${load.fromCache}`);
-  // Streaming: the load adds far less to wasm memory than one shard (a copy of the
-  // shard would add all of it), and the whole wasm memory stays under the shard size.
-  assert.ok(load.wasmBytesAfter - load.wasmBytesBefore < shardBytes / 4, "the load grew wasm memory by a large part of the shard");
-  assert.ok(load.wasmBytesAfter < shardBytes, `wasm memory ${load.wasmBytesAfter} is not below the shard's ${shardBytes} bytes`);
+  // Streaming: the load adds less than half a shard to wasm memory (the tokenizer and
+  // the 1 MiB feed pieces; a copy of the shard would add all of it), and the whole
+  // wasm memory stays under 60% of the shard's size.
+  assert.ok(load.wasmBytesAfter - load.wasmBytesBefore < shardBytes / 2, "the load grew wasm memory by half a shard or more");
+  assert.ok(load.wasmBytesAfter < 0.6 * shardBytes, `wasm memory ${load.wasmBytesAfter} is not below 60% of the shard's ${shardBytes} bytes`);
   assert.deepEqual(load.notes, []);
   await first.page.close();
 
