@@ -12,6 +12,10 @@ struct RopeParams {
     heads: u32,
     head_dim: u32,
     half_rot: u32,
+    interleaved: u32, // 1: pairs (2i, 2i + 1) (llama.cpp's layout for llama-style GGUF files)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 // The position of the first token (written by the host before each submit).
@@ -44,8 +48,14 @@ fn rope(
     let entry = ((position.pos0 + t) * p.half_rot + i) * 2u;
     let c = table[entry];
     let s = table[entry + 1u];
-    let x1 = x[base + i];
-    let x2 = x[base + i + p.half_rot];
-    x[base + i] = x1 * c - x2 * s;
-    x[base + i + p.half_rot] = x2 * c + x1 * s;
+    var a = base + i;
+    var b = base + i + p.half_rot;
+    if (p.interleaved != 0u) {
+        a = base + 2u * i;
+        b = a + 1u;
+    }
+    let x1 = x[a];
+    let x2 = x[b];
+    x[a] = x1 * c - x2 * s;
+    x[b] = x2 * c + x1 * s;
 }

@@ -189,10 +189,18 @@ async fn transformer_op_checks(ctx: &GpuContext, rng: &mut ChaCha8Rng) -> Result
     let mut q = random(rng, tokens * heads * hd, 1.0);
     let qg = GpuTensor::from_f32(ctx, "q", &[tokens, heads * hd], &q, DType::F32)?;
     run(&|e| {
-        encode_rope(ctx, e, &qg, &table, heads, hd, &Position::new(ctx, pos0));
+        encode_rope(ctx, e, &qg, &table, heads, hd, &Position::new(ctx, pos0), false);
         Ok(())
     })?;
-    rope_reference(&mut q, &rope_table(10000.0, hd, pos0 + tokens), hd / 2, heads, hd, pos0);
+    rope_reference(
+        &mut q,
+        &rope_table(10000.0, hd, pos0 + tokens),
+        hd / 2,
+        heads,
+        hd,
+        pos0,
+        false,
+    );
     checks.push(check("rope", relative_error(&qg.read_f32(ctx).await?, &q), 1e-5, ""));
     // Attention: prefill 9 tokens with GQA
     let (heads, kv_heads, hd, t) = (4, 2, 16, 9);

@@ -51,11 +51,13 @@ fn rms_norm_matches_reference() {
 fn rope_matches_reference_with_full_and_partial_rotary() {
     let ctx = context();
     let mut rng = rng(2);
-    for &(tokens, heads, head_dim, rot, pos0) in &[
-        (1, 1, 8, 8, 0),
-        (5, 4, 16, 16, 3),
-        (9, 2, 32, 16, 100),
-        (3, 3, 64, 64, 1000),
+    for &(tokens, heads, head_dim, rot, pos0, interleaved) in &[
+        (1, 1, 8, 8, 0, false),
+        (5, 4, 16, 16, 3, false),
+        (9, 2, 32, 16, 100, false),
+        (3, 3, 64, 64, 1000, false),
+        (5, 4, 16, 16, 3, true),
+        (3, 2, 64, 64, 700, true),
     ] {
         let table = upload_rope_table(&ctx, 10000.0, rot, pos0 + tokens).unwrap();
         let host_table = rope_table(10000.0, rot, pos0 + tokens);
@@ -63,11 +65,11 @@ fn rope_matches_reference_with_full_and_partial_rotary() {
         let xg = upload(&ctx, &[tokens, heads * head_dim], &x);
         let position = Position::new(&ctx, pos0);
         run(&ctx, |enc| {
-            encode_rope(&ctx, enc, &xg, &table, heads, head_dim, &position)
+            encode_rope(&ctx, enc, &xg, &table, heads, head_dim, &position, interleaved)
         });
-        rope_reference(&mut x, &host_table, rot / 2, heads, head_dim, pos0);
+        rope_reference(&mut x, &host_table, rot / 2, heads, head_dim, pos0, interleaved);
         assert_close(
-            &format!("rope T={tokens} rot={rot}"),
+            &format!("rope T={tokens} rot={rot} interleaved={interleaved}"),
             &xg.read_f32_blocking(&ctx).unwrap(),
             &x,
             1e-6,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 use webmoe::model::generate::{generate, SamplingParams};
-use webmoe::model::load::{load_model_dir, load_model_files, LoadOptions, LoadedModel, ModelFiles};
+use webmoe::model::load::{load_model_files, load_model_path, LoadOptions, LoadedModel, ModelFiles};
 use webmoe::model::perplexity::perplexity;
 use webmoe::model::safetensors_io::ShardBytes;
 use webmoe::model::session::Session;
@@ -60,7 +60,7 @@ struct BenchArgs {
 
 #[derive(Args)]
 struct PerplexityArgs {
-    /// Model directory (default: the embedded model).
+    /// Model directory or .gguf file (default: the embedded model).
     #[arg(long)]
     model: Option<PathBuf>,
     /// UTF-8 text file to score.
@@ -80,7 +80,7 @@ struct PerplexityArgs {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Model directory: config.json, *.safetensors, tokenizer.json (default: the
+    /// Model directory (config.json, *.safetensors, tokenizer.json) or a .gguf file (the first of split files) (default: the
     /// embedded tiny-moe model, models/tiny-moe).
     #[arg(long)]
     model: Option<PathBuf>,
@@ -192,7 +192,7 @@ fn embedded_model() -> ModelFiles {
 
 fn load(ctx: &GpuContext, model: Option<&Path>, options: LoadOptions) -> webmoe::Result<LoadedModel> {
     let loaded = match model {
-        Some(dir) => load_model_dir(ctx, dir, options),
+        Some(path) => load_model_path(ctx, path, options),
         None => load_model_files(ctx, embedded_model(), options),
     }?;
     let s = loaded.stats;

@@ -64,6 +64,9 @@ pub struct ModelConfig {
     pub rope_theta: f32,
     /// Rotated dimensions of each head (head_dim * partial_rotary_factor).
     pub rotary_dim: usize,
+    /// RoPE on interleaved pairs (2i, 2i + 1) instead of halves (i, i + rot/2): GGUF
+    /// files of llama-style models, whose q/k rows llama.cpp's converter permuted.
+    pub rope_interleaved: bool,
     pub tie_word_embeddings: bool,
     pub attention_bias: bool,
     pub qk_norm: QkNorm,
@@ -80,6 +83,9 @@ pub struct ModelConfig {
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     pub torch_dtype: Option<String>,
+    /// Experts stored one tensor per expert under Qwen-style names whatever the family
+    /// (GGUF files, whose stacked expert tensors are viewed per expert).
+    pub per_expert_names: bool,
 }
 
 #[derive(Deserialize)]
@@ -285,6 +291,7 @@ impl ModelConfig {
             rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6) as f32,
             rope_theta,
             rotary_dim,
+            rope_interleaved: false,
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
             attention_bias: match family {
                 Family::Qwen2Moe => raw.qkv_bias.or(raw.attention_bias).unwrap_or(true),
@@ -314,6 +321,7 @@ impl ModelConfig {
             bos_token_id: raw.bos_token_id,
             eos_token_ids,
             torch_dtype: raw.torch_dtype.or(raw.dtype),
+            per_expert_names: false,
         })
     }
 }

@@ -193,6 +193,76 @@ pub fn load_model_dir(ctx: &GpuContext, dir: &std::path::Path, options: LoadOpti
     loaded
 }
 
+/// The files of a split GGUF model: `name-00001-of-00003.gguf` and its siblings, or
+/// just `path` when it is not split.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn gguf_split_files(path: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // ...-00001-of-00003.gguf
+    let split = name
+        .strip_suffix(".gguf")
+        .and_then(|stem| stem.rsplit_once("-of-"))
+        .and_then(|(head, total)| {
+            let (base, index) = head.rsplit_once('-')?;
+            let n: usize = total.parse().ok()?;
+            (index.len() == total.len() && index.parse::<usize>().ok()? >= 1)
+                .then(|| (base.to_string(), total.len(), n))
+        });
+    match split {
+        None => vec![path.to_path_buf()],
+        Some((base, width, n)) => (1..=n)
+            .map(|i| path.with_file_name(format!("{base}-{i:0width$}-of-{n:0width$}.gguf")))
+            .collect(),
+    }
+}
+
+/// Loads a GGUF model (one file, or the first of a split set) (native).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_gguf(ctx: &GpuContext, path: &std::path::Path, options: LoadOptions) -> Result<LoadedModel> {
+    use crate::model::gguf::{gguf_checkpoint, parse_gguf};
+    use crate::model::safetensors_io::{Checkpoint, ShardBytes};
+    let mut parsed = Vec::new();
+    let mut bytes = Vec::new();
+    for file in gguf_split_files(path) {
+        let handle = std::fs::File::open(&file).map_err(|e| Error::io(file.display(), e))?;
+        // SAFETY: read-only mapping; a file changed while loading is outside what webmoe guards against.
+        let map = unsafe { memmap2::Mmap::map(&handle) }.map_err(|e| Error::io(file.display(), e))?;
+        parsed.push(parse_gguf(&file.display().to_string(), &map, map.len() as u64)?);
+        bytes.push(ShardBytes::Mapped(map));
+    }
+    let model = gguf_checkpoint(&parsed)?;
+    let store = TensorStore::from_parts(Checkpoint::new(model.shards), bytes);
+    let bar = progress_bar();
+    let loaded = ctx.scoped_blocking("loading the model", || {
+        load_model(
+            ctx,
+            model.config,
+            &store,
+            model.tokenizer,
+            options,
+            &mut |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            },
+        )
+    });
+    bar.finish_and_clear();
+    loaded
+}
+
+/// Loads `path`: a Hugging Face model directory or a `.gguf` file (native).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_model_path(ctx: &GpuContext, path: &std::path::Path, options: LoadOptions) -> Result<LoadedModel> {
+    if path.extension().is_some_and(|e| e == "gguf") {
+        load_gguf(ctx, path, options)
+    } else {
+        load_model_dir(ctx, path, options)
+    }
+}
+
 /// The files of a model directory, already in memory (the embedded model, tests).
 pub struct ModelFiles {
     pub config_json: String,

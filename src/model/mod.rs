@@ -3,6 +3,7 @@
 //! ([`session::Session`]) and generation.
 pub mod config;
 pub mod generate;
+pub mod gguf;
 pub mod load;
 #[allow(clippy::module_inception)]
 pub mod model;

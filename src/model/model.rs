@@ -250,7 +250,7 @@ impl Planner<'_> {
 
     fn moe(&mut self, c: &ModelConfig, i: usize) -> Result<MoeLayer> {
         let (d, f, e) = (c.hidden_size, c.moe.expert_ffn, c.moe.num_experts());
-        let n = names::moe(c.family, i);
+        let n = names::moe(c.family, i, c.per_expert_names);
         let label = |kind: &str| format!("{}.experts.{kind}", names::layer(i));
         let (gate, up, down) = match &n.experts {
             ExpertTensors::PerExpert { prefix, gate, up, down } => {
@@ -472,8 +472,26 @@ impl Model {
                 encode_scale_clamp(ctx, rec, x, 1.0, limit);
             }
         }
-        encode_rope(ctx, rec, &q, &self.rope, c.num_heads, c.head_dim, position);
-        encode_rope(ctx, rec, &k, &self.rope, c.num_kv_heads, c.head_dim, position);
+        encode_rope(
+            ctx,
+            rec,
+            &q,
+            &self.rope,
+            c.num_heads,
+            c.head_dim,
+            position,
+            c.rope_interleaved,
+        );
+        encode_rope(
+            ctx,
+            rec,
+            &k,
+            &self.rope,
+            c.num_kv_heads,
+            c.head_dim,
+            position,
+            c.rope_interleaved,
+        );
         let out = GpuTensor::empty(ctx, "attention output", &q.shape, DType::F32)?;
         encode_attention(
             ctx,

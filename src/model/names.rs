@@ -44,9 +44,11 @@ pub struct MoeNames {
     pub shared_expert_gate: String,
 }
 
-/// The MoE block names of layer `i` of `family`.
-pub fn moe(family: Family, i: usize) -> MoeNames {
+/// The MoE block names of layer `i` of `family`; `per_expert` asks for one tensor per
+/// expert under Qwen-style names whatever the family (GGUF files).
+pub fn moe(family: Family, i: usize, per_expert: bool) -> MoeNames {
     let p = layer(i);
+    let family = if per_expert { Family::Qwen3Moe } else { family };
     let (router, experts) = match family {
         Family::Mixtral => (
             format!("{p}.block_sparse_moe.gate.weight"),

@@ -62,8 +62,16 @@ pub fn forward_reference(config: &ModelConfig, weights: &ModelWeights, ids: &[u3
                 m.iter_mut().for_each(|e| *e = e.clamp(-limit, limit));
             }
         }
-        rope_reference(&mut q, &table, c.rotary_dim / 2, c.num_heads, hd, 0);
-        rope_reference(&mut k, &table, c.rotary_dim / 2, c.num_kv_heads, hd, 0);
+        rope_reference(&mut q, &table, c.rotary_dim / 2, c.num_heads, hd, 0, c.rope_interleaved);
+        rope_reference(
+            &mut k,
+            &table,
+            c.rotary_dim / 2,
+            c.num_kv_heads,
+            hd,
+            0,
+            c.rope_interleaved,
+        );
         let attn = attention_reference(&q, &k, &v, c.num_heads, c.num_kv_heads, hd, 0, c.attention_scale);
         let o = linear(&attn, &round(&a.o), qw, d);
         x.iter_mut().zip(&o).for_each(|(x, o)| *x += c.residual_multiplier * o);

@@ -194,7 +194,7 @@ impl Checkpoint {
         }
         let format = info.format.ok_or_else(|| {
             Error::Unsupported(format!(
-                "{file}: tensor `{name}` has dtype {}; expected F32, F16 or BF16",
+                "{file}: tensor `{name}` has dtype {}; webmoe reads F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K and MXFP4",
                 info.dtype
             ))
         })?;
@@ -245,6 +245,11 @@ impl TensorStore {
     /// Builds a store from named file contents (any number of shards).
     pub fn from_bytes(files: Vec<(String, Vec<u8>)>) -> Result<Self> {
         Self::build(files.into_iter().map(|(n, b)| (n, ShardBytes::Owned(b))).collect())
+    }
+
+    /// A store over files whose headers are already parsed (GGUF).
+    pub fn from_parts(checkpoint: Checkpoint, files: Vec<ShardBytes>) -> Self {
+        Self { checkpoint, files }
     }
 
     /// Builds a store from named files of any backing.

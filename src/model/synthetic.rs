@@ -40,6 +40,7 @@ pub fn synthetic_config(family: Family, dims: Dims, moe: MoeConfig) -> ModelConf
         rms_norm_eps: 1e-6,
         rope_theta: 10000.0,
         rotary_dim: dims.head_dim,
+        rope_interleaved: false,
         tie_word_embeddings: false,
         attention_bias: false,
         qk_norm: QkNorm::None,
@@ -53,6 +54,7 @@ pub fn synthetic_config(family: Family, dims: Dims, moe: MoeConfig) -> ModelConf
         bos_token_id: None,
         eos_token_ids: Vec::new(),
         torch_dtype: None,
+        per_expert_names: false,
         moe,
     }
 }
@@ -164,7 +166,7 @@ pub fn checkpoint_bytes(c: &ModelConfig, weights: &ModelWeights) -> Result<Vec<u
             }
             FeedForwardWeights::Moe(moe) => {
                 let (f, e) = (c.moe.expert_ffn, c.moe.num_experts());
-                let n = names::moe(c.family, i);
+                let n = names::moe(c.family, i, c.per_expert_names);
                 tensors.push((n.router.clone(), vec![e, d], &moe.router));
                 match &n.experts {
                     ExpertTensors::PerExpert { prefix, gate, up, down } => {

@@ -147,7 +147,7 @@ fn stack(store: &TensorStore, names: impl Iterator<Item = String>, shape: &[usiz
 
 fn load_moe(c: &ModelConfig, store: &TensorStore, layer: usize) -> Result<MoeWeights> {
     let (d, f, e) = (c.hidden_size, c.moe.expert_ffn, c.moe.num_experts());
-    let n = names::moe(c.family, layer);
+    let n = names::moe(c.family, layer, c.per_expert_names);
     let (gate, up, down) = match &n.experts {
         ExpertTensors::PerExpert { prefix, gate, up, down } => {
             let kind = |suffix: &str, shape: &[usize]| {

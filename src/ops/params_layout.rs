@@ -115,7 +115,7 @@ pub fn all() -> Vec<ParamsLayout> {
             kernel::ROPE,
             "RopeParams",
             RopeParams,
-            [tokens, heads, head_dim, half_rot]
+            [tokens, heads, head_dim, half_rot, interleaved]
         ),
         layout!(
             kernel::ATTENTION,

@@ -36,9 +36,13 @@ pub(crate) struct RopeParams {
     pub(crate) heads: u32,
     pub(crate) head_dim: u32,
     pub(crate) half_rot: u32,
+    pub(crate) interleaved: u32,
+    pub(crate) _pad: [u32; 3],
 }
 
-/// Rotates `x [T, heads * head_dim]` in place for positions `pos0..pos0 + T` (`position` holds pos0).
+/// Rotates `x [T, heads * head_dim]` in place for positions `pos0..pos0 + T` (`position`
+/// holds pos0): pairs (i, i + rot/2), or (2i, 2i + 1) when `interleaved`.
+#[allow(clippy::too_many_arguments)]
 pub fn encode_rope(
     ctx: &GpuContext,
     rec: &mut Recorder,
@@ -47,6 +51,7 @@ pub fn encode_rope(
     heads: usize,
     head_dim: usize,
     position: &Position,
+    interleaved: bool,
 ) {
     let tokens = x.shape[0];
     let half_rot = table.shape[1];
@@ -55,6 +60,8 @@ pub fn encode_rope(
         heads: heads as u32,
         head_dim: head_dim as u32,
         half_rot: half_rot as u32,
+        interleaved: interleaved as u32,
+        _pad: [0; 3],
     };
     rec.dispatch(
         ctx,
@@ -66,14 +73,28 @@ pub fn encode_rope(
 }
 
 /// CPU reference, in place on `x [T, heads * head_dim]`.
-pub fn rope_reference(x: &mut [f32], table: &[f32], half_rot: usize, heads: usize, head_dim: usize, pos0: usize) {
+#[allow(clippy::too_many_arguments)]
+pub fn rope_reference(
+    x: &mut [f32],
+    table: &[f32],
+    half_rot: usize,
+    heads: usize,
+    head_dim: usize,
+    pos0: usize,
+    interleaved: bool,
+) {
     for (th, head) in x.chunks_mut(head_dim).enumerate() {
         let pos = pos0 + th / heads;
         for i in 0..half_rot {
             let (c, s) = (table[(pos * half_rot + i) * 2], table[(pos * half_rot + i) * 2 + 1]);
-            let (x1, x2) = (head[i], head[i + half_rot]);
-            head[i] = x1 * c - x2 * s;
-            head[i + half_rot] = x2 * c + x1 * s;
+            let (a, b) = if interleaved {
+                (2 * i, 2 * i + 1)
+            } else {
+                (i, i + half_rot)
+            };
+            let (x1, x2) = (head[a], head[b]);
+            head[a] = x1 * c - x2 * s;
+            head[b] = x2 * c + x1 * s;
         }
     }
 }

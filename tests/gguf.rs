@@ -1,0 +1,227 @@
+//! GGUF files (written from the fixture models by scripts/hf_to_gguf.py, laid out as
+//! llama.cpp's converter does): the same tokens and logits as the safetensors
+//! checkpoints they came from, quantized files equal to quantizing at load, split
+//! files, the tokenizer from `tokenizer.ggml.*`, and clear errors for bad files.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use webmoe::model::gguf::{gguf_checkpoint, parse_gguf};
+use webmoe::model::load::{gguf_split_files, load_model_path, LoadOptions, LoadedModel};
+use webmoe::model::model::{LogitsFor, Model};
+use webmoe::model::safetensors_io::Checkpoint;
+use webmoe::model::session::Session;
+use webmoe::model::tokenizer::Tokenizer;
+use webmoe::{ErrorKind, GpuContext, WeightFormat};
+
+const FAMILIES: [&str; 5] = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe"];
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn load(ctx: &GpuContext, path: PathBuf, options: LoadOptions) -> LoadedModel {
+    load_model_path(ctx, &path, options).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn all_logits(ctx: &GpuContext, model: &Model, ids: &[u32]) -> Vec<f32> {
+    let mut session = Session::new(ctx, model, None).unwrap();
+    pollster::block_on(session.logits(ctx, model, ids, LogitsFor::All)).unwrap()
+}
+
+fn expected(family: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(fixtures().join(format!("models/{family}/expected.json"))).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn u32s(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn gguf_files_run_like_the_safetensors_they_came_from() {
+    let ctx = context();
+    for family in FAMILIES {
+        let gguf = load(
+            &ctx,
+            fixtures().join(format!("gguf/{family}-f32.gguf")),
+            LoadOptions::default(),
+        );
+        let hf = load(
+            &ctx,
+            fixtures().join(format!("models/{family}")),
+            LoadOptions::default(),
+        );
+        let exp = expected(family);
+        let prompt = u32s(&exp["prompt_ids"]);
+        // llama-style files rotate interleaved pairs of permuted q/k rows: the same
+        // products, summed in another order inside q.k.
+        assert_close(
+            &format!("{family} GGUF vs safetensors logits"),
+            &all_logits(&ctx, &gguf.model, &prompt),
+            &all_logits(&ctx, &hf.model, &prompt),
+            1e-5,
+        );
+        let mut session = Session::new(&ctx, &gguf.model, None).unwrap();
+        let gen = pollster::block_on(webmoe::model::generate::generate(
+            &ctx,
+            &gguf.model,
+            &mut session,
+            &prompt,
+            16,
+            webmoe::model::generate::SamplingParams::greedy(),
+            &[],
+            |_, _| true,
+        ))
+        .unwrap();
+        assert_eq!(
+            gen.generated_ids,
+            u32s(&exp["greedy_ids"]),
+            "{family}: greedy tokens from GGUF"
+        );
+        // The tokenizer rebuilt from tokenizer.ggml.* matches tokenizer.json.
+        let text = exp["prompt_text"]
+            .as_str()
+            .unwrap_or("The quick brown fox jumps over the lazy dog.");
+        let json = Tokenizer::from_bytes(
+            &std::fs::read(fixtures().join(format!("models/{family}/tokenizer.json"))).unwrap(),
+            "tokenizer.json",
+        )
+        .unwrap();
+        assert_eq!(
+            gguf.tokenizer().unwrap().encode(text).unwrap(),
+            json.encode(text).unwrap(),
+            "{family}"
+        );
+        let ids = json.encode(text).unwrap();
+        assert_eq!(
+            gguf.tokenizer().unwrap().decode(&ids).unwrap(),
+            json.decode(&ids).unwrap()
+        );
+    }
+}
+
+#[test]
+fn quantized_gguf_files_equal_quantizing_at_load() {
+    let ctx = context();
+    for (family, format) in [("olmoe", WeightFormat::Q8_0), ("qwen2_moe", WeightFormat::Q4_0)] {
+        let gguf = load(
+            &ctx,
+            fixtures().join(format!("gguf/{family}-{format}.gguf")),
+            LoadOptions::default(),
+        );
+        let options = LoadOptions {
+            quantize: Some(format),
+            ..Default::default()
+        };
+        let hf = load(&ctx, fixtures().join(format!("models/{family}")), options);
+        let prompt = u32s(&expected(family)["prompt_ids"]);
+        assert_close(
+            &format!("{family} {format} GGUF vs quantized at load"),
+            &all_logits(&ctx, &gguf.model, &prompt),
+            &all_logits(&ctx, &hf.model, &prompt),
+            1e-6,
+        );
+    }
+}
+
+#[test]
+fn split_gguf_files_load_from_the_first() {
+    let ctx = context();
+    let first = fixtures().join("gguf/split/qwen3_moe-00001-of-00002.gguf");
+    let files = gguf_split_files(&first);
+    assert_eq!(files.len(), 2);
+    assert!(files[1].ends_with("qwen3_moe-00002-of-00002.gguf"));
+    let gguf = load(&ctx, first, LoadOptions::default());
+    let options = LoadOptions {
+        weight_format: Some(WeightFormat::F16),
+        ..Default::default()
+    };
+    let hf = load(&ctx, fixtures().join("models/qwen3_moe"), options);
+    let prompt = u32s(&expected("qwen3_moe")["prompt_ids"]);
+    assert_close(
+        "split f16 GGUF vs --dtype f16",
+        &all_logits(&ctx, &gguf.model, &prompt),
+        &all_logits(&ctx, &hf.model, &prompt),
+        1e-6,
+    );
+}
+
+#[test]
+fn bad_gguf_files_are_named_errors() {
+    let ctx = context();
+    let path = fixtures().join("gguf/olmoe-f32.gguf");
+    let bytes = std::fs::read(&path).unwrap();
+    // Truncated: the tensor data runs past the end.
+    let err = parse_gguf("cut.gguf", &bytes[..bytes.len() / 2], (bytes.len() / 2) as u64).unwrap_err();
+    assert!(
+        err.to_string().contains("cut.gguf") && err.to_string().contains("truncated"),
+        "{err}"
+    );
+    // Cut inside the metadata.
+    let err = parse_gguf("short.gguf", &bytes[..100], 100).unwrap_err();
+    assert!(err.to_string().contains("short.gguf"), "{err}");
+    // Not GGUF at all.
+    let err = parse_gguf("junk.gguf", b"GGML and then some", 18).unwrap_err();
+    assert!(err.to_string().contains("magic"), "{err}");
+    // A version from the future.
+    let mut v9 = bytes.clone();
+    v9[4..8].copy_from_slice(&9u32.to_le_bytes());
+    let err = parse_gguf("v9.gguf", &v9, v9.len() as u64).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    // A tensor in a type webmoe does not read: named with its type when the model needs it.
+    let mut file = parse_gguf("olmoe.gguf", &bytes, bytes.len() as u64).unwrap();
+    let t = file
+        .tensors
+        .iter_mut()
+        .find(|t| t.name == "blk.1.attn_k.weight")
+        .unwrap();
+    t.ggml_type = 3; // Q4_1
+    let model = gguf_checkpoint(&[file]).unwrap();
+    let checkpoint = Checkpoint::new(model.shards);
+    let err = Model::plan(&ctx, model.config, &checkpoint, Default::default(), 16)
+        .err()
+        .unwrap();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert!(
+        err.to_string().contains("Q4_1") && err.to_string().contains("layers.1.self_attn.k_proj"),
+        "{err}"
+    );
+    // An architecture webmoe does not run.
+    let mut file = parse_gguf("olmoe.gguf", &bytes, bytes.len() as u64).unwrap();
+    file.metadata.insert(
+        "general.architecture".into(),
+        webmoe::model::gguf::MetaValue::Str("mamba".into()),
+    );
+    let err = gguf_checkpoint(&[file]).err().unwrap();
+    assert!(err.to_string().contains("mamba"), "{err}");
+}
+
+#[test]
+fn the_cli_runs_a_gguf_file() {
+    let model = fixtures().join("gguf/qwen3_moe-f32.gguf");
+    let exp = expected("qwen3_moe");
+    let prompt: Vec<String> = u32s(&exp["prompt_ids"]).iter().map(|i| i.to_string()).collect();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_webmoe"))
+        .args([
+            "run",
+            "--model",
+            model.to_str().unwrap(),
+            "--greedy",
+            "--json",
+            "--max-tokens",
+            "16",
+        ])
+        .args(["--prompt-ids", &prompt.join(" ")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(u32s(&json["generated_ids"]), u32s(&exp["greedy_ids"]));
+}
