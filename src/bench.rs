@@ -68,10 +68,11 @@ impl LayerShape {
     }
 
     /// Bytes that must move: each active expert's weights once (plus the shared
-    /// experts' and the router's), and the f32 activations in and out.
-    pub fn bytes(&self, tokens: usize, active_experts: usize, weight_bytes: usize) -> f64 {
+    /// experts' and the router's), and the f32 activations in and out;
+    /// `bytes_per_weight` is fractional for block formats (4.5 bits for Q4_0: 0.5625).
+    pub fn bytes(&self, tokens: usize, active_experts: usize, bytes_per_weight: f64) -> f64 {
         let (d, f) = (self.hidden as f64, self.ffn as f64);
-        let per_expert = 3.0 * d * f * weight_bytes as f64;
+        let per_expert = 3.0 * d * f * bytes_per_weight;
         let router = self.experts as f64 * d * 4.0;
         let activations = 2.0 * tokens as f64 * d * 4.0;
         (active_experts + self.shared) as f64 * per_expert + router + activations
@@ -112,6 +113,9 @@ pub struct Ceilings {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Row {
     pub shape: LayerShape,
+    /// Storage format of the expert weights.
+    #[serde(default = "f16_name")]
+    pub weight_format: String,
     pub tokens: usize,
     /// "decode" (bandwidth-bound, GEMV path) or "prefill" (compute-bound, grouped path).
     pub regime: String,
@@ -211,6 +215,10 @@ pub async fn bench_model(
     })
 }
 
+fn f16_name() -> String {
+    "f16".into()
+}
+
 /// Options of one run.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
@@ -219,6 +227,8 @@ pub struct BenchOptions {
     pub shapes: Vec<String>,
     pub repeats: usize,
     pub tokens: Vec<usize>,
+    /// Expert weight formats to time (default f16).
+    pub formats: Vec<WeightFormat>,
 }
 
 impl BenchOptions {
@@ -228,6 +238,7 @@ impl BenchOptions {
             shapes: Vec::new(),
             repeats: if quick { 3 } else { 20 },
             tokens: if quick { vec![1, 4, 32] } else { vec![1, 4, 128, 512] },
+            formats: vec![WeightFormat::F16],
         }
     }
 }
@@ -371,13 +382,18 @@ async fn bench_shape(
     ctx: &GpuContext,
     timer: &Timer<'_>,
     shape: &LayerShape,
+    format: WeightFormat,
     options: &BenchOptions,
     ceilings: &Ceilings,
 ) -> Result<Vec<Row>> {
     let (d, f, e, k) = (shape.hidden, shape.ffn, shape.experts, shape.top_k);
-    let dtype = DType::F16;
+    // Shapes whose rows are not whole blocks of the format have no row for it.
+    let block = format.block_elements();
+    if !(d.is_multiple_of(block) && f.is_multiple_of(block)) {
+        return Ok(Vec::new());
+    }
     let mut config = MoeConfig::new(d, f, e, k);
-    config.weight_format = WeightFormat::of_dtype(dtype)?;
+    config.weight_format = format;
     config.routing.renormalize = true;
     if shape.shared > 0 {
         config.shared_expert = Some(SharedExpertConfig {
@@ -386,18 +402,41 @@ async fn bench_shape(
         });
     }
     let weights = MoeWeights::random(&config, 1, false);
-    let layer = MoeLayer::new(ctx, config, &weights)?;
+    // Formats without an encoder (the K-quants) get random raw blocks.
+    let matrix = |name: &str, values: &[f32], shape: [usize; 3], seed: u64| {
+        WeightMatrix::random_or_encoded(ctx, name, values, shape, format, seed)
+    };
+    let layer = if format.can_encode() {
+        MoeLayer::new(ctx, config, &weights)?
+    } else {
+        config.validate()?;
+        MoeLayer {
+            config,
+            router: GpuTensor::from_f32(ctx, "router", &[e, d], &weights.router, DType::F32)?,
+            selection_bias: None,
+            gate: matrix("experts.gate_proj", &weights.gate, [e, f, d], 2)?,
+            up: matrix("experts.up_proj", &weights.up, [e, f, d], 3)?,
+            down: matrix("experts.down_proj", &weights.down, [e, d, f], 4)?,
+            shared: match config.shared_expert {
+                None => None,
+                Some(s) => Some(crate::moe::layer::SharedExpert {
+                    gate: matrix("shared.gate", &[], [1, s.ffn, d], 5)?,
+                    up: matrix("shared.up", &[], [1, s.ffn, d], 6)?,
+                    down: matrix("shared.down", &[], [1, d, s.ffn], 7)?,
+                    gate_weight: None,
+                }),
+            },
+        }
+    };
     // The naive port keeps one weight set per expert.
-    let format = WeightFormat::of_dtype(dtype)?;
     let per_expert = |w: &[f32], rows: usize, cols: usize, name: &str| -> Result<Vec<WeightMatrix>> {
         (0..e)
             .map(|x| {
-                WeightMatrix::from_f32(
-                    ctx,
+                matrix(
                     &format!("{name}[{x}]"),
                     &w[x * rows * cols..(x + 1) * rows * cols],
                     [1, rows, cols],
-                    format,
+                    x as u64,
                 )
             })
             .collect()
@@ -409,27 +448,9 @@ async fn bench_shape(
     );
     let dense_ffn = f * (k + shape.shared);
     let dense = [
-        WeightMatrix::from_f32(
-            ctx,
-            "dense gate",
-            &random(8, dense_ffn * d, 0.05),
-            [1, dense_ffn, d],
-            format,
-        )?,
-        WeightMatrix::from_f32(
-            ctx,
-            "dense up",
-            &random(9, dense_ffn * d, 0.05),
-            [1, dense_ffn, d],
-            format,
-        )?,
-        WeightMatrix::from_f32(
-            ctx,
-            "dense down",
-            &random(10, d * dense_ffn, 0.05),
-            [1, d, dense_ffn],
-            format,
-        )?,
+        matrix("dense gate", &random(8, dense_ffn * d, 0.05), [1, dense_ffn, d], 8)?,
+        matrix("dense up", &random(9, dense_ffn * d, 0.05), [1, dense_ffn, d], 9)?,
+        matrix("dense down", &random(10, d * dense_ffn, 0.05), [1, d, dense_ffn], 10)?,
     ];
 
     let mut rows = Vec::new();
@@ -521,7 +542,11 @@ async fn bench_shape(
         let decode = tokens <= config.decode_max_tokens;
         let (gflop, gbytes) = (
             shape.flops(tokens) / 1e9,
-            shape.bytes(tokens, active, dtype.size()) / 1e9,
+            shape.bytes(
+                tokens,
+                active,
+                format.block_bytes() as f64 / format.block_elements() as f64,
+            ) / 1e9,
         );
         let seconds = layer_time.median_ms / 1e3;
         let (gflop_per_s, gb_per_s) = (gflop / seconds, gbytes / seconds);
@@ -532,6 +557,7 @@ async fn bench_shape(
         };
         rows.push(Row {
             shape: shape.clone(),
+            weight_format: format.to_string(),
             tokens,
             regime: if decode { "decode" } else { "prefill" }.into(),
             active_experts: active,
@@ -578,7 +604,9 @@ pub async fn run_bench(
             continue;
         }
         let shape = if options.quick { shape.scaled(16) } else { shape };
-        rows.extend(bench_shape(ctx, &timer, &shape, options, &ceilings).await?);
+        for &format in &options.formats {
+            rows.extend(bench_shape(ctx, &timer, &shape, format, options, &ceilings).await?);
+        }
     }
     let (prompt, decode) = if options.quick { (32, 16) } else { (512, 64) };
     let mut model_rows = Vec::new();
@@ -598,7 +626,12 @@ pub async fn run_bench(
         max_storage_buffer_binding_size: ctx.limits.max_storage_buffer_binding_size,
         max_buffer_size: ctx.limits.max_buffer_size,
         timing_method: timer.method().into(),
-        weight_dtype: "f16".into(),
+        weight_dtype: options
+            .formats
+            .iter()
+            .map(|f| f.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
         ceilings,
         rows,
         models: model_rows,
@@ -620,12 +653,13 @@ pub fn markdown(report: &Report) -> String {
         report.ceilings.f32_gflop_per_s,
         report.ceilings.f16_gflop_per_s.map_or("n/a (no shader-f16)".to_string(), |g| format!("{g:.1} GFLOP/s"))
     );
-    s.push_str("| model | d | ffn | E | k | T | regime | time ms (min-max) | GFLOP/s | GB/s | % of ceiling | naive ms | speedup | dense ms | grouped/dense |\n");
-    s.push_str("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("| model | weights | d | ffn | E | k | T | regime | time ms (min-max) | GFLOP/s | GB/s | % of ceiling | naive ms | speedup | dense ms | grouped/dense |\n");
+    s.push_str("|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in &report.rows {
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.3} ({:.3}-{:.3}) | {:.1} | {:.1} | {:.1}% | {:.3} | {:.2}x | {:.3} | {:.2} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.3} ({:.3}-{:.3}) | {:.1} | {:.1} | {:.1}% | {:.3} | {:.2}x | {:.3} | {:.2} |\n",
             r.shape.model,
+            r.weight_format,
             r.shape.hidden,
             r.shape.ffn,
             r.shape.experts,

@@ -245,33 +245,13 @@ async fn transformer_op_checks(ctx: &GpuContext, rng: &mut ChaCha8Rng) -> Result
     Ok(checks)
 }
 
-/// Random raw blocks of `format` (random bytes, scales in a finite range), `blocks` of them.
-fn random_blocks(rng: &mut ChaCha8Rng, format: WeightFormat, blocks: usize) -> Vec<u8> {
-    let size = format.block_bytes();
-    let mut bytes: Vec<u8> = (0..blocks * size).map(|_| rng.random()).collect();
-    let f16 = |rng: &mut ChaCha8Rng| half::f16::from_f32(rng.random_range(-0.02..0.02)).to_le_bytes();
-    for block in bytes.chunks_exact_mut(size) {
-        match format {
-            WeightFormat::Q8_0 | WeightFormat::Q4_0 => block[..2].copy_from_slice(&f16(rng)),
-            WeightFormat::Q4K | WeightFormat::Q5K => {
-                block[..2].copy_from_slice(&f16(rng));
-                block[2..4].copy_from_slice(&f16(rng));
-            }
-            WeightFormat::Q6K => block[208..210].copy_from_slice(&f16(rng)),
-            WeightFormat::Mxfp4 => block[0] = rng.random_range(100..150),
-            WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => {}
-        }
-    }
-    bytes
-}
-
 /// Every block format decoded on the GPU (through the embedding kernel's weight
 /// accessor, the one all weight kernels share) against the CPU decoder.
 async fn block_format_checks(ctx: &GpuContext, rng: &mut ChaCha8Rng) -> Result<Vec<Check>> {
     let mut checks = Vec::new();
     for format in WeightFormat::ALL.into_iter().filter(|f| f.is_quantized()) {
         let (rows, cols) = (6, 2 * format.block_elements());
-        let raw = random_blocks(rng, format, rows * 2);
+        let raw = crate::weights::matrix::random_blocks(rng, format, rows * 2);
         let table = WeightMatrix::allocate(ctx, "blocks", [1, rows, cols], format)?;
         ctx.queue.write_buffer(&table.chunks[0].buffer, 0, &raw);
         let ids: Vec<u32> = (0..rows as u32).rev().collect();

@@ -14,13 +14,15 @@ fn flop_and_byte_counts_match_hand_computed_values() {
     assert_eq!(m.flops(1), 65_536.0 + 2.0 * 352_321_536.0);
     // Weights of the 2 active experts in f16: 2 * 3*4096*14336*2 = 704,643,072 bytes,
     // router 8*4096*4 = 131,072, activations 2*4096*4 = 32,768.
-    assert_eq!(m.bytes(1, 2, 2), 704_643_072.0 + 131_072.0 + 32_768.0);
+    assert_eq!(m.bytes(1, 2, 2.0), 704_643_072.0 + 131_072.0 + 32_768.0);
+    // In Q4_0 (18 bytes per 32 weights): 2 * 3*4096*14336 * 0.5625 = 198,180,864.
+    assert_eq!(m.bytes(1, 2, 18.0 / 32.0), 198_180_864.0 + 131_072.0 + 32_768.0);
     // DeepSeek-V2-Lite at 128 tokens: router 2*128*64*2048 = 33,554,432; 6 routed + 2 shared
     // experts per token of 3*2*2048*1408 = 17,301,504 each: 128*8*17,301,504 = 17,716,740,096.
     let ds = shape("DeepSeek");
     assert_eq!(ds.flops(128), 33_554_432.0 + 17_716_740_096.0);
     // 64 active + 2 shared experts of 3*2048*1408*2 bytes = 17,301,504; router 524,288; act 2,097,152.
-    assert_eq!(ds.bytes(128, 64, 2), 66.0 * 17_301_504.0 + 524_288.0 + 2_097_152.0);
+    assert_eq!(ds.bytes(128, 64, 2.0), 66.0 * 17_301_504.0 + 524_288.0 + 2_097_152.0);
     // Qwen3-30B-A3B decode, 8 experts: 2*128*2048 + 8*3*2*2048*768 = 524,288 + 75,497,472.
     assert_eq!(shape("Qwen3").flops(1), 524_288.0 + 75_497_472.0);
     let q = shape("Qwen3").scaled(16);
@@ -42,6 +44,8 @@ fn quick_bench_runs_and_its_json_round_trips() {
             "1,8",
             "--repeats",
             "2",
+            "--formats",
+            "f16,q4_0",
             "--json",
         ])
         .arg(&json)
@@ -57,7 +61,17 @@ fn quick_bench_runs_and_its_json_round_trips() {
     );
     let text = std::fs::read_to_string(&json).unwrap();
     let report: Report = serde_json::from_str(&text).unwrap();
-    assert_eq!(report.rows.len(), 4);
+    // f16: 2 shapes x 2 token counts; q4_0: Mixtral /16 only (Qwen3 /16's ffn of 48 is
+    // not whole 32-element blocks, so it has no q4_0 row).
+    assert_eq!(report.rows.len(), 6);
+    let q4: Vec<&str> = report
+        .rows
+        .iter()
+        .filter(|r| r.weight_format == "q4_0")
+        .map(|r| r.shape.model.as_str())
+        .collect();
+    assert_eq!(q4.len(), 2);
+    assert!(q4.iter().all(|m| m.starts_with("Mixtral")), "{q4:?}");
     assert_eq!(report.models.len(), 2);
     assert!(report
         .models
@@ -67,6 +81,11 @@ fn quick_bench_runs_and_its_json_round_trips() {
     for row in &report.rows {
         assert!(row.layer.median_ms > 0.0 && row.active_experts >= 1 && row.active_experts <= row.shape.experts);
         assert_eq!(row.gflop, row.shape.flops(row.tokens) / 1e9);
+        let per_weight = if row.weight_format == "q4_0" { 18.0 / 32.0 } else { 2.0 };
+        assert_eq!(
+            row.gbytes,
+            row.shape.bytes(row.tokens, row.active_experts, per_weight) / 1e9
+        );
     }
     let again: Report = serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
     assert_eq!(again, report);

@@ -50,6 +50,10 @@ struct BenchArgs {
     /// Token counts, comma-separated (default 1,4,128,512, or 1,4,32 with --quick).
     #[arg(long)]
     tokens: Option<String>,
+    /// Expert weight formats, comma-separated: f32, f16, bf16, q8_0, q4_0, q4_k, q5_k,
+    /// q6_k, mxfp4 (default f16). Shapes whose rows are not whole blocks are skipped.
+    #[arg(long)]
+    formats: Option<String>,
     /// Write the full report as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -343,6 +347,15 @@ fn bench(args: BenchArgs) -> webmoe::Result<()> {
                 s.trim()
                     .parse()
                     .map_err(|_| webmoe::Error::Config(format!("--tokens: {s:?} is not a count")))
+            })
+            .collect::<webmoe::Result<_>>()?;
+    }
+    if let Some(list) = args.formats {
+        options.formats = list
+            .split(',')
+            .map(|s| {
+                WeightFormat::from_name(s.trim())
+                    .ok_or_else(|| webmoe::Error::Config(format!("--formats: {s:?} is not a weight format")))
             })
             .collect::<webmoe::Result<_>>()?;
     }

@@ -6,6 +6,8 @@
 
 use std::ops::Range;
 
+use rand::Rng;
+
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::weights::format::WeightFormat;
@@ -172,5 +174,61 @@ impl WeightMatrix {
     /// Bytes of GPU memory the matrix takes.
     pub fn bytes(&self) -> u64 {
         self.chunks.iter().map(|c| c.buffer.size()).sum()
+    }
+}
+
+/// Random raw blocks of `format` (random bytes, scales in a finite range), `blocks` of
+/// them: weights for tests and benchmarks of formats webmoe does not encode.
+pub fn random_blocks(rng: &mut rand_chacha::ChaCha8Rng, format: WeightFormat, blocks: usize) -> Vec<u8> {
+    let size = format.block_bytes();
+    let mut bytes: Vec<u8> = (0..blocks * size).map(|_| rng.random()).collect();
+    let f16 = |rng: &mut rand_chacha::ChaCha8Rng| half::f16::from_f32(rng.random_range(-0.02..0.02)).to_le_bytes();
+    for block in bytes.chunks_exact_mut(size) {
+        match format {
+            WeightFormat::Q8_0 | WeightFormat::Q4_0 => block[..2].copy_from_slice(&f16(rng)),
+            WeightFormat::Q4K | WeightFormat::Q5K => {
+                block[..2].copy_from_slice(&f16(rng));
+                block[2..4].copy_from_slice(&f16(rng));
+            }
+            WeightFormat::Q6K => block[208..210].copy_from_slice(&f16(rng)),
+            WeightFormat::Mxfp4 => block[0] = rng.random_range(100..150),
+            WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => {}
+        }
+    }
+    bytes
+}
+
+impl WeightMatrix {
+    /// A matrix of random raw blocks (see [`random_blocks`]), or of `values` encoded
+    /// when the format has an encoder: weights for benchmarks of every format.
+    pub fn random_or_encoded(
+        ctx: &GpuContext,
+        name: &str,
+        values: &[f32],
+        shape: [usize; 3],
+        format: WeightFormat,
+        seed: u64,
+    ) -> Result<Self> {
+        if format.can_encode() {
+            return Self::from_f32(ctx, name, values, shape, format);
+        }
+        use rand::SeedableRng;
+        let matrix = Self::allocate(ctx, name, shape, format)?;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let blocks_per_row = shape[2] / format.block_elements();
+        let mut uploader = crate::weights::Uploader::new(ctx);
+        for e in 0..shape[0] {
+            let bytes = random_blocks(&mut rng, format, shape[1] * blocks_per_row);
+            let row_bytes = matrix.row_bytes();
+            for (chunk, rows, offset) in matrix.destinations(e, 0..shape[1]) {
+                uploader.write(
+                    &chunk.buffer,
+                    offset,
+                    &bytes[rows.start * row_bytes..rows.end * row_bytes],
+                );
+            }
+        }
+        uploader.finish();
+        Ok(matrix)
     }
 }
