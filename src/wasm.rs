@@ -108,9 +108,44 @@ impl Engine {
             let size = if size > 0.0 { size as u64 } else { u64::MAX };
             parsed.push(parse_header(name, &prefix, size).map_err(js_error)?);
         }
+        self.start(config, parsed, tokenizer, &shard_names)
+    }
+
+    /// Starts a streaming load of GGUF files: per file its name, size in bytes (0 if
+    /// unknown) and a prefix holding its metadata and tensor infos. When a prefix is too
+    /// short the error says "more bytes needed": call again with a longer one. Returns
+    /// the same plan as `beginLoad`; then feed every file from offset 0 (header bytes
+    /// are skipped).
+    #[wasm_bindgen(js_name = beginLoadGguf)]
+    pub fn begin_load_gguf(
+        &self,
+        names: Vec<String>,
+        sizes: Vec<f64>,
+        prefixes: js_sys::Array,
+    ) -> Result<String, JsError> {
+        *self.state.model.borrow_mut() = None;
+        *self.state.loading.borrow_mut() = None;
+        let mut parsed = Vec::with_capacity(names.len());
+        for (i, name) in names.iter().enumerate() {
+            let prefix = js_sys::Uint8Array::new(&prefixes.get(i as u32)).to_vec();
+            let size = sizes.get(i).copied().unwrap_or(0.0);
+            let size = if size > 0.0 { size as u64 } else { u64::MAX };
+            parsed.push(crate::model::gguf::parse_gguf(name, &prefix, size).map_err(js_error)?);
+        }
+        let model = crate::model::gguf::gguf_checkpoint(&parsed).map_err(js_error)?;
+        self.start(model.config, model.shards, model.tokenizer, &names)
+    }
+
+    fn start(
+        &self,
+        config: ModelConfig,
+        shards: Vec<crate::model::safetensors_io::ShardHeader>,
+        tokenizer: Option<Tokenizer>,
+        names: &[String],
+    ) -> Result<String, JsError> {
         let load =
-            StreamingLoad::new(&self.state.ctx, config, parsed, tokenizer, LoadOptions::default()).map_err(js_error)?;
-        let shards: Vec<serde_json::Value> = shard_names
+            StreamingLoad::new(&self.state.ctx, config, shards, tokenizer, LoadOptions::default()).map_err(js_error)?;
+        let shards: Vec<serde_json::Value> = names
             .iter()
             .enumerate()
             .map(|(i, name)| {

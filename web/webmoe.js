@@ -119,9 +119,41 @@ class ByteReader {
   }
 }
 
+function concat(a, b) {
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
+}
+
 /**
- * Streams shards into the engine. `sources` are {name, size, stream()}; config and
- * tokenizer are already read. `onProgress(text, fraction)` reports bytes.
+ * Feeds every file into the planned load: first the bytes already read (`heads`,
+ * from offset 0; the engine skips header bytes), then the rest of each stream as it
+ * arrives, at most 1 MiB per call (each call copies its bytes into wasm memory).
+ */
+async function feedAll(engine, plan, sources, readers, heads, onProgress) {
+  const total = plan.total_bytes;
+  const started = performance.now();
+  let done = 0;
+  const feed = (i, start, bytes) => {
+    for (let at = 0; at < bytes.byteLength; at += FEED_BYTES) {
+      done = engine.feed(i, start + at, bytes.subarray(at, at + FEED_BYTES));
+    }
+    const seconds = (performance.now() - started) / 1000;
+    onProgress(`loading ${sources[i].name}: ${(done / 2 ** 20).toFixed(1)} / ${(total / 2 ** 20).toFixed(1)} MiB (${(done / 2 ** 20 / Math.max(seconds, 1e-3)).toFixed(1)} MiB/s)`, done / total);
+  };
+  for (const [i, reader] of readers.entries()) {
+    feed(i, 0, heads[i]);
+    let piece;
+    while ((piece = await reader.next()) !== null) feed(i, reader.offset - piece.byteLength, piece);
+    reader.cancel();
+  }
+  return JSON.parse(engine.finishLoad());
+}
+
+/**
+ * Streams safetensors shards into the engine. `sources` are {name, size, stream()};
+ * config and tokenizer are already read. `onProgress(text, fraction)` reports bytes.
  */
 async function streamShards(engine, config, tokenizer, sources, onProgress) {
   const readers = [];
@@ -129,33 +161,42 @@ async function streamShards(engine, config, tokenizer, sources, onProgress) {
   for (const source of sources) {
     const reader = new ByteReader(await source.stream());
     const first = await reader.take(8);
-    const length = Engine.headerLength(first);
-    const rest = await reader.take(length - 8);
-    const header = new Uint8Array(length);
-    header.set(first);
-    header.set(rest, 8);
+    const header = concat(first, await reader.take(Engine.headerLength(first) - 8));
     readers.push(reader);
     headers.push(header);
   }
   const plan = JSON.parse(engine.beginLoad(config, tokenizer, sources.map((s) => s.name), sources.map((s) => s.size ?? 0), headers));
-  const total = plan.total_bytes;
-  const started = performance.now();
-  let done = 0;
-  for (const [i, reader] of readers.entries()) {
-    const name = sources[i].name;
-    let piece;
-    while ((piece = await reader.next()) !== null) {
-      // Each feed copies its bytes into wasm memory for the call: at most 1 MiB at a time.
-      const start = reader.offset - piece.byteLength;
-      for (let at = 0; at < piece.byteLength; at += FEED_BYTES) {
-        done = engine.feed(i, start + at, piece.subarray(at, at + FEED_BYTES));
-      }
-      const seconds = (performance.now() - started) / 1000;
-      onProgress(`loading ${name}: ${(done / 2 ** 20).toFixed(1)} / ${(total / 2 ** 20).toFixed(1)} MiB (${(done / 2 ** 20 / Math.max(seconds, 1e-3)).toFixed(1)} MiB/s)`, done / total);
-    }
-    reader.cancel();
+  return feedAll(engine, plan, sources, readers, headers, onProgress);
+}
+
+/** Streams GGUF files (one, or split files in order) into the engine. */
+async function streamGguf(engine, sources, onProgress) {
+  const readers = [];
+  const heads = [];
+  for (const source of sources) {
+    const reader = new ByteReader(await source.stream());
+    readers.push(reader);
+    heads.push(await reader.take(1 << 20));
   }
-  return JSON.parse(engine.finishLoad());
+  const names = sources.map((s) => s.name);
+  for (;;) {
+    try {
+      const plan = JSON.parse(engine.beginLoadGguf(names, sources.map((s) => s.size ?? 0), heads));
+      return await feedAll(engine, plan, sources, readers, heads, onProgress);
+    } catch (e) {
+      // Metadata longer than the bytes read so far: read four times as much and retry.
+      if (!/more bytes needed/.test(String(e?.message ?? e))) throw e;
+      let grew = false;
+      for (const [i, reader] of readers.entries()) {
+        const more = await reader.take(heads[i].length * 3);
+        if (more.length) {
+          heads[i] = concat(heads[i], more);
+          grew = true;
+        }
+      }
+      if (!grew) throw e;
+    }
+  }
 }
 
 /** Shard names of a model at `base` (model.safetensors or the index's shards). */
@@ -212,9 +253,42 @@ export async function loadFromUrl(engine, base, onProgress = () => {}) {
   return { ...summary, notes, fromCache };
 }
 
-/** Loads a model from user-picked files (a folder or several files), streaming each shard. */
+/**
+ * Loads a GGUF model from `url` (a single file, or the first of `-00001-of-0000N.gguf`
+ * split files), streamed into the GPU and kept in Cache Storage like `loadFromUrl`.
+ */
+export async function loadGgufFromUrl(engine, url, onProgress = () => {}) {
+  const cache = await openCache();
+  const notes = [];
+  const split = /^(.*)-(\d+)-of-(\d+)\.gguf$/.exec(url);
+  const urls = split
+    ? Array.from({ length: Number(split[3]) }, (_, i) => `${split[1]}-${String(i + 1).padStart(split[2].length, "0")}-of-${split[3]}.gguf`)
+    : [url];
+  let fromCache = true;
+  const sources = urls.map((u) => ({
+    name: u.split("/").pop(),
+    size: 0,
+    stream: async () => {
+      onProgress(`opening ${u}`, 0);
+      const { response, cached } = await cachedResponse(cache, u, notes);
+      fromCache &&= cached;
+      sources.find((s) => s.url === u).size = Number(response.headers.get("content-length") ?? 0);
+      return response.body;
+    },
+    url: u,
+  }));
+  const summary = await streamGguf(engine, sources, onProgress);
+  return { ...summary, notes, fromCache };
+}
+
+/** Loads a model from user-picked files (a folder or several files, or .gguf files), streaming each. */
 export async function loadFromFiles(engine, fileList, onProgress = () => {}) {
   const files = [...fileList];
+  const ggufs = files.filter((f) => f.name.endsWith(".gguf")).sort((a, b) => a.name.localeCompare(b.name));
+  if (ggufs.length) {
+    const sources = ggufs.map((f) => ({ name: f.name, size: f.size, stream: async () => f.stream() }));
+    return { ...(await streamGguf(engine, sources, onProgress)), notes: [], fromCache: false };
+  }
   const byName = (n) => files.find((f) => f.name === n);
   const configFile = byName("config.json");
   if (!configFile) throw new Error("the chosen files have no config.json");

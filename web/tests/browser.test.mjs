@@ -16,6 +16,8 @@ const web = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const root = resolve(web, "..");
 const dist = join(web, "dist");
 const PROMPT = "The Rust programming language";
+// What the demo page loads by default: the embedded model in Q4_0.
+const DEFAULT_GGUF = join(dist, "models/tiny-moe/tiny-moe-q4_0.gguf");
 const TOKENS = 16;
 const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm", ".json": "application/json" };
 
@@ -69,7 +71,8 @@ async function openPage(query) {
 test("greedy tokens in the browser equal the native engine's", async () => {
   const bin = process.env.WEBMOE_BIN ?? join(root, "target/release/webmoe");
   const started = Date.now();
-  const native = JSON.parse(execFileSync(bin, ["run", "--prompt", PROMPT, "--max-tokens", String(TOKENS), "--greedy", "--json"], {
+  // The page's default model is the Q4_0 GGUF; the native engine runs the same file.
+  const native = JSON.parse(execFileSync(bin, ["run", "--model", DEFAULT_GGUF, "--prompt", PROMPT, "--max-tokens", String(TOKENS), "--greedy", "--json"], {
     env: { ...process.env }, stdio: ["ignore", "pipe", "inherit"],
   }).toString());
   const nativeSeconds = (Date.now() - started) / 1000;
@@ -79,6 +82,7 @@ test("greedy tokens in the browser equal the native engine's", async () => {
   assert.deepEqual(state.generated, native.generated_ids, "browser tokens differ from native tokens");
 
   const summary = await page.evaluate(() => document.getElementById("model-summary").textContent);
+  assert.match(summary, /tiny-moe-q4_0\.gguf/, "the page did not load the Q4_0 GGUF by default");
   const layers = Number(/(\d+) layers/.exec(summary)[1]);
   const topK = Number(/top-(\d+)/.exec(summary)[1]);
   const processed = state.promptIds.length + state.generated.length - 1; // the last token is never fed back
@@ -95,7 +99,7 @@ test("greedy tokens in the browser equal the native engine's", async () => {
 
 test("shards stream into the GPU with bounded wasm memory, and a reload works offline from Cache Storage", async () => {
   const shardBytes = statSync(join(dist, "models/tiny-moe/model.safetensors")).size;
-  const query = `autorun=1&greedy=1&max=8&prompt=${encodeURIComponent(PROMPT)}`;
+  const query = `model=safetensors&autorun=1&greedy=1&max=8&prompt=${encodeURIComponent(PROMPT)}`;
   const first = await openPage(query);
   const load = first.state.load;
   console.log(`wasm memory: ${(load.wasmBytesBefore / 2 ** 20).toFixed(1)} MiB before the load, ${(load.wasmBytesAfter / 2 ** 20).toFixed(1)} MiB after (the shard is ${(shardBytes / 2 ** 20).toFixed(1)} MiB); from cache: ${load.fromCache}`);
