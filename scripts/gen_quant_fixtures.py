@@ -10,10 +10,16 @@ tests/fixtures/quants/<format>.bin (little endian):
     f32[...] gguf.quants.dequantize(raw blocks)
 
 Inputs mix scales, exact ties at .5 after scaling, zeros and all-zero blocks. The
-K-quants have no quantizer here (n_values = n_bytes = 0); their raw blocks get
-finite f16 scales, MXFP4's scale bytes stay in a finite range.
-    pip install gguf numpy && python3 scripts/gen_quant_fixtures.py
+gguf package has no K-quant quantizer: Q4_K's quantized bytes come from ggml's own C
+`quantize_row_q4_K_ref`, called through ctypes in libggml-base.so of a llama.cpp build
+(--ggml-lib; llama-cpp-python's sdist vendors the source). Q5_K and Q6_K have raw
+blocks only (n_values = n_bytes = 0). Raw blocks get finite f16 scales; MXFP4's
+scale bytes stay in a finite range.
+    pip install gguf numpy
+    python3 scripts/gen_quant_fixtures.py --ggml-lib .../build/bin/libggml-base.so
 """
+import argparse
+import ctypes
 import pathlib
 import struct
 
@@ -54,11 +60,27 @@ def raw_blocks(fmt, blocks):
     return raw.reshape(-1)
 
 
+ap = argparse.ArgumentParser()
+ap.add_argument("--ggml-lib", required=True, help="libggml-base.so of a llama.cpp build")
+ggml = ctypes.CDLL(ap.parse_args().ggml_lib)
+ggml.quantize_row_q4_K_ref.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+
+
+def ggml_q4_k(x):
+    out = np.zeros(x.size // 256 * 144, np.uint8)
+    ggml.quantize_row_q4_K_ref(x.ctypes.data, out.ctypes.data, x.size)
+    return out
+
+
 for name, fmt in [("q8_0", T.Q8_0), ("q4_0", T.Q4_0), ("q4_k", T.Q4_K), ("q5_k", T.Q5_K),
                   ("q6_k", T.Q6_K), ("mxfp4", T.MXFP4)]:
     if fmt in (T.Q8_0, T.Q4_0, T.MXFP4):
         x = values(64)
         q = quants.quantize(x.reshape(-1, 32 * 4), fmt).reshape(-1)
+        dq = quants.dequantize(q, fmt).astype(np.float32).reshape(-1)
+    elif fmt == T.Q4_K:
+        x = np.ascontiguousarray(values(64))
+        q = ggml_q4_k(x)
         dq = quants.dequantize(q, fmt).astype(np.float32).reshape(-1)
     else:
         x = np.zeros(0, np.float32)

@@ -129,6 +129,8 @@ fn half_precision_and_quantized_weights() {
         (WeightFormat::BF16, 40, 36, 20),
         (WeightFormat::Q8_0, 64, 96, 32),
         (WeightFormat::Q4_0, 96, 64, 64),
+        (WeightFormat::Mxfp4, 64, 96, 32),
+        (WeightFormat::Q4K, 256, 256, 256),
     ] {
         let mut config = MoeConfig::new(d, f, 8, 2);
         config.weight_format = format;

@@ -10,8 +10,9 @@
 //! and mins for 8 sub-blocks of 32, 128 bytes of nibbles), Q5_K (176: the same plus 32
 //! bytes of fifth bits), Q6_K (210: 128 bytes of low nibbles, 64 of high 2-bit pairs,
 //! 16 i8 scales of 16-element groups, f16 d); MXFP4 (17 bytes per 32: an e8m0 scale
-//! byte, 16 bytes of e2m1 nibbles). These decode but have no encoder here (they come
-//! from GGUF files or MXFP4 checkpoints).
+//! byte, 16 bytes of e2m1 nibbles). Q4_K is encoded by a port of ggml's
+//! `quantize_row_q4_K_ref` (weighted min/scale search per sub-block, then 6-bit
+//! scales); Q5_K and Q6_K only decode (they come from GGUF files).
 
 use crate::error::{Error, Result};
 use crate::gpu::DType;
@@ -74,7 +75,7 @@ impl WeightFormat {
 
     /// Whether [`WeightFormat::encode_into`] can produce this format.
     pub fn can_encode(self) -> bool {
-        !matches!(self, WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K)
+        !matches!(self, WeightFormat::Q5K | WeightFormat::Q6K)
     }
 
     /// Whether values are quantized in blocks with a scale.
@@ -303,7 +304,13 @@ impl WeightFormat {
                     out.extend((0..QK / 2).map(|j| q(block[j]) | q(block[j + QK / 2]) << 4));
                 }
             }
-            WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K => {
+            WeightFormat::Q4K => {
+                debug_assert!(values.len().is_multiple_of(QK_K));
+                for block in values.chunks_exact(QK_K) {
+                    quantize_q4_k(block, out);
+                }
+            }
+            WeightFormat::Q5K | WeightFormat::Q6K => {
                 debug_assert!(values.is_empty(), "no encoder for {self}");
             }
         }
@@ -364,4 +371,141 @@ fn e8m0_half(e: u8) -> f32 {
         ((e - 1) as u32) << 23
     };
     f32::from_bits(bits)
+}
+
+/// ggml's `nearest_int`: round to nearest, ties to even, through the f32 mantissa.
+fn nearest_int(v: f32) -> i32 {
+    ((v + 12_582_912.0f32).to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
+}
+
+/// ggml's `make_qkx2_quants` for one sub-block (squared error): levels `l` in
+/// 0..=nmax with `x ~ scale * l - min`; returns (scale, min).
+#[allow(clippy::too_many_arguments)]
+fn make_qkx2_quants(
+    nmax: i32,
+    x: &[f32],
+    weights: &[f32],
+    l: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) -> (f32, f32) {
+    let n = x.len();
+    let (mut min, mut max) = (x[0], x[0]);
+    let mut sum_w = weights[0];
+    let mut sum_x = sum_w * x[0];
+    for i in 1..n {
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
+        let w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max == min {
+        l.iter_mut().for_each(|v| *v = 0);
+        return (0.0, -min);
+    }
+    let mut iscale = nmax as f32 / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best_error = 0.0f32;
+    for i in 0..n {
+        let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+        l[i] = q as u8;
+        let diff = scale * l[i] as f32 + min - x[i];
+        best_error += weights[i] * (diff * diff);
+    }
+    let mut laux = [0u8; 32];
+    for is in 0..=nstep {
+        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0.0f32, 0.0f32, 0.0f32);
+        for i in 0..n {
+            let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+            laux[i] = q as u8;
+            let (w, lf) = (weights[i], q as f32);
+            sum_l += w * lf;
+            sum_l2 += w * lf * lf;
+            sum_xl += w * lf * x[i];
+        }
+        let d = sum_w * sum_l2 - sum_l * sum_l;
+        if d > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let mut cur_error = 0.0f32;
+            for i in 0..n {
+                let diff = this_scale * laux[i] as f32 + this_min - x[i];
+                cur_error += weights[i] * (diff * diff);
+            }
+            if cur_error < best_error {
+                l[..n].copy_from_slice(&laux[..n]);
+                best_error = cur_error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+/// ggml's `quantize_row_q4_K_ref` for one superblock of 256 values.
+fn quantize_q4_k(x: &[f32], out: &mut Vec<u8>) {
+    let mut levels = [0u8; QK_K];
+    let mut scales = [0.0f32; 8];
+    let mut mins = [0.0f32; 8];
+    let (mut max_scale, mut max_min) = (0.0f32, 0.0f32);
+    for j in 0..8 {
+        let sub = &x[32 * j..32 * (j + 1)];
+        let sum_x2 = sub.iter().fold(0.0f32, |s, v| s + v * v);
+        let av_x = (sum_x2 / 32.0).sqrt();
+        let weights: Vec<f32> = sub.iter().map(|v| av_x + v.abs()).collect();
+        let (scale, min) = make_qkx2_quants(15, sub, &weights, &mut levels[32 * j..32 * (j + 1)], -1.0, 0.1, 20);
+        scales[j] = scale;
+        mins[j] = min;
+        max_scale = max_scale.max(scale);
+        max_min = max_min.max(min);
+    }
+    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let mut packed = [0u8; 12];
+    for j in 0..8 {
+        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
+        if j < 4 {
+            packed[j] = ls;
+            packed[j + 4] = lm;
+        } else {
+            packed[j + 4] = (ls & 0x0f) | ((lm & 0x0f) << 4);
+            packed[j - 4] |= (ls >> 4) << 6;
+            packed[j] |= (lm >> 4) << 6;
+        }
+    }
+    let d = half::f16::from_f32(max_scale / 63.0);
+    let dmin = half::f16::from_f32(max_min / 63.0);
+    for j in 0..8 {
+        let (sc, m) = k_scale_min(&packed, j);
+        let dj = d.to_f32() * sc as f32;
+        if dj == 0.0 {
+            continue;
+        }
+        let dm = dmin.to_f32() * m as f32;
+        for i in 0..32 {
+            levels[32 * j + i] = nearest_int((x[32 * j + i] + dm) / dj).clamp(0, 15) as u8;
+        }
+    }
+    out.extend(d.to_le_bytes());
+    out.extend(dmin.to_le_bytes());
+    out.extend(packed);
+    for j in (0..QK_K).step_by(64) {
+        out.extend((0..32).map(|l| levels[j + l] | (levels[j + l + 32] << 4)));
+    }
 }
