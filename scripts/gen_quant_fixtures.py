@@ -12,8 +12,9 @@ tests/fixtures/quants/<format>.bin (little endian):
 Inputs mix scales, exact ties at .5 after scaling, zeros and all-zero blocks. The
 gguf package has no K-quant quantizer: Q4_K's quantized bytes come from ggml's own C
 `quantize_row_q4_K_ref`, called through ctypes in libggml-base.so of a llama.cpp build
-(--ggml-lib; llama-cpp-python's sdist vendors the source). Q5_K and Q6_K have raw
-blocks only (n_values = n_bytes = 0). Raw blocks get finite f16 scales; MXFP4's
+(--ggml-lib; llama-cpp-python's sdist vendors the source). Q5_K, Q6_K, Q4_1, Q5_0 and Q5_1
+have raw blocks only (n_values = n_bytes = 0): webmoe decodes them (llama.cpp's files
+use them) but does not quantize to them. Raw blocks get finite f16 scales; MXFP4's
 scale bytes stay in a finite range.
     pip install gguf numpy
     python3 scripts/gen_quant_fixtures.py --ggml-lib .../build/bin/libggml-base.so
@@ -48,8 +49,11 @@ def f16s(blocks):
 def raw_blocks(fmt, blocks):
     size = quants.GGML_QUANT_SIZES[fmt][1]
     raw = rng.integers(0, 256, (blocks, size), dtype=np.uint8)
-    if fmt in (T.Q8_0, T.Q4_0):
+    if fmt in (T.Q8_0, T.Q4_0, T.Q5_0):
         raw[:, :2] = f16s(blocks)
+    elif fmt in (T.Q4_1, T.Q5_1):
+        raw[:, 0:2] = f16s(blocks)  # d
+        raw[:, 2:4] = f16s(blocks)  # m
     elif fmt in (T.Q4_K, T.Q5_K):
         raw[:, 0:2] = f16s(blocks)  # d
         raw[:, 2:4] = f16s(blocks)  # dmin
@@ -73,7 +77,8 @@ def ggml_q4_k(x):
 
 
 for name, fmt in [("q8_0", T.Q8_0), ("q4_0", T.Q4_0), ("q4_k", T.Q4_K), ("q5_k", T.Q5_K),
-                  ("q6_k", T.Q6_K), ("mxfp4", T.MXFP4)]:
+                  ("q6_k", T.Q6_K), ("mxfp4", T.MXFP4), ("q4_1", T.Q4_1), ("q5_0", T.Q5_0),
+                  ("q5_1", T.Q5_1)]:
     if fmt in (T.Q8_0, T.Q4_0, T.MXFP4):
         x = values(64)
         q = quants.quantize(x.reshape(-1, 32 * 4), fmt).reshape(-1)

@@ -16,6 +16,9 @@
 //     highs, 16 i8 scales of 16-element groups, f16 d): d * scale * (q - 32).
 //   8 mxfp4: blocks of 32 in 17 bytes (e8m0 scale byte, 16 bytes of e2m1 nibbles as
 //     in q4_0): 2^(e - 128) * doubled e2m1 value.
+//   9 q4_1, 10 q5_0, 11 q5_1: blocks of 32 in 20 / 22 / 24 bytes (f16 d, [f16 m],
+//     [u32 of fifth bits, bit j for element j], 16 bytes of nibbles as in q4_0):
+//     d * q + m, or d * (q - 16) for q5_0.
 // Block formats are read in place as u32 words (a block may start at any byte; f16
 // scales sit at even offsets, so they never straddle a word). None of this needs
 // shader-f16.
@@ -85,6 +88,27 @@ fn WEIGHTS_at(i: u32) -> f32 {
             let q = i32(low | (high << 4u)) - 32;
             let sc = bitcast<i32>(WEIGHTS_byte(block + 192u + (idx >> 4u)) << 24u) >> 24u;
             return WEIGHTS_half(block + 208u) * f32(sc) * f32(q);
+        }
+        case 9u, 10u, 11u: {
+            let has_min = WEIGHT_DTYPE != 10u;
+            let five = WEIGHT_DTYPE != 9u;
+            let size = select(select(24u, 22u, WEIGHT_DTYPE == 10u), 20u, WEIGHT_DTYPE == 9u);
+            let block = (i >> 5u) * size;
+            let j = i & 31u;
+            var at = block + select(2u, 4u, has_min);
+            var high = 0u;
+            if (five) {
+                let qh = WEIGHTS_byte(at) | (WEIGHTS_byte(at + 1u) << 8u) | (WEIGHTS_byte(at + 2u) << 16u) | (WEIGHTS_byte(at + 3u) << 24u);
+                high = ((qh >> j) & 1u) << 4u;
+                at += 4u;
+            }
+            let byte = WEIGHTS_byte(at + (j & 15u));
+            let q = select(byte & 15u, byte >> 4u, j >= 16u) | high;
+            let d = WEIGHTS_half(block);
+            if (WEIGHT_DTYPE == 10u) {
+                return d * f32(i32(q) - 16);
+            }
+            return d * f32(q) + WEIGHTS_half(block + 2u);
         }
         case 8u: {
             let block = (i >> 5u) * 17u;

@@ -238,8 +238,9 @@ fn block_formats_match_ggml_reference_bit_for_bit() {
 fn block_formats_decode_on_the_gpu_like_the_cpu() {
     // Raw blocks of every kind (random bytes, finite scales) read by the embedding
     // kernel, which decodes through the shared weight accessor. Formats whose decode
-    // is one product per element match bit for bit; Q4_K/Q5_K's `scale * q - min` may
-    // be fused into one FMA by a GPU compiler, so they match to 1e-6.
+    // is one product per element match bit for bit; Q4_K/Q5_K's `scale * q - min` and
+    // Q4_1/Q5_1's `d * q + m` may be fused into one FMA by a GPU compiler, so they
+    // match to 1e-6.
     let ctx = context();
     for format in WeightFormat::ALL.into_iter().filter(|f| f.is_quantized()) {
         let name = &format.to_string();
@@ -264,7 +265,10 @@ fn block_formats_decode_on_the_gpu_like_the_cpu() {
             webmoe::ops::embedding::encode_embedding(&ctx, rec, &ig, &table, 1.0, &x).unwrap()
         });
         let got = x.read_f32_blocking(&ctx).unwrap();
-        if matches!(format, WeightFormat::Q4K | WeightFormat::Q5K) {
+        if matches!(
+            format,
+            WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q4_1 | WeightFormat::Q5_1
+        ) {
             assert_close(&format!("{name} on the GPU"), &got, &want, 1e-6);
         } else {
             assert_eq!(

@@ -24,6 +24,9 @@ pub enum WeightFormat {
     BF16,
     Q8_0,
     Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
     Q4K,
     Q5K,
     Q6K,
@@ -38,12 +41,15 @@ pub const QK_K: usize = 256;
 const MXFP4_VALUES: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
 
 impl WeightFormat {
-    pub const ALL: [WeightFormat; 9] = [
+    pub const ALL: [WeightFormat; 12] = [
         WeightFormat::F32,
         WeightFormat::F16,
         WeightFormat::BF16,
         WeightFormat::Q8_0,
         WeightFormat::Q4_0,
+        WeightFormat::Q4_1,
+        WeightFormat::Q5_0,
+        WeightFormat::Q5_1,
         WeightFormat::Q4K,
         WeightFormat::Q5K,
         WeightFormat::Q6K,
@@ -54,7 +60,12 @@ impl WeightFormat {
     pub fn block_elements(self) -> usize {
         match self {
             WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => 1,
-            WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Mxfp4 => QK,
+            WeightFormat::Q8_0
+            | WeightFormat::Q4_0
+            | WeightFormat::Q4_1
+            | WeightFormat::Q5_0
+            | WeightFormat::Q5_1
+            | WeightFormat::Mxfp4 => QK,
             WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K => QK_K,
         }
     }
@@ -66,6 +77,9 @@ impl WeightFormat {
             WeightFormat::F16 | WeightFormat::BF16 => 2,
             WeightFormat::Q8_0 => 2 + QK,
             WeightFormat::Q4_0 => 2 + QK / 2,
+            WeightFormat::Q4_1 => 4 + QK / 2,
+            WeightFormat::Q5_0 => 6 + QK / 2,
+            WeightFormat::Q5_1 => 8 + QK / 2,
             WeightFormat::Q4K => 144,
             WeightFormat::Q5K => 176,
             WeightFormat::Q6K => 210,
@@ -75,7 +89,10 @@ impl WeightFormat {
 
     /// Whether [`WeightFormat::encode_into`] can produce this format.
     pub fn can_encode(self) -> bool {
-        !matches!(self, WeightFormat::Q5K | WeightFormat::Q6K)
+        !matches!(
+            self,
+            WeightFormat::Q5K | WeightFormat::Q6K | WeightFormat::Q4_1 | WeightFormat::Q5_0 | WeightFormat::Q5_1
+        )
     }
 
     /// Whether values are quantized in blocks with a scale.
@@ -117,6 +134,9 @@ impl WeightFormat {
             WeightFormat::Q5K => 6,
             WeightFormat::Q6K => 7,
             WeightFormat::Mxfp4 => 8,
+            WeightFormat::Q4_1 => 9,
+            WeightFormat::Q5_0 => 10,
+            WeightFormat::Q5_1 => 11,
         }
     }
 
@@ -128,6 +148,9 @@ impl WeightFormat {
             "bf16" | "bfloat16" => Some(WeightFormat::BF16),
             "q8_0" => Some(WeightFormat::Q8_0),
             "q4_0" => Some(WeightFormat::Q4_0),
+            "q4_1" => Some(WeightFormat::Q4_1),
+            "q5_0" => Some(WeightFormat::Q5_0),
+            "q5_1" => Some(WeightFormat::Q5_1),
             "q4_k" => Some(WeightFormat::Q4K),
             "q5_k" => Some(WeightFormat::Q5K),
             "q6_k" => Some(WeightFormat::Q6K),
@@ -193,6 +216,39 @@ impl WeightFormat {
                     let qs = &block[2..];
                     out.extend(qs.iter().map(|&q| ((q & 0x0f) as i32 - 8) as f32 * d));
                     out.extend(qs.iter().map(|&q| ((q >> 4) as i32 - 8) as f32 * d));
+                }
+            }
+            WeightFormat::Q4_1 | WeightFormat::Q5_0 | WeightFormat::Q5_1 => {
+                // (f16 d, [f16 m], [u32 fifth bits], 16 bytes of nibbles as in Q4_0)
+                let (has_min, five) = match self {
+                    WeightFormat::Q4_1 => (true, false),
+                    WeightFormat::Q5_0 => (false, true),
+                    _ => (true, true),
+                };
+                for block in bytes.chunks_exact(self.block_bytes()) {
+                    let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+                    let mut at = 2;
+                    let m = if has_min {
+                        at += 2;
+                        half::f16::from_le_bytes([block[2], block[3]]).to_f32()
+                    } else {
+                        0.0
+                    };
+                    let qh = if five {
+                        at += 4;
+                        u32::from_le_bytes([block[at - 4], block[at - 3], block[at - 2], block[at - 1]])
+                    } else {
+                        0
+                    };
+                    let qs = &block[at..];
+                    for j in 0..QK {
+                        let low = if j < 16 { qs[j] & 0x0f } else { qs[j - 16] >> 4 };
+                        let q = low as u32 | ((qh >> j) & 1) << 4;
+                        out.push(match self {
+                            WeightFormat::Q5_0 => d * (q as i32 - 16) as f32,
+                            _ => d * q as f32 + m,
+                        });
+                    }
                 }
             }
             WeightFormat::Q4K | WeightFormat::Q5K => {
@@ -310,7 +366,7 @@ impl WeightFormat {
                     quantize_q4_k(block, out);
                 }
             }
-            WeightFormat::Q5K | WeightFormat::Q6K => {
+            WeightFormat::Q5K | WeightFormat::Q6K | WeightFormat::Q4_1 | WeightFormat::Q5_0 | WeightFormat::Q5_1 => {
                 debug_assert!(values.is_empty(), "no encoder for {self}");
             }
         }
@@ -343,6 +399,9 @@ impl std::fmt::Display for WeightFormat {
             WeightFormat::BF16 => "bf16",
             WeightFormat::Q8_0 => "q8_0",
             WeightFormat::Q4_0 => "q4_0",
+            WeightFormat::Q4_1 => "q4_1",
+            WeightFormat::Q5_0 => "q5_0",
+            WeightFormat::Q5_1 => "q5_1",
             WeightFormat::Q4K => "q4_k",
             WeightFormat::Q5K => "q5_k",
             WeightFormat::Q6K => "q6_k",

@@ -185,7 +185,11 @@ pub fn random_blocks(rng: &mut rand_chacha::ChaCha8Rng, format: WeightFormat, bl
     let f16 = |rng: &mut rand_chacha::ChaCha8Rng| half::f16::from_f32(rng.random_range(-0.02..0.02)).to_le_bytes();
     for block in bytes.chunks_exact_mut(size) {
         match format {
-            WeightFormat::Q8_0 | WeightFormat::Q4_0 => block[..2].copy_from_slice(&f16(rng)),
+            WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q5_0 => block[..2].copy_from_slice(&f16(rng)),
+            WeightFormat::Q4_1 | WeightFormat::Q5_1 => {
+                block[..2].copy_from_slice(&f16(rng));
+                block[2..4].copy_from_slice(&f16(rng));
+            }
             WeightFormat::Q4K | WeightFormat::Q5K => {
                 block[..2].copy_from_slice(&f16(rng));
                 block[2..4].copy_from_slice(&f16(rng));
