@@ -193,6 +193,17 @@ fn bad_gguf_files_are_named_errors() {
         err.to_string().contains("Q4_1") && err.to_string().contains("layers.1.self_attn.k_proj"),
         "{err}"
     );
+    // The chat template is kept for chat front ends.
+    let mut file = parse_gguf("olmoe.gguf", &bytes, bytes.len() as u64).unwrap();
+    let template = "{% for m in messages %}{{ m.content }}{% endfor %}";
+    file.metadata.insert(
+        "tokenizer.chat_template".into(),
+        webmoe::model::gguf::MetaValue::Str(template.into()),
+    );
+    assert_eq!(
+        gguf_checkpoint(&[file]).unwrap().chat_template.as_deref(),
+        Some(template)
+    );
     // An architecture webmoe does not run.
     let mut file = parse_gguf("olmoe.gguf", &bytes, bytes.len() as u64).unwrap();
     file.metadata.insert(

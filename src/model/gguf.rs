@@ -285,6 +285,8 @@ pub struct GgufModel {
     pub config: ModelConfig,
     pub shards: Vec<ShardHeader>,
     pub tokenizer: Option<Tokenizer>,
+    /// `tokenizer.chat_template`.
+    pub chat_template: Option<String>,
 }
 
 /// Maps split GGUF files (`-00001-of-0000N`, in order) to a config, a checkpoint and a tokenizer.
@@ -310,10 +312,15 @@ pub fn gguf_checkpoint(files: &[GgufFile]) -> Result<GgufModel> {
         });
     }
     let tokenizer = tokenizer_of(meta, source)?;
+    let chat_template = match meta.get("tokenizer.chat_template") {
+        Some(MetaValue::Str(t)) => Some(t.clone()),
+        _ => None,
+    };
     Ok(GgufModel {
         config,
         shards,
         tokenizer,
+        chat_template,
     })
 }
 

@@ -44,6 +44,9 @@ impl LoadStats {
 pub struct LoadedModel {
     pub model: Model,
     pub tokenizer: Option<Tokenizer>,
+    /// The model's Jinja chat template (tokenizer_config.json's `chat_template`, or
+    /// GGUF's `tokenizer.chat_template`), kept for chat front ends.
+    pub chat_template: Option<String>,
     pub stats: LoadStats,
 }
 
@@ -127,6 +130,7 @@ impl StreamingLoad {
             },
             model: self.model,
             tokenizer: self.tokenizer,
+            chat_template: None,
         })
     }
 }
@@ -182,6 +186,10 @@ pub fn load_model_dir(ctx: &GpuContext, dir: &std::path::Path, options: LoadOpti
     } else {
         None
     };
+    let chat_template = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|v| v.get("chat_template")?.as_str().map(str::to_string));
     let bar = progress_bar();
     let loaded = ctx.scoped_blocking("loading the model", || {
         load_model(ctx, config, &store, tokenizer, options, &mut |done, total| {
@@ -190,7 +198,7 @@ pub fn load_model_dir(ctx: &GpuContext, dir: &std::path::Path, options: LoadOpti
         })
     });
     bar.finish_and_clear();
-    loaded
+    loaded.map(|l| LoadedModel { chat_template, ..l })
 }
 
 /// The files of a split GGUF model: `name-00001-of-00003.gguf` and its siblings, or
@@ -234,6 +242,7 @@ pub fn load_gguf(ctx: &GpuContext, path: &std::path::Path, options: LoadOptions)
         bytes.push(ShardBytes::Mapped(map));
     }
     let model = gguf_checkpoint(&parsed)?;
+    let chat_template = model.chat_template;
     let store = TensorStore::from_parts(Checkpoint::new(model.shards), bytes);
     let bar = progress_bar();
     let loaded = ctx.scoped_blocking("loading the model", || {
@@ -250,7 +259,7 @@ pub fn load_gguf(ctx: &GpuContext, path: &std::path::Path, options: LoadOptions)
         )
     });
     bar.finish_and_clear();
-    loaded
+    loaded.map(|l| LoadedModel { chat_template, ..l })
 }
 
 /// Loads `path`: a Hugging Face model directory or a `.gguf` file (native).
