@@ -182,7 +182,7 @@ fn bad_gguf_files_are_named_errors() {
         .iter_mut()
         .find(|t| t.name == "blk.1.attn_k.weight")
         .unwrap();
-    t.ggml_type = 3; // Q4_1
+    t.ggml_type = 10; // Q2_K
     let model = gguf_checkpoint(&[file]).unwrap();
     let checkpoint = Checkpoint::new(model.shards);
     let err = Model::plan(&ctx, model.config, &checkpoint, Default::default(), 16)
@@ -190,7 +190,7 @@ fn bad_gguf_files_are_named_errors() {
         .unwrap();
     assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
     assert!(
-        err.to_string().contains("Q4_1") && err.to_string().contains("layers.1.self_attn.k_proj"),
+        err.to_string().contains("Q2_K") && err.to_string().contains("layers.1.self_attn.k_proj"),
         "{err}"
     );
     // The chat template is kept for chat front ends.
