@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::u32s;
+
 use std::path::PathBuf;
 
 use serde_json::Value;
@@ -16,14 +18,6 @@ fn model_dir() -> PathBuf {
 
 fn expected() -> Value {
     serde_json::from_str(&std::fs::read_to_string(model_dir().join("expected.json")).unwrap()).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 #[test]
@@ -55,7 +49,7 @@ fn greedy_continuation_matches_transformers() {
         .unwrap()
         .encode(exp["prompt_text"].as_str().unwrap())
         .unwrap();
-    assert_eq!(prompt, ids(&exp["prompt_ids"]));
+    assert_eq!(prompt, u32s(&exp["prompt_ids"]));
     let mut session = webmoe::model::session::Session::new(&ctx, &loaded.model, None).unwrap();
     let gen = pollster::block_on(generate(
         &ctx,
@@ -68,7 +62,7 @@ fn greedy_continuation_matches_transformers() {
         |_, _| true,
     ))
     .unwrap();
-    assert_eq!(gen.generated_ids, ids(&exp["greedy_ids"]));
+    assert_eq!(gen.generated_ids, u32s(&exp["greedy_ids"]));
 }
 
 #[test]

@@ -36,14 +36,6 @@ fn expected(family: &str) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
-fn u32s(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
 #[test]
 fn gguf_files_run_like_the_safetensors_they_came_from() {
     let ctx = context();

@@ -29,14 +29,6 @@ fn expected(family: &str) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
-fn u32s(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
 fn f32s(v: &Value) -> Vec<f32> {
     v.as_array()
         .unwrap()

@@ -521,15 +521,9 @@ fn config_of(files: &[GgufFile], meta: &BTreeMap<String, MetaValue>, source: &st
         }),
         _ => None,
     };
-    let moe = MoeConfig {
-        hidden_size,
-        expert_ffn,
-        routing,
-        capacity_factor: None,
-        shared_expert,
-        weight_format: WeightFormat::F32,
-        decode_max_tokens: 4,
-    };
+    let mut moe = MoeConfig::new(hidden_size, expert_ffn, experts, top_k);
+    moe.routing = routing;
+    moe.shared_expert = shared_expert;
     moe.validate().map_err(|e| Error::Config(format!("{source}: {e}")))?;
     // A layer is sparse when it has a router.
     let sparse_layers = (0..num_layers)

@@ -71,3 +71,12 @@ pub fn assert_close(what: &str, actual: &[f32], expected: &[f32], tolerance: f32
         );
     }
 }
+
+/// The u32 array of a JSON value (fixtures' token ids).
+pub fn u32s(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
