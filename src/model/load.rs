@@ -164,13 +164,29 @@ pub fn load_model(
     load.finish(ctx)
 }
 
-/// A progress bar in bytes on stderr (drawn only when it is a terminal).
+/// [`load_model`] inside GPU error scopes, with a progress bar in bytes on stderr
+/// (drawn only when it is a terminal), and the chat template set (native).
 #[cfg(not(target_arch = "wasm32"))]
-fn progress_bar() -> indicatif::ProgressBar {
-    indicatif::ProgressBar::new(0).with_style(
+fn load_with_progress(
+    ctx: &GpuContext,
+    config: ModelConfig,
+    store: &TensorStore,
+    tokenizer: Option<Tokenizer>,
+    chat_template: Option<String>,
+    options: LoadOptions,
+) -> Result<LoadedModel> {
+    let bar = indicatif::ProgressBar::new(0).with_style(
         indicatif::ProgressStyle::with_template("loading {bar:30} {bytes}/{total_bytes} ({bytes_per_sec}, {elapsed})")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    )
+    );
+    let loaded = ctx.scoped_blocking("loading the model", || {
+        load_model(ctx, config, store, tokenizer, options, &mut |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        })
+    });
+    bar.finish_and_clear();
+    loaded.map(|l| LoadedModel { chat_template, ..l })
 }
 
 /// Loads `dir` (config.json, safetensors, optional tokenizer.json) (native), with a
@@ -190,15 +206,7 @@ pub fn load_model_dir(ctx: &GpuContext, dir: &std::path::Path, options: LoadOpti
         .ok()
         .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
         .and_then(|v| v.get("chat_template")?.as_str().map(str::to_string));
-    let bar = progress_bar();
-    let loaded = ctx.scoped_blocking("loading the model", || {
-        load_model(ctx, config, &store, tokenizer, options, &mut |done, total| {
-            bar.set_length(total);
-            bar.set_position(done);
-        })
-    });
-    bar.finish_and_clear();
-    loaded.map(|l| LoadedModel { chat_template, ..l })
+    load_with_progress(ctx, config, &store, tokenizer, chat_template, options)
 }
 
 /// The files of a split GGUF model: `name-00001-of-00003.gguf` and its siblings, or
@@ -244,22 +252,7 @@ pub fn load_gguf(ctx: &GpuContext, path: &std::path::Path, options: LoadOptions)
     let model = gguf_checkpoint(&parsed)?;
     let chat_template = model.chat_template;
     let store = TensorStore::from_parts(Checkpoint::new(model.shards), bytes);
-    let bar = progress_bar();
-    let loaded = ctx.scoped_blocking("loading the model", || {
-        load_model(
-            ctx,
-            model.config,
-            &store,
-            model.tokenizer,
-            options,
-            &mut |done, total| {
-                bar.set_length(total);
-                bar.set_position(done);
-            },
-        )
-    });
-    bar.finish_and_clear();
-    loaded.map(|l| LoadedModel { chat_template, ..l })
+    load_with_progress(ctx, model.config, &store, model.tokenizer, chat_template, options)
 }
 
 /// Loads `path`: a Hugging Face model directory or a `.gguf` file (native).
