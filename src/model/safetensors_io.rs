@@ -193,9 +193,11 @@ impl Checkpoint {
             });
         }
         let format = info.format.ok_or_else(|| {
+            let known: Vec<String> = WeightFormat::ALL.iter().map(|f| f.to_string()).collect();
             Error::Unsupported(format!(
-                "{file}: tensor `{name}` has dtype {}; webmoe reads F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K and MXFP4",
-                info.dtype
+                "{file}: tensor `{name}` has dtype {}; webmoe reads {}",
+                info.dtype,
+                known.join(", ")
             ))
         })?;
         Ok((shard, info, format))

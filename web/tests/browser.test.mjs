@@ -16,8 +16,8 @@ const web = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const root = resolve(web, "..");
 const dist = join(web, "dist");
 const PROMPT = "The Rust programming language";
-// What the demo page loads by default: the embedded model in Q4_0.
-const DEFAULT_GGUF = join(dist, "models/tiny-moe/tiny-moe-q4_0.gguf");
+// What the demo page loads by default: the embedded model in Q4_K_M (made by llama.cpp).
+const DEFAULT_GGUF = join(dist, "models/tiny-moe/tiny-moe-q4_k_m.gguf");
 const TOKENS = 16;
 const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm", ".json": "application/json" };
 
@@ -71,7 +71,7 @@ async function openPage(query) {
 test("greedy tokens in the browser equal the native engine's", async () => {
   const bin = process.env.WEBMOE_BIN ?? join(root, "target/release/webmoe");
   const started = Date.now();
-  // The page's default model is the Q4_0 GGUF; the native engine runs the same file.
+  // The page's default model is the Q4_K_M GGUF; the native engine runs the same file.
   const native = JSON.parse(execFileSync(bin, ["run", "--model", DEFAULT_GGUF, "--prompt", PROMPT, "--max-tokens", String(TOKENS), "--greedy", "--json"], {
     env: { ...process.env }, stdio: ["ignore", "pipe", "inherit"],
   }).toString());
@@ -82,7 +82,7 @@ test("greedy tokens in the browser equal the native engine's", async () => {
   assert.deepEqual(state.generated, native.generated_ids, "browser tokens differ from native tokens");
 
   const summary = await page.evaluate(() => document.getElementById("model-summary").textContent);
-  assert.match(summary, /tiny-moe-q4_0\.gguf/, "the page did not load the Q4_0 GGUF by default");
+  assert.match(summary, /tiny-moe-q4_k_m\.gguf/, "the page did not load the Q4_K_M GGUF by default");
   const layers = Number(/(\d+) layers/.exec(summary)[1]);
   const topK = Number(/top-(\d+)/.exec(summary)[1]);
   const processed = state.promptIds.length + state.generated.length - 1; // the last token is never fed back
