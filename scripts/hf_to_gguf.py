@@ -6,7 +6,7 @@ metadata keys, q/k rows permuted for llama-style models (Mixtral -> `llama`,
 GraniteMoE), and the tokenizer as `tokenizer.ggml.*` (byte-level BPE, "gpt2").
 
     pip install gguf numpy
-    python3 scripts/hf_to_gguf.py MODEL_DIR OUT.gguf [--type f32|f16|q8_0|q4_0]
+    python3 scripts/hf_to_gguf.py MODEL_DIR OUT.gguf [--type f32|f16|q8_0|q4_0|mxfp4]
 
 --type stores the projections (attention, dense MLPs, experts) in that type — rows
 that are not whole 32-element blocks stay f32 — with webmoe's quantize-at-load policy
@@ -55,7 +55,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model_dir", type=pathlib.Path)
     ap.add_argument("out", type=pathlib.Path)
-    ap.add_argument("--type", default="f32", choices=["f32", "f16", "q8_0", "q4_0"])
+    ap.add_argument("--type", default="f32", choices=["f32", "f16", "q8_0", "q4_0", "mxfp4"])
     ap.add_argument("--split-max-tensors", type=int, default=0, help="split into files of at most N tensors")
     a = ap.parse_args()
     c = json.loads((a.model_dir / "config.json").read_text())
@@ -121,7 +121,7 @@ def main():
         w.add_eos_token_id(c["eos_token_id"])
     w.add_add_bos_token(False)
 
-    block = {"q8_0": T.Q8_0, "q4_0": T.Q4_0}.get(a.type)
+    block = {"q8_0": T.Q8_0, "q4_0": T.Q4_0, "mxfp4": T.MXFP4}.get(a.type)
 
     def add(name, x, kind):
         """kind: proj (a.type), output, embed, small (f32)."""
@@ -134,8 +134,8 @@ def main():
             typ = "q8_0"
         else:
             typ = a.type
-        if typ in ("q8_0", "q4_0") and x.shape[-1] % 32 == 0:
-            qt = {"q8_0": T.Q8_0, "q4_0": T.Q4_0}[typ]
+        if typ in ("q8_0", "q4_0", "mxfp4") and x.shape[-1] % 32 == 0:
+            qt = {"q8_0": T.Q8_0, "q4_0": T.Q4_0, "mxfp4": T.MXFP4}[typ]
             w.add_tensor(name, quants.quantize(x, qt), raw_dtype=qt)
         elif typ == "f16":
             w.add_tensor(name, x.astype(np.float16))

@@ -102,7 +102,13 @@ fn gguf_files_run_like_the_safetensors_they_came_from() {
 #[test]
 fn quantized_gguf_files_equal_quantizing_at_load() {
     let ctx = context();
-    for (family, format) in [("olmoe", WeightFormat::Q8_0), ("qwen2_moe", WeightFormat::Q4_0)] {
+    // Granite's file is llama-style (permuted q/k rows, interleaved RoPE): the same
+    // products summed in another order inside q.k, hence 1e-5 there.
+    for (family, format, tolerance) in [
+        ("olmoe", WeightFormat::Q8_0, 1e-6),
+        ("qwen2_moe", WeightFormat::Q4_0, 1e-6),
+        ("granitemoe", WeightFormat::Mxfp4, 1e-5),
+    ] {
         let gguf = load(
             &ctx,
             fixtures().join(format!("gguf/{family}-{format}.gguf")),
@@ -118,7 +124,7 @@ fn quantized_gguf_files_equal_quantizing_at_load() {
             &format!("{family} {format} GGUF vs quantized at load"),
             &all_logits(&ctx, &gguf.model, &prompt),
             &all_logits(&ctx, &hf.model, &prompt),
-            1e-6,
+            tolerance,
         );
     }
 }
@@ -227,4 +233,31 @@ fn the_cli_runs_a_gguf_file() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(u32s(&json["generated_ids"]), u32s(&exp["greedy_ids"]));
+}
+
+#[test]
+fn gguf_pre_tokenizers_build_or_leave_a_reason() {
+    let bytes = std::fs::read(fixtures().join("gguf/olmoe-f32.gguf")).unwrap();
+    let with = |key: &str, value: &str| {
+        let mut file = parse_gguf("olmoe.gguf", &bytes, bytes.len() as u64).unwrap();
+        file.metadata
+            .insert(key.into(), webmoe::model::gguf::MetaValue::Str(value.into()));
+        gguf_checkpoint(&[file]).unwrap()
+    };
+    let text = "Experts route 12345 tokens, don't they?\n  Yes.";
+    for pre in ["default", "gpt-2", "olmo", "qwen2", "llama-bpe"] {
+        let model = with("tokenizer.ggml.pre", pre);
+        let tokenizer = model
+            .tokenizer
+            .unwrap_or_else(|| panic!("{pre}: {:?}", model.tokenizer_error));
+        let ids = tokenizer.encode(text).unwrap();
+        assert_eq!(tokenizer.decode(&ids).unwrap(), text, "{pre}");
+    }
+    // What webmoe cannot build leaves the model loadable, with the reason kept.
+    for (key, value) in [("tokenizer.ggml.pre", "mystery"), ("tokenizer.ggml.model", "llama")] {
+        let model = with(key, value);
+        assert!(model.tokenizer.is_none());
+        let why = model.tokenizer_error.unwrap();
+        assert!(why.contains(value), "{why}");
+    }
 }

@@ -287,6 +287,8 @@ pub struct GgufModel {
     pub tokenizer: Option<Tokenizer>,
     /// `tokenizer.chat_template`.
     pub chat_template: Option<String>,
+    /// Why there is no tokenizer, when the file has one webmoe cannot build.
+    pub tokenizer_error: Option<String>,
 }
 
 /// Maps split GGUF files (`-00001-of-0000N`, in order) to a config, a checkpoint and a tokenizer.
@@ -311,7 +313,11 @@ pub fn gguf_checkpoint(files: &[GgufFile]) -> Result<GgufModel> {
             tensors,
         });
     }
-    let tokenizer = tokenizer_of(meta, source)?;
+    // A tokenizer webmoe cannot build leaves the model usable with token ids.
+    let (tokenizer, tokenizer_error) = match tokenizer_of(meta, source) {
+        Ok(t) => (t, None),
+        Err(e) => (None, Some(e.to_string())),
+    };
     let chat_template = match meta.get("tokenizer.chat_template") {
         Some(MetaValue::Str(t)) => Some(t.clone()),
         _ => None,
@@ -321,6 +327,7 @@ pub fn gguf_checkpoint(files: &[GgufFile]) -> Result<GgufModel> {
         shards,
         tokenizer,
         chat_template,
+        tokenizer_error,
     })
 }
 
@@ -617,11 +624,29 @@ fn tokenizer_of(meta: &BTreeMap<String, MetaValue>, source: &str) -> Result<Opti
         Some(MetaValue::Str(p)) => p.as_str(),
         _ => "default",
     };
-    if !matches!(pre, "default" | "gpt-2") {
-        return Err(Error::Unsupported(format!(
-            "{source}: tokenizer.ggml.pre `{pre}` (webmoe knows the GPT-2 pre-tokenizer); give --prompt-ids instead"
-        )));
-    }
+    // llama.cpp's pre-tokenizer names, as the Hugging Face tokenizers of those models
+    // split text before byte-level BPE.
+    let split = |regex: &str| {
+        serde_json::json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}
+        ]})
+    };
+    let pre_tokenizer = match pre {
+        // GPT-2's regex (OLMoE's GPT-NeoX tokenizer uses it too).
+        "default" | "gpt-2" | "gpt2" | "olmo" => {
+            serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true})
+        }
+        // Qwen2 / Qwen3: one digit per piece.
+        "qwen2" => split(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"),
+        // Llama 3: up to three digits per piece.
+        "llama-bpe" | "llama3" => split(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"),
+        other => {
+            return Err(Error::Unsupported(format!(
+                "{source}: tokenizer.ggml.pre `{other}` (webmoe knows default/gpt-2, olmo, qwen2 and llama-bpe); give --prompt-ids instead"
+            )))
+        }
+    };
     let tokens = strings("tokenizer.ggml.tokens");
     let merges = strings("tokenizer.ggml.merges");
     let types: Vec<i64> = match meta.get("tokenizer.ggml.token_type") {
@@ -661,7 +686,7 @@ fn tokenizer_of(meta: &BTreeMap<String, MetaValue>, source: &str) -> Result<Opti
         "padding": null,
         "added_tokens": added,
         "normalizer": null,
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "pre_tokenizer": pre_tokenizer,
         "post_processor": post_processor,
         "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
         "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,

@@ -47,14 +47,17 @@ pub struct LoadedModel {
     /// The model's Jinja chat template (tokenizer_config.json's `chat_template`, or
     /// GGUF's `tokenizer.chat_template`), kept for chat front ends.
     pub chat_template: Option<String>,
+    /// Why `tokenizer` is `None`, when the files have a tokenizer webmoe cannot build.
+    pub tokenizer_error: Option<String>,
     pub stats: LoadStats,
 }
 
 impl LoadedModel {
     pub fn tokenizer(&self) -> Result<&Tokenizer> {
-        self.tokenizer
-            .as_ref()
-            .ok_or_else(|| Error::Config("the model has no tokenizer.json; give token ids instead".into()))
+        self.tokenizer.as_ref().ok_or_else(|| match &self.tokenizer_error {
+            Some(why) => Error::Unsupported(format!("{why}; give token ids instead")),
+            None => Error::Config("the model has no tokenizer (tokenizer.json); give token ids instead".into()),
+        })
     }
 }
 
@@ -131,6 +134,7 @@ impl StreamingLoad {
             model: self.model,
             tokenizer: self.tokenizer,
             chat_template: None,
+            tokenizer_error: None,
         })
     }
 }
@@ -250,9 +254,13 @@ pub fn load_gguf(ctx: &GpuContext, path: &std::path::Path, options: LoadOptions)
         bytes.push(ShardBytes::Mapped(map));
     }
     let model = gguf_checkpoint(&parsed)?;
-    let chat_template = model.chat_template;
+    let (chat_template, tokenizer_error) = (model.chat_template, model.tokenizer_error);
     let store = TensorStore::from_parts(Checkpoint::new(model.shards), bytes);
-    load_with_progress(ctx, model.config, &store, model.tokenizer, chat_template, options)
+    let loaded = load_with_progress(ctx, model.config, &store, model.tokenizer, chat_template, options)?;
+    Ok(LoadedModel {
+        tokenizer_error,
+        ..loaded
+    })
 }
 
 /// Loads `path`: a Hugging Face model directory or a `.gguf` file (native).
