@@ -261,3 +261,29 @@ fn gguf_pre_tokenizers_build_or_leave_a_reason() {
         assert!(why.contains(value), "{why}");
     }
 }
+
+#[test]
+fn quantized_gguf_files_give_the_greedy_tokens_of_transformers_on_their_dequantized_weights() {
+    // scripts/gen_gguf_expected.py: transformers with each file's weights, dequantized.
+    let ctx = context();
+    let text = std::fs::read_to_string(fixtures().join("gguf/expected.json")).unwrap();
+    let expected: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cases = expected.as_object().unwrap();
+    assert_eq!(cases.len(), 3);
+    for (file, exp) in cases {
+        let gguf = load(&ctx, fixtures().join("gguf").join(file), LoadOptions::default());
+        let mut session = Session::new(&ctx, &gguf.model, None).unwrap();
+        let gen = pollster::block_on(webmoe::model::generate::generate(
+            &ctx,
+            &gguf.model,
+            &mut session,
+            &u32s(&exp["prompt_ids"]),
+            16,
+            webmoe::model::generate::SamplingParams::greedy(),
+            &[],
+            |_, _| true,
+        ))
+        .unwrap();
+        assert_eq!(gen.generated_ids, u32s(&exp["greedy_ids"]), "{file}");
+    }
+}
