@@ -287,3 +287,30 @@ fn quantized_gguf_files_give_the_greedy_tokens_of_transformers_on_their_dequanti
         assert_eq!(gen.generated_ids, u32s(&exp["greedy_ids"]), "{file}");
     }
 }
+
+#[test]
+fn sentencepiece_gguf_tokenizer_gives_llama_cpp_ids() {
+    // scripts/gen_spm_fixture.py: a small `llama` (SentencePiece) vocabulary and
+    // llama.cpp's own ids for a few texts (spaces, tabs, new lines, byte fallback).
+    let path = fixtures().join("gguf/spm-vocab.gguf");
+    let bytes = std::fs::read(&path).unwrap();
+    let file = parse_gguf("spm-vocab.gguf", &bytes, bytes.len() as u64).unwrap();
+    let tokenizer = webmoe::model::gguf::tokenizer_of(&file.metadata, "spm-vocab.gguf")
+        .unwrap()
+        .unwrap();
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("gguf/spm-vocab.json")).unwrap()).unwrap();
+    let cases = cases["cases"].as_array().unwrap();
+    assert!(cases.len() >= 8);
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let mut ids = tokenizer.encode(text).unwrap();
+        // The vocabulary adds BOS (1); llama.cpp's ids were taken without it.
+        assert_eq!(ids.first(), Some(&1), "{text:?}: no BOS");
+        ids.remove(0);
+        assert_eq!(ids, u32s(&case["ids"]), "{text:?}");
+        if !text.is_empty() {
+            assert_eq!(tokenizer.decode(&ids).unwrap(), text, "{text:?} does not round-trip");
+        }
+    }
+}
