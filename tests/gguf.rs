@@ -314,3 +314,33 @@ fn sentencepiece_gguf_tokenizer_gives_llama_cpp_ids() {
         }
     }
 }
+
+#[test]
+fn llama_cpp_k_quant_file_matches_the_cpu_reference() {
+    // scripts/gen_kquant_fixture.py: random weights quantized by llama.cpp to Q5_K_M
+    // (Q5_K and Q6_K tensors); the CPU reference decoder runs on them dequantized.
+    let ctx = context();
+    let path = fixtures().join("gguf/qwen3_moe-random-q5_k_m.gguf");
+    let bytes = std::fs::read(&path).unwrap();
+    let file = parse_gguf("q5_k_m", &bytes, bytes.len() as u64).unwrap();
+    let types: std::collections::BTreeSet<u32> = file.tensors.iter().map(|t| t.ggml_type).collect();
+    assert!(
+        types.contains(&13) && types.contains(&14),
+        "expected Q5_K and Q6_K tensors, got types {types:?}"
+    );
+    let gguf = gguf_checkpoint(&[file]).unwrap();
+    let store = webmoe::model::safetensors_io::TensorStore::from_parts(
+        Checkpoint::new(gguf.shards.clone()),
+        vec![webmoe::model::safetensors_io::ShardBytes::Owned(bytes)],
+    );
+    let weights = webmoe::model::weights::ModelWeights::load(&gguf.config, &store).unwrap();
+    let ids = [3u32, 77, 300, 12, 5, 5, 250, 1];
+    let want = webmoe::model::reference::forward_reference(&gguf.config, &weights, &ids);
+    let loaded = load(&ctx, path, LoadOptions::default());
+    assert_close(
+        "Q5_K_M GGUF logits vs CPU reference",
+        &all_logits(&ctx, &loaded.model, &ids),
+        &want,
+        1e-4,
+    );
+}
