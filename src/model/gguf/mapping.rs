@@ -1,0 +1,330 @@
+//! GGUF metadata and tensors mapped onto the generic decoder: config, names, views.
+
+use std::collections::BTreeMap;
+
+use super::file::{ggml_type, GgufFile, GgufTensor, MetaValue};
+use super::tokenizer::tokenizer_of;
+use crate::error::{Error, Result};
+use crate::model::config::{Family, ModelConfig, QkNorm};
+use crate::model::names::{self, ExpertTensors};
+use crate::model::safetensors_io::{ShardHeader, TensorInfo};
+use crate::model::tokenizer::Tokenizer;
+use crate::moe::{MoeConfig, SharedExpertConfig};
+use crate::ops::routing::{RoutingConfig, TopKOrder};
+
+/// The engine's view of GGUF files: config, checkpoint shards under decoder names, tokenizer.
+pub struct GgufModel {
+    pub config: ModelConfig,
+    pub shards: Vec<ShardHeader>,
+    pub tokenizer: Option<Tokenizer>,
+    /// `tokenizer.chat_template`.
+    pub chat_template: Option<String>,
+    /// Why there is no tokenizer, when the file has one webmoe cannot build.
+    pub tokenizer_error: Option<String>,
+}
+
+/// Maps split GGUF files (`-00001-of-0000N`, in order) to a config, a checkpoint and a tokenizer.
+pub fn gguf_checkpoint(files: &[GgufFile]) -> Result<GgufModel> {
+    let first = files
+        .first()
+        .ok_or_else(|| Error::Config("no GGUF file given".into()))?;
+    let meta = &first.metadata;
+    let source = &first.name;
+    let config = config_of(files, meta, source)?;
+    let mut shards = Vec::with_capacity(files.len());
+    for file in files {
+        let mut tensors = Vec::new();
+        for t in &file.tensors {
+            tensors.extend(decoder_tensors(t, &config)?);
+        }
+        tensors.sort_by_key(|t: &TensorInfo| (t.start, t.name.clone()));
+        shards.push(ShardHeader {
+            name: file.name.clone(),
+            data_start: file.data_start,
+            file_len: file.file_len,
+            tensors,
+        });
+    }
+    // A tokenizer webmoe cannot build leaves the model usable with token ids.
+    let (tokenizer, tokenizer_error) = match tokenizer_of(meta, source) {
+        Ok(t) => (t, None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let chat_template = match meta.get("tokenizer.chat_template") {
+        Some(MetaValue::Str(t)) => Some(t.clone()),
+        _ => None,
+    };
+    Ok(GgufModel {
+        config,
+        shards,
+        tokenizer,
+        chat_template,
+        tokenizer_error,
+    })
+}
+
+fn info(name: String, t: &GgufTensor, shape: Vec<usize>, start: u64, len: u64) -> TensorInfo {
+    let (type_name, format) = ggml_type(t.ggml_type);
+    TensorInfo {
+        name,
+        dtype: type_name.to_string(),
+        format,
+        shape,
+        start,
+        len,
+    }
+}
+
+/// The decoder's tensors held by GGUF tensor `t` (stacked experts give one view per
+/// expert); tensors the decoder does not read map to nothing.
+fn decoder_tensors(t: &GgufTensor, c: &ModelConfig) -> Result<Vec<TensorInfo>> {
+    let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
+    let whole = |name: &str| Ok(vec![info(name.to_string(), t, shape.clone(), t.start, t.len)]);
+    match t.name.as_str() {
+        "token_embd.weight" => return whole(names::EMBED_TOKENS),
+        "output.weight" => return whole(names::LM_HEAD),
+        "output_norm.weight" => return whole(names::FINAL_NORM),
+        _ => {}
+    }
+    let Some(rest) = t.name.strip_prefix("blk.") else {
+        return Ok(Vec::new());
+    };
+    let Some((layer, key)) = rest.split_once('.') else {
+        return Ok(Vec::new());
+    };
+    let Ok(i) = layer.parse::<usize>() else {
+        return Ok(Vec::new());
+    };
+    let p = names::layer(i);
+    let moe = names::moe(c.family, i, true);
+    let name = match key {
+        "attn_norm.weight" => format!("{p}.input_layernorm.weight"),
+        "ffn_norm.weight" => format!("{p}.post_attention_layernorm.weight"),
+        "attn_q.weight" => format!("{p}.self_attn.q_proj.weight"),
+        "attn_k.weight" => format!("{p}.self_attn.k_proj.weight"),
+        "attn_v.weight" => format!("{p}.self_attn.v_proj.weight"),
+        "attn_output.weight" => format!("{p}.self_attn.o_proj.weight"),
+        "attn_q.bias" => format!("{p}.self_attn.q_proj.bias"),
+        "attn_k.bias" => format!("{p}.self_attn.k_proj.bias"),
+        "attn_v.bias" => format!("{p}.self_attn.v_proj.bias"),
+        "attn_q_norm.weight" => format!("{p}.self_attn.q_norm.weight"),
+        "attn_k_norm.weight" => format!("{p}.self_attn.k_norm.weight"),
+        "ffn_gate.weight" => format!("{p}.mlp.gate_proj.weight"),
+        "ffn_up.weight" => format!("{p}.mlp.up_proj.weight"),
+        "ffn_down.weight" => format!("{p}.mlp.down_proj.weight"),
+        "ffn_gate_inp.weight" => moe.router.clone(),
+        "ffn_gate_shexp.weight" => moe.shared_gate.clone(),
+        "ffn_up_shexp.weight" => moe.shared_up.clone(),
+        "ffn_down_shexp.weight" => moe.shared_down.clone(),
+        "ffn_gate_inp_shexp.weight" => {
+            // [d] in GGUF, [1, d] in Hugging Face checkpoints.
+            return Ok(vec![info(
+                moe.shared_expert_gate.clone(),
+                t,
+                vec![1, shape[0]],
+                t.start,
+                t.len,
+            )]);
+        }
+        "ffn_gate_exps.weight" | "ffn_up_exps.weight" | "ffn_down_exps.weight" => {
+            let ExpertTensors::PerExpert { prefix, gate, up, down } = &moe.experts else {
+                return Ok(Vec::new());
+            };
+            let suffix = match key {
+                "ffn_gate_exps.weight" => gate,
+                "ffn_up_exps.weight" => up,
+                _ => down,
+            };
+            if shape.len() != 3 || shape[0] == 0 {
+                return Err(Error::Shape {
+                    what: format!("GGUF tensor `{}` (experts, out, in)", t.name),
+                    expected: vec![c.moe.num_experts(), 0, 0],
+                    actual: shape,
+                });
+            }
+            let per_expert = t.len / shape[0] as u64;
+            return Ok((0..shape[0])
+                .map(|e| {
+                    let name = ExpertTensors::expert(prefix, e, suffix);
+                    info(
+                        name,
+                        t,
+                        shape[1..].to_vec(),
+                        t.start + e as u64 * per_expert,
+                        per_expert,
+                    )
+                })
+                .collect());
+        }
+        _ => return Ok(Vec::new()),
+    };
+    whole(&name)
+}
+
+/// Metadata lookups naming the key and file in errors.
+struct Meta<'a> {
+    meta: &'a BTreeMap<String, MetaValue>,
+    arch: &'a str,
+    source: &'a str,
+}
+
+impl Meta<'_> {
+    fn get(&self, key: &str) -> Option<&MetaValue> {
+        self.meta.get(&format!("{}.{key}", self.arch))
+    }
+
+    fn usize(&self, key: &str) -> Result<Option<usize>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v.as_u64().map(|v| Some(v as usize)).ok_or_else(|| {
+                Error::Config(format!(
+                    "{}: metadata `{}.{key}` is not an unsigned integer",
+                    self.source, self.arch
+                ))
+            }),
+        }
+    }
+
+    fn need(&self, key: &str) -> Result<usize> {
+        self.usize(key)?.ok_or_else(|| {
+            Error::Config(format!(
+                "{}: missing required metadata `{}.{key}`",
+                self.source, self.arch
+            ))
+        })
+    }
+
+    fn f64(&self, key: &str) -> Option<f64> {
+        self.get(key).and_then(MetaValue::as_f64)
+    }
+}
+
+fn config_of(files: &[GgufFile], meta: &BTreeMap<String, MetaValue>, source: &str) -> Result<ModelConfig> {
+    let arch = match meta.get("general.architecture") {
+        Some(MetaValue::Str(a)) => a.as_str(),
+        _ => return Err(Error::Config(format!("{source}: missing `general.architecture`"))),
+    };
+    let m = Meta { meta, arch, source };
+    let family = match arch {
+        "llama" if m.usize("expert_count")?.unwrap_or(0) > 0 => Family::Mixtral,
+        "qwen2moe" => Family::Qwen2Moe,
+        "qwen3moe" => Family::Qwen3Moe,
+        "olmoe" => Family::Olmoe,
+        "granitemoe" => Family::GraniteMoe,
+        other => {
+            return Err(Error::Unsupported(format!(
+                "{source}: GGUF architecture `{other}` (webmoe reads llama with experts (Mixtral), qwen2moe, qwen3moe, olmoe and granitemoe)"
+            )))
+        }
+    };
+    let tensor = |name: &str| files.iter().flat_map(|f| &f.tensors).find(|t| t.name == name);
+    let hidden_size = m.need("embedding_length")?;
+    let num_heads = m.need("attention.head_count")?;
+    let num_kv_heads = m.usize("attention.head_count_kv")?.unwrap_or(num_heads);
+    let num_layers = m.need("block_count")?;
+    let head_dim = m
+        .usize("attention.key_length")?
+        .unwrap_or(hidden_size / num_heads.max(1));
+    let vocab_size = match m.usize("vocab_size")? {
+        Some(v) => v,
+        None => tensor("token_embd.weight")
+            .and_then(|t| t.dims.get(1).copied())
+            .ok_or_else(|| Error::Config(format!("{source}: no vocab_size and no token_embd.weight")))?
+            as usize,
+    };
+    let experts = m.need("expert_count")?;
+    let top_k = m.need("expert_used_count")?;
+    let expert_ffn = match m.usize("expert_feed_forward_length")? {
+        Some(f) => f,
+        None => m.need("feed_forward_length")?,
+    };
+    let dense_ffn = m.usize("feed_forward_length")?.unwrap_or(0);
+    let rotary_dim = m.usize("rope.dimension_count")?.unwrap_or(head_dim);
+    // Norm of the top-k weights: llama.cpp's `expert_weights_norm`, else the family's practice.
+    let renormalize = match m.get("expert_weights_norm") {
+        Some(MetaValue::Bool(b)) => *b,
+        _ => family == Family::Qwen3Moe,
+    };
+    let mut routing = RoutingConfig::softmax_top_k(experts, top_k, renormalize);
+    if matches!(family, Family::Mixtral | Family::GraniteMoe) {
+        routing.order = TopKOrder::TopKThenSoftmax;
+    }
+    let shared_expert = match m.usize("expert_shared_feed_forward_length")? {
+        Some(ffn) if ffn > 0 => Some(SharedExpertConfig {
+            ffn,
+            gated: tensor("blk.0.ffn_gate_inp_shexp.weight").is_some()
+                || files
+                    .iter()
+                    .flat_map(|f| &f.tensors)
+                    .any(|t| t.name.ends_with("ffn_gate_inp_shexp.weight")),
+        }),
+        _ => None,
+    };
+    let mut moe = MoeConfig::new(hidden_size, expert_ffn, experts, top_k);
+    moe.routing = routing;
+    moe.shared_expert = shared_expert;
+    moe.validate().map_err(|e| Error::Config(format!("{source}: {e}")))?;
+    // A layer is sparse when it has a router.
+    let sparse_layers = (0..num_layers)
+        .map(|i| tensor(&format!("blk.{i}.ffn_gate_inp.weight")).is_some())
+        .collect();
+    let has = |key: &str| files.iter().flat_map(|f| &f.tensors).any(|t| t.name.ends_with(key));
+    let qk_norm = if !has("attn_q_norm.weight") {
+        QkNorm::None
+    } else if tensor("blk.0.attn_q_norm.weight").is_some_and(|t| t.dims[0] as usize == head_dim)
+        && family == Family::Qwen3Moe
+    {
+        QkNorm::PerHead
+    } else {
+        QkNorm::Full
+    };
+    let granite = family == Family::GraniteMoe;
+    let eos = |key: &str| meta.get(key).and_then(MetaValue::as_u64).map(|v| v as u32);
+    Ok(ModelConfig {
+        family,
+        architecture: format!("{arch} (GGUF)"),
+        vocab_size,
+        hidden_size,
+        num_layers,
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        max_position_embeddings: m.need("context_length")?,
+        rms_norm_eps: m.f64("attention.layer_norm_rms_epsilon").unwrap_or(1e-6) as f32,
+        rope_theta: m.f64("rope.freq_base").unwrap_or(10000.0) as f32,
+        rotary_dim,
+        // llama.cpp's converter permutes q/k rows of llama-style models for its
+        // interleaved RoPE; the decoder then rotates interleaved pairs too.
+        rope_interleaved: matches!(family, Family::Mixtral | Family::GraniteMoe),
+        tie_word_embeddings: tensor("output.weight").is_none(),
+        attention_bias: has("attn_q.bias"),
+        qk_norm,
+        clip_qkv: m.f64("attention.clamp_kqv").map(|v| v as f32),
+        moe,
+        dense_ffn,
+        sparse_layers,
+        embedding_multiplier: if granite {
+            m.f64("embedding_scale").unwrap_or(1.0) as f32
+        } else {
+            1.0
+        },
+        residual_multiplier: if granite {
+            m.f64("residual_scale").unwrap_or(1.0) as f32
+        } else {
+            1.0
+        },
+        attention_scale: match (granite, m.f64("attention.scale")) {
+            (true, Some(s)) => s as f32,
+            _ => 1.0 / (head_dim as f32).sqrt(),
+        },
+        logits_scaling: if granite {
+            m.f64("logit_scale").unwrap_or(1.0) as f32
+        } else {
+            1.0
+        },
+        bos_token_id: eos("tokenizer.ggml.bos_token_id"),
+        eos_token_ids: eos("tokenizer.ggml.eos_token_id").into_iter().collect(),
+        torch_dtype: None,
+        per_expert_names: true,
+    })
+}
