@@ -54,6 +54,9 @@ struct BenchArgs {
     /// q6_k, mxfp4 (default f16). Shapes whose rows are not whole blocks are skipped.
     #[arg(long)]
     formats: Option<String>,
+    /// Leave out the whole-model rows (they build a 2-layer Qwen3-30B-A3B-shaped model).
+    #[arg(long)]
+    no_models: bool,
     /// Write the full report as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -362,13 +365,17 @@ fn bench(args: BenchArgs) -> webmoe::Result<()> {
     let ctx = GpuContext::new_blocking()?;
     // Whole-model rows: the embedded model, and random weights in Qwen3-30B-A3B's shape
     // (2 of its 48 layers; hidden, ffn and vocabulary divided by 16 with --quick).
-    let embedded = load(&ctx, None, LoadOptions::default())?;
-    let synthetic = qwen3_shaped_model(&ctx, args.quick)?;
-    let models = [
-        ("tiny-moe (embedded)".to_string(), &embedded.model),
-        (synthetic.0.clone(), &synthetic.1),
-    ];
-    let report = pollster::block_on(webmoe::bench::run_bench(&ctx, &options, &models))?;
+    let report = if args.no_models {
+        pollster::block_on(webmoe::bench::run_bench(&ctx, &options, &[]))?
+    } else {
+        let embedded = load(&ctx, None, LoadOptions::default())?;
+        let synthetic = qwen3_shaped_model(&ctx, args.quick)?;
+        let models = [
+            ("tiny-moe (embedded)".to_string(), &embedded.model),
+            (synthetic.0.clone(), &synthetic.1),
+        ];
+        pollster::block_on(webmoe::bench::run_bench(&ctx, &options, &models))?
+    };
     print!("{}", webmoe::bench::markdown(&report));
     let write =
         |path: &Path, text: String| std::fs::write(path, text).map_err(|e| webmoe::Error::io(path.display(), e));
