@@ -8,7 +8,6 @@ use common::u32s;
 use std::path::PathBuf;
 
 use serde_json::Value;
-use webmoe::model::generate::{generate, SamplingParams};
 use webmoe::model::load::{load_model_dir, LoadOptions};
 use webmoe::model::perplexity::perplexity;
 
@@ -50,19 +49,8 @@ fn greedy_continuation_matches_transformers() {
         .encode(exp["prompt_text"].as_str().unwrap())
         .unwrap();
     assert_eq!(prompt, u32s(&exp["prompt_ids"]));
-    let mut session = webmoe::model::session::Session::new(&ctx, &loaded.model, None).unwrap();
-    let gen = pollster::block_on(generate(
-        &ctx,
-        &loaded.model,
-        &mut session,
-        &prompt,
-        32,
-        SamplingParams::greedy(),
-        &[],
-        |_, _| true,
-    ))
-    .unwrap();
-    assert_eq!(gen.generated_ids, u32s(&exp["greedy_ids"]));
+    let generated = common::greedy_tokens(&ctx, &loaded.model, &prompt, 32, &[]);
+    assert_eq!(generated, u32s(&exp["greedy_ids"]));
 }
 
 #[test]
@@ -153,19 +141,10 @@ fn llama_cpp_q4_k_m_file_gives_llama_cpp_greedy_text() {
     let loaded = webmoe::model::load::load_model_path(&ctx, &path, LoadOptions::default()).unwrap();
     let tokenizer = loaded.tokenizer().unwrap();
     let prompt = tokenizer.encode(meta["prompt_text"].as_str().unwrap()).unwrap();
-    let mut session = webmoe::model::session::Session::new(&ctx, &loaded.model, None).unwrap();
-    let gen = pollster::block_on(generate(
-        &ctx,
-        &loaded.model,
-        &mut session,
-        &prompt,
-        meta["max_tokens"].as_u64().unwrap() as usize,
-        SamplingParams::greedy(),
-        &loaded.model.config.eos_token_ids,
-        |_, _| true,
-    ))
-    .unwrap();
-    let all: Vec<u32> = prompt.iter().chain(&gen.generated_ids).copied().collect();
+    let max_tokens = meta["max_tokens"].as_u64().unwrap() as usize;
+    let stop = &loaded.model.config.eos_token_ids;
+    let generated = common::greedy_tokens(&ctx, &loaded.model, &prompt, max_tokens, stop);
+    let all: Vec<u32> = prompt.iter().chain(&generated).copied().collect();
     assert_eq!(
         tokenizer.decode(&all).unwrap(),
         meta["llama_cpp_greedy_text"].as_str().unwrap(),

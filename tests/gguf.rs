@@ -60,20 +60,8 @@ fn gguf_files_run_like_the_safetensors_they_came_from() {
             &all_logits(&ctx, &hf.model, &prompt),
             1e-5,
         );
-        let mut session = Session::new(&ctx, &gguf.model, None).unwrap();
-        let gen = pollster::block_on(webmoe::model::generate::generate(
-            &ctx,
-            &gguf.model,
-            &mut session,
-            &prompt,
-            16,
-            webmoe::model::generate::SamplingParams::greedy(),
-            &[],
-            |_, _| true,
-        ))
-        .unwrap();
         assert_eq!(
-            gen.generated_ids,
+            greedy_tokens(&ctx, &gguf.model, &prompt, 16, &[]),
             u32s(&exp["greedy_ids"]),
             "{family}: greedy tokens from GGUF"
         );
@@ -272,19 +260,8 @@ fn quantized_gguf_files_give_the_greedy_tokens_of_transformers_on_their_dequanti
     assert_eq!(cases.len(), 3);
     for (file, exp) in cases {
         let gguf = load(&ctx, fixtures().join("gguf").join(file), LoadOptions::default());
-        let mut session = Session::new(&ctx, &gguf.model, None).unwrap();
-        let gen = pollster::block_on(webmoe::model::generate::generate(
-            &ctx,
-            &gguf.model,
-            &mut session,
-            &u32s(&exp["prompt_ids"]),
-            16,
-            webmoe::model::generate::SamplingParams::greedy(),
-            &[],
-            |_, _| true,
-        ))
-        .unwrap();
-        assert_eq!(gen.generated_ids, u32s(&exp["greedy_ids"]), "{file}");
+        let generated = greedy_tokens(&ctx, &gguf.model, &u32s(&exp["prompt_ids"]), 16, &[]);
+        assert_eq!(generated, u32s(&exp["greedy_ids"]), "{file}");
     }
 }
 

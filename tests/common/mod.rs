@@ -80,3 +80,26 @@ pub fn u32s(v: &serde_json::Value) -> Vec<u32> {
         .map(|x| x.as_u64().unwrap() as u32)
         .collect()
 }
+
+/// Up to `n` greedy tokens after `prompt` on a fresh session of `model`, stopping at `stop`.
+pub fn greedy_tokens(
+    ctx: &GpuContext,
+    model: &webmoe::model::model::Model,
+    prompt: &[u32],
+    n: usize,
+    stop: &[u32],
+) -> Vec<u32> {
+    let mut session = webmoe::model::session::Session::new(ctx, model, None).unwrap();
+    let generation = pollster::block_on(webmoe::model::generate::generate(
+        ctx,
+        model,
+        &mut session,
+        prompt,
+        n,
+        webmoe::model::generate::SamplingParams::greedy(),
+        stop,
+        |_, _| true,
+    ))
+    .unwrap();
+    generation.generated_ids
+}
