@@ -6,7 +6,7 @@ metadata keys, q/k rows permuted for llama-style models (Mixtral -> `llama`,
 GraniteMoE), and the tokenizer as `tokenizer.ggml.*` (byte-level BPE, "gpt2").
 
     pip install gguf numpy
-    python3 scripts/hf_to_gguf.py MODEL_DIR OUT.gguf [--type f32|f16|q8_0|q4_0|mxfp4]
+    python3 scripts/hf_to_gguf.py MODEL_DIR OUT.gguf [--type f32|f16|bf16|q8_0|q4_0|mxfp4]
 
 --type stores the projections (attention, dense MLPs, experts) in that type — rows
 that are not whole 32-element blocks stay f32 — with webmoe's quantize-at-load policy
@@ -55,7 +55,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model_dir", type=pathlib.Path)
     ap.add_argument("out", type=pathlib.Path)
-    ap.add_argument("--type", default="f32", choices=["f32", "f16", "q8_0", "q4_0", "mxfp4"])
+    ap.add_argument("--type", default="f32", choices=["f32", "f16", "bf16", "q8_0", "q4_0", "mxfp4"])
     ap.add_argument("--split-max-tensors", type=int, default=0, help="split into files of at most N tensors")
     a = ap.parse_args()
     c = json.loads((a.model_dir / "config.json").read_text())
@@ -129,7 +129,7 @@ def main():
             w.add_tensor(name, x.astype(np.float32))
             return
         if kind == "embed":
-            typ = "f16" if a.type == "f16" else "f32"
+            typ = a.type if a.type in ("f16", "bf16") else "f32"
         elif kind == "output" and block is not None:
             typ = "q8_0"
         else:
@@ -139,6 +139,11 @@ def main():
             w.add_tensor(name, quants.quantize(x, qt), raw_dtype=qt)
         elif typ == "f16":
             w.add_tensor(name, x.astype(np.float16))
+        elif typ == "bf16":
+            # round to nearest even, as webmoe's --dtype bf16 (the half crate) does
+            u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+            bits = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+            w.add_tensor(name, bits, raw_shape=x.shape, raw_dtype=T.BF16)
         else:
             w.add_tensor(name, x.astype(np.float32))
 

@@ -88,8 +88,26 @@ fn gguf_files_run_like_the_safetensors_they_came_from() {
 }
 
 #[test]
-fn quantized_gguf_files_equal_quantizing_at_load() {
+fn gguf_files_equal_converting_or_quantizing_at_load() {
     let ctx = context();
+    // bf16 equals converting at load (--dtype bf16).
+    let bf16 = load(
+        &ctx,
+        fixtures().join("gguf/qwen3_moe-bf16.gguf"),
+        LoadOptions::default(),
+    );
+    let options = LoadOptions {
+        weight_format: Some(WeightFormat::BF16),
+        ..Default::default()
+    };
+    let hf = load(&ctx, fixtures().join("models/qwen3_moe"), options);
+    let prompt = u32s(&expected("qwen3_moe")["prompt_ids"]);
+    assert_close(
+        "qwen3_moe bf16 GGUF vs --dtype bf16",
+        &all_logits(&ctx, &bf16.model, &prompt),
+        &all_logits(&ctx, &hf.model, &prompt),
+        1e-6,
+    );
     // Granite's file is llama-style (permuted q/k rows, interleaved RoPE): the same
     // products summed in another order inside q.k, hence 1e-5 there.
     for (family, format, tolerance) in [
