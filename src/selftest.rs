@@ -185,7 +185,7 @@ async fn transformer_op_checks(ctx: &GpuContext, rng: &mut ChaCha8Rng) -> Result
     ));
     // RoPE at a large position
     let (tokens, heads, hd, pos0) = (3, 2, 32, 200);
-    let table = upload_rope_table(ctx, 10000.0, hd, pos0 + tokens)?;
+    let table = upload_rope_table(ctx, 10000.0, hd, pos0 + tokens, &Default::default())?;
     let mut q = random(rng, tokens * heads * hd, 1.0);
     let qg = GpuTensor::from_f32(ctx, "q", &[tokens, heads * hd], &q, DType::F32)?;
     run(&|e| {

@@ -59,7 +59,7 @@ fn rope_matches_reference_with_full_and_partial_rotary() {
         (5, 4, 16, 16, 3, true),
         (3, 2, 64, 64, 700, true),
     ] {
-        let table = upload_rope_table(&ctx, 10000.0, rot, pos0 + tokens).unwrap();
+        let table = upload_rope_table(&ctx, 10000.0, rot, pos0 + tokens, &Default::default()).unwrap();
         let host_table = rope_table(10000.0, rot, pos0 + tokens);
         let mut x = random_vec(&mut rng, tokens * heads * head_dim, 1.0);
         let xg = upload(&ctx, &[tokens, heads * head_dim], &x);

@@ -13,12 +13,14 @@
 //!   logits then softmax.
 //! - head_dim = `head_dim` or hidden_size / num_attention_heads; rope theta from
 //!   `rope_parameters.rope_theta` (transformers 5) or `rope_theta`, partial rotary from
-//!   `partial_rotary_factor` in either place.
+//!   `partial_rotary_factor` in either place; RoPE scaling (linear, llama3, yarn) from
+//!   `rope_parameters` or the legacy `rope_scaling` (modeling_rope_utils.py).
 
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::moe::{MoeConfig, SharedExpertConfig};
+use crate::ops::rope::RopeScaling;
 use crate::ops::routing::{RoutingConfig, TopKOrder};
 use crate::weights::WeightFormat;
 
@@ -64,6 +66,8 @@ pub struct ModelConfig {
     pub rope_theta: f32,
     /// Rotated dimensions of each head (head_dim * partial_rotary_factor).
     pub rotary_dim: usize,
+    /// Frequency scaling of RoPE (`rope_parameters` / `rope_scaling`).
+    pub rope_scaling: RopeScaling,
     /// RoPE on interleaved pairs (2i, 2i + 1) instead of halves (i, i + rot/2): GGUF
     /// files of llama-style models, whose q/k rows llama.cpp's converter permuted.
     pub rope_interleaved: bool,
@@ -95,11 +99,73 @@ enum OneOrMany {
     Many(Vec<u32>),
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Clone)]
 struct RopeParameters {
     rope_theta: Option<f64>,
     partial_rotary_factor: Option<f64>,
     rope_type: Option<String>,
+    /// The legacy `rope_scaling` spelling of rope_type.
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    factor: Option<f64>,
+    low_freq_factor: Option<f64>,
+    high_freq_factor: Option<f64>,
+    original_max_position_embeddings: Option<f64>,
+    beta_fast: Option<f64>,
+    beta_slow: Option<f64>,
+    attention_factor: Option<f64>,
+    mscale: Option<f64>,
+    mscale_all_dim: Option<f64>,
+    truncate: Option<bool>,
+}
+
+impl RopeParameters {
+    /// The scaling these parameters ask for (`max_positions`: the config's
+    /// max_position_embeddings, YaRN's default original length).
+    fn scaling(&self, source: &str, max_positions: usize) -> Result<RopeScaling> {
+        let kind = self.rope_type.as_deref().or(self.kind.as_deref()).unwrap_or("default");
+        let need = |v: Option<f64>, field: &str| {
+            v.ok_or_else(|| Error::Config(format!("{source}: rope_type `{kind}` needs `{field}`")))
+        };
+        Ok(match kind {
+            "default" => RopeScaling::None,
+            "linear" => RopeScaling::Linear {
+                factor: need(self.factor, "factor")? as f32,
+            },
+            "llama3" => RopeScaling::Llama3 {
+                factor: need(self.factor, "factor")? as f32,
+                low_freq_factor: need(self.low_freq_factor, "low_freq_factor")? as f32,
+                high_freq_factor: need(self.high_freq_factor, "high_freq_factor")? as f32,
+                original_max_positions: need(
+                    self.original_max_position_embeddings,
+                    "original_max_position_embeddings",
+                )? as f32,
+            },
+            "yarn" => {
+                let original = self.original_max_position_embeddings.unwrap_or(max_positions as f64);
+                let factor = self.factor.unwrap_or(max_positions as f64 / original);
+                let mscale = |scale: f64, m: f64| if scale <= 1.0 { 1.0 } else { 0.1 * m * scale.ln() + 1.0 };
+                let attention_factor = match (self.attention_factor, self.mscale, self.mscale_all_dim) {
+                    (Some(a), _, _) => a,
+                    (None, Some(m), Some(all)) if m != 0.0 && all != 0.0 => mscale(factor, m) / mscale(factor, all),
+                    _ => mscale(factor, 1.0),
+                };
+                RopeScaling::Yarn {
+                    factor,
+                    original_max_positions: original,
+                    beta_fast: self.beta_fast.filter(|b| *b != 0.0).unwrap_or(32.0),
+                    beta_slow: self.beta_slow.filter(|b| *b != 0.0).unwrap_or(1.0),
+                    attention_factor,
+                    truncate: self.truncate.unwrap_or(true),
+                }
+            }
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "{source}: rope_type `{other}` is not supported (default, linear, llama3 and yarn are)"
+                )))
+            }
+        })
+    }
 }
 
 /// The fields webmoe reads; everything optional so missing ones get named errors.
@@ -118,7 +184,7 @@ struct RawConfig {
     rope_theta: Option<f64>,
     partial_rotary_factor: Option<f64>,
     rope_parameters: Option<RopeParameters>,
-    rope_scaling: Option<serde_json::Value>,
+    rope_scaling: Option<RopeParameters>,
     tie_word_embeddings: Option<bool>,
     attention_bias: Option<bool>,
     qkv_bias: Option<bool>,
@@ -175,21 +241,12 @@ impl ModelConfig {
                 )))
             }
         };
-        if let Some(scaling) = &raw.rope_scaling {
-            if !scaling.is_null() {
-                return Err(Error::Unsupported(format!(
-                    "{source}: rope_scaling {scaling} is not supported yet"
-                )));
-            }
-        }
-        let rope = raw.rope_parameters.unwrap_or_default();
-        if let Some(kind) = rope.rope_type.as_deref() {
-            if kind != "default" {
-                return Err(Error::Unsupported(format!(
-                    "{source}: rope_type `{kind}` is not supported yet (only default RoPE)"
-                )));
-            }
-        }
+        // transformers 5 writes `rope_parameters`; older configs `rope_scaling`.
+        let rope = raw
+            .rope_parameters
+            .clone()
+            .or(raw.rope_scaling.clone())
+            .unwrap_or_default();
 
         let hidden_size = need(raw.hidden_size, "hidden_size")?;
         let num_heads = need(raw.num_attention_heads, "num_attention_heads")?;
@@ -291,6 +348,7 @@ impl ModelConfig {
             rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6) as f32,
             rope_theta,
             rotary_dim,
+            rope_scaling: rope.scaling(source, need(raw.max_position_embeddings, "max_position_embeddings")?)?,
             rope_interleaved: false,
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
             attention_bias: match family {

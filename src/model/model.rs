@@ -339,7 +339,13 @@ impl Model {
         } else {
             config.moe.weight_format = embed.format;
         }
-        let rope = upload_rope_table(ctx, config.rope_theta, config.rotary_dim, max_context)?;
+        let rope = upload_rope_table(
+            ctx,
+            config.rope_theta,
+            config.rotary_dim,
+            max_context,
+            &config.rope_scaling,
+        )?;
         let model = Self {
             config,
             max_context,

@@ -7,7 +7,7 @@ use crate::moe::reference::moe_reference;
 use crate::ops::attention::attention_reference;
 use crate::ops::expert_matmul::{matvec_reference, swiglu_reference};
 use crate::ops::norm::rms_norm_reference;
-use crate::ops::rope::{rope_reference, rope_table};
+use crate::ops::rope::{rope_reference, rope_table_scaled};
 use crate::weights::WeightFormat;
 
 /// `x [T, in]` times `w [out, in]^T`.
@@ -43,7 +43,7 @@ pub fn forward_reference(config: &ModelConfig, weights: &ModelWeights, ids: &[u3
         .iter()
         .flat_map(|&id| embed[id as usize * d..][..d].iter().map(|v| v * c.embedding_multiplier))
         .collect();
-    let table = rope_table(c.rope_theta, c.rotary_dim, t);
+    let table = rope_table_scaled(c.rope_theta, c.rotary_dim, t, &c.rope_scaling);
     for layer in &weights.layers {
         let a = &layer.attention;
         let h = rms_norm_reference(&x, &layer.input_norm, c.rms_norm_eps);

@@ -40,6 +40,7 @@ pub fn synthetic_config(family: Family, dims: Dims, moe: MoeConfig) -> ModelConf
         rms_norm_eps: 1e-6,
         rope_theta: 10000.0,
         rotary_dim: dims.head_dim,
+        rope_scaling: Default::default(),
         rope_interleaved: false,
         tie_word_embeddings: false,
         attention_bias: false,

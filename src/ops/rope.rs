@@ -5,27 +5,135 @@ use crate::gpu::kernel::{Recorder, ROPE};
 use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::ops::{workgroups, Position};
 
-/// The (cos, sin) table `[positions, rot/2, 2]` as transformers computes it in f32:
-/// `inv_freq[i] = 1 / theta^(2i / rot)`, angle = position * inv_freq[i].
-pub fn rope_table(theta: f32, rotary_dim: usize, positions: usize) -> Vec<f32> {
+/// RoPE frequency scaling, as transformers' `modeling_rope_utils` computes it (f32
+/// like torch): linear (`inv_freq / factor`), llama3 (low frequencies divided by the
+/// factor, a smooth ramp between), YaRN (interpolation blended with extrapolation over
+/// a correction range, cos/sin times the attention factor).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum RopeScaling {
+    #[default]
+    None,
+    Linear {
+        factor: f32,
+    },
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_positions: f32,
+    },
+    Yarn {
+        factor: f64,
+        original_max_positions: f64,
+        beta_fast: f64,
+        beta_slow: f64,
+        /// Multiplies cos and sin.
+        attention_factor: f64,
+        truncate: bool,
+    },
+}
+
+/// The inverse frequencies of `rotary_dim` rotated dimensions.
+pub fn inv_freq(theta: f32, rotary_dim: usize, scaling: &RopeScaling) -> Vec<f32> {
     let half = rotary_dim / 2;
-    let inv_freq: Vec<f32> = (0..half)
+    let base: Vec<f32> = (0..half)
         .map(|i| 1.0 / theta.powf((2 * i) as f32 / rotary_dim as f32))
         .collect();
+    match *scaling {
+        RopeScaling::None => base,
+        RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_positions: old,
+        } => {
+            let (low_wavelen, high_wavelen) = (old / low_freq_factor, old / high_freq_factor);
+            base.iter()
+                .map(|&f| {
+                    let wavelen = 2.0 * std::f32::consts::PI / f;
+                    let scaled = if wavelen > low_wavelen { f / factor } else { f };
+                    if wavelen < high_wavelen || wavelen > low_wavelen {
+                        return scaled;
+                    }
+                    let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                    (1.0 - smooth) * scaled / factor + smooth * scaled
+                })
+                .collect()
+        }
+        RopeScaling::Yarn {
+            factor,
+            original_max_positions,
+            beta_fast,
+            beta_slow,
+            truncate,
+            ..
+        } => {
+            let dim = rotary_dim as f64;
+            let b = theta as f64;
+            let correction = |rotations: f64| {
+                dim * (original_max_positions / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * b.ln())
+            };
+            let (mut low, mut high) = (correction(beta_fast), correction(beta_slow));
+            if truncate {
+                low = low.floor();
+                high = high.ceil();
+            }
+            let (low, mut high) = (low.max(0.0) as f32, high.min(dim - 1.0) as f32);
+            if low == high {
+                high += 0.001;
+            }
+            (0..half)
+                .map(|i| {
+                    let pos_freq = theta.powf((2 * i) as f32 / rotary_dim as f32);
+                    let extrapolation = 1.0 / pos_freq;
+                    let interpolation = 1.0 / (factor as f32 * pos_freq);
+                    let ramp = ((i as f32 - low) / (high - low)).clamp(0.0, 1.0);
+                    let extrapolation_factor = 1.0 - ramp;
+                    interpolation * (1.0 - extrapolation_factor) + extrapolation * extrapolation_factor
+                })
+                .collect()
+        }
+    }
+}
+
+/// The (cos, sin) table `[positions, rot/2, 2]` as transformers computes it in f32:
+/// `inv_freq[i] = 1 / theta^(2i / rot)` (scaled), angle = position * inv_freq[i].
+pub fn rope_table_scaled(theta: f32, rotary_dim: usize, positions: usize, scaling: &RopeScaling) -> Vec<f32> {
+    let half = rotary_dim / 2;
+    let inv_freq = inv_freq(theta, rotary_dim, scaling);
+    let attention = match *scaling {
+        RopeScaling::Yarn { attention_factor, .. } => Some(attention_factor as f32),
+        _ => None,
+    };
     let mut table = Vec::with_capacity(positions * half * 2);
     for pos in 0..positions {
         for f in &inv_freq {
             let angle = pos as f32 * f;
-            table.push(angle.cos());
-            table.push(angle.sin());
+            let (c, s) = (angle.cos(), angle.sin());
+            match attention {
+                Some(a) => table.extend([c * a, s * a]),
+                None => table.extend([c, s]),
+            }
         }
     }
     table
 }
 
+/// The unscaled table.
+pub fn rope_table(theta: f32, rotary_dim: usize, positions: usize) -> Vec<f32> {
+    rope_table_scaled(theta, rotary_dim, positions, &RopeScaling::None)
+}
+
 /// Uploads a rope table.
-pub fn upload_rope_table(ctx: &GpuContext, theta: f32, rotary_dim: usize, positions: usize) -> Result<GpuTensor> {
-    let table = rope_table(theta, rotary_dim, positions);
+pub fn upload_rope_table(
+    ctx: &GpuContext,
+    theta: f32,
+    rotary_dim: usize,
+    positions: usize,
+    scaling: &RopeScaling,
+) -> Result<GpuTensor> {
+    let table = rope_table_scaled(theta, rotary_dim, positions, scaling);
     GpuTensor::from_f32(ctx, "rope table", &[positions, rotary_dim / 2, 2], &table, DType::F32)
 }
 

@@ -295,6 +295,7 @@ fn config_of(files: &[GgufFile], meta: &BTreeMap<String, MetaValue>, source: &st
         rotary_dim,
         // llama.cpp's converter permutes q/k rows of llama-style models for its
         // interleaved RoPE; the decoder then rotates interleaved pairs too.
+        rope_scaling: Default::default(),
         rope_interleaved: matches!(family, Family::Mixtral | Family::GraniteMoe),
         tie_word_embeddings: tensor("output.weight").is_none(),
         attention_bias: has("attn_q.bias"),
