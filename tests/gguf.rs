@@ -87,27 +87,29 @@ fn gguf_files_run_like_the_safetensors_they_came_from() {
     }
 }
 
+/// Asserts that the GGUF file `gguf` gives the logits of `family`'s safetensors fixture
+/// loaded with `options` (the same weights stored the same way).
+fn assert_gguf_equals_load(ctx: &GpuContext, gguf: &str, family: &str, options: LoadOptions, tolerance: f32) {
+    let from_gguf = load(ctx, fixtures().join("gguf").join(gguf), LoadOptions::default());
+    let from_safetensors = load(ctx, fixtures().join(format!("models/{family}")), options);
+    let prompt = u32s(&expected(family)["prompt_ids"]);
+    assert_close(
+        &format!("{gguf} vs {family} loaded with {options:?}"),
+        &all_logits(ctx, &from_gguf.model, &prompt),
+        &all_logits(ctx, &from_safetensors.model, &prompt),
+        tolerance,
+    );
+}
+
 #[test]
 fn gguf_files_equal_converting_or_quantizing_at_load() {
     let ctx = context();
     // bf16 equals converting at load (--dtype bf16).
-    let bf16 = load(
-        &ctx,
-        fixtures().join("gguf/qwen3_moe-bf16.gguf"),
-        LoadOptions::default(),
-    );
-    let options = LoadOptions {
+    let bf16 = LoadOptions {
         weight_format: Some(WeightFormat::BF16),
         ..Default::default()
     };
-    let hf = load(&ctx, fixtures().join("models/qwen3_moe"), options);
-    let prompt = u32s(&expected("qwen3_moe")["prompt_ids"]);
-    assert_close(
-        "qwen3_moe bf16 GGUF vs --dtype bf16",
-        &all_logits(&ctx, &bf16.model, &prompt),
-        &all_logits(&ctx, &hf.model, &prompt),
-        1e-6,
-    );
+    assert_gguf_equals_load(&ctx, "qwen3_moe-bf16.gguf", "qwen3_moe", bf16, 1e-6);
     // Granite's file is llama-style (permuted q/k rows, interleaved RoPE): the same
     // products summed in another order inside q.k, hence 1e-5 there.
     for (family, format, tolerance) in [
@@ -115,23 +117,11 @@ fn gguf_files_equal_converting_or_quantizing_at_load() {
         ("qwen2_moe", WeightFormat::Q4_0, 1e-6),
         ("granitemoe", WeightFormat::Mxfp4, 1e-5),
     ] {
-        let gguf = load(
-            &ctx,
-            fixtures().join(format!("gguf/{family}-{format}.gguf")),
-            LoadOptions::default(),
-        );
-        let options = LoadOptions {
+        let quantized = LoadOptions {
             quantize: Some(format),
             ..Default::default()
         };
-        let hf = load(&ctx, fixtures().join(format!("models/{family}")), options);
-        let prompt = u32s(&expected(family)["prompt_ids"]);
-        assert_close(
-            &format!("{family} {format} GGUF vs quantized at load"),
-            &all_logits(&ctx, &gguf.model, &prompt),
-            &all_logits(&ctx, &hf.model, &prompt),
-            tolerance,
-        );
+        assert_gguf_equals_load(&ctx, &format!("{family}-{format}.gguf"), family, quantized, tolerance);
     }
 }
 
@@ -142,19 +132,11 @@ fn split_gguf_files_load_from_the_first() {
     let files = gguf_split_files(&first);
     assert_eq!(files.len(), 2);
     assert!(files[1].ends_with("qwen3_moe-00002-of-00002.gguf"));
-    let gguf = load(&ctx, first, LoadOptions::default());
-    let options = LoadOptions {
+    let f16 = LoadOptions {
         weight_format: Some(WeightFormat::F16),
         ..Default::default()
     };
-    let hf = load(&ctx, fixtures().join("models/qwen3_moe"), options);
-    let prompt = u32s(&expected("qwen3_moe")["prompt_ids"]);
-    assert_close(
-        "split f16 GGUF vs --dtype f16",
-        &all_logits(&ctx, &gguf.model, &prompt),
-        &all_logits(&ctx, &hf.model, &prompt),
-        1e-6,
-    );
+    assert_gguf_equals_load(&ctx, "split/qwen3_moe-00001-of-00002.gguf", "qwen3_moe", f16, 1e-6);
 }
 
 #[test]

@@ -321,11 +321,6 @@ impl Recorder {
         self.steps.push(Step::Clear(buffer.clone()));
     }
 
-    /// Dispatches recorded so far.
-    pub fn dispatches(&self) -> usize {
-        self.steps.iter().filter(|s| matches!(s, Step::Dispatch { .. })).count()
-    }
-
     /// Encodes every recorded step into `encoder`, dispatches in shared compute passes.
     pub fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
         let mut i = 0;

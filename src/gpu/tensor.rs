@@ -24,34 +24,16 @@ impl DType {
         }
     }
 
-    /// The value of the `WEIGHT_DTYPE` override in common.wgsl for this type.
-    pub fn weight_code(self) -> f64 {
-        match self {
-            DType::F32 | DType::U32 => 0.0,
-            DType::F16 => 1.0,
-            DType::BF16 => 2.0,
-        }
-    }
-
     /// Bytes of storage for `len` elements (whole 32-bit words, at least one).
     pub fn storage_bytes(self, len: usize) -> u64 {
         ((len * self.size()).div_ceil(4).max(1) * 4) as u64
     }
 
-    /// Encodes f32 values in this type's storage layout.
+    /// Encodes f32 values in this type's storage layout (the weight formats' encoder).
     pub fn encode_f32(self, values: &[f32]) -> Vec<u8> {
-        let mut bytes: Vec<u8> = match self {
-            DType::F32 => bytemuck::cast_slice(values).to_vec(),
-            DType::F16 => values
-                .iter()
-                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-                .collect(),
-            DType::BF16 => values
-                .iter()
-                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
-                .collect(),
-            DType::U32 => panic!("encode_f32 called for a u32 tensor"),
-        };
+        let format = crate::weights::WeightFormat::of_dtype(self).expect("encode_f32 called for a u32 tensor");
+        let mut bytes = Vec::with_capacity(self.storage_bytes(values.len()) as usize);
+        format.encode_into(values, &mut bytes);
         bytes.resize(self.storage_bytes(values.len()) as usize, 0);
         bytes
     }

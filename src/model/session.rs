@@ -88,11 +88,6 @@ impl Workspace {
             head_words,
         })
     }
-
-    /// Dispatches one step of this workspace records.
-    pub fn dispatches(&self) -> usize {
-        self.recording.dispatches()
-    }
 }
 
 /// One sequence being generated: KV cache, position, routing statistics, workspaces.
