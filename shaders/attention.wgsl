@@ -1,8 +1,12 @@
-// Causal attention with a KV cache and grouped-query heads.
+// Causal attention with a KV cache of several sequences (slots) and grouped-query heads.
+// Token t belongs to sequence slot s_t at position p_t: positions [T] = (s_t, p_t), so one
+// step may hold a prompt chunk of one sequence, or one token of each of many sequences
+// of different lengths (continuous batching).
 // kv_store: copies this step's k, v [T, kv_heads * head_dim] into the caches
-//   [kv_heads, max_ctx, head_dim] at positions pos0..pos0+T.
-// attend: out[t, h] = sum_j softmax_j(scale * q[t, h] . k[j, h / group]) v[j, h / group]
-//   over cache positions j <= pos0 + t. Scores and then probabilities go through the
+//   [slots, kv_heads, max_ctx, head_dim] at (s_t, p_t).
+// attend: out[t, h] = sum_j softmax_j(scale * q[t, h] . k[s_t, j, h / group]) v[s_t, j, h / group]
+//   over cache positions j <= p_t. Tokens past the cache (slot or position) are skipped
+//   (the host refuses them first). Scores and then probabilities go through the
 //   `scores` scratch [T * heads, max_ctx]; max and sum by fixed-order tree reductions,
 //   the weighted sum of values in position order: deterministic.
 // Mapping: kv_store one invocation per element of k; attend one 64-invocation
@@ -15,16 +19,8 @@ struct AttentionParams {
     head_dim: u32,
     max_ctx: u32,
     scale: f32,
+    slots: u32,
     _pad0: u32,
-    _pad1: u32,
-}
-
-// The position of the first token (written by the host before each submit).
-struct Position {
-    pos0: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: AttentionParams;
@@ -35,7 +31,12 @@ struct Position {
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 @group(0) @binding(6) var<storage, read> k_new: array<f32>;
 @group(0) @binding(7) var<storage, read> v_new: array<f32>;
-@group(0) @binding(8) var<uniform> position: Position;
+@group(0) @binding(8) var<storage, read> positions: array<u32>; // [T] x (slot, position)
+
+// Whether token t's (slot, position) lies inside the cache.
+fn placed(t: u32) -> bool {
+    return positions[2u * t] < p.slots && positions[2u * t + 1u] < p.max_ctx;
+}
 
 @compute @workgroup_size(64)
 fn kv_store(
@@ -51,12 +52,18 @@ fn kv_store(
     let t = idx / width;
     let kvh = (idx % width) / p.head_dim;
     let d = idx % p.head_dim;
-    let dst = (kvh * p.max_ctx + position.pos0 + t) * p.head_dim + d;
+    if (!placed(t)) {
+        return;
+    }
+    let slot = positions[2u * t];
+    let dst = ((slot * p.kv_heads + kvh) * p.max_ctx + positions[2u * t + 1u]) * p.head_dim + d;
     k_cache[dst] = k_new[idx];
     v_cache[dst] = v_new[idx];
 }
 
 var<workgroup> partial: array<f32, 64>;
+var<workgroup> row_slot: u32;
+var<workgroup> row_position: u32;
 
 // Tree reduction of partial[0..64] with max (use_max) or sum; result for all invocations.
 fn reduce(lid: u32, use_max: bool) -> f32 {
@@ -85,11 +92,21 @@ fn attend(
         return;
     }
     let t = th / p.heads;
+    // (slot, position) made workgroup-uniform, as the reductions below need.
+    if (lid == 0u) {
+        row_slot = positions[2u * t];
+        row_position = positions[2u * t + 1u];
+    }
+    let slot = workgroupUniformLoad(&row_slot);
+    let pos = workgroupUniformLoad(&row_position);
+    if (slot >= p.slots || pos >= p.max_ctx) {
+        return;
+    }
     let h = th % p.heads;
     let kvh = h / (p.heads / p.kv_heads);
-    let keys = position.pos0 + t + 1u;
+    let keys = pos + 1u;
     let qb = th * p.head_dim;
-    let cache_base = kvh * p.max_ctx * p.head_dim;
+    let cache_base = (slot * p.kv_heads + kvh) * p.max_ctx * p.head_dim;
     let sb = th * p.max_ctx;
 
     var local_max = -3.0e38;

@@ -1,9 +1,9 @@
 // Rotary position embedding, in place, rotate-half (GPT-NeoX / HF Llama) layout:
-// for i < rot/2 at position pos = pos0 + t:
+// for i < rot/2 at token t's position pos = positions[t].position:
 //   x[i]         = x[i] * cos - x[i + rot/2] * sin
 //   x[i + rot/2] = x[i + rot/2] * cos + x[i] * sin
 // Dimensions rot..head_dim are left alone (partial rotary).
-// Layout: x [T, heads, head_dim] f32; pos0 from the `position` uniform; table [positions, rot/2, 2] f32 = (cos, sin),
+// Layout: x [T, heads, head_dim] f32; positions [T] (slot, position) u32; table [positions, rot/2, 2] f32 = (cos, sin),
 // computed on the CPU the way transformers does (f32 inv_freq * position).
 // Mapping: one invocation per (t, head, i), 64 per workgroup.
 
@@ -18,18 +18,11 @@ struct RopeParams {
     _pad2: u32,
 }
 
-// The position of the first token (written by the host before each submit).
-struct Position {
-    pos0: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
 
 @group(0) @binding(0) var<uniform> p: RopeParams;
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;
 @group(0) @binding(2) var<storage, read> table: array<f32>;
-@group(0) @binding(3) var<uniform> position: Position;
+@group(0) @binding(3) var<storage, read> positions: array<u32>; // [T] x (slot, position)
 
 @compute @workgroup_size(64)
 fn rope(
@@ -45,7 +38,7 @@ fn rope(
     let th = idx / p.half_rot; // t * heads + head
     let t = th / p.heads;
     let base = th * p.head_dim;
-    let entry = ((position.pos0 + t) * p.half_rot + i) * 2u;
+    let entry = (positions[2u * t + 1u] * p.half_rot + i) * 2u;
     let c = table[entry];
     let s = table[entry + 1u];
     var a = base + i;

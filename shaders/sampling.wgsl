@@ -1,6 +1,6 @@
-// Greedy sampling: result[0] = argmax_i logits[i] (lowest index among equal maxima).
-// Layout: logits [vocab] f32; result [1] u32.
-// Mapping: a single 256-invocation workgroup; strided scans, then a fixed-order tree
+// Greedy sampling: result[r] = argmax_i logits[r, i] (lowest index among equal maxima).
+// Layout: logits [rows, len] f32; result [rows] u32.
+// Mapping: one 256-invocation workgroup per row; strided scans, then a fixed-order tree
 // reduction of (value, index) pairs.
 
 struct ArgmaxParams {
@@ -23,11 +23,13 @@ fn wins(va: f32, ia: u32, vb: f32, ib: u32) -> bool {
 }
 
 @compute @workgroup_size(256)
-fn argmax(@builtin(local_invocation_index) lid: u32) {
+fn argmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wid.x;
+    let base = row * p.len;
     var v = 0.0;
     var idx = SENTINEL;
     for (var i = lid; i < p.len; i += 256u) {
-        let x = logits[i];
+        let x = logits[base + i];
         if (x == x && wins(x, i, v, idx)) {
             v = x;
             idx = i;
@@ -47,6 +49,6 @@ fn argmax(@builtin(local_invocation_index) lid: u32) {
         }
     }
     if (lid == 0u) {
-        result[0] = best_index[0];
+        result[row] = best_index[0];
     }
 }

@@ -1,5 +1,6 @@
 //! webmoe: Mixture-of-Experts inference on wgpu, native and in the browser.
 pub mod bench;
+pub mod chat;
 pub mod error;
 pub mod gpu;
 

@@ -17,7 +17,7 @@ use crate::ops::embedding::{argmax_reference, encode_argmax};
 use crate::ops::norm::{encode_rms_norm, rms_norm_reference};
 use crate::ops::rope::{encode_rope, rope_reference, rope_table, upload_rope_table};
 use crate::ops::routing::{GroupLimit, GroupScore, Scoring, TopKOrder};
-use crate::ops::Position;
+use crate::ops::TokenPositions;
 use crate::weights::{WeightFormat, WeightMatrix};
 
 #[derive(Clone, Debug, Serialize)]
@@ -188,8 +188,9 @@ async fn transformer_op_checks(ctx: &GpuContext, rng: &mut ChaCha8Rng) -> Result
     let table = upload_rope_table(ctx, 10000.0, hd, pos0 + tokens, &Default::default())?;
     let mut q = random(rng, tokens * heads * hd, 1.0);
     let qg = GpuTensor::from_f32(ctx, "q", &[tokens, heads * hd], &q, DType::F32)?;
+    let positions = TokenPositions::contiguous(ctx, pos0, tokens)?;
     run(&|e| {
-        encode_rope(ctx, e, &qg, &table, heads, hd, &Position::new(ctx, pos0), false);
+        encode_rope(ctx, e, &qg, &table, heads, hd, &positions, false);
         Ok(())
     })?;
     rope_reference(
@@ -215,7 +216,7 @@ async fn transformer_op_checks(ctx: &GpuContext, rng: &mut ChaCha8Rng) -> Result
     let vg = GpuTensor::from_f32(ctx, "v", &[t, kv_heads * hd], &v, DType::F32)?;
     let out = GpuTensor::empty(ctx, "out", &[t, heads * hd], DType::F32)?;
     let scale = 0.25;
-    let start = Position::new(ctx, 0);
+    let start = TokenPositions::contiguous(ctx, 0, t)?;
     run(&|e| encode_attention(ctx, e, &cache, &qg, &kg, &vg, heads, &start, scale, &out))?;
     let want = attention_reference(&q, &k, &v, heads, kv_heads, hd, 0, scale);
     checks.push(check(

@@ -11,7 +11,7 @@ use webmoe::ops::elementwise::{encode_add_row_bias, encode_add_scaled, encode_sc
 use webmoe::ops::embedding::{argmax_reference, encode_argmax, encode_embedding};
 use webmoe::ops::norm::{encode_rms_norm, rms_norm_reference};
 use webmoe::ops::rope::{encode_rope, rope_reference, rope_table, upload_rope_table};
-use webmoe::ops::Position;
+use webmoe::ops::TokenPositions;
 use webmoe::{ContextOptions, DType, GpuContext, GpuTensor, WeightFormat, WeightMatrix};
 
 fn upload(ctx: &GpuContext, shape: &[usize], v: &[f32]) -> GpuTensor {
@@ -63,7 +63,7 @@ fn rope_matches_reference_with_full_and_partial_rotary() {
         let host_table = rope_table(10000.0, rot, pos0 + tokens);
         let mut x = random_vec(&mut rng, tokens * heads * head_dim, 1.0);
         let xg = upload(&ctx, &[tokens, heads * head_dim], &x);
-        let position = Position::new(&ctx, pos0);
+        let position = TokenPositions::contiguous(&ctx, pos0, tokens).unwrap();
         run(&ctx, |enc| {
             encode_rope(&ctx, enc, &xg, &table, heads, head_dim, &position, interleaved)
         });
@@ -99,7 +99,7 @@ fn attention_prefill_then_decode_matches_reference() {
             all_v.extend_from_slice(&v);
             let out = GpuTensor::empty(&ctx, "out", &[tokens, heads * head_dim], DType::F32).unwrap();
             out.poison(&ctx);
-            let position = Position::new(&ctx, pos0);
+            let position = TokenPositions::contiguous(&ctx, pos0, tokens).unwrap();
             run(&ctx, |enc| {
                 let (qg, kg, vg) = (
                     upload(&ctx, &[tokens, heads * head_dim], &q),
@@ -123,8 +123,57 @@ fn attention_prefill_then_decode_matches_reference() {
         let q = upload(&ctx, &[n, heads * head_dim], &vec![0.0; n * heads * head_dim]);
         let kv = upload(&ctx, &[n, kv_heads * head_dim], &vec![0.0; n * kv_heads * head_dim]);
         let mut enc = Recorder::new();
-        let start = Position::new(&ctx, 0);
+        let start = TokenPositions::contiguous(&ctx, 0, n).unwrap();
         assert!(encode_attention(&ctx, &mut enc, &cache, &q, &kv, &kv, heads, &start, scale, &q).is_err());
+    }
+}
+
+#[test]
+fn attention_over_several_sequences_of_different_lengths_matches_each_alone() {
+    // A continuous-batching step: each sequence prefilled in its own slot, then one
+    // step holding one token of every sequence, at different positions (and a prompt
+    // chunk of another sequence in the same step).
+    let ctx = context();
+    let mut rng = rng(31);
+    let (heads, kv_heads, head_dim, max_ctx) = (4, 2, 16, 24);
+    let prompts = [5usize, 1, 13, 8];
+    let slots = prompts.len() + 1;
+    let cache = KvCache::with_slots(&ctx, slots, kv_heads, head_dim, max_ctx).unwrap();
+    let scale = 0.3;
+    let (qw, kvw) = (heads * head_dim, kv_heads * head_dim);
+    let mut history: Vec<(Vec<f32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); slots];
+    let step = |placed: &[(usize, usize)], history: &mut Vec<(Vec<f32>, Vec<f32>)>, rng: &mut _| {
+        let t = placed.len();
+        let q = random_vec(rng, t * qw, 1.0);
+        let k = random_vec(rng, t * kvw, 1.0);
+        let v = random_vec(rng, t * kvw, 1.0);
+        let positions = TokenPositions::new(&ctx, t).unwrap();
+        positions.set(&ctx, placed);
+        let out = GpuTensor::empty(&ctx, "out", &[t, qw], DType::F32).unwrap();
+        out.poison(&ctx);
+        run(&ctx, |enc| {
+            let (qg, kg, vg) = (upload(&ctx, &[t, qw], &q), upload(&ctx, &[t, kvw], &k), upload(&ctx, &[t, kvw], &v));
+            encode_attention(&ctx, enc, &cache, &qg, &kg, &vg, heads, &positions, scale, &out).unwrap();
+        });
+        let got = out.read_f32_blocking(&ctx).unwrap();
+        for (i, &(slot, pos)) in placed.iter().enumerate() {
+            let (hk, hv) = &mut history[slot];
+            assert_eq!(hk.len(), pos * kvw, "test bookkeeping");
+            hk.extend_from_slice(&k[i * kvw..][..kvw]);
+            hv.extend_from_slice(&v[i * kvw..][..kvw]);
+            let want = attention_reference(&q[i * qw..][..qw], hk, hv, heads, kv_heads, head_dim, pos, scale);
+            assert_close(&format!("slot {slot} position {pos}"), &got[i * qw..][..qw], &want, 1e-5);
+        }
+    };
+    for (slot, &n) in prompts.iter().enumerate() {
+        let placed: Vec<_> = (0..n).map(|p| (slot, p)).collect();
+        step(&placed, &mut history, &mut rng);
+    }
+    for round in 0..3 {
+        let mut placed: Vec<_> = prompts.iter().enumerate().map(|(s, &n)| (s, n + round)).collect();
+        // The last slot's prompt arrives in chunks beside the decode tokens.
+        placed.extend((0..4).map(|p| (prompts.len(), round * 4 + p)));
+        step(&placed, &mut history, &mut rng);
     }
 }
 

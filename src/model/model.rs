@@ -24,12 +24,12 @@ use crate::model::safetensors_io::Checkpoint;
 use crate::moe::layer::SharedExpert;
 use crate::moe::MoeLayer;
 use crate::ops::attention::{encode_attention, KvCache};
-use crate::ops::elementwise::{encode_add_row_bias, encode_add_scaled, encode_scale_clamp};
+use crate::ops::elementwise::{encode_add_row_bias, encode_add_scaled, encode_gather_rows, encode_scale_clamp};
 use crate::ops::embedding::encode_embedding;
 use crate::ops::expert_matmul::{encode_down, encode_gate_up, ExpertRows};
 use crate::ops::norm::encode_rms_norm;
 use crate::ops::rope::{encode_rope, upload_rope_table};
-use crate::ops::Position;
+use crate::ops::TokenPositions;
 use crate::weights::{Placement, WeightFormat, WeightMatrix};
 
 /// Batches of at most this many tokens use the GEMV kernels for dense projections.
@@ -42,6 +42,51 @@ pub enum LogitsFor {
     Last,
     /// Every position: `[T, vocab]` (perplexity).
     All,
+}
+
+/// The rows of a recorded forward that get logits.
+#[derive(Clone, Copy)]
+pub enum LogitRows<'a> {
+    Last,
+    All,
+    /// The rows a `[R]` u32 tensor lists (written before each submit): `[R, vocab]`,
+    /// e.g. the last token of each sequence of a batched step.
+    Listed(&'a GpuTensor),
+}
+
+impl From<LogitsFor> for LogitRows<'_> {
+    fn from(which: LogitsFor) -> Self {
+        match which {
+            LogitsFor::Last => LogitRows::Last,
+            LogitsFor::All => LogitRows::All,
+        }
+    }
+}
+
+/// Which matmul kernels a recorded forward uses.
+///
+/// GEMV (one workgroup per token and group of outputs, a strided split of the inner
+/// dimension and a tree reduction) and the tiled matmul (the inner dimension summed in
+/// index order) round differently, so a token's logits depend on which one ran. Each
+/// token's result never depends on the other tokens of its step: a server that always
+/// runs decode steps as `Gemv` and prompt chunks as `Tiled` gives every request the
+/// same tokens whatever it is batched with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernels {
+    /// GEMV for steps of a few tokens, tiles above (the fastest for one sequence).
+    BySize,
+    Gemv,
+    Tiled,
+}
+
+impl Kernels {
+    fn gemv(self, tokens: usize, threshold: usize) -> bool {
+        match self {
+            Kernels::BySize => tokens <= threshold,
+            Kernels::Gemv => true,
+            Kernels::Tiled => false,
+        }
+    }
 }
 
 struct Attention {
@@ -388,16 +433,18 @@ impl Model {
         total
     }
 
-    /// Records the forward of `ids [T]` at the position `position` holds, reading and
-    /// writing `caches` (one per layer).
+    /// Records the forward of `ids [T]` at the slots and positions `positions` holds,
+    /// reading and writing `caches` (one per layer).
+    #[allow(clippy::too_many_arguments)]
     pub fn record_forward(
         &self,
         ctx: &GpuContext,
         rec: &mut Recorder,
         ids: &GpuTensor,
-        position: &Position,
+        positions: &TokenPositions,
         caches: &[KvCache],
-        logits_for: LogitsFor,
+        logit_rows: LogitRows,
+        kernels: Kernels,
     ) -> Result<ForwardOutputs> {
         let c = &self.config;
         let (t, d) = (ids.len(), c.hidden_size);
@@ -408,38 +455,51 @@ impl Model {
                 self.layers.len()
             )));
         }
+        if positions.tokens < t {
+            return Err(Error::Config(format!(
+                "{} token positions for {t} tokens",
+                positions.tokens
+            )));
+        }
+        let gemv = kernels.gemv(t, GEMV_MAX_TOKENS);
         let x = GpuTensor::empty(ctx, "hidden", &[t, d], DType::F32)?;
         encode_embedding(ctx, rec, ids, &self.embed, c.embedding_multiplier, &x)?;
         let mut expert_counts = Vec::new();
         for (layer, cache) in self.layers.iter().zip(caches) {
             let h = norm(ctx, rec, &x, &layer.input_norm, c.rms_norm_eps)?;
-            let attn = self.record_attention(ctx, rec, layer, cache, &h, position)?;
+            let attn = self.record_attention(ctx, rec, layer, cache, &h, positions, gemv)?;
             encode_add_scaled(ctx, rec, &x, &attn, c.residual_multiplier);
             let h = norm(ctx, rec, &x, &layer.post_attention_norm, c.rms_norm_eps)?;
             let f = match &layer.ffn {
                 FeedForward::Moe(moe) => {
-                    let out = moe.encode(ctx, rec, &h)?;
+                    let decode = kernels.gemv(t, moe.config.decode_max_tokens);
+                    let out = moe.encode_with(ctx, rec, &h, decode)?;
                     expert_counts.push(out.expert_counts);
                     out.output
                 }
                 FeedForward::Dense(mlp) => {
                     let mid = GpuTensor::empty(ctx, "dense mlp intermediate", &[t, mlp.gate.out_dim], DType::F32)?;
-                    encode_gate_up(ctx, rec, dense_rows(t), &h, &mlp.gate, &mlp.up, &mid)?;
-                    linear(ctx, rec, &mid, &mlp.down)?
+                    encode_gate_up(ctx, rec, dense_rows(t, gemv), &h, &mlp.gate, &mlp.up, &mid)?;
+                    linear(ctx, rec, &mid, &mlp.down, gemv)?
                 }
             };
             encode_add_scaled(ctx, rec, &x, &f, c.residual_multiplier);
         }
-        let rows = match logits_for {
-            LogitsFor::All => x,
-            LogitsFor::Last => {
+        let rows = match logit_rows {
+            LogitRows::All => x,
+            LogitRows::Last => {
                 let last = GpuTensor::empty(ctx, "last hidden", &[1, d], DType::F32)?;
                 rec.copy(&x.buffer, ((t - 1) * d * 4) as u64, &last.buffer, 0, (d * 4) as u64);
                 last
             }
+            LogitRows::Listed(list) => {
+                let picked = GpuTensor::empty(ctx, "hidden rows for logits", &[list.len(), d], DType::F32)?;
+                encode_gather_rows(ctx, rec, &x, list, &picked);
+                picked
+            }
         };
         let h = norm(ctx, rec, &rows, &self.final_norm, c.rms_norm_eps)?;
-        let logits = linear(ctx, rec, &h, self.lm_head.as_ref().unwrap_or(&self.embed))?;
+        let logits = linear(ctx, rec, &h, self.lm_head.as_ref().unwrap_or(&self.embed), gemv)?;
         if c.logits_scaling != 1.0 {
             encode_scale_clamp(ctx, rec, &logits, 1.0 / c.logits_scaling, f32::MAX);
         }
@@ -453,14 +513,15 @@ impl Model {
         layer: &Layer,
         cache: &KvCache,
         h: &GpuTensor,
-        position: &Position,
+        positions: &TokenPositions,
+        gemv: bool,
     ) -> Result<GpuTensor> {
         let c = &self.config;
         let a = &layer.attention;
         let (mut q, mut k, v) = (
-            linear(ctx, rec, h, &a.q)?,
-            linear(ctx, rec, h, &a.k)?,
-            linear(ctx, rec, h, &a.v)?,
+            linear(ctx, rec, h, &a.q, gemv)?,
+            linear(ctx, rec, h, &a.k, gemv)?,
+            linear(ctx, rec, h, &a.v, gemv)?,
         );
         if let Some([qb, kb, vb]) = &a.biases {
             encode_add_row_bias(ctx, rec, &q, qb);
@@ -485,7 +546,7 @@ impl Model {
             &self.rope,
             c.num_heads,
             c.head_dim,
-            position,
+            positions,
             c.rope_interleaved,
         );
         encode_rope(
@@ -495,7 +556,7 @@ impl Model {
             &self.rope,
             c.num_kv_heads,
             c.head_dim,
-            position,
+            positions,
             c.rope_interleaved,
         );
         let out = GpuTensor::empty(ctx, "attention output", &q.shape, DType::F32)?;
@@ -507,26 +568,23 @@ impl Model {
             &k,
             &v,
             c.num_heads,
-            position,
+            positions,
             c.attention_scale,
             &out,
         )?;
-        linear(ctx, rec, &out, &a.o)
+        linear(ctx, rec, &out, &a.o, gemv)
     }
 }
 
-fn dense_rows(tokens: usize) -> ExpertRows<'static> {
-    ExpertRows::Dense {
-        tokens,
-        gemv: tokens <= GEMV_MAX_TOKENS,
-    }
+fn dense_rows(tokens: usize, gemv: bool) -> ExpertRows<'static> {
+    ExpertRows::Dense { tokens, gemv }
 }
 
 /// `x [T, in] W^T -> [T, out]` for a plain matrix.
-fn linear(ctx: &GpuContext, rec: &mut Recorder, x: &GpuTensor, w: &WeightMatrix) -> Result<GpuTensor> {
+fn linear(ctx: &GpuContext, rec: &mut Recorder, x: &GpuTensor, w: &WeightMatrix, gemv: bool) -> Result<GpuTensor> {
     let t = x.shape[0];
     let y = GpuTensor::empty(ctx, &format!("{} output", w.name), &[t, w.out_dim], DType::F32)?;
-    encode_down(ctx, rec, dense_rows(t), x, w, &y)?;
+    encode_down(ctx, rec, dense_rows(t, gemv), x, w, &y)?;
     Ok(y)
 }
 

@@ -9,10 +9,10 @@ use crate::error::{Error, Result};
 use crate::gpu::kernel::Recorder;
 use crate::gpu::tensor::map_read;
 use crate::gpu::{DType, GpuContext, GpuTensor};
-use crate::model::model::{LogitsFor, Model};
+use crate::model::model::{Kernels, LogitRows, LogitsFor, Model};
 use crate::ops::attention::KvCache;
 use crate::ops::embedding::encode_argmax;
-use crate::ops::Position;
+use crate::ops::TokenPositions;
 
 /// What a step reads back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -33,35 +33,75 @@ pub struct StepOutput {
     pub routing_counts: Vec<u32>,
 }
 
+/// The shape of a recorded forward: what a [`Workspace`] is recorded for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct StepShape {
+    pub tokens: usize,
+    pub rows: HeadRows,
+    /// Argmax tokens (one per head row) instead of logits.
+    pub argmax: bool,
+    pub kernels: Kernels,
+}
+
+/// The rows that get logits (or an argmax token).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum HeadRows {
+    Last,
+    All,
+    /// `n` rows listed per step (one per sequence of a batched step).
+    Listed(usize),
+}
+
 /// A recorded forward for one step shape, replayed every step of that shape.
-pub struct Workspace {
-    tokens: usize,
-    read: Readback,
+pub(crate) struct Workspace {
+    pub shape: StepShape,
     recording: Recorder,
     ids: GpuTensor,
-    position: Position,
-    /// MAP_READ: the head (token or logits) then the routing counts.
+    positions: TokenPositions,
+    /// `[n]` rows of the step that get logits, for `HeadRows::Listed(n)`.
+    head_rows: Option<GpuTensor>,
+    /// MAP_READ: the head (tokens or logits) then the routing counts.
     readback: wgpu::Buffer,
     head_words: usize,
 }
 
+/// A workspace's readback: the head (argmax tokens, or logits as f32 bits) and the
+/// routing counts.
+pub(crate) struct Replay {
+    pub head: Vec<u32>,
+    pub routing_counts: Vec<u32>,
+}
+
 impl Workspace {
-    fn new(ctx: &GpuContext, model: &Model, caches: &[KvCache], tokens: usize, read: Readback) -> Result<Self> {
-        let ids = GpuTensor::empty(ctx, "token ids", &[tokens], DType::U32)?;
-        let position = Position::new(ctx, 0);
-        let mut recording = Recorder::new();
-        let logits_for = match read {
-            Readback::AllLogits => LogitsFor::All,
-            _ => LogitsFor::Last,
+    pub(crate) fn new(ctx: &GpuContext, model: &Model, caches: &[KvCache], shape: StepShape) -> Result<Self> {
+        let ids = GpuTensor::empty(ctx, "token ids", &[shape.tokens], DType::U32)?;
+        let positions = TokenPositions::new(ctx, shape.tokens)?;
+        let head_rows = match shape.rows {
+            HeadRows::Listed(n) => Some(GpuTensor::empty(ctx, "rows with logits", &[n], DType::U32)?),
+            _ => None,
         };
-        let out = model.record_forward(ctx, &mut recording, &ids, &position, caches, logits_for)?;
-        let head = match read {
-            Readback::Argmax => {
-                let token = GpuTensor::empty(ctx, "sampled token", &[1], DType::U32)?;
-                encode_argmax(ctx, &mut recording, &out.logits, &token);
-                token
-            }
-            _ => out.logits,
+        let mut recording = Recorder::new();
+        let logit_rows = match (shape.rows, &head_rows) {
+            (HeadRows::All, _) => LogitRows::All,
+            (HeadRows::Listed(_), Some(rows)) => LogitRows::Listed(rows),
+            _ => LogitRows::Last,
+        };
+        let out = model.record_forward(
+            ctx,
+            &mut recording,
+            &ids,
+            &positions,
+            caches,
+            logit_rows,
+            shape.kernels,
+        )?;
+        let head = if shape.argmax {
+            let rows = out.logits.shape[0];
+            let tokens = GpuTensor::empty(ctx, "sampled tokens", &[rows], DType::U32)?;
+            encode_argmax(ctx, &mut recording, &out.logits, &tokens);
+            tokens
+        } else {
+            out.logits
         };
         let head_words = head.len();
         let experts = model.config.moe.num_experts();
@@ -79,13 +119,41 @@ impl Workspace {
             recording.copy(&counts.buffer, 0, &readback, offset, (experts * 4) as u64);
         }
         Ok(Self {
-            tokens,
-            read,
+            shape,
             recording,
             ids,
-            position,
+            positions,
+            head_rows,
             readback,
             head_words,
+        })
+    }
+
+    /// Writes this step's inputs (ids, each token's slot and position, the rows that
+    /// get logits), submits the recording once and maps the readback.
+    pub(crate) async fn replay(
+        &self,
+        ctx: &GpuContext,
+        ids: &[u32],
+        placed: &[(usize, usize)],
+        head_rows: &[u32],
+    ) -> Result<Replay> {
+        ctx.scoped("model forward", || {
+            ctx.queue.write_buffer(&self.ids.buffer, 0, bytemuck::cast_slice(ids));
+            self.positions.set(ctx, placed);
+            if let Some(rows) = &self.head_rows {
+                ctx.queue.write_buffer(&rows.buffer, 0, bytemuck::cast_slice(head_rows));
+            }
+            self.recording.submit(ctx);
+            Ok(())
+        })
+        .await?;
+        let bytes = map_read(ctx, &self.readback, "the step's results").await?;
+        let words: &[u32] = bytemuck::cast_slice(&bytes);
+        let (head, counts) = words.split_at(self.head_words);
+        Ok(Replay {
+            head: head.to_vec(),
+            routing_counts: counts.to_vec(),
         })
     }
 }
@@ -175,18 +243,23 @@ impl Session {
 
     /// The workspace for `tokens` tokens reading back `read`, recorded on first use.
     fn workspace(&mut self, ctx: &GpuContext, model: &Model, tokens: usize, read: Readback) -> Result<usize> {
-        if let Some(i) = self
-            .workspaces
-            .iter()
-            .position(|w| w.tokens == tokens && w.read == read)
-        {
+        let shape = StepShape {
+            tokens,
+            rows: match read {
+                Readback::AllLogits => HeadRows::All,
+                _ => HeadRows::Last,
+            },
+            argmax: read == Readback::Argmax,
+            kernels: Kernels::BySize,
+        };
+        if let Some(i) = self.workspaces.iter().position(|w| w.shape == shape) {
             return Ok(i);
         }
         // Keep single-token workspaces (decode); other shapes replace each other.
-        if let Some(i) = self.workspaces.iter().position(|w| w.tokens > 1) {
+        if let Some(i) = self.workspaces.iter().position(|w| w.shape.tokens > 1) {
             self.workspaces.swap_remove(i);
         }
-        let ws = Workspace::new(ctx, model, &self.caches, tokens, read)?;
+        let ws = Workspace::new(ctx, model, &self.caches, shape)?;
         self.workspaces.push(ws);
         Ok(self.workspaces.len() - 1)
     }
@@ -196,34 +269,23 @@ impl Session {
     pub async fn step(&mut self, ctx: &GpuContext, model: &Model, ids: &[u32], read: Readback) -> Result<StepOutput> {
         self.check_input(model, ids)?;
         let pos0 = self.position;
-        let i = ctx
-            .scoped("model forward", || {
-                let i = self.workspace(ctx, model, ids.len(), read)?;
-                let ws = &self.workspaces[i];
-                ctx.queue.write_buffer(&ws.ids.buffer, 0, bytemuck::cast_slice(ids));
-                ws.position.set(ctx, pos0);
-                ws.recording.submit(ctx);
-                Ok(i)
-            })
-            .await?;
-        let ws = &self.workspaces[i];
-        let bytes = map_read(ctx, &ws.readback, "the step's results").await?;
-        let words: &[u32] = bytemuck::cast_slice(&bytes);
-        let (head, counts) = words.split_at(ws.head_words);
+        let i = self.workspace(ctx, model, ids.len(), read)?;
+        let placed: Vec<(usize, usize)> = (0..ids.len()).map(|t| (0, pos0 + t)).collect();
+        let out = self.workspaces[i].replay(ctx, ids, &placed, &[]).await?;
         self.position = pos0 + ids.len();
-        for (total, &c) in self.routing_totals.iter_mut().zip(counts) {
+        for (total, &c) in self.routing_totals.iter_mut().zip(&out.routing_counts) {
             *total += c as u64;
         }
         Ok(match read {
             Readback::Argmax => StepOutput {
-                token: Some(head[0]),
+                token: Some(out.head[0]),
                 logits: Vec::new(),
-                routing_counts: counts.to_vec(),
+                routing_counts: out.routing_counts,
             },
             _ => StepOutput {
                 token: None,
-                logits: head.iter().map(|w| f32::from_bits(*w)).collect(),
-                routing_counts: counts.to_vec(),
+                logits: out.head.iter().map(|w| f32::from_bits(*w)).collect(),
+                routing_counts: out.routing_counts,
             },
         })
     }

@@ -90,8 +90,22 @@ impl MoeLayer {
         })
     }
 
-    /// Records the whole layer for `hidden [T, d]`.
+    /// Records the whole layer for `hidden [T, d]`, choosing the decode path (GEMV per
+    /// assignment) for at most `decode_max_tokens` tokens.
     pub fn encode(&self, ctx: &GpuContext, rec: &mut Recorder, hidden: &GpuTensor) -> Result<MoeOutputs> {
+        let tokens = hidden.shape.first().copied().unwrap_or(0);
+        self.encode_with(ctx, rec, hidden, tokens <= self.config.decode_max_tokens)
+    }
+
+    /// Records the whole layer for `hidden [T, d]`, on the decode path (GEMV per
+    /// assignment, no permutation) when `decode`, else permuted grouped matmuls.
+    pub fn encode_with(
+        &self,
+        ctx: &GpuContext,
+        rec: &mut Recorder,
+        hidden: &GpuTensor,
+        decode: bool,
+    ) -> Result<MoeOutputs> {
         let cfg = &self.config;
         let (d, e, k) = (cfg.hidden_size, cfg.num_experts(), cfg.top_k());
         let tokens = hidden.shape.first().copied().unwrap_or(0);
@@ -131,7 +145,6 @@ impl MoeLayer {
 
         // Decode reads each assignment's expert directly (GEMV): no permutation, just
         // the counts for the routing statistics.
-        let decode = tokens <= cfg.decode_max_tokens;
         let (permutation, expert_counts) = if decode {
             let counts = GpuTensor::empty(ctx, "expert counts", &[e], DType::U32)?;
             encode_expert_counts(ctx, rec, &routed_ids, &counts);

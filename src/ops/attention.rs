@@ -3,27 +3,46 @@
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{Recorder, ATTENTION};
 use crate::gpu::{DType, GpuContext, GpuTensor};
-use crate::ops::{workgroups, Position};
+use crate::ops::{workgroups, TokenPositions};
 
-/// One layer's key and value caches, `[kv_heads, max_ctx, head_dim]` each.
+/// One layer's key and value caches for `slots` sequences,
+/// `[slots, kv_heads, max_ctx, head_dim]` each.
 pub struct KvCache {
     pub keys: GpuTensor,
     pub values: GpuTensor,
+    pub slots: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
     pub max_ctx: usize,
 }
 
 impl KvCache {
+    /// A cache for one sequence.
     pub fn new(ctx: &GpuContext, kv_heads: usize, head_dim: usize, max_ctx: usize) -> Result<Self> {
-        let shape = [kv_heads, max_ctx, head_dim];
+        Self::with_slots(ctx, 1, kv_heads, head_dim, max_ctx)
+    }
+
+    /// A cache for `slots` sequences of up to `max_ctx` positions each.
+    pub fn with_slots(ctx: &GpuContext, slots: usize, kv_heads: usize, head_dim: usize, max_ctx: usize) -> Result<Self> {
+        let shape = [slots, kv_heads, max_ctx, head_dim];
+        let bytes = shape.iter().product::<usize>() as u64 * 4;
+        ctx.check_binding(
+            &format!("a KV cache of {slots} sequences x {max_ctx} positions x {kv_heads} kv heads x {head_dim}"),
+            bytes,
+        )?;
         Ok(Self {
             keys: GpuTensor::empty(ctx, "key cache", &shape, DType::F32)?,
             values: GpuTensor::empty(ctx, "value cache", &shape, DType::F32)?,
+            slots,
             kv_heads,
             head_dim,
             max_ctx,
         })
+    }
+
+    /// Bytes one position of one sequence takes (keys and values).
+    pub fn bytes_per_position(&self) -> u64 {
+        (2 * self.kv_heads * self.head_dim * 4) as u64
     }
 }
 
@@ -36,7 +55,8 @@ pub(crate) struct AttentionParams {
     pub(crate) head_dim: u32,
     pub(crate) max_ctx: u32,
     pub(crate) scale: f32,
-    pub(crate) _pad: [u32; 2],
+    pub(crate) slots: u32,
+    pub(crate) _pad: u32,
 }
 
 /// Stores `k`, `v [T, kv_heads * head_dim]` at positions `pos0..` (`position` holds pos0) and records attention
@@ -50,7 +70,7 @@ pub fn encode_attention(
     k: &GpuTensor,
     v: &GpuTensor,
     heads: usize,
-    position: &Position,
+    positions: &TokenPositions,
     scale: f32,
     out: &GpuTensor,
 ) -> Result<()> {
@@ -75,9 +95,10 @@ pub fn encode_attention(
         head_dim: cache.head_dim as u32,
         max_ctx: cache.max_ctx as u32,
         scale,
-        _pad: [0; 2],
+        slots: cache.slots as u32,
+        _pad: 0,
     };
-    let (keys, values, pos) = (&cache.keys.buffer, &cache.values.buffer, &position.buffer);
+    let (keys, values, pos) = (&cache.keys.buffer, &cache.values.buffer, &positions.buffer);
     rec.dispatch(
         ctx,
         ATTENTION.entry("kv_store"),

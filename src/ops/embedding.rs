@@ -50,15 +50,18 @@ pub fn encode_embedding(
     Ok(())
 }
 
-/// `result[0] = argmax(logits)`, lowest index on ties.
+/// `result[r] = argmax(logits[r])` for logits `[rows, vocab]` (or `[vocab]`) and
+/// `result [rows]`, lowest index on ties.
 pub fn encode_argmax(ctx: &GpuContext, rec: &mut Recorder, logits: &GpuTensor, result: &GpuTensor) {
-    let params = [logits.len() as u32, 0, 0, 0];
+    let rows = result.len().max(1);
+    debug_assert_eq!(logits.len() % rows, 0);
+    let params = [(logits.len() / rows) as u32, 0, 0, 0];
     rec.dispatch(
         ctx,
         SAMPLING.entry("argmax"),
         &params,
         &[(1, &logits.buffer), (2, &result.buffer)],
-        1,
+        rows as u32,
     );
 }
 

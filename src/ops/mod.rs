@@ -16,24 +16,50 @@ pub mod routing;
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, GpuTensor};
 
-/// The position of a forward's first token, in a small uniform buffer that the
-/// attention and RoPE kernels read: a recorded forward replays at any position by
-/// rewriting these 16 bytes.
-pub struct Position {
+/// Where each token of a forward goes: its sequence's KV-cache slot and its position,
+/// `[T] x (slot, position)` u32 in a storage buffer that the RoPE and attention kernels
+/// read. A recorded forward replays at any positions, for any mix of sequences, by
+/// rewriting these `8 T` bytes: one sequence's tokens at `pos0..pos0 + T`, or one
+/// token of each of T sequences (a continuous-batching decode step).
+pub struct TokenPositions {
     pub buffer: wgpu::Buffer,
+    pub tokens: usize,
 }
 
-impl Position {
-    pub fn new(ctx: &GpuContext, pos0: usize) -> Self {
-        Self {
-            buffer: ctx.uniform(&[pos0 as u32, 0, 0, 0]),
-        }
+impl TokenPositions {
+    /// Room for `tokens` tokens, all at slot 0, position 0 until set.
+    pub fn new(ctx: &GpuContext, tokens: usize) -> Result<Self> {
+        let tokens = tokens.max(1);
+        ctx.check_binding("the token positions", (tokens * 8) as u64)?;
+        let buffer = ctx.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("token positions"),
+            size: (tokens * 8) as u64,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        Ok(Self { buffer, tokens })
     }
 
-    /// Sets pos0 for the next submit.
-    pub fn set(&self, ctx: &GpuContext, pos0: usize) {
-        ctx.queue
-            .write_buffer(&self.buffer, 0, bytemuck::cast_slice(&[pos0 as u32, 0, 0, 0]));
+    /// `tokens` tokens of slot 0 at `pos0..pos0 + tokens`.
+    pub fn contiguous(ctx: &GpuContext, pos0: usize, tokens: usize) -> Result<Self> {
+        let positions = Self::new(ctx, tokens)?;
+        positions.set_contiguous(ctx, 0, pos0);
+        Ok(positions)
+    }
+
+    /// Every token in `slot`, at `pos0..pos0 + T`, for the next submit.
+    pub fn set_contiguous(&self, ctx: &GpuContext, slot: usize, pos0: usize) {
+        let words: Vec<u32> = (0..self.tokens)
+            .flat_map(|t| [slot as u32, (pos0 + t) as u32])
+            .collect();
+        ctx.queue.write_buffer(&self.buffer, 0, bytemuck::cast_slice(&words));
+    }
+
+    /// Token t in `placed[t].0` at position `placed[t].1`, for the next submit.
+    pub fn set(&self, ctx: &GpuContext, placed: &[(usize, usize)]) {
+        assert_eq!(placed.len(), self.tokens, "one (slot, position) per token");
+        let words: Vec<u32> = placed.iter().flat_map(|&(s, p)| [s as u32, p as u32]).collect();
+        ctx.queue.write_buffer(&self.buffer, 0, bytemuck::cast_slice(&words));
     }
 }
 

@@ -3,7 +3,7 @@
 use crate::error::Result;
 use crate::gpu::kernel::{Recorder, ROPE};
 use crate::gpu::{DType, GpuContext, GpuTensor};
-use crate::ops::{workgroups, Position};
+use crate::ops::{workgroups, TokenPositions};
 
 /// RoPE frequency scaling, as transformers' `modeling_rope_utils` computes it (f32
 /// like torch): linear (`inv_freq / factor`), llama3 (low frequencies divided by the
@@ -148,8 +148,8 @@ pub(crate) struct RopeParams {
     pub(crate) _pad: [u32; 3],
 }
 
-/// Rotates `x [T, heads * head_dim]` in place for positions `pos0..pos0 + T` (`position`
-/// holds pos0): pairs (i, i + rot/2), or (2i, 2i + 1) when `interleaved`.
+/// Rotates `x [T, heads * head_dim]` in place, token t at the position `positions`
+/// gives it: pairs (i, i + rot/2), or (2i, 2i + 1) when `interleaved`.
 #[allow(clippy::too_many_arguments)]
 pub fn encode_rope(
     ctx: &GpuContext,
@@ -158,7 +158,7 @@ pub fn encode_rope(
     table: &GpuTensor,
     heads: usize,
     head_dim: usize,
-    position: &Position,
+    positions: &TokenPositions,
     interleaved: bool,
 ) {
     let tokens = x.shape[0];
@@ -175,7 +175,7 @@ pub fn encode_rope(
         ctx,
         ROPE.entry("rope"),
         &params,
-        &[(1, &x.buffer), (2, &table.buffer), (3, &position.buffer)],
+        &[(1, &x.buffer), (2, &table.buffer), (3, &positions.buffer)],
         workgroups(tokens * heads * half_rot, 64),
     );
 }
