@@ -10,14 +10,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// The chat template of the embedded model: plain `Q:` / `A:` turns.
-pub const EMBEDDED_TEMPLATE: &str = "{%- for message in messages %}\n\
-{%- if message.role == 'system' %}{{ message.content }}\n\n\
-{% elif message.role == 'user' %}Q: {{ message.content }}\n\
-{% else %}A: {{ message.content }}{{ eos_token }}\n\
-{% endif %}\n\
-{%- endfor %}\n\
-{%- if add_generation_prompt %}A:{% endif %}";
+/// The chat template of the embedded model. tiny-moe is a text model trained on
+/// paragraphs that end with `<|endoftext|>`, so a conversation is paragraphs: each
+/// system or user message followed by a blank line (which opens the answer), each
+/// answer closed by the end-of-text token.
+pub const EMBEDDED_TEMPLATE: &str = "{%- for message in messages %}{{ message.content }}\
+{% if message.role == 'assistant' %}{{ eos_token }}{% else %}{{ '\\n\\n' }}{% endif %}{% endfor %}";
 
 /// One chat message. `content` stays JSON: a string, or a list of parts
 /// (`[{"type": "text", "text": ...}]`), as templates expect.
@@ -62,7 +60,10 @@ impl ChatTemplate {
     /// `add_generation_prompt`. A template's `raise_exception` (e.g. "roles must
     /// alternate") comes back as bad input with its message.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let template = self.env.get_template(NAME).map_err(|e| Error::Config(format!("{e:#}")))?;
+        let template = self
+            .env
+            .get_template(NAME)
+            .map_err(|e| Error::Config(format!("{e:#}")))?;
         let context = minijinja::context! {
             messages => Value::from_serialize(messages),
             add_generation_prompt => add_generation_prompt,
@@ -163,18 +164,20 @@ mod tests {
     }
 
     #[test]
-    fn the_embedded_template_renders_turns_and_opens_the_answer() {
+    fn the_embedded_template_renders_paragraphs_and_opens_the_answer() {
         let t = ChatTemplate::new(EMBEDDED_TEMPLATE, "", "<|endoftext|>").unwrap();
         let text = t
             .render(
-                &messages(&[("system", "Be brief."), ("user", "What is Rust?"), ("assistant", "A language."), ("user", "Why?")]),
+                &messages(&[
+                    ("system", "Be brief."),
+                    ("user", "What is Rust?"),
+                    ("assistant", "A language."),
+                    ("user", "Why?"),
+                ]),
                 true,
             )
             .unwrap();
-        assert_eq!(
-            text,
-            "Be brief.\n\nQ: What is Rust?\nA: A language.<|endoftext|>\nQ: Why?\nA:"
-        );
+        assert_eq!(text, "Be brief.\n\nWhat is Rust?\n\nA language.<|endoftext|>Why?\n\n");
     }
 
     #[test]
@@ -200,7 +203,10 @@ mod tests {
             r#"{"role": "system", "content": "Hi <b>", "name": {"é": [1, "<"]}}"#
         );
         let err = t.render(&messages(&[("user", "hello")]), false).unwrap_err();
-        assert_eq!(err.to_string(), "invalid configuration: chat template: a system message must come first");
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: chat template: a system message must come first"
+        );
     }
 
     #[test]

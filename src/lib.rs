@@ -9,6 +9,8 @@ pub mod model;
 pub mod moe;
 pub mod ops;
 pub mod selftest;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod serve;
 pub mod util;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;

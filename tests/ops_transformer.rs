@@ -152,7 +152,11 @@ fn attention_over_several_sequences_of_different_lengths_matches_each_alone() {
         let out = GpuTensor::empty(&ctx, "out", &[t, qw], DType::F32).unwrap();
         out.poison(&ctx);
         run(&ctx, |enc| {
-            let (qg, kg, vg) = (upload(&ctx, &[t, qw], &q), upload(&ctx, &[t, kvw], &k), upload(&ctx, &[t, kvw], &v));
+            let (qg, kg, vg) = (
+                upload(&ctx, &[t, qw], &q),
+                upload(&ctx, &[t, kvw], &k),
+                upload(&ctx, &[t, kvw], &v),
+            );
             encode_attention(&ctx, enc, &cache, &qg, &kg, &vg, heads, &positions, scale, &out).unwrap();
         });
         let got = out.read_f32_blocking(&ctx).unwrap();
@@ -162,7 +166,12 @@ fn attention_over_several_sequences_of_different_lengths_matches_each_alone() {
             hk.extend_from_slice(&k[i * kvw..][..kvw]);
             hv.extend_from_slice(&v[i * kvw..][..kvw]);
             let want = attention_reference(&q[i * qw..][..qw], hk, hv, heads, kv_heads, head_dim, pos, scale);
-            assert_close(&format!("slot {slot} position {pos}"), &got[i * qw..][..qw], &want, 1e-5);
+            assert_close(
+                &format!("slot {slot} position {pos}"),
+                &got[i * qw..][..qw],
+                &want,
+                1e-5,
+            );
         }
     };
     for (slot, &n) in prompts.iter().enumerate() {

@@ -34,6 +34,47 @@ enum Command {
     Info,
     /// Benchmark the MoE layer on real models' shapes against the adapter's ceilings.
     Bench(BenchArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API, batching all requests.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Model directory or .gguf file (default: the embedded tiny-moe model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// 0 picks a free port (printed at start).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Sequences generated at once (KV-cache slots).
+    #[arg(long, default_value_t = 16)]
+    max_sequences: usize,
+    /// Requests waiting for a slot before new ones get 429.
+    #[arg(long, default_value_t = 64)]
+    max_queue: usize,
+    /// Positions per sequence (default: the model's context, at most 4096).
+    #[arg(long)]
+    context: Option<usize>,
+    /// Prompt tokens per prompt step (prompts join running streams in chunks of this).
+    #[arg(long, default_value_t = 64)]
+    prefill_chunk: usize,
+    /// Require `Authorization: Bearer KEY` on /v1 routes.
+    #[arg(long, env = "WEBMOE_API_KEY")]
+    api_key: Option<String>,
+    /// The model id clients send (default: the directory or file name).
+    #[arg(long)]
+    model_name: Option<String>,
+    /// Seconds running requests may go on after SIGINT/SIGTERM.
+    #[arg(long, default_value_t = 10.0)]
+    shutdown_grace: f64,
+    /// Weight storage on the GPU: f32, f16 or bf16 (default: the checkpoint's dtype).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Quantize projections at load: q8_0, q4_0, q4_k or mxfp4.
+    #[arg(long)]
+    quantize: Option<String>,
 }
 
 #[derive(Args)]
@@ -140,6 +181,7 @@ fn main() {
         Command::Perplexity(args) => perplexity_of_file(args),
         Command::Info => info(),
         Command::Bench(args) => bench(args),
+        Command::Serve(args) => serve(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
@@ -200,7 +242,10 @@ fn embedded_model() -> ModelFiles {
 fn load(ctx: &GpuContext, model: Option<&Path>, options: LoadOptions) -> webmoe::Result<LoadedModel> {
     let loaded = match model {
         Some(path) => load_model_path(ctx, path, options),
-        None => load_model_files(ctx, embedded_model(), options),
+        None => load_model_files(ctx, embedded_model(), options).map(|l| LoadedModel {
+            chat_template: Some(webmoe::chat::EMBEDDED_TEMPLATE.to_string()),
+            ..l
+        }),
     }?;
     let s = loaded.stats;
     eprintln!(
@@ -211,6 +256,42 @@ fn load(ctx: &GpuContext, model: Option<&Path>, options: LoadOptions) -> webmoe:
         loaded.model.weight_bytes() as f64 / 1e9
     );
     Ok(loaded)
+}
+
+fn serve(args: ServeArgs) -> webmoe::Result<()> {
+    let ctx = GpuContext::new_blocking()?;
+    let options = LoadOptions {
+        max_context: args.context,
+        weight_format: parse_dtype(args.dtype.as_deref())?,
+        quantize: parse_quantize(args.quantize.as_deref())?,
+    };
+    let loaded = load(&ctx, args.model.as_deref(), options)?;
+    let model_name = args.model_name.unwrap_or_else(|| match &args.model {
+        Some(path) => path
+            .file_stem()
+            .map_or("model".into(), |s| s.to_string_lossy().into_owned()),
+        None => "tiny-moe".into(),
+    });
+    let context = loaded.model.max_context;
+    let prompt_kernels = webmoe::serve::engine::prompt_kernels_for(&ctx.adapter_info);
+    webmoe::serve::serve(
+        ctx,
+        loaded,
+        webmoe::serve::ServeOptions {
+            host: args.host,
+            port: args.port,
+            model_name,
+            api_key: args.api_key,
+            engine: webmoe::serve::engine::EngineOptions {
+                max_sequences: args.max_sequences,
+                context,
+                prefill_chunk: args.prefill_chunk,
+                max_queue: args.max_queue,
+                prompt_kernels,
+            },
+            shutdown_grace: std::time::Duration::from_secs_f64(args.shutdown_grace.max(0.0)),
+        },
+    )
 }
 
 const DEFAULT_PROMPT: &str = "The Rust programming language";

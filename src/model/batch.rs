@@ -156,7 +156,9 @@ impl Batch {
             return Ok(i);
         }
         if self.workspaces.len() >= KEPT_WORKSPACES {
-            let oldest = (0..self.last_used.len()).min_by_key(|&i| self.last_used[i]).unwrap_or(0);
+            let oldest = (0..self.last_used.len())
+                .min_by_key(|&i| self.last_used[i])
+                .unwrap_or(0);
             self.workspaces.swap_remove(oldest);
             self.last_used.swap_remove(oldest);
         }

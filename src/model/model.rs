@@ -506,6 +506,7 @@ impl Model {
         Ok(ForwardOutputs { logits, expert_counts })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn record_attention(
         &self,
         ctx: &GpuContext,

@@ -86,15 +86,7 @@ impl Workspace {
             (HeadRows::Listed(_), Some(rows)) => LogitRows::Listed(rows),
             _ => LogitRows::Last,
         };
-        let out = model.record_forward(
-            ctx,
-            &mut recording,
-            &ids,
-            &positions,
-            caches,
-            logit_rows,
-            shape.kernels,
-        )?;
+        let out = model.record_forward(ctx, &mut recording, &ids, &positions, caches, logit_rows, shape.kernels)?;
         let head = if shape.argmax {
             let rows = out.logits.shape[0];
             let tokens = GpuTensor::empty(ctx, "sampled tokens", &[rows], DType::U32)?;

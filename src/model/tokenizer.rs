@@ -25,6 +25,16 @@ impl Tokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// Token ids of `text` without special tokens added (a rendered chat template
+    /// already holds them, as transformers' `apply_chat_template` assumes).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Config(format!("tokenizing the prompt failed: {e}")))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
     /// The token string of `id` (e.g. `</s>`, `<|im_end|>`), for chat templates.
     pub fn token_text(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)

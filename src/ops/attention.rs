@@ -23,7 +23,13 @@ impl KvCache {
     }
 
     /// A cache for `slots` sequences of up to `max_ctx` positions each.
-    pub fn with_slots(ctx: &GpuContext, slots: usize, kv_heads: usize, head_dim: usize, max_ctx: usize) -> Result<Self> {
+    pub fn with_slots(
+        ctx: &GpuContext,
+        slots: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        max_ctx: usize,
+    ) -> Result<Self> {
         let shape = [slots, kv_heads, max_ctx, head_dim];
         let bytes = shape.iter().product::<usize>() as u64 * 4;
         ctx.check_binding(

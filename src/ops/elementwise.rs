@@ -66,5 +66,15 @@ pub fn encode_scale_clamp(ctx: &GpuContext, rec: &mut Recorder, x: &GpuTensor, s
 pub fn encode_gather_rows(ctx: &GpuContext, rec: &mut Recorder, x: &GpuTensor, rows: &GpuTensor, out: &GpuTensor) {
     let cols = x.shape[1];
     debug_assert_eq!(out.len(), rows.len() * cols);
-    record(ctx, rec, "gather_rows", out, &x.buffer, cols, 1.0, 0.0, Some(&rows.buffer));
+    record(
+        ctx,
+        rec,
+        "gather_rows",
+        out,
+        &x.buffer,
+        cols,
+        1.0,
+        0.0,
+        Some(&rows.buffer),
+    );
 }
