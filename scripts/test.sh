@@ -3,7 +3,7 @@
 # the browser suite (the demo page in headless Chromium over WebGPU). On a fresh
 # Debian 12 machine with no GPU it first installs what is missing: Mesa's CPU Vulkan
 # driver (lavapipe), the wasm32 target, wasm-bindgen-cli at the crate's version,
-# Debian's chromium, and npm's playwright-core.
+# Debian's chromium, and npm's playwright-core; and PyPI's `openai` for the server tests.
 # WEBMOE_SKIP_BROWSER=1 skips the browser suite (and its installs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +27,13 @@ mkdir -p -m 0700 "$XDG_RUNTIME_DIR"
 
 echo "== native tests (cargo test)"
 cargo test --all-targets
+
+echo "== server tests (webmoe serve against the openai package and curl)"
+cargo build --release --bin webmoe
+command -v curl >/dev/null || apt_install curl
+python3 -c "import openai" 2>/dev/null || python3 -m pip install --quiet openai \
+  || python3 -m pip install --quiet --break-system-packages openai
+python3 tests/server/test_openai_api.py
 
 if [ "${WEBMOE_SKIP_BROWSER:-}" = 1 ]; then
   echo "== browser tests skipped (WEBMOE_SKIP_BROWSER=1)"

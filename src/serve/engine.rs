@@ -143,8 +143,8 @@ impl EngineHandle {
         })
     }
 
-    /// Stops taking requests, lets running ones finish for up to `grace`, then ends
-    /// the rest with an error event; the engine thread then exits.
+    /// Stops taking requests, lets running and waiting ones finish for up to `grace`,
+    /// then ends the rest with an error event; the engine thread then exits.
     pub fn shutdown(&self, grace: Duration) {
         self.metrics.shutting_down.store(true, Ordering::SeqCst);
         let _ = self.commands.send(Command::Shutdown { grace });
@@ -234,22 +234,17 @@ impl Engine {
             while let Ok(command) = commands.try_recv() {
                 self.take(command);
             }
-            if let Some(deadline) = self.shutdown_at {
+            if self.shutdown_at.is_some_and(|deadline| Instant::now() >= deadline) {
+                let message = "the server shut down before this request finished";
                 for r in self.waiting.drain(..) {
                     self.metrics.queued.fetch_sub(1, Ordering::SeqCst);
-                    fail(&r.events, ErrorKind::Unsupported, "the server is shutting down");
+                    fail(&r.events, ErrorKind::Unsupported, message);
                 }
-                if Instant::now() >= deadline {
-                    for s in std::mem::take(&mut self.running) {
-                        fail(
-                            &s.request.events,
-                            ErrorKind::Unsupported,
-                            "the server shut down before this request finished",
-                        );
-                        self.batch.release(s.slot);
-                    }
-                    break;
+                for s in std::mem::take(&mut self.running) {
+                    fail(&s.request.events, ErrorKind::Unsupported, message);
+                    self.batch.release(s.slot);
                 }
+                break;
             }
             self.drop_cancelled();
             self.admit();

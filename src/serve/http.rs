@@ -218,7 +218,11 @@ async fn generate(state: Shared, api: Api, prompt: Vec<u32>, settings: Settings)
         max_tokens: settings.max_tokens.unwrap_or(usize::MAX),
         prompt: prompt.clone(),
         sampling: settings.sampling,
-        stop_ids: state.stop_ids.clone(),
+        stop_ids: if settings.ignore_eos {
+            Vec::new()
+        } else {
+            state.stop_ids.clone()
+        },
         events,
     };
     if let Err(e) = state.engine.submit(request) {
@@ -383,16 +387,12 @@ fn sse(
             let finish = match receiver.recv().await {
                 Some(Event::Token(t)) => {
                     let text = s.reply.piece(t);
-                    if s.reply.assembler.stopped {
-                        Some("stop")
-                    } else {
-                        if !text.is_empty() || s.first {
-                            let chunk = s.reply.chunk(&text, None, s.first);
-                            s.first = false;
-                            s.pending.push_back(data(&chunk));
-                        }
-                        None
+                    if !text.is_empty() || s.first {
+                        let chunk = s.reply.chunk(&text, None, s.first);
+                        s.first = false;
+                        s.pending.push_back(data(&chunk));
                     }
+                    s.reply.assembler.stopped.then_some("stop")
                 }
                 Some(Event::Done(f)) => Some(finish_name(f)),
                 Some(Event::Failed { kind, message }) => {

@@ -63,6 +63,10 @@ pub struct Common {
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
     pub n: Option<i64>,
+    /// Generate past end-of-sequence tokens (as vLLM and llama.cpp's server allow):
+    /// for benchmarks that need every response to be `max_tokens` long.
+    #[serde(default)]
+    pub ignore_eos: bool,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -96,6 +100,7 @@ pub struct Settings {
     pub stops: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
+    pub ignore_eos: bool,
 }
 
 impl Common {
@@ -177,6 +182,7 @@ impl Common {
             stops,
             stream: self.stream,
             include_usage: self.stream_options.as_ref().is_some_and(|o| o.include_usage),
+            ignore_eos: self.ignore_eos,
         })
     }
 }
