@@ -7,6 +7,7 @@ pub mod gpu;
 pub use error::{Error, ErrorKind, Result};
 pub mod model;
 pub mod moe;
+pub mod openai;
 pub mod ops;
 pub mod selftest;
 #[cfg(not(target_arch = "wasm32"))]

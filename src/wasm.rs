@@ -8,6 +8,7 @@ use std::rc::Rc;
 
 use wasm_bindgen::prelude::*;
 
+use crate::chat::ChatTemplate;
 use crate::gpu::context::{describe_adapter, ContextOptions};
 use crate::gpu::GpuContext;
 use crate::model::config::ModelConfig;
@@ -16,6 +17,7 @@ use crate::model::load::{LoadOptions, LoadedModel, StreamingLoad};
 use crate::model::safetensors_io::{header_prefix_len, parse_header};
 use crate::model::session::Session;
 use crate::model::tokenizer::{TextStream, Tokenizer};
+use crate::openai::{response_id, Api, ApiError, ChatRequest, CompletionRequest, Prompt, Reply, Settings};
 use crate::weights::Uploader;
 
 struct State {
@@ -287,6 +289,107 @@ impl Engine {
         }))
     }
 
+    /// An OpenAI-style request, answered in OpenAI's shapes (the same code as
+    /// `webmoe serve`): `endpoint` is "chat/completions" or "completions", `request`
+    /// its JSON body. Chats use the model's chat template, else `fallback_template`.
+    /// Streamed requests call `on_chunk(json)` per chunk and resolve to "" at the end;
+    /// others resolve to the response JSON. Errors reject with OpenAI's error JSON
+    /// (`{"error": {...}, "status": N}`).
+    #[wasm_bindgen(js_name = openaiRequest)]
+    pub fn openai_request(
+        &self,
+        endpoint: String,
+        request: String,
+        fallback_template: Option<String>,
+        on_chunk: js_sys::Function,
+    ) -> Result<js_sys::Promise, JsError> {
+        let model = self.model()?;
+        let state = self.state.clone();
+        state.cancelled.set(false);
+        Ok(wasm_bindgen_futures::future_to_promise(async move {
+            let reject = |e: ApiError| {
+                let mut body = e.body();
+                body["status"] = e.status.into();
+                JsValue::from(body.to_string())
+            };
+            let (api, ids, settings, name) =
+                openai_prompt(&model, &endpoint, &request, fallback_template.as_deref()).map_err(reject)?;
+            let context = model.model.max_context;
+            if ids.is_empty() || ids.len() >= context {
+                return Err(reject(ApiError::invalid(
+                    format!(
+                        "the prompt has {} tokens; the context holds {context} positions",
+                        ids.len()
+                    ),
+                    Some("messages"),
+                )));
+            }
+            let tokenizer = model
+                .tokenizer()
+                .map_err(|e| reject(ApiError::invalid(e.to_string(), None)))?;
+            let random = (js_sys::Math::random() * 2f64.powi(53)) as u64;
+            let created = (js_sys::Date::now() / 1000.0) as u64;
+            let mut reply = Reply::new(
+                api,
+                response_id(api, random),
+                created,
+                name,
+                ids.len(),
+                settings.stops.clone(),
+            );
+            let stop_ids = if settings.ignore_eos {
+                Vec::new()
+            } else {
+                model.model.config.eos_token_ids.clone()
+            };
+            let max_tokens = settings.max_tokens.unwrap_or(context).min(context - ids.len());
+            let mut session = Session::new(&state.ctx, &model.model, None)
+                .map_err(|e| reject(ApiError::invalid(e.to_string(), None)))?;
+            let send = |chunk: &serde_json::Value| {
+                let _ = on_chunk.call1(&JsValue::NULL, &JsValue::from(chunk.to_string()));
+            };
+            let mut finish = "length";
+            generate(
+                &state.ctx,
+                &model.model,
+                &mut session,
+                &ids,
+                max_tokens,
+                settings.sampling,
+                &stop_ids,
+                |id, _| {
+                    if stop_ids.contains(&id) {
+                        finish = "stop";
+                        return false;
+                    }
+                    let chunk = reply.token_chunk(id, |ids| tokenizer.decode(ids).unwrap_or_default());
+                    if let (true, Some(chunk)) = (settings.stream, chunk) {
+                        send(&chunk);
+                    }
+                    if reply.assembler.stopped {
+                        finish = "stop";
+                    }
+                    !reply.assembler.stopped && !state.cancelled.get()
+                },
+            )
+            .await
+            .map_err(|e| {
+                let mut err = ApiError::invalid(e.to_string(), None);
+                err.status = 500;
+                err.kind = "server_error";
+                reject(err)
+            })?;
+            if settings.stream {
+                for chunk in reply.closing_chunks(finish, settings.include_usage) {
+                    send(&chunk);
+                }
+                Ok(JsValue::from(""))
+            } else {
+                Ok(JsValue::from(reply.complete(finish).to_string()))
+            }
+        }))
+    }
+
     /// Stops a running generation after the current token.
     pub fn cancel(&self) {
         self.state.cancelled.set(true);
@@ -329,6 +432,67 @@ impl Engine {
             let report = crate::selftest::run(&state.ctx).await;
             Ok(JsValue::from(serde_json::to_string(&report).unwrap_or_default()))
         })
+    }
+}
+
+/// The embedded model's chat template (its GGUF copy, which the demo loads, has none).
+#[wasm_bindgen(js_name = embeddedChatTemplate)]
+pub fn embedded_chat_template() -> String {
+    crate::chat::EMBEDDED_TEMPLATE.to_string()
+}
+
+/// The endpoint, prompt ids, settings and model name of an OpenAI-style request.
+fn openai_prompt(
+    model: &LoadedModel,
+    endpoint: &str,
+    request: &str,
+    fallback_template: Option<&str>,
+) -> Result<(Api, Vec<u32>, Settings, String), ApiError> {
+    let bad = |e: crate::Error| ApiError::invalid(e.to_string(), None);
+    let parse_error = |e: serde_json::Error| ApiError::invalid(format!("the body is not a valid request: {e}"), None);
+    let tokenizer = model.tokenizer().map_err(bad)?;
+    match endpoint.trim_start_matches('/').trim_start_matches("v1/") {
+        "chat/completions" => {
+            let r: ChatRequest = serde_json::from_str(request).map_err(parse_error)?;
+            let name = r.common.model.clone().unwrap_or_else(|| "webmoe".into());
+            let settings = r.common.settings(&name)?;
+            let source = model
+                .chat_template
+                .as_deref()
+                .or(fallback_template)
+                .ok_or_else(|| ApiError::invalid("the model has no chat template: use completions", None))?;
+            let config = &model.model.config;
+            let token = |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i)).unwrap_or_default();
+            let template = ChatTemplate::new(
+                source,
+                &token(config.bos_token_id),
+                &token(config.eos_token_ids.first().copied()),
+            )
+            .map_err(bad)?;
+            let prompt = template.render(&r.messages, true).map_err(bad)?;
+            Ok((Api::Chat, tokenizer.encode_plain(&prompt).map_err(bad)?, settings, name))
+        }
+        "completions" => {
+            let r: CompletionRequest = serde_json::from_str(request).map_err(parse_error)?;
+            let name = r.common.model.clone().unwrap_or_else(|| "webmoe".into());
+            let settings = r.common.settings(&name)?;
+            let ids = match r.prompt {
+                Prompt::Text(t) => tokenizer.encode(&t).map_err(bad)?,
+                Prompt::Texts(t) if t.len() == 1 => tokenizer.encode(&t[0]).map_err(bad)?,
+                Prompt::Texts(_) => {
+                    return Err(ApiError::invalid(
+                        "only one prompt per request is supported",
+                        Some("prompt"),
+                    ))
+                }
+                Prompt::Ids(ids) => ids,
+            };
+            Ok((Api::Completion, ids, settings, name))
+        }
+        other => Err(ApiError::invalid(
+            format!("no endpoint {other:?}: use chat/completions or completions"),
+            None,
+        )),
     }
 }
 

@@ -209,18 +209,25 @@ fn engine_on(
     .unwrap()
 }
 
-fn submit(engine: &EngineHandle, prompt: Vec<u32>, max_tokens: usize) -> UnboundedReceiver<Event> {
+/// Submits a greedy request; the receiver, or why it was refused.
+fn try_submit(
+    engine: &EngineHandle,
+    prompt: Vec<u32>,
+    max_tokens: usize,
+) -> Result<UnboundedReceiver<Event>, SubmitError> {
     let (events, receiver) = unbounded_channel();
-    engine
-        .submit(Request {
-            prompt,
-            max_tokens,
-            sampling: SamplingParams::greedy(),
-            stop_ids: Vec::new(),
-            events,
-        })
-        .unwrap();
-    receiver
+    engine.submit(Request {
+        prompt,
+        max_tokens,
+        sampling: SamplingParams::greedy(),
+        stop_ids: Vec::new(),
+        events,
+    })?;
+    Ok(receiver)
+}
+
+fn submit(engine: &EngineHandle, prompt: Vec<u32>, max_tokens: usize) -> UnboundedReceiver<Event> {
+    try_submit(engine, prompt, max_tokens).unwrap()
 }
 
 fn collect(mut receiver: UnboundedReceiver<Event>) -> (Vec<u32>, Finish) {
@@ -302,39 +309,17 @@ fn a_cancelled_request_frees_its_slot_for_the_next_and_a_full_queue_refuses() {
     let second = submit(&engine, vec![8, 9], 4);
     let third = submit(&engine, vec![10], 4);
     // Slot busy and two waiting: the queue (2) is full.
-    let (events, _r) = unbounded_channel();
-    let refused = engine.submit(Request {
-        prompt: vec![1],
-        max_tokens: 1,
-        sampling: SamplingParams::greedy(),
-        stop_ids: Vec::new(),
-        events,
-    });
-    assert_eq!(refused, Err(SubmitError::QueueFull));
+    let refused = try_submit(&engine, vec![1], 1);
+    assert_eq!(refused.err(), Some(SubmitError::QueueFull));
     drop(first);
     let (tokens, finish) = collect(second);
     assert_eq!((tokens.len(), finish), (4, Finish::Length));
     assert_eq!(collect(third).0.len(), 4);
     assert_eq!(engine.metrics.cancelled.load(Ordering::Relaxed), 1);
     // Too long a prompt, and ids past the vocabulary, are refused at submission.
-    let (events, _r) = unbounded_channel();
-    let long = engine.submit(Request {
-        prompt: vec![1; 256],
-        max_tokens: 1,
-        sampling: SamplingParams::greedy(),
-        stop_ids: Vec::new(),
-        events,
-    });
+    let long = try_submit(&engine, vec![1; 256], 1);
     assert!(matches!(long, Err(SubmitError::Invalid(m)) if m.contains("context holds 256")));
     // Shutdown: new requests are refused; the engine thread ends.
     engine.shutdown(Duration::from_millis(0));
-    let (events, _r) = unbounded_channel();
-    let after = engine.submit(Request {
-        prompt: vec![1],
-        max_tokens: 1,
-        sampling: SamplingParams::greedy(),
-        stop_ids: Vec::new(),
-        events,
-    });
-    assert_eq!(after, Err(SubmitError::ShuttingDown));
+    assert_eq!(try_submit(&engine, vec![1], 1).err(), Some(SubmitError::ShuttingDown));
 }

@@ -1,7 +1,7 @@
 // The demo page: loads the engine and the embedded model, streams generations,
 // and draws the expert-routing heat map. URL options (used by the browser test):
 // ?autorun=1&greedy=1&max=16&prompt=...  and  ?selftest=1
-import { Engine, initWasm, loadFromFiles, loadFromUrl, loadGgufFromUrl, wasmMemoryBytes } from "./webmoe.js";
+import { Engine, embeddedChatTemplate, initWasm, loadFromFiles, loadFromUrl, loadGgufFromUrl, openaiApi, wasmMemoryBytes } from "./webmoe.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -87,6 +87,8 @@ function modelReady(name) {
   resetHeatmap();
   setRunning(false);
   status("Ready.");
+  // OpenAI-style calls for scripts and the browser test: window.__webmoe.api.chat.completions.create(...)
+  window.__webmoe.api = openaiApi(state.engine, { chatTemplate: embeddedChatTemplate() });
   window.__webmoe.ready = true;
 }
 

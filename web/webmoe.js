@@ -3,9 +3,9 @@
 // GPU: each one's header is read first, then its bytes go to the engine piece by piece
 // as they arrive, so no whole shard is ever held in wasm memory. Files fetched from
 // URLs are kept in Cache Storage, so a reload loads from disk (and works offline).
-import init, { Engine } from "./pkg/webmoe.js";
+import init, { Engine, embeddedChatTemplate } from "./pkg/webmoe.js";
 
-export { Engine };
+export { Engine, embeddedChatTemplate };
 
 const CACHE_NAME = "webmoe-models-v1";
 const FEED_BYTES = 1 << 20;
@@ -303,4 +303,73 @@ export async function loadFromFiles(engine, fileList, onProgress = () => {}) {
 /** Removes the cached model files (Cache Storage). */
 export async function clearModelCache() {
   if (typeof caches !== "undefined") await caches.delete(CACHE_NAME);
+}
+
+/** An Error from an OpenAI-style failure: `status` (HTTP-like) and OpenAI's `error` object. */
+function apiError(e) {
+  let parsed = null;
+  try {
+    parsed = JSON.parse(typeof e === "string" ? e : e?.message);
+  } catch {
+    // not OpenAI's error JSON
+  }
+  const error = parsed?.error ?? { message: String(e?.message ?? e), type: "invalid_request_error" };
+  return Object.assign(new Error(error.message), { status: parsed?.status ?? 400, error });
+}
+
+/**
+ * OpenAI-style calls on a loaded engine, with OpenAI's request and response shapes
+ * (the same code as `webmoe serve`), so code written for OpenAI's client works:
+ * `await api.chat.completions.create({ messages, max_tokens, temperature, stream })`
+ * and `api.completions.create({ prompt, ... })`. Without `stream` the promise gives the
+ * response object; with `stream: true` it gives an async iterable of chunk objects
+ * (`for await (const chunk of stream)`; breaking out stops the generation). Failures
+ * throw an Error with `status` and `error`. Chats use the model's chat template, else
+ * `chatTemplate`.
+ */
+export function openaiApi(engine, { chatTemplate } = {}) {
+  const endpoint = (name) => ({
+    async create(body) {
+      const call = (onChunk) => {
+        try {
+          return engine.openaiRequest(name, JSON.stringify(body), chatTemplate, onChunk);
+        } catch (e) {
+          return Promise.reject(e);
+        }
+      };
+      if (!body.stream) {
+        try {
+          return JSON.parse(await call(() => {}));
+        } catch (e) {
+          throw apiError(e);
+        }
+      }
+      const queue = [];
+      let wake = null;
+      let done = false;
+      let failure = null;
+      const notify = () => { wake?.(); wake = null; };
+      call((chunk) => { queue.push(JSON.parse(chunk)); notify(); })
+        .then(() => { done = true; notify(); }, (e) => { failure = apiError(e); done = true; notify(); });
+      return {
+        async *[Symbol.asyncIterator]() {
+          try {
+            for (;;) {
+              if (queue.length) {
+                yield queue.shift();
+              } else if (done) {
+                if (failure) throw failure;
+                return;
+              } else {
+                await new Promise((resolve) => (wake = resolve));
+              }
+            }
+          } finally {
+            if (!done) engine.cancel();
+          }
+        },
+      };
+    },
+  });
+  return { chat: { completions: endpoint("chat/completions") }, completions: endpoint("completions") };
 }

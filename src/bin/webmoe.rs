@@ -258,13 +258,17 @@ fn load(ctx: &GpuContext, model: Option<&Path>, options: LoadOptions) -> webmoe:
     Ok(loaded)
 }
 
+fn load_options(context: Option<usize>, dtype: Option<&str>, quantize: Option<&str>) -> webmoe::Result<LoadOptions> {
+    Ok(LoadOptions {
+        max_context: context,
+        weight_format: parse_dtype(dtype)?,
+        quantize: parse_quantize(quantize)?,
+    })
+}
+
 fn serve(args: ServeArgs) -> webmoe::Result<()> {
     let ctx = GpuContext::new_blocking()?;
-    let options = LoadOptions {
-        max_context: args.context,
-        weight_format: parse_dtype(args.dtype.as_deref())?,
-        quantize: parse_quantize(args.quantize.as_deref())?,
-    };
+    let options = load_options(args.context, args.dtype.as_deref(), args.quantize.as_deref())?;
     let loaded = load(&ctx, args.model.as_deref(), options)?;
     let model_name = args.model_name.unwrap_or_else(|| match &args.model {
         Some(path) => path
@@ -323,11 +327,7 @@ fn perplexity_of_file(args: PerplexityArgs) -> webmoe::Result<()> {
 
 fn run(args: RunArgs) -> webmoe::Result<()> {
     let ctx = GpuContext::new_blocking()?;
-    let options = LoadOptions {
-        max_context: args.context,
-        weight_format: parse_dtype(args.dtype.as_deref())?,
-        quantize: parse_quantize(args.quantize.as_deref())?,
-    };
+    let options = load_options(args.context, args.dtype.as_deref(), args.quantize.as_deref())?;
     let loaded = load(&ctx, args.model.as_deref(), options)?;
     let prompt_ids: Vec<u32> = match (&args.prompt_ids, &args.prompt) {
         (Some(ids), _) => ids

@@ -76,7 +76,7 @@ pub enum Finish {
 /// What the engine sends a request.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
-    /// Generation began: the prompt was fed (time to first token ends here).
+    /// A generated token (end-of-sequence tokens are not sent).
     Token(u32),
     Done(Finish),
     /// The request failed; `kind` maps to an HTTP status.

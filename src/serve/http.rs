@@ -21,8 +21,8 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use crate::chat::ChatTemplate;
 use crate::error::ErrorKind;
 use crate::model::tokenizer::Tokenizer;
+use crate::openai::{response_id, Api, ApiError, ChatRequest, CompletionRequest, Prompt, Reply, Settings};
 use crate::serve::engine::{EngineHandle, Event, Finish, Request, SubmitError};
-use crate::serve::openai::{usage, ApiError, ChatRequest, CompletionRequest, Prompt, Settings, TextAssembler};
 
 /// Everything a handler needs.
 pub struct ServerState {
@@ -128,16 +128,6 @@ fn parse<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> R
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-fn request_id(prefix: &str) -> String {
-    format!("{prefix}-{:016x}", rand::random::<u64>())
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum Api {
-    Chat,
-    Completion,
 }
 
 async fn chat_completions(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
@@ -254,77 +244,33 @@ async fn generate(state: Shared, api: Api, prompt: Vec<u32>, settings: Settings)
         }
         .into_response();
     }
-    let id = request_id(if api == Api::Chat { "chatcmpl" } else { "cmpl" });
-    let reply = Reply {
-        state,
+    let reply = Reply::new(
         api,
-        id,
-        created: now(),
-        prompt_tokens: prompt.len(),
-        assembler: TextAssembler::new(settings.stops.clone()),
-    };
+        response_id(api, rand::random()),
+        now(),
+        state.model_name.clone(),
+        prompt.len(),
+        settings.stops.clone(),
+    );
+    let answer = Answer { state, reply };
     if settings.stream {
-        sse(reply, receiver, settings.include_usage).into_response()
+        sse(answer, receiver, settings.include_usage).into_response()
     } else {
-        whole(reply, receiver).await
+        whole(answer, receiver).await
     }
 }
 
-/// Builds the answer of one request from engine events.
-struct Reply {
+/// A request's reply and the tokenizer that turns its tokens into text.
+struct Answer {
     state: Shared,
-    api: Api,
-    id: String,
-    created: u64,
-    prompt_tokens: usize,
-    assembler: TextAssembler,
+    reply: Reply,
 }
 
-impl Reply {
-    fn piece(&mut self, token: u32) -> String {
+impl Answer {
+    fn token_chunk(&mut self, token: u32) -> Option<Value> {
         let tokenizer = &self.state.tokenizer;
-        self.assembler
-            .push(token, |ids| tokenizer.decode(ids).unwrap_or_default())
-    }
-
-    fn usage(&self) -> Value {
-        usage(self.prompt_tokens, self.assembler.tokens())
-    }
-
-    fn object(&self, stream: bool) -> &'static str {
-        match (self.api, stream) {
-            (Api::Chat, false) => "chat.completion",
-            (Api::Chat, true) => "chat.completion.chunk",
-            (Api::Completion, _) => "text_completion",
-        }
-    }
-
-    /// One stream chunk with `text` (and the role on the first chat chunk).
-    fn chunk(&self, text: &str, finish: Option<&str>, first: bool) -> Value {
-        let choice = match self.api {
-            Api::Chat => {
-                let delta = match (first, finish) {
-                    (true, _) => json!({"role": "assistant", "content": text}),
-                    (false, Some(_)) if text.is_empty() => json!({}),
-                    _ => json!({"content": text}),
-                };
-                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
-            }
-            Api::Completion => json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish}),
-        };
-        json!({"id": self.id, "object": self.object(true), "created": self.created,
-               "model": self.state.model_name, "choices": [choice]})
-    }
-
-    fn complete(&self, finish: &str) -> Value {
-        let text = self.assembler.text();
-        let choice = match self.api {
-            Api::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text},
-                                "logprobs": null, "finish_reason": finish}),
-            Api::Completion => json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish}),
-        };
-        json!({"id": self.id, "object": self.object(false), "created": self.created,
-               "model": self.state.model_name, "choices": [choice], "usage": self.usage()})
+        self.reply
+            .token_chunk(token, |ids| tokenizer.decode(ids).unwrap_or_default())
     }
 }
 
@@ -335,19 +281,16 @@ fn finish_name(f: Finish) -> &'static str {
     }
 }
 
-async fn whole(mut reply: Reply, mut receiver: UnboundedReceiver<Event>) -> Response {
+async fn whole(mut answer: Answer, mut receiver: UnboundedReceiver<Event>) -> Response {
     loop {
         match receiver.recv().await {
             Some(Event::Token(t)) => {
-                reply.piece(t);
-                if reply.assembler.stopped {
-                    return Json(reply.complete("stop")).into_response();
+                answer.token_chunk(t);
+                if answer.reply.assembler.stopped {
+                    return Json(answer.reply.complete("stop")).into_response();
                 }
             }
-            Some(Event::Done(f)) => {
-                reply.assembler.finish();
-                return Json(reply.complete(finish_name(f))).into_response();
-            }
+            Some(Event::Done(f)) => return Json(answer.reply.complete(finish_name(f))).into_response(),
             Some(Event::Failed { kind, message }) => return failure(kind, message).into_response(),
             None => return failure(ErrorKind::Gpu, "the engine stopped".into()).into_response(),
         }
@@ -355,9 +298,8 @@ async fn whole(mut reply: Reply, mut receiver: UnboundedReceiver<Event>) -> Resp
 }
 
 struct StreamState {
-    reply: Reply,
+    answer: Answer,
     receiver: Option<UnboundedReceiver<Event>>,
-    first: bool,
     include_usage: bool,
     pending: std::collections::VecDeque<SseEvent>,
 }
@@ -367,14 +309,13 @@ fn data(value: &Value) -> SseEvent {
 }
 
 fn sse(
-    reply: Reply,
+    answer: Answer,
     receiver: UnboundedReceiver<Event>,
     include_usage: bool,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let start = StreamState {
-        reply,
+        answer,
         receiver: Some(receiver),
-        first: true,
         include_usage,
         pending: Default::default(),
     };
@@ -386,13 +327,10 @@ fn sse(
             let receiver = s.receiver.as_mut()?;
             let finish = match receiver.recv().await {
                 Some(Event::Token(t)) => {
-                    let text = s.reply.piece(t);
-                    if !text.is_empty() || s.first {
-                        let chunk = s.reply.chunk(&text, None, s.first);
-                        s.first = false;
+                    if let Some(chunk) = s.answer.token_chunk(t) {
                         s.pending.push_back(data(&chunk));
                     }
-                    s.reply.assembler.stopped.then_some("stop")
+                    s.answer.reply.assembler.stopped.then_some("stop")
                 }
                 Some(Event::Done(f)) => Some(finish_name(f)),
                 Some(Event::Failed { kind, message }) => {
@@ -409,18 +347,8 @@ fn sse(
             if let Some(finish) = finish {
                 // Dropping the receiver cancels the request in the engine (stop string).
                 s.receiver = None;
-                let rest = s.reply.assembler.finish();
-                let first = s.first;
-                if !rest.is_empty() || first {
-                    s.pending.push_back(data(&s.reply.chunk(&rest, None, first)));
-                }
-                s.pending.push_back(data(&s.reply.chunk("", Some(finish), false)));
-                if s.include_usage {
-                    let r = &s.reply;
-                    s.pending.push_back(data(
-                        &json!({"id": r.id, "object": r.object(true), "created": r.created,
-                        "model": r.state.model_name, "choices": [], "usage": r.usage()}),
-                    ));
+                for chunk in s.answer.reply.closing_chunks(finish, s.include_usage) {
+                    s.pending.push_back(data(&chunk));
                 }
                 s.pending.push_back(SseEvent::default().data("[DONE]"));
             }

@@ -110,12 +110,8 @@ impl Metrics {
     /// The Prometheus text page.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(
-                out,
-                "# HELP webmoe_{name} {help}\n# TYPE webmoe_{name} {kind}\nwebmoe_{name} {value}"
-            );
-        };
+        let mut metric =
+            |name: &str, kind: &str, help: &str, value: String| write_metric(&mut out, name, kind, help, &value);
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
         metric(
             "requests_total",
@@ -185,12 +181,8 @@ impl Metrics {
             );
         }
         let s = self.steps.lock().unwrap_or_else(|p| p.into_inner());
-        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(
-                out,
-                "# HELP webmoe_{name} {help}\n# TYPE webmoe_{name} {kind}\nwebmoe_{name} {value}"
-            );
-        };
+        let mut metric =
+            |name: &str, kind: &str, help: &str, value: String| write_metric(&mut out, name, kind, help, &value);
         metric(
             "decode_steps_total",
             "counter",
@@ -242,4 +234,11 @@ impl Metrics {
         }
         out
     }
+}
+
+fn write_metric(out: &mut String, name: &str, kind: &str, help: &str, value: &str) {
+    let _ = writeln!(
+        out,
+        "# HELP webmoe_{name} {help}\n# TYPE webmoe_{name} {kind}\nwebmoe_{name} {value}"
+    );
 }

@@ -3,7 +3,6 @@
 pub mod engine;
 pub mod http;
 pub mod metrics;
-pub mod openai;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

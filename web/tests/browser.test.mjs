@@ -1,7 +1,7 @@
 // Opens the demo page (web/dist, built by scripts/build-web.sh) in headless Chromium
 // with WebGPU, generates 16 greedy tokens on the embedded model, and checks them
-// against the native engine; checks the routing heat map's totals; runs the kernel
-// self-test in the browser; saves a screenshot.
+// against the native engine; checks the routing heat map's totals; the OpenAI-style
+// API; runs the kernel self-test in the browser; saves a screenshot.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
@@ -95,6 +95,46 @@ test("greedy tokens in the browser equal the native engine's", async () => {
   console.log(`adapter: ${state.adapter.description}`);
   console.log(`browser: prefill ${state.report.prefill_tokens_per_second.toFixed(1)} tokens/s, decode ${state.report.decode_tokens_per_second.toFixed(1)} tokens/s; native run (whole process) ${nativeSeconds.toFixed(1)} s`);
   await page.close();
+});
+
+test("the OpenAI-style browser API answers in OpenAI's shapes, like the native engine", async () => {
+  const bin = process.env.WEBMOE_BIN ?? join(root, "target/release/webmoe");
+  const native = execFileSync(bin, ["run", "--model", DEFAULT_GGUF, "--prompt", PROMPT, "--max-tokens", "8", "--greedy"], {
+    env: { ...process.env }, stdio: ["ignore", "pipe", "inherit"],
+  }).toString().replace(/\n$/, "");
+  const page = await context.newPage();
+  page.on("console", (m) => { if (m.type() === "error") console.log(`[browser] ${m.text()}`); });
+  await page.goto(`${baseUrl}/index.html`);
+  await page.waitForFunction(() => window.__webmoe?.ready === true, null, { timeout: 600_000, polling: 500 });
+  const got = await page.evaluate(async (prompt) => {
+    const api = window.__webmoe.api;
+    const completion = await api.completions.create({ model: "tiny-moe", prompt, max_tokens: 8, temperature: 0 });
+    const messages = [{ role: "user", content: "What is a crate?" }];
+    const chat = await api.chat.completions.create({ messages, max_tokens: 6, temperature: 0 });
+    const chunks = [];
+    const stream = await api.chat.completions.create({ messages, max_tokens: 6, temperature: 0, stream: true, stream_options: { include_usage: true } });
+    for await (const chunk of stream) chunks.push(chunk);
+    let error = null;
+    try {
+      await api.completions.create({ prompt, max_tokens: -1 });
+    } catch (e) {
+      error = { status: e.status, message: e.message, type: e.error?.type };
+    }
+    return { completion, chat, chunks, error };
+  }, PROMPT);
+  await page.close();
+  assert.equal(got.completion.object, "text_completion");
+  assert.equal(PROMPT + got.completion.choices[0].text, native, "browser completion vs `webmoe run` on the same GGUF");
+  assert.equal(got.completion.usage.prompt_tokens, 5);
+  assert.equal(got.chat.object, "chat.completion");
+  assert.equal(got.chat.choices[0].message.role, "assistant");
+  const streamed = got.chunks.flatMap((c) => c.choices).map((c) => c.delta.content ?? "").join("");
+  assert.equal(streamed, got.chat.choices[0].message.content);
+  assert.ok(got.chunks.every((c) => c.object === "chat.completion.chunk"));
+  assert.equal(got.chunks.at(-1).usage.completion_tokens, got.chat.usage.completion_tokens);
+  assert.equal(got.chunks.at(-2).choices[0].finish_reason, got.chat.choices[0].finish_reason);
+  assert.deepEqual({ status: got.error?.status, type: got.error?.type }, { status: 400, type: "invalid_request_error" });
+  assert.match(got.error.message, /max_tokens/);
 });
 
 test("shards stream into the GPU with bounded wasm memory, and a reload works offline from Cache Storage", async () => {

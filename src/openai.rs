@@ -1,6 +1,6 @@
-//! OpenAI API shapes: requests as clients send them, validated into what the engine
-//! runs, responses and stream chunks, errors, and the text of a generation with
-//! stop strings cut out.
+//! OpenAI API shapes, shared by `webmoe serve` and the browser API: requests as
+//! clients send them, validated into what the engine runs, responses and stream
+//! chunks, errors, and the text of a generation with stop strings cut out.
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -275,6 +275,116 @@ fn floor_boundary(s: &str, mut i: usize) -> usize {
 
 pub fn usage(prompt: usize, completion: usize) -> Value {
     json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+}
+
+/// Which endpoint a response is for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Api {
+    Chat,
+    Completion,
+}
+
+/// Builds one request's response objects as its tokens arrive: stream chunks (the
+/// first chat chunk carries the role), the final chunk, the usage chunk, and the
+/// whole (non-streamed) response.
+pub struct Reply {
+    pub api: Api,
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+    pub prompt_tokens: usize,
+    pub assembler: TextAssembler,
+    first: bool,
+}
+
+impl Reply {
+    pub fn new(api: Api, id: String, created: u64, model: String, prompt_tokens: usize, stops: Vec<String>) -> Self {
+        Self {
+            api,
+            id,
+            created,
+            model,
+            prompt_tokens,
+            assembler: TextAssembler::new(stops),
+            first: true,
+        }
+    }
+
+    pub fn object(&self, stream: bool) -> &'static str {
+        match (self.api, stream) {
+            (Api::Chat, false) => "chat.completion",
+            (Api::Chat, true) => "chat.completion.chunk",
+            (Api::Completion, _) => "text_completion",
+        }
+    }
+
+    pub fn usage(&self) -> Value {
+        usage(self.prompt_tokens, self.assembler.tokens())
+    }
+
+    /// Adds a token; returns the chunk to stream for it, if any text (or the first
+    /// chunk) is due. `assembler.stopped` tells when a stop string ended the text.
+    pub fn token_chunk(&mut self, token: u32, decode: impl Fn(&[u32]) -> String) -> Option<Value> {
+        let text = self.assembler.push(token, decode);
+        if text.is_empty() && !self.first {
+            return None;
+        }
+        Some(self.chunk(&text, None))
+    }
+
+    /// The chunks that end a stream: any held-back text, the finish reason, and the
+    /// usage when asked for.
+    pub fn closing_chunks(&mut self, finish: &str, include_usage: bool) -> Vec<Value> {
+        let mut chunks = Vec::new();
+        let rest = self.assembler.finish();
+        if !rest.is_empty() || self.first {
+            chunks.push(self.chunk(&rest, None));
+        }
+        chunks.push(self.chunk("", Some(finish)));
+        if include_usage {
+            chunks.push(
+                json!({"id": self.id, "object": self.object(true), "created": self.created,
+                "model": self.model, "choices": [], "usage": self.usage()}),
+            );
+        }
+        chunks
+    }
+
+    fn chunk(&mut self, text: &str, finish: Option<&str>) -> Value {
+        let first = std::mem::replace(&mut self.first, false);
+        let choice = match self.api {
+            Api::Chat => {
+                let delta = match (first, finish) {
+                    (true, _) => json!({"role": "assistant", "content": text}),
+                    (false, Some(_)) if text.is_empty() => json!({}),
+                    _ => json!({"content": text}),
+                };
+                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
+            }
+            Api::Completion => json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish}),
+        };
+        json!({"id": self.id, "object": self.object(true), "created": self.created,
+               "model": self.model, "choices": [choice]})
+    }
+
+    /// The whole response, at the end.
+    pub fn complete(&mut self, finish: &str) -> Value {
+        self.assembler.finish();
+        let text = self.assembler.text();
+        let choice = match self.api {
+            Api::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text},
+                                "logprobs": null, "finish_reason": finish}),
+            Api::Completion => json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish}),
+        };
+        json!({"id": self.id, "object": self.object(false), "created": self.created,
+               "model": self.model, "choices": [choice], "usage": self.usage()})
+    }
+}
+
+/// A response id like OpenAI's (`chatcmpl-…`, `cmpl-…`).
+pub fn response_id(api: Api, random: u64) -> String {
+    let prefix = if api == Api::Chat { "chatcmpl" } else { "cmpl" };
+    format!("{prefix}-{random:016x}")
 }
 
 #[cfg(test)]
