@@ -210,6 +210,42 @@ mod tests {
     }
 
     #[test]
+    fn real_templates_render_as_their_models_expect() {
+        // Qwen2-Instruct's ChatML template (a default system prompt when none is given).
+        let qwen = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}\
+{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}\
+{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}\
+{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+        let t = ChatTemplate::new(qwen, "", "<|im_end|>").unwrap();
+        assert_eq!(
+            t.render(&messages(&[("user", "Hi")]), true).unwrap(),
+            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        // Mixtral-Instruct's: [INST] turns, and an error when roles do not alternate.
+        let mixtral = "{{ bos_token }}{% for message in messages %}\
+{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}\
+{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}\
+{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}\
+{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}\
+{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}";
+        let t = ChatTemplate::new(mixtral, "<s>", "</s>").unwrap();
+        assert_eq!(
+            t.render(
+                &messages(&[("user", "Hi"), ("assistant", "Hello"), ("user", "Why?")]),
+                true
+            )
+            .unwrap(),
+            "<s>[INST] Hi [/INST]Hello</s>[INST] Why? [/INST]"
+        );
+        let err = t.render(&messages(&[("user", "a"), ("user", "b")]), true).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("Conversation roles must alternate user/assistant/user/assistant/..."),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_broken_template_is_an_error_naming_the_problem() {
         let err = ChatTemplate::new("{% for m in messages %}", "", "").err().unwrap();
         assert!(err.to_string().contains("chat template does not parse"), "{err}");
