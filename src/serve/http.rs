@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{Request as HttpRequest, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -113,16 +113,9 @@ async fn models(State(state): State<Shared>) -> Json<Value> {
     }]}))
 }
 
-/// Parses a JSON body into `T`, with OpenAI-shaped errors for malformed input.
-fn parse<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, ApiError> {
-    if let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
-        if !ct.starts_with("application/json") {
-            return Err(ApiError::invalid(
-                format!("the body must be application/json, not {ct}"),
-                None,
-            ));
-        }
-    }
+/// Parses a JSON body into `T`, with OpenAI-shaped errors for malformed input. Any
+/// content type is accepted (curl's `-d` sends a form type), as llama.cpp's server does.
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("the body is not a valid request: {e}"), None))
 }
 
@@ -130,9 +123,9 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-async fn chat_completions(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+async fn chat_completions(State(state): State<Shared>, body: Bytes) -> Response {
     let run = || -> Result<(Vec<u32>, Settings), ApiError> {
-        let request: ChatRequest = parse(&headers, &body)?;
+        let request: ChatRequest = parse(&body)?;
         let settings = request.common.settings(&state.model_name)?;
         if request.messages.is_empty() {
             return Err(ApiError::invalid("messages must not be empty", Some("messages")));
@@ -153,9 +146,9 @@ async fn chat_completions(State(state): State<Shared>, headers: HeaderMap, body:
     }
 }
 
-async fn completions(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+async fn completions(State(state): State<Shared>, body: Bytes) -> Response {
     let run = || -> Result<(Vec<u32>, Settings), ApiError> {
-        let request: CompletionRequest = parse(&headers, &body)?;
+        let request: CompletionRequest = parse(&body)?;
         let settings = request.common.settings(&state.model_name)?;
         let ids = match &request.prompt {
             Prompt::Text(text) => state.tokenizer.encode(text),

@@ -211,8 +211,8 @@ class OpenAiApi(unittest.TestCase):
     def test_sse_framing_with_curl(self):
         body = json.dumps({"model": MODEL, "prompt": "The borrow checker", "max_tokens": 4, "temperature": 0,
                            "stream": True})
-        out = subprocess.run(["curl", "-sN", "-D", "-", f"{self.server.base}/completions",
-                              "-H", "content-type: application/json", "-d", body],
+        # No content-type header: curl's -d sends a form type, accepted as JSON.
+        out = subprocess.run(["curl", "-sN", "-D", "-", f"{self.server.base}/completions", "-d", body],
                              capture_output=True, timeout=120, check=True).stdout.decode()
         head, _, events = out.partition("\r\n\r\n")
         self.assertIn("content-type: text/event-stream", head.lower())
