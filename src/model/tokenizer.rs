@@ -18,19 +18,19 @@ impl Tokenizer {
     /// tokenizer's own post-processor, as with transformers' `add_special_tokens=True`:
     /// Mixtral's adds `<s>`, Qwen's adds none.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let encoding = self
-            .inner
-            .encode(text, true)
-            .map_err(|e| Error::Config(format!("tokenizing the prompt failed: {e}")))?;
-        Ok(encoding.get_ids().to_vec())
+        self.encode_with(text, true)
     }
 
     /// Token ids of `text` without special tokens added (a rendered chat template
     /// already holds them, as transformers' `apply_chat_template` assumes).
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_with(text, false)
+    }
+
+    fn encode_with(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
         let encoding = self
             .inner
-            .encode(text, false)
+            .encode(text, add_special_tokens)
             .map_err(|e| Error::Config(format!("tokenizing the prompt failed: {e}")))?;
         Ok(encoding.get_ids().to_vec())
     }
