@@ -3,7 +3,8 @@
 //! what is read back) gets a [`Workspace`]: the forward recorded once, with its
 //! activations, parameter buffers, bind groups and readback buffer, then replayed. A
 //! decode step after the first creates no buffers and no bind groups: it writes the
-//! token ids and the position (16 bytes), submits once, and maps the readback.
+//! token ids and each token's (slot, position) (8 bytes a token), submits once, and
+//! maps the readback.
 
 use crate::error::{Error, Result};
 use crate::gpu::kernel::Recorder;
