@@ -9,6 +9,8 @@ use minijinja::{Environment, ErrorKind as JinjaErrorKind};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::model::config::ModelConfig;
+use crate::model::tokenizer::Tokenizer;
 
 /// The chat template of the embedded model. tiny-moe is a text model trained on
 /// paragraphs that end with `<|endoftext|>`, so a conversation is paragraphs: each
@@ -54,6 +56,16 @@ impl ChatTemplate {
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
         })
+    }
+
+    /// `source` with the model's BOS and first EOS token strings (empty when unknown).
+    pub fn for_model(source: &str, config: &ModelConfig, tokenizer: &Tokenizer) -> Result<Self> {
+        let token = |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i)).unwrap_or_default();
+        Self::new(
+            source,
+            &token(config.bos_token_id),
+            &token(config.eos_token_ids.first().copied()),
+        )
     }
 
     /// The prompt for `messages`, ending with the assistant's turn opened when

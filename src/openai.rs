@@ -5,8 +5,9 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::chat::ChatMessage;
+use crate::chat::{ChatMessage, ChatTemplate};
 use crate::model::generate::SamplingParams;
+use crate::model::tokenizer::Tokenizer;
 
 /// A 4xx/5xx answer in OpenAI's error shape.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,11 +86,40 @@ pub enum Prompt {
     Ids(Vec<u32>),
 }
 
+impl ChatRequest {
+    /// The prompt's token ids: the messages through `template`, tokenized with no
+    /// special tokens added (the template holds them).
+    pub fn prompt_ids(&self, template: &ChatTemplate, tokenizer: &Tokenizer) -> Result<Vec<u32>, ApiError> {
+        if self.messages.is_empty() {
+            return Err(ApiError::invalid("messages must not be empty", Some("messages")));
+        }
+        let bad = |e: crate::Error| ApiError::invalid(e.to_string(), Some("messages"));
+        let prompt = template.render(&self.messages, true).map_err(bad)?;
+        tokenizer.encode_plain(&prompt).map_err(bad)
+    }
+}
+
 #[derive(Deserialize, Debug, Clone)]
 pub struct CompletionRequest {
     pub prompt: Prompt,
     #[serde(flatten)]
     pub common: Common,
+}
+
+impl CompletionRequest {
+    /// The prompt's token ids (text tokenized as the model's tokenizer does, or ids).
+    pub fn prompt_ids(&self, tokenizer: &Tokenizer) -> Result<Vec<u32>, ApiError> {
+        let bad = |e: crate::Error| ApiError::invalid(e.to_string(), Some("prompt"));
+        match &self.prompt {
+            Prompt::Text(text) => tokenizer.encode(text).map_err(bad),
+            Prompt::Texts(texts) if texts.len() == 1 => tokenizer.encode(&texts[0]).map_err(bad),
+            Prompt::Texts(_) => Err(ApiError::invalid(
+                "only one prompt per request is supported",
+                Some("prompt"),
+            )),
+            Prompt::Ids(ids) => Ok(ids.clone()),
+        }
+    }
 }
 
 /// What a request asks the engine for, checked.
@@ -101,6 +131,18 @@ pub struct Settings {
     pub stream: bool,
     pub include_usage: bool,
     pub ignore_eos: bool,
+}
+
+impl Settings {
+    /// The tokens that end a generation: the model's end-of-sequence tokens, or none
+    /// with `ignore_eos`.
+    pub fn stop_ids(&self, eos_token_ids: &[u32]) -> Vec<u32> {
+        if self.ignore_eos {
+            Vec::new()
+        } else {
+            eos_token_ids.to_vec()
+        }
+    }
 }
 
 impl Common {

@@ -17,7 +17,7 @@ use crate::model::load::{LoadOptions, LoadedModel, StreamingLoad};
 use crate::model::safetensors_io::{header_prefix_len, parse_header};
 use crate::model::session::Session;
 use crate::model::tokenizer::{TextStream, Tokenizer};
-use crate::openai::{response_id, Api, ApiError, ChatRequest, CompletionRequest, Prompt, Reply, Settings};
+use crate::openai::{response_id, Api, ApiError, ChatRequest, CompletionRequest, Reply, Settings};
 use crate::weights::Uploader;
 
 struct State {
@@ -337,11 +337,7 @@ impl Engine {
                 ids.len(),
                 settings.stops.clone(),
             );
-            let stop_ids = if settings.ignore_eos {
-                Vec::new()
-            } else {
-                model.model.config.eos_token_ids.clone()
-            };
+            let stop_ids = settings.stop_ids(&model.model.config.eos_token_ids);
             let max_tokens = settings.max_tokens.unwrap_or(context).min(context - ids.len());
             let mut session = Session::new(&state.ctx, &model.model, None)
                 .map_err(|e| reject(ApiError::invalid(e.to_string(), None)))?;
@@ -461,33 +457,14 @@ fn openai_prompt(
                 .as_deref()
                 .or(fallback_template)
                 .ok_or_else(|| ApiError::invalid("the model has no chat template: use completions", None))?;
-            let config = &model.model.config;
-            let token = |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i)).unwrap_or_default();
-            let template = ChatTemplate::new(
-                source,
-                &token(config.bos_token_id),
-                &token(config.eos_token_ids.first().copied()),
-            )
-            .map_err(bad)?;
-            let prompt = template.render(&r.messages, true).map_err(bad)?;
-            Ok((Api::Chat, tokenizer.encode_plain(&prompt).map_err(bad)?, settings, name))
+            let template = ChatTemplate::for_model(source, &model.model.config, tokenizer).map_err(bad)?;
+            Ok((Api::Chat, r.prompt_ids(&template, tokenizer)?, settings, name))
         }
         "completions" => {
             let r: CompletionRequest = serde_json::from_str(request).map_err(parse_error)?;
             let name = r.common.model.clone().unwrap_or_else(|| "webmoe".into());
             let settings = r.common.settings(&name)?;
-            let ids = match r.prompt {
-                Prompt::Text(t) => tokenizer.encode(&t).map_err(bad)?,
-                Prompt::Texts(t) if t.len() == 1 => tokenizer.encode(&t[0]).map_err(bad)?,
-                Prompt::Texts(_) => {
-                    return Err(ApiError::invalid(
-                        "only one prompt per request is supported",
-                        Some("prompt"),
-                    ))
-                }
-                Prompt::Ids(ids) => ids,
-            };
-            Ok((Api::Completion, ids, settings, name))
+            Ok((Api::Completion, r.prompt_ids(tokenizer)?, settings, name))
         }
         other => Err(ApiError::invalid(
             format!("no endpoint {other:?}: use chat/completions or completions"),

@@ -240,10 +240,7 @@ impl Engine {
                     self.metrics.queued.fetch_sub(1, Ordering::SeqCst);
                     fail(&r.events, ErrorKind::Unsupported, message);
                 }
-                for s in std::mem::take(&mut self.running) {
-                    fail(&s.request.events, ErrorKind::Unsupported, message);
-                    self.batch.release(s.slot);
-                }
+                self.end_running(ErrorKind::Unsupported, message);
                 break;
             }
             self.drop_cancelled();
@@ -426,11 +423,16 @@ impl Engine {
     }
 
     fn fail_all(&mut self, error: &Error) {
+        self.end_running(error.kind(), &error.to_string());
+        self.metrics.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Ends every running sequence with an error event and frees its slot.
+    fn end_running(&mut self, kind: ErrorKind, message: &str) {
         for s in std::mem::take(&mut self.running) {
-            fail(&s.request.events, error.kind(), &error.to_string());
+            fail(&s.request.events, kind, message);
             self.batch.release(s.slot);
         }
-        self.metrics.failed.fetch_add(1, Ordering::Relaxed);
     }
 
     fn publish(&self) {

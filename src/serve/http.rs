@@ -21,7 +21,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use crate::chat::ChatTemplate;
 use crate::error::ErrorKind;
 use crate::model::tokenizer::Tokenizer;
-use crate::openai::{response_id, Api, ApiError, ChatRequest, CompletionRequest, Prompt, Reply, Settings};
+use crate::openai::{response_id, Api, ApiError, ChatRequest, CompletionRequest, Reply, Settings};
 use crate::serve::engine::{EngineHandle, Event, Finish, Request, SubmitError};
 
 /// Everything a handler needs.
@@ -119,7 +119,7 @@ fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("the body is not a valid request: {e}"), None))
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
@@ -127,18 +127,7 @@ async fn chat_completions(State(state): State<Shared>, body: Bytes) -> Response 
     let run = || -> Result<(Vec<u32>, Settings), ApiError> {
         let request: ChatRequest = parse(&body)?;
         let settings = request.common.settings(&state.model_name)?;
-        if request.messages.is_empty() {
-            return Err(ApiError::invalid("messages must not be empty", Some("messages")));
-        }
-        let prompt = state
-            .chat_template
-            .render(&request.messages, true)
-            .map_err(|e| ApiError::invalid(e.to_string(), Some("messages")))?;
-        let ids = state
-            .tokenizer
-            .encode_plain(&prompt)
-            .map_err(|e| ApiError::invalid(e.to_string(), Some("messages")))?;
-        Ok((ids, settings))
+        Ok((request.prompt_ids(&state.chat_template, &state.tokenizer)?, settings))
     };
     match run() {
         Ok((ids, settings)) => generate(state, Api::Chat, ids, settings).await,
@@ -150,19 +139,7 @@ async fn completions(State(state): State<Shared>, body: Bytes) -> Response {
     let run = || -> Result<(Vec<u32>, Settings), ApiError> {
         let request: CompletionRequest = parse(&body)?;
         let settings = request.common.settings(&state.model_name)?;
-        let ids = match &request.prompt {
-            Prompt::Text(text) => state.tokenizer.encode(text),
-            Prompt::Texts(texts) if texts.len() == 1 => state.tokenizer.encode(&texts[0]),
-            Prompt::Texts(_) => {
-                return Err(ApiError::invalid(
-                    "only one prompt per request is supported",
-                    Some("prompt"),
-                ))
-            }
-            Prompt::Ids(ids) => Ok(ids.clone()),
-        }
-        .map_err(|e| ApiError::invalid(e.to_string(), Some("prompt")))?;
-        Ok((ids, settings))
+        Ok((request.prompt_ids(&state.tokenizer)?, settings))
     };
     match run() {
         Ok((ids, settings)) => generate(state, Api::Completion, ids, settings).await,
@@ -201,11 +178,7 @@ async fn generate(state: Shared, api: Api, prompt: Vec<u32>, settings: Settings)
         max_tokens: settings.max_tokens.unwrap_or(usize::MAX),
         prompt: prompt.clone(),
         sampling: settings.sampling,
-        stop_ids: if settings.ignore_eos {
-            Vec::new()
-        } else {
-            state.stop_ids.clone()
-        },
+        stop_ids: settings.stop_ids(&state.stop_ids),
         events,
     };
     if let Err(e) = state.engine.submit(request) {

@@ -44,15 +44,12 @@ pub fn serve(ctx: GpuContext, loaded: LoadedModel, options: ServeOptions) -> Res
             tokenizer_error.unwrap_or_else(|| "the model has no tokenizer.json".into())
         ))
     })?;
-    let token_text = |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i)).unwrap_or_default();
-    let bos = token_text(model.config.bos_token_id);
-    let eos = token_text(model.config.eos_token_ids.first().copied());
-    let chat_template = ChatTemplate::new(
+    let chat_template = ChatTemplate::for_model(
         chat_template
             .as_deref()
             .unwrap_or("{{ raise_exception('the model has no chat template: use /v1/completions') }}"),
-        &bos,
-        &eos,
+        &model.config,
+        &tokenizer,
     )?;
     let stop_ids = model.config.eos_token_ids.clone();
     let engine = Engine::start(Arc::new(ctx), Arc::new(model), options.engine)?;
@@ -63,9 +60,7 @@ pub fn serve(ctx: GpuContext, loaded: LoadedModel, options: ServeOptions) -> Res
         model_name: options.model_name.clone(),
         api_key: options.api_key.clone(),
         stop_ids,
-        created: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        created: http::now(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
