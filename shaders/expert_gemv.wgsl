@@ -1,7 +1,8 @@
 // Expert GEMV (decode path, few tokens): each assignment's row times its own expert's
 // weights, with no permutation, so only the selected experts' weights are read.
-// gate_up: h[a, n] = silu(x[tok] . gate[e, n]) * (x[tok] . up[e, n]), tok = a / rows_per_token
-// down:    y[a, n] = h[a] . down[e, n]
+// gate_up: h[a, n] = act(x[tok] . gate[e, n] (+ bg[e, n]), x[tok] . up[e, n] (+ bu[e, n])),
+//          tok = a / rows_per_token, act = SwiGLU or clamped SwiGLU (common.wgsl)
+// down:    y[a, n] = h[a] . down[e, n] (+ bd[e, n])
 // e = routed_ids[a] (SENTINEL: dropped, skipped); dense mode (dense != 0): row a is token a
 // and the expert is 0 (shared expert). One dispatch per weight chunk: the chunk holds
 // output rows row_begin..row_end of experts expert_begin..expert_end, expert_stride
@@ -24,7 +25,11 @@ struct GemvParams {
     row_begin: u32,
     row_end: u32,
     expert_stride: u32,
-    _pad: u32,
+    flags: u32,
+    alpha: f32,
+    limit: f32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 const WG: u32 = 64u;
@@ -36,6 +41,9 @@ const ROWS: u32 = 4u;
 @group(0) @binding(3) var<storage, read> w0: array<u32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read> w1: array<u32>;
+// [experts, n_dim] biases of w0's and w1's outputs (read when flags has HAS_BIAS).
+@group(0) @binding(6) var<storage, read> bias0: array<f32>;
+@group(0) @binding(7) var<storage, read> bias1: array<f32>;
 
 var<workgroup> partial: array<f32, 512>; // [2 matrices][ROWS][WG]
 var<workgroup> shared_expert_id: u32;
@@ -99,9 +107,13 @@ fn gate_up(
     }
     reduce_partials(lid, 2u * ROWS);
     if (lid < ROWS && n0 + lid < p.row_end) {
-        let g = partial[lid * WG];
-        let u = partial[(ROWS + lid) * WG];
-        out[a * p.n_dim + n0 + lid] = silu(g) * u;
+        var g = partial[lid * WG];
+        var u = partial[(ROWS + lid) * WG];
+        if ((p.flags & HAS_BIAS) != 0u) {
+            g += bias0[e * p.n_dim + n0 + lid];
+            u += bias1[e * p.n_dim + n0 + lid];
+        }
+        out[a * p.n_dim + n0 + lid] = gated_activation(g, u, p.flags, p.alpha, p.limit);
     }
 }
 
@@ -136,6 +148,10 @@ fn down(
     }
     reduce_partials(lid, ROWS);
     if (lid < ROWS && n0 + lid < p.row_end) {
-        out[a * p.n_dim + n0 + lid] = partial[lid * WG];
+        var y = partial[lid * WG];
+        if ((p.flags & HAS_BIAS) != 0u) {
+            y += bias0[e * p.n_dim + n0 + lid];
+        }
+        out[a * p.n_dim + n0 + lid] = y;
     }
 }

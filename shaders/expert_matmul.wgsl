@@ -2,9 +2,10 @@
 // its rows times the weights of the block's expert, tiled BM x BN with BK-deep
 // shared-memory slices. Each output is summed over the inner dimension in index
 // order in f32, whatever the tiling.
-// gate_up: h[row, n] = silu(x[tok] . gate[e, n]) * (x[tok] . up[e, n]), x [T, d] gathered
-//          through row_assignment (tok = assignment / rows_per_token), h [rows, ffn].
-// down:    y[row, n] = h[row] . down[e, n], y [rows, d].
+// gate_up: h[row, n] = act(x[tok] . gate[e, n] (+ bg[e, n]), x[tok] . up[e, n] (+ bu[e, n])),
+//          x [T, d] gathered through row_assignment (tok = assignment / rows_per_token),
+//          h [rows, ffn], act = SwiGLU or clamped SwiGLU (common.wgsl).
+// down:    y[row, n] = h[row] . down[e, n] (+ bd[e, n]), y [rows, d].
 // One dispatch per weight chunk: the chunk holds output columns row_begin..row_end (weight
 // rows) of experts expert_begin..expert_end, expert_stride elements apart, each weight
 // row K elements (WEIGHT_DTYPE); blocks of other experts, empty blocks and SENTINEL
@@ -26,7 +27,11 @@ struct MatmulParams {
     row_begin: u32,
     row_end: u32,
     expert_stride: u32,
-    _pad: u32,
+    flags: u32,
+    alpha: f32,
+    limit: f32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 const BM: u32 = 32u;
@@ -40,6 +45,9 @@ const BK: u32 = 16u;
 @group(0) @binding(4) var<storage, read> w0: array<u32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 @group(0) @binding(6) var<storage, read> w1: array<u32>;
+// [experts, n_dim] biases of w0's and w1's outputs (read when flags has HAS_BIAS).
+@group(0) @binding(7) var<storage, read> bias0: array<f32>;
+@group(0) @binding(8) var<storage, read> bias1: array<f32>;
 
 var<workgroup> tile_a: array<f32, 512>;   // [BM][BK]
 var<workgroup> tile_b0: array<f32, 1024>; // [BK][BN]
@@ -181,7 +189,13 @@ fn gate_up(
         for (var j = 0u; j < 4u; j++) {
             let col = col0 + tx + 16u * j;
             if (col < p.row_end) {
-                out[row * p.n_dim + col] = silu(acc_g[4u * i + j]) * acc_u[4u * i + j];
+                var g = acc_g[4u * i + j];
+                var u = acc_u[4u * i + j];
+                if ((p.flags & HAS_BIAS) != 0u) {
+                    g += bias0[e * p.n_dim + col];
+                    u += bias1[e * p.n_dim + col];
+                }
+                out[row * p.n_dim + col] = gated_activation(g, u, p.flags, p.alpha, p.limit);
             }
         }
     }
@@ -230,7 +244,11 @@ fn down(
         for (var j = 0u; j < 4u; j++) {
             let col = col0 + tx + 16u * j;
             if (col < p.row_end) {
-                out[row * p.n_dim + col] = acc[4u * i + j];
+                var y = acc[4u * i + j];
+                if ((p.flags & HAS_BIAS) != 0u) {
+                    y += bias0[e * p.n_dim + col];
+                }
+                out[row * p.n_dim + col] = y;
             }
         }
     }

@@ -413,6 +413,8 @@ async fn bench_shape(
         MoeLayer {
             config,
             router: GpuTensor::from_f32(ctx, "router", &[e, d], &weights.router, DType::F32)?,
+            router_bias: None,
+            expert_biases: None,
             selection_bias: None,
             gate: matrix("experts.gate_proj", &weights.gate, [e, f, d], 2)?,
             up: matrix("experts.up_proj", &weights.up, [e, f, d], 3)?,

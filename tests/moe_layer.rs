@@ -6,12 +6,16 @@ mod common;
 use common::*;
 use webmoe::moe::reference::moe_reference;
 use webmoe::moe::SharedExpertConfig;
+use webmoe::ops::expert_matmul::Activation;
 use webmoe::ops::routing::{GroupLimit, GroupScore, Scoring, TopKOrder};
 use webmoe::{ContextOptions, DType, Error, GpuContext, GpuTensor, MoeConfig, MoeLayer, MoeWeights, WeightFormat};
 
 /// Runs the layer and its reference; compares output, ids, weights and counts.
 fn check_layer(ctx: &GpuContext, config: MoeConfig, tokens: usize, seed: u64, with_bias: bool) {
-    let weights = MoeWeights::random(&config, seed, with_bias);
+    check_layer_weights(ctx, config, tokens, seed, MoeWeights::random(&config, seed, with_bias));
+}
+
+fn check_layer_weights(ctx: &GpuContext, config: MoeConfig, tokens: usize, seed: u64, weights: MoeWeights) {
     let hidden = random_vec(&mut rng(seed + 1), tokens * config.hidden_size, 1.0);
     let layer = MoeLayer::new(ctx, config, &weights).unwrap();
     let input = GpuTensor::from_f32(ctx, "hidden", &[tokens, config.hidden_size], &hidden, DType::F32).unwrap();
@@ -107,6 +111,40 @@ fn routing_variants_through_the_layer() {
             check_layer(&ctx, config, tokens, 50 + i as u64, i == 1);
         }
     }
+}
+
+#[test]
+fn gpt_oss_biases_and_clamped_swiglu_on_both_paths() {
+    let ctx = context();
+    let mut config = MoeConfig::new(32, 64, 8, 3);
+    config.routing.order = TopKOrder::TopKThenSoftmax;
+    // A low limit so that a good share of gate/up values are clamped (|g|, |u| ~ 0.6 here).
+    config.activation = Activation::ClampedSwiglu {
+        alpha: 1.702,
+        limit: 0.4,
+    };
+    for format in [WeightFormat::F32, WeightFormat::Q8_0] {
+        for (decode_max_tokens, tokens) in [(64, 1), (64, 5), (0, 1), (0, 37)] {
+            let mut c = config;
+            c.weight_format = format;
+            c.decode_max_tokens = decode_max_tokens;
+            let weights = MoeWeights::random(&c, 80 + tokens as u64, false).with_random_biases(&c, 81);
+            check_layer_weights(&ctx, c, tokens, 80 + tokens as u64, weights);
+        }
+    }
+}
+
+#[test]
+fn clamped_swiglu_reference_clamps_gate_above_and_up_both_ways() {
+    let act = Activation::ClampedSwiglu {
+        alpha: 1.702,
+        limit: 7.0,
+    };
+    let sig = |v: f32| 1.0 / (1.0 + (-v).exp());
+    // gate clamped at +7 only; up clamped to [-7, 7], then + 1.
+    assert_eq!(act.apply(10.0, 9.0), 7.0 * sig(1.702 * 7.0) * 8.0);
+    assert_eq!(act.apply(-10.0, -9.0), -10.0 * sig(-17.02) * -6.0);
+    assert_eq!(act.apply(1.0, 0.5), sig(1.702) * 1.5);
 }
 
 #[test]

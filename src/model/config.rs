@@ -20,6 +20,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::moe::{MoeConfig, SharedExpertConfig};
+use crate::ops::expert_matmul::Activation;
 use crate::ops::rope::RopeScaling;
 use crate::ops::routing::{RoutingConfig, TopKOrder};
 use crate::weights::WeightFormat;
@@ -307,6 +308,7 @@ impl ModelConfig {
             routing,
             capacity_factor: None,
             shared_expert,
+            activation: Activation::Silu,
             weight_format: WeightFormat::F32,
             decode_max_tokens: 4,
         };

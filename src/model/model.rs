@@ -335,6 +335,8 @@ impl Planner<'_> {
         Ok(MoeLayer {
             config,
             router: self.vector(&n.router, &[e, d])?,
+            router_bias: None,
+            expert_biases: None,
             selection_bias: None,
             gate,
             up,

@@ -181,6 +181,8 @@ fn load_moe(c: &ModelConfig, store: &TensorStore, layer: usize) -> Result<MoeWei
     };
     Ok(MoeWeights {
         router: store.get_f32(&n.router, &[e, d])?,
+        router_bias: None,
+        expert_biases: None,
         selection_bias: None,
         gate,
         up,

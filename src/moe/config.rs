@@ -1,6 +1,7 @@
 //! Configuration of one MoE feed-forward layer.
 
 use crate::error::{Error, Result};
+use crate::ops::expert_matmul::Activation;
 use crate::ops::routing::RoutingConfig;
 use crate::weights::WeightFormat;
 
@@ -22,6 +23,8 @@ pub struct MoeConfig {
     /// Switch/GShard capacity factor; `None` (the default) drops nothing.
     pub capacity_factor: Option<f32>,
     pub shared_expert: Option<SharedExpertConfig>,
+    /// The routed experts' gated activation.
+    pub activation: Activation,
     /// Storage type of expert (and router) weights on the GPU.
     pub weight_format: WeightFormat,
     /// Batches of at most this many tokens take the GEMV decode path.
@@ -37,6 +40,7 @@ impl MoeConfig {
             routing: RoutingConfig::softmax_top_k(num_experts, top_k, false),
             capacity_factor: None,
             shared_expert: None,
+            activation: Activation::Silu,
             weight_format: WeightFormat::F32,
             decode_max_tokens: 4,
         }

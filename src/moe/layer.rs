@@ -9,7 +9,10 @@ use crate::moe::config::MoeConfig;
 use crate::moe::weights::MoeWeights;
 use crate::ops::capacity::{encode_capacity, expert_capacity};
 use crate::ops::combine::{encode_combine, SharedTerm};
-use crate::ops::expert_matmul::{encode_down, encode_gate_up, ExpertRows};
+use crate::ops::elementwise::encode_add_row_bias;
+use crate::ops::expert_matmul::{
+    encode_down, encode_down_with, encode_gate_up, encode_gate_up_with, Epilogue, ExpertRows,
+};
 use crate::ops::permute::{encode_expert_counts, Permutation};
 use crate::ops::router::encode_router_logits;
 use crate::ops::routing::encode_routing;
@@ -24,11 +27,24 @@ pub struct SharedExpert {
     pub gate_weight: Option<GpuTensor>,
 }
 
+/// Biases of the routed experts' outputs on the GPU (gpt-oss).
+pub struct ExpertBiases {
+    /// `[E, ffn]`
+    pub gate: GpuTensor,
+    /// `[E, ffn]`
+    pub up: GpuTensor,
+    /// `[E, d]`
+    pub down: GpuTensor,
+}
+
 /// The weights of one MoE layer on the GPU, ready to run.
 pub struct MoeLayer {
     pub config: MoeConfig,
     /// `[E, d]`
     pub router: GpuTensor,
+    /// `[E]`: added to the router logits (gpt-oss).
+    pub router_bias: Option<GpuTensor>,
+    pub expert_biases: Option<ExpertBiases>,
     /// `[E]`
     pub selection_bias: Option<GpuTensor>,
     pub gate: WeightMatrix,
@@ -76,8 +92,22 @@ impl MoeLayer {
             }),
             _ => None,
         };
+        let vector =
+            |name: &str, shape: &[usize], values: &[f32]| GpuTensor::from_f32(ctx, name, shape, values, DType::F32);
         Ok(Self {
-            router: GpuTensor::from_f32(ctx, "router", &[e, d], &weights.router, DType::F32)?,
+            router: vector("router", &[e, d], &weights.router)?,
+            router_bias: match &weights.router_bias {
+                Some(b) => Some(vector("router bias", &[e], b)?),
+                None => None,
+            },
+            expert_biases: match &weights.expert_biases {
+                Some(b) => Some(ExpertBiases {
+                    gate: vector("experts.gate_proj bias", &[e, f], &b.gate)?,
+                    up: vector("experts.up_proj bias", &[e, f], &b.up)?,
+                    down: vector("experts.down_proj bias", &[e, d], &b.down)?,
+                }),
+                None => None,
+            },
             selection_bias: match &weights.selection_bias {
                 Some(b) => Some(GpuTensor::from_f32(ctx, "selection bias", &[e], b, DType::F32)?),
                 None => None,
@@ -120,6 +150,9 @@ impl MoeLayer {
 
         let router_logits = f32_tensor("router logits", &[tokens, e])?;
         encode_router_logits(ctx, rec, hidden, &self.router, &router_logits)?;
+        if let Some(bias) = &self.router_bias {
+            encode_add_row_bias(ctx, rec, &router_logits, bias);
+        }
         let topk_ids = GpuTensor::empty(ctx, "top-k ids", &[tokens, k], DType::U32)?;
         let topk_weights = f32_tensor("top-k weights", &[tokens, k])?;
         encode_routing(
@@ -164,8 +197,13 @@ impl MoeLayer {
         };
         let h = f32_tensor("expert intermediate", &[rows.output_rows(), cfg.expert_ffn])?;
         let y = f32_tensor("expert outputs", &[rows.output_rows(), d])?;
-        encode_gate_up(ctx, rec, rows, hidden, &self.gate, &self.up, &h)?;
-        encode_down(ctx, rec, rows, &h, &self.down, &y)?;
+        let epilogue = Epilogue {
+            biases: self.expert_biases.as_ref().map(|b| [&b.gate, &b.up]),
+            activation: cfg.activation,
+        };
+        encode_gate_up_with(ctx, rec, rows, hidden, &self.gate, &self.up, &h, epilogue)?;
+        let down_bias = self.expert_biases.as_ref().map(|b| &b.down);
+        encode_down_with(ctx, rec, rows, &h, &self.down, &y, down_bias)?;
 
         let shared_out = match &self.shared {
             None => None,

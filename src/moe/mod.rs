@@ -6,4 +6,4 @@ pub mod weights;
 
 pub use config::{MoeConfig, SharedExpertConfig};
 pub use layer::{MoeLayer, MoeOutputs};
-pub use weights::{MoeWeights, SharedExpertWeights};
+pub use weights::{ExpertBiasWeights, MoeWeights, SharedExpertWeights};

@@ -5,7 +5,7 @@ use crate::moe::config::MoeConfig;
 use crate::moe::weights::MoeWeights;
 use crate::ops::capacity::{capacity_reference, expert_capacity};
 use crate::ops::combine::combine_reference;
-use crate::ops::expert_matmul::{matvec_reference, swiglu_reference};
+use crate::ops::expert_matmul::{gated_reference, matvec_reference, swiglu_reference};
 use crate::ops::router::router_logits_reference;
 use crate::ops::routing::routing_reference;
 
@@ -34,7 +34,12 @@ pub fn moe_reference(config: &MoeConfig, weights: &MoeWeights, hidden: &[f32]) -
     let round = |v: &[f32]| -> Vec<f32> { config.weight_format.round_trip_all(v) };
     let (gate, up, down) = (round(&weights.gate), round(&weights.up), round(&weights.down));
 
-    let router_logits = router_logits_reference(hidden, &weights.router, tokens, e, d);
+    let mut router_logits = router_logits_reference(hidden, &weights.router, tokens, e, d);
+    if let Some(bias) = &weights.router_bias {
+        for row in router_logits.chunks_mut(e) {
+            row.iter_mut().zip(bias).for_each(|(l, b)| *l += b);
+        }
+    }
     let (topk_ids, topk_weights) = routing_reference(
         &config.routing,
         &router_logits,
@@ -60,13 +65,22 @@ pub fn moe_reference(config: &MoeConfig, weights: &MoeWeights, hidden: &[f32]) -
             let ex = id as usize;
             expert_counts[ex] += 1;
             let x = &hidden[(a / k) * d..(a / k + 1) * d];
-            let h = swiglu_reference(
+            let biases = weights.expert_biases.as_ref();
+            let h = gated_reference(
                 x,
                 &gate[ex * f * d..(ex + 1) * f * d],
                 &up[ex * f * d..(ex + 1) * f * d],
                 f,
+                biases.map(|b| (&b.gate[ex * f..(ex + 1) * f], &b.up[ex * f..(ex + 1) * f])),
+                config.activation,
             );
-            Some(matvec_reference(&h, &down[ex * d * f..(ex + 1) * d * f], d))
+            let mut y = matvec_reference(&h, &down[ex * d * f..(ex + 1) * d * f], d);
+            if let Some(b) = biases {
+                y.iter_mut()
+                    .zip(&b.down[ex * d..(ex + 1) * d])
+                    .for_each(|(y, b)| *y += b);
+            }
+            Some(y)
         })
         .collect();
 

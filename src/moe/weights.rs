@@ -15,10 +15,24 @@ pub struct SharedExpertWeights {
     pub gate_weight: Option<Vec<f32>>,
 }
 
+/// Biases of the routed experts' outputs (gpt-oss).
+#[derive(Clone, Debug, Default)]
+pub struct ExpertBiasWeights {
+    /// `[E, ffn]`
+    pub gate: Vec<f32>,
+    /// `[E, ffn]`
+    pub up: Vec<f32>,
+    /// `[E, d]`
+    pub down: Vec<f32>,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct MoeWeights {
     /// `[E, d]`
     pub router: Vec<f32>,
+    /// `[E]`: added to the router logits (gpt-oss).
+    pub router_bias: Option<Vec<f32>>,
+    pub expert_biases: Option<ExpertBiasWeights>,
     /// `[E]`: added to the selection key only (DeepSeek-V3 e_score_correction_bias).
     pub selection_bias: Option<Vec<f32>>,
     /// `[E, ffn, d]`
@@ -46,6 +60,14 @@ impl MoeWeights {
     pub fn validate(&self, config: &MoeConfig) -> Result<()> {
         let (d, f, e) = (config.hidden_size, config.expert_ffn, config.num_experts());
         check("router weight", &self.router, &[e, d])?;
+        if let Some(b) = &self.router_bias {
+            check("router bias", b, &[e])?;
+        }
+        if let Some(b) = &self.expert_biases {
+            check("experts gate_proj bias", &b.gate, &[e, f])?;
+            check("experts up_proj bias", &b.up, &[e, f])?;
+            check("experts down_proj bias", &b.down, &[e, d])?;
+        }
         if let Some(b) = &self.selection_bias {
             check("expert selection bias", b, &[e])?;
         }
@@ -94,6 +116,8 @@ impl MoeWeights {
         let (d, f, e) = (config.hidden_size, config.expert_ffn, config.num_experts());
         Self {
             router: random(e * d, 1.0),
+            router_bias: None,
+            expert_biases: None,
             selection_bias: if with_bias { Some(random(e, 0.3)) } else { None },
             gate: random(e * f * d, 0.3),
             up: random(e * f * d, 0.3),
@@ -105,5 +129,20 @@ impl MoeWeights {
                 gate_weight: if s.gated { Some(random(d, 0.5)) } else { None },
             }),
         }
+    }
+
+    /// Adds seeded random router and expert biases (gpt-oss style, ±0.5).
+    pub fn with_random_biases(mut self, config: &MoeConfig, seed: u64) -> Self {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-0.5..0.5)).collect() };
+        let (d, f, e) = (config.hidden_size, config.expert_ffn, config.num_experts());
+        self.router_bias = Some(random(e));
+        self.expert_biases = Some(ExpertBiasWeights {
+            gate: random(e * f),
+            up: random(e * f),
+            down: random(e * d),
+        });
+        self
     }
 }

@@ -58,7 +58,48 @@ pub(crate) struct MatmulParams {
     pub(crate) row_end: u32,
     /// Elements from one expert to the next in the chunk.
     pub(crate) expert_stride: u32,
-    pub(crate) _pad: u32,
+    /// HAS_BIAS | CLAMPED_SWIGLU (common.wgsl).
+    pub(crate) flags: u32,
+    pub(crate) alpha: f32,
+    pub(crate) limit: f32,
+    pub(crate) _pad: [u32; 2],
+}
+
+const HAS_BIAS: u32 = 1;
+const CLAMPED_SWIGLU: u32 = 2;
+
+/// The gated activation of the gate/up matmul.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Activation {
+    /// `silu(g) * u` (SwiGLU).
+    #[default]
+    Silu,
+    /// gpt-oss: `g' * sigmoid(alpha * g') * (u' + 1)` with `g' = min(g, limit)` and
+    /// `u' = clamp(u, -limit, limit)`.
+    ClampedSwiglu { alpha: f32, limit: f32 },
+}
+
+impl Activation {
+    /// CPU reference of the activation of gate `g` and up `u`.
+    pub fn apply(self, g: f32, u: f32) -> f32 {
+        match self {
+            Activation::Silu => g / (1.0 + (-g).exp()) * u,
+            Activation::ClampedSwiglu { alpha, limit } => {
+                let g = g.min(limit);
+                let u = u.clamp(-limit, limit);
+                g / (1.0 + (-alpha * g).exp()) * (u + 1.0)
+            }
+        }
+    }
+}
+
+/// What the expert matmuls do past the dot products: biases per expert and output
+/// (`[experts, out]` f32, gpt-oss) and the gate/up activation.
+#[derive(Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    /// Gate/up: the gate's and the up's biases (both or neither). Down: `[0]` only.
+    pub biases: Option<[&'a GpuTensor; 2]>,
+    pub activation: Activation,
 }
 
 /// Records `h = silu(x . gate^T) * (x . up^T)` per row: input `[tokens, d]`, output
@@ -71,6 +112,21 @@ pub fn encode_gate_up(
     gate: &WeightMatrix,
     up: &WeightMatrix,
     h: &GpuTensor,
+) -> Result<()> {
+    encode_gate_up_with(ctx, rec, rows, x, gate, up, h, Epilogue::default())
+}
+
+/// [`encode_gate_up`] with biases and another activation.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_gate_up_with(
+    ctx: &GpuContext,
+    rec: &mut Recorder,
+    rows: ExpertRows,
+    x: &GpuTensor,
+    gate: &WeightMatrix,
+    up: &WeightMatrix,
+    h: &GpuTensor,
+    epilogue: Epilogue,
 ) -> Result<()> {
     let same_chunks = up.chunks.len() == gate.chunks.len()
         && up
@@ -88,7 +144,7 @@ pub fn encode_gate_up(
         )));
     }
     expect_shape("expert matmul input", x, &[x.shape[0], gate.in_dim])?;
-    encode_expert_matmul(ctx, rec, rows, x, gate, Some(up), h)
+    encode_expert_matmul(ctx, rec, rows, x, gate, Some(up), h, epilogue)
 }
 
 /// Records `y = h . down^T` per row: input `[rows, ffn]`, output `[rows, d]`.
@@ -100,10 +156,28 @@ pub fn encode_down(
     down: &WeightMatrix,
     y: &GpuTensor,
 ) -> Result<()> {
-    expect_shape("down projection input", h, &[rows.output_rows(), down.in_dim])?;
-    encode_expert_matmul(ctx, rec, rows, h, down, None, y)
+    encode_down_with(ctx, rec, rows, h, down, y, None)
 }
 
+/// [`encode_down`] plus a per-expert output bias `[experts, d]`.
+pub fn encode_down_with(
+    ctx: &GpuContext,
+    rec: &mut Recorder,
+    rows: ExpertRows,
+    h: &GpuTensor,
+    down: &WeightMatrix,
+    y: &GpuTensor,
+    bias: Option<&GpuTensor>,
+) -> Result<()> {
+    expect_shape("down projection input", h, &[rows.output_rows(), down.in_dim])?;
+    let epilogue = Epilogue {
+        biases: bias.map(|b| [b, b]),
+        activation: Activation::Silu,
+    };
+    encode_expert_matmul(ctx, rec, rows, h, down, None, y, epilogue)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn encode_expert_matmul(
     ctx: &GpuContext,
     rec: &mut Recorder,
@@ -112,9 +186,25 @@ fn encode_expert_matmul(
     w0: &WeightMatrix,
     w1: Option<&WeightMatrix>,
     out: &GpuTensor,
+    epilogue: Epilogue,
 ) -> Result<()> {
     let out_rows = rows.output_rows();
     expect_shape("expert matmul output", out, &[out_rows, w0.out_dim])?;
+    if let Some(biases) = epilogue.biases {
+        for (bias, w) in biases.iter().zip([Some(w0), w1]) {
+            if let Some(w) = w {
+                expect_shape(&format!("{} bias", w.name), bias, &[w.experts, w.out_dim])?;
+            }
+        }
+    }
+    let mut flags = if epilogue.biases.is_some() { HAS_BIAS } else { 0 };
+    let (alpha, limit) = match epilogue.activation {
+        Activation::Silu => (0.0, 0.0),
+        Activation::ClampedSwiglu { alpha, limit } => {
+            flags |= CLAMPED_SWIGLU;
+            (alpha, limit)
+        }
+    };
     let (k_dim, n_dim) = (w0.in_dim, w0.out_dim);
     let entry = if w1.is_some() { "gate_up" } else { "down" };
     // (kernel, row index buffer, block table, rows per token, grid rows, dense, outputs per workgroup)
@@ -168,21 +258,32 @@ fn encode_expert_matmul(
             row_begin: chunk.rows.start as u32,
             row_end: chunk.rows.end as u32,
             expert_stride: w0.expert_stride as u32,
-            _pad: 0,
+            flags,
+            alpha,
+            limit,
+            _pad: [0; 2],
         };
         let mut entries: Vec<(u32, &wgpu::Buffer)> = vec![(1, &input.buffer), (2, index_buffer)];
+        // Without biases the kernels never read them; the input stands in.
+        let [bias0, bias1] = epilogue
+            .biases
+            .map_or([&input.buffer; 2], |[a, b]| [&a.buffer, &b.buffer]);
         if tiled {
             entries.push((3, block_buffer.unwrap_or(index_buffer)));
             entries.push((4, &chunk.buffer));
             entries.push((5, &out.buffer));
+            entries.push((7, bias0));
             if let Some(w1) = w1 {
                 entries.push((6, &w1.chunks[i].buffer));
+                entries.push((8, bias1));
             }
         } else {
             entries.push((3, &chunk.buffer));
             entries.push((4, &out.buffer));
+            entries.push((6, bias0));
             if let Some(w1) = w1 {
                 entries.push((5, &w1.chunks[i].buffer));
+                entries.push((7, bias1));
             }
         }
         rec.dispatch(ctx, key, &params, &entries, workgroups(rows_or_blocks * col_tiles, 1));
@@ -193,12 +294,29 @@ fn encode_expert_matmul(
 /// CPU reference of one SwiGLU expert on one row: `silu(gate . x) * (up . x)`,
 /// with `gate`, `up` as `[ffn, d]`.
 pub fn swiglu_reference(x: &[f32], gate: &[f32], up: &[f32], ffn: usize) -> Vec<f32> {
+    gated_reference(x, gate, up, ffn, None, Activation::Silu)
+}
+
+/// CPU reference of one gated expert on one row with optional biases (`[ffn]` each):
+/// `act(gate . x + bg, up . x + bu)`.
+pub fn gated_reference(
+    x: &[f32],
+    gate: &[f32],
+    up: &[f32],
+    ffn: usize,
+    biases: Option<(&[f32], &[f32])>,
+    activation: Activation,
+) -> Vec<f32> {
     let d = x.len();
     (0..ffn)
         .map(|n| {
-            let g = dot(x, &gate[n * d..(n + 1) * d]);
-            let u = dot(x, &up[n * d..(n + 1) * d]);
-            g / (1.0 + (-g).exp()) * u
+            let mut g = dot(x, &gate[n * d..(n + 1) * d]);
+            let mut u = dot(x, &up[n * d..(n + 1) * d]);
+            if let Some((bg, bu)) = biases {
+                g += bg[n];
+                u += bu[n];
+            }
+            activation.apply(g, u)
         })
         .collect()
 }

@@ -58,7 +58,10 @@ pub fn all() -> Vec<ParamsLayout> {
                 dense,
                 row_begin,
                 row_end,
-                expert_stride
+                expert_stride,
+                flags,
+                alpha,
+                limit
             ]
         );
         l.wgsl_struct = wgsl;
