@@ -30,7 +30,7 @@ use crate::ops::expert_matmul::{encode_down, encode_gate_up, ExpertRows};
 use crate::ops::norm::encode_rms_norm;
 use crate::ops::rope::{encode_rope, upload_rope_table};
 use crate::ops::TokenPositions;
-use crate::weights::{Placement, WeightFormat, WeightMatrix};
+use crate::weights::{Assembly, Placement, WeightFormat, WeightMatrix};
 
 /// Batches of at most this many tokens use the GEMV kernels for dense projections.
 const GEMV_MAX_TOKENS: usize = 4;
@@ -219,6 +219,7 @@ impl Planner<'_> {
                     dst: chunk.buffer.clone(),
                     dst_offset,
                     dst_format: format,
+                    assembly: Assembly::Stream,
                 });
             }
         }
@@ -238,6 +239,7 @@ impl Planner<'_> {
             dst: tensor.buffer.clone(),
             dst_offset: 0,
             dst_format: WeightFormat::F32,
+            assembly: Assembly::Stream,
         });
         Ok(tensor)
     }

@@ -8,4 +8,4 @@ pub mod upload;
 
 pub use format::WeightFormat;
 pub use matrix::{WeightChunk, WeightMatrix};
-pub use upload::{Placement, Uploader};
+pub use upload::{Assembly, Placement, Uploader};

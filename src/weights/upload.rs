@@ -66,6 +66,37 @@ impl<'a> Uploader<'a> {
     }
 }
 
+/// How a placement's source bytes become destination bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Assembly {
+    /// Converted in order as they arrive; nothing is held beyond one conversion unit.
+    Stream,
+    /// The source range is a row-major `[rows, cols]` matrix of `src_format` elements;
+    /// the destination rows are its columns `first, first + step, …` (`count` of them):
+    /// a transpose that can also pick interleaved columns (gpt-oss's `gate_up_proj`,
+    /// `[E, in, 2 ffn]` with gate and up columns alternating). Held whole until complete.
+    Columns {
+        rows: usize,
+        cols: usize,
+        first: usize,
+        step: usize,
+        count: usize,
+    },
+    /// Hugging Face's MXFP4 (gpt-oss checkpoints): the source range holds e2m1 nibble
+    /// blocks `[rows, blocks, 16]` (element 2j in the low nibble of byte j, 2j + 1 in
+    /// the high one) and `scales`, another range of the same shard, their e8m0 scales
+    /// `[rows, blocks]`. Rows `first, first + step, …` (`count`) become MXFP4 blocks
+    /// (`src_format` is then [`WeightFormat::Mxfp4`]). Both parts are held until the
+    /// later one arrives.
+    HfMxfp4 {
+        scales: std::ops::Range<u64>,
+        blocks: usize,
+        first: usize,
+        step: usize,
+        count: usize,
+    },
+}
+
 /// Where one run of checkpoint bytes goes.
 #[derive(Clone, Debug)]
 pub struct Placement {
@@ -80,21 +111,40 @@ pub struct Placement {
     /// A multiple of 4.
     pub dst_offset: u64,
     pub dst_format: WeightFormat,
+    pub assembly: Assembly,
+}
+
+impl Placement {
+    /// The source ranges this placement reads: its own, and the scales of `HfMxfp4`.
+    fn parts(&self) -> Vec<std::ops::Range<u64>> {
+        let mut parts = vec![self.src_offset..self.src_offset + self.src_len];
+        if let Assembly::HfMxfp4 { scales, .. } = &self.assembly {
+            parts.push(scales.clone());
+        }
+        parts
+    }
 }
 
 struct Progress {
     placement: Placement,
-    /// Source bytes taken so far.
-    done: u64,
+    /// Source bytes taken so far, per part.
+    received: Vec<u64>,
     /// Destination bytes written so far.
     written: u64,
-    /// Source bytes held back until a whole unit has arrived.
+    /// Streaming: source bytes held back until a whole unit has arrived.
     carry: Vec<u8>,
+    /// Assembled placements: each part's bytes, held until all have arrived.
+    held: Vec<Vec<u8>>,
 }
 
 impl Progress {
-    fn end(&self) -> u64 {
-        self.placement.src_offset + self.placement.src_len
+    fn part_len(&self, part: usize) -> u64 {
+        let r = &self.placement.parts()[part];
+        r.end - r.start
+    }
+
+    fn complete(&self) -> bool {
+        (0..self.received.len()).all(|i| self.received[i] == self.part_len(i))
     }
 
     /// Source bytes of whole source and destination blocks that convert to a whole
@@ -110,12 +160,26 @@ impl Progress {
         elements / src.block_elements() * src.block_bytes()
     }
 
-    /// Takes `data`, the next source bytes of this placement.
-    fn take(&mut self, up: &mut Uploader, data: &[u8]) {
+    /// Takes `data`, the next bytes of part `part` of this placement.
+    fn take(&mut self, up: &mut Uploader, part: usize, data: &[u8]) {
+        self.received[part] += data.len() as u64;
+        if self.placement.assembly == Assembly::Stream {
+            let last = self.received[0] == self.placement.src_len;
+            self.stream(up, data, last);
+            return;
+        }
+        self.held[part].extend_from_slice(data);
+        if self.complete() {
+            let held = std::mem::take(&mut self.held);
+            let assembled = assemble(&self.placement, &held);
+            self.stream(up, &assembled, true);
+        }
+    }
+
+    /// Converts and writes source-format bytes in order; `last` when no more follow.
+    fn stream(&mut self, up: &mut Uploader, data: &[u8], last: bool) {
         let unit = self.unit();
         let mut data = data;
-        self.done += data.len() as u64;
-        let last = self.done == self.placement.src_len;
         if !self.carry.is_empty() {
             let need = (unit - self.carry.len()).min(data.len());
             self.carry.extend_from_slice(&data[..need]);
@@ -147,6 +211,58 @@ impl Progress {
     }
 }
 
+/// The source-format bytes of an assembled placement, from its parts' bytes.
+fn assemble(p: &Placement, held: &[Vec<u8>]) -> Vec<u8> {
+    match &p.assembly {
+        Assembly::Stream => held[0].clone(),
+        &Assembly::Columns {
+            rows,
+            first,
+            step,
+            count,
+            cols,
+        } => {
+            let size = p.src_format.block_bytes();
+            let src = &held[0];
+            let mut out = Vec::with_capacity(count * rows * size);
+            for j in 0..count {
+                let c = first + j * step;
+                for r in 0..rows {
+                    let at = (r * cols + c) * size;
+                    out.extend_from_slice(&src[at..at + size]);
+                }
+            }
+            out
+        }
+        &Assembly::HfMxfp4 {
+            blocks,
+            first,
+            step,
+            count,
+            ..
+        } => {
+            let (nibbles, scales) = (&held[0], &held[1]);
+            let mut out = Vec::with_capacity(count * blocks * 17);
+            for j in 0..count {
+                let row = first + j * step;
+                for b in 0..blocks {
+                    let block = row * blocks + b;
+                    out.push(scales[block]);
+                    out.extend(hf_to_ggml_mxfp4_nibbles(&nibbles[block * 16..block * 16 + 16]));
+                }
+            }
+            out
+        }
+    }
+}
+
+/// Reorders one block's e2m1 nibbles from Hugging Face's order (elements 2j and
+/// 2j + 1 in byte j, low nibble first) to ggml's (elements j and j + 16 in byte j).
+pub fn hf_to_ggml_mxfp4_nibbles(hf: &[u8]) -> [u8; 16] {
+    let element = |i: usize| (hf[i / 2] >> (4 * (i % 2))) & 0x0f;
+    std::array::from_fn(|j| element(j) | (element(j + 16) << 4))
+}
+
 fn gcd(a: usize, b: usize) -> usize {
     if b == 0 {
         a
@@ -159,11 +275,20 @@ fn lcm(a: usize, b: usize) -> usize {
     a / gcd(a, b) * b
 }
 
+/// One source range of a placement, indexed by file offset.
+struct Entry {
+    offset: u64,
+    len: u64,
+    progress: usize,
+    part: usize,
+}
+
 /// Every placement of a load, fed shard by shard in file order.
 pub struct Placements {
-    /// Per shard, sorted by source offset.
-    by_shard: Vec<Vec<Progress>>,
-    /// Per shard, the first placement not yet complete.
+    progress: Vec<Progress>,
+    /// Per shard, the source ranges sorted by offset.
+    by_shard: Vec<Vec<Entry>>,
+    /// Per shard, the first entry not yet complete.
     cursor: Vec<usize>,
     total: u64,
     fed: u64,
@@ -171,20 +296,33 @@ pub struct Placements {
 
 impl Placements {
     pub fn new(shards: usize, placements: Vec<Placement>) -> Self {
-        let mut by_shard: Vec<Vec<Progress>> = (0..shards).map(|_| Vec::new()).collect();
-        let total = placements.iter().map(|p| p.src_len).sum();
+        let mut by_shard: Vec<Vec<Entry>> = (0..shards).map(|_| Vec::new()).collect();
+        let mut total = 0;
+        let mut progress = Vec::with_capacity(placements.len());
         for placement in placements {
-            by_shard[placement.shard].push(Progress {
+            let parts = placement.parts();
+            for (part, range) in parts.iter().enumerate() {
+                total += range.end - range.start;
+                by_shard[placement.shard].push(Entry {
+                    offset: range.start,
+                    len: range.end - range.start,
+                    progress: progress.len(),
+                    part,
+                });
+            }
+            progress.push(Progress {
+                received: vec![0; parts.len()],
+                held: vec![Vec::new(); parts.len()],
                 placement,
-                done: 0,
                 written: 0,
                 carry: Vec::new(),
             });
         }
         for list in &mut by_shard {
-            list.sort_by_key(|p| p.placement.src_offset);
+            list.sort_by_key(|e| e.offset);
         }
         Self {
+            progress,
             cursor: vec![0; shards],
             by_shard,
             total,
@@ -205,8 +343,8 @@ impl Placements {
     /// The byte ranges of `shard` the placements read, merged, in file order.
     pub fn ranges(&self, shard: usize) -> Vec<std::ops::Range<u64>> {
         let mut ranges: Vec<std::ops::Range<u64>> = Vec::new();
-        for p in &self.by_shard[shard] {
-            let (start, end) = (p.placement.src_offset, p.end());
+        for e in &self.by_shard[shard] {
+            let (start, end) = (e.offset, e.offset + e.len);
             match ranges.last_mut() {
                 Some(last) if start <= last.end => last.end = last.end.max(end),
                 _ => ranges.push(start..end),
@@ -221,16 +359,18 @@ impl Placements {
     pub fn feed(&mut self, up: &mut Uploader, shard: usize, offset: u64, data: &[u8]) -> Result<()> {
         let list = self
             .by_shard
-            .get_mut(shard)
+            .get(shard)
             .ok_or_else(|| Error::Config(format!("shard {shard} is not part of this load")))?;
         let end = offset + data.len() as u64;
         let mut i = self.cursor[shard];
-        while i < list.len() && list[i].placement.src_offset < end {
-            let p = &mut list[i];
-            let (p_start, p_end) = (p.placement.src_offset, p.end());
-            if p_end > offset && p.done < p.placement.src_len {
+        while i < list.len() && list[i].offset < end {
+            let e = &list[i];
+            let p = &mut self.progress[e.progress];
+            let (p_start, p_end) = (e.offset, e.offset + e.len);
+            let done = p.received[e.part];
+            if p_end > offset && done < e.len {
                 let from = p_start.max(offset);
-                let expected = p_start + p.done;
+                let expected = p_start + done;
                 if from != expected {
                     return Err(Error::Config(format!(
                         "bytes of tensor `{}` arrived out of order (at offset {from}, expected {expected})",
@@ -238,28 +378,31 @@ impl Placements {
                     )));
                 }
                 let to = p_end.min(end);
-                p.take(up, &data[(from - offset) as usize..(to - offset) as usize]);
+                p.take(up, e.part, &data[(from - offset) as usize..(to - offset) as usize]);
                 self.fed += to - from;
             }
             i += 1;
         }
-        while self.cursor[shard] < list.len()
-            && list[self.cursor[shard]].done == list[self.cursor[shard]].placement.src_len
+        let progress = &self.progress;
+        let cursor = &mut self.cursor[shard];
+        while *cursor < list.len() && progress[list[*cursor].progress].received[list[*cursor].part] == list[*cursor].len
         {
-            self.cursor[shard] += 1;
+            *cursor += 1;
         }
         Ok(())
     }
 
     /// Fails, naming the tensor, unless every placement got all its bytes.
     pub fn check_complete(&self) -> Result<()> {
-        for list in &self.by_shard {
-            if let Some(p) = list.iter().find(|p| p.done < p.placement.src_len) {
-                return Err(Error::Config(format!(
-                    "tensor `{}` is incomplete: {} of {} bytes arrived",
-                    p.placement.tensor, p.done, p.placement.src_len
-                )));
-            }
+        if let Some(p) = self.progress.iter().find(|p| !p.complete()) {
+            let (got, want): (u64, u64) = (
+                p.received.iter().sum(),
+                (0..p.received.len()).map(|i| p.part_len(i)).sum(),
+            );
+            return Err(Error::Config(format!(
+                "tensor `{}` is incomplete: {got} of {want} bytes arrived",
+                p.placement.tensor
+            )));
         }
         Ok(())
     }
