@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use rand::Rng;
 use webmoe::gpu::kernel::Recorder;
-use webmoe::ops::attention::{attention_reference, encode_attention, KvCache};
+use webmoe::ops::attention::{attention_reference, encode_attention, AttentionOptions, KvCache};
 use webmoe::ops::elementwise::{encode_add_row_bias, encode_add_scaled, encode_scale_clamp};
 use webmoe::ops::embedding::{argmax_reference, encode_argmax, encode_embedding};
 use webmoe::ops::norm::{encode_rms_norm, rms_norm_reference};
@@ -106,9 +106,22 @@ fn attention_prefill_then_decode_matches_reference() {
                     upload(&ctx, &[tokens, kv_heads * head_dim], &k),
                     upload(&ctx, &[tokens, kv_heads * head_dim], &v),
                 );
-                encode_attention(&ctx, enc, &cache, &qg, &kg, &vg, heads, &position, scale, &out).unwrap();
+                encode_attention(
+                    &ctx,
+                    enc,
+                    &cache,
+                    &qg,
+                    &kg,
+                    &vg,
+                    heads,
+                    &position,
+                    scale,
+                    AttentionOptions::default(),
+                    &out,
+                )
+                .unwrap();
             });
-            let want = attention_reference(&q, &all_k, &all_v, heads, kv_heads, head_dim, pos0, scale);
+            let want = attention_reference(&q, &all_k, &all_v, heads, kv_heads, head_dim, pos0, scale, None, None);
             assert_close(
                 &format!("attention H={heads}/{kv_heads} pos0={pos0} T={tokens}"),
                 &out.read_f32_blocking(&ctx).unwrap(),
@@ -124,7 +137,20 @@ fn attention_prefill_then_decode_matches_reference() {
         let kv = upload(&ctx, &[n, kv_heads * head_dim], &vec![0.0; n * kv_heads * head_dim]);
         let mut enc = Recorder::new();
         let start = TokenPositions::contiguous(&ctx, 0, n).unwrap();
-        assert!(encode_attention(&ctx, &mut enc, &cache, &q, &kv, &kv, heads, &start, scale, &q).is_err());
+        assert!(encode_attention(
+            &ctx,
+            &mut enc,
+            &cache,
+            &q,
+            &kv,
+            &kv,
+            heads,
+            &start,
+            scale,
+            AttentionOptions::default(),
+            &q
+        )
+        .is_err());
     }
 }
 
@@ -157,7 +183,20 @@ fn attention_over_several_sequences_of_different_lengths_matches_each_alone() {
                 upload(&ctx, &[t, kvw], &k),
                 upload(&ctx, &[t, kvw], &v),
             );
-            encode_attention(&ctx, enc, &cache, &qg, &kg, &vg, heads, &positions, scale, &out).unwrap();
+            encode_attention(
+                &ctx,
+                enc,
+                &cache,
+                &qg,
+                &kg,
+                &vg,
+                heads,
+                &positions,
+                scale,
+                AttentionOptions::default(),
+                &out,
+            )
+            .unwrap();
         });
         let got = out.read_f32_blocking(&ctx).unwrap();
         for (i, &(slot, pos)) in placed.iter().enumerate() {
@@ -165,7 +204,18 @@ fn attention_over_several_sequences_of_different_lengths_matches_each_alone() {
             assert_eq!(hk.len(), pos * kvw, "test bookkeeping");
             hk.extend_from_slice(&k[i * kvw..][..kvw]);
             hv.extend_from_slice(&v[i * kvw..][..kvw]);
-            let want = attention_reference(&q[i * qw..][..qw], hk, hv, heads, kv_heads, head_dim, pos, scale);
+            let want = attention_reference(
+                &q[i * qw..][..qw],
+                hk,
+                hv,
+                heads,
+                kv_heads,
+                head_dim,
+                pos,
+                scale,
+                None,
+                None,
+            );
             assert_close(
                 &format!("slot {slot} position {pos}"),
                 &got[i * qw..][..qw],
