@@ -5,10 +5,14 @@
 // kv_store: copies this step's k, v [T, kv_heads * head_dim] into the caches
 //   [slots, kv_heads, max_ctx, head_dim] at (s_t, p_t).
 // attend: out[t, h] = sum_j softmax_j(scale * q[t, h] . k[s_t, j, h / group]) v[s_t, j, h / group]
-//   over cache positions j <= p_t. Tokens past the cache (slot or position) are skipped
-//   (the host refuses them first). Scores and then probabilities go through the
-//   `scores` scratch [T * heads, max_ctx]; max and sum by fixed-order tree reductions,
-//   the weighted sum of values in position order: deterministic.
+//   over cache positions j <= p_t, or with a sliding window (window > 0) only
+//   p_t - window < j <= p_t. With sinks (has_sinks), the softmax of head h also holds
+//   the logit sinks[h] (not scaled): it enters the max and the sum but has no value,
+//   so it only takes probability mass (gpt-oss). Tokens past the cache (slot or
+//   position) are skipped (the host refuses them first). Scores and then
+//   probabilities go through the `scores` scratch [T * heads, max_ctx]; max and sum
+//   by fixed-order tree reductions, the weighted sum of values in position order:
+//   deterministic.
 // Mapping: kv_store one invocation per element of k; attend one 64-invocation
 // workgroup per (t, head).
 
@@ -20,7 +24,11 @@ struct AttentionParams {
     max_ctx: u32,
     scale: f32,
     slots: u32,
+    has_sinks: u32, // 1: sinks holds [heads] logits; 0: sinks is a dummy, not read
+    window: u32,    // sliding window in positions; 0 = full causal
     _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: AttentionParams;
@@ -32,6 +40,7 @@ struct AttentionParams {
 @group(0) @binding(6) var<storage, read> k_new: array<f32>;
 @group(0) @binding(7) var<storage, read> v_new: array<f32>;
 @group(0) @binding(8) var<storage, read> positions: array<u32>; // [T] x (slot, position)
+@group(0) @binding(9) var<storage, read> sinks: array<f32>; // [heads], read when p.has_sinks == 1
 
 // Whether token t's (slot, position) lies inside the cache.
 fn placed(t: u32) -> bool {
@@ -105,12 +114,14 @@ fn attend(
     let h = th % p.heads;
     let kvh = h / (p.heads / p.kv_heads);
     let keys = pos + 1u;
+    // First position in the window (p_t + 1 - window, written so as not to wrap below 0).
+    let start = select(0u, keys - p.window, p.window > 0u && keys > p.window);
     let qb = th * p.head_dim;
     let cache_base = (slot * p.kv_heads + kvh) * p.max_ctx * p.head_dim;
     let sb = th * p.max_ctx;
 
     var local_max = -3.0e38;
-    for (var j = lid; j < keys; j += 64u) {
+    for (var j = start + lid; j < keys; j += 64u) {
         var s = 0.0;
         let kb = cache_base + j * p.head_dim;
         for (var d = 0u; d < p.head_dim; d++) {
@@ -121,21 +132,30 @@ fn attend(
         local_max = max(local_max, s);
     }
     partial[lid] = local_max;
-    let m = reduce(lid, true);
+    var m = reduce(lid, true);
+    let has_sink = p.has_sinks != 0u;
+    var sink = 0.0;
+    if (has_sink) {
+        sink = sinks[h];
+        m = max(m, sink);
+    }
 
     var local_sum = 0.0;
-    for (var j = lid; j < keys; j += 64u) {
+    for (var j = start + lid; j < keys; j += 64u) {
         let e = exp(scores[sb + j] - m);
         scores[sb + j] = e;
         local_sum += e;
     }
     partial[lid] = local_sum;
-    let total = reduce(lid, false);
+    var total = reduce(lid, false);
+    if (has_sink) {
+        total += exp(sink - m);
+    }
     storageBarrier();
 
     for (var d = lid; d < p.head_dim; d += 64u) {
         var acc = 0.0;
-        for (var j = 0u; j < keys; j++) {
+        for (var j = start; j < keys; j++) {
             acc += scores[sb + j] * v_cache[cache_base + j * p.head_dim + d];
         }
         out[qb + d] = acc / total;

@@ -11,7 +11,7 @@ use crate::gpu::kernel::Recorder;
 use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::moe::reference::moe_reference;
 use crate::moe::{MoeConfig, MoeLayer, MoeWeights, SharedExpertConfig};
-use crate::ops::attention::{attention_reference, encode_attention, KvCache};
+use crate::ops::attention::{attention_reference, encode_attention, AttentionOptions, KvCache};
 use crate::ops::embedding::encode_embedding;
 use crate::ops::embedding::{argmax_reference, encode_argmax};
 use crate::ops::norm::{encode_rms_norm, rms_norm_reference};
@@ -217,8 +217,22 @@ async fn transformer_op_checks(ctx: &GpuContext, rng: &mut ChaCha8Rng) -> Result
     let out = GpuTensor::empty(ctx, "out", &[t, heads * hd], DType::F32)?;
     let scale = 0.25;
     let start = TokenPositions::contiguous(ctx, 0, t)?;
-    run(&|e| encode_attention(ctx, e, &cache, &qg, &kg, &vg, heads, &start, scale, &out))?;
-    let want = attention_reference(&q, &k, &v, heads, kv_heads, hd, 0, scale);
+    run(&|e| {
+        encode_attention(
+            ctx,
+            e,
+            &cache,
+            &qg,
+            &kg,
+            &vg,
+            heads,
+            &start,
+            scale,
+            AttentionOptions::default(),
+            &out,
+        )
+    })?;
+    let want = attention_reference(&q, &k, &v, heads, kv_heads, hd, 0, scale, None, None);
     checks.push(check(
         "attention (GQA, causal)",
         relative_error(&out.read_f32(ctx).await?, &want),

@@ -5,14 +5,15 @@ mod common;
 
 use common::*;
 use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 use webmoe::gpu::kernel::Recorder;
-use webmoe::ops::attention::{attention_reference, encode_attention, KvCache};
+use webmoe::ops::attention::{attention_reference, encode_attention, AttentionOptions, KvCache};
 use webmoe::ops::elementwise::{encode_add_row_bias, encode_add_scaled, encode_scale_clamp};
 use webmoe::ops::embedding::{argmax_reference, encode_argmax, encode_embedding};
 use webmoe::ops::norm::{encode_rms_norm, rms_norm_reference};
 use webmoe::ops::rope::{encode_rope, rope_reference, rope_table, upload_rope_table};
 use webmoe::ops::TokenPositions;
-use webmoe::{ContextOptions, DType, GpuContext, GpuTensor, WeightFormat, WeightMatrix};
+use webmoe::{ContextOptions, DType, ErrorKind, GpuContext, GpuTensor, WeightFormat, WeightMatrix};
 
 fn upload(ctx: &GpuContext, shape: &[usize], v: &[f32]) -> GpuTensor {
     GpuTensor::from_f32(ctx, "t", shape, v, DType::F32).unwrap()
@@ -77,6 +78,60 @@ fn rope_matches_reference_with_full_and_partial_rotary() {
     }
 }
 
+/// Attention of one sequence over `steps` (token counts: a prompt, chunks of it, then
+/// decode tokens) against the CPU reference, each output poisoned before its run.
+fn check_attention_steps(
+    ctx: &GpuContext,
+    rng: &mut ChaCha8Rng,
+    (heads, kv_heads, head_dim): (usize, usize, usize),
+    steps: &[usize],
+    max_ctx: usize,
+    sinks: Option<&[f32]>,
+    window: Option<usize>,
+) -> KvCache {
+    let cache = KvCache::new(ctx, kv_heads, head_dim, max_ctx).unwrap();
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let sinks_gpu = sinks.map(|s| upload(ctx, &[heads], s));
+    let options = AttentionOptions {
+        sinks: sinks_gpu.as_ref(),
+        window,
+    };
+    let (mut all_k, mut all_v) = (Vec::new(), Vec::new());
+    let mut pos0 = 0;
+    for &tokens in steps {
+        let q = random_vec(rng, tokens * heads * head_dim, 1.0);
+        let k = random_vec(rng, tokens * kv_heads * head_dim, 1.0);
+        let v = random_vec(rng, tokens * kv_heads * head_dim, 1.0);
+        all_k.extend_from_slice(&k);
+        all_v.extend_from_slice(&v);
+        let out = GpuTensor::empty(ctx, "out", &[tokens, heads * head_dim], DType::F32).unwrap();
+        out.poison(ctx);
+        let position = TokenPositions::contiguous(ctx, pos0, tokens).unwrap();
+        run(ctx, |enc| {
+            let (qg, kg, vg) = (
+                upload(ctx, &[tokens, heads * head_dim], &q),
+                upload(ctx, &[tokens, kv_heads * head_dim], &k),
+                upload(ctx, &[tokens, kv_heads * head_dim], &v),
+            );
+            encode_attention(ctx, enc, &cache, &qg, &kg, &vg, heads, &position, scale, options, &out).unwrap();
+        });
+        let want = attention_reference(
+            &q, &all_k, &all_v, heads, kv_heads, head_dim, pos0, scale, sinks, window,
+        );
+        assert_close(
+            &format!(
+                "attention H={heads}/{kv_heads} d={head_dim} pos0={pos0} T={tokens} sinks={} window={window:?}",
+                sinks.is_some()
+            ),
+            &out.read_f32_blocking(ctx).unwrap(),
+            &want,
+            1e-5,
+        );
+        pos0 += tokens;
+    }
+    cache
+}
+
 #[test]
 fn attention_prefill_then_decode_matches_reference() {
     let ctx = context();
@@ -87,59 +142,170 @@ fn attention_prefill_then_decode_matches_reference() {
         (2, 1, 100, 1, 4, 8),
         (4, 2, 8, 70, 1, 80),
     ] {
-        let cache = KvCache::new(&ctx, kv_heads, head_dim, max_ctx).unwrap();
-        let scale = 1.0 / (head_dim as f32).sqrt();
-        let (mut all_k, mut all_v) = (Vec::new(), Vec::new());
-        let mut pos0 = 0;
-        for tokens in std::iter::once(prefill).chain(std::iter::repeat_n(1, decode_steps)) {
-            let q = random_vec(&mut rng, tokens * heads * head_dim, 1.0);
-            let k = random_vec(&mut rng, tokens * kv_heads * head_dim, 1.0);
-            let v = random_vec(&mut rng, tokens * kv_heads * head_dim, 1.0);
-            all_k.extend_from_slice(&k);
-            all_v.extend_from_slice(&v);
-            let out = GpuTensor::empty(&ctx, "out", &[tokens, heads * head_dim], DType::F32).unwrap();
-            out.poison(&ctx);
-            let position = TokenPositions::contiguous(&ctx, pos0, tokens).unwrap();
-            run(&ctx, |enc| {
-                let (qg, kg, vg) = (
-                    upload(&ctx, &[tokens, heads * head_dim], &q),
-                    upload(&ctx, &[tokens, kv_heads * head_dim], &k),
-                    upload(&ctx, &[tokens, kv_heads * head_dim], &v),
-                );
-                encode_attention(&ctx, enc, &cache, &qg, &kg, &vg, heads, &position, scale, &out).unwrap();
-            });
-            let want = attention_reference(&q, &all_k, &all_v, heads, kv_heads, head_dim, pos0, scale);
-            assert_close(
-                &format!("attention H={heads}/{kv_heads} pos0={pos0} T={tokens}"),
-                &out.read_f32_blocking(&ctx).unwrap(),
-                &want,
-                1e-5,
-            );
-            pos0 += tokens;
-        }
+        let steps: Vec<usize> = std::iter::once(prefill)
+            .chain(std::iter::repeat_n(1, decode_steps))
+            .collect();
+        let cache = check_attention_steps(&ctx, &mut rng, (heads, kv_heads, head_dim), &steps, max_ctx, None, None);
         // More tokens than the cache holds: an error, not a GPU fault. (A position past
         // the cache is refused by the session before anything runs.)
+        let scale = 1.0 / (head_dim as f32).sqrt();
         let n = max_ctx + 1;
         let q = upload(&ctx, &[n, heads * head_dim], &vec![0.0; n * heads * head_dim]);
         let kv = upload(&ctx, &[n, kv_heads * head_dim], &vec![0.0; n * kv_heads * head_dim]);
         let mut enc = Recorder::new();
         let start = TokenPositions::contiguous(&ctx, 0, n).unwrap();
-        assert!(encode_attention(&ctx, &mut enc, &cache, &q, &kv, &kv, heads, &start, scale, &q).is_err());
+        let options = AttentionOptions::default();
+        assert!(encode_attention(&ctx, &mut enc, &cache, &q, &kv, &kv, heads, &start, scale, options, &q).is_err());
     }
 }
 
 #[test]
-fn attention_over_several_sequences_of_different_lengths_matches_each_alone() {
-    // A continuous-batching step: each sequence prefilled in its own slot, then one
-    // step holding one token of every sequence, at different positions (and a prompt
-    // chunk of another sequence in the same step).
+fn attention_with_sinks_and_sliding_window_matches_reference() {
     let ctx = context();
-    let mut rng = rng(31);
+    let mut rng = rng(32);
+    // (heads, kv_heads, head_dim), steps (prompt chunks, then decode tokens), max_ctx, sinks, window
+    type Case = ((usize, usize, usize), &'static [usize], usize, bool, Option<usize>);
+    let cases: &[Case] = &[
+        // Sinks only.
+        ((4, 4, 16), &[5, 1, 1, 1], 16, true, None),
+        ((8, 2, 32), &[17, 1, 1], 40, true, None),
+        ((2, 1, 100), &[1, 1, 1], 8, true, None),
+        // Window only: a prompt longer than the window, then decode tokens past it.
+        ((4, 2, 16), &[12, 1, 1, 1, 1, 1], 24, false, Some(5)),
+        ((4, 4, 8), &[3, 1, 1, 1, 1, 1, 1], 16, false, Some(4)),
+        // A window over 64 positions (several keys per invocation), prompt in chunks.
+        ((4, 2, 8), &[90, 7, 1, 1], 100, false, Some(70)),
+        // Window 1: each token sees only itself.
+        ((4, 2, 8), &[6, 1, 1], 16, false, Some(1)),
+        // Window larger than the context (and than the cache).
+        ((2, 1, 32), &[5, 1, 1], 16, false, Some(100)),
+        ((2, 2, 16), &[9, 1], 16, false, Some(10)),
+        // Sinks and window together.
+        ((8, 2, 16), &[20, 1, 1, 1, 1, 1], 32, true, Some(7)),
+        ((4, 1, 64), &[4, 5, 6, 1], 24, true, Some(8)),
+        ((4, 2, 8), &[6, 1, 1], 16, true, Some(1)),
+        ((4, 2, 8), &[90, 7, 1], 100, true, Some(70)),
+    ];
+    for &(shape, steps, max_ctx, with_sinks, window) in cases {
+        let sinks = with_sinks.then(|| random_vec(&mut rng, shape.0, 3.0));
+        check_attention_steps(&ctx, &mut rng, shape, steps, max_ctx, sinks.as_deref(), window);
+    }
+    // A sink far above every score takes nearly all the mass (and overflows nothing).
+    let sinks = [40.0, -40.0, 0.0, 15.0];
+    check_attention_steps(&ctx, &mut rng, (4, 2, 8), &[9, 1], 16, Some(&sinks), Some(3));
+}
+
+#[test]
+fn attention_reference_sinks_and_window_follow_their_definitions() {
+    // Independent checks of the CPU reference the GPU tests trust.
+    let mut rng = rng(33);
+    let (heads, kv_heads, head_dim, n) = (4, 2, 8, 7);
+    let q = random_vec(&mut rng, n * heads * head_dim, 1.0);
+    let k = random_vec(&mut rng, n * kv_heads * head_dim, 1.0);
+    let v = random_vec(&mut rng, n * kv_heads * head_dim, 1.0);
+    let reference = |sinks, window| attention_reference(&q, &k, &v, heads, kv_heads, head_dim, 0, 0.5, sinks, window);
+    let plain = reference(None, None);
+    // A window covering the whole context is full causal attention; so is a sink of -inf-ish.
+    assert_eq!(reference(None, Some(n)), plain);
+    assert_eq!(reference(Some(&[-1e30; 4]), None), plain);
+    assert_ne!(reference(None, Some(n - 1)), plain);
+    // Window 1: softmax over {own score, sink} = sigmoid(score - sink) times the own value.
+    let sinks = [0.5, -1.0, 2.0, 0.0];
+    let got = reference(Some(&sinks), Some(1));
+    let kvw = kv_heads * head_dim;
+    for t in 0..n {
+        for h in 0..heads {
+            let kvh = h / (heads / kv_heads);
+            let qv = &q[(t * heads + h) * head_dim..][..head_dim];
+            let kv = &k[t * kvw + kvh * head_dim..][..head_dim];
+            let score = 0.5 * qv.iter().zip(kv).map(|(a, b)| a * b).sum::<f32>();
+            let weight = 1.0 / (1.0 + (sinks[h] - score).exp());
+            for d in 0..head_dim {
+                let want = weight * v[t * kvw + kvh * head_dim + d];
+                let g = got[(t * heads + h) * head_dim + d];
+                assert!(
+                    (g - want).abs() <= 1e-6 * want.abs().max(1.0),
+                    "t={t} h={h} d={d}: {g} vs {want}"
+                );
+            }
+        }
+    }
+    // Window w: token t's output only depends on keys/values at t - w < j <= t.
+    let w = 3;
+    let mut k2 = k.clone();
+    let mut v2 = v.clone();
+    k2[..kvw].iter_mut().for_each(|x| *x += 10.0); // position 0: outside the window of t >= 3
+    v2[..kvw].iter_mut().for_each(|x| *x -= 10.0);
+    let a = reference(Some(&sinks), Some(w));
+    let b = attention_reference(&q, &k2, &v2, heads, kv_heads, head_dim, 0, 0.5, Some(&sinks), Some(w));
+    let qw = heads * head_dim;
+    assert_eq!(a[w * qw..], b[w * qw..]);
+    assert_ne!(a[(w - 1) * qw..w * qw], b[(w - 1) * qw..w * qw]);
+}
+
+#[test]
+fn attention_rejects_bad_sinks_and_window() {
+    let ctx = context();
+    let (heads, kv_heads, head_dim, n) = (4, 2, 8, 3);
+    let cache = KvCache::new(&ctx, kv_heads, head_dim, 8).unwrap();
+    let q = upload(&ctx, &[n, heads * head_dim], &vec![0.0; n * heads * head_dim]);
+    let kv = upload(&ctx, &[n, kv_heads * head_dim], &vec![0.0; n * kv_heads * head_dim]);
+    let out = GpuTensor::empty(&ctx, "out", &[n, heads * head_dim], DType::F32).unwrap();
+    let start = TokenPositions::contiguous(&ctx, 0, n).unwrap();
+    let attend = |options: AttentionOptions| {
+        let mut enc = Recorder::new();
+        encode_attention(&ctx, &mut enc, &cache, &q, &kv, &kv, heads, &start, 0.5, options, &out)
+    };
+    let bad_sinks = [
+        upload(&ctx, &[heads + 1], &vec![0.0; heads + 1]),
+        upload(&ctx, &[kv_heads], &vec![0.0; kv_heads]),
+        upload(&ctx, &[1, heads], &vec![0.0; heads]),
+        GpuTensor::empty(&ctx, "u32 sinks", &[heads], DType::U32).unwrap(),
+    ];
+    for sinks in &bad_sinks {
+        let err = attend(AttentionOptions {
+            sinks: Some(sinks),
+            window: None,
+        })
+        .err()
+        .unwrap_or_else(|| panic!("sinks {:?} {:?} accepted", sinks.shape, sinks.dtype));
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        assert!(err.to_string().contains("sinks"), "{err}");
+    }
+    let err = attend(AttentionOptions {
+        sinks: None,
+        window: Some(0),
+    })
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("window"), "{err}");
+    // The right ones are accepted.
+    let sinks = upload(&ctx, &[heads], &[0.0; 4]);
+    attend(AttentionOptions {
+        sinks: Some(&sinks),
+        window: Some(1),
+    })
+    .unwrap();
+}
+
+/// A continuous-batching step: each sequence prefilled in its own slot, then one
+/// step holding one token of every sequence, at different positions (and a prompt
+/// chunk of another sequence in the same step); every token checked against the
+/// reference over its own sequence alone.
+fn check_attention_over_slots(seed: u64, with_sinks: bool, window: Option<usize>) {
+    let ctx = context();
+    let mut rng = rng(seed);
     let (heads, kv_heads, head_dim, max_ctx) = (4, 2, 16, 24);
     let prompts = [5usize, 1, 13, 8];
     let slots = prompts.len() + 1;
     let cache = KvCache::with_slots(&ctx, slots, kv_heads, head_dim, max_ctx).unwrap();
     let scale = 0.3;
+    let sinks = with_sinks.then(|| random_vec(&mut rng, heads, 3.0));
+    let sinks_gpu = sinks.as_ref().map(|s| upload(&ctx, &[heads], s));
+    let options = AttentionOptions {
+        sinks: sinks_gpu.as_ref(),
+        window,
+    };
     let (qw, kvw) = (heads * head_dim, kv_heads * head_dim);
     let mut history: Vec<(Vec<f32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); slots];
     let step = |placed: &[(usize, usize)], history: &mut Vec<(Vec<f32>, Vec<f32>)>, rng: &mut _| {
@@ -157,7 +323,10 @@ fn attention_over_several_sequences_of_different_lengths_matches_each_alone() {
                 upload(&ctx, &[t, kvw], &k),
                 upload(&ctx, &[t, kvw], &v),
             );
-            encode_attention(&ctx, enc, &cache, &qg, &kg, &vg, heads, &positions, scale, &out).unwrap();
+            encode_attention(
+                &ctx, enc, &cache, &qg, &kg, &vg, heads, &positions, scale, options, &out,
+            )
+            .unwrap();
         });
         let got = out.read_f32_blocking(&ctx).unwrap();
         for (i, &(slot, pos)) in placed.iter().enumerate() {
@@ -165,9 +334,20 @@ fn attention_over_several_sequences_of_different_lengths_matches_each_alone() {
             assert_eq!(hk.len(), pos * kvw, "test bookkeeping");
             hk.extend_from_slice(&k[i * kvw..][..kvw]);
             hv.extend_from_slice(&v[i * kvw..][..kvw]);
-            let want = attention_reference(&q[i * qw..][..qw], hk, hv, heads, kv_heads, head_dim, pos, scale);
+            let want = attention_reference(
+                &q[i * qw..][..qw],
+                hk,
+                hv,
+                heads,
+                kv_heads,
+                head_dim,
+                pos,
+                scale,
+                sinks.as_deref(),
+                window,
+            );
             assert_close(
-                &format!("slot {slot} position {pos}"),
+                &format!("slot {slot} position {pos} sinks={with_sinks} window={window:?}"),
                 &got[i * qw..][..qw],
                 &want,
                 1e-5,
@@ -184,6 +364,19 @@ fn attention_over_several_sequences_of_different_lengths_matches_each_alone() {
         placed.extend((0..4).map(|p| (prompts.len(), round * 4 + p)));
         step(&placed, &mut history, &mut rng);
     }
+}
+
+#[test]
+fn attention_over_several_sequences_of_different_lengths_matches_each_alone() {
+    check_attention_over_slots(31, false, None);
+}
+
+#[test]
+fn windowed_attention_with_sinks_over_several_sequences_matches_each_alone() {
+    // Prompts of 5, 1, 13 and 8 tokens against a window of 4 (and of 1).
+    check_attention_over_slots(34, false, Some(4));
+    check_attention_over_slots(35, true, Some(4));
+    check_attention_over_slots(36, true, Some(1));
 }
 
 #[test]

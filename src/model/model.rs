@@ -23,7 +23,7 @@ use crate::model::names::{self, ExpertTensors};
 use crate::model::safetensors_io::Checkpoint;
 use crate::moe::layer::SharedExpert;
 use crate::moe::MoeLayer;
-use crate::ops::attention::{encode_attention, KvCache};
+use crate::ops::attention::{encode_attention, AttentionOptions, KvCache};
 use crate::ops::elementwise::{encode_add_row_bias, encode_add_scaled, encode_gather_rows, encode_scale_clamp};
 use crate::ops::embedding::encode_embedding;
 use crate::ops::expert_matmul::{encode_down, encode_gate_up, ExpertRows};
@@ -575,6 +575,7 @@ impl Model {
             c.num_heads,
             positions,
             c.attention_scale,
+            AttentionOptions::default(),
             &out,
         )?;
         linear(ctx, rec, &out, &a.o, gemv)

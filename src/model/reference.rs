@@ -72,7 +72,18 @@ pub fn forward_reference(config: &ModelConfig, weights: &ModelWeights, ids: &[u3
             0,
             c.rope_interleaved,
         );
-        let attn = attention_reference(&q, &k, &v, c.num_heads, c.num_kv_heads, hd, 0, c.attention_scale);
+        let attn = attention_reference(
+            &q,
+            &k,
+            &v,
+            c.num_heads,
+            c.num_kv_heads,
+            hd,
+            0,
+            c.attention_scale,
+            None,
+            None,
+        );
         let o = linear(&attn, &round(&a.o), qw, d);
         x.iter_mut().zip(&o).for_each(|(x, o)| *x += c.residual_multiplier * o);
         let h = rms_norm_reference(&x, &layer.post_attention_norm, c.rms_norm_eps);

@@ -3,7 +3,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{Recorder, ATTENTION};
 use crate::gpu::{DType, GpuContext, GpuTensor};
-use crate::ops::{workgroups, TokenPositions};
+use crate::ops::{expect_shape, workgroups, TokenPositions};
 
 /// One layer's key and value caches for `slots` sequences,
 /// `[slots, kv_heads, max_ctx, head_dim]` each.
@@ -52,6 +52,20 @@ impl KvCache {
     }
 }
 
+/// Optional parts of attention some models use (gpt-oss). The default is plain full
+/// causal attention.
+#[derive(Clone, Copy, Default)]
+pub struct AttentionOptions<'a> {
+    /// `[heads]` f32 learned sink logits (gpt-oss): each head's softmax gets one extra
+    /// logit that takes probability mass and contributes no value. Not multiplied by
+    /// the attention scale.
+    pub sinks: Option<&'a GpuTensor>,
+    /// Sliding window: a token at position p attends to cache positions j with
+    /// p - window < j <= p (transformers' sliding_window_causal mask:
+    /// kv_idx > q_idx - sliding_window). None = full causal.
+    pub window: Option<usize>,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct AttentionParams {
@@ -62,11 +76,19 @@ pub(crate) struct AttentionParams {
     pub(crate) max_ctx: u32,
     pub(crate) scale: f32,
     pub(crate) slots: u32,
-    pub(crate) _pad: u32,
+    /// 1 when binding 9 holds `[heads]` sink logits, 0 when it is a dummy.
+    pub(crate) has_sinks: u32,
+    /// Sliding window in positions; 0 = full causal.
+    pub(crate) window: u32,
+    pub(crate) _pad0: u32,
+    pub(crate) _pad1: u32,
+    pub(crate) _pad2: u32,
 }
 
-/// Stores `k`, `v [T, kv_heads * head_dim]` at positions `pos0..` (`position` holds pos0) and records attention
-/// of `q [T, heads * head_dim]` over positions `0..=pos0 + t` into `out` (like `q`).
+/// Stores `k`, `v [T, kv_heads * head_dim]` at each token's (slot, position) and
+/// records attention of `q [T, heads * head_dim]` over that slot's cache positions
+/// `0..=position` (the last `window` of them with a window, and one extra sink logit
+/// per head with sinks; see [`AttentionOptions`]) into `out` (like `q`).
 #[allow(clippy::too_many_arguments)]
 pub fn encode_attention(
     ctx: &GpuContext,
@@ -78,6 +100,7 @@ pub fn encode_attention(
     heads: usize,
     positions: &TokenPositions,
     scale: f32,
+    options: AttentionOptions,
     out: &GpuTensor,
 ) -> Result<()> {
     let tokens = q.shape[0];
@@ -93,6 +116,18 @@ pub fn encode_attention(
             cache.kv_heads
         )));
     }
+    if let Some(sinks) = options.sinks {
+        expect_shape("attention sinks", sinks, &[heads])?;
+        if sinks.dtype != DType::F32 {
+            return Err(Error::Config(format!(
+                "attention sinks must be f32, not {:?}",
+                sinks.dtype
+            )));
+        }
+    }
+    if options.window == Some(0) {
+        return Err(Error::Config("the attention window must be at least 1 position".into()));
+    }
     let scores = GpuTensor::empty(ctx, "attention scores", &[tokens * heads, cache.max_ctx], DType::F32)?;
     let params = AttentionParams {
         tokens: tokens as u32,
@@ -102,7 +137,12 @@ pub fn encode_attention(
         max_ctx: cache.max_ctx as u32,
         scale,
         slots: cache.slots as u32,
-        _pad: 0,
+        has_sinks: options.sinks.is_some() as u32,
+        // A window of max_ctx or more covers every position the cache holds.
+        window: options.window.map_or(0, |w| w.min(cache.max_ctx) as u32),
+        _pad0: 0,
+        _pad1: 0,
+        _pad2: 0,
     };
     let (keys, values, pos) = (&cache.keys.buffer, &cache.values.buffer, &positions.buffer);
     rec.dispatch(
@@ -112,6 +152,8 @@ pub fn encode_attention(
         &[(2, keys), (3, values), (6, &k.buffer), (7, &v.buffer), (8, pos)],
         workgroups(k.len(), 64),
     );
+    // Without sinks, q stands in for the sinks buffer (the shader does not read it).
+    let sinks = options.sinks.map_or(&q.buffer, |s| &s.buffer);
     rec.dispatch(
         ctx,
         ATTENTION.entry("attend"),
@@ -123,6 +165,7 @@ pub fn encode_attention(
             (4, &scores.buffer),
             (5, &out.buffer),
             (8, pos),
+            (9, sinks),
         ],
         (tokens * heads) as u32,
     );
@@ -130,7 +173,9 @@ pub fn encode_attention(
 }
 
 /// CPU reference: `keys`, `values` hold all positions `0..pos0 + T` as
-/// `[positions, kv_heads * head_dim]`; `q [T, heads * head_dim]`.
+/// `[positions, kv_heads * head_dim]`; `q [T, heads * head_dim]`; token t at
+/// position pos0 + t. `sinks` (`[heads]`, unscaled) and `window` as in
+/// [`AttentionOptions`].
 #[allow(clippy::too_many_arguments)]
 pub fn attention_reference(
     q: &[f32],
@@ -141,7 +186,12 @@ pub fn attention_reference(
     head_dim: usize,
     pos0: usize,
     scale: f32,
+    sinks: Option<&[f32]>,
+    window: Option<usize>,
 ) -> Vec<f32> {
+    if let Some(s) = sinks {
+        assert_eq!(s.len(), heads, "one sink logit per head");
+    }
     let tokens = q.len() / (heads * head_dim);
     let kv_width = kv_heads * head_dim;
     let mut out = vec![0.0f32; q.len()];
@@ -150,16 +200,19 @@ pub fn attention_reference(
             let kvh = h / (heads / kv_heads);
             let qv = &q[(t * heads + h) * head_dim..][..head_dim];
             let n = pos0 + t + 1;
-            let scores: Vec<f32> = (0..n)
+            // Positions j with pos - window < j <= pos.
+            let start = window.map_or(0, |w| n.saturating_sub(w));
+            let scores: Vec<f32> = (start..n)
                 .map(|j| crate::ops::router::dot(qv, &keys[j * kv_width + kvh * head_dim..][..head_dim]) * scale)
                 .collect();
-            let m = scores.iter().fold(-3.0e38f32, |a, &b| a.max(b));
+            let sink = sinks.map(|s| s[h]);
+            let m = scores.iter().chain(&sink).fold(-3.0e38f32, |a, &b| a.max(b));
             let e: Vec<f32> = scores.iter().map(|s| (s - m).exp()).collect();
-            let sum: f32 = e.iter().sum();
+            let sum: f32 = e.iter().sum::<f32>() + sink.map_or(0.0, |s| (s - m).exp());
             for d in 0..head_dim {
                 let mut acc = 0.0f32;
-                for (j, p) in e.iter().enumerate() {
-                    acc += p * values[j * kv_width + kvh * head_dim + d];
+                for (i, p) in e.iter().enumerate() {
+                    acc += p * values[(start + i) * kv_width + kvh * head_dim + d];
                 }
                 out[(t * heads + h) * head_dim + d] = acc / sum;
             }

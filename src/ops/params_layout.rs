@@ -124,7 +124,7 @@ pub fn all() -> Vec<ParamsLayout> {
             kernel::ATTENTION,
             "AttentionParams",
             AttentionParams,
-            [tokens, heads, kv_heads, head_dim, max_ctx, scale, slots]
+            [tokens, heads, kv_heads, head_dim, max_ctx, scale, slots, has_sinks, window]
         ),
         layout!(
             kernel::EMBEDDING,
