@@ -16,7 +16,15 @@ use webmoe::model::session::Session;
 use webmoe::model::weights::FeedForwardWeights;
 use webmoe::{DType, GpuTensor, MoeLayer};
 
-const FAMILIES: [&str; 5] = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe"];
+const FAMILIES: [&str; 7] = [
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "olmoe",
+    "granitemoe",
+    "gpt_oss",
+    "gpt_oss_mxfp4",
+];
 
 fn model_dir(family: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

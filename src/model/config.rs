@@ -31,6 +31,7 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
     "Qwen3MoeForCausalLM",
     "OlmoeForCausalLM",
     "GraniteMoeForCausalLM",
+    "GptOssForCausalLM",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +41,7 @@ pub enum Family {
     Qwen3Moe,
     Olmoe,
     GraniteMoe,
+    GptOss,
 }
 
 /// Where q/k RMSNorms apply.
@@ -91,6 +93,16 @@ pub struct ModelConfig {
     /// Experts stored one tensor per expert under Qwen-style names whatever the family
     /// (GGUF files, whose stacked expert tensors are viewed per expert).
     pub per_expert_names: bool,
+    /// Per layer: the sliding window of its attention (gpt-oss's `layer_types`), or
+    /// `None` for full causal attention.
+    pub attention_windows: Vec<Option<usize>>,
+    /// A learned sink logit per head and layer (`self_attn.sinks`, gpt-oss).
+    pub attention_sinks: bool,
+    /// `o_proj` has a bias too (gpt-oss's `attention_bias` covers q, k, v and o).
+    pub output_bias: bool,
+    /// Routed experts stored as Hugging Face's MXFP4 (`*_blocks` + `*_scales`,
+    /// `quantization_config.quant_method = "mxfp4"`).
+    pub experts_mxfp4: bool,
 }
 
 #[derive(Deserialize)]
@@ -169,9 +181,14 @@ impl RopeParameters {
     }
 }
 
+#[derive(Deserialize, Default)]
+pub(crate) struct QuantizationConfig {
+    pub(crate) quant_method: Option<String>,
+}
+
 /// The fields webmoe reads; everything optional so missing ones get named errors.
 #[derive(Deserialize)]
-struct RawConfig {
+pub(crate) struct RawConfig {
     architectures: Option<Vec<String>>,
     vocab_size: Option<usize>,
     hidden_size: Option<usize>,
@@ -206,6 +223,11 @@ struct RawConfig {
     eos_token_id: Option<OneOrMany>,
     torch_dtype: Option<String>,
     dtype: Option<String>,
+    pub(crate) layer_types: Option<Vec<String>>,
+    pub(crate) sliding_window: Option<usize>,
+    pub(crate) swiglu_limit: Option<f64>,
+    pub(crate) swiglu_alpha: Option<f64>,
+    pub(crate) quantization_config: Option<QuantizationConfig>,
 }
 
 impl ModelConfig {
@@ -235,9 +257,10 @@ impl ModelConfig {
             "Qwen3MoeForCausalLM" => Family::Qwen3Moe,
             "OlmoeForCausalLM" => Family::Olmoe,
             "GraniteMoeForCausalLM" => Family::GraniteMoe,
+            "GptOssForCausalLM" => Family::GptOss,
             other => {
                 return Err(Error::Unsupported(format!(
-                    "{source}: architecture `{other}` is not supported; supported: {} (DeepSeek-V2/V3 and gpt-oss are planned)",
+                    "{source}: architecture `{other}` is not supported; supported: {} (DeepSeek-V2/V3, GLM-4-MoE and ERNIE-4.5-MoE are planned)",
                     SUPPORTED_ARCHITECTURES.join(", ")
                 )))
             }
@@ -290,7 +313,7 @@ impl ModelConfig {
             _ => intermediate_size,
         };
         let order = match family {
-            Family::Mixtral | Family::GraniteMoe => TopKOrder::TopKThenSoftmax,
+            Family::Mixtral | Family::GraniteMoe | Family::GptOss => TopKOrder::TopKThenSoftmax,
             _ => TopKOrder::ScoreThenTopK,
         };
         let mut routing = RoutingConfig::softmax_top_k(num_experts, top_k, raw.norm_topk_prob.unwrap_or(false));
@@ -332,14 +355,14 @@ impl ModelConfig {
                 1.0
             }
         };
-        let eos_token_ids = match raw.eos_token_id {
+        let eos_token_ids = match &raw.eos_token_id {
             None => vec![],
-            Some(OneOrMany::One(id)) => vec![id],
-            Some(OneOrMany::Many(ids)) => ids,
+            Some(OneOrMany::One(id)) => vec![*id],
+            Some(OneOrMany::Many(ids)) => ids.clone(),
         };
-        Ok(Self {
+        let mut config = Self {
             family,
-            architecture,
+            architecture: architecture.clone(),
             vocab_size,
             hidden_size,
             num_layers,
@@ -347,7 +370,9 @@ impl ModelConfig {
             num_kv_heads,
             head_dim,
             max_position_embeddings: need(raw.max_position_embeddings, "max_position_embeddings")?,
-            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6) as f32,
+            rms_norm_eps: raw
+                .rms_norm_eps
+                .unwrap_or(if family == Family::GptOss { 1e-5 } else { 1e-6 }) as f32,
             rope_theta,
             rotary_dim,
             rope_scaling: rope.scaling(source, need(raw.max_position_embeddings, "max_position_embeddings")?)?,
@@ -380,8 +405,20 @@ impl ModelConfig {
             logits_scaling: multiplier(raw.logits_scaling),
             bos_token_id: raw.bos_token_id,
             eos_token_ids,
-            torch_dtype: raw.torch_dtype.or(raw.dtype),
+            torch_dtype: raw.torch_dtype.clone().or(raw.dtype.clone()),
             per_expert_names: false,
-        })
+            attention_windows: vec![None; num_layers],
+            attention_sinks: false,
+            output_bias: false,
+            experts_mxfp4: false,
+        };
+        if family == Family::GptOss {
+            crate::model::families::gpt_oss::configure(&raw, &mut config, source)?;
+        } else if let Some(q) = raw.quantization_config.as_ref().and_then(|q| q.quant_method.as_deref()) {
+            return Err(bad(format!(
+                "quantization_config.quant_method `{q}` is not supported for {architecture}"
+            )));
+        }
+        Ok(config)
     }
 }

@@ -3,6 +3,7 @@
 //! ([`session::Session`]) and generation.
 pub mod batch;
 pub mod config;
+pub mod families;
 pub mod generate;
 pub mod gguf;
 pub mod load;

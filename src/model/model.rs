@@ -19,9 +19,10 @@ use crate::error::{Error, Result};
 use crate::gpu::kernel::Recorder;
 use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::model::config::{ModelConfig, QkNorm};
+use crate::model::families::gpt_oss;
 use crate::model::names::{self, ExpertTensors};
 use crate::model::safetensors_io::Checkpoint;
-use crate::moe::layer::SharedExpert;
+use crate::moe::layer::{ExpertBiases, SharedExpert};
 use crate::moe::MoeLayer;
 use crate::ops::attention::{encode_attention, AttentionOptions, KvCache};
 use crate::ops::elementwise::{encode_add_row_bias, encode_add_scaled, encode_gather_rows, encode_scale_clamp};
@@ -95,7 +96,12 @@ struct Attention {
     v: WeightMatrix,
     o: WeightMatrix,
     biases: Option<[GpuTensor; 3]>,
+    o_bias: Option<GpuTensor>,
     qk_norm: Option<(GpuTensor, GpuTensor)>,
+    /// `[heads]` sink logits (gpt-oss).
+    sinks: Option<GpuTensor>,
+    /// Sliding window in positions, or full causal attention.
+    window: Option<usize>,
 }
 
 struct DenseMlp {
@@ -226,6 +232,142 @@ impl Planner<'_> {
         Ok(matrix)
     }
 
+    /// `[experts, out, in]` from a `[experts, in, cols]` tensor applied as `x @ W`
+    /// (gpt-oss): expert e's output row r is its column `first + r * step`.
+    #[allow(clippy::too_many_arguments)]
+    fn columns(
+        &mut self,
+        label: &str,
+        name: &str,
+        experts: usize,
+        out: usize,
+        input: usize,
+        cols: usize,
+        (first, step): (usize, usize),
+    ) -> Result<WeightMatrix> {
+        let (shard, info, src_format) = self.checkpoint.expect(name, &[experts, input, cols])?;
+        if src_format.block_elements() != 1 {
+            return Err(Error::Unsupported(format!(
+                "tensor `{name}`: {src_format} cannot be transposed"
+            )));
+        }
+        let format = self.format_for(Role::Projection, src_format, input);
+        let matrix = WeightMatrix::allocate(self.ctx, label, [experts, out, input], format)?;
+        let expert_bytes = (input * cols * src_format.block_bytes()) as u64;
+        for e in 0..experts {
+            for (chunk, rows, dst_offset) in matrix.destinations(e, 0..out) {
+                self.placements.push(Placement {
+                    tensor: name.to_string(),
+                    shard,
+                    src_offset: info.start + e as u64 * expert_bytes,
+                    src_len: expert_bytes,
+                    src_format,
+                    dst: chunk.buffer.clone(),
+                    dst_offset,
+                    dst_format: format,
+                    assembly: Assembly::Columns {
+                        rows: input,
+                        cols,
+                        first: first + rows.start * step,
+                        step,
+                        count: rows.len(),
+                    },
+                });
+            }
+        }
+        Ok(matrix)
+    }
+
+    /// `[experts, out, in]` from Hugging Face MXFP4 tensors `{name}_blocks`
+    /// `[experts, rows, in / 32, 16]` and `{name}_scales` `[experts, rows, in / 32]`:
+    /// expert e's output row r is its stored row `first + r * step`.
+    #[allow(clippy::too_many_arguments)]
+    fn hf_mxfp4(
+        &mut self,
+        label: &str,
+        name: &str,
+        experts: usize,
+        out: usize,
+        input: usize,
+        rows_stored: usize,
+        (first, step): (usize, usize),
+    ) -> Result<WeightMatrix> {
+        let blocks = input / 32;
+        let blocks_name = format!("{name}_blocks");
+        let scales_name = format!("{name}_scales");
+        let (shard, info) = self
+            .checkpoint
+            .expect_raw(&blocks_name, &[experts, rows_stored, blocks, 16], "U8")?;
+        let (scale_shard, scale_info) =
+            self.checkpoint
+                .expect_raw(&scales_name, &[experts, rows_stored, blocks], "U8")?;
+        if scale_shard != shard {
+            return Err(Error::Unsupported(format!(
+                "`{blocks_name}` and `{scales_name}` are in different shards"
+            )));
+        }
+        let format = self.format_for(Role::Projection, WeightFormat::Mxfp4, input);
+        let matrix = WeightMatrix::allocate(self.ctx, label, [experts, out, input], format)?;
+        let (expert_blocks, expert_scales) = ((rows_stored * blocks * 16) as u64, (rows_stored * blocks) as u64);
+        for e in 0..experts {
+            let scales_start = scale_info.start + e as u64 * expert_scales;
+            for (chunk, rows, dst_offset) in matrix.destinations(e, 0..out) {
+                self.placements.push(Placement {
+                    tensor: blocks_name.clone(),
+                    shard,
+                    src_offset: info.start + e as u64 * expert_blocks,
+                    src_len: expert_blocks,
+                    src_format: WeightFormat::Mxfp4,
+                    dst: chunk.buffer.clone(),
+                    dst_offset,
+                    dst_format: format,
+                    assembly: Assembly::HfMxfp4 {
+                        scales: scales_start..scales_start + expert_scales,
+                        blocks,
+                        first: first + rows.start * step,
+                        step,
+                        count: rows.len(),
+                    },
+                });
+            }
+        }
+        Ok(matrix)
+    }
+
+    /// `[experts, count]` f32 from a `[experts, cols]` tensor: columns `first + j * step`.
+    fn vector_columns(
+        &mut self,
+        name: &str,
+        experts: usize,
+        cols: usize,
+        (first, step): (usize, usize),
+        count: usize,
+    ) -> Result<GpuTensor> {
+        let (shard, info, src_format) = self.checkpoint.expect(name, &[experts, cols])?;
+        let tensor = GpuTensor::empty(self.ctx, name, &[experts, count], DType::F32)?;
+        let row_bytes = (cols * src_format.block_bytes()) as u64;
+        for e in 0..experts {
+            self.placements.push(Placement {
+                tensor: name.to_string(),
+                shard,
+                src_offset: info.start + e as u64 * row_bytes,
+                src_len: row_bytes,
+                src_format,
+                dst: tensor.buffer.clone(),
+                dst_offset: (e * count * 4) as u64,
+                dst_format: WeightFormat::F32,
+                assembly: Assembly::Columns {
+                    rows: 1,
+                    cols,
+                    first,
+                    step,
+                    count,
+                },
+            });
+        }
+        Ok(tensor)
+    }
+
     /// A small tensor kept in f32 (norms, biases, routers).
     fn vector(&mut self, name: &str, shape: &[usize]) -> Result<GpuTensor> {
         let (shard, info, src_format) = self.checkpoint.expect(name, shape)?;
@@ -275,7 +417,18 @@ impl Planner<'_> {
             v: self.matrix(&name("self_attn.v_proj.weight"), kvw, d)?,
             o: self.matrix(&name("self_attn.o_proj.weight"), d, qw)?,
             biases,
+            o_bias: if c.output_bias {
+                Some(self.vector(&name("self_attn.o_proj.bias"), &[d])?)
+            } else {
+                None
+            },
             qk_norm,
+            sinks: if c.attention_sinks {
+                Some(self.vector(&gpt_oss::sinks_name(&p), &[c.num_heads])?)
+            } else {
+                None
+            },
+            window: c.attention_windows[i],
         };
         let ffn = if c.sparse_layers[i] {
             FeedForward::Moe(Box::new(self.moe(c, i)?))
@@ -318,6 +471,27 @@ impl Planner<'_> {
                     })?,
                 )
             }
+            ExpertTensors::GptOss(g) if c.experts_mxfp4 => (
+                self.hf_mxfp4(&label("gate"), &g.gate_up, e, f, d, 2 * f, (0, 2))?,
+                self.hf_mxfp4(&label("up"), &g.gate_up, e, f, d, 2 * f, (1, 2))?,
+                self.hf_mxfp4(&label("down"), &g.down, e, d, f, d, (0, 1))?,
+            ),
+            ExpertTensors::GptOss(g) => (
+                self.columns(&label("gate"), &g.gate_up, e, f, d, 2 * f, (0, 2))?,
+                self.columns(&label("up"), &g.gate_up, e, f, d, 2 * f, (1, 2))?,
+                self.columns(&label("down"), &g.down, e, d, f, d, (0, 1))?,
+            ),
+        };
+        let (router_bias, expert_biases) = match &n.experts {
+            ExpertTensors::GptOss(g) => (
+                Some(self.vector(&g.router_bias, &[e])?),
+                Some(ExpertBiases {
+                    gate: self.vector_columns(&g.gate_up_bias, e, 2 * f, (0, 2), f)?,
+                    up: self.vector_columns(&g.gate_up_bias, e, 2 * f, (1, 2), f)?,
+                    down: self.vector(&g.down_bias, &[e, d])?,
+                }),
+            ),
+            _ => (None, None),
         };
         let shared = match c.moe.shared_expert {
             None => None,
@@ -337,8 +511,8 @@ impl Planner<'_> {
         Ok(MoeLayer {
             config,
             router: self.vector(&n.router, &[e, d])?,
-            router_bias: None,
-            expert_biases: None,
+            router_bias,
+            expert_biases,
             selection_bias: None,
             gate,
             up,
@@ -575,10 +749,17 @@ impl Model {
             c.num_heads,
             positions,
             c.attention_scale,
-            AttentionOptions::default(),
+            AttentionOptions {
+                sinks: a.sinks.as_ref(),
+                window: a.window,
+            },
             &out,
         )?;
-        linear(ctx, rec, &out, &a.o, gemv)
+        let o = linear(ctx, rec, &out, &a.o, gemv)?;
+        if let Some(bias) = &a.o_bias {
+            encode_add_row_bias(ctx, rec, &o, bias);
+        }
+        Ok(o)
     }
 }
 

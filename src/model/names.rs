@@ -2,6 +2,7 @@
 //! every weight of the generic decoder is stored.
 
 use crate::model::config::Family;
+use crate::model::families::gpt_oss;
 
 pub const EMBED_TOKENS: &str = "model.embed_tokens.weight";
 pub const LM_HEAD: &str = "lm_head.weight";
@@ -24,6 +25,9 @@ pub enum ExpertTensors {
     /// GraniteMoE: `input` is `[E, 2 ffn, d]` (gate rows, then up rows, per expert),
     /// `output` is `[E, d, ffn]`.
     Fused { input: String, output: String },
+    /// gpt-oss: `[E, in, out]` tensors with interleaved gate/up columns, biases, and
+    /// an MXFP4 form ([`crate::model::families::gpt_oss`]).
+    GptOss(gpt_oss::ExpertNames),
 }
 
 impl ExpertTensors {
@@ -66,6 +70,10 @@ pub fn moe(family: Family, i: usize, per_expert: bool) -> MoeNames {
                 output: format!("{p}.block_sparse_moe.output_linear.weight"),
             },
         ),
+        Family::GptOss => {
+            let names = gpt_oss::expert_names(&p);
+            (names.router.clone(), ExpertTensors::GptOss(names))
+        }
         Family::Qwen2Moe | Family::Qwen3Moe | Family::Olmoe => (
             format!("{p}.mlp.gate.weight"),
             ExpertTensors::PerExpert {

@@ -44,7 +44,7 @@ pub fn forward_reference(config: &ModelConfig, weights: &ModelWeights, ids: &[u3
         .flat_map(|&id| embed[id as usize * d..][..d].iter().map(|v| v * c.embedding_multiplier))
         .collect();
     let table = rope_table_scaled(c.rope_theta, c.rotary_dim, t, &c.rope_scaling);
-    for layer in &weights.layers {
+    for (i, layer) in weights.layers.iter().enumerate() {
         let a = &layer.attention;
         let h = rms_norm_reference(&x, &layer.input_norm, c.rms_norm_eps);
         let mut q = linear(&h, &round(&a.q), d, qw);
@@ -81,10 +81,11 @@ pub fn forward_reference(config: &ModelConfig, weights: &ModelWeights, ids: &[u3
             hd,
             0,
             c.attention_scale,
-            None,
-            None,
+            a.sinks.as_deref(),
+            c.attention_windows[i],
         );
-        let o = linear(&attn, &round(&a.o), qw, d);
+        let mut o = linear(&attn, &round(&a.o), qw, d);
+        add_bias(&mut o, a.o_bias.as_ref());
         x.iter_mut().zip(&o).for_each(|(x, o)| *x += c.residual_multiplier * o);
         let h = rms_norm_reference(&x, &layer.post_attention_norm, c.rms_norm_eps);
         let f = match &layer.ffn {

@@ -181,6 +181,27 @@ impl Checkpoint {
         Ok((*s, &self.shards[*s].tensors[*t]))
     }
 
+    /// The tensor, checked to have shape `expected` and safetensors dtype `dtype`
+    /// (raw bytes such as MXFP4 blocks and scales, stored as U8).
+    pub fn expect_raw(&self, name: &str, expected: &[usize], dtype: &str) -> Result<(usize, &TensorInfo)> {
+        let (shard, info) = self.tensor(name)?;
+        let file = &self.shards[shard].name;
+        if info.shape != expected {
+            return Err(Error::Shape {
+                what: format!("tensor `{name}` in {file}"),
+                expected: expected.to_vec(),
+                actual: info.shape.clone(),
+            });
+        }
+        if info.dtype != dtype {
+            return Err(Error::Unsupported(format!(
+                "{file}: tensor `{name}` has dtype {}; expected {dtype}",
+                info.dtype
+            )));
+        }
+        Ok((shard, info))
+    }
+
     /// The tensor, checked to have shape `expected` and a float dtype webmoe reads.
     pub fn expect(&self, name: &str, expected: &[usize]) -> Result<(usize, &TensorInfo, WeightFormat)> {
         let (shard, info) = self.tensor(name)?;

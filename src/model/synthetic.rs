@@ -56,6 +56,10 @@ pub fn synthetic_config(family: Family, dims: Dims, moe: MoeConfig) -> ModelConf
         eos_token_ids: Vec::new(),
         torch_dtype: None,
         per_expert_names: false,
+        attention_windows: vec![None; dims.layers],
+        attention_sinks: false,
+        output_bias: false,
+        experts_mxfp4: false,
         moe,
     }
 }
@@ -87,9 +91,16 @@ pub fn random_weights(c: &ModelConfig, seed: u64) -> ModelWeights {
             v_bias: bias.then(|| random(kvw, 0.3)),
             q_norm,
             k_norm,
+            o_bias: c.output_bias.then(|| random(d, 0.3)),
+            sinks: c.attention_sinks.then(|| random(c.num_heads, 1.5)),
         };
         let ffn = if c.sparse_layers[i] {
-            FeedForwardWeights::Moe(MoeWeights::random(&c.moe, seed.wrapping_add(1 + i as u64), false))
+            let moe = MoeWeights::random(&c.moe, seed.wrapping_add(1 + i as u64), false);
+            FeedForwardWeights::Moe(if c.family == Family::GptOss {
+                moe.with_random_biases(&c.moe, seed.wrapping_add(100 + i as u64))
+            } else {
+                moe
+            })
         } else {
             let f = c.dense_ffn;
             FeedForwardWeights::Dense {
@@ -143,6 +154,8 @@ pub fn checkpoint_bytes(c: &ModelConfig, weights: &ModelWeights) -> Result<Vec<u
             ("self_attn.q_proj.bias", vec![qw], a.q_bias.as_ref()),
             ("self_attn.k_proj.bias", vec![kvw], a.k_bias.as_ref()),
             ("self_attn.v_proj.bias", vec![kvw], a.v_bias.as_ref()),
+            ("self_attn.o_proj.bias", vec![d], a.o_bias.as_ref()),
+            ("self_attn.sinks", vec![c.num_heads], a.sinks.as_ref()),
             (
                 "self_attn.q_norm.weight",
                 vec![a.q_norm.as_ref().map_or(0, |v| v.len())],
@@ -186,6 +199,29 @@ pub fn checkpoint_bytes(c: &ModelConfig, weights: &ModelWeights) -> Result<Vec<u
                         }
                         fused.push((input.clone(), vec![e, 2 * f, d], joined));
                         tensors.push((output.clone(), vec![e, d, f], &moe.down));
+                    }
+                    ExpertTensors::GptOss(g) => {
+                        // [E, d, 2f] with gate/up columns interleaved, [E, f, d]: x @ W.
+                        let mut gate_up = vec![0.0; e * d * 2 * f];
+                        let mut down = vec![0.0; e * f * d];
+                        for x in 0..e {
+                            for n in 0..f {
+                                for k in 0..d {
+                                    let at = (x * d + k) * 2 * f + 2 * n;
+                                    gate_up[at] = moe.gate[(x * f + n) * d + k];
+                                    gate_up[at + 1] = moe.up[(x * f + n) * d + k];
+                                    down[(x * f + n) * d + k] = moe.down[(x * d + k) * f + n];
+                                }
+                            }
+                        }
+                        fused.push((g.gate_up.clone(), vec![e, d, 2 * f], gate_up));
+                        fused.push((g.down.clone(), vec![e, f, d], down));
+                        let b = moe.expert_biases.as_ref().expect("gpt-oss experts have biases");
+                        let interleaved: Vec<f32> = (0..e * f).flat_map(|i| [b.gate[i], b.up[i]]).collect();
+                        fused.push((g.gate_up_bias.clone(), vec![e, 2 * f], interleaved));
+                        tensors.push((g.down_bias.clone(), vec![e, d], &b.down));
+                        let router_bias = moe.router_bias.as_ref().expect("gpt-oss routers have biases");
+                        tensors.push((g.router_bias.clone(), vec![e], router_bias));
                     }
                 }
                 if let Some(s) = &moe.shared {

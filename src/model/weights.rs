@@ -5,9 +5,11 @@
 
 use crate::error::Result;
 use crate::model::config::{ModelConfig, QkNorm};
+use crate::model::families::gpt_oss;
 use crate::model::names::{self, ExpertTensors};
 use crate::model::safetensors_io::TensorStore;
-use crate::moe::{MoeWeights, SharedExpertWeights};
+use crate::moe::{ExpertBiasWeights, MoeWeights, SharedExpertWeights};
+use crate::weights::WeightFormat;
 
 #[derive(Clone, Debug, Default)]
 pub struct AttentionWeights {
@@ -20,6 +22,10 @@ pub struct AttentionWeights {
     pub v_bias: Option<Vec<f32>>,
     pub q_norm: Option<Vec<f32>>,
     pub k_norm: Option<Vec<f32>>,
+    /// `[d]` (gpt-oss)
+    pub o_bias: Option<Vec<f32>>,
+    /// `[heads]` sink logits (gpt-oss)
+    pub sinks: Option<Vec<f32>>,
 }
 
 #[derive(Clone, Debug)]
@@ -117,6 +123,16 @@ fn load_layer(c: &ModelConfig, store: &TensorStore, i: usize) -> Result<LayerWei
         v_bias: bias("v_proj", kvw)?,
         q_norm,
         k_norm,
+        o_bias: if c.output_bias {
+            Some(get("self_attn.o_proj.bias", &[d])?)
+        } else {
+            None
+        },
+        sinks: if c.attention_sinks {
+            Some(store.get_f32(&gpt_oss::sinks_name(&p), &[c.num_heads])?)
+        } else {
+            None
+        },
     };
     let ffn = if c.sparse_layers[i] {
         FeedForwardWeights::Moe(load_moe(c, store, i)?)
@@ -165,6 +181,36 @@ fn load_moe(c: &ModelConfig, store: &TensorStore, layer: usize) -> Result<MoeWei
             }
             (gate, up, store.get_f32(output, &[e, d, f])?)
         }
+        ExpertTensors::GptOss(g) => {
+            // [E, in, cols] applied as x @ W: expert rows are columns (gate/up interleaved).
+            let (gate_up, down) = if c.experts_mxfp4 {
+                (
+                    gpt_oss_mxfp4_rows(store, &g.gate_up, e, 2 * f, d)?,
+                    gpt_oss_mxfp4_rows(store, &g.down, e, d, f)?,
+                )
+            } else {
+                (
+                    transpose_experts(&store.get_f32(&g.gate_up, &[e, d, 2 * f])?, e, d, 2 * f),
+                    transpose_experts(&store.get_f32(&g.down, &[e, f, d])?, e, f, d),
+                )
+            };
+            let (gate, up) = deinterleave_rows(&gate_up, e * f, d);
+            (gate, up, down)
+        }
+    };
+    let (router_bias, expert_biases) = match &n.experts {
+        ExpertTensors::GptOss(g) => {
+            let (gate, up) = deinterleave_rows(&store.get_f32(&g.gate_up_bias, &[e, 2 * f])?, e * f, 1);
+            (
+                Some(store.get_f32(&g.router_bias, &[e])?),
+                Some(ExpertBiasWeights {
+                    gate,
+                    up,
+                    down: store.get_f32(&g.down_bias, &[e, d])?,
+                }),
+            )
+        }
+        _ => (None, None),
     };
     let shared = match c.moe.shared_expert {
         None => None,
@@ -181,12 +227,56 @@ fn load_moe(c: &ModelConfig, store: &TensorStore, layer: usize) -> Result<MoeWei
     };
     Ok(MoeWeights {
         router: store.get_f32(&n.router, &[e, d])?,
-        router_bias: None,
-        expert_biases: None,
+        router_bias,
+        expert_biases,
         selection_bias: None,
         gate,
         up,
         down,
         shared,
     })
+}
+
+/// `[E, rows, cols]` -> `[E, cols, rows]`.
+fn transpose_experts(w: &[f32], experts: usize, rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; w.len()];
+    for e in 0..experts {
+        let (src, dst) = (
+            &w[e * rows * cols..][..rows * cols],
+            &mut out[e * rows * cols..][..rows * cols],
+        );
+        for r in 0..rows {
+            for c in 0..cols {
+                dst[c * rows + r] = src[r * cols + c];
+            }
+        }
+    }
+    out
+}
+
+/// Rows alternating a, b, a, b, ... (`2 n` rows of `width`) -> (`[n, width]`, `[n, width]`).
+fn deinterleave_rows(w: &[f32], n: usize, width: usize) -> (Vec<f32>, Vec<f32>) {
+    let (mut a, mut b) = (Vec::with_capacity(n * width), Vec::with_capacity(n * width));
+    for (i, row) in w.chunks(width).enumerate() {
+        if i % 2 == 0 { &mut a } else { &mut b }.extend_from_slice(row);
+    }
+    (a, b)
+}
+
+/// `[E, rows, input]` f32 from Hugging Face MXFP4 `{name}_blocks` / `{name}_scales`.
+fn gpt_oss_mxfp4_rows(store: &TensorStore, name: &str, experts: usize, rows: usize, input: usize) -> Result<Vec<f32>> {
+    let blocks = input / 32;
+    let checkpoint = &store.checkpoint;
+    let (b_shard, b_info) = checkpoint.expect_raw(&format!("{name}_blocks"), &[experts, rows, blocks, 16], "U8")?;
+    let (s_shard, s_info) = checkpoint.expect_raw(&format!("{name}_scales"), &[experts, rows, blocks], "U8")?;
+    let nibbles = &store.shard_bytes(b_shard)[b_info.start as usize..(b_info.start + b_info.len) as usize];
+    let scales = &store.shard_bytes(s_shard)[s_info.start as usize..(s_info.start + s_info.len) as usize];
+    let mut ggml = Vec::with_capacity(scales.len() * 17);
+    for (i, &scale) in scales.iter().enumerate() {
+        ggml.push(scale);
+        ggml.extend(crate::weights::upload::hf_to_ggml_mxfp4_nibbles(
+            &nibbles[i * 16..i * 16 + 16],
+        ));
+    }
+    Ok(WeightFormat::Mxfp4.dequantize(&ggml))
 }

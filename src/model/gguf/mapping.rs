@@ -327,5 +327,9 @@ fn config_of(files: &[GgufFile], meta: &BTreeMap<String, MetaValue>, source: &st
         eos_token_ids: eos("tokenizer.ggml.eos_token_id").into_iter().collect(),
         torch_dtype: None,
         per_expert_names: true,
+        attention_windows: vec![None; num_layers],
+        attention_sinks: false,
+        output_bias: false,
+        experts_mxfp4: false,
     })
 }
