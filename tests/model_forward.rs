@@ -12,6 +12,7 @@ use webmoe::model::synthetic::model_from_weights;
 use webmoe::model::synthetic::{random_weights, synthetic_config, Dims};
 use webmoe::model::weights::ModelWeights;
 use webmoe::moe::{MoeConfig, SharedExpertConfig};
+use webmoe::ops::expert_matmul::Activation;
 use webmoe::ops::routing::TopKOrder;
 use webmoe::GpuContext;
 
@@ -53,16 +54,30 @@ fn tiny_config(family: Family) -> ModelConfig {
             c.logits_scaling = 8.0;
             c.rotary_dim = 6;
         }
+        Family::GptOss => {
+            c.moe.routing.order = TopKOrder::TopKThenSoftmax;
+            c.attention_bias = true;
+            c.output_bias = true;
+            c.attention_sinks = true;
+            // A window shorter than the test prompts, on the first layer only.
+            c.attention_windows = vec![Some(3), None];
+            // A low limit so that some gate/up values are clamped at these sizes.
+            c.moe.activation = Activation::ClampedSwiglu {
+                alpha: 1.702,
+                limit: 0.8,
+            };
+        }
     }
     c
 }
 
-const FAMILIES: [Family; 5] = [
+const FAMILIES: [Family; 6] = [
     Family::Mixtral,
     Family::Qwen2Moe,
     Family::Qwen3Moe,
     Family::Olmoe,
     Family::GraniteMoe,
+    Family::GptOss,
 ];
 
 fn model(ctx: &GpuContext, family: Family, seed: u64) -> (ModelConfig, ModelWeights, Model) {
@@ -154,6 +169,7 @@ fn quantized_at_load_matches_the_cpu_reference() {
     for (family, format) in [
         (Family::Qwen2Moe, webmoe::WeightFormat::Q8_0),
         (Family::Olmoe, webmoe::WeightFormat::Q4_0),
+        (Family::GptOss, webmoe::WeightFormat::Mxfp4),
     ] {
         let dims = Dims {
             layers: 2,
@@ -171,6 +187,14 @@ fn quantized_at_load_matches_the_cpu_reference() {
             config.attention_bias = true;
             config.moe.shared_expert = Some(SharedExpertConfig { ffn: 32, gated: true });
             config.sparse_layers = vec![false, true];
+        } else if family == Family::GptOss {
+            let gpt_oss = tiny_config(Family::GptOss);
+            config.moe.routing.order = gpt_oss.moe.routing.order;
+            config.moe.activation = gpt_oss.moe.activation;
+            config.attention_bias = true;
+            config.output_bias = true;
+            config.attention_sinks = true;
+            config.attention_windows = vec![Some(3), None];
         } else {
             config.qk_norm = QkNorm::Full;
         }

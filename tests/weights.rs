@@ -108,7 +108,7 @@ fn streaming_in_arbitrary_pieces_equals_loading_at_once() {
     let ctx = context();
     let mut rng = rng(2);
     let prompt = [1u32, 5, 9, 2, 77];
-    for family in ["olmoe", "granitemoe", "qwen2_moe"] {
+    for family in ["olmoe", "granitemoe", "qwen2_moe", "gpt_oss", "gpt_oss_mxfp4"] {
         let dir = fixture(family);
         for format in [None, Some(WeightFormat::F16), Some(WeightFormat::F32)] {
             let options = LoadOptions {
