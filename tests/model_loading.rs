@@ -280,3 +280,142 @@ fn errors_have_kinds_and_the_cli_maps_them_to_exit_codes() {
         "{err}"
     );
 }
+
+/// openai/gpt-oss-20b's config.json (its `layer_types` alternate sliding and full).
+fn gpt_oss_20b_config() -> serde_json::Value {
+    let layer_types: Vec<&str> = (0..24)
+        .map(|i| {
+            if i % 2 == 0 {
+                "sliding_attention"
+            } else {
+                "full_attention"
+            }
+        })
+        .collect();
+    serde_json::json!({
+        "architectures": ["GptOssForCausalLM"], "attention_bias": true, "attention_dropout": 0.0,
+        "eos_token_id": 200002, "experts_per_token": 4, "head_dim": 64, "hidden_act": "silu",
+        "hidden_size": 2880, "initial_context_length": 4096, "initializer_range": 0.02,
+        "intermediate_size": 2880, "layer_types": layer_types, "max_position_embeddings": 131072,
+        "model_type": "gpt_oss", "num_attention_heads": 64, "num_experts_per_tok": 4,
+        "num_hidden_layers": 24, "num_key_value_heads": 8, "num_local_experts": 32,
+        "output_router_logits": false, "pad_token_id": 199999,
+        "quantization_config": {
+            "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"],
+            "quant_method": "mxfp4"
+        },
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": {"beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0,
+            "original_max_position_embeddings": 4096, "rope_type": "yarn", "truncate": false},
+        "rope_theta": 150000, "router_aux_loss_coef": 0.9, "sliding_window": 128, "swiglu_limit": 7.0,
+        "tie_word_embeddings": false, "transformers_version": "4.55.0.dev0", "use_cache": true,
+        "vocab_size": 201088
+    })
+}
+
+#[test]
+fn gpt_oss_20b_config_maps_to_the_decoder() {
+    use webmoe::model::config::Family;
+    use webmoe::ops::expert_matmul::Activation;
+    use webmoe::ops::rope::RopeScaling;
+    use webmoe::ops::routing::TopKOrder;
+    let c = ModelConfig::from_json(&gpt_oss_20b_config().to_string(), "config.json").unwrap();
+    assert_eq!(c.family, Family::GptOss);
+    assert_eq!(
+        (c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim),
+        (2880, 64, 8, 64)
+    );
+    assert_eq!((c.moe.num_experts(), c.moe.top_k(), c.moe.expert_ffn), (32, 4, 2880));
+    assert_eq!(c.moe.routing.order, TopKOrder::TopKThenSoftmax);
+    assert_eq!(
+        c.moe.activation,
+        Activation::ClampedSwiglu {
+            alpha: 1.702,
+            limit: 7.0
+        }
+    );
+    assert_eq!(c.attention_windows[0], Some(128));
+    assert_eq!(c.attention_windows[1], None);
+    assert_eq!(c.attention_windows.iter().filter(|w| w.is_some()).count(), 12);
+    assert!(c.attention_sinks && c.output_bias && c.attention_bias && c.experts_mxfp4);
+    assert_eq!(c.rms_norm_eps, 1e-5);
+    assert_eq!(c.rope_theta, 150000.0);
+    match c.rope_scaling {
+        RopeScaling::Yarn {
+            factor,
+            original_max_positions,
+            attention_factor,
+            truncate,
+            ..
+        } => {
+            assert_eq!((factor, original_max_positions, truncate), (32.0, 4096.0, false));
+            assert!((attention_factor - (0.1 * 32f64.ln() + 1.0)).abs() < 1e-12);
+        }
+        other => panic!("rope scaling {other:?}"),
+    }
+}
+
+#[test]
+fn bad_gpt_oss_configs_are_named_errors() {
+    let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+        (
+            Box::new(|v| v["layer_types"][3] = "chunked_attention".into()),
+            "chunked_attention",
+        ),
+        (
+            Box::new(|v| v["layer_types"] = serde_json::json!(["full_attention"])),
+            "layer_types",
+        ),
+        (
+            Box::new(|v| {
+                v.as_object_mut().unwrap().remove("sliding_window");
+            }),
+            "sliding_window",
+        ),
+        (
+            Box::new(|v| v["quantization_config"]["quant_method"] = "fp8".into()),
+            "fp8",
+        ),
+        (
+            Box::new(|v| v["rope_scaling"]["rope_type"] = "longrope".into()),
+            "longrope",
+        ),
+        (Box::new(|v| v["intermediate_size"] = 2890.into()), "MXFP4"),
+    ];
+    for (edit, needle) in cases {
+        let mut v = gpt_oss_20b_config();
+        edit(&mut v);
+        let err = ModelConfig::from_json(&v.to_string(), "config.json")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle) && err.contains("config.json"), "{needle}: {err}");
+    }
+    // Other families refuse a quantization_config they cannot read.
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("olmoe").join("config.json")).unwrap()).unwrap();
+    v["quantization_config"] = serde_json::json!({"quant_method": "mxfp4"});
+    let err = ModelConfig::from_json(&v.to_string(), "config.json")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("quant_method") && err.contains("OlmoeForCausalLM"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_gpt_oss_checkpoint_missing_its_scales_names_the_tensor() {
+    let dir = copy_of("gpt_oss_mxfp4", "no-scales");
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(name, _)| name != "model.layers.1.mlp.experts.down_proj_scales")
+        .collect();
+    let out = safetensors::serialize(kept, None).unwrap();
+    std::fs::write(&path, out).unwrap();
+    let err = load_err(&dir);
+    assert!(err.contains("model.layers.1.mlp.experts.down_proj_scales"), "{err}");
+}

@@ -64,19 +64,23 @@ function drawHeatmap() {
 }
 
 // The embedded model in Q4_K_M (llama.cpp-quantized: 7.1 MiB, perplexity +0.3% over bf16) unless the page asks
-// for the bf16 safetensors (?model=safetensors, 20.5 MiB) or another GGUF URL (?model=...gguf).
+// for the bf16 safetensors (?model=safetensors, 20.5 MiB), another GGUF URL (?model=...gguf) or a Hugging Face
+// model directory (?model=path/to/dir/: config.json, tokenizer.json and safetensors shards).
 const DEFAULT_MODEL = "models/tiny-moe/tiny-moe-q4_k_m.gguf";
 
 async function loadDefault() {
   const choice = params.get("model") ?? DEFAULT_MODEL;
   status(`Loading ${choice}…`);
   const before = wasmMemoryBytes();
+  const directory = choice.endsWith("/") ? choice.slice(0, -1) : "models/tiny-moe";
   state.model = choice.endsWith(".gguf")
     ? await loadGgufFromUrl(state.engine, choice, (m) => status(m))
-    : await loadFromUrl(state.engine, "models/tiny-moe", (m) => status(m));
+    : await loadFromUrl(state.engine, directory, (m) => status(m));
   // wasm memory never shrinks: its size after the load is the load's peak.
   window.__webmoe.load = { fromCache: state.model.fromCache, notes: state.model.notes, wasmBytesBefore: before, wasmBytesAfter: wasmMemoryBytes(), weightBytes: state.model.weight_bytes };
-  const label = choice.endsWith(".gguf") ? choice.split("/").pop() : "tiny-moe (bf16 safetensors)";
+  const label = choice.endsWith(".gguf")
+    ? choice.split("/").pop()
+    : choice.endsWith("/") ? `${directory.split("/").pop()} (safetensors)` : "tiny-moe (bf16 safetensors)";
   modelReady(`${label}${state.model.fromCache ? ", from the browser's cache" : ""}`);
   if (state.model.notes?.length) status(`Ready. ${state.model.notes.join(" ")}`, "warning");
 }

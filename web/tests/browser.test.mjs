@@ -32,7 +32,10 @@ before(async () => {
       res.writeHead(503).end();
       return;
     }
-    const path = join(dist, pathname);
+    // The transformers fixtures (tests/fixtures/models) are served under /fixtures/.
+    const path = pathname.startsWith("/fixtures/")
+      ? join(root, "tests/fixtures/models", pathname.slice("/fixtures/".length))
+      : join(dist, pathname);
     try {
       const file = statSync(path).isDirectory() ? join(path, "index.html") : path;
       res.writeHead(200, { "content-type": TYPES[extname(file)] ?? "application/octet-stream" });
@@ -135,6 +138,25 @@ test("the OpenAI-style browser API answers in OpenAI's shapes, like the native e
   assert.equal(got.chunks.at(-2).choices[0].finish_reason, got.chat.choices[0].finish_reason);
   assert.deepEqual({ status: got.error?.status, type: got.error?.type }, { status: 400, type: "invalid_request_error" });
   assert.match(got.error.message, /max_tokens/);
+});
+
+test("gpt-oss (MXFP4 experts, sinks, sliding window) gives transformers' greedy tokens in the browser", async () => {
+  for (const fixture of ["gpt_oss_mxfp4"]) {
+    const expected = JSON.parse(readFileSync(join(root, "tests/fixtures/models", fixture, "expected.json"), "utf8"));
+    const bin = process.env.WEBMOE_BIN ?? join(root, "target/release/webmoe");
+    const native = JSON.parse(execFileSync(bin, ["run", "--model", join(root, "tests/fixtures/models", fixture),
+      "--prompt", expected.prompt_text, "--max-tokens", String(expected.greedy_ids.length), "--greedy", "--json"], {
+      env: { ...process.env }, stdio: ["ignore", "pipe", "inherit"],
+    }).toString());
+    const query = `model=fixtures/${fixture}/&autorun=1&greedy=1&max=${expected.greedy_ids.length}&prompt=${encodeURIComponent(expected.prompt_text)}`;
+    const { page, state } = await openPage(query);
+    assert.deepEqual(state.promptIds, expected.prompt_ids, `${fixture}: browser prompt ids differ from transformers'`);
+    assert.deepEqual(state.generated, expected.greedy_ids, `${fixture}: browser tokens differ from transformers'`);
+    assert.deepEqual(native.generated_ids, expected.greedy_ids, `${fixture}: native tokens differ from transformers'`);
+    const summary = await page.evaluate(() => document.getElementById("model-summary").textContent);
+    assert.match(summary, /GptOssForCausalLM/);
+    await page.close();
+  }
 });
 
 test("shards stream into the GPU with bounded wasm memory, and a reload works offline from Cache Storage", async () => {
