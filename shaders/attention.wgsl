@@ -13,6 +13,9 @@
 //   probabilities go through the `scores` scratch [T * heads, max_ctx]; max and sum
 //   by fixed-order tree reductions, the weighted sum of values in position order:
 //   deterministic.
+// Latent caches (MLA, latent = 1): one kv head whose key is [latent, RoPE key] and whose
+//   value is the key's first value_dim elements; no value cache is written or read.
+//   out is [T, heads * value_dim].
 // Mapping: kv_store one invocation per element of k; attend one 64-invocation
 // workgroup per (t, head).
 
@@ -26,9 +29,9 @@ struct AttentionParams {
     slots: u32,
     has_sinks: u32, // 1: sinks holds [heads] logits; 0: sinks is a dummy, not read
     window: u32,    // sliding window in positions; 0 = full causal
+    value_dim: u32, // values per head (head_dim, or the latent width of a latent cache)
+    latent: u32,    // 1: values are the first value_dim elements of each key (MLA)
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: AttentionParams;
@@ -67,7 +70,9 @@ fn kv_store(
     let slot = positions[2u * t];
     let dst = ((slot * p.kv_heads + kvh) * p.max_ctx + positions[2u * t + 1u]) * p.head_dim + d;
     k_cache[dst] = k_new[idx];
-    v_cache[dst] = v_new[idx];
+    if (p.latent == 0u) {
+        v_cache[dst] = v_new[idx];
+    }
 }
 
 var<workgroup> partial: array<f32, 64>;
@@ -153,11 +158,17 @@ fn attend(
     }
     storageBarrier();
 
-    for (var d = lid; d < p.head_dim; d += 64u) {
+    for (var d = lid; d < p.value_dim; d += 64u) {
         var acc = 0.0;
-        for (var j = start; j < keys; j++) {
-            acc += scores[sb + j] * v_cache[cache_base + j * p.head_dim + d];
+        if (p.latent != 0u) {
+            for (var j = start; j < keys; j++) {
+                acc += scores[sb + j] * k_cache[cache_base + j * p.head_dim + d];
+            }
+        } else {
+            for (var j = start; j < keys; j++) {
+                acc += scores[sb + j] * v_cache[cache_base + j * p.head_dim + d];
+            }
         }
-        out[qb + d] = acc / total;
+        out[th * p.value_dim + d] = acc / total;
     }
 }

@@ -465,3 +465,84 @@ fn elementwise_updates_match_reference() {
         .collect();
     assert_close("elementwise", &xg.read_f32_blocking(&ctx).unwrap(), &want, 1e-6);
 }
+
+#[test]
+fn latent_attention_reads_values_from_the_keys() {
+    // MLA's compressed cache: one key per position ([latent, RoPE key]) whose first
+    // `value_dim` elements are the value, shared by every head.
+    let ctx = context();
+    let mut rng = rng(91);
+    for &(heads, key_dim, value_dim, window) in &[(4, 16, 12, None), (3, 9, 9, None), (2, 70, 64, Some(3))] {
+        let max_ctx = 12;
+        let cache = KvCache::latent(&ctx, 1, key_dim, value_dim, max_ctx).unwrap();
+        assert_eq!(cache.bytes_per_position(), (key_dim * 4) as u64);
+        let scale = 0.3;
+        let mut all_k = Vec::new();
+        let mut pos0 = 0;
+        for tokens in [5, 1, 1, 3] {
+            let q = random_vec(&mut rng, tokens * heads * key_dim, 1.0);
+            let k = random_vec(&mut rng, tokens * key_dim, 1.0);
+            all_k.extend_from_slice(&k);
+            let out = GpuTensor::empty(&ctx, "out", &[tokens, heads * value_dim], DType::F32).unwrap();
+            out.poison(&ctx);
+            let position = TokenPositions::contiguous(&ctx, pos0, tokens).unwrap();
+            let options = AttentionOptions { sinks: None, window };
+            run(&ctx, |enc| {
+                let qg = upload(&ctx, &[tokens, heads * key_dim], &q);
+                let kg = upload(&ctx, &[tokens, key_dim], &k);
+                encode_attention(&ctx, enc, &cache, &qg, &kg, &kg, heads, &position, scale, options, &out).unwrap();
+            });
+            // The reference with values = keys, keeping each head's first value_dim outputs.
+            let full = attention_reference(&q, &all_k, &all_k, heads, 1, key_dim, pos0, scale, None, window);
+            let want: Vec<f32> = full
+                .chunks(key_dim)
+                .flat_map(|head| head[..value_dim].to_vec())
+                .collect();
+            assert_close(
+                &format!("latent attention H={heads} key {key_dim} value {value_dim} pos0={pos0} T={tokens}"),
+                &out.read_f32_blocking(&ctx).unwrap(),
+                &want,
+                1e-5,
+            );
+            pos0 += tokens;
+        }
+    }
+    assert!(KvCache::latent(&ctx, 1, 8, 9, 4).is_err());
+}
+
+#[test]
+fn column_copies_match_reference() {
+    use webmoe::ops::columns::{copy_columns_reference, encode_copy_columns, Columns};
+    let ctx = context();
+    let mut rng = rng(92);
+    for &(rows, src_stride, src_offset, dst_stride, dst_offset, width) in &[
+        (1, 5, 0, 5, 0, 5),
+        (7, 24, 16, 20, 0, 4),
+        (33, 10, 3, 70, 64, 6),
+        (129, 1, 0, 3, 2, 1),
+    ] {
+        let src = random_vec(&mut rng, rows * src_stride, 1.0);
+        let before = random_vec(&mut rng, rows * dst_stride, 1.0);
+        let (from, to) = (
+            Columns::new(src_stride, src_offset, width),
+            Columns::new(dst_stride, dst_offset, width),
+        );
+        let dst = upload(&ctx, &[rows, dst_stride], &before);
+        run(&ctx, |enc| {
+            let s = upload(&ctx, &[rows, src_stride], &src);
+            encode_copy_columns(&ctx, enc, rows, &s, from, &dst, to).unwrap();
+        });
+        let mut want = before.clone();
+        copy_columns_reference(rows, &src, from, &mut want, to);
+        assert_eq!(
+            dst.read_f32_blocking(&ctx).unwrap(),
+            want,
+            "{rows} rows {from:?} -> {to:?}"
+        );
+    }
+    // Copies that overrun a row or the tensor are errors.
+    let t = upload(&ctx, &[2, 4], &[0.0; 8]);
+    let mut rec = webmoe::gpu::kernel::Recorder::new();
+    assert!(encode_copy_columns(&ctx, &mut rec, 2, &t, Columns::new(4, 2, 3), &t, Columns::new(4, 0, 3)).is_err());
+    assert!(encode_copy_columns(&ctx, &mut rec, 3, &t, Columns::new(4, 0, 2), &t, Columns::new(4, 0, 2)).is_err());
+}

@@ -23,6 +23,7 @@ pub enum ShaderId {
     Combine,
     Norm,
     Elementwise,
+    Columns,
     Rope,
     Attention,
     Embedding,
@@ -58,6 +59,7 @@ pub const EXPERT_GEMV: Shader = shader!(ExpertGemv, "expert_gemv");
 pub const COMBINE: Shader = shader!(Combine, "combine");
 pub const NORM: Shader = shader!(Norm, "norm");
 pub const ELEMENTWISE: Shader = shader!(Elementwise, "elementwise");
+pub const COLUMNS: Shader = shader!(Columns, "columns");
 pub const ROPE: Shader = shader!(Rope, "rope");
 pub const ATTENTION: Shader = shader!(Attention, "attention");
 pub const EMBEDDING: Shader = shader!(Embedding, "embedding");
@@ -77,6 +79,7 @@ pub const ALL_SHADERS: &[Shader] = &[
     COMBINE,
     NORM,
     ELEMENTWISE,
+    COLUMNS,
     ROPE,
     ATTENTION,
     EMBEDDING,

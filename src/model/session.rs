@@ -205,10 +205,7 @@ impl Session {
 
     /// Bytes of the KV cache.
     pub fn cache_bytes(&self) -> u64 {
-        self.caches
-            .iter()
-            .map(|c| c.keys.buffer.size() + c.values.buffer.size())
-            .sum()
+        self.caches.iter().map(KvCache::bytes).sum()
     }
 
     fn check_input(&self, model: &Model, ids: &[u32]) -> Result<()> {

@@ -6,14 +6,19 @@ use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::ops::{expect_shape, workgroups, TokenPositions};
 
 /// One layer's key and value caches for `slots` sequences,
-/// `[slots, kv_heads, max_ctx, head_dim]` each.
+/// `[slots, kv_heads, max_ctx, head_dim]` each; or a latent cache (MLA) of keys only.
 pub struct KvCache {
     pub keys: GpuTensor,
+    /// The value cache; a one-element placeholder for a latent cache.
     pub values: GpuTensor,
     pub slots: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
     pub max_ctx: usize,
+    /// Values per head: `head_dim`, or the latent width of a latent cache.
+    pub value_dim: usize,
+    /// Values are the first `value_dim` elements of each key (MLA's compressed cache).
+    pub latent: bool,
 }
 
 impl KvCache {
@@ -43,12 +48,51 @@ impl KvCache {
             kv_heads,
             head_dim,
             max_ctx,
+            value_dim: head_dim,
+            latent: false,
+        })
+    }
+
+    /// A latent cache (multi-head latent attention) for `slots` sequences: per
+    /// position one key of `key_dim` (the compressed latent, then the RoPE key) whose
+    /// first `value_dim` elements are also the value, `[slots, 1, max_ctx, key_dim]`.
+    pub fn latent(ctx: &GpuContext, slots: usize, key_dim: usize, value_dim: usize, max_ctx: usize) -> Result<Self> {
+        if value_dim == 0 || value_dim > key_dim {
+            return Err(Error::Config(format!(
+                "a latent cache's value width {value_dim} must be between 1 and its key width {key_dim}"
+            )));
+        }
+        let shape = [slots, 1, max_ctx, key_dim];
+        let bytes = shape.iter().product::<usize>() as u64 * 4;
+        ctx.check_binding(
+            &format!("a latent KV cache of {slots} sequences x {max_ctx} positions x {key_dim}"),
+            bytes,
+        )?;
+        Ok(Self {
+            keys: GpuTensor::empty(ctx, "latent cache", &shape, DType::F32)?,
+            values: GpuTensor::empty(ctx, "latent cache (no values)", &[1], DType::F32)?,
+            slots,
+            kv_heads: 1,
+            head_dim: key_dim,
+            max_ctx,
+            value_dim,
+            latent: true,
         })
     }
 
     /// Bytes one position of one sequence takes (keys and values).
     pub fn bytes_per_position(&self) -> u64 {
-        (2 * self.kv_heads * self.head_dim * 4) as u64
+        let per_key = (self.kv_heads * self.head_dim * 4) as u64;
+        if self.latent {
+            per_key
+        } else {
+            2 * per_key
+        }
+    }
+
+    /// Bytes of GPU memory the cache holds.
+    pub fn bytes(&self) -> u64 {
+        self.keys.buffer.size() + if self.latent { 0 } else { self.values.buffer.size() }
     }
 }
 
@@ -80,15 +124,18 @@ pub(crate) struct AttentionParams {
     pub(crate) has_sinks: u32,
     /// Sliding window in positions; 0 = full causal.
     pub(crate) window: u32,
+    pub(crate) value_dim: u32,
+    /// 1: values are the keys' first value_dim elements (latent cache).
+    pub(crate) latent: u32,
     pub(crate) _pad0: u32,
-    pub(crate) _pad1: u32,
-    pub(crate) _pad2: u32,
 }
 
 /// Stores `k`, `v [T, kv_heads * head_dim]` at each token's (slot, position) and
 /// records attention of `q [T, heads * head_dim]` over that slot's cache positions
 /// `0..=position` (the last `window` of them with a window, and one extra sink logit
-/// per head with sinks; see [`AttentionOptions`]) into `out` (like `q`).
+/// per head with sinks; see [`AttentionOptions`]) into `out [T, heads * value_dim]`
+/// (like `q` unless the cache is latent; a latent cache stores only `k` and takes each
+/// value from the first `value_dim` elements of its key, so `v` is not read).
 #[allow(clippy::too_many_arguments)]
 pub fn encode_attention(
     ctx: &GpuContext,
@@ -110,6 +157,8 @@ pub fn encode_attention(
             cache.max_ctx
         )));
     }
+    expect_shape("attention queries", q, &[tokens, heads * cache.head_dim])?;
+    expect_shape("attention output", out, &[tokens, heads * cache.value_dim])?;
     if !heads.is_multiple_of(cache.kv_heads) {
         return Err(Error::Config(format!(
             "{heads} heads are not a multiple of {} kv heads",
@@ -140,9 +189,9 @@ pub fn encode_attention(
         has_sinks: options.sinks.is_some() as u32,
         // A window of max_ctx or more covers every position the cache holds.
         window: options.window.map_or(0, |w| w.min(cache.max_ctx) as u32),
+        value_dim: cache.value_dim as u32,
+        latent: cache.latent as u32,
         _pad0: 0,
-        _pad1: 0,
-        _pad2: 0,
     };
     let (keys, values, pos) = (&cache.keys.buffer, &cache.values.buffer, &positions.buffer);
     rec.dispatch(

@@ -2,6 +2,7 @@
 //! of `shaders/` and, beside it, the plain-Rust CPU reference that tests compare with.
 pub mod attention;
 pub mod capacity;
+pub mod columns;
 pub mod combine;
 pub mod elementwise;
 pub mod embedding;

@@ -109,6 +109,12 @@ pub fn all() -> Vec<ParamsLayout> {
         ),
         layout!(kernel::NORM, "NormParams", NormParams, [rows, dim, eps]),
         layout!(
+            kernel::COLUMNS,
+            "ColumnsParams",
+            ops::columns::ColumnsParams,
+            [rows, width, src_stride, src_offset, dst_stride, dst_offset]
+        ),
+        layout!(
             kernel::ELEMENTWISE,
             "ElementwiseParams",
             ElementwiseParams,
@@ -124,7 +130,7 @@ pub fn all() -> Vec<ParamsLayout> {
             kernel::ATTENTION,
             "AttentionParams",
             AttentionParams,
-            [tokens, heads, kv_heads, head_dim, max_ctx, scale, slots, has_sinks, window]
+            [tokens, heads, kv_heads, head_dim, max_ctx, scale, slots, has_sinks, window, value_dim, latent]
         ),
         layout!(
             kernel::EMBEDDING,
