@@ -69,6 +69,20 @@ impl GpuTensor {
         self.len() == 0
     }
 
+    /// The same buffer viewed with another shape of as many elements.
+    pub fn reshaped(&self, shape: &[usize]) -> Self {
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            self.len(),
+            "reshape must keep the element count"
+        );
+        Self {
+            buffer: self.buffer.clone(),
+            shape: shape.to_vec(),
+            dtype: self.dtype,
+        }
+    }
+
     /// An uninitialised (zeroed by wgpu) tensor.
     pub fn empty(ctx: &GpuContext, name: &str, shape: &[usize], dtype: DType) -> Result<Self> {
         let bytes = dtype.storage_bytes(shape.iter().product());

@@ -62,7 +62,6 @@ pub struct Batch {
 
 impl Batch {
     pub fn new(ctx: &GpuContext, model: &Model, slots: usize, max_context: usize) -> Result<Self> {
-        let c = &model.config;
         if slots == 0 {
             return Err(Error::Config("a batch needs at least one sequence slot".into()));
         }
@@ -72,9 +71,7 @@ impl Batch {
                 model.max_context
             )));
         }
-        let caches = (0..c.num_layers)
-            .map(|_| KvCache::with_slots(ctx, slots, c.num_kv_heads, c.head_dim, max_context))
-            .collect::<Result<Vec<_>>>()?;
+        let caches = model.new_caches(ctx, slots, max_context)?;
         Ok(Self {
             caches,
             positions: vec![0; slots],

@@ -54,6 +54,20 @@ pub enum QkNorm {
     Full,
 }
 
+/// Multi-head latent attention (DeepSeek-V2/V3): keys and values of every head come
+/// from one compressed latent per position, plus a RoPE key shared by the heads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MlaConfig {
+    /// Queries through a low-rank `q_a_proj` -> RMSNorm -> `q_b_proj`; `None`: `q_proj`.
+    pub q_lora_rank: Option<usize>,
+    /// Width of the compressed latent (the cached part besides the RoPE key).
+    pub kv_lora_rank: usize,
+    /// Per head: query/key dims without RoPE, with RoPE, and value dims.
+    pub qk_nope_head_dim: usize,
+    pub qk_rope_head_dim: usize,
+    pub v_head_dim: usize,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
     pub family: Family,
@@ -103,6 +117,9 @@ pub struct ModelConfig {
     /// Routed experts stored as Hugging Face's MXFP4 (`*_blocks` + `*_scales`,
     /// `quantization_config.quant_method = "mxfp4"`).
     pub experts_mxfp4: bool,
+    /// Multi-head latent attention instead of grouped-query attention; `head_dim` is
+    /// then the query/key head width (nope + rope) and `rotary_dim` the RoPE part.
+    pub mla: Option<MlaConfig>,
 }
 
 #[derive(Deserialize)]
@@ -411,6 +428,7 @@ impl ModelConfig {
             attention_sinks: false,
             output_bias: false,
             experts_mxfp4: false,
+            mla: None,
         };
         if family == Family::GptOss {
             crate::model::families::gpt_oss::configure(&raw, &mut config, source)?;

@@ -1,6 +1,7 @@
 //! Hugging Face MoE checkpoints: config, tensor names, safetensors reading, the
 //! generic decoder on the GPU ([`model::Model`]), per-sequence state
 //! ([`session::Session`]) and generation.
+pub(crate) mod attention;
 pub mod batch;
 pub mod config;
 pub mod families;
@@ -11,6 +12,7 @@ pub mod load;
 pub mod model;
 pub mod names;
 pub mod perplexity;
+pub(crate) mod planner;
 pub mod reference;
 pub mod safetensors_io;
 pub mod session;

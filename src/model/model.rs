@@ -18,20 +18,21 @@
 use crate::error::{Error, Result};
 use crate::gpu::kernel::Recorder;
 use crate::gpu::{DType, GpuContext, GpuTensor};
-use crate::model::config::{ModelConfig, QkNorm};
-use crate::model::families::gpt_oss;
+use crate::model::attention::{AttentionInputs, LayerAttention};
+use crate::model::config::ModelConfig;
 use crate::model::names::{self, ExpertTensors};
+use crate::model::planner::{Planner, Role};
 use crate::model::safetensors_io::Checkpoint;
 use crate::moe::layer::{ExpertBiases, SharedExpert};
 use crate::moe::MoeLayer;
-use crate::ops::attention::{encode_attention, AttentionOptions, KvCache};
-use crate::ops::elementwise::{encode_add_row_bias, encode_add_scaled, encode_gather_rows, encode_scale_clamp};
+use crate::ops::attention::KvCache;
+use crate::ops::elementwise::{encode_add_scaled, encode_gather_rows, encode_scale_clamp};
 use crate::ops::embedding::encode_embedding;
 use crate::ops::expert_matmul::{encode_down, encode_gate_up, ExpertRows};
 use crate::ops::norm::encode_rms_norm;
-use crate::ops::rope::{encode_rope, upload_rope_table};
+use crate::ops::rope::upload_rope_table;
 use crate::ops::TokenPositions;
-use crate::weights::{Assembly, Placement, WeightFormat, WeightMatrix};
+use crate::weights::{Placement, WeightFormat, WeightMatrix};
 
 /// Batches of at most this many tokens use the GEMV kernels for dense projections.
 const GEMV_MAX_TOKENS: usize = 4;
@@ -90,20 +91,6 @@ impl Kernels {
     }
 }
 
-struct Attention {
-    q: WeightMatrix,
-    k: WeightMatrix,
-    v: WeightMatrix,
-    o: WeightMatrix,
-    biases: Option<[GpuTensor; 3]>,
-    o_bias: Option<GpuTensor>,
-    qk_norm: Option<(GpuTensor, GpuTensor)>,
-    /// `[heads]` sink logits (gpt-oss).
-    sinks: Option<GpuTensor>,
-    /// Sliding window in positions, or full causal attention.
-    window: Option<usize>,
-}
-
 struct DenseMlp {
     gate: WeightMatrix,
     up: WeightMatrix,
@@ -117,7 +104,7 @@ enum FeedForward {
 
 struct Layer {
     input_norm: GpuTensor,
-    attention: Attention,
+    attention: LayerAttention,
     post_attention_norm: GpuTensor,
     ffn: FeedForward,
 }
@@ -154,282 +141,12 @@ pub struct StorageFormats {
     pub quantize: Option<WeightFormat>,
 }
 
-/// What a matrix is for, which decides its storage when quantizing.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Embedding,
-    Output,
-    Projection,
-}
-
-/// Allocates the model's buffers from a checkpoint's headers and lists where each
-/// tensor's bytes go.
-struct Planner<'a> {
-    ctx: &'a GpuContext,
-    checkpoint: &'a Checkpoint,
-    formats: StorageFormats,
-    placements: Vec<Placement>,
-}
-
 impl Planner<'_> {
-    /// The storage format of a matrix of `role` with rows of `input` elements stored
-    /// as `stored`. Rows that are not whole blocks keep the element format.
-    fn format_for(&self, role: Role, stored: WeightFormat, input: usize) -> WeightFormat {
-        let element = self.formats.convert.unwrap_or(stored);
-        let block = match (role, self.formats.quantize) {
-            (_, None) | (Role::Embedding, _) => None,
-            (Role::Output, Some(_)) => Some(WeightFormat::Q8_0),
-            (Role::Projection, Some(q)) => Some(q),
-        };
-        match block {
-            Some(q) if input.is_multiple_of(q.block_elements()) => q,
-            _ => element,
-        }
-    }
-
-    /// A plain `[out, in]` matrix.
-    fn matrix(&mut self, name: &str, out: usize, input: usize) -> Result<WeightMatrix> {
-        self.matrix_as(Role::Projection, name, out, input)
-    }
-
-    fn matrix_as(&mut self, role: Role, name: &str, out: usize, input: usize) -> Result<WeightMatrix> {
-        self.stacked(role, name, 1, out, input, &|_| (name.to_string(), vec![out, input], 0))
-    }
-
-    /// `[experts, out, in]` gathered from the checkpoint: `source(e)` names the tensor
-    /// holding expert e, its full shape, and the row where expert e's rows begin.
-    fn stacked(
-        &mut self,
-        role: Role,
-        label: &str,
-        experts: usize,
-        out: usize,
-        input: usize,
-        source: &dyn Fn(usize) -> (String, Vec<usize>, usize),
-    ) -> Result<WeightMatrix> {
-        let (first, shape, _) = source(0);
-        let (_, _, first_format) = self.checkpoint.expect(&first, &shape)?;
-        let format = self.format_for(role, first_format, input);
-        let matrix = WeightMatrix::allocate(self.ctx, label, [experts, out, input], format)?;
-        for e in 0..experts {
-            let (name, shape, row0) = source(e);
-            let (shard, info, src_format) = self.checkpoint.expect(&name, &shape)?;
-            let src_row = src_format.bytes_for(input)? as u64;
-            for (chunk, rows, dst_offset) in matrix.destinations(e, 0..out) {
-                self.placements.push(Placement {
-                    tensor: name.clone(),
-                    shard,
-                    src_offset: info.start + (row0 + rows.start) as u64 * src_row,
-                    src_len: rows.len() as u64 * src_row,
-                    src_format,
-                    dst: chunk.buffer.clone(),
-                    dst_offset,
-                    dst_format: format,
-                    assembly: Assembly::Stream,
-                });
-            }
-        }
-        Ok(matrix)
-    }
-
-    /// `[experts, out, in]` from a `[experts, in, cols]` tensor applied as `x @ W`
-    /// (gpt-oss): expert e's output row r is its column `first + r * step`.
-    #[allow(clippy::too_many_arguments)]
-    fn columns(
-        &mut self,
-        label: &str,
-        name: &str,
-        experts: usize,
-        out: usize,
-        input: usize,
-        cols: usize,
-        (first, step): (usize, usize),
-    ) -> Result<WeightMatrix> {
-        let (shard, info, src_format) = self.checkpoint.expect(name, &[experts, input, cols])?;
-        if src_format.block_elements() != 1 {
-            return Err(Error::Unsupported(format!(
-                "tensor `{name}`: {src_format} cannot be transposed"
-            )));
-        }
-        let format = self.format_for(Role::Projection, src_format, input);
-        let matrix = WeightMatrix::allocate(self.ctx, label, [experts, out, input], format)?;
-        let expert_bytes = (input * cols * src_format.block_bytes()) as u64;
-        for e in 0..experts {
-            for (chunk, rows, dst_offset) in matrix.destinations(e, 0..out) {
-                self.placements.push(Placement {
-                    tensor: name.to_string(),
-                    shard,
-                    src_offset: info.start + e as u64 * expert_bytes,
-                    src_len: expert_bytes,
-                    src_format,
-                    dst: chunk.buffer.clone(),
-                    dst_offset,
-                    dst_format: format,
-                    assembly: Assembly::Columns {
-                        rows: input,
-                        cols,
-                        first: first + rows.start * step,
-                        step,
-                        count: rows.len(),
-                    },
-                });
-            }
-        }
-        Ok(matrix)
-    }
-
-    /// `[experts, out, in]` from Hugging Face MXFP4 tensors `{name}_blocks`
-    /// `[experts, rows, in / 32, 16]` and `{name}_scales` `[experts, rows, in / 32]`:
-    /// expert e's output row r is its stored row `first + r * step`.
-    #[allow(clippy::too_many_arguments)]
-    fn hf_mxfp4(
-        &mut self,
-        label: &str,
-        name: &str,
-        experts: usize,
-        out: usize,
-        input: usize,
-        rows_stored: usize,
-        (first, step): (usize, usize),
-    ) -> Result<WeightMatrix> {
-        let blocks = input / 32;
-        let blocks_name = format!("{name}_blocks");
-        let scales_name = format!("{name}_scales");
-        let (shard, info) = self
-            .checkpoint
-            .expect_raw(&blocks_name, &[experts, rows_stored, blocks, 16], "U8")?;
-        let (scale_shard, scale_info) =
-            self.checkpoint
-                .expect_raw(&scales_name, &[experts, rows_stored, blocks], "U8")?;
-        if scale_shard != shard {
-            return Err(Error::Unsupported(format!(
-                "`{blocks_name}` and `{scales_name}` are in different shards"
-            )));
-        }
-        let format = self.format_for(Role::Projection, WeightFormat::Mxfp4, input);
-        let matrix = WeightMatrix::allocate(self.ctx, label, [experts, out, input], format)?;
-        let (expert_blocks, expert_scales) = ((rows_stored * blocks * 16) as u64, (rows_stored * blocks) as u64);
-        for e in 0..experts {
-            let scales_start = scale_info.start + e as u64 * expert_scales;
-            for (chunk, rows, dst_offset) in matrix.destinations(e, 0..out) {
-                self.placements.push(Placement {
-                    tensor: blocks_name.clone(),
-                    shard,
-                    src_offset: info.start + e as u64 * expert_blocks,
-                    src_len: expert_blocks,
-                    src_format: WeightFormat::Mxfp4,
-                    dst: chunk.buffer.clone(),
-                    dst_offset,
-                    dst_format: format,
-                    assembly: Assembly::HfMxfp4 {
-                        scales: scales_start..scales_start + expert_scales,
-                        blocks,
-                        first: first + rows.start * step,
-                        step,
-                        count: rows.len(),
-                    },
-                });
-            }
-        }
-        Ok(matrix)
-    }
-
-    /// `[experts, count]` f32 from a `[experts, cols]` tensor: columns `first + j * step`.
-    fn vector_columns(
-        &mut self,
-        name: &str,
-        experts: usize,
-        cols: usize,
-        (first, step): (usize, usize),
-        count: usize,
-    ) -> Result<GpuTensor> {
-        let (shard, info, src_format) = self.checkpoint.expect(name, &[experts, cols])?;
-        let tensor = GpuTensor::empty(self.ctx, name, &[experts, count], DType::F32)?;
-        let row_bytes = (cols * src_format.block_bytes()) as u64;
-        for e in 0..experts {
-            self.placements.push(Placement {
-                tensor: name.to_string(),
-                shard,
-                src_offset: info.start + e as u64 * row_bytes,
-                src_len: row_bytes,
-                src_format,
-                dst: tensor.buffer.clone(),
-                dst_offset: (e * count * 4) as u64,
-                dst_format: WeightFormat::F32,
-                assembly: Assembly::Columns {
-                    rows: 1,
-                    cols,
-                    first,
-                    step,
-                    count,
-                },
-            });
-        }
-        Ok(tensor)
-    }
-
-    /// A small tensor kept in f32 (norms, biases, routers).
-    fn vector(&mut self, name: &str, shape: &[usize]) -> Result<GpuTensor> {
-        let (shard, info, src_format) = self.checkpoint.expect(name, shape)?;
-        let tensor = GpuTensor::empty(self.ctx, name, shape, DType::F32)?;
-        self.placements.push(Placement {
-            tensor: name.to_string(),
-            shard,
-            src_offset: info.start,
-            src_len: info.len,
-            src_format,
-            dst: tensor.buffer.clone(),
-            dst_offset: 0,
-            dst_format: WeightFormat::F32,
-            assembly: Assembly::Stream,
-        });
-        Ok(tensor)
-    }
-
     fn layer(&mut self, c: &ModelConfig, i: usize) -> Result<Layer> {
         let p = names::layer(i);
         let name = |s: &str| format!("{p}.{s}");
-        let (d, hd) = (c.hidden_size, c.head_dim);
-        let (qw, kvw) = (c.num_heads * hd, c.num_kv_heads * hd);
-        let biases = if c.attention_bias {
-            Some([
-                self.vector(&name("self_attn.q_proj.bias"), &[qw])?,
-                self.vector(&name("self_attn.k_proj.bias"), &[kvw])?,
-                self.vector(&name("self_attn.v_proj.bias"), &[kvw])?,
-            ])
-        } else {
-            None
-        };
-        let qk_norm = match c.qk_norm {
-            QkNorm::None => None,
-            QkNorm::PerHead => Some((
-                self.vector(&name("self_attn.q_norm.weight"), &[hd])?,
-                self.vector(&name("self_attn.k_norm.weight"), &[hd])?,
-            )),
-            QkNorm::Full => Some((
-                self.vector(&name("self_attn.q_norm.weight"), &[qw])?,
-                self.vector(&name("self_attn.k_norm.weight"), &[kvw])?,
-            )),
-        };
-        let attention = Attention {
-            q: self.matrix(&name("self_attn.q_proj.weight"), qw, d)?,
-            k: self.matrix(&name("self_attn.k_proj.weight"), kvw, d)?,
-            v: self.matrix(&name("self_attn.v_proj.weight"), kvw, d)?,
-            o: self.matrix(&name("self_attn.o_proj.weight"), d, qw)?,
-            biases,
-            o_bias: if c.output_bias {
-                Some(self.vector(&name("self_attn.o_proj.bias"), &[d])?)
-            } else {
-                None
-            },
-            qk_norm,
-            sinks: if c.attention_sinks {
-                Some(self.vector(&gpt_oss::sinks_name(&p), &[c.num_heads])?)
-            } else {
-                None
-            },
-            window: c.attention_windows[i],
-        };
+        let d = c.hidden_size;
+        let attention = LayerAttention::plan(self, c, i)?;
         let ffn = if c.sparse_layers[i] {
             FeedForward::Moe(Box::new(self.moe(c, i)?))
         } else {
@@ -581,6 +298,15 @@ impl Model {
         Ok((model, planner.placements))
     }
 
+    /// One KV cache per layer, each as its attention needs (keys and values per kv
+    /// head, or MLA's latents), for `slots` sequences of up to `max_context` positions.
+    pub fn new_caches(&self, ctx: &GpuContext, slots: usize, max_context: usize) -> Result<Vec<KvCache>> {
+        self.layers
+            .iter()
+            .map(|l| l.attention.new_cache(ctx, &self.config, slots, max_context))
+            .collect()
+    }
+
     /// Number of MoE layers.
     pub fn moe_layers(&self) -> usize {
         self.config.sparse_layers.iter().filter(|s| **s).count()
@@ -592,8 +318,7 @@ impl Model {
         let mut total =
             matrices(&self.embed) + self.lm_head.as_ref().map_or(0, matrices) + self.final_norm.buffer.size();
         for l in &self.layers {
-            let a = &l.attention;
-            total += [&a.q, &a.k, &a.v, &a.o].iter().map(|m| m.bytes()).sum::<u64>();
+            total += l.attention.weight_bytes();
             total += l.input_norm.buffer.size() + l.post_attention_norm.buffer.size();
             total += match &l.ffn {
                 FeedForward::Moe(m) => {
@@ -645,7 +370,14 @@ impl Model {
         let mut expert_counts = Vec::new();
         for (layer, cache) in self.layers.iter().zip(caches) {
             let h = norm(ctx, rec, &x, &layer.input_norm, c.rms_norm_eps)?;
-            let attn = self.record_attention(ctx, rec, layer, cache, &h, positions, gemv)?;
+            let inputs = AttentionInputs {
+                config: c,
+                rope: &self.rope,
+                cache,
+                positions,
+                gemv,
+            };
+            let attn = layer.attention.record(ctx, rec, &inputs, &h)?;
             encode_add_scaled(ctx, rec, &x, &attn, c.residual_multiplier);
             let h = norm(ctx, rec, &x, &layer.post_attention_norm, c.rms_norm_eps)?;
             let f = match &layer.ffn {
@@ -683,84 +415,6 @@ impl Model {
         }
         Ok(ForwardOutputs { logits, expert_counts })
     }
-
-    #[allow(clippy::too_many_arguments)]
-    fn record_attention(
-        &self,
-        ctx: &GpuContext,
-        rec: &mut Recorder,
-        layer: &Layer,
-        cache: &KvCache,
-        h: &GpuTensor,
-        positions: &TokenPositions,
-        gemv: bool,
-    ) -> Result<GpuTensor> {
-        let c = &self.config;
-        let a = &layer.attention;
-        let (mut q, mut k, v) = (
-            linear(ctx, rec, h, &a.q, gemv)?,
-            linear(ctx, rec, h, &a.k, gemv)?,
-            linear(ctx, rec, h, &a.v, gemv)?,
-        );
-        if let Some([qb, kb, vb]) = &a.biases {
-            encode_add_row_bias(ctx, rec, &q, qb);
-            encode_add_row_bias(ctx, rec, &k, kb);
-            encode_add_row_bias(ctx, rec, &v, vb);
-        }
-        if let Some((qn, kn)) = &a.qk_norm {
-            // PerHead norms have head_dim weights, Full norms the projection width:
-            // the kernel normalises rows of the weight's length either way.
-            q = norm(ctx, rec, &q, qn, c.rms_norm_eps)?;
-            k = norm(ctx, rec, &k, kn, c.rms_norm_eps)?;
-        }
-        if let Some(limit) = c.clip_qkv {
-            for x in [&q, &k, &v] {
-                encode_scale_clamp(ctx, rec, x, 1.0, limit);
-            }
-        }
-        encode_rope(
-            ctx,
-            rec,
-            &q,
-            &self.rope,
-            c.num_heads,
-            c.head_dim,
-            positions,
-            c.rope_interleaved,
-        );
-        encode_rope(
-            ctx,
-            rec,
-            &k,
-            &self.rope,
-            c.num_kv_heads,
-            c.head_dim,
-            positions,
-            c.rope_interleaved,
-        );
-        let out = GpuTensor::empty(ctx, "attention output", &q.shape, DType::F32)?;
-        encode_attention(
-            ctx,
-            rec,
-            cache,
-            &q,
-            &k,
-            &v,
-            c.num_heads,
-            positions,
-            c.attention_scale,
-            AttentionOptions {
-                sinks: a.sinks.as_ref(),
-                window: a.window,
-            },
-            &out,
-        )?;
-        let o = linear(ctx, rec, &out, &a.o, gemv)?;
-        if let Some(bias) = &a.o_bias {
-            encode_add_row_bias(ctx, rec, &o, bias);
-        }
-        Ok(o)
-    }
 }
 
 fn dense_rows(tokens: usize, gemv: bool) -> ExpertRows<'static> {
@@ -768,14 +422,20 @@ fn dense_rows(tokens: usize, gemv: bool) -> ExpertRows<'static> {
 }
 
 /// `x [T, in] W^T -> [T, out]` for a plain matrix.
-fn linear(ctx: &GpuContext, rec: &mut Recorder, x: &GpuTensor, w: &WeightMatrix, gemv: bool) -> Result<GpuTensor> {
+pub(crate) fn linear(
+    ctx: &GpuContext,
+    rec: &mut Recorder,
+    x: &GpuTensor,
+    w: &WeightMatrix,
+    gemv: bool,
+) -> Result<GpuTensor> {
     let t = x.shape[0];
     let y = GpuTensor::empty(ctx, &format!("{} output", w.name), &[t, w.out_dim], DType::F32)?;
     encode_down(ctx, rec, dense_rows(t, gemv), x, w, &y)?;
     Ok(y)
 }
 
-fn norm(ctx: &GpuContext, rec: &mut Recorder, x: &GpuTensor, w: &GpuTensor, eps: f32) -> Result<GpuTensor> {
+pub(crate) fn norm(ctx: &GpuContext, rec: &mut Recorder, x: &GpuTensor, w: &GpuTensor, eps: f32) -> Result<GpuTensor> {
     let y = GpuTensor::empty(ctx, "normed", &x.shape, DType::F32)?;
     encode_rms_norm(ctx, rec, x, w, eps, &y)?;
     Ok(y)

@@ -174,9 +174,7 @@ impl Session {
                 model.max_context
             )));
         }
-        let caches = (0..c.num_layers)
-            .map(|_| KvCache::new(ctx, c.num_kv_heads, c.head_dim, max_context))
-            .collect::<Result<Vec<_>>>()?;
+        let caches = model.new_caches(ctx, 1, max_context)?;
         Ok(Self {
             caches,
             max_context,

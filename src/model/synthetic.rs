@@ -60,6 +60,7 @@ pub fn synthetic_config(family: Family, dims: Dims, moe: MoeConfig) -> ModelConf
         attention_sinks: false,
         output_bias: false,
         experts_mxfp4: false,
+        mla: None,
         moe,
     }
 }

@@ -331,5 +331,6 @@ fn config_of(files: &[GgufFile], meta: &BTreeMap<String, MetaValue>, source: &st
         attention_sinks: false,
         output_bias: false,
         experts_mxfp4: false,
+        mla: None,
     })
 }

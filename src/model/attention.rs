@@ -1,0 +1,471 @@
+//! The attention of a decoder layer, a choice that owns its weights and its KV-cache
+//! layout:
+//! - [`Gqa`]: grouped-query attention (every family but DeepSeek), with optional q/k
+//!   norms, biases, clip, sinks and a sliding window; caches keys and values per kv head.
+//! - [`Mla`]: DeepSeek's multi-head latent attention with the up-projections absorbed,
+//!   so the cache holds one compressed latent and one RoPE key per position
+//!   ([`KvCache::latent`]):
+//!
+//! ```text
+//! q            = q_b(rms_norm(q_a(h)))  or  q_proj(h)          [T, H, nope + rope]
+//! latent, k_pe = kv_a(h)                                         [T, L], [T, rope]
+//! key          = [rms_norm(latent), rope(k_pe)]                  cached, [T, L + rope]
+//! q_lat[h]     = W_UK[h]^T q_nope[h]                             [T, H, L]
+//! scores       = scale * ([q_lat, rope(q_pe)] . key)   (= q_nope . k_nope + q_pe . k_pe)
+//! out_lat[h]   = sum_j softmax(scores)_j latent_j                [T, H, L]
+//! out          = o_proj(W_UV[h] out_lat[h])                      [T, d]
+//! ```
+//!
+//! W_UK[h] and W_UV[h] are head h's key and value rows of `kv_b_proj`; the per-head
+//! products run as the expert GEMV with one "expert" per head.
+
+use crate::error::Result;
+use crate::gpu::kernel::Recorder;
+use crate::gpu::{DType, GpuContext, GpuTensor};
+use crate::model::config::{MlaConfig, ModelConfig, QkNorm};
+use crate::model::families::gpt_oss;
+use crate::model::model::{linear, norm};
+use crate::model::names;
+use crate::model::planner::{Planner, Role};
+use crate::ops::attention::{encode_attention, AttentionOptions, KvCache};
+use crate::ops::columns::{encode_copy_columns, Columns};
+use crate::ops::elementwise::{encode_add_row_bias, encode_scale_clamp};
+use crate::ops::expert_matmul::{encode_down, ExpertRows};
+use crate::ops::rope::encode_rope;
+use crate::ops::TokenPositions;
+use crate::weights::WeightMatrix;
+
+/// One layer's attention.
+pub(crate) enum LayerAttention {
+    Gqa(Box<Gqa>),
+    Mla(Box<Mla>),
+}
+
+/// What a layer's attention reads besides its weights.
+pub(crate) struct AttentionInputs<'a> {
+    pub(crate) config: &'a ModelConfig,
+    pub(crate) rope: &'a GpuTensor,
+    pub(crate) cache: &'a KvCache,
+    pub(crate) positions: &'a TokenPositions,
+    /// GEMV kernels for the projections (else tiles).
+    pub(crate) gemv: bool,
+}
+
+impl LayerAttention {
+    pub(crate) fn plan(p: &mut Planner, c: &ModelConfig, layer: usize) -> Result<Self> {
+        Ok(match c.mla {
+            None => LayerAttention::Gqa(Box::new(Gqa::plan(p, c, layer)?)),
+            Some(mla) => LayerAttention::Mla(Box::new(Mla::plan(p, c, mla, layer)?)),
+        })
+    }
+
+    /// The KV cache this attention needs for `slots` sequences of `max_ctx` positions.
+    pub(crate) fn new_cache(&self, ctx: &GpuContext, c: &ModelConfig, slots: usize, max_ctx: usize) -> Result<KvCache> {
+        match self {
+            LayerAttention::Gqa(_) => KvCache::with_slots(ctx, slots, c.num_kv_heads, c.head_dim, max_ctx),
+            LayerAttention::Mla(m) => KvCache::latent(
+                ctx,
+                slots,
+                m.dims.kv_lora_rank + m.dims.qk_rope_head_dim,
+                m.dims.kv_lora_rank,
+                max_ctx,
+            ),
+        }
+    }
+
+    /// Bytes of GPU memory its weights take.
+    pub(crate) fn weight_bytes(&self) -> u64 {
+        let sum = |ms: &[&WeightMatrix]| ms.iter().map(|m| m.bytes()).sum::<u64>();
+        match self {
+            LayerAttention::Gqa(a) => sum(&[&a.q, &a.k, &a.v, &a.o]),
+            LayerAttention::Mla(m) => {
+                let q = match &m.queries {
+                    MlaQueries::Direct(q) => sum(&[q]),
+                    MlaQueries::Compressed { a, b, .. } => sum(&[a, b]),
+                };
+                q + sum(&[&m.kv_a, &m.absorb_k, &m.absorb_v, &m.o])
+            }
+        }
+    }
+
+    /// Records attention of `h [T, d]` (normed hidden states) into `[T, d]`.
+    pub(crate) fn record(
+        &self,
+        ctx: &GpuContext,
+        rec: &mut Recorder,
+        inputs: &AttentionInputs,
+        h: &GpuTensor,
+    ) -> Result<GpuTensor> {
+        match self {
+            LayerAttention::Gqa(a) => a.record(ctx, rec, inputs, h),
+            LayerAttention::Mla(m) => m.record(ctx, rec, inputs, h),
+        }
+    }
+}
+
+/// Grouped-query attention's weights.
+pub(crate) struct Gqa {
+    q: WeightMatrix,
+    k: WeightMatrix,
+    v: WeightMatrix,
+    o: WeightMatrix,
+    biases: Option<[GpuTensor; 3]>,
+    o_bias: Option<GpuTensor>,
+    qk_norm: Option<(GpuTensor, GpuTensor)>,
+    /// `[heads]` sink logits (gpt-oss).
+    sinks: Option<GpuTensor>,
+    /// Sliding window in positions, or full causal attention.
+    window: Option<usize>,
+}
+
+impl Gqa {
+    fn plan(p: &mut Planner, c: &ModelConfig, i: usize) -> Result<Self> {
+        let prefix = names::layer(i);
+        let name = |s: &str| format!("{prefix}.{s}");
+        let (d, hd) = (c.hidden_size, c.head_dim);
+        let (qw, kvw) = (c.num_heads * hd, c.num_kv_heads * hd);
+        let biases = if c.attention_bias {
+            Some([
+                p.vector(&name("self_attn.q_proj.bias"), &[qw])?,
+                p.vector(&name("self_attn.k_proj.bias"), &[kvw])?,
+                p.vector(&name("self_attn.v_proj.bias"), &[kvw])?,
+            ])
+        } else {
+            None
+        };
+        let qk_norm = match c.qk_norm {
+            QkNorm::None => None,
+            QkNorm::PerHead => Some((
+                p.vector(&name("self_attn.q_norm.weight"), &[hd])?,
+                p.vector(&name("self_attn.k_norm.weight"), &[hd])?,
+            )),
+            QkNorm::Full => Some((
+                p.vector(&name("self_attn.q_norm.weight"), &[qw])?,
+                p.vector(&name("self_attn.k_norm.weight"), &[kvw])?,
+            )),
+        };
+        Ok(Self {
+            q: p.matrix(&name("self_attn.q_proj.weight"), qw, d)?,
+            k: p.matrix(&name("self_attn.k_proj.weight"), kvw, d)?,
+            v: p.matrix(&name("self_attn.v_proj.weight"), kvw, d)?,
+            o: p.matrix(&name("self_attn.o_proj.weight"), d, qw)?,
+            biases,
+            o_bias: if c.output_bias {
+                Some(p.vector(&name("self_attn.o_proj.bias"), &[d])?)
+            } else {
+                None
+            },
+            qk_norm,
+            sinks: if c.attention_sinks {
+                Some(p.vector(&gpt_oss::sinks_name(&prefix), &[c.num_heads])?)
+            } else {
+                None
+            },
+            window: c.attention_windows[i],
+        })
+    }
+
+    fn record(
+        &self,
+        ctx: &GpuContext,
+        rec: &mut Recorder,
+        inputs: &AttentionInputs,
+        h: &GpuTensor,
+    ) -> Result<GpuTensor> {
+        let (c, gemv) = (inputs.config, inputs.gemv);
+        let (mut q, mut k, v) = (
+            linear(ctx, rec, h, &self.q, gemv)?,
+            linear(ctx, rec, h, &self.k, gemv)?,
+            linear(ctx, rec, h, &self.v, gemv)?,
+        );
+        if let Some([qb, kb, vb]) = &self.biases {
+            encode_add_row_bias(ctx, rec, &q, qb);
+            encode_add_row_bias(ctx, rec, &k, kb);
+            encode_add_row_bias(ctx, rec, &v, vb);
+        }
+        if let Some((qn, kn)) = &self.qk_norm {
+            // PerHead norms have head_dim weights, Full norms the projection width:
+            // the kernel normalises rows of the weight's length either way.
+            q = norm(ctx, rec, &q, qn, c.rms_norm_eps)?;
+            k = norm(ctx, rec, &k, kn, c.rms_norm_eps)?;
+        }
+        if let Some(limit) = c.clip_qkv {
+            for x in [&q, &k, &v] {
+                encode_scale_clamp(ctx, rec, x, 1.0, limit);
+            }
+        }
+        let positions = inputs.positions;
+        encode_rope(
+            ctx,
+            rec,
+            &q,
+            inputs.rope,
+            c.num_heads,
+            c.head_dim,
+            positions,
+            c.rope_interleaved,
+        );
+        encode_rope(
+            ctx,
+            rec,
+            &k,
+            inputs.rope,
+            c.num_kv_heads,
+            c.head_dim,
+            positions,
+            c.rope_interleaved,
+        );
+        let out = GpuTensor::empty(ctx, "attention output", &q.shape, DType::F32)?;
+        let options = AttentionOptions {
+            sinks: self.sinks.as_ref(),
+            window: self.window,
+        };
+        encode_attention(
+            ctx,
+            rec,
+            inputs.cache,
+            &q,
+            &k,
+            &v,
+            c.num_heads,
+            positions,
+            c.attention_scale,
+            options,
+            &out,
+        )?;
+        let o = linear(ctx, rec, &out, &self.o, gemv)?;
+        if let Some(bias) = &self.o_bias {
+            encode_add_row_bias(ctx, rec, &o, bias);
+        }
+        Ok(o)
+    }
+}
+
+enum MlaQueries {
+    /// `q_proj` `[H (nope + rope), d]`.
+    Direct(WeightMatrix),
+    /// `q_a_proj` `[q_lora, d]`, its RMSNorm, `q_b_proj` `[H (nope + rope), q_lora]`.
+    Compressed {
+        a: WeightMatrix,
+        norm: GpuTensor,
+        b: WeightMatrix,
+    },
+}
+
+/// Multi-head latent attention's weights, with `kv_b_proj` split per head for the
+/// absorbed products.
+pub(crate) struct Mla {
+    dims: MlaConfig,
+    queries: MlaQueries,
+    /// `kv_a_proj_with_mqa` `[L + rope, d]`: the latent, then the RoPE key.
+    kv_a: WeightMatrix,
+    /// `[L]`
+    kv_a_norm: GpuTensor,
+    /// `[H, L, nope]`: W_UK[h]^T, head h's key rows of `kv_b_proj`, transposed.
+    absorb_k: WeightMatrix,
+    /// `[H, v, L]`: W_UV[h], head h's value rows of `kv_b_proj`.
+    absorb_v: WeightMatrix,
+    /// `[d, H v]`
+    o: WeightMatrix,
+}
+
+impl Mla {
+    fn plan(p: &mut Planner, c: &ModelConfig, dims: MlaConfig, i: usize) -> Result<Self> {
+        let prefix = names::layer(i);
+        let name = |s: &str| format!("{prefix}.self_attn.{s}");
+        let (d, heads) = (c.hidden_size, c.num_heads);
+        let (nope, rope, l, v) = (
+            dims.qk_nope_head_dim,
+            dims.qk_rope_head_dim,
+            dims.kv_lora_rank,
+            dims.v_head_dim,
+        );
+        let queries = match dims.q_lora_rank {
+            None => MlaQueries::Direct(p.matrix(&name("q_proj.weight"), heads * (nope + rope), d)?),
+            Some(r) => MlaQueries::Compressed {
+                a: p.matrix(&name("q_a_proj.weight"), r, d)?,
+                norm: p.vector(&name("q_a_layernorm.weight"), &[r])?,
+                b: p.matrix(&name("q_b_proj.weight"), heads * (nope + rope), r)?,
+            },
+        };
+        let kv_b = name("kv_b_proj.weight");
+        let kv_b_shape = [heads * (nope + v), l];
+        // Head h's rows of kv_b_proj: nope key rows, then v value rows, each L wide.
+        let absorb_k = p.transposed(
+            &format!("{prefix}.self_attn.absorb_k"),
+            &kv_b,
+            &kv_b_shape,
+            heads,
+            l,
+            nope,
+            l,
+            (0, 1),
+            &|h| h * (nope + v) * l,
+        )?;
+        let absorb_v = p.stacked(
+            Role::Projection,
+            &format!("{prefix}.self_attn.absorb_v"),
+            heads,
+            v,
+            l,
+            &|h| (kv_b.clone(), kv_b_shape.to_vec(), h * (nope + v) + nope),
+        )?;
+        Ok(Self {
+            dims,
+            queries,
+            kv_a: p.matrix(&name("kv_a_proj_with_mqa.weight"), l + rope, d)?,
+            kv_a_norm: p.vector(&name("kv_a_layernorm.weight"), &[l])?,
+            absorb_k,
+            absorb_v,
+            o: p.matrix(&name("o_proj.weight"), d, heads * v)?,
+        })
+    }
+
+    fn record(
+        &self,
+        ctx: &GpuContext,
+        rec: &mut Recorder,
+        inputs: &AttentionInputs,
+        h: &GpuTensor,
+    ) -> Result<GpuTensor> {
+        let (c, gemv) = (inputs.config, inputs.gemv);
+        let t = h.shape[0];
+        let heads = c.num_heads;
+        let (nope, rope, l, v) = (
+            self.dims.qk_nope_head_dim,
+            self.dims.qk_rope_head_dim,
+            self.dims.kv_lora_rank,
+            self.dims.v_head_dim,
+        );
+        let (qk, key) = (nope + rope, l + rope);
+        let f32_tensor = |label: &str, shape: &[usize]| GpuTensor::empty(ctx, label, shape, DType::F32);
+        let copy = |rec: &mut Recorder, rows, src: &GpuTensor, from, dst: &GpuTensor, to| {
+            encode_copy_columns(ctx, rec, rows, src, from, dst, to)
+        };
+        // Queries, split per head into the no-RoPE part and the RoPE part.
+        let q = match &self.queries {
+            MlaQueries::Direct(w) => linear(ctx, rec, h, w, gemv)?,
+            MlaQueries::Compressed { a, norm: n, b } => {
+                let compressed = linear(ctx, rec, h, a, gemv)?;
+                let compressed = norm(ctx, rec, &compressed, n, c.rms_norm_eps)?;
+                linear(ctx, rec, &compressed, b, gemv)?
+            }
+        };
+        let q_nope = f32_tensor("mla q nope", &[t * heads, nope])?;
+        let q_pe = f32_tensor("mla q rope", &[t, heads * rope])?;
+        copy(
+            rec,
+            t * heads,
+            &q,
+            Columns::new(qk, 0, nope),
+            &q_nope,
+            Columns::new(nope, 0, nope),
+        )?;
+        copy(
+            rec,
+            t * heads,
+            &q,
+            Columns::new(qk, nope, rope),
+            &q_pe,
+            Columns::new(rope, 0, rope),
+        )?;
+        encode_rope(
+            ctx,
+            rec,
+            &q_pe,
+            inputs.rope,
+            heads,
+            rope,
+            inputs.positions,
+            c.rope_interleaved,
+        );
+
+        // The cached key: the normed latent, then the RoPE key shared by all heads.
+        let kv = linear(ctx, rec, h, &self.kv_a, gemv)?;
+        let latent = f32_tensor("mla latent", &[t, l])?;
+        let k_pe = f32_tensor("mla k rope", &[t, rope])?;
+        copy(rec, t, &kv, Columns::new(key, 0, l), &latent, Columns::new(l, 0, l))?;
+        copy(
+            rec,
+            t,
+            &kv,
+            Columns::new(key, l, rope),
+            &k_pe,
+            Columns::new(rope, 0, rope),
+        )?;
+        let latent = norm(ctx, rec, &latent, &self.kv_a_norm, c.rms_norm_eps)?;
+        encode_rope(
+            ctx,
+            rec,
+            &k_pe,
+            inputs.rope,
+            1,
+            rope,
+            inputs.positions,
+            c.rope_interleaved,
+        );
+        let keys = f32_tensor("mla key", &[t, key])?;
+        copy(rec, t, &latent, Columns::new(l, 0, l), &keys, Columns::new(key, 0, l))?;
+        copy(
+            rec,
+            t,
+            &k_pe,
+            Columns::new(rope, 0, rope),
+            &keys,
+            Columns::new(key, l, rope),
+        )?;
+
+        // Absorb W_UK into the queries: [q_nope W_UK, q_pe] per head.
+        let head_of_row: Vec<u32> = (0..t * heads).map(|r| (r % heads) as u32).collect();
+        let head_ids = GpuTensor::from_u32(ctx, "mla head of each row", &[t * heads], &head_of_row)?;
+        let per_head = ExpertRows::PerAssignment {
+            routed_ids: &head_ids,
+            top_k: heads,
+        };
+        let q_lat = f32_tensor("mla q latent", &[t * heads, l])?;
+        encode_down(ctx, rec, per_head, &q_nope, &self.absorb_k, &q_lat)?;
+        let queries = f32_tensor("mla queries", &[t, heads * key])?;
+        copy(
+            rec,
+            t * heads,
+            &q_lat,
+            Columns::new(l, 0, l),
+            &queries,
+            Columns::new(key, 0, l),
+        )?;
+        copy(
+            rec,
+            t * heads,
+            &q_pe,
+            Columns::new(rope, 0, rope),
+            &queries,
+            Columns::new(key, l, rope),
+        )?;
+
+        let out_lat = f32_tensor("mla attention latent", &[t, heads * l])?;
+        encode_attention(
+            ctx,
+            rec,
+            inputs.cache,
+            &queries,
+            &keys,
+            &keys,
+            heads,
+            inputs.positions,
+            c.attention_scale,
+            AttentionOptions::default(),
+            &out_lat,
+        )?;
+        // Values: W_UV per head, then o_proj.
+        let values = f32_tensor("mla values", &[t * heads, v])?;
+        encode_down(
+            ctx,
+            rec,
+            per_head,
+            &out_lat.reshaped(&[t * heads, l]),
+            &self.absorb_v,
+            &values,
+        )?;
+        linear(ctx, rec, &values.reshaped(&[t, heads * v]), &self.o, gemv)
+    }
+}
