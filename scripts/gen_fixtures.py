@@ -56,13 +56,43 @@ projections). What they exercise, as transformers 5.24's modeling_gpt_oss.py com
   expected.json also has sliding_window; the moe capture is as for the others (topk_ids in the
   order of descending router logit, topk_weights the softmax over those k logits).
 
+DeepSeek-V2 and DeepSeek-V3 (DeepseekV2ForCausalLM / DeepseekV3ForCausalLM), families
+`deepseek_v2` (f32) and `deepseek_v3` (bf16, but each e_score_correction_bias kept f32 as
+transformers' _keep_in_fp32_modules_strict wants it), 3 layers, d 64, 4 heads (num_key_value_heads
+= heads, as MLA needs), multi-head latent attention (MLA) with kv_lora_rank 32,
+qk_nope_head_dim 16, qk_rope_head_dim 8 (config.head_dim = 8), v_head_dim 12 (V2) / 20 (V3);
+first_k_dense_replace 1: layer 0 is a dense SwiGLU MLP (intermediate_size 96), layers 1-2 MoE with
+shared experts. V2: no q compression (q_proj), 8 experts in 4 groups, top-3,
+group_limited_greedy (keep 2 groups), softmax scores, routed_scaling_factor 2.0, 2 shared experts
+(one SwiGLU of 2 * 32), YaRN mscale 1.0 / mscale_all_dim 0.707 (so both the cos/sin attention factor
+and the softmax scale differ from 1). V3: q_lora_rank 24 (q_a_proj, q_a_layernorm, q_b_proj),
+16 experts in 4 groups, top-4, noaux_tc (sigmoid scores plus a random e_score_correction_bias
+choose, the unbiased scores weigh, normalized, times routed_scaling_factor 2.5), 1 shared expert
+(SwiGLU of 24), YaRN mscale 1.0 / mscale_all_dim 1.0. The exact semantics, as confirmed in
+transformers 5.24's modeling_deepseek_v2.py / modeling_deepseek_v3.py / modeling_rope_utils.py,
+are listed in DEEPSEEK_NOTES and copied into expected.json ("notes"), together with the MLA dims
+("mla"), the softmax scale, the YaRN attention factor and inv_freq, and routing statistics
+(how many of the prompt's tokens the group limit / the correction bias changed the choice of).
+Routed experts are saved per expert (mlp.experts.N.{gate,up,down}_proj.weight, transformers'
+qwen2_moe conversion); the saved directory is loaded back by transformers and checked tensor by
+tensor (buffers included), and the expected values come from the loaded-back model, whose every
+layer's attention, dense MLP and MoE block are checked against replicas written from the notes
+(deepseek_attention, deepseek_rope, deepseek_route, deepseek_experts). Their MoE
+capture is layer 1's (the first sparse layer; metadata "layer": "1"): output is the whole
+block's (routed + shared experts; routed_output and shared_output are there too), topk_ids are
+in descending order of the choosing score (V2: the masked softmax, V3: the masked biased sigmoid),
+topk_weights aligned with them and already multiplied by routed_scaling_factor (transformers uses
+topk(sorted=False); the replica's choice and weights are checked against transformers' router as
+sets, and the block output against the block's).
+
 Run from the repository root (CPU only, about a minute), optionally naming the families:
     pip install torch transformers safetensors tokenizers
     python3 scripts/gen_fixtures.py [family ...]
-Made with transformers 5.23.0 (gpt-oss: 5.24.0) and torch (CPU) as printed at the end.
+Made with transformers 5.23.0 (gpt-oss, DeepSeek: 5.24.0) and torch (CPU) as printed at the end.
 """
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -115,6 +145,22 @@ GPT_OSS = dict(
     ),
 )
 
+# DeepSeek-V2/V3: MLA (latent KV, decoupled RoPE dims), layer 0 dense, group-limited routing,
+# shared experts, YaRN with mscale / mscale_all_dim. Heads = kv heads (MLA expands the latent to
+# every head; transformers' repeat_kv would break with fewer).
+DEEPSEEK = dict(
+    **{**COMMON, "num_hidden_layers": 3, "num_key_value_heads": 4}, intermediate_size=96,
+    first_k_dense_replace=1, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8,
+    n_group=4, topk_group=2, hidden_act="silu", attention_bias=False,
+)
+
+
+def deepseek_yarn(mscale, mscale_all_dim):
+    return dict(
+        rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=64,
+        beta_fast=32.0, beta_slow=1.0, mscale=mscale, mscale_all_dim=mscale_all_dim,
+    )
+
 
 def configs():
     """One config per family, each with its distinguishing features on."""
@@ -142,10 +188,28 @@ def configs():
         ),
         "gpt_oss": transformers.GptOssConfig(**GPT_OSS, intermediate_size=32, num_experts_per_tok=2),
         "gpt_oss_mxfp4": transformers.GptOssConfig(**GPT_OSS, intermediate_size=64, num_experts_per_tok=3),
+        "deepseek_v2": transformers.DeepseekV2Config(
+            **DEEPSEEK, q_lora_rank=None, v_head_dim=12, n_routed_experts=8, n_shared_experts=2,
+            moe_intermediate_size=32, num_experts_per_tok=3, topk_method="group_limited_greedy",
+            routed_scaling_factor=2.0, norm_topk_prob=False,
+            rope_parameters=deepseek_yarn(mscale=1.0, mscale_all_dim=0.707),
+        ),
+        "deepseek_v3": transformers.DeepseekV3Config(
+            **DEEPSEEK, q_lora_rank=24, v_head_dim=20, n_routed_experts=16, n_shared_experts=1,
+            moe_intermediate_size=24, num_experts_per_tok=4, routed_scaling_factor=2.5,
+            norm_topk_prob=True, rope_interleave=True, num_mtp_layers=0,
+            rope_parameters=deepseek_yarn(mscale=1.0, mscale_all_dim=1.0),
+        ),
     }
 
 
-SAVE_DTYPE = {"mixtral": torch.bfloat16, "gpt_oss": torch.bfloat16, "gpt_oss_mxfp4": torch.bfloat16}
+SAVE_DTYPE = {
+    "mixtral": torch.bfloat16, "gpt_oss": torch.bfloat16, "gpt_oss_mxfp4": torch.bfloat16,
+    "deepseek_v3": torch.bfloat16,
+}
+# Buffers (by name suffix) kept f32 in a bf16 checkpoint, as transformers keeps them
+# (_keep_in_fp32_modules_strict): neither rounded to bf16 nor saved as bf16.
+KEEP_F32 = {"deepseek_v3": ("e_score_correction_bias",)}
 # Families whose experts are stored as MXFP4 blocks/scales (the rest of the model bf16).
 MXFP4 = {"gpt_oss_mxfp4"}
 # Per-family standard deviations overriding randomize()'s defaults (by parameter-name suffix).
@@ -408,14 +472,395 @@ def reload_checked(family, out, model, packed):
     return loaded
 
 
+# DeepSeek-V2 / V3, as transformers 5.24 computes them (modeling_deepseek_v2.py,
+# modeling_deepseek_v3.py, modeling_rope_utils.py _compute_yarn_parameters). Each statement is
+# checked by a replica below (attention, RoPE/YaRN, routing, experts, checkpoint layout).
+DEEPSEEK_NOTES_COMMON = [
+    "config.head_dim is qk_rope_head_dim (DeepseekV2Config/V3Config.__post_init__ sets it); "
+    "qk_head_dim = qk_nope_head_dim + qk_rope_head_dim; num_key_value_heads = num_attention_heads.",
+    "RMSNorm: weight * x * rsqrt(mean(x^2) + eps), computed in f32; input_layernorm, "
+    "post_attention_layernorm and model.norm use config.rms_norm_eps, q_a_layernorm and "
+    "kv_a_layernorm are built without eps, i.e. always 1e-6.",
+    "MLA kv: c = x @ kv_a_proj_with_mqa.weight.T, shape [T, kv_lora_rank + qk_rope_head_dim]; "
+    "c[:, :kv_lora_rank] is the latent (compressed kv FIRST), c[:, kv_lora_rank:] is k_rope (LAST). "
+    "The latent goes through kv_a_layernorm, k_rope does not (no norm); k_rope is a single head "
+    "shared by (broadcast to) every attention head.",
+    "MLA kv_b_proj.weight [H * (qk_nope_head_dim + v_head_dim), kv_lora_rank]: "
+    "kv = norm(latent) @ kv_b_proj.weight.T viewed as [T, H, qk_nope_head_dim + v_head_dim]: "
+    "per head h, rows h*(nope+v) .. h*(nope+v)+nope-1 are that head's k_nope, the next v_head_dim "
+    "rows its value (head-major, k_nope then v within each head; not all k then all v).",
+    "MLA keys/queries: per head, q = [q_nope (qk_nope_head_dim) | q_rope (qk_rope_head_dim)] "
+    "(the q projection's output viewed [T, H, qk_head_dim], nope first); key = [k_nope_h | "
+    "rope(k_rope)]; score = q . key * softmax_scale, causal mask, softmax in f32, "
+    "out_h = probs @ v_h; o_proj input is [T, H * v_head_dim], head-major.",
+    "RoPE on the rope dims only, INTERLEAVED pairs: dims (2i, 2i+1) of q_rope / k_rope rotate by "
+    "angle pos * inv_freq[i]: (a, b) -> (a cos - b sin, b cos + a sin), with cos and sin both "
+    "multiplied by the YaRN attention_factor (so q_rope and k_rope each get the factor once, "
+    "their dot product attention_factor^2). Positions are 0-based token positions.",
+    "YaRN inv_freq (rope dim = qk_rope_head_dim): pos_freqs = theta^(2i/dim); "
+    "low = max(floor(dim*ln(orig/(beta_fast*2pi))/(2 ln theta)), 0), "
+    "high = min(ceil(dim*ln(orig/(beta_slow*2pi))/(2 ln theta)), dim-1) (truncate defaults to "
+    "true: floor/ceil), ramp_i = clamp((i - low)/(high - low), 0, 1) for i < dim/2 (high += 0.001 "
+    "if equal), inv_freq = (1/(factor*pos_freqs)) * ramp + (1/pos_freqs) * (1 - ramp).",
+    "YaRN attention_factor (multiplies cos and sin) = get_mscale(factor, mscale) / "
+    "get_mscale(factor, mscale_all_dim) when mscale and mscale_all_dim are both set and non-zero, "
+    "else get_mscale(factor) (an explicit attention_factor in rope_parameters wins); "
+    "get_mscale(s, m) = 0.1 * m * ln(s) + 1 (1 if s <= 1).",
+    "softmax_scale = qk_head_dim^-0.5 * get_mscale(factor, mscale_all_dim)^2 whenever rope_type is "
+    "not default and mscale_all_dim is non-zero (mscale plays no part here; uses rope_parameters "
+    "factor, regardless of sequence length).",
+    "Layers 0 .. first_k_dense_replace-1 are dense: down(silu(gate_proj x) * up_proj x) with "
+    "intermediate_size; every later layer is MoE (transformers has no moe_layer_freq).",
+    "MoE block output = routed + shared: sum_j w_j * down_e(silu(gate_e x) * up_e x) over the "
+    "chosen experts, plus shared_experts(x) = one SwiGLU MLP of moe_intermediate_size * "
+    "n_shared_experts, unweighted (no shared-expert gate).",
+    "Experts in transformers are fused (gate_up_proj [E, 2f, d], gate the first f rows, "
+    "down_proj [E, d, f]) but the checkpoint stores them per expert: "
+    "mlp.experts.N.gate_proj.weight [f, d], up_proj.weight [f, d], down_proj.weight [d, f] "
+    "(the qwen2_moe weight conversion, applied in reverse by save_pretrained).",
+]
+DEEPSEEK_NOTES = {
+    "deepseek_v2": DEEPSEEK_NOTES_COMMON + [
+        "q without q_lora_rank: q = x @ q_proj.weight.T, [T, H * qk_head_dim].",
+        "RoPE (V2): apply_rotary_emb views q_rope/k_rope as complex pairs (2i, 2i+1) "
+        "(view_as_complex) and multiplies by attention_factor * e^(i pos inv_freq), "
+        "output kept in the interleaved layout.",
+        "Routing (V2): logits = x @ gate.weight.T in f32; scores = softmax over all experts; "
+        "group_limited_greedy: experts split into n_group consecutive groups, group score = the "
+        "group's max score, the topk_group best groups kept, the other experts' scores set to "
+        "0.0, top-k of the masked scores; weights = those softmax probabilities (no "
+        "renormalization: transformers' V2 router ignores norm_topk_prob) * "
+        "routed_scaling_factor. topk_method greedy: plain top-k of the softmax, same scaling.",
+    ],
+    "deepseek_v3": DEEPSEEK_NOTES_COMMON + [
+        "q with q_lora_rank: q = q_b_proj(q_a_layernorm(q_a_proj(x))) (q_a_proj "
+        "[q_lora_rank, d], RMSNorm over q_lora_rank, q_b_proj [H * qk_head_dim, q_lora_rank]).",
+        "RoPE (V3, rope_interleave true): apply_rotary_pos_emb_interleave rotates the pairs "
+        "(2i, 2i+1) like V2 but writes [rotated evens | rotated odds] (de-interleaved) for both "
+        "q_rope and k_rope; the dot products, hence everything downstream, equal V2's "
+        "interleaved rotation. With rope_interleave false it would be rotate_half (halves).",
+        "Routing (V3, noaux_tc; transformers' V3 router has no topk_method switch): logits = "
+        "x @ gate.weight.T in f32; scores = sigmoid(logits); choice = scores + "
+        "e_score_correction_bias; group score = sum of the 2 largest choice values in each of "
+        "n_group consecutive groups; the topk_group best groups kept, the other experts' choice "
+        "set to -inf; top-k experts by choice; weights = the UNBIASED sigmoid scores of those "
+        "experts, divided by (their sum + 1e-20) when norm_topk_prob, then always * "
+        "routed_scaling_factor.",
+        "e_score_correction_bias is a persistent f32 buffer: mlp.gate.e_score_correction_bias "
+        "[n_routed_experts] in the checkpoint (kept f32 here while the rest is bf16).",
+    ],
+}
+
+
+def cast(model, family, dtype):
+    """model.to(dtype), except the family's KEEP_F32 buffers, which stay f32 (not rounded)."""
+    keep = {n: b.detach().float().clone() for n, b in model.named_buffers()
+            if n.endswith(KEEP_F32.get(family, ()))}
+    model = model.to(dtype)
+    for name, value in keep.items():
+        module, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(module), attr, value)
+    return model
+
+
+# DeepSeek-V3's e_score_correction_bias (a buffer, not reached by randomize()): large enough to
+# change some tokens' choice against the sigmoid scores' spread, not to dominate it.
+DEEPSEEK_BUFFER_STD = {"e_score_correction_bias": 0.15}
+
+
+def randomize_buffers(model, seed, stds):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            std = next((v for k, v in stds.items() if name.endswith(k)), None)
+            if std is not None:
+                b.copy_(std * torch.randn(b.shape, generator=g))
+                assert b.abs().min() > 0, name
+
+
+def deepseek_get_mscale(scale, m=1.0):
+    return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+
+def deepseek_rope(cfg):
+    """(inv_freq, attention_factor, softmax_scale) from the config, written from the formulas in
+    DEEPSEEK_NOTES (checked against transformers' rotary_emb and attention modules)."""
+    rp = cfg.rope_parameters
+    dim, base, factor = cfg.qk_rope_head_dim, rp["rope_theta"], rp["factor"]
+    orig = rp["original_max_position_embeddings"]
+
+    def corr(rot):
+        return dim * math.log(orig / (rot * 2 * math.pi)) / (2 * math.log(base))
+
+    low = max(math.floor(corr(rp.get("beta_fast") or 32)), 0)
+    high = min(math.ceil(corr(rp.get("beta_slow") or 1)), dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    pos_freqs = base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    inv_freq = (1.0 / (factor * pos_freqs)) * ramp + (1.0 / pos_freqs) * (1 - ramp)
+    mscale, mscale_all_dim = rp.get("mscale"), rp.get("mscale_all_dim")
+    if mscale and mscale_all_dim:
+        attention_factor = deepseek_get_mscale(factor, mscale) / deepseek_get_mscale(factor, mscale_all_dim)
+    else:
+        attention_factor = deepseek_get_mscale(factor)
+    qk_head_dim = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim
+    scale = qk_head_dim ** -0.5
+    if mscale_all_dim:
+        scale = scale * deepseek_get_mscale(factor, mscale_all_dim) ** 2
+    return inv_freq, attention_factor, scale
+
+
+def deepseek_rms(x, w, eps):
+    return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def deepseek_attention(attn, cfg, x):
+    """MLA by hand for one sequence x [T, d] at positions 0..T-1 (see DEEPSEEK_NOTES)."""
+    t_len, heads = x.shape[0], cfg.num_attention_heads
+    nope, rope, vd, r = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank
+    if cfg.q_lora_rank is None:
+        q = x @ attn.q_proj.weight.T
+    else:
+        q = deepseek_rms(x @ attn.q_a_proj.weight.T, attn.q_a_layernorm.weight, 1e-6) @ attn.q_b_proj.weight.T
+    q = q.view(t_len, heads, nope + rope)
+    q_nope, q_rope = q[..., :nope], q[..., nope:]
+    c = x @ attn.kv_a_proj_with_mqa.weight.T
+    latent, k_rope = deepseek_rms(c[:, :r], attn.kv_a_layernorm.weight, 1e-6), c[:, r:]
+    kv = (latent @ attn.kv_b_proj.weight.T).view(t_len, heads, nope + vd)
+    k_nope, v = kv[..., :nope], kv[..., nope:]
+    inv_freq, factor, scale = deepseek_rope(cfg)
+    ang = torch.arange(t_len, dtype=torch.float32)[:, None] * inv_freq[None, :]
+    cos, sin = ang.cos() * factor, ang.sin() * factor
+
+    def rotate(z, cos, sin):  # interleaved pairs (2i, 2i+1)
+        a, b = z[..., 0::2], z[..., 1::2]
+        out = torch.empty_like(z)
+        out[..., 0::2], out[..., 1::2] = a * cos - b * sin, b * cos + a * sin
+        return out
+
+    q_rope = rotate(q_rope, cos[:, None, :], sin[:, None, :])
+    k_rope = rotate(k_rope, cos, sin)
+    scores = torch.einsum("ihd,jhd->hij", q_nope, k_nope) + torch.einsum("ihd,jd->hij", q_rope, k_rope)
+    scores = scores * scale
+    causal = torch.ones(t_len, t_len, dtype=torch.bool).tril()
+    probs = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+    out = torch.einsum("hij,jhd->ihd", probs, v).reshape(t_len, heads * vd)
+    return out @ attn.o_proj.weight.T
+
+
+def deepseek_route(gate, cfg, family, x, groups=True, bias=True):
+    """DeepSeek routing by hand: (router_logits, topk_ids, topk_weights), the ids in descending
+    order of the choosing score. groups=False / bias=False switch the group limit / V3's
+    correction bias off (only for the statistics of what they change)."""
+    logits = x.float() @ gate.weight.float().T
+    tokens, n_e, k = x.shape[0], cfg.n_routed_experts, cfg.num_experts_per_tok
+    per = n_e // cfg.n_group
+    if family == "deepseek_v2":
+        scores = torch.softmax(logits, dim=-1)
+        choice, fill = scores, 0.0
+        group = choice.view(tokens, cfg.n_group, per).amax(dim=-1)
+        groups = groups and cfg.topk_method == "group_limited_greedy"
+    else:
+        scores = torch.sigmoid(logits)
+        choice = scores + gate.e_score_correction_bias if bias else scores
+        fill = float("-inf")
+        group = choice.view(tokens, cfg.n_group, per).topk(2, dim=-1).values.sum(dim=-1)
+    if groups:
+        kept = torch.topk(group, cfg.topk_group, dim=-1).indices
+        mask = torch.zeros_like(group, dtype=torch.bool).scatter(1, kept, True).repeat_interleave(per, dim=1)
+        choice = choice.masked_fill(~mask, fill)
+    idx = torch.topk(choice, k, dim=-1, sorted=True).indices
+    weights = scores.gather(1, idx)
+    if family == "deepseek_v3" and cfg.norm_topk_prob:
+        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+    return logits, idx, weights * cfg.routed_scaling_factor
+
+
+def deepseek_experts(block, x, idx, weights):
+    """(routed, shared) outputs of a DeepSeek MoE block by hand."""
+    experts, f = block.experts, block.experts.intermediate_dim
+    routed = torch.zeros_like(x)
+    for t in range(x.shape[0]):
+        for j in range(idx.shape[1]):
+            e = int(idx[t, j])
+            gate_up = experts.gate_up_proj[e] @ x[t]
+            act = torch.nn.functional.silu(gate_up[:f]) * gate_up[f:]
+            routed[t] += weights[t, j] * (experts.down_proj[e] @ act)
+    sh = block.shared_experts
+    return routed, deepseek_mlp(sh, x)
+
+
+def deepseek_mlp(mlp, x):
+    """down(silu(gate x) * up x): dense layers and shared experts."""
+    act = torch.nn.functional.silu(x @ mlp.gate_proj.weight.T) * (x @ mlp.up_proj.weight.T)
+    return act @ mlp.down_proj.weight.T
+
+
+def deepseek_sorted(idx, weights):
+    order = idx.argsort(dim=-1)
+    return idx.gather(1, order), weights.gather(1, order)
+
+
+def deepseek_capture_layers(model, ids):
+    """Every layer's attention input/output and MLP input/output on the prompt."""
+    seen = {}
+
+    def attn_hook(i):
+        def hook(_m, _args, kwargs, output):
+            seen[("attn_in", i)] = kwargs["hidden_states"].detach()[0].clone()
+            seen[("attn_out", i)] = output[0].detach()[0].clone()
+        return hook
+
+    def mlp_hook(i):
+        def hook(_m, args, output):
+            seen[("mlp_in", i)] = args[0].detach()[0].clone()
+            seen[("mlp_out", i)] = output.detach()[0].clone()
+        return hook
+
+    handles = []
+    for i, layer in enumerate(model.model.layers):
+        handles.append(layer.self_attn.register_forward_hook(attn_hook(i), with_kwargs=True))
+        handles.append(layer.mlp.register_forward_hook(mlp_hook(i)))
+    with torch.no_grad():
+        model(torch.tensor([ids]))
+    for h in handles:
+        h.remove()
+    return seen
+
+
+def deepseek_check(model, family, cfg, ids):
+    """Checks every layer's attention and MoE block against the replicas above; returns the
+    routing statistics over the sparse layers (tokens whose choice the group limit, and for V3
+    the correction bias, changed)."""
+    seen = deepseek_capture_layers(model, ids)
+    rotary = model.model.rotary_emb
+    inv_freq, factor, scale = deepseek_rope(cfg)
+    assert torch.allclose(rotary.inv_freq, inv_freq, rtol=1e-6), (rotary.inv_freq, inv_freq)
+    assert abs(rotary.attention_scaling - factor) < 1e-12, (rotary.attention_scaling, factor)
+    stats = {"tokens": 0, "group_limit_changed": 0}
+    if family == "deepseek_v3":
+        stats["bias_changed"] = 0
+    with torch.no_grad():
+        for i, layer in enumerate(model.model.layers):
+            attn = layer.self_attn
+            assert abs(attn.scaling - scale) < 1e-12, (attn.scaling, scale)
+            want = deepseek_attention(attn, cfg, seen[("attn_in", i)])
+            assert torch.allclose(want, seen[("attn_out", i)], rtol=1e-4, atol=1e-4), \
+                f"{family}: layer {i} attention replica disagrees"
+            x, y = seen[("mlp_in", i)], seen[("mlp_out", i)]
+            if i < cfg.first_k_dense_replace:
+                want = deepseek_mlp(layer.mlp, x)
+                assert torch.allclose(want, y, rtol=1e-5, atol=1e-4), f"{family}: layer {i} dense MLP"
+                continue
+            block = layer.mlp
+            logits, idx, weights = deepseek_route(block.gate, cfg, family, x)
+            hf_logits, hf_weights, hf_idx = block.gate(x)
+            assert torch.allclose(hf_logits, logits, atol=1e-5)
+            a_idx, a_w = deepseek_sorted(idx, weights)
+            b_idx, b_w = deepseek_sorted(hf_idx, hf_weights)
+            assert torch.equal(a_idx, b_idx), f"{family}: layer {i} routing replica disagrees with HF"
+            assert torch.allclose(a_w, b_w, atol=1e-6), f"{family}: layer {i} weights replica disagrees"
+            routed, shared = deepseek_experts(block, x, idx, weights)
+            assert torch.allclose(routed + shared, y, rtol=1e-5, atol=1e-4), \
+                f"{family}: layer {i} block replica disagrees"
+            plain = deepseek_route(block.gate, cfg, family, x, groups=False)[1]
+            stats["tokens"] += x.shape[0]
+            stats["group_limit_changed"] += int((plain.sort(-1).values != idx.sort(-1).values).any(-1).sum())
+            if family == "deepseek_v3":
+                unbiased = deepseek_route(block.gate, cfg, family, x, bias=False)[1]
+                stats["bias_changed"] += int((unbiased.sort(-1).values != idx.sort(-1).values).any(-1).sum())
+    return stats
+
+
+def deepseek_check_checkpoint(family, out, model, cfg):
+    """model.safetensors holds the experts per expert (gate_proj = gate_up_proj's first f rows),
+    the correction bias f32, and nothing else unexpected."""
+    tensors = load_file(os.path.join(out, "model.safetensors"))
+    f = cfg.moe_intermediate_size
+    for i, layer in enumerate(model.model.layers):
+        if i < cfg.first_k_dense_replace:
+            continue
+        pre = f"model.layers.{i}.mlp."
+        for e in range(cfg.n_routed_experts):
+            gate_up = layer.mlp.experts.gate_up_proj[e]
+            for name, want in (("gate_proj", gate_up[:f]), ("up_proj", gate_up[f:]),
+                               ("down_proj", layer.mlp.experts.down_proj[e])):
+                got = tensors[f"{pre}experts.{e}.{name}.weight"]
+                assert got.shape == want.shape and torch.equal(got.float(), want), (family, i, e, name)
+        if family == "deepseek_v3":
+            bias = tensors[f"{pre}gate.e_score_correction_bias"]
+            assert bias.dtype == torch.float32 and torch.equal(bias, layer.mlp.gate.e_score_correction_bias)
+    assert not any("experts.gate_up_proj" in n or n.endswith("experts.down_proj") for n in tensors)
+
+
+def deepseek_check_buffers(family, loaded, model):
+    want = {n: b for n, b in model.named_buffers() if "rotary_emb" not in n}
+    got = {n: b for n, b in loaded.named_buffers() if "rotary_emb" not in n}
+    assert got.keys() == want.keys(), f"{family}: buffers differ after reload"
+    for name, b in got.items():
+        assert torch.equal(b.float(), want[name].float()), f"{family}: buffer {name} differs after reload"
+
+
+def deepseek_expected(model, family, cfg, ids):
+    """expected.json's DeepSeek extras (see the module docstring)."""
+    inv_freq, factor, scale = deepseek_rope(cfg)
+    stats = deepseek_check(model, family, cfg, ids)
+    return {
+        "mla": {
+            "num_heads": cfg.num_attention_heads, "q_lora_rank": cfg.q_lora_rank,
+            "kv_lora_rank": cfg.kv_lora_rank, "qk_nope_head_dim": cfg.qk_nope_head_dim,
+            "qk_rope_head_dim": cfg.qk_rope_head_dim,
+            "qk_head_dim": cfg.qk_nope_head_dim + cfg.qk_rope_head_dim, "v_head_dim": cfg.v_head_dim,
+        },
+        "rope": {
+            "inv_freq": [float(v) for v in inv_freq], "attention_factor": factor, "softmax_scale": scale,
+        },
+        "dense_layers": list(range(cfg.first_k_dense_replace)),
+        "moe_layer": cfg.first_k_dense_replace,
+        "routing_stats": stats,
+        "save_dtype": {"deepseek_v2": "f32", "deepseek_v3": "bf16, e_score_correction_bias f32"}[family],
+        "notes": DEEPSEEK_NOTES[family],
+    }
+
+
+def capture_deepseek_moe(model, family, cfg, ids):
+    """The first sparse layer's MoE block (layer first_k_dense_replace): input, router logits,
+    routing (ids in descending order of the choosing score, weights including
+    routed_scaling_factor), the block output (routed + shared experts) and its two parts."""
+    layer = cfg.first_k_dense_replace
+    seen = deepseek_capture_layers(model, ids)
+    x, y = seen[("mlp_in", layer)], seen[("mlp_out", layer)]
+    block = model.model.layers[layer].mlp
+    with torch.no_grad():
+        logits, idx, weights = deepseek_route(block.gate, cfg, family, x)
+        routed, shared = deepseek_experts(block, x, idx, weights)
+        _, hf_weights, hf_idx = block.gate(x)
+    a_idx, a_w = deepseek_sorted(idx, weights)
+    b_idx, b_w = deepseek_sorted(hf_idx, hf_weights)
+    assert torch.equal(a_idx, b_idx) and torch.allclose(a_w, b_w, atol=1e-6), f"{family}: routing"
+    assert torch.allclose(routed + shared, y, rtol=1e-5, atol=1e-4), f"{family}: block output"
+    return {
+        "hidden": x.contiguous(),
+        "router_logits": logits.contiguous(),
+        "topk_ids": idx.to(torch.int32).contiguous(),
+        "topk_weights": weights.contiguous(),
+        "output": y.contiguous(),
+        "routed_output": routed.contiguous(),
+        "shared_output": shared.contiguous(),
+    }
+
+
 def build(family, cfg, tokenizer):
     prompt_ids = tokenizer.encode(PROMPT).ids
     for seed in range(100):
         torch.manual_seed(seed)
         model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
         randomize(model, 1000 + seed, RANDOM_STD.get(family))
+        if family.startswith("deepseek"):
+            randomize_buffers(model, 2000 + seed, DEEPSEEK_BUFFER_STD)
         if family in SAVE_DTYPE:  # round the weights the way the checkpoint stores them
-            model = model.to(SAVE_DTYPE[family]).to(torch.float32)
+            model = cast(model, family, SAVE_DTYPE[family]).to(torch.float32)
         if family in MXFP4:
             model.mxfp4_packed = mxfp4_roundtrip(model)
         ids, margin = greedy(model, prompt_ids)
@@ -436,14 +881,19 @@ def main():
         os.makedirs(out)
         tokenizer = train_tokenizer(os.path.join(out, "tokenizer.json"))
         model, seed, prompt_ids, greedy_ids, margin = build(family, cfg, tokenizer)
-        save = model.to(SAVE_DTYPE.get(family, torch.float32))
+        save = cast(model, family, SAVE_DTYPE.get(family, torch.float32))
         save.save_pretrained(out)
         model = save.to(torch.float32)
-        if family.startswith("gpt_oss"):
+        if family.startswith(("gpt_oss", "deepseek")):
             packed = getattr(model, "mxfp4_packed", {})
             if packed:
                 write_mxfp4_checkpoint(out, packed)
-            model = reload_checked(family, out, model, packed)
+            if family.startswith("deepseek"):
+                deepseek_check_checkpoint(family, out, model, cfg)
+            loaded = reload_checked(family, out, model, packed)
+            if family.startswith("deepseek"):
+                deepseek_check_buffers(family, loaded, model)
+            model = loaded
             again, margin = greedy(model, prompt_ids)
             assert again == greedy_ids, f"{family}: the reloaded model generates differently"
         with torch.no_grad():
@@ -465,11 +915,19 @@ def main():
             expected["swiglu_clamped_fraction"] = {"gate": gate_frac, "up": up_frac}
             print(f"{family}: SwiGLU clamp hits on the prompt's routed pairs: "
                   f"gate {100 * gate_frac:.1f}%, up {100 * up_frac:.1f}%")
+        moe_layer = 0
+        if family.startswith("deepseek"):
+            expected.update(deepseek_expected(model, family, cfg, prompt_ids))
+            moe_layer = cfg.first_k_dense_replace
+            print(f"{family}: routing on the prompt, sparse layers: {expected['routing_stats']}")
         with open(os.path.join(out, "expected.json"), "w") as f:
             json.dump(expected, f)
-        moe = capture_moe(model, family, cfg, prompt_ids)
+        if family.startswith("deepseek"):
+            moe = capture_deepseek_moe(model, family, cfg, prompt_ids)
+        else:
+            moe = capture_moe(model, family, cfg, prompt_ids)
         save_file(moe, os.path.join(OUT_MOE, f"{family}.safetensors"), metadata={
-            "family": family, "layer": "0", "model_dir": f"tests/fixtures/models/{family}",
+            "family": family, "layer": str(moe_layer), "model_dir": f"tests/fixtures/models/{family}",
             "transformers": transformers.__version__,
         })
         size = sum(os.path.getsize(os.path.join(out, n)) for n in os.listdir(out))
