@@ -16,7 +16,7 @@ use webmoe::model::session::Session;
 use webmoe::model::weights::FeedForwardWeights;
 use webmoe::{DType, GpuTensor, MoeLayer};
 
-const FAMILIES: [&str; 7] = [
+const FAMILIES: [&str; 9] = [
     "mixtral",
     "qwen2_moe",
     "qwen3_moe",
@@ -24,6 +24,8 @@ const FAMILIES: [&str; 7] = [
     "granitemoe",
     "gpt_oss",
     "gpt_oss_mxfp4",
+    "deepseek_v2",
+    "deepseek_v3",
 ];
 
 fn model_dir(family: &str) -> PathBuf {
@@ -77,8 +79,15 @@ fn moe_blocks_match_transformers() {
         let config = webmoe::model::config::ModelConfig::from_dir(&model_dir(family)).unwrap();
         let store = webmoe::model::safetensors_io::TensorStore::open_dir(&model_dir(family)).unwrap();
         let weights = webmoe::model::weights::ModelWeights::load(&config, &store).unwrap();
-        let FeedForwardWeights::Moe(moe_weights) = &weights.layers[0].ffn else {
-            panic!("layer 0 of {family} is not MoE")
+        // The captured layer (layer 0 unless the family's first layers are dense).
+        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+        let layer: usize = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("layer"))
+            .map_or(0, |l| l.parse().unwrap());
+        let FeedForwardWeights::Moe(moe_weights) = &weights.layers[layer].ffn else {
+            panic!("layer {layer} of {family} is not MoE")
         };
         let d = config.hidden_size;
         let tokens = hidden.len() / d;

@@ -23,6 +23,7 @@ use crate::error::Result;
 use crate::gpu::kernel::Recorder;
 use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::model::config::{MlaConfig, ModelConfig, QkNorm};
+use crate::model::families::deepseek::LOW_RANK_NORM_EPS;
 use crate::model::families::gpt_oss;
 use crate::model::model::{linear, norm};
 use crate::model::names;
@@ -347,7 +348,7 @@ impl Mla {
             MlaQueries::Direct(w) => linear(ctx, rec, h, w, gemv)?,
             MlaQueries::Compressed { a, norm: n, b } => {
                 let compressed = linear(ctx, rec, h, a, gemv)?;
-                let compressed = norm(ctx, rec, &compressed, n, c.rms_norm_eps)?;
+                let compressed = norm(ctx, rec, &compressed, n, LOW_RANK_NORM_EPS)?;
                 linear(ctx, rec, &compressed, b, gemv)?
             }
         };
@@ -393,7 +394,7 @@ impl Mla {
             &k_pe,
             Columns::new(rope, 0, rope),
         )?;
-        let latent = norm(ctx, rec, &latent, &self.kv_a_norm, c.rms_norm_eps)?;
+        let latent = norm(ctx, rec, &latent, &self.kv_a_norm, LOW_RANK_NORM_EPS)?;
         encode_rope(
             ctx,
             rec,

@@ -32,6 +32,8 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
     "OlmoeForCausalLM",
     "GraniteMoeForCausalLM",
     "GptOssForCausalLM",
+    "DeepseekV2ForCausalLM",
+    "DeepseekV3ForCausalLM",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +44,8 @@ pub enum Family {
     Olmoe,
     GraniteMoe,
     GptOss,
+    DeepseekV2,
+    DeepseekV3,
 }
 
 /// Where q/k RMSNorms apply.
@@ -130,7 +134,7 @@ enum OneOrMany {
 }
 
 #[derive(Deserialize, Default, Clone)]
-struct RopeParameters {
+pub(crate) struct RopeParameters {
     rope_theta: Option<f64>,
     partial_rotary_factor: Option<f64>,
     rope_type: Option<String>,
@@ -144,8 +148,8 @@ struct RopeParameters {
     beta_fast: Option<f64>,
     beta_slow: Option<f64>,
     attention_factor: Option<f64>,
-    mscale: Option<f64>,
-    mscale_all_dim: Option<f64>,
+    pub(crate) mscale: Option<f64>,
+    pub(crate) mscale_all_dim: Option<f64>,
     truncate: Option<bool>,
 }
 
@@ -229,7 +233,6 @@ pub(crate) struct RawConfig {
     num_experts_per_tok: Option<usize>,
     moe_intermediate_size: Option<usize>,
     shared_expert_intermediate_size: Option<usize>,
-    norm_topk_prob: Option<bool>,
     decoder_sparse_step: Option<usize>,
     mlp_only_layers: Option<Vec<usize>>,
     embedding_multiplier: Option<f64>,
@@ -245,6 +248,21 @@ pub(crate) struct RawConfig {
     pub(crate) swiglu_limit: Option<f64>,
     pub(crate) swiglu_alpha: Option<f64>,
     pub(crate) quantization_config: Option<QuantizationConfig>,
+    pub(crate) n_routed_experts: Option<usize>,
+    pub(crate) n_shared_experts: Option<usize>,
+    pub(crate) first_k_dense_replace: Option<usize>,
+    pub(crate) moe_layer_freq: Option<usize>,
+    pub(crate) q_lora_rank: Option<usize>,
+    pub(crate) kv_lora_rank: Option<usize>,
+    pub(crate) qk_nope_head_dim: Option<usize>,
+    pub(crate) qk_rope_head_dim: Option<usize>,
+    pub(crate) v_head_dim: Option<usize>,
+    pub(crate) topk_method: Option<String>,
+    pub(crate) scoring_func: Option<String>,
+    pub(crate) n_group: Option<usize>,
+    pub(crate) topk_group: Option<usize>,
+    pub(crate) routed_scaling_factor: Option<f64>,
+    pub(crate) norm_topk_prob: Option<bool>,
 }
 
 impl ModelConfig {
@@ -275,9 +293,11 @@ impl ModelConfig {
             "OlmoeForCausalLM" => Family::Olmoe,
             "GraniteMoeForCausalLM" => Family::GraniteMoe,
             "GptOssForCausalLM" => Family::GptOss,
+            "DeepseekV2ForCausalLM" => Family::DeepseekV2,
+            "DeepseekV3ForCausalLM" => Family::DeepseekV3,
             other => {
                 return Err(Error::Unsupported(format!(
-                    "{source}: architecture `{other}` is not supported; supported: {} (DeepSeek-V2/V3, GLM-4-MoE and ERNIE-4.5-MoE are planned)",
+                    "{source}: architecture `{other}` is not supported; supported: {} (GLM-4-MoE and ERNIE-4.5-MoE are planned)",
                     SUPPORTED_ARCHITECTURES.join(", ")
                 )))
             }
@@ -321,12 +341,14 @@ impl ModelConfig {
 
         // transformers 5 may save either name for any family (attribute_map).
         let num_experts = need(
-            raw.num_experts.or(raw.num_local_experts),
-            "num_experts (or num_local_experts)",
+            raw.num_experts.or(raw.num_local_experts).or(raw.n_routed_experts),
+            "num_experts (or num_local_experts, n_routed_experts)",
         )?;
         let top_k = need(raw.num_experts_per_tok, "num_experts_per_tok")?;
         let expert_ffn = match family {
-            Family::Qwen2Moe | Family::Qwen3Moe => need(raw.moe_intermediate_size, "moe_intermediate_size")?,
+            Family::Qwen2Moe | Family::Qwen3Moe | Family::DeepseekV2 | Family::DeepseekV3 => {
+                need(raw.moe_intermediate_size, "moe_intermediate_size")?
+            }
             _ => intermediate_size,
         };
         let order = match family {
@@ -432,6 +454,8 @@ impl ModelConfig {
         };
         if family == Family::GptOss {
             crate::model::families::gpt_oss::configure(&raw, &mut config, source)?;
+        } else if matches!(family, Family::DeepseekV2 | Family::DeepseekV3) {
+            crate::model::families::deepseek::configure(&raw, &rope, &mut config, source)?;
         } else if let Some(q) = raw.quantization_config.as_ref().and_then(|q| q.quant_method.as_deref()) {
             return Err(bad(format!(
                 "quantization_config.quant_method `{q}` is not supported for {architecture}"

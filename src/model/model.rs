@@ -20,6 +20,7 @@ use crate::gpu::kernel::Recorder;
 use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::model::attention::{AttentionInputs, LayerAttention};
 use crate::model::config::ModelConfig;
+use crate::model::families::deepseek;
 use crate::model::names::{self, ExpertTensors};
 use crate::model::planner::{Planner, Role};
 use crate::model::safetensors_io::Checkpoint;
@@ -230,7 +231,11 @@ impl Planner<'_> {
             router: self.vector(&n.router, &[e, d])?,
             router_bias,
             expert_biases,
-            selection_bias: None,
+            selection_bias: if deepseek::has_correction_bias(c) {
+                Some(self.vector(&deepseek::correction_bias_name(&names::layer(i)), &[e])?)
+            } else {
+                None
+            },
             gate,
             up,
             down,

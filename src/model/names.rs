@@ -74,7 +74,7 @@ pub fn moe(family: Family, i: usize, per_expert: bool) -> MoeNames {
             let names = gpt_oss::expert_names(&p);
             (names.router.clone(), ExpertTensors::GptOss(names))
         }
-        Family::Qwen2Moe | Family::Qwen3Moe | Family::Olmoe => (
+        Family::Qwen2Moe | Family::Qwen3Moe | Family::Olmoe | Family::DeepseekV2 | Family::DeepseekV3 => (
             format!("{p}.mlp.gate.weight"),
             ExpertTensors::PerExpert {
                 prefix: format!("{p}.mlp.experts"),
@@ -84,12 +84,17 @@ pub fn moe(family: Family, i: usize, per_expert: bool) -> MoeNames {
             },
         ),
     };
+    // Qwen2-MoE has one `shared_expert`, DeepSeek `shared_experts` (fused into one MLP).
+    let shared = match family {
+        Family::DeepseekV2 | Family::DeepseekV3 => "shared_experts",
+        _ => "shared_expert",
+    };
     MoeNames {
         router,
         experts,
-        shared_gate: format!("{p}.mlp.shared_expert.gate_proj.weight"),
-        shared_up: format!("{p}.mlp.shared_expert.up_proj.weight"),
-        shared_down: format!("{p}.mlp.shared_expert.down_proj.weight"),
+        shared_gate: format!("{p}.mlp.{shared}.gate_proj.weight"),
+        shared_up: format!("{p}.mlp.{shared}.up_proj.weight"),
+        shared_down: format!("{p}.mlp.{shared}.down_proj.weight"),
         shared_expert_gate: format!("{p}.mlp.shared_expert_gate.weight"),
     }
 }

@@ -1,13 +1,15 @@
 //! CPU reference forward of the generic decoder, built from the ops' references.
 //! Slow and simple: it recomputes the whole sequence, with no cache.
 
-use crate::model::config::ModelConfig;
-use crate::model::weights::{FeedForwardWeights, ModelWeights};
+use crate::model::config::{MlaConfig, ModelConfig};
+use crate::model::families::deepseek::LOW_RANK_NORM_EPS;
+use crate::model::weights::{FeedForwardWeights, MlaWeights, ModelWeights};
 use crate::moe::reference::moe_reference;
 use crate::ops::attention::attention_reference;
 use crate::ops::expert_matmul::{matvec_reference, swiglu_reference};
 use crate::ops::norm::rms_norm_reference;
 use crate::ops::rope::{rope_reference, rope_table_scaled};
+use crate::ops::router::dot;
 use crate::weights::WeightFormat;
 
 /// `x [T, in]` times `w [out, in]^T`.
@@ -47,45 +49,51 @@ pub fn forward_reference(config: &ModelConfig, weights: &ModelWeights, ids: &[u3
     for (i, layer) in weights.layers.iter().enumerate() {
         let a = &layer.attention;
         let h = rms_norm_reference(&x, &layer.input_norm, c.rms_norm_eps);
-        let mut q = linear(&h, &round(&a.q), d, qw);
-        let mut k = linear(&h, &round(&a.k), d, kvw);
-        let mut v = linear(&h, &round(&a.v), d, kvw);
-        add_bias(&mut q, a.q_bias.as_ref());
-        add_bias(&mut k, a.k_bias.as_ref());
-        add_bias(&mut v, a.v_bias.as_ref());
-        if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
-            q = rms_norm_reference(&q, qn, c.rms_norm_eps);
-            k = rms_norm_reference(&k, kn, c.rms_norm_eps);
-        }
-        if let Some(limit) = c.clip_qkv {
-            for m in [&mut q, &mut k, &mut v] {
-                m.iter_mut().for_each(|e| *e = e.clamp(-limit, limit));
+        let o = match (c.mla, &a.mla) {
+            (Some(dims), Some(w)) => mla_reference(c, dims, w, &round(&a.o), &h, &table, &round),
+            _ => {
+                let mut q = linear(&h, &round(&a.q), d, qw);
+                let mut k = linear(&h, &round(&a.k), d, kvw);
+                let mut v = linear(&h, &round(&a.v), d, kvw);
+                add_bias(&mut q, a.q_bias.as_ref());
+                add_bias(&mut k, a.k_bias.as_ref());
+                add_bias(&mut v, a.v_bias.as_ref());
+                if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
+                    q = rms_norm_reference(&q, qn, c.rms_norm_eps);
+                    k = rms_norm_reference(&k, kn, c.rms_norm_eps);
+                }
+                if let Some(limit) = c.clip_qkv {
+                    for m in [&mut q, &mut k, &mut v] {
+                        m.iter_mut().for_each(|e| *e = e.clamp(-limit, limit));
+                    }
+                }
+                rope_reference(&mut q, &table, c.rotary_dim / 2, c.num_heads, hd, 0, c.rope_interleaved);
+                rope_reference(
+                    &mut k,
+                    &table,
+                    c.rotary_dim / 2,
+                    c.num_kv_heads,
+                    hd,
+                    0,
+                    c.rope_interleaved,
+                );
+                let attn = attention_reference(
+                    &q,
+                    &k,
+                    &v,
+                    c.num_heads,
+                    c.num_kv_heads,
+                    hd,
+                    0,
+                    c.attention_scale,
+                    a.sinks.as_deref(),
+                    c.attention_windows[i],
+                );
+                let mut o = linear(&attn, &round(&a.o), qw, d);
+                add_bias(&mut o, a.o_bias.as_ref());
+                o
             }
-        }
-        rope_reference(&mut q, &table, c.rotary_dim / 2, c.num_heads, hd, 0, c.rope_interleaved);
-        rope_reference(
-            &mut k,
-            &table,
-            c.rotary_dim / 2,
-            c.num_kv_heads,
-            hd,
-            0,
-            c.rope_interleaved,
-        );
-        let attn = attention_reference(
-            &q,
-            &k,
-            &v,
-            c.num_heads,
-            c.num_kv_heads,
-            hd,
-            0,
-            c.attention_scale,
-            a.sinks.as_deref(),
-            c.attention_windows[i],
-        );
-        let mut o = linear(&attn, &round(&a.o), qw, d);
-        add_bias(&mut o, a.o_bias.as_ref());
+        };
         x.iter_mut().zip(&o).for_each(|(x, o)| *x += c.residual_multiplier * o);
         let h = rms_norm_reference(&x, &layer.post_attention_norm, c.rms_norm_eps);
         let f = match &layer.ffn {
@@ -107,4 +115,62 @@ pub fn forward_reference(config: &ModelConfig, weights: &ModelWeights, ids: &[u3
     let mut logits = linear(&h, &head, d, c.vocab_size);
     logits.iter_mut().for_each(|l| *l *= 1.0 / c.logits_scaling);
     logits
+}
+
+/// Multi-head latent attention the plain way (no absorption, no latent cache):
+/// per-head keys and values expanded from the latent by `kv_b_proj`, then attention.
+fn mla_reference(
+    c: &ModelConfig,
+    m: MlaConfig,
+    w: &MlaWeights,
+    o_proj: &[f32],
+    h: &[f32],
+    table: &[f32],
+    round: &dyn Fn(&[f32]) -> Vec<f32>,
+) -> Vec<f32> {
+    let (d, heads) = (c.hidden_size, c.num_heads);
+    let (nope, rope, l, v) = (m.qk_nope_head_dim, m.qk_rope_head_dim, m.kv_lora_rank, m.v_head_dim);
+    let (qk, t) = (nope + rope, h.len() / d);
+    let eps = LOW_RANK_NORM_EPS;
+    let q = match (&w.q, &w.q_a) {
+        (Some(q), _) => linear(h, &round(q), d, heads * qk),
+        (None, Some((qa, qn, qb))) => {
+            let r = qn.len();
+            let compressed = rms_norm_reference(&linear(h, &round(qa), d, r), qn, eps);
+            linear(&compressed, &round(qb), r, heads * qk)
+        }
+        (None, None) => unreachable!("MLA weights without queries"),
+    };
+    let kv = linear(h, &round(&w.kv_a), d, l + rope);
+    let latent: Vec<f32> = kv.chunks(l + rope).flat_map(|row| row[..l].to_vec()).collect();
+    let latent = rms_norm_reference(&latent, &w.kv_a_norm, eps);
+    let mut k_pe: Vec<f32> = kv.chunks(l + rope).flat_map(|row| row[l..].to_vec()).collect();
+    let expanded = linear(&latent, &round(&w.kv_b), l, heads * (nope + v)); // [T, H, nope + v]
+    let mut q_pe: Vec<f32> = q.chunks(qk).flat_map(|head| head[nope..].to_vec()).collect();
+    rope_reference(&mut q_pe, table, rope / 2, heads, rope, 0, c.rope_interleaved);
+    rope_reference(&mut k_pe, table, rope / 2, 1, rope, 0, c.rope_interleaved);
+    let mut out = vec![0.0f32; t * heads * v];
+    for ti in 0..t {
+        for hh in 0..heads {
+            let qh = &q[(ti * heads + hh) * qk..][..qk];
+            let qp = &q_pe[(ti * heads + hh) * rope..][..rope];
+            let scores: Vec<f32> = (0..=ti)
+                .map(|j| {
+                    let kn = &expanded[(j * heads + hh) * (nope + v)..][..nope];
+                    let kp = &k_pe[j * rope..][..rope];
+                    (dot(&qh[..nope], kn) + dot(qp, kp)) * c.attention_scale
+                })
+                .collect();
+            let max = scores.iter().fold(f32::MIN, |a, &b| a.max(b));
+            let e: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+            let sum: f32 = e.iter().sum();
+            for dv in 0..v {
+                let acc: f32 = (0..=ti)
+                    .map(|j| e[j] * expanded[(j * heads + hh) * (nope + v) + nope + dv])
+                    .sum();
+                out[(ti * heads + hh) * v + dv] = acc / sum;
+            }
+        }
+    }
+    linear(&out, o_proj, heads * v, d)
 }

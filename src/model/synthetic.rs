@@ -11,7 +11,7 @@ use crate::model::load::{load_model, LoadOptions};
 use crate::model::model::Model;
 use crate::model::names::{self, ExpertTensors};
 use crate::model::safetensors_io::TensorStore;
-use crate::model::weights::{AttentionWeights, FeedForwardWeights, LayerWeights, ModelWeights};
+use crate::model::weights::{AttentionWeights, FeedForwardWeights, LayerWeights, MlaWeights, ModelWeights};
 use crate::moe::{MoeConfig, MoeWeights};
 
 /// Attention and vocabulary sizes of a synthetic model.
@@ -65,6 +65,11 @@ pub fn synthetic_config(family: Family, dims: Dims, moe: MoeConfig) -> ModelConf
     }
 }
 
+/// `1 + v` for each v (norm weights near one).
+fn around_one(v: Vec<f32>) -> Vec<f32> {
+    v.into_iter().map(|v| 1.0 + v).collect()
+}
+
 /// Seeded random weights for every tensor `config` needs.
 pub fn random_weights(c: &ModelConfig, seed: u64) -> ModelWeights {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -82,18 +87,41 @@ pub fn random_weights(c: &ModelConfig, seed: u64) -> ModelWeights {
             QkNorm::Full => (Some(norm(qw)), Some(norm(kvw))),
         };
         let bias = c.attention_bias;
-        let attention = AttentionWeights {
-            q: random(qw * d, 0.3),
-            k: random(kvw * d, 0.3),
-            v: random(kvw * d, 0.3),
-            o: random(d * qw, 0.3),
-            q_bias: bias.then(|| random(qw, 0.3)),
-            k_bias: bias.then(|| random(kvw, 0.3)),
-            v_bias: bias.then(|| random(kvw, 0.3)),
-            q_norm,
-            k_norm,
-            o_bias: c.output_bias.then(|| random(d, 0.3)),
-            sinks: c.attention_sinks.then(|| random(c.num_heads, 1.5)),
+        let attention = if let Some(m) = c.mla {
+            let (heads, qk) = (c.num_heads, m.qk_nope_head_dim + m.qk_rope_head_dim);
+            let l = m.kv_lora_rank;
+            AttentionWeights {
+                o: random(d * heads * m.v_head_dim, 0.3),
+                mla: Some(MlaWeights {
+                    q: m.q_lora_rank.is_none().then(|| random(heads * qk * d, 0.3)),
+                    q_a: m.q_lora_rank.map(|r| {
+                        (
+                            random(r * d, 0.3),
+                            around_one(random(r, 0.5)),
+                            random(heads * qk * r, 0.3),
+                        )
+                    }),
+                    kv_a: random((l + m.qk_rope_head_dim) * d, 0.3),
+                    kv_a_norm: around_one(random(l, 0.5)),
+                    kv_b: random(heads * (m.qk_nope_head_dim + m.v_head_dim) * l, 0.3),
+                }),
+                ..Default::default()
+            }
+        } else {
+            AttentionWeights {
+                q: random(qw * d, 0.3),
+                k: random(kvw * d, 0.3),
+                v: random(kvw * d, 0.3),
+                o: random(d * qw, 0.3),
+                q_bias: bias.then(|| random(qw, 0.3)),
+                k_bias: bias.then(|| random(kvw, 0.3)),
+                v_bias: bias.then(|| random(kvw, 0.3)),
+                q_norm,
+                k_norm,
+                o_bias: c.output_bias.then(|| random(d, 0.3)),
+                sinks: c.attention_sinks.then(|| random(c.num_heads, 1.5)),
+                mla: None,
+            }
         };
         let ffn = if c.sparse_layers[i] {
             let moe = MoeWeights::random(&c.moe, seed.wrapping_add(1 + i as u64), false);
@@ -141,6 +169,7 @@ pub fn checkpoint_bytes(c: &ModelConfig, weights: &ModelWeights) -> Result<Vec<u
     for (i, layer) in weights.layers.iter().enumerate() {
         let p = names::layer(i);
         let a = &layer.attention;
+        let gqa = c.mla.is_none();
         let entries: Vec<(String, Vec<usize>, &[f32])> = [
             ("input_layernorm.weight", vec![d], Some(&layer.input_norm)),
             (
@@ -148,15 +177,46 @@ pub fn checkpoint_bytes(c: &ModelConfig, weights: &ModelWeights) -> Result<Vec<u
                 vec![d],
                 Some(&layer.post_attention_norm),
             ),
-            ("self_attn.q_proj.weight", vec![qw, d], Some(&a.q)),
-            ("self_attn.k_proj.weight", vec![kvw, d], Some(&a.k)),
-            ("self_attn.v_proj.weight", vec![kvw, d], Some(&a.v)),
-            ("self_attn.o_proj.weight", vec![d, qw], Some(&a.o)),
+            ("self_attn.q_proj.weight", vec![qw, d], gqa.then_some(&a.q)),
+            ("self_attn.k_proj.weight", vec![kvw, d], gqa.then_some(&a.k)),
+            ("self_attn.v_proj.weight", vec![kvw, d], gqa.then_some(&a.v)),
+            ("self_attn.o_proj.weight", vec![d, a.o.len() / d], Some(&a.o)),
             ("self_attn.q_proj.bias", vec![qw], a.q_bias.as_ref()),
             ("self_attn.k_proj.bias", vec![kvw], a.k_bias.as_ref()),
             ("self_attn.v_proj.bias", vec![kvw], a.v_bias.as_ref()),
             ("self_attn.o_proj.bias", vec![d], a.o_bias.as_ref()),
             ("self_attn.sinks", vec![c.num_heads], a.sinks.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(name, shape, v)| v.map(|v| (format!("{p}.{name}"), shape, v.as_slice())))
+        .collect();
+        tensors.extend(entries);
+        if let (Some(m), Some(w)) = (c.mla, &a.mla) {
+            let (heads, qk, l) = (c.num_heads, m.qk_nope_head_dim + m.qk_rope_head_dim, m.kv_lora_rank);
+            let mut mla: Vec<(&str, Vec<usize>, &[f32])> = vec![
+                ("kv_a_proj_with_mqa.weight", vec![l + m.qk_rope_head_dim, d], &w.kv_a),
+                ("kv_a_layernorm.weight", vec![l], &w.kv_a_norm),
+                (
+                    "kv_b_proj.weight",
+                    vec![heads * (m.qk_nope_head_dim + m.v_head_dim), l],
+                    &w.kv_b,
+                ),
+            ];
+            if let Some(q) = &w.q {
+                mla.push(("q_proj.weight", vec![heads * qk, d], q));
+            }
+            if let Some((qa, qn, qb)) = &w.q_a {
+                let r = qn.len();
+                mla.push(("q_a_proj.weight", vec![r, d], qa));
+                mla.push(("q_a_layernorm.weight", vec![r], qn));
+                mla.push(("q_b_proj.weight", vec![heads * qk, r], qb));
+            }
+            tensors.extend(
+                mla.into_iter()
+                    .map(|(n, shape, v)| (format!("{p}.self_attn.{n}"), shape, v)),
+            );
+        }
+        let entries: Vec<(String, Vec<usize>, &[f32])> = [
             (
                 "self_attn.q_norm.weight",
                 vec![a.q_norm.as_ref().map_or(0, |v| v.len())],

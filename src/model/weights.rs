@@ -5,12 +5,28 @@
 
 use crate::error::Result;
 use crate::model::config::{ModelConfig, QkNorm};
-use crate::model::families::gpt_oss;
+use crate::model::families::{deepseek, gpt_oss};
 use crate::model::names::{self, ExpertTensors};
 use crate::model::safetensors_io::TensorStore;
 use crate::moe::{ExpertBiasWeights, MoeWeights, SharedExpertWeights};
 use crate::weights::WeightFormat;
 
+/// Multi-head latent attention's tensors (DeepSeek), Hugging Face orientation.
+#[derive(Clone, Debug, Default)]
+pub struct MlaWeights {
+    /// `q_proj` `[H (nope + rope), d]` without q compression.
+    pub q: Option<Vec<f32>>,
+    /// `q_a_proj` `[q_lora, d]`, `q_a_layernorm` `[q_lora]`, `q_b_proj` `[H (nope + rope), q_lora]`.
+    pub q_a: Option<(Vec<f32>, Vec<f32>, Vec<f32>)>,
+    /// `kv_a_proj_with_mqa` `[L + rope, d]`
+    pub kv_a: Vec<f32>,
+    /// `kv_a_layernorm` `[L]`
+    pub kv_a_norm: Vec<f32>,
+    /// `kv_b_proj` `[H (nope + v), L]`
+    pub kv_b: Vec<f32>,
+}
+
+/// Attention tensors; an MLA layer fills `mla` and `o` and leaves q, k, v empty.
 #[derive(Clone, Debug, Default)]
 pub struct AttentionWeights {
     pub q: Vec<f32>,
@@ -26,6 +42,7 @@ pub struct AttentionWeights {
     pub o_bias: Option<Vec<f32>>,
     /// `[heads]` sink logits (gpt-oss)
     pub sinks: Option<Vec<f32>>,
+    pub mla: Option<MlaWeights>,
 }
 
 #[derive(Clone, Debug)]
@@ -113,25 +130,56 @@ fn load_layer(c: &ModelConfig, store: &TensorStore, i: usize) -> Result<LayerWei
             Some(get("self_attn.k_norm.weight", &[kvw])?),
         ),
     };
-    let attention = AttentionWeights {
-        q: get("self_attn.q_proj.weight", &[qw, d])?,
-        k: get("self_attn.k_proj.weight", &[kvw, d])?,
-        v: get("self_attn.v_proj.weight", &[kvw, d])?,
-        o: get("self_attn.o_proj.weight", &[d, qw])?,
-        q_bias: bias("q_proj", qw)?,
-        k_bias: bias("k_proj", kvw)?,
-        v_bias: bias("v_proj", kvw)?,
-        q_norm,
-        k_norm,
-        o_bias: if c.output_bias {
-            Some(get("self_attn.o_proj.bias", &[d])?)
-        } else {
-            None
-        },
-        sinks: if c.attention_sinks {
-            Some(store.get_f32(&gpt_oss::sinks_name(&p), &[c.num_heads])?)
-        } else {
-            None
+    let attention = match c.mla {
+        Some(m) => {
+            let (heads, qk) = (c.num_heads, m.qk_nope_head_dim + m.qk_rope_head_dim);
+            let (l, r) = (m.kv_lora_rank, m.qk_rope_head_dim);
+            AttentionWeights {
+                o: get("self_attn.o_proj.weight", &[d, heads * m.v_head_dim])?,
+                mla: Some(MlaWeights {
+                    q: match m.q_lora_rank {
+                        None => Some(get("self_attn.q_proj.weight", &[heads * qk, d])?),
+                        Some(_) => None,
+                    },
+                    q_a: match m.q_lora_rank {
+                        None => None,
+                        Some(rank) => Some((
+                            get("self_attn.q_a_proj.weight", &[rank, d])?,
+                            get("self_attn.q_a_layernorm.weight", &[rank])?,
+                            get("self_attn.q_b_proj.weight", &[heads * qk, rank])?,
+                        )),
+                    },
+                    kv_a: get("self_attn.kv_a_proj_with_mqa.weight", &[l + r, d])?,
+                    kv_a_norm: get("self_attn.kv_a_layernorm.weight", &[l])?,
+                    kv_b: get(
+                        "self_attn.kv_b_proj.weight",
+                        &[heads * (m.qk_nope_head_dim + m.v_head_dim), l],
+                    )?,
+                }),
+                ..Default::default()
+            }
+        }
+        None => AttentionWeights {
+            q: get("self_attn.q_proj.weight", &[qw, d])?,
+            k: get("self_attn.k_proj.weight", &[kvw, d])?,
+            v: get("self_attn.v_proj.weight", &[kvw, d])?,
+            o: get("self_attn.o_proj.weight", &[d, qw])?,
+            q_bias: bias("q_proj", qw)?,
+            k_bias: bias("k_proj", kvw)?,
+            v_bias: bias("v_proj", kvw)?,
+            q_norm,
+            k_norm,
+            o_bias: if c.output_bias {
+                Some(get("self_attn.o_proj.bias", &[d])?)
+            } else {
+                None
+            },
+            sinks: if c.attention_sinks {
+                Some(store.get_f32(&gpt_oss::sinks_name(&p), &[c.num_heads])?)
+            } else {
+                None
+            },
+            mla: None,
         },
     };
     let ffn = if c.sparse_layers[i] {
@@ -229,7 +277,11 @@ fn load_moe(c: &ModelConfig, store: &TensorStore, layer: usize) -> Result<MoeWei
         router: store.get_f32(&n.router, &[e, d])?,
         router_bias,
         expert_biases,
-        selection_bias: None,
+        selection_bias: if deepseek::has_correction_bias(c) {
+            Some(store.get_f32(&deepseek::correction_bias_name(&names::layer(layer)), &[e])?)
+        } else {
+            None
+        },
         gate,
         up,
         down,
