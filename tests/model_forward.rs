@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use webmoe::model::config::{Family, ModelConfig, QkNorm};
+use webmoe::model::config::{Family, MlaConfig, ModelConfig, QkNorm};
 use webmoe::model::model::{LogitsFor, Model};
 use webmoe::model::reference::forward_reference;
 use webmoe::model::session::Session;
@@ -13,7 +13,7 @@ use webmoe::model::synthetic::{random_weights, synthetic_config, Dims};
 use webmoe::model::weights::ModelWeights;
 use webmoe::moe::{MoeConfig, SharedExpertConfig};
 use webmoe::ops::expert_matmul::Activation;
-use webmoe::ops::routing::TopKOrder;
+use webmoe::ops::routing::{GroupLimit, GroupScore, Scoring, TopKOrder};
 use webmoe::GpuContext;
 
 /// A tiny config of `family` with its distinguishing features switched on.
@@ -67,17 +67,46 @@ fn tiny_config(family: Family) -> ModelConfig {
                 limit: 0.8,
             };
         }
+        Family::DeepseekV2 | Family::DeepseekV3 => {
+            let v3 = family == Family::DeepseekV3;
+            // MLA with v_head_dim != qk_nope_head_dim; V3 compresses queries.
+            c.mla = Some(MlaConfig {
+                q_lora_rank: v3.then_some(20),
+                kv_lora_rank: 24,
+                qk_nope_head_dim: 10,
+                qk_rope_head_dim: 6,
+                v_head_dim: if v3 { 14 } else { 8 },
+            });
+            c.head_dim = 16;
+            c.rotary_dim = 6;
+            c.rope_interleaved = true;
+            c.attention_scale = 0.3;
+            c.sparse_layers = vec![false, true];
+            c.moe.shared_expert = Some(SharedExpertConfig { ffn: 40, gated: false });
+            c.moe.routing.group_limit = Some(GroupLimit {
+                n_group: 4,
+                topk_group: 2,
+                score: if v3 { GroupScore::TopTwoSum } else { GroupScore::Max },
+            });
+            c.moe.routing.scaling = 2.5;
+            if v3 {
+                c.moe.routing.scoring = Scoring::Sigmoid;
+                c.moe.routing.renormalize = true;
+            }
+        }
     }
     c
 }
 
-const FAMILIES: [Family; 6] = [
+const FAMILIES: [Family; 8] = [
     Family::Mixtral,
     Family::Qwen2Moe,
     Family::Qwen3Moe,
     Family::Olmoe,
     Family::GraniteMoe,
     Family::GptOss,
+    Family::DeepseekV2,
+    Family::DeepseekV3,
 ];
 
 fn model(ctx: &GpuContext, family: Family, seed: u64) -> (ModelConfig, ModelWeights, Model) {
@@ -204,5 +233,23 @@ fn quantized_at_load_matches_the_cpu_reference() {
         let mut session = Session::new(&ctx, &model, None).unwrap();
         let got = logits_at(&ctx, &model, &mut session, &ids, 0, LogitsFor::All).unwrap();
         assert_close(&format!("{family:?} {format} logits"), &got, &want, 1e-4);
+    }
+}
+
+#[test]
+fn mla_caches_hold_one_latent_and_one_rope_key_per_position() {
+    let ctx = context();
+    for family in [Family::DeepseekV2, Family::DeepseekV3] {
+        let (config, _, model) = model(&ctx, family, 50);
+        let m = config.mla.unwrap();
+        let session = Session::new(&ctx, &model, None).unwrap();
+        let per_position = (m.kv_lora_rank + m.qk_rope_head_dim) * config.num_layers * 4;
+        assert_eq!(
+            session.cache_bytes(),
+            (per_position * model.max_context) as u64,
+            "{family:?}"
+        );
+        let batch = webmoe::model::batch::Batch::new(&ctx, &model, 3, 16).unwrap();
+        assert_eq!(batch.cache_bytes_per_position(), per_position as u64, "{family:?}");
     }
 }
