@@ -5,6 +5,18 @@ the way llama.cpp's convert_hf_to_gguf.py lays them out: llama.cpp tensor names
 metadata keys, q/k rows permuted for llama-style models (Mixtral -> `llama`,
 GraniteMoE), and the tokenizer as `tokenizer.ggml.*` (byte-level BPE, "gpt2").
 
+gpt-oss (`gpt-oss`, llama.cpp's GptOssModel): gate_up_proj [E, d, 2f] with gate/up
+interleaved along 2f is split into ffn_gate_exps (even columns) and ffn_up_exps (odd),
+each transposed to [E, f, d]; down_proj [E, f, d] -> ffn_down_exps [E, d, f]; their
+biases split the same way (ffn_{gate,up,down}_exps.bias [E, f|d]); router -> ffn_gate_inp
+(+ .bias), sinks -> attn_sinks.weight, o_proj bias -> attn_output.bias,
+post_attention_layernorm -> post_attention_norm. MXFP4 experts (`*_blocks`/`*_scales`)
+stay MXFP4 whatever --type is: their bits are repacked into ggml's block_mxfp4 (scale
+byte, then 16 bytes holding element j low / j+16 high), so the values are bit-exact.
+Metadata adds sliding_window, expert_feed_forward_length and the YaRN rope.scaling.*
+keys. llama.cpp's own converter writes experts from an MXFP4 checkpoint the same way
+and, by default (--outtype auto), the other matrices as bf16: --type bf16 here.
+
     pip install gguf numpy
     python3 scripts/hf_to_gguf.py MODEL_DIR OUT.gguf [--type f32|f16|bf16|q8_0|q4_0|mxfp4]
 
@@ -20,14 +32,15 @@ import pathlib
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
-from gguf import GGUFWriter, quants
+from gguf import GGUFWriter, RopeScalingType, quants
 
 ARCH = {"mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "olmoe": "olmoe",
-        "granitemoe": "granitemoe"}
+        "granitemoe": "granitemoe", "gpt_oss": "gpt-oss"}
 
 
 def load_tensors(d):
-    """Every tensor as f32 (bf16 widened exactly; numpy has no bf16)."""
+    """Every float tensor as f32 (bf16 widened exactly; numpy has no bf16); U8 (MXFP4
+    blocks and scales) as it is."""
     out = {}
     for f in sorted(d.glob("*.safetensors")):
         raw = f.read_bytes()
@@ -38,8 +51,11 @@ def load_tensors(d):
                 continue
             b, e = info["data_offsets"]
             data = raw[8 + n + b:8 + n + e]
-            dt = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}[info["dtype"]]
+            dt = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "U8": np.uint8}[info["dtype"]]
             x = np.frombuffer(data, dtype=dt).reshape(info["shape"])
+            if info["dtype"] == "U8":
+                out[name] = x.copy()
+                continue
             if info["dtype"] == "BF16":
                 x = (x.astype(np.uint32) << 16).view(np.float32)
             out[name] = x.astype(np.float32)
@@ -49,6 +65,21 @@ def load_tensors(d):
 def permute(w, n_head):
     """llama.cpp's q/k row permutation (rotate-half layout -> interleaved pairs)."""
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def mxfp4_repack(blocks, scales):
+    """Hugging Face MXFP4 -> ggml block_mxfp4 bytes, moving bits only.
+
+    blocks uint8 [E, rows, nb, 16]: byte i of a block holds element 2i (low nibble) and
+    2i+1 (high); scales uint8 [E, rows, nb] (e8m0). ggml's block: the scale byte, then 16
+    bytes where byte j holds element j (low) and j+16 (high). The 4-bit codes are the same
+    e2m1 codes on both sides (ggml doubles its value table and halves the scale).
+    Returns uint8 [E, rows, nb * 17] (GGUFWriter reads the element shape [E, rows, nb * 32])."""
+    lo, hi = blocks & 0x0F, blocks >> 4
+    vals = np.stack([lo, hi], axis=-1).reshape(*blocks.shape[:-1], 32)
+    qs = vals[..., :16] | (vals[..., 16:] << 4)
+    raw = np.concatenate([scales[..., None], qs], axis=-1).astype(np.uint8)
+    return raw.reshape(*blocks.shape[:2], -1)
 
 
 def main():
@@ -66,7 +97,7 @@ def main():
     d, layers, heads = c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"]
     kv = c.get("num_key_value_heads") or heads
     hd = c.get("head_dim") or d // heads
-    rope = c.get("rope_parameters") or {}
+    rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
     experts = c.get("num_experts") or c.get("num_local_experts")
     w.add_name(a.model_dir.name)
     w.add_context_length(c["max_position_embeddings"])
@@ -85,6 +116,38 @@ def main():
     w.add_expert_used_count(c["num_experts_per_tok"])
     if "moe_intermediate_size" in c:
         w.add_expert_feed_forward_length(c["moe_intermediate_size"])
+    # RoPE scaling as llama.cpp's TextModel writes it (llama3 needs rope_freqs; not here)
+    rope_type = rope.get("rope_type", rope.get("type"))
+    if rope_type == "linear" and rope.get("factor") is not None:
+        w.add_rope_scaling_type(RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(rope["factor"])
+    elif rope_type == "yarn" and rope.get("factor") is not None:
+        w.add_rope_scaling_type(RopeScalingType.YARN)
+        w.add_rope_scaling_factor(rope["factor"])
+        w.add_rope_scaling_orig_ctx_len(rope.get("original_max_position_embeddings",
+                                                 c.get("original_max_position_embeddings")))
+        if rope.get("extrapolation_factor") is not None:
+            w.add_rope_scaling_yarn_ext_factor(rope["extrapolation_factor"])
+        attn_factor = rope.get("attention_factor", rope.get("attn_factor"))
+        if attn_factor is not None:
+            w.add_rope_scaling_yarn_attn_factor(attn_factor)
+        if rope.get("beta_fast") is not None:
+            w.add_rope_scaling_yarn_beta_fast(rope["beta_fast"])
+        if rope.get("beta_slow") is not None:
+            w.add_rope_scaling_yarn_beta_slow(rope["beta_slow"])
+    if mt == "gpt_oss":
+        # llama.cpp hard-codes gpt-oss's clamped SwiGLU (alpha 1.702, limit 7.0): a file
+        # cannot say otherwise, so refuse a checkpoint that does.
+        for key, want in [("swiglu_alpha", 1.702), ("swiglu_limit", 7.0)]:
+            if abs(c.get(key, want) - want) > 1e-6:
+                raise SystemExit(f"gpt-oss {key} {c[key]} != {want}: llama.cpp's gpt-oss has it fixed")
+        w.add_sliding_window(c["sliding_window"])
+        w.add_expert_feed_forward_length(c["intermediate_size"])
+        # llama.cpp: layer il slides iff il % 2 == 0 unless sliding_window_pattern (one bool
+        # per layer) says otherwise; its converter writes none, so write it only when needed.
+        swa = [t == "sliding_attention" for t in c.get("layer_types") or []]
+        if swa and swa != [i % 2 == 0 for i in range(layers)]:
+            w.add_array(f"{arch}.attention.sliding_window_pattern", swa)
     if c.get("shared_expert_intermediate_size"):
         w.add_expert_shared_feed_forward_length(c["shared_expert_intermediate_size"])
     if "norm_topk_prob" in c:
@@ -153,7 +216,8 @@ def main():
         p = f"model.layers.{i}."
         b = f"blk.{i}."
         add(b + "attn_norm.weight", t[p + "input_layernorm.weight"], "small")
-        add(b + "ffn_norm.weight", t[p + "post_attention_layernorm.weight"], "small")
+        post = "post_attention_norm" if mt == "gpt_oss" else "ffn_norm"
+        add(b + f"{post}.weight", t[p + "post_attention_layernorm.weight"], "small")
         q, k = t[p + "self_attn.q_proj.weight"], t[p + "self_attn.k_proj.weight"]
         if llama_style:
             q, k = permute(q, heads), permute(k, kv)
@@ -164,6 +228,10 @@ def main():
         for x in "qkv":
             if p + f"self_attn.{x}_proj.bias" in t:
                 add(b + f"attn_{x}.bias", t[p + f"self_attn.{x}_proj.bias"], "small")
+        if p + "self_attn.o_proj.bias" in t:
+            add(b + "attn_output.bias", t[p + "self_attn.o_proj.bias"], "small")
+        if p + "self_attn.sinks" in t:
+            add(b + "attn_sinks.weight", t[p + "self_attn.sinks"], "small")
         for x in "qk":
             if p + f"self_attn.{x}_norm.weight" in t:
                 add(b + f"attn_{x}_norm.weight", t[p + f"self_attn.{x}_norm.weight"], "small")
@@ -180,6 +248,28 @@ def main():
             add(b + "ffn_gate_exps.weight", inp[:, :f], "proj")
             add(b + "ffn_up_exps.weight", inp[:, f:], "proj")
             add(b + "ffn_down_exps.weight", t[m + "output_linear.weight"], "proj")
+        elif mt == "gpt_oss":
+            m = p + "mlp."
+            add(b + "ffn_gate_inp.weight", t[m + "router.weight"], "small")
+            add(b + "ffn_gate_inp.bias", t[m + "router.bias"], "small")
+            x = m + "experts."
+            if x + "gate_up_proj_blocks" in t:  # MXFP4: rows are outputs, gate/up interleaved
+                gu, gus = t[x + "gate_up_proj_blocks"], t[x + "gate_up_proj_scales"]
+                for name, blocks, scales in [
+                    ("ffn_gate_exps", gu[:, 0::2], gus[:, 0::2]),
+                    ("ffn_up_exps", gu[:, 1::2], gus[:, 1::2]),
+                    ("ffn_down_exps", t[x + "down_proj_blocks"], t[x + "down_proj_scales"]),
+                ]:
+                    w.add_tensor(b + f"{name}.weight", mxfp4_repack(blocks, scales), raw_dtype=T.MXFP4)
+            else:  # [E, in, out] -> [E, out, in]
+                gu = t[x + "gate_up_proj"].transpose(0, 2, 1)
+                add(b + "ffn_gate_exps.weight", np.ascontiguousarray(gu[:, 0::2]), "proj")
+                add(b + "ffn_up_exps.weight", np.ascontiguousarray(gu[:, 1::2]), "proj")
+                add(b + "ffn_down_exps.weight", np.ascontiguousarray(t[x + "down_proj"].transpose(0, 2, 1)), "proj")
+            gub = t[x + "gate_up_proj_bias"]
+            add(b + "ffn_gate_exps.bias", gub[:, 0::2], "small")
+            add(b + "ffn_up_exps.bias", gub[:, 1::2], "small")
+            add(b + "ffn_down_exps.bias", t[x + "down_proj_bias"], "small")
         elif p + "mlp.gate.weight" in t:
             m = p + "mlp."
             add(b + "ffn_gate_inp.weight", t[m + "gate.weight"], "small")
