@@ -16,7 +16,7 @@ use webmoe::model::session::Session;
 use webmoe::model::tokenizer::Tokenizer;
 use webmoe::{ErrorKind, GpuContext, WeightFormat};
 
-const FAMILIES: [&str; 5] = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe"];
+const FAMILIES: [&str; 6] = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "gpt_oss"];
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -123,6 +123,15 @@ fn gguf_files_equal_converting_or_quantizing_at_load() {
         };
         assert_gguf_equals_load(&ctx, &format!("{family}-{format}.gguf"), family, quantized, tolerance);
     }
+    // gpt-oss as llama.cpp's converter writes it: MXFP4 experts (repacked from Hugging
+    // Face's blocks and scales), the rest bf16, equals the MXFP4 checkpoint as stored.
+    assert_gguf_equals_load(
+        &ctx,
+        "gpt_oss_mxfp4.gguf",
+        "gpt_oss_mxfp4",
+        LoadOptions::default(),
+        1e-6,
+    );
 }
 
 #[test]
@@ -257,7 +266,7 @@ fn quantized_gguf_files_give_the_greedy_tokens_of_transformers_on_their_dequanti
     let text = std::fs::read_to_string(fixtures().join("gguf/expected.json")).unwrap();
     let expected: serde_json::Value = serde_json::from_str(&text).unwrap();
     let cases = expected.as_object().unwrap();
-    assert_eq!(cases.len(), 3);
+    assert_eq!(cases.len(), 5);
     for (file, exp) in cases {
         let gguf = load(&ctx, fixtures().join("gguf").join(file), LoadOptions::default());
         let generated = greedy_tokens(&ctx, &gguf.model, &u32s(&exp["prompt_ids"]), 16, &[]);

@@ -19,8 +19,8 @@ use crate::error::{Error, Result};
 use crate::gpu::kernel::Recorder;
 use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::model::attention::{AttentionInputs, LayerAttention};
-use crate::model::config::ModelConfig;
-use crate::model::families::deepseek;
+use crate::model::config::{Family, ModelConfig};
+use crate::model::families::{deepseek, gpt_oss};
 use crate::model::names::{self, ExpertTensors};
 use crate::model::planner::{Planner, Role};
 use crate::model::safetensors_io::Checkpoint;
@@ -200,16 +200,24 @@ impl Planner<'_> {
                 self.columns(&label("down"), &g.down, e, d, f, d, (0, 1))?,
             ),
         };
-        let (router_bias, expert_biases) = match &n.experts {
-            ExpertTensors::GptOss(g) => (
+        let (router_bias, expert_biases) = if c.family == Family::GptOss {
+            let g = gpt_oss::expert_names(&names::layer(i));
+            let (gate, up) = if c.per_expert_names {
+                let (gate, up) = gpt_oss::split_bias_names(&names::layer(i));
+                (self.vector(&gate, &[e, f])?, self.vector(&up, &[e, f])?)
+            } else {
+                (
+                    self.vector_columns(&g.gate_up_bias, e, 2 * f, (0, 2), f)?,
+                    self.vector_columns(&g.gate_up_bias, e, 2 * f, (1, 2), f)?,
+                )
+            };
+            let down = self.vector(&g.down_bias, &[e, d])?;
+            (
                 Some(self.vector(&g.router_bias, &[e])?),
-                Some(ExpertBiases {
-                    gate: self.vector_columns(&g.gate_up_bias, e, 2 * f, (0, 2), f)?,
-                    up: self.vector_columns(&g.gate_up_bias, e, 2 * f, (1, 2), f)?,
-                    down: self.vector(&g.down_bias, &[e, d])?,
-                }),
-            ),
-            _ => (None, None),
+                Some(ExpertBiases { gate, up, down }),
+            )
+        } else {
+            (None, None)
         };
         let shared = match c.moe.shared_expert {
             None => None,

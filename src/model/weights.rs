@@ -4,7 +4,7 @@
 //! load streams checkpoint bytes instead ([`crate::model::model`]).
 
 use crate::error::Result;
-use crate::model::config::{ModelConfig, QkNorm};
+use crate::model::config::{Family, ModelConfig, QkNorm};
 use crate::model::families::{deepseek, gpt_oss};
 use crate::model::names::{self, ExpertTensors};
 use crate::model::safetensors_io::TensorStore;
@@ -246,9 +246,15 @@ fn load_moe(c: &ModelConfig, store: &TensorStore, layer: usize) -> Result<MoeWei
             (gate, up, down)
         }
     };
-    let (router_bias, expert_biases) = match &n.experts {
-        ExpertTensors::GptOss(g) => {
-            let (gate, up) = deinterleave_rows(&store.get_f32(&g.gate_up_bias, &[e, 2 * f])?, e * f, 1);
+    let (router_bias, expert_biases) = match c.family {
+        Family::GptOss => {
+            let g = gpt_oss::expert_names(&names::layer(layer));
+            let (gate, up) = if c.per_expert_names {
+                let (gate, up) = gpt_oss::split_bias_names(&names::layer(layer));
+                (store.get_f32(&gate, &[e, f])?, store.get_f32(&up, &[e, f])?)
+            } else {
+                deinterleave_rows(&store.get_f32(&g.gate_up_bias, &[e, 2 * f])?, e * f, 1)
+            };
             (
                 Some(store.get_f32(&g.router_bias, &[e])?),
                 Some(ExpertBiasWeights {

@@ -102,6 +102,13 @@ pub fn expert_names(layer_prefix: &str) -> ExpertNames {
     }
 }
 
+/// Gate and up biases stored apart (`[E, ffn]` each), as GGUF files hold them (Hugging
+/// Face checkpoints interleave them in `gate_up_proj_bias`).
+pub fn split_bias_names(layer_prefix: &str) -> (String, String) {
+    let m = format!("{layer_prefix}.mlp.experts");
+    (format!("{m}.gate_proj_bias"), format!("{m}.up_proj_bias"))
+}
+
 /// The attention sink logits of layer `i` (`[heads]`).
 pub fn sinks_name(layer_prefix: &str) -> String {
     format!("{layer_prefix}.self_attn.sinks")

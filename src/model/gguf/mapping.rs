@@ -6,10 +6,13 @@ use super::file::{ggml_type, GgufFile, GgufTensor, MetaValue};
 use super::tokenizer::tokenizer_of;
 use crate::error::{Error, Result};
 use crate::model::config::{Family, ModelConfig, QkNorm};
+use crate::model::families::gpt_oss;
 use crate::model::names::{self, ExpertTensors};
 use crate::model::safetensors_io::{ShardHeader, TensorInfo};
 use crate::model::tokenizer::Tokenizer;
 use crate::moe::{MoeConfig, SharedExpertConfig};
+use crate::ops::expert_matmul::Activation;
+use crate::ops::rope::RopeScaling;
 use crate::ops::routing::{RoutingConfig, TopKOrder};
 
 /// The engine's view of GGUF files: config, checkpoint shards under decoder names, tokenizer.
@@ -99,7 +102,13 @@ fn decoder_tensors(t: &GgufTensor, c: &ModelConfig) -> Result<Vec<TensorInfo>> {
     let moe = names::moe(c.family, i, true);
     let name = match key {
         "attn_norm.weight" => format!("{p}.input_layernorm.weight"),
-        "ffn_norm.weight" => format!("{p}.post_attention_layernorm.weight"),
+        "ffn_norm.weight" | "post_attention_norm.weight" => format!("{p}.post_attention_layernorm.weight"),
+        "attn_output.bias" => format!("{p}.self_attn.o_proj.bias"),
+        "attn_sinks.weight" => gpt_oss::sinks_name(&p),
+        "ffn_gate_inp.bias" => gpt_oss::expert_names(&p).router_bias,
+        "ffn_gate_exps.bias" => gpt_oss::split_bias_names(&p).0,
+        "ffn_up_exps.bias" => gpt_oss::split_bias_names(&p).1,
+        "ffn_down_exps.bias" => gpt_oss::expert_names(&p).down_bias,
         "attn_q.weight" => format!("{p}.self_attn.q_proj.weight"),
         "attn_k.weight" => format!("{p}.self_attn.k_proj.weight"),
         "attn_v.weight" => format!("{p}.self_attn.v_proj.weight"),
@@ -197,6 +206,11 @@ impl Meta<'_> {
     fn f64(&self, key: &str) -> Option<f64> {
         self.get(key).and_then(MetaValue::as_f64)
     }
+
+    /// An error about metadata `key`, naming the file.
+    fn bad(&self, key: &str, problem: &str) -> Error {
+        Error::Config(format!("{}: metadata `{}.{key}` {problem}", self.source, self.arch))
+    }
 }
 
 fn config_of(files: &[GgufFile], meta: &BTreeMap<String, MetaValue>, source: &str) -> Result<ModelConfig> {
@@ -211,9 +225,10 @@ fn config_of(files: &[GgufFile], meta: &BTreeMap<String, MetaValue>, source: &st
         "qwen3moe" => Family::Qwen3Moe,
         "olmoe" => Family::Olmoe,
         "granitemoe" => Family::GraniteMoe,
+        "gpt-oss" => Family::GptOss,
         other => {
             return Err(Error::Unsupported(format!(
-                "{source}: GGUF architecture `{other}` (webmoe reads llama with experts (Mixtral), qwen2moe, qwen3moe, olmoe and granitemoe)"
+                "{source}: GGUF architecture `{other}` (webmoe reads llama with experts (Mixtral), qwen2moe, qwen3moe, olmoe, granitemoe and gpt-oss)"
             )))
         }
     };
@@ -246,7 +261,7 @@ fn config_of(files: &[GgufFile], meta: &BTreeMap<String, MetaValue>, source: &st
         _ => family == Family::Qwen3Moe,
     };
     let mut routing = RoutingConfig::softmax_top_k(experts, top_k, renormalize);
-    if matches!(family, Family::Mixtral | Family::GraniteMoe) {
+    if matches!(family, Family::Mixtral | Family::GraniteMoe | Family::GptOss) {
         routing.order = TopKOrder::TopKThenSoftmax;
     }
     let shared_expert = match m.usize("expert_shared_feed_forward_length")? {
@@ -263,6 +278,14 @@ fn config_of(files: &[GgufFile], meta: &BTreeMap<String, MetaValue>, source: &st
     let mut moe = MoeConfig::new(hidden_size, expert_ffn, experts, top_k);
     moe.routing = routing;
     moe.shared_expert = shared_expert;
+    let gpt_oss = family == Family::GptOss;
+    if gpt_oss {
+        // llama.cpp hard-codes gpt-oss's SwiGLU constants.
+        moe.activation = Activation::ClampedSwiglu {
+            alpha: 1.702,
+            limit: 7.0,
+        };
+    }
     moe.validate().map_err(|e| Error::Config(format!("{source}: {e}")))?;
     // A layer is sparse when it has a router.
     let sparse_layers = (0..num_layers)
@@ -280,6 +303,13 @@ fn config_of(files: &[GgufFile], meta: &BTreeMap<String, MetaValue>, source: &st
     };
     let granite = family == Family::GraniteMoe;
     let eos = |key: &str| meta.get(key).and_then(MetaValue::as_u64).map(|v| v as u32);
+    let max_position_embeddings = m.need("context_length")?;
+    let rope_scaling = rope_scaling_of(&m, family)?;
+    let attention_windows = if gpt_oss {
+        gpt_oss_windows(&m, num_layers)?
+    } else {
+        vec![None; num_layers]
+    };
     Ok(ModelConfig {
         family,
         architecture: format!("{arch} (GGUF)"),
@@ -289,13 +319,13 @@ fn config_of(files: &[GgufFile], meta: &BTreeMap<String, MetaValue>, source: &st
         num_heads,
         num_kv_heads,
         head_dim,
-        max_position_embeddings: m.need("context_length")?,
+        max_position_embeddings,
         rms_norm_eps: m.f64("attention.layer_norm_rms_epsilon").unwrap_or(1e-6) as f32,
         rope_theta: m.f64("rope.freq_base").unwrap_or(10000.0) as f32,
         rotary_dim,
         // llama.cpp's converter permutes q/k rows of llama-style models for its
         // interleaved RoPE; the decoder then rotates interleaved pairs too.
-        rope_scaling: Default::default(),
+        rope_scaling,
         rope_interleaved: matches!(family, Family::Mixtral | Family::GraniteMoe),
         tie_word_embeddings: tensor("output.weight").is_none(),
         attention_bias: has("attn_q.bias"),
@@ -327,10 +357,80 @@ fn config_of(files: &[GgufFile], meta: &BTreeMap<String, MetaValue>, source: &st
         eos_token_ids: eos("tokenizer.ggml.eos_token_id").into_iter().collect(),
         torch_dtype: None,
         per_expert_names: true,
-        attention_windows: vec![None; num_layers],
-        attention_sinks: false,
-        output_bias: false,
+        attention_windows,
+        attention_sinks: gpt_oss,
+        output_bias: has("attn_output.bias"),
         experts_mxfp4: false,
         mla: None,
     })
+}
+
+/// RoPE scaling from `rope.scaling.*`. YaRN's attention factor is transformers'
+/// default `0.1 ln(factor) + 1` (what llama.cpp's kernel applies for gpt-oss); its
+/// correction range is not rounded for gpt-oss, whose configs all say
+/// `truncate: false` (a flag GGUF has no key for; llama.cpp always rounds).
+fn rope_scaling_of(m: &Meta, family: Family) -> Result<RopeScaling> {
+    let kind = match m.get("rope.scaling.type") {
+        None => return Ok(RopeScaling::None),
+        Some(MetaValue::Str(s)) => s.as_str(),
+        Some(_) => return Err(m.bad("rope.scaling.type", "is not a string")),
+    };
+    let factor = || {
+        m.f64("rope.scaling.factor").ok_or_else(|| {
+            m.bad(
+                "rope.scaling.factor",
+                &format!("is missing (rope.scaling.type is `{kind}`)"),
+            )
+        })
+    };
+    Ok(match kind {
+        "none" => RopeScaling::None,
+        "linear" => RopeScaling::Linear {
+            factor: factor()? as f32,
+        },
+        "yarn" => {
+            let factor = factor()?;
+            RopeScaling::Yarn {
+                factor,
+                original_max_positions: m.need("rope.scaling.original_context_length")? as f64,
+                beta_fast: m.f64("rope.scaling.yarn_beta_fast").unwrap_or(32.0),
+                beta_slow: m.f64("rope.scaling.yarn_beta_slow").unwrap_or(1.0),
+                attention_factor: if factor > 1.0 { 0.1 * factor.ln() + 1.0 } else { 1.0 },
+                truncate: family != Family::GptOss,
+            }
+        }
+        other => {
+            return Err(Error::Unsupported(format!(
+                "{}: rope.scaling.type `{other}` is not supported (none, linear, yarn)",
+                m.source
+            )))
+        }
+    })
+}
+
+/// gpt-oss's sliding layers: `attention.sliding_window_pattern` (one bool per layer)
+/// when present, else llama.cpp's default of the even layers.
+fn gpt_oss_windows(m: &Meta, layers: usize) -> Result<Vec<Option<usize>>> {
+    let window = m.need("attention.sliding_window")?;
+    if window == 0 {
+        return Err(m.bad("attention.sliding_window", "must be positive"));
+    }
+    let sliding: Vec<bool> = match m.get("attention.sliding_window_pattern") {
+        Some(MetaValue::Array(values)) => values
+            .iter()
+            .map(|v| match v {
+                MetaValue::Bool(b) => Ok(*b),
+                _ => Err(m.bad("attention.sliding_window_pattern", "must hold booleans")),
+            })
+            .collect::<Result<_>>()?,
+        Some(_) => return Err(m.bad("attention.sliding_window_pattern", "must be an array")),
+        None => (0..layers).map(|i| i % 2 == 0).collect(),
+    };
+    if sliding.len() != layers {
+        return Err(m.bad(
+            "attention.sliding_window_pattern",
+            &format!("has {} entries for {layers} layers", sliding.len()),
+        ));
+    }
+    Ok(sliding.into_iter().map(|s| s.then_some(window)).collect())
 }
