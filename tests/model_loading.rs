@@ -267,7 +267,7 @@ fn errors_have_kinds_and_the_cli_maps_them_to_exit_codes() {
     // The CLI: 2 for an unsupported architecture, 1 for a missing directory.
     let dir = copy_of("olmoe", "kinds");
     edit_config(&dir, |c| {
-        c.insert("architectures".into(), serde_json::json!(["DeepseekV3ForCausalLM"]));
+        c.insert("architectures".into(), serde_json::json!(["JambaForCausalLM"]));
     });
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_webmoe"))
         .args(["run", "--model", dir.to_str().unwrap(), "--prompt-ids", "1", "--greedy"])
@@ -275,10 +275,7 @@ fn errors_have_kinds_and_the_cli_maps_them_to_exit_codes() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("DeepseekV3ForCausalLM") && err.contains("unsupported"),
-        "{err}"
-    );
+    assert!(err.contains("JambaForCausalLM") && err.contains("unsupported"), "{err}");
 }
 
 /// openai/gpt-oss-20b's config.json (its `layer_types` alternate sliding and full).
@@ -418,4 +415,121 @@ fn a_gpt_oss_checkpoint_missing_its_scales_names_the_tensor() {
     std::fs::write(&path, out).unwrap();
     let err = load_err(&dir);
     assert!(err.contains("model.layers.1.mlp.experts.down_proj_scales"), "{err}");
+}
+
+/// deepseek-ai/DeepSeek-V2-Lite's config.json (the fields webmoe reads and a few more).
+fn deepseek_v2_lite_config() -> serde_json::Value {
+    serde_json::json!({
+        "architectures": ["DeepseekV2ForCausalLM"], "aux_loss_alpha": 0.001, "bos_token_id": 100000,
+        "eos_token_id": 100001, "first_k_dense_replace": 1, "hidden_act": "silu", "hidden_size": 2048,
+        "intermediate_size": 10944, "kv_lora_rank": 512, "max_position_embeddings": 163840,
+        "model_type": "deepseek_v2", "moe_intermediate_size": 1408, "moe_layer_freq": 1, "n_group": 1,
+        "n_routed_experts": 64, "n_shared_experts": 2, "norm_topk_prob": false, "num_attention_heads": 16,
+        "num_experts_per_tok": 6, "num_hidden_layers": 27, "num_key_value_heads": 16, "q_lora_rank": null,
+        "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "rms_norm_eps": 1e-06,
+        "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 0.707, "mscale_all_dim": 0.707,
+            "original_max_position_embeddings": 4096, "type": "yarn"},
+        "rope_theta": 10000, "routed_scaling_factor": 1.0, "scoring_func": "softmax", "seq_aux": true,
+        "tie_word_embeddings": false, "topk_group": 1, "topk_method": "greedy", "torch_dtype": "bfloat16",
+        "v_head_dim": 128, "vocab_size": 102400
+    })
+}
+
+/// deepseek-ai/DeepSeek-V3's config.json without its FP8 quantization_config.
+fn deepseek_v3_config() -> serde_json::Value {
+    serde_json::json!({
+        "architectures": ["DeepseekV3ForCausalLM"], "attention_bias": false, "bos_token_id": 0,
+        "eos_token_id": 1, "first_k_dense_replace": 3, "hidden_act": "silu", "hidden_size": 7168,
+        "intermediate_size": 18432, "kv_lora_rank": 512, "max_position_embeddings": 163840,
+        "model_type": "deepseek_v3", "moe_intermediate_size": 2048, "moe_layer_freq": 1, "n_group": 8,
+        "n_routed_experts": 256, "n_shared_experts": 1, "norm_topk_prob": true, "num_attention_heads": 128,
+        "num_experts_per_tok": 8, "num_hidden_layers": 61, "num_key_value_heads": 128,
+        "num_nextn_predict_layers": 1, "q_lora_rank": 1536, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
+        "rms_norm_eps": 1e-06,
+        "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0, "mscale_all_dim": 1.0,
+            "original_max_position_embeddings": 4096, "type": "yarn"},
+        "rope_theta": 10000, "routed_scaling_factor": 2.5, "scoring_func": "sigmoid",
+        "tie_word_embeddings": false, "topk_group": 4, "topk_method": "noaux_tc", "torch_dtype": "bfloat16",
+        "v_head_dim": 128, "vocab_size": 129280
+    })
+}
+
+#[test]
+fn deepseek_configs_map_to_the_decoder() {
+    use webmoe::model::config::{Family, MlaConfig};
+    use webmoe::ops::routing::{GroupLimit, GroupScore, Scoring};
+    let lite = ModelConfig::from_json(&deepseek_v2_lite_config().to_string(), "config.json").unwrap();
+    assert_eq!(lite.family, Family::DeepseekV2);
+    assert_eq!(
+        lite.mla,
+        Some(MlaConfig {
+            q_lora_rank: None,
+            kv_lora_rank: 512,
+            qk_nope_head_dim: 128,
+            qk_rope_head_dim: 64,
+            v_head_dim: 128
+        })
+    );
+    assert_eq!((lite.head_dim, lite.rotary_dim, lite.rope_interleaved), (192, 64, true));
+    let mscale = 0.1 * 0.707 * 40f32.ln() + 1.0;
+    assert!((lite.attention_scale - mscale * mscale / 192f32.sqrt()).abs() < 1e-6);
+    assert_eq!(lite.sparse_layers.iter().filter(|s| !**s).count(), 1);
+    assert!(!lite.sparse_layers[0] && lite.sparse_layers[1]);
+    assert_eq!(
+        (lite.moe.num_experts(), lite.moe.top_k(), lite.moe.expert_ffn),
+        (64, 6, 1408)
+    );
+    assert_eq!(lite.moe.shared_expert.map(|s| (s.ffn, s.gated)), Some((2816, false)));
+    assert_eq!(lite.moe.routing.scoring, Scoring::Softmax);
+    assert_eq!(lite.moe.routing.group_limit, None);
+    assert_eq!((lite.moe.routing.renormalize, lite.moe.routing.scaling), (false, 1.0));
+    assert_eq!(lite.dense_ffn, 10944);
+
+    let v3 = ModelConfig::from_json(&deepseek_v3_config().to_string(), "config.json").unwrap();
+    assert_eq!(v3.family, Family::DeepseekV3);
+    assert_eq!(v3.mla.unwrap().q_lora_rank, Some(1536));
+    assert_eq!(v3.sparse_layers.iter().take_while(|s| !**s).count(), 3);
+    assert_eq!(v3.moe.routing.scoring, Scoring::Sigmoid);
+    assert_eq!(
+        v3.moe.routing.group_limit,
+        Some(GroupLimit {
+            n_group: 8,
+            topk_group: 4,
+            score: GroupScore::TopTwoSum
+        })
+    );
+    assert_eq!((v3.moe.routing.renormalize, v3.moe.routing.scaling), (true, 2.5));
+    let mscale = 0.1 * 40f32.ln() + 1.0;
+    assert!((v3.attention_scale - mscale * mscale / 192f32.sqrt()).abs() < 1e-6);
+}
+
+#[test]
+fn bad_deepseek_configs_are_named_errors() {
+    let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+        (
+            Box::new(|v| {
+                v.as_object_mut().unwrap().remove("kv_lora_rank");
+            }),
+            "kv_lora_rank",
+        ),
+        (Box::new(|v| v["qk_rope_head_dim"] = 63.into()), "qk_rope_head_dim"),
+        (Box::new(|v| v["v_head_dim"] = 0.into()), "v_head_dim"),
+        (Box::new(|v| v["topk_method"] = "random".into()), "topk_method"),
+        (Box::new(|v| v["scoring_func"] = "relu".into()), "scoring_func"),
+        (Box::new(|v| v["topk_group"] = 9.into()), "topk_group"),
+        (
+            Box::new(|v| {
+                v["quantization_config"] = serde_json::json!({"quant_method": "fp8", "fmt": "e4m3"});
+            }),
+            "fp8",
+        ),
+    ];
+    for (edit, needle) in cases {
+        let mut v = deepseek_v3_config();
+        edit(&mut v);
+        let err = ModelConfig::from_json(&v.to_string(), "config.json")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle) && err.contains("config.json"), "{needle}: {err}");
+    }
 }

@@ -452,14 +452,19 @@ impl ModelConfig {
             experts_mxfp4: false,
             mla: None,
         };
-        if family == Family::GptOss {
-            crate::model::families::gpt_oss::configure(&raw, &mut config, source)?;
-        } else if matches!(family, Family::DeepseekV2 | Family::DeepseekV3) {
-            crate::model::families::deepseek::configure(&raw, &rope, &mut config, source)?;
-        } else if let Some(q) = raw.quantization_config.as_ref().and_then(|q| q.quant_method.as_deref()) {
-            return Err(bad(format!(
-                "quantization_config.quant_method `{q}` is not supported for {architecture}"
-            )));
+        let quant_method = raw.quantization_config.as_ref().and_then(|q| q.quant_method.as_deref());
+        match family {
+            Family::GptOss => crate::model::families::gpt_oss::configure(&raw, &mut config, source)?,
+            _ if quant_method.is_some() => {
+                return Err(bad(format!(
+                    "quantization_config.quant_method `{}` is not supported for {architecture}",
+                    quant_method.unwrap_or_default()
+                )))
+            }
+            Family::DeepseekV2 | Family::DeepseekV3 => {
+                crate::model::families::deepseek::configure(&raw, &rope, &mut config, source)?
+            }
+            _ => {}
         }
         Ok(config)
     }
