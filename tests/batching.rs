@@ -13,13 +13,15 @@ use std::time::Duration;
 use common::*;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use webmoe::model::batch::{Batch, BatchEntry, BatchRead};
-use webmoe::model::config::{Family, QkNorm};
+use webmoe::model::config::{Family, MlaConfig, QkNorm};
 use webmoe::model::generate::SamplingParams;
 use webmoe::model::load::{load_model_dir, LoadOptions};
 use webmoe::model::model::{Kernels, LogitsFor, Model};
 use webmoe::model::session::Session;
 use webmoe::model::synthetic::{model_from_weights, random_weights, synthetic_config, Dims};
 use webmoe::moe::MoeConfig;
+use webmoe::ops::expert_matmul::Activation;
+use webmoe::ops::routing::{Scoring, TopKOrder};
 use webmoe::serve::engine::{
     prompt_kernels_for, Engine, EngineHandle, EngineOptions, Event, Finish, Request, SubmitError,
 };
@@ -41,10 +43,60 @@ fn synthetic_model(ctx: &GpuContext) -> Model {
     model_from_weights(ctx, &config, &random_weights(&config, 11), 64).unwrap()
 }
 
+/// A DeepSeek-V3-shaped model (MLA with q compression over a latent cache) and a
+/// gpt-oss-shaped one (sinks, a sliding window shorter than the prompts, biases).
+fn mla_and_gpt_oss_models(ctx: &GpuContext) -> Vec<Model> {
+    let dims = Dims {
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 16,
+        vocab: 97,
+        max_positions: 64,
+    };
+    let mut deepseek = synthetic_config(Family::DeepseekV3, dims, MoeConfig::new(32, 24, 8, 2));
+    deepseek.mla = Some(MlaConfig {
+        q_lora_rank: Some(12),
+        kv_lora_rank: 20,
+        qk_nope_head_dim: 10,
+        qk_rope_head_dim: 6,
+        v_head_dim: 12,
+    });
+    deepseek.rotary_dim = 6;
+    deepseek.rope_interleaved = true;
+    deepseek.moe.routing.scoring = Scoring::Sigmoid;
+    deepseek.moe.routing.renormalize = true;
+    let mut gpt_oss = synthetic_config(Family::GptOss, dims, MoeConfig::new(32, 24, 8, 2));
+    gpt_oss.moe.routing.order = TopKOrder::TopKThenSoftmax;
+    gpt_oss.moe.activation = Activation::ClampedSwiglu {
+        alpha: 1.702,
+        limit: 0.8,
+    };
+    gpt_oss.attention_bias = true;
+    gpt_oss.output_bias = true;
+    gpt_oss.attention_sinks = true;
+    gpt_oss.attention_windows = vec![Some(4), None];
+    [deepseek, gpt_oss]
+        .iter()
+        .map(|c| model_from_weights(ctx, c, &random_weights(c, 12), 64).unwrap())
+        .collect()
+}
+
 #[test]
 fn a_batched_step_gives_each_sequence_the_logits_it_gets_alone() {
     let ctx = context();
-    let model = synthetic_model(&ctx);
+    check_batched_step(&ctx, &synthetic_model(&ctx));
+}
+
+#[test]
+fn batched_steps_over_latent_caches_and_sliding_windows_equal_each_sequence_alone() {
+    let ctx = context();
+    for model in mla_and_gpt_oss_models(&ctx) {
+        check_batched_step(&ctx, &model);
+    }
+}
+
+fn check_batched_step(ctx: &GpuContext, model: &Model) {
     let vocab = model.config.vocab_size;
     let prompts: Vec<Vec<u32>> = vec![
         vec![3, 9, 27, 81, 50, 2, 7],
@@ -56,37 +108,37 @@ fn a_batched_step_gives_each_sequence_the_logits_it_gets_alone() {
     // Alone: each sequence in its own session.
     let mut alone = Vec::new();
     for (p, &next) in prompts.iter().zip(&follow) {
-        let mut session = Session::new(&ctx, &model, None).unwrap();
-        let first = pollster::block_on(session.logits(&ctx, &model, p, LogitsFor::Last)).unwrap();
-        let second = pollster::block_on(session.logits(&ctx, &model, &[next], LogitsFor::Last)).unwrap();
+        let mut session = Session::new(ctx, model, None).unwrap();
+        let first = pollster::block_on(session.logits(ctx, model, p, LogitsFor::Last)).unwrap();
+        let second = pollster::block_on(session.logits(ctx, model, &[next], LogitsFor::Last)).unwrap();
         alone.push((first, second));
     }
     // Together: every prompt in one step (slots out of order), then one token each.
-    let mut batch = Batch::new(&ctx, &model, 6, 32).unwrap();
+    let mut batch = Batch::new(ctx, model, 6, 32).unwrap();
     let slots: Vec<usize> = (0..prompts.len()).map(|_| batch.acquire().unwrap()).collect();
     batch.release(slots[1]);
     let reused = batch.acquire().unwrap();
     assert_eq!(reused, slots[1], "a freed slot is reused");
     for kernels in [Kernels::Tiled, Kernels::Gemv] {
-        let mut batch = Batch::new(&ctx, &model, 6, 32).unwrap();
+        let mut batch = Batch::new(ctx, model, 6, 32).unwrap();
         let slots: Vec<usize> = (0..prompts.len()).map(|_| batch.acquire().unwrap()).rev().collect();
         let entries: Vec<BatchEntry> = slots
             .iter()
             .zip(&prompts)
             .map(|(&slot, p)| BatchEntry { slot, tokens: p })
             .collect();
-        let out = pollster::block_on(batch.step(&ctx, &model, &entries, BatchRead::Logits, kernels)).unwrap();
+        let out = pollster::block_on(batch.step(ctx, model, &entries, BatchRead::Logits, kernels)).unwrap();
         let tokens: Vec<[u32; 1]> = follow.iter().map(|&t| [t]).collect();
         let entries: Vec<BatchEntry> = slots
             .iter()
             .zip(&tokens)
             .map(|(&slot, t)| BatchEntry { slot, tokens: t })
             .collect();
-        let next = pollster::block_on(batch.step(&ctx, &model, &entries, BatchRead::Logits, kernels)).unwrap();
+        let next = pollster::block_on(batch.step(ctx, model, &entries, BatchRead::Logits, kernels)).unwrap();
         let argmax = pollster::block_on(
             batch.step(
-                &ctx,
-                &model,
+                ctx,
+                model,
                 &slots
                     .iter()
                     .map(|&slot| BatchEntry { slot, tokens: &[1] })
@@ -117,19 +169,19 @@ fn a_batched_step_gives_each_sequence_the_logits_it_gets_alone() {
         // Bit for bit what each sequence gets alone with the same kernels: no row's
         // arithmetic depends on the other rows of its step.
         for (i, (p, &follow)) in prompts.iter().zip(&follow).enumerate() {
-            let mut single = Batch::new(&ctx, &model, 1, 32).unwrap();
+            let mut single = Batch::new(ctx, model, 1, 32).unwrap();
             let slot = single.acquire().unwrap();
             let first = pollster::block_on(single.step(
-                &ctx,
-                &model,
+                ctx,
+                model,
                 &[BatchEntry { slot, tokens: p }],
                 BatchRead::Logits,
                 kernels,
             ))
             .unwrap();
             let second = pollster::block_on(single.step(
-                &ctx,
-                &model,
+                ctx,
+                model,
                 &[BatchEntry {
                     slot,
                     tokens: &[follow],
@@ -161,16 +213,16 @@ fn a_batched_step_gives_each_sequence_the_logits_it_gets_alone() {
                 tokens: &[2],
             },
         ];
-        assert!(pollster::block_on(batch.step(&ctx, &model, &twice, BatchRead::Argmax, kernels)).is_err());
+        assert!(pollster::block_on(batch.step(ctx, model, &twice, BatchRead::Argmax, kernels)).is_err());
         let long = vec![1u32; 40];
         let past = [BatchEntry {
             slot: slots[1],
             tokens: &long,
         }];
-        let err = pollster::block_on(batch.step(&ctx, &model, &past, BatchRead::Argmax, kernels)).unwrap_err();
+        let err = pollster::block_on(batch.step(ctx, model, &past, BatchRead::Argmax, kernels)).unwrap_err();
         assert!(err.to_string().contains("pass the context"), "{err}");
         let free = [BatchEntry { slot: 5, tokens: &[1] }];
-        assert!(pollster::block_on(batch.step(&ctx, &model, &free, BatchRead::Argmax, kernels)).is_err());
+        assert!(pollster::block_on(batch.step(ctx, model, &free, BatchRead::Argmax, kernels)).is_err());
     }
 }
 
