@@ -11,6 +11,8 @@
 //! - GraniteMoE: `embedding_multiplier`, `residual_multiplier`, `attention_multiplier`
 //!   (the attention scale), `logits_scaling` (logits divided by it); router top-k on
 //!   logits then softmax.
+//! - gpt-oss and DeepSeek-V2/V3 read more fields, in their own modules
+//!   ([`crate::model::families`]).
 //! - head_dim = `head_dim` or hidden_size / num_attention_heads; rope theta from
 //!   `rope_parameters.rope_theta` (transformers 5) or `rope_theta`, partial rotary from
 //!   `partial_rotary_factor` in either place; RoPE scaling (linear, llama3, yarn) from

@@ -2,18 +2,20 @@
 //! number of [`crate::model::session::Session`]s), planned from a checkpoint's headers
 //! and filled by streaming its bytes ([`crate::model::load`]), and the recording of
 //! one forward pass. Every supported family (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE,
-//! GraniteMoE) is a configuration of this one model:
+//! GraniteMoE, gpt-oss, DeepSeek-V2/V3) is a configuration of this one model:
 //!
 //! ```text
 //! x = embed(ids) * embedding_multiplier
 //! per layer:
 //!   h = rms_norm(x)
-//!   q, k, v = h W_q (+b), h W_k (+b), h W_v (+b)       [q/k norm per head or whole, clip]
-//!   q, k = rope(q), rope(k); store k, v in the KV cache
-//!   x += residual_multiplier * attention(q, cache) W_o
+//!   x += residual_multiplier * attention(h)   [GQA or MLA, owning its KV cache layout:
+//!                                              crate::model::attention]
 //!   x += residual_multiplier * ffn(rms_norm(x))         [MoE layer or dense SwiGLU]
 //! logits = rms_norm(x) W_lm / logits_scaling            [W_lm tied to embed or not]
 //! ```
+//!
+//! Family specifics beyond these switches (config mapping, tensor names) live in
+//! [`crate::model::families`].
 
 use crate::error::{Error, Result};
 use crate::gpu::kernel::Recorder;

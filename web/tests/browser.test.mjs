@@ -140,8 +140,9 @@ test("the OpenAI-style browser API answers in OpenAI's shapes, like the native e
   assert.match(got.error.message, /max_tokens/);
 });
 
-test("gpt-oss (MXFP4 experts, sinks, sliding window) gives transformers' greedy tokens in the browser", async () => {
-  for (const fixture of ["gpt_oss_mxfp4"]) {
+test("gpt-oss (MXFP4 experts, sinks, sliding window) and DeepSeek-V3 (MLA) give transformers' greedy tokens in the browser", async () => {
+  const architectures = { gpt_oss_mxfp4: /GptOssForCausalLM/, deepseek_v3: /DeepseekV3ForCausalLM/ };
+  for (const [fixture, architecture] of Object.entries(architectures)) {
     const expected = JSON.parse(readFileSync(join(root, "tests/fixtures/models", fixture, "expected.json"), "utf8"));
     const bin = process.env.WEBMOE_BIN ?? join(root, "target/release/webmoe");
     const native = JSON.parse(execFileSync(bin, ["run", "--model", join(root, "tests/fixtures/models", fixture),
@@ -154,7 +155,7 @@ test("gpt-oss (MXFP4 experts, sinks, sliding window) gives transformers' greedy 
     assert.deepEqual(state.generated, expected.greedy_ids, `${fixture}: browser tokens differ from transformers'`);
     assert.deepEqual(native.generated_ids, expected.greedy_ids, `${fixture}: native tokens differ from transformers'`);
     const summary = await page.evaluate(() => document.getElementById("model-summary").textContent);
-    assert.match(summary, /GptOssForCausalLM/);
+    assert.match(summary, architecture);
     await page.close();
   }
 });
