@@ -278,6 +278,9 @@ fn errors_have_kinds_and_the_cli_maps_them_to_exit_codes() {
     assert!(err.contains("JambaForCausalLM") && err.contains("unsupported"), "{err}");
 }
 
+/// An edit of a config.json, for error cases.
+type ConfigEdit = Box<dyn Fn(&mut serde_json::Value)>;
+
 /// openai/gpt-oss-20b's config.json (its `layer_types` alternate sliding and full).
 fn gpt_oss_20b_config() -> serde_json::Value {
     let layer_types: Vec<&str> = (0..24)
@@ -354,7 +357,7 @@ fn gpt_oss_20b_config_maps_to_the_decoder() {
 
 #[test]
 fn bad_gpt_oss_configs_are_named_errors() {
-    let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+    let cases: Vec<(ConfigEdit, &str)> = vec![
         (
             Box::new(|v| v["layer_types"][3] = "chunked_attention".into()),
             "chunked_attention",
@@ -505,7 +508,7 @@ fn deepseek_configs_map_to_the_decoder() {
 
 #[test]
 fn bad_deepseek_configs_are_named_errors() {
-    let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+    let cases: Vec<(ConfigEdit, &str)> = vec![
         (
             Box::new(|v| {
                 v.as_object_mut().unwrap().remove("kv_lora_rank");

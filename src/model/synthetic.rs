@@ -130,11 +130,11 @@ pub fn random_weights(c: &ModelConfig, seed: u64) -> ModelWeights {
                 seed.wrapping_add(1 + i as u64),
                 deepseek::has_correction_bias(c),
             );
-            FeedForwardWeights::Moe(if c.family == Family::GptOss {
+            FeedForwardWeights::Moe(Box::new(if c.family == Family::GptOss {
                 moe.with_random_biases(&c.moe, seed.wrapping_add(100 + i as u64))
             } else {
                 moe
-            })
+            }))
         } else {
             let f = c.dense_ffn;
             FeedForwardWeights::Dense {

@@ -47,7 +47,7 @@ pub struct AttentionWeights {
 
 #[derive(Clone, Debug)]
 pub enum FeedForwardWeights {
-    Moe(MoeWeights),
+    Moe(Box<MoeWeights>),
     Dense {
         gate: Vec<f32>,
         up: Vec<f32>,
@@ -183,7 +183,7 @@ fn load_layer(c: &ModelConfig, store: &TensorStore, i: usize) -> Result<LayerWei
         },
     };
     let ffn = if c.sparse_layers[i] {
-        FeedForwardWeights::Moe(load_moe(c, store, i)?)
+        FeedForwardWeights::Moe(Box::new(load_moe(c, store, i)?))
     } else {
         let f = c.dense_ffn;
         FeedForwardWeights::Dense {

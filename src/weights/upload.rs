@@ -117,11 +117,11 @@ pub struct Placement {
 impl Placement {
     /// The source ranges this placement reads: its own, and the scales of `HfMxfp4`.
     fn parts(&self) -> Vec<std::ops::Range<u64>> {
-        let mut parts = vec![self.src_offset..self.src_offset + self.src_len];
-        if let Assembly::HfMxfp4 { scales, .. } = &self.assembly {
-            parts.push(scales.clone());
+        let own = self.src_offset..self.src_offset + self.src_len;
+        match &self.assembly {
+            Assembly::HfMxfp4 { scales, .. } => vec![own, scales.clone()],
+            _ => std::iter::once(own).collect(),
         }
-        parts
     }
 }
 
