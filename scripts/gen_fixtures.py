@@ -85,10 +85,34 @@ topk_weights aligned with them and already multiplied by routed_scaling_factor (
 topk(sorted=False); the replica's choice and weights are checked against transformers' router as
 sets, and the block output against the block's).
 
+GLM-4-MoE and ERNIE-4.5-MoE (Glm4MoeForCausalLM / Ernie4_5_MoeForCausalLM), families `glm4_moe`
+(bf16, but mlp.gate.weight and e_score_correction_bias kept f32, as transformers'
+_keep_in_fp32_modules_strict wants them) and `ernie4_5_moe` (f32), d 64, 4 heads / 2 kv heads.
+glm4_moe (GLM-4.5 / GLM-4.5-Air): 3 layers, head_dim 24 (!= 64 / 4), q/k/v biases, per-head q/k
+RMSNorm before RoPE (use_qk_norm), partial rotary (partial_rotary_factor 0.5: the first 12 dims of
+each head rotate by halves, rope_theta 1e6), first_k_dense_replace 1 (layer 0 dense, intermediate
+96), 16 experts in 4 groups (topk_group 2), top-4, sigmoid scores + a random
+e_score_correction_bias choose, the unbiased scores weigh, normalized, times routed_scaling_factor
+2.5, 1 shared expert (SwiGLU of 32), no MTP layer. ernie4_5_moe (ERNIE-4.5-21B-A3B): 4 layers, MoE
+on layers moe_layer_start_index 1 .. moe_layer_end_index 2 (interval 1; layers 0 and 3 dense,
+intermediate 96), 12 experts, top-3, softmax probabilities + a random moe_statics
+e_score_correction_bias choose, the unbiased probabilities weigh, divided by max(sum, moe_norm_min),
+2 shared experts (one SwiGLU of 48), interleaved RoPE over the whole head (rope_theta 5e5), tied
+embeddings (drawn with std 0.3: a larger tied embedding makes greedy decoding repeat its input),
+use_bias false (as the real checkpoint). For both, a seed must also give 12 distinct greedy tokens.
+The semantics, as confirmed in transformers 5.24's modeling_glm4_moe.py / modeling_ernie4_5_moe.py,
+are listed in GE_NOTES and copied into expected.json ("notes"), with head_dim, the RoPE inv_freq /
+rotary_dim / style, the dense and MoE layers and routing statistics; every layer's attention,
+dense MLP and MoE block of the loaded-back model is checked against replicas written from the notes
+(ge_attention, ge_route, ge_experts, ge_mlp), and model.safetensors tensor by tensor (experts per
+expert, router and bias dtypes, no lm_head when tied). The MoE capture is the first sparse layer's
+(metadata "layer": "1"), laid out as DeepSeek's (topk_ids in descending order of the choosing
+score; GLM's weights include routed_scaling_factor).
+
 Run from the repository root (CPU only, about a minute), optionally naming the families:
     pip install torch transformers safetensors tokenizers
     python3 scripts/gen_fixtures.py [family ...]
-Made with transformers 5.23.0 (gpt-oss, DeepSeek: 5.24.0) and torch (CPU) as printed at the end.
+Made with transformers 5.23.0 (gpt-oss, DeepSeek, GLM-4-MoE, ERNIE-4.5-MoE: 5.24.0) and torch (CPU) as printed at the end.
 """
 
 import json
@@ -155,6 +179,29 @@ DEEPSEEK = dict(
 )
 
 
+# GLM-4-MoE (GLM-4.5 / GLM-4.5-Air's architecture): head_dim 24 != hidden / heads, partial rotary
+# (half of each head), q/k RMSNorm per head, q/k/v biases, layer 0 dense, a shared expert, sigmoid
+# routing with a correction bias and a group limit, routed_scaling_factor != 1. No MTP layer.
+GLM4_MOE = dict(
+    **{**COMMON, "num_hidden_layers": 3, "rms_norm_eps": 1e-5}, head_dim=24, use_qk_norm=True,
+    attention_bias=True, intermediate_size=96, moe_intermediate_size=32, n_routed_experts=16,
+    num_experts_per_tok=4, n_shared_experts=1, n_group=4, topk_group=2, first_k_dense_replace=1,
+    norm_topk_prob=True, routed_scaling_factor=2.5, num_mtp_layers=0, hidden_act="silu",
+    rope_parameters=dict(rope_type="default", rope_theta=1000000.0, partial_rotary_factor=0.5),
+)
+
+# ERNIE-4.5-MoE (ERNIE-4.5-21B-A3B's architecture): tied embeddings, no biases (use_bias false, as
+# the real checkpoints), 4 layers of which moe_layer_start_index 1 .. moe_layer_end_index 2 are MoE
+# (layers 0 and 3 dense), 2 shared experts, softmax routing with a correction bias choosing,
+# interleaved (GLM-style) RoPE over the whole head.
+ERNIE4_5_MOE = dict(
+    **{**COMMON, "num_hidden_layers": 4, "rms_norm_eps": 1e-5, "tie_word_embeddings": True},
+    intermediate_size=96, moe_intermediate_size=24, moe_num_experts=12, moe_k=3,
+    moe_num_shared_experts=2, moe_layer_start_index=1, moe_layer_interval=1, moe_layer_end_index=2,
+    use_bias=False, hidden_act="silu", rope_parameters=dict(rope_type="default", rope_theta=500000.0),
+)
+
+
 def deepseek_yarn(mscale, mscale_all_dim):
     return dict(
         rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=64,
@@ -200,16 +247,21 @@ def configs():
             norm_topk_prob=True, rope_interleave=True, num_mtp_layers=0,
             rope_parameters=deepseek_yarn(mscale=1.0, mscale_all_dim=1.0),
         ),
+        "glm4_moe": transformers.Glm4MoeConfig(**GLM4_MOE),
+        "ernie4_5_moe": transformers.Ernie4_5_MoeConfig(**ERNIE4_5_MOE),
     }
 
 
 SAVE_DTYPE = {
     "mixtral": torch.bfloat16, "gpt_oss": torch.bfloat16, "gpt_oss_mxfp4": torch.bfloat16,
-    "deepseek_v3": torch.bfloat16,
+    "deepseek_v3": torch.bfloat16, "glm4_moe": torch.bfloat16,
 }
-# Buffers (by name suffix) kept f32 in a bf16 checkpoint, as transformers keeps them
+# Buffers and parameters (by name suffix) kept f32 in a bf16 checkpoint, as transformers keeps them
 # (_keep_in_fp32_modules_strict): neither rounded to bf16 nor saved as bf16.
-KEEP_F32 = {"deepseek_v3": ("e_score_correction_bias",)}
+KEEP_F32 = {
+    "deepseek_v3": ("e_score_correction_bias",),
+    "glm4_moe": ("mlp.gate.e_score_correction_bias", "mlp.gate.weight"),
+}
 # Families whose experts are stored as MXFP4 blocks/scales (the rest of the model bf16).
 MXFP4 = {"gpt_oss_mxfp4"}
 # Per-family standard deviations overriding randomize()'s defaults (by parameter-name suffix).
@@ -223,7 +275,12 @@ GPT_OSS_STD = {
     "experts.down_proj": 0.15,
     "experts.down_proj_bias": 0.3,
 }
-RANDOM_STD = {"gpt_oss": GPT_OSS_STD, "gpt_oss_mxfp4": GPT_OSS_STD}
+# ERNIE's correction bias is a (frozen) parameter added to softmax probabilities (about 1/12 each
+# here): small, so that it changes some tokens' choice without dominating the scores.
+# Its tied embedding is drawn smaller (std 0.3) than randomize()'s 1.0: with a tied lm_head a large
+# embedding makes every greedy step repeat its input token (see granitemoe's fixture).
+ERNIE_STD = {"moe_statics.e_score_correction_bias": 0.04, "embed_tokens.weight": 0.3}
+RANDOM_STD = {"gpt_oss": GPT_OSS_STD, "gpt_oss_mxfp4": GPT_OSS_STD, "ernie4_5_moe": ERNIE_STD}
 
 
 def train_tokenizer(path):
@@ -553,13 +610,19 @@ DEEPSEEK_NOTES = {
 
 
 def cast(model, family, dtype):
-    """model.to(dtype), except the family's KEEP_F32 buffers, which stay f32 (not rounded)."""
-    keep = {n: b.detach().float().clone() for n, b in model.named_buffers()
-            if n.endswith(KEEP_F32.get(family, ()))}
+    """model.to(dtype), except the family's KEEP_F32 buffers and parameters, which stay f32 (not
+    rounded)."""
+    suffixes = KEEP_F32.get(family, ())
+    keep = {n: b.detach().float().clone() for n, b in model.named_buffers() if n.endswith(suffixes)}
+    keep_params = {n: (p.detach().float().clone(), p.requires_grad)
+                   for n, p in model.named_parameters() if n.endswith(suffixes)}
     model = model.to(dtype)
     for name, value in keep.items():
         module, _, attr = name.rpartition(".")
         setattr(model.get_submodule(module), attr, value)
+    for name, (value, grad) in keep_params.items():
+        module, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(module), attr, torch.nn.Parameter(value, requires_grad=grad))
     return model
 
 
@@ -851,6 +914,353 @@ def capture_deepseek_moe(model, family, cfg, ids):
     }
 
 
+# GLM-4-MoE and ERNIE-4.5-MoE, as transformers 5.24 computes them (modeling_glm4_moe.py,
+# modeling_ernie4_5_moe.py, both generated from their modular_*.py). Each statement is checked by a
+# replica below (attention with RoPE, routing, experts, dense MLPs, checkpoint layout).
+GE_NOTES_COMMON = [
+    "RMSNorm: weight * (x * rsqrt(mean(x^2) + eps)), computed in f32, eps = config.rms_norm_eps "
+    "for every norm (input_layernorm, post_attention_layernorm, model.norm, and GLM's q_norm / "
+    "k_norm). Pre-norm residual blocks: h += attn(input_layernorm(h)); h += mlp(post_attention_"
+    "layernorm(h)); logits = lm_head(norm(h)). No embedding, residual or logits scaling.",
+    "Attention: GQA, query head h reads kv head h // (num_attention_heads / num_key_value_heads) "
+    "(repeat_kv: each kv head serves consecutive query heads); q/k/v projections viewed "
+    "[T, heads, head_dim] head-major; scores = q.k * head_dim^-0.5 (the full head_dim), causal "
+    "mask, softmax in f32; o_proj input [T, heads * head_dim], head-major.",
+    "Routed experts in transformers are fused (gate_up_proj [E, 2f, d], gate the first f rows; "
+    "down_proj [E, d, f]); the checkpoint stores them per expert: mlp.experts.N.gate_proj.weight "
+    "[f, d], up_proj.weight [f, d], down_proj.weight [d, f] (the qwen2_moe weight conversion, "
+    "applied in reverse by save_pretrained). Expert e: y = down_e(silu(gate_e x) * up_e x); block "
+    "output = sum_j w_j * y_{e_j} + shared_experts(x).",
+    "Shared experts: a single SwiGLU MLP (mlp.shared_experts.{gate,up,down}_proj) of width "
+    "moe_intermediate_size * number of shared experts, added unweighted (no shared-expert gate, "
+    "no sigmoid).",
+    "The router weight (mlp.gate.weight [E, d]) and the correction bias are f32 in transformers "
+    "even in a bf16 model (_keep_in_fp32_modules_strict = [gate.weight, e_score_correction_bias]): "
+    "router logits = x.float() @ gate.weight.float().T, all routing in f32.",
+]
+GE_NOTES = {
+    "glm4_moe": GE_NOTES_COMMON + [
+        "head_dim comes from config.head_dim (24 here, != hidden_size / num_attention_heads = 16; "
+        "GLM-4.5(-Air) have head_dim 128 with 96 heads, 96 * 128 != hidden_size). q_proj [H * "
+        "head_dim, d], k_proj / v_proj [KV * head_dim, d], all three with biases when "
+        "attention_bias (true here and in GLM-4.5); o_proj [d, H * head_dim] never has a bias.",
+        "use_qk_norm (true here, as GLM-4.5; GLM-4.5-Air has false): q_norm / k_norm are RMSNorms "
+        "with weight [head_dim], applied PER HEAD over the whole head_dim (rotary and pass-through "
+        "dims alike), after the projection bias and BEFORE RoPE. v is not normed.",
+        "RoPE (partial): rotary_dim = int(head_dim * partial_rotary_factor) (12 here; GLM-4.5: 64 of "
+        "128); inv_freq[i] = rope_theta^(-2i / rotary_dim), i < rotary_dim / 2 (the exponent's "
+        "denominator is rotary_dim, not head_dim). The FIRST rotary_dim dims of each q and k head "
+        "rotate, the remaining head_dim - rotary_dim pass unchanged. Rotation by HALVES "
+        "(rotate_half, NeoX style) within those rotary_dim dims: dims i and i + rotary_dim/2 form "
+        "a pair, (a, b) -> (a cos - b sin, b cos + a sin) with angle pos * inv_freq[i]; "
+        "attention_scaling 1; positions 0-based. rope_theta and partial_rotary_factor live in "
+        "config.json's rope_parameters (rope_type default).",
+        "Layers 0 .. first_k_dense_replace - 1 are dense: down(silu(gate_proj x) * up_proj x) of "
+        "intermediate_size, no biases; every later layer is MoE (no interval).",
+        "Routing (noaux_tc, as DeepSeek-V3): scores = sigmoid(logits); choice = scores + "
+        "e_score_correction_bias; group score = sum of the 2 largest choice values in each of "
+        "n_group consecutive groups of E / n_group experts; the topk_group best groups kept, the "
+        "other experts' choice set to -inf (always run; trivial when n_group = 1 as in GLM-4.5); "
+        "top-k experts by choice (transformers: topk sorted=False); weights = the UNBIASED sigmoid "
+        "scores of those experts, divided by (their sum + 1e-20) when norm_topk_prob, then always "
+        "* routed_scaling_factor.",
+        "e_score_correction_bias is a persistent f32 buffer: mlp.gate.e_score_correction_bias [E] "
+        "in the checkpoint (f32 here while the rest is bf16, and mlp.gate.weight f32 too).",
+        "num_nextn_predict_layers (num_mtp_layers) is 0 here; the real checkpoints have 1 MTP "
+        "layer stored as model.layers.<num_hidden_layers>.* (46 for Air, 92 for GLM-4.5) that "
+        "transformers ignores on load (_keys_to_ignore_on_load_unexpected) and never runs.",
+    ],
+    "ernie4_5_moe": GE_NOTES_COMMON + [
+        "head_dim = hidden_size / num_attention_heads (the config has no head_dim; transformers "
+        "reads getattr(config, 'head_dim', hidden / heads)). q/k/v/o projections, the dense and "
+        "shared MLPs and lm_head have biases only when use_bias (false here and in "
+        "ERNIE-4.5-21B-A3B). No q/k norm.",
+        "RoPE over the whole head_dim, INTERLEAVED pairs: dims (2i, 2i+1) rotate by angle pos * "
+        "inv_freq[i], inv_freq[i] = rope_theta^(-2i / head_dim): (a, b) -> (a cos - b sin, "
+        "b cos + a sin) (transformers builds cos/sin by halves and repeat_interleaves the first "
+        "half; rotate_half takes (-x[1::2], x[0::2]) interleaved). Computed in f32 (q and k "
+        "upcast, cast back afterwards). rope_theta 500000 (the class default, written into "
+        "rope_parameters).",
+        "Layer i is MoE iff (i + 1) % moe_layer_interval == 0 and moe_layer_start_index <= i <= "
+        "moe_layer_end_index (-1 means num_hidden_layers - 1; __post_init__ resolves it, so "
+        "config.json holds the resolved value); every other layer is a dense SwiGLU MLP of "
+        "intermediate_size. Here start 1, end 2, interval 1: layers 0 and 3 dense, 1 and 2 MoE.",
+        "Routing: probs = softmax(logits) over all experts (f32); choice = probs + "
+        "moe_statics.e_score_correction_bias (shape [1, E], squeezed); top-k experts by choice "
+        "(topk sorted: descending choice); weights = the UNBIASED softmax probabilities of those "
+        "experts divided by max(their sum, moe_norm_min) (clamp(min=1e-12); always renormalized, "
+        "there is no norm_topk_prob switch); no routed scaling factor, no group limit.",
+        "The correction bias is a frozen f32 nn.Parameter of shape [1, E]; the checkpoint names it "
+        "model.layers.N.mlp.moe_statics.e_score_correction_bias (transformers renames it to "
+        "mlp.gate.moe_statics.e_score_correction_bias on load and back on save).",
+        "tie_word_embeddings true (as ERNIE-4.5-21B-A3B): lm_head.weight IS "
+        "model.embed_tokens.weight, and model.safetensors has no lm_head.weight.",
+    ],
+}
+# GLM's correction bias is a buffer (randomize() does not reach it); ERNIE's is a parameter
+# (ERNIE_STD above).
+GLM_BUFFER_STD = {"e_score_correction_bias": 0.15}
+
+
+def ge_sparse(cfg, family, i):
+    """Whether layer i is MoE (see GE_NOTES)."""
+    if family == "glm4_moe":
+        return i >= cfg.first_k_dense_replace
+    return ((i + 1) % cfg.moe_layer_interval == 0
+            and cfg.moe_layer_start_index <= i <= cfg.moe_layer_end_index)
+
+
+def ge_head_dim(cfg):
+    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+
+def ge_rope(cfg, family):
+    """(inv_freq, rotary_dim) written from GE_NOTES."""
+    head_dim = ge_head_dim(cfg)
+    rot = int(head_dim * cfg.rope_parameters.get("partial_rotary_factor", 1.0)) \
+        if family == "glm4_moe" else head_dim
+    theta = cfg.rope_parameters["rope_theta"]
+    inv_freq = 1.0 / (theta ** (torch.arange(0, rot, 2, dtype=torch.float32) / rot))
+    return inv_freq, rot
+
+
+def ge_linear(lin, x):
+    y = x @ lin.weight.T
+    return y if lin.bias is None else y + lin.bias
+
+
+def ge_attention(attn, cfg, family, x):
+    """The attention sublayer by hand for one sequence x [T, d] at positions 0..T-1."""
+    t_len, heads, kv_heads = x.shape[0], cfg.num_attention_heads, cfg.num_key_value_heads
+    hd = ge_head_dim(cfg)
+    q = ge_linear(attn.q_proj, x).view(t_len, heads, hd)
+    k = ge_linear(attn.k_proj, x).view(t_len, kv_heads, hd)
+    v = ge_linear(attn.v_proj, x).view(t_len, kv_heads, hd)
+    if family == "glm4_moe" and cfg.use_qk_norm:
+        q = deepseek_rms(q, attn.q_norm.weight, cfg.rms_norm_eps)
+        k = deepseek_rms(k, attn.k_norm.weight, cfg.rms_norm_eps)
+    inv_freq, rot = ge_rope(cfg, family)
+    ang = torch.arange(t_len, dtype=torch.float32)[:, None] * inv_freq[None, :]
+    cos, sin = ang.cos()[:, None, :], ang.sin()[:, None, :]
+
+    def rotate(z):
+        out = z.clone()
+        if family == "glm4_moe":  # halves of the first rot dims
+            a, b = z[..., : rot // 2], z[..., rot // 2: rot]
+            out[..., : rot // 2], out[..., rot // 2: rot] = a * cos - b * sin, b * cos + a * sin
+        else:  # interleaved pairs over the whole head
+            a, b = z[..., 0::2], z[..., 1::2]
+            out[..., 0::2], out[..., 1::2] = a * cos - b * sin, b * cos + a * sin
+        return out
+
+    q, k = rotate(q), rotate(k)
+    rep = heads // kv_heads
+    k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    scores = torch.einsum("ihd,jhd->hij", q, k) * hd ** -0.5
+    causal = torch.ones(t_len, t_len, dtype=torch.bool).tril()
+    probs = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+    out = torch.einsum("hij,jhd->ihd", probs, v).reshape(t_len, heads * hd)
+    return ge_linear(attn.o_proj, out)
+
+
+def ge_mlp(mlp, x):
+    """down(silu(gate x) * up x) with the biases the module has: dense layers, shared experts."""
+    act = torch.nn.functional.silu(ge_linear(mlp.gate_proj, x)) * ge_linear(mlp.up_proj, x)
+    return ge_linear(mlp.down_proj, act)
+
+
+def ge_route(gate, cfg, family, x, groups=True, bias=True):
+    """(router_logits, topk_ids, topk_weights) by hand, the ids in descending order of the choosing
+    score; groups=False / bias=False switch GLM's group limit / the correction bias off (only for
+    the statistics of what they change)."""
+    logits = x.float() @ gate.weight.float().T
+    tokens, k = x.shape[0], cfg.num_experts_per_tok
+    if family == "glm4_moe":
+        n_e = cfg.n_routed_experts
+        scores = torch.sigmoid(logits)
+        choice = scores + gate.e_score_correction_bias if bias else scores
+        if groups:
+            per = n_e // cfg.n_group
+            group = choice.view(tokens, cfg.n_group, per).topk(2, dim=-1).values.sum(dim=-1)
+            kept = torch.topk(group, cfg.topk_group, dim=-1).indices
+            mask = torch.zeros_like(group, dtype=torch.bool).scatter(1, kept, True)
+            choice = choice.masked_fill(~mask.repeat_interleave(per, dim=1), float("-inf"))
+        idx = torch.topk(choice, k, dim=-1, sorted=True).indices
+        weights = scores.gather(1, idx)
+        if cfg.norm_topk_prob:
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        return logits, idx, weights * cfg.routed_scaling_factor
+    probs = torch.softmax(logits, dim=-1)
+    choice = probs + gate.moe_statics.e_score_correction_bias[0] if bias else probs
+    idx = torch.topk(choice, k, dim=-1, sorted=True).indices
+    weights = probs.gather(1, idx)
+    return logits, idx, weights / weights.sum(dim=-1, keepdim=True).clamp(min=cfg.moe_norm_min)
+
+
+def ge_experts(block, x, idx, weights):
+    """(routed, shared) outputs of the MoE block by hand (experts without biases)."""
+    experts, f = block.experts, block.experts.intermediate_dim
+    routed = torch.zeros_like(x)
+    for t in range(x.shape[0]):
+        for j in range(idx.shape[1]):
+            e = int(idx[t, j])
+            gate_up = experts.gate_up_proj[e] @ x[t]
+            act = torch.nn.functional.silu(gate_up[:f]) * gate_up[f:]
+            routed[t] += weights[t, j] * (experts.down_proj[e] @ act)
+    return routed, ge_mlp(block.shared_experts, x)
+
+
+def ge_check_router(block, cfg, family, x, layer):
+    """Our routing against transformers' router: equal ids (as sets for GLM, whose topk is
+    unsorted; in order for ERNIE) and weights."""
+    logits, idx, weights = ge_route(block.gate, cfg, family, x)
+    hf_logits, hf_weights, hf_idx = block.gate(x)
+    assert torch.allclose(hf_logits, logits, atol=1e-5), f"{family}: layer {layer} router logits"
+    if family == "glm4_moe":
+        a_idx, a_w = deepseek_sorted(idx, weights)
+        b_idx, b_w = deepseek_sorted(hf_idx, hf_weights)
+    else:
+        a_idx, a_w, b_idx, b_w = idx, weights, hf_idx, hf_weights
+    assert torch.equal(a_idx, b_idx), f"{family}: layer {layer} routing replica disagrees with HF"
+    assert torch.allclose(a_w, b_w, atol=1e-6), f"{family}: layer {layer} weights replica disagrees"
+    return logits, idx, weights
+
+
+def ge_check(model, family, cfg, ids):
+    """Checks every layer's attention, dense MLP and MoE block against the replicas above; returns
+    the routing statistics over the sparse layers (tokens whose choice the correction bias, and
+    for GLM the group limit, changed)."""
+    seen = deepseek_capture_layers(model, ids)
+    inv_freq, rot = ge_rope(cfg, family)
+    rotary = model.model.rotary_emb
+    assert torch.allclose(rotary.inv_freq, inv_freq, rtol=1e-6), (rotary.inv_freq, inv_freq)
+    assert rotary.attention_scaling == 1.0
+    stats = {"tokens": 0, "bias_changed": 0}
+    if family == "glm4_moe":
+        stats["group_limit_changed"] = 0
+    with torch.no_grad():
+        for i, layer in enumerate(model.model.layers):
+            attn = layer.self_attn
+            assert attn.head_dim == ge_head_dim(cfg) and abs(attn.scaling - ge_head_dim(cfg) ** -0.5) < 1e-12
+            want = ge_attention(attn, cfg, family, seen[("attn_in", i)])
+            assert torch.allclose(want, seen[("attn_out", i)], rtol=1e-4, atol=1e-4), \
+                f"{family}: layer {i} attention replica disagrees"
+            x, y = seen[("mlp_in", i)], seen[("mlp_out", i)]
+            sparse = ge_sparse(cfg, family, i)
+            assert sparse == hasattr(layer.mlp, "experts"), f"{family}: layer {i} kind"
+            if not sparse:
+                assert layer.mlp.gate_proj.weight.shape[0] == cfg.intermediate_size
+                assert torch.allclose(ge_mlp(layer.mlp, x), y, rtol=1e-5, atol=1e-4), \
+                    f"{family}: layer {i} dense MLP"
+                continue
+            block = layer.mlp
+            _, idx, weights = ge_check_router(block, cfg, family, x, i)
+            routed, shared = ge_experts(block, x, idx, weights)
+            assert torch.allclose(routed + shared, y, rtol=1e-5, atol=1e-4), \
+                f"{family}: layer {i} block replica disagrees"
+            stats["tokens"] += x.shape[0]
+            unbiased = ge_route(block.gate, cfg, family, x, bias=False)[1]
+            stats["bias_changed"] += int((unbiased.sort(-1).values != idx.sort(-1).values).any(-1).sum())
+            if family == "glm4_moe":
+                plain = ge_route(block.gate, cfg, family, x, groups=False)[1]
+                stats["group_limit_changed"] += int(
+                    (plain.sort(-1).values != idx.sort(-1).values).any(-1).sum())
+    return stats
+
+
+def ge_bias_name(family):
+    return {"glm4_moe": "gate.e_score_correction_bias",
+            "ernie4_5_moe": "moe_statics.e_score_correction_bias"}[family]
+
+
+def ge_check_checkpoint(family, out, model, cfg):
+    """model.safetensors holds the experts per expert, the router weight and correction bias f32
+    (GLM: bf16 elsewhere), no lm_head when tied, and nothing else unexpected."""
+    tensors = load_file(os.path.join(out, "model.safetensors"))
+    f = cfg.moe_intermediate_size
+    names = set()
+    for i, layer in enumerate(model.model.layers):
+        pre = f"model.layers.{i}.mlp."
+        if not ge_sparse(cfg, family, i):
+            names |= {f"{pre}{n}_proj.weight" for n in ("gate", "up", "down")}
+            continue
+        for e in range(layer.mlp.experts.num_experts):
+            gate_up = layer.mlp.experts.gate_up_proj[e]
+            for name, want in (("gate_proj", gate_up[:f]), ("up_proj", gate_up[f:]),
+                               ("down_proj", layer.mlp.experts.down_proj[e])):
+                got = tensors[f"{pre}experts.{e}.{name}.weight"]
+                names.add(f"{pre}experts.{e}.{name}.weight")
+                assert got.shape == want.shape and torch.equal(got.float(), want), (family, i, e, name)
+        names |= {f"{pre}shared_experts.{n}_proj.weight" for n in ("gate", "up", "down")}
+        bias = tensors[pre + ge_bias_name(family)]
+        gate = tensors[f"{pre}gate.weight"]
+        names |= {pre + ge_bias_name(family), f"{pre}gate.weight"}
+        want_bias = layer.mlp.gate.e_score_correction_bias if family == "glm4_moe" \
+            else layer.mlp.gate.moe_statics.e_score_correction_bias
+        assert bias.dtype == torch.float32 and torch.equal(bias, want_bias), (family, i, "bias")
+        assert gate.dtype == torch.float32 and torch.equal(gate, layer.mlp.gate.weight), (family, i, "gate")
+    for n, t in tensors.items():
+        if "self_attn" in n or "layernorm" in n or n in ("model.norm.weight", "model.embed_tokens.weight",
+                                                        "lm_head.weight"):
+            names.add(n)
+        want_dtype = torch.float32 if (n.endswith(("gate.weight", "e_score_correction_bias"))
+                                       or SAVE_DTYPE.get(family) is None) else SAVE_DTYPE[family]
+        assert t.dtype == want_dtype, (family, n, t.dtype)
+    assert set(tensors) == names, set(tensors) ^ names
+    assert ("lm_head.weight" in tensors) == (not cfg.tie_word_embeddings)
+
+
+def ge_expected(model, family, cfg, ids):
+    """expected.json's GLM / ERNIE extras."""
+    inv_freq, rot = ge_rope(cfg, family)
+    stats = ge_check(model, family, cfg, ids)
+    n = cfg.num_hidden_layers
+    sparse = [i for i in range(n) if ge_sparse(cfg, family, i)]
+    return {
+        "head_dim": ge_head_dim(cfg),
+        "rope": {
+            "theta": cfg.rope_parameters["rope_theta"], "rotary_dim": rot,
+            "style": {"glm4_moe": "halves (rotate_half) over the first rotary_dim dims of each head",
+                      "ernie4_5_moe": "interleaved pairs (2i, 2i+1) over the whole head"}[family],
+            "inv_freq": [float(v) for v in inv_freq],
+        },
+        "dense_layers": [i for i in range(n) if i not in sparse],
+        "moe_layers": sparse,
+        "moe_layer": sparse[0],
+        "routing_stats": stats,
+        "save_dtype": {"glm4_moe": "bf16, mlp.gate.weight and e_score_correction_bias f32",
+                       "ernie4_5_moe": "f32"}[family],
+        "notes": GE_NOTES[family],
+    }
+
+
+def capture_ge_moe(model, family, cfg, ids):
+    """The first sparse layer's MoE block: input, router logits, routing (ids in descending order
+    of the choosing score, weights as applied, GLM's including routed_scaling_factor), the block
+    output (routed + shared experts) and its two parts."""
+    layer = next(i for i in range(cfg.num_hidden_layers) if ge_sparse(cfg, family, i))
+    seen = deepseek_capture_layers(model, ids)
+    x, y = seen[("mlp_in", layer)], seen[("mlp_out", layer)]
+    block = model.model.layers[layer].mlp
+    with torch.no_grad():
+        logits, idx, weights = ge_check_router(block, cfg, family, x, layer)
+        routed, shared = ge_experts(block, x, idx, weights)
+    assert torch.allclose(routed + shared, y, rtol=1e-5, atol=1e-4), f"{family}: block output"
+    return layer, {
+        "hidden": x.contiguous(),
+        "router_logits": logits.contiguous(),
+        "topk_ids": idx.to(torch.int32).contiguous(),
+        "topk_weights": weights.contiguous(),
+        "output": y.contiguous(),
+        "routed_output": routed.contiguous(),
+        "shared_output": shared.contiguous(),
+    }
+
+
+# Families whose seed must also give this many distinct greedy tokens (not a repetition loop).
+MIN_DISTINCT = {"glm4_moe": 12, "ernie4_5_moe": 12}
+
+
 def build(family, cfg, tokenizer):
     prompt_ids = tokenizer.encode(PROMPT).ids
     for seed in range(100):
@@ -859,14 +1269,21 @@ def build(family, cfg, tokenizer):
         randomize(model, 1000 + seed, RANDOM_STD.get(family))
         if family.startswith("deepseek"):
             randomize_buffers(model, 2000 + seed, DEEPSEEK_BUFFER_STD)
+        if family == "glm4_moe":
+            randomize_buffers(model, 2000 + seed, GLM_BUFFER_STD)
+        if family == "ernie4_5_moe":
+            for layer in model.model.layers:
+                if hasattr(layer.mlp, "gate"):
+                    assert layer.mlp.gate.moe_statics.e_score_correction_bias.abs().min() > 0
         if family in SAVE_DTYPE:  # round the weights the way the checkpoint stores them
             model = cast(model, family, SAVE_DTYPE[family]).to(torch.float32)
         if family in MXFP4:
             model.mxfp4_packed = mxfp4_roundtrip(model)
         ids, margin = greedy(model, prompt_ids)
-        if margin >= MIN_MARGIN:
+        if margin >= MIN_MARGIN and len(set(ids)) >= MIN_DISTINCT.get(family, 0):
             return model, seed, prompt_ids, ids, margin
-    raise SystemExit(f"{family}: no seed with a greedy margin of {MIN_MARGIN}")
+    raise SystemExit(f"{family}: no seed with a greedy margin of {MIN_MARGIN}"
+                     f" and {MIN_DISTINCT.get(family, 0)} distinct greedy tokens")
 
 
 def main():
@@ -884,14 +1301,16 @@ def main():
         save = cast(model, family, SAVE_DTYPE.get(family, torch.float32))
         save.save_pretrained(out)
         model = save.to(torch.float32)
-        if family.startswith(("gpt_oss", "deepseek")):
+        if family.startswith(("gpt_oss", "deepseek")) or family in GE_NOTES:
             packed = getattr(model, "mxfp4_packed", {})
             if packed:
                 write_mxfp4_checkpoint(out, packed)
             if family.startswith("deepseek"):
                 deepseek_check_checkpoint(family, out, model, cfg)
+            if family in GE_NOTES:
+                ge_check_checkpoint(family, out, model, cfg)
             loaded = reload_checked(family, out, model, packed)
-            if family.startswith("deepseek"):
+            if family.startswith("deepseek") or family in GE_NOTES:
                 deepseek_check_buffers(family, loaded, model)
             model = loaded
             again, margin = greedy(model, prompt_ids)
@@ -920,10 +1339,17 @@ def main():
             expected.update(deepseek_expected(model, family, cfg, prompt_ids))
             moe_layer = cfg.first_k_dense_replace
             print(f"{family}: routing on the prompt, sparse layers: {expected['routing_stats']}")
+        if family in GE_NOTES:
+            expected.update(ge_expected(model, family, cfg, prompt_ids))
+            moe_layer = expected["moe_layer"]
+            print(f"{family}: routing on the prompt, sparse layers: {expected['routing_stats']}")
         with open(os.path.join(out, "expected.json"), "w") as f:
             json.dump(expected, f)
         if family.startswith("deepseek"):
             moe = capture_deepseek_moe(model, family, cfg, prompt_ids)
+        elif family in GE_NOTES:
+            layer, moe = capture_ge_moe(model, family, cfg, prompt_ids)
+            assert layer == moe_layer
         else:
             moe = capture_moe(model, family, cfg, prompt_ids)
         save_file(moe, os.path.join(OUT_MOE, f"{family}.safetensors"), metadata={
