@@ -17,6 +17,24 @@ Metadata adds sliding_window, expert_feed_forward_length and the YaRN rope.scali
 keys. llama.cpp's own converter writes experts from an MXFP4 checkpoint the same way
 and, by default (--outtype auto), the other matrices as bf16: --type bf16 here.
 
+DeepSeek-V2 / V3 (`deepseek2`, llama.cpp's DeepseekV2Model, which takes both): MLA written
+as MQA over the latent (head_count_kv 1, key_length kv_lora_rank + qk_rope_head_dim,
+value_length kv_lora_rank, key_length_mla / value_length_mla the per-head qk / v dims,
+rope.dimension_count qk_rope_head_dim; no q/k permutation: deepseek2 ropes interleaved
+pairs as the checkpoints do). q_proj -> attn_q, or q_a_proj / q_a_layernorm / q_b_proj ->
+attn_q_a / attn_q_a_norm / attn_q_b; kv_a_proj_with_mqa -> attn_kv_a_mqa, kv_a_layernorm
+-> attn_kv_a_norm; kv_b_proj [H * (nope + v), kv_lora] is split per head into attn_k_b
+[H, kv_lora, nope] (k rows transposed) and attn_v_b [H, v, kv_lora] (no attn_kv_b);
+the first first_k_dense_replace layers dense ffn_{gate,up,down}, the rest ffn_gate_inp,
+exp_probs_b.bias (e_score_correction_bias), stacked ffn_*_exps and ffn_*_shexp (all
+n_shared_experts as one MLP). Metadata adds leading_dense_block_count, q_lora_rank (when
+set), kv_lora_rank, expert_shared_count, expert_weights_scale (routed_scaling_factor),
+expert_weights_norm (only when true), expert_group_count / expert_group_used_count
+(n_group / topk_group) and rope.scaling.yarn_log_multiplier = 0.1 * mscale_all_dim. One
+key llama.cpp's converter would not write for a transformers 5 V3 config (which has no
+scoring_func): expert_gating_func 2 (sigmoid), without which llama.cpp gates with a softmax.
+Warnings name where llama.cpp runs the file otherwise than transformers runs the checkpoint.
+
     pip install gguf numpy
     python3 scripts/hf_to_gguf.py MODEL_DIR OUT.gguf [--type f32|f16|bf16|q8_0|q4_0|mxfp4]
 
@@ -32,10 +50,12 @@ import pathlib
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
-from gguf import GGUFWriter, RopeScalingType, quants
+from gguf import GGUFWriter, Keys, RopeScalingType, quants
 
 ARCH = {"mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "olmoe": "olmoe",
-        "granitemoe": "granitemoe", "gpt_oss": "gpt-oss"}
+        "granitemoe": "granitemoe", "gpt_oss": "gpt-oss", "deepseek_v2": "deepseek2", "deepseek_v3": "deepseek2"}
+# llama.cpp's ExpertGatingFuncType
+GATING = {"softmax": 1, "sigmoid": 2, "sqrtsoftplus": 4}
 
 
 def load_tensors(d):
@@ -82,6 +102,115 @@ def mxfp4_repack(blocks, scales):
     return raw.reshape(*blocks.shape[:2], -1)
 
 
+def deepseek_checks(c, rope):
+    """Refuses what llama.cpp's deepseek2 cannot say; warns where llama.cpp reads the file
+    otherwise than transformers runs the checkpoint (the file is written as llama.cpp's
+    converter writes it all the same)."""
+    import math
+    import sys
+
+    def warn(msg):
+        print(f"warning: {msg}", file=sys.stderr)
+
+    if c["model_type"] == "deepseek_v3" and c.get("rope_interleave") is False:
+        raise SystemExit("deepseek_v3 with rope_interleave false: llama.cpp's deepseek2 ropes interleaved "
+                         "pairs and its converter does not permute the rope rows")
+    factor = rope.get("factor") or 1.0
+    if rope.get("rope_type", rope.get("type")) == "yarn" and factor > 1.0:
+        def g(m):
+            return 0.1 * m * math.log(factor) + 1.0
+        mscale, msad = rope.get("mscale"), rope.get("mscale_all_dim")
+        # transformers: cos/sin * g(mscale) / g(mscale_all_dim), softmax scale * g(mscale_all_dim)^2;
+        # llama.cpp (llama-context.cpp, models/deepseek2.cpp), which only gets
+        # yarn_log_multiplier = 0.1 * mscale_all_dim: mscale taken as mscale_all_dim
+        # (1 when that is 1), so cos/sin * 1 and softmax scale * g(mscale_all_dim)^2; without
+        # the key, cos/sin * g(1) and softmax scale * g(1)^2
+        hf = (g(mscale) / g(msad) if mscale and msad else g(1.0), g(msad) ** 2 if msad else 1.0)
+        lc = (1.0, g(msad) ** 2) if msad else (g(1.0), g(1.0) ** 2)
+        if any(abs(x - y) > 1e-9 for x, y in zip(hf, lc)):
+            warn(f"YaRN mscale {mscale} / mscale_all_dim {msad}: transformers multiplies cos/sin by "
+                 f"{hf[0]:.6f} and the softmax scale by {hf[1]:.6f}, llama.cpp by {lc[0]:.6f} and {lc[1]:.6f}")
+    if c["model_type"] == "deepseek_v2":
+        if (c.get("n_group") or 1) > 1:
+            if c.get("topk_method") == "group_limited_greedy":
+                warn("group_limited_greedy: transformers scores a group by its best expert, llama.cpp "
+                     "(build_moe_ffn) by the sum of its best two")
+            else:
+                warn(f"topk_method {c.get('topk_method')} with n_group {c['n_group']}: llama.cpp limits "
+                     "the choice to expert groups, transformers does not")
+        if c.get("norm_topk_prob"):
+            warn("norm_topk_prob: llama.cpp renormalizes the chosen weights, transformers' V2 does not")
+    if c.get("q_lora_rank") is None and c["num_hidden_layers"] not in (26, 27, 48):
+        warn("no q_lora_rank: llama.cpp's deepseek2 loader requires attention.q_lora_rank unless it "
+             "takes the model for a lite one (26 or 27 layers, or 48 with a 128256 vocabulary); its "
+             "converter writes none, so llama.cpp refuses this file (webmoe reads attn_q instead)")
+
+
+def add_deepseek_metadata(w, c, rope, mt):
+    """DeepseekV2Model.set_gguf_parameters (V2 and V3 alike), after TextModel's keys."""
+    if c.get("n_group") is not None:
+        w.add_expert_group_count(c["n_group"])
+    if c.get("topk_group") is not None:
+        w.add_expert_group_used_count(c["topk_group"])
+    score = c.get("scoring_func")
+    if score is None and mt == "deepseek_v3":
+        # transformers' V3 always gates with a sigmoid and its configs no longer carry
+        # scoring_func (DeepSeek-V3's own config.json says "sigmoid"); without the key
+        # llama.cpp gates deepseek2 with a softmax, so write it (llama.cpp's converter
+        # would not, for this config)
+        score = "sigmoid"
+    if score is not None:
+        w.add_uint32(Keys.LLM.EXPERT_GATING_FUNC.format(arch=w.arch), GATING[score])
+    w.add_leading_dense_block_count(c.get("first_k_dense_replace") or 0)
+    if c.get("q_lora_rank") is not None:
+        w.add_q_lora_rank(c["q_lora_rank"])
+    w.add_kv_lora_rank(c["kv_lora_rank"])
+    w.add_key_length_mla(c["qk_nope_head_dim"] + c["qk_rope_head_dim"])
+    w.add_value_length_mla(c["v_head_dim"])
+    w.add_expert_shared_count(c.get("n_shared_experts", 0))
+    if c.get("routed_scaling_factor") is not None:
+        w.add_expert_weights_scale(c["routed_scaling_factor"])
+    if rope.get("mscale_all_dim") is not None:
+        # llama.cpp's converter writes 0.1 * mscale_all_dim and its loader divides by 0.1
+        w.add_rope_scaling_yarn_log_mul(0.1 * rope["mscale_all_dim"])
+
+
+def add_deepseek_layer(add, t, c, p, b, i):
+    """One DeepSeek-V2/V3 layer as DeepseekV2Model.modify_tensors writes it."""
+    a = p + "self_attn."  # attn_norm and ffn_norm: main()'s loop
+    if c.get("q_lora_rank") is None:
+        add(b + "attn_q.weight", t[a + "q_proj.weight"], "proj")
+    else:
+        add(b + "attn_q_a.weight", t[a + "q_a_proj.weight"], "proj")
+        add(b + "attn_q_a_norm.weight", t[a + "q_a_layernorm.weight"], "small")
+        add(b + "attn_q_b.weight", t[a + "q_b_proj.weight"], "proj")
+    add(b + "attn_kv_a_mqa.weight", t[a + "kv_a_proj_with_mqa.weight"], "proj")
+    add(b + "attn_kv_a_norm.weight", t[a + "kv_a_layernorm.weight"], "small")
+    # kv_b_proj [H * (nope + v), kv_lora] -> per head [nope + v, kv_lora]; the k rows
+    # transposed to attn_k_b [H, kv_lora, nope], the v rows kept as attn_v_b [H, v, kv_lora];
+    # no attn_kv_b
+    heads, nope, v = c["num_attention_heads"], c["qk_nope_head_dim"], c["v_head_dim"]
+    kvb = t[a + "kv_b_proj.weight"]
+    assert kvb.shape[0] == heads * (nope + v), kvb.shape
+    kvb = kvb.reshape(heads, nope + v, kvb.shape[-1])
+    add(b + "attn_k_b.weight", np.ascontiguousarray(kvb[:, :nope].transpose(0, 2, 1)), "proj")
+    add(b + "attn_v_b.weight", np.ascontiguousarray(kvb[:, nope:]), "proj")
+    add(b + "attn_output.weight", t[a + "o_proj.weight"], "proj")
+    m = p + "mlp."
+    if i < (c.get("first_k_dense_replace") or 0):
+        for gg in ["gate", "up", "down"]:
+            add(b + f"ffn_{gg}.weight", t[m + f"{gg}_proj.weight"], "proj")
+        return
+    add(b + "ffn_gate_inp.weight", t[m + "gate.weight"], "small")
+    if m + "gate.e_score_correction_bias" in t:
+        add(b + "exp_probs_b.bias", t[m + "gate.e_score_correction_bias"], "small")
+    for gg in ["gate", "up", "down"]:
+        add(b + f"ffn_{gg}_exps.weight",
+            np.stack([t[m + f"experts.{e}.{gg}_proj.weight"] for e in range(c["n_routed_experts"])]), "proj")
+    for gg in ["gate", "up", "down"]:
+        add(b + f"ffn_{gg}_shexp.weight", t[m + f"shared_experts.{gg}_proj.weight"], "proj")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model_dir", type=pathlib.Path)
@@ -99,6 +228,18 @@ def main():
     hd = c.get("head_dim") or d // heads
     rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
     experts = c.get("num_experts") or c.get("num_local_experts")
+    key_len = val_len = hd
+    rope_dim = int(hd * rope.get("partial_rotary_factor", c.get("partial_rotary_factor", 1.0)))
+    deepseek = mt in ("deepseek_v2", "deepseek_v3")
+    if deepseek:
+        deepseek_checks(c, rope)
+        # llama.cpp stores MLA as MQA over the latent: one kv head whose key is
+        # [latent (kv_lora_rank) | k_rope] and whose value is the latent
+        kv = 1
+        key_len = c["kv_lora_rank"] + c["qk_rope_head_dim"]
+        val_len = c["kv_lora_rank"]
+        rope_dim = c["qk_rope_head_dim"]
+        experts = c["n_routed_experts"]
     w.add_name(a.model_dir.name)
     w.add_context_length(c["max_position_embeddings"])
     w.add_embedding_length(d)
@@ -106,10 +247,10 @@ def main():
     w.add_feed_forward_length(c["intermediate_size"])
     w.add_head_count(heads)
     w.add_head_count_kv(kv)
-    w.add_key_length(hd)
-    w.add_value_length(hd)
+    w.add_key_length(key_len)
+    w.add_value_length(val_len)
     w.add_rope_freq_base(rope.get("rope_theta", c.get("rope_theta", 10000.0)))
-    w.add_rope_dimension_count(int(hd * rope.get("partial_rotary_factor", c.get("partial_rotary_factor", 1.0))))
+    w.add_rope_dimension_count(rope_dim)
     w.add_layer_norm_rms_eps(c["rms_norm_eps"])
     w.add_vocab_size(c["vocab_size"])
     w.add_expert_count(experts)
@@ -150,8 +291,10 @@ def main():
             w.add_array(f"{arch}.attention.sliding_window_pattern", swa)
     if c.get("shared_expert_intermediate_size"):
         w.add_expert_shared_feed_forward_length(c["shared_expert_intermediate_size"])
-    if "norm_topk_prob" in c:
+    if "norm_topk_prob" in c and (c["norm_topk_prob"] or not deepseek):  # DeepseekV2Model: only when true
         w.add_expert_weights_norm(bool(c["norm_topk_prob"]))
+    if deepseek:
+        add_deepseek_metadata(w, c, rope, mt)
     if c.get("clip_qkv"):
         w.add_clamp_kqv(c["clip_qkv"])
     if mt == "granitemoe":
@@ -218,6 +361,9 @@ def main():
         add(b + "attn_norm.weight", t[p + "input_layernorm.weight"], "small")
         post = "post_attention_norm" if mt == "gpt_oss" else "ffn_norm"
         add(b + f"{post}.weight", t[p + "post_attention_layernorm.weight"], "small")
+        if deepseek:
+            add_deepseek_layer(add, t, c, p, b, i)
+            continue
         q, k = t[p + "self_attn.q_proj.weight"], t[p + "self_attn.k_proj.weight"]
         if llama_style:
             q, k = permute(q, heads), permute(k, kv)
