@@ -16,7 +16,7 @@ use webmoe::model::session::Session;
 use webmoe::model::weights::FeedForwardWeights;
 use webmoe::{DType, GpuTensor, MoeLayer};
 
-const FAMILIES: [&str; 9] = [
+const FAMILIES: [&str; 11] = [
     "mixtral",
     "qwen2_moe",
     "qwen3_moe",
@@ -26,6 +26,8 @@ const FAMILIES: [&str; 9] = [
     "gpt_oss_mxfp4",
     "deepseek_v2",
     "deepseek_v3",
+    "glm4_moe",
+    "ernie4_5_moe",
 ];
 
 fn model_dir(family: &str) -> PathBuf {

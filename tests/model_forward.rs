@@ -94,11 +94,33 @@ fn tiny_config(family: Family) -> ModelConfig {
                 c.moe.routing.renormalize = true;
             }
         }
+        Family::Glm4Moe => {
+            c.qk_norm = QkNorm::PerHead;
+            c.attention_bias = true;
+            c.rotary_dim = 6;
+            c.sparse_layers = vec![false, true];
+            c.moe.shared_expert = Some(SharedExpertConfig { ffn: 20, gated: false });
+            c.moe.routing.scoring = Scoring::Sigmoid;
+            c.moe.routing.renormalize = true;
+            c.moe.routing.scaling = 2.5;
+            c.moe.routing.group_limit = Some(GroupLimit {
+                n_group: 2,
+                topk_group: 1,
+                score: GroupScore::TopTwoSum,
+            });
+        }
+        Family::Ernie45Moe => {
+            c.rope_interleaved = true;
+            c.tie_word_embeddings = true;
+            c.sparse_layers = vec![true, false];
+            c.moe.shared_expert = Some(SharedExpertConfig { ffn: 40, gated: false });
+            c.moe.routing.renormalize = true;
+        }
     }
     c
 }
 
-const FAMILIES: [Family; 8] = [
+const FAMILIES: [Family; 10] = [
     Family::Mixtral,
     Family::Qwen2Moe,
     Family::Qwen3Moe,
@@ -107,6 +129,8 @@ const FAMILIES: [Family; 8] = [
     Family::GptOss,
     Family::DeepseekV2,
     Family::DeepseekV3,
+    Family::Glm4Moe,
+    Family::Ernie45Moe,
 ];
 
 fn model(ctx: &GpuContext, family: Family, seed: u64) -> (ModelConfig, ModelWeights, Model) {

@@ -36,6 +36,8 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
     "GptOssForCausalLM",
     "DeepseekV2ForCausalLM",
     "DeepseekV3ForCausalLM",
+    "Glm4MoeForCausalLM",
+    "Ernie4_5_MoeForCausalLM",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +50,8 @@ pub enum Family {
     GptOss,
     DeepseekV2,
     DeepseekV3,
+    Glm4Moe,
+    Ernie45Moe,
 }
 
 /// Where q/k RMSNorms apply.
@@ -265,6 +269,14 @@ pub(crate) struct RawConfig {
     pub(crate) topk_group: Option<usize>,
     pub(crate) routed_scaling_factor: Option<f64>,
     pub(crate) norm_topk_prob: Option<bool>,
+    pub(crate) use_qk_norm: Option<bool>,
+    pub(crate) moe_num_experts: Option<usize>,
+    pub(crate) moe_k: Option<usize>,
+    pub(crate) moe_num_shared_experts: Option<usize>,
+    pub(crate) moe_layer_start_index: Option<i64>,
+    pub(crate) moe_layer_end_index: Option<i64>,
+    pub(crate) moe_layer_interval: Option<usize>,
+    pub(crate) use_bias: Option<bool>,
 }
 
 impl ModelConfig {
@@ -297,9 +309,11 @@ impl ModelConfig {
             "GptOssForCausalLM" => Family::GptOss,
             "DeepseekV2ForCausalLM" => Family::DeepseekV2,
             "DeepseekV3ForCausalLM" => Family::DeepseekV3,
+            "Glm4MoeForCausalLM" => Family::Glm4Moe,
+            "Ernie4_5_MoeForCausalLM" => Family::Ernie45Moe,
             other => {
                 return Err(Error::Unsupported(format!(
-                    "{source}: architecture `{other}` is not supported; supported: {} (GLM-4-MoE and ERNIE-4.5-MoE are planned)",
+                    "{source}: architecture `{other}` is not supported; supported: {}",
                     SUPPORTED_ARCHITECTURES.join(", ")
                 )))
             }
@@ -343,14 +357,20 @@ impl ModelConfig {
 
         // transformers 5 may save either name for any family (attribute_map).
         let num_experts = need(
-            raw.num_experts.or(raw.num_local_experts).or(raw.n_routed_experts),
-            "num_experts (or num_local_experts, n_routed_experts)",
+            raw.num_experts
+                .or(raw.num_local_experts)
+                .or(raw.n_routed_experts)
+                .or(raw.moe_num_experts),
+            "num_experts (or num_local_experts, n_routed_experts, moe_num_experts)",
         )?;
-        let top_k = need(raw.num_experts_per_tok, "num_experts_per_tok")?;
+        let top_k = need(raw.num_experts_per_tok.or(raw.moe_k), "num_experts_per_tok (or moe_k)")?;
         let expert_ffn = match family {
-            Family::Qwen2Moe | Family::Qwen3Moe | Family::DeepseekV2 | Family::DeepseekV3 => {
-                need(raw.moe_intermediate_size, "moe_intermediate_size")?
-            }
+            Family::Qwen2Moe
+            | Family::Qwen3Moe
+            | Family::DeepseekV2
+            | Family::DeepseekV3
+            | Family::Glm4Moe
+            | Family::Ernie45Moe => need(raw.moe_intermediate_size, "moe_intermediate_size")?,
             _ => intermediate_size,
         };
         let order = match family {
@@ -466,6 +486,8 @@ impl ModelConfig {
             Family::DeepseekV2 | Family::DeepseekV3 => {
                 crate::model::families::deepseek::configure(&raw, &rope, &mut config, source)?
             }
+            Family::Glm4Moe => crate::model::families::glm4_moe::configure(&raw, &mut config, source)?,
+            Family::Ernie45Moe => crate::model::families::ernie4_5_moe::configure(&raw, &mut config, source)?,
             _ => {}
         }
         Ok(config)

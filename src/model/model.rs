@@ -22,7 +22,7 @@ use crate::gpu::kernel::Recorder;
 use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::model::attention::{AttentionInputs, LayerAttention};
 use crate::model::config::{Family, ModelConfig};
-use crate::model::families::{deepseek, gpt_oss};
+use crate::model::families::{self, gpt_oss};
 use crate::model::names::{self, ExpertTensors};
 use crate::model::planner::{Planner, Role};
 use crate::model::safetensors_io::Checkpoint;
@@ -241,10 +241,9 @@ impl Planner<'_> {
             router: self.vector(&n.router, &[e, d])?,
             router_bias,
             expert_biases,
-            selection_bias: if deepseek::has_correction_bias(c) {
-                Some(self.vector(&deepseek::correction_bias_name(&names::layer(i)), &[e])?)
-            } else {
-                None
+            selection_bias: match families::selection_bias(c, &names::layer(i)) {
+                Some((name, shape)) => Some(self.vector(&name, &shape)?.reshaped(&[e])),
+                None => None,
             },
             gate,
             up,

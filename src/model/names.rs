@@ -74,7 +74,13 @@ pub fn moe(family: Family, i: usize, per_expert: bool) -> MoeNames {
             let names = gpt_oss::expert_names(&p);
             (names.router.clone(), ExpertTensors::GptOss(names))
         }
-        Family::Qwen2Moe | Family::Qwen3Moe | Family::Olmoe | Family::DeepseekV2 | Family::DeepseekV3 => (
+        Family::Qwen2Moe
+        | Family::Qwen3Moe
+        | Family::Olmoe
+        | Family::DeepseekV2
+        | Family::DeepseekV3
+        | Family::Glm4Moe
+        | Family::Ernie45Moe => (
             format!("{p}.mlp.gate.weight"),
             ExpertTensors::PerExpert {
                 prefix: format!("{p}.mlp.experts"),
@@ -86,7 +92,7 @@ pub fn moe(family: Family, i: usize, per_expert: bool) -> MoeNames {
     };
     // Qwen2-MoE has one `shared_expert`, DeepSeek `shared_experts` (fused into one MLP).
     let shared = match family {
-        Family::DeepseekV2 | Family::DeepseekV3 => "shared_experts",
+        Family::DeepseekV2 | Family::DeepseekV3 | Family::Glm4Moe | Family::Ernie45Moe => "shared_experts",
         _ => "shared_expert",
     };
     MoeNames {

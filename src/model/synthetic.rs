@@ -7,7 +7,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::model::config::{Family, ModelConfig, QkNorm};
-use crate::model::families::deepseek;
+use crate::model::families;
 use crate::model::load::{load_model, LoadOptions};
 use crate::model::model::Model;
 use crate::model::names::{self, ExpertTensors};
@@ -128,7 +128,7 @@ pub fn random_weights(c: &ModelConfig, seed: u64) -> ModelWeights {
             let moe = MoeWeights::random(
                 &c.moe,
                 seed.wrapping_add(1 + i as u64),
-                deepseek::has_correction_bias(c),
+                families::selection_bias(c, "").is_some(),
             );
             FeedForwardWeights::Moe(Box::new(if c.family == Family::GptOss {
                 moe.with_random_biases(&c.moe, seed.wrapping_add(100 + i as u64))
@@ -248,8 +248,8 @@ pub fn checkpoint_bytes(c: &ModelConfig, weights: &ModelWeights) -> Result<Vec<u
                 let (f, e) = (c.moe.expert_ffn, c.moe.num_experts());
                 let n = names::moe(c.family, i, c.per_expert_names);
                 tensors.push((n.router.clone(), vec![e, d], &moe.router));
-                if let Some(bias) = &moe.selection_bias {
-                    tensors.push((deepseek::correction_bias_name(&p), vec![e], bias));
+                if let (Some(bias), Some((name, shape))) = (&moe.selection_bias, families::selection_bias(c, &p)) {
+                    tensors.push((name, shape, bias));
                 }
                 match &n.experts {
                     ExpertTensors::PerExpert { prefix, gate, up, down } => {

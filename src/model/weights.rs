@@ -5,7 +5,7 @@
 
 use crate::error::Result;
 use crate::model::config::{Family, ModelConfig, QkNorm};
-use crate::model::families::{deepseek, gpt_oss};
+use crate::model::families::{self, gpt_oss};
 use crate::model::names::{self, ExpertTensors};
 use crate::model::safetensors_io::TensorStore;
 use crate::moe::{ExpertBiasWeights, MoeWeights, SharedExpertWeights};
@@ -283,10 +283,9 @@ fn load_moe(c: &ModelConfig, store: &TensorStore, layer: usize) -> Result<MoeWei
         router: store.get_f32(&n.router, &[e, d])?,
         router_bias,
         expert_biases,
-        selection_bias: if deepseek::has_correction_bias(c) {
-            Some(store.get_f32(&deepseek::correction_bias_name(&names::layer(layer)), &[e])?)
-        } else {
-            None
+        selection_bias: match families::selection_bias(c, &names::layer(layer)) {
+            Some((name, shape)) => Some(store.get_f32(&name, &shape)?),
+            None => None,
         },
         gate,
         up,

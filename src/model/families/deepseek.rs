@@ -134,13 +134,3 @@ pub(crate) fn configure(raw: &RawConfig, rope: &RopeParameters, config: &mut Mod
     config.moe.validate().map_err(|e| bad(e.to_string()))?;
     Ok(())
 }
-
-/// DeepSeek-V3's selection bias of layer `prefix`'s router (`[E]`, f32).
-pub fn correction_bias_name(layer_prefix: &str) -> String {
-    format!("{layer_prefix}.mlp.gate.e_score_correction_bias")
-}
-
-/// Whether the router of `config` has DeepSeek-V3's selection bias.
-pub fn has_correction_bias(config: &ModelConfig) -> bool {
-    config.family == Family::DeepseekV3 && config.moe.routing.scoring == Scoring::Sigmoid
-}
