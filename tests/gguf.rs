@@ -16,7 +16,15 @@ use webmoe::model::session::Session;
 use webmoe::model::tokenizer::Tokenizer;
 use webmoe::{ErrorKind, GpuContext, WeightFormat};
 
-const FAMILIES: [&str; 6] = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "gpt_oss"];
+const FAMILIES: [&str; 7] = [
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "olmoe",
+    "granitemoe",
+    "gpt_oss",
+    "deepseek_v3",
+];
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -329,4 +337,48 @@ fn llama_cpp_k_quant_file_matches_the_cpu_reference() {
         &want,
         1e-4,
     );
+}
+
+#[test]
+fn deepseek_v2_gguf_runs_as_llama_cpp_reads_it() {
+    // A deepseek2 file cannot say transformers' V2 `group_limited_greedy` (groups by
+    // their best expert) nor a RoPE mscale apart from mscale_all_dim: llama.cpp scores
+    // groups by their two best and puts no magnitude on cos/sin. The same checkpoint
+    // configured that way (`noaux_tc`, mscale = mscale_all_dim) gives the file's logits,
+    // and transformers run that way gives its greedy tokens.
+    let ctx = context();
+    let dir = std::env::temp_dir().join(format!("webmoe-deepseek-v2-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(fixtures().join("models/deepseek_v2")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["topk_method"] = "noaux_tc".into();
+    config["rope_parameters"]["mscale"] = config["rope_parameters"]["mscale_all_dim"].clone();
+    std::fs::write(&path, config.to_string()).unwrap();
+    let gguf = load(
+        &ctx,
+        fixtures().join("gguf/deepseek_v2-f32.gguf"),
+        LoadOptions::default(),
+    );
+    let hf = load(&ctx, dir.clone(), LoadOptions::default());
+    let exp: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("gguf/deepseek_v2-llama-cpp-semantics.json")).unwrap(),
+    )
+    .unwrap();
+    let prompt = u32s(&exp["prompt_ids"]);
+    assert_close(
+        "deepseek_v2 GGUF vs safetensors read as llama.cpp does",
+        &all_logits(&ctx, &gguf.model, &prompt),
+        &all_logits(&ctx, &hf.model, &prompt),
+        1e-5,
+    );
+    assert_eq!(
+        greedy_tokens(&ctx, &gguf.model, &prompt, 16, &[]),
+        u32s(&exp["greedy_ids"])
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -36,6 +36,16 @@ use crate::ops::rope::encode_rope;
 use crate::ops::TokenPositions;
 use crate::weights::WeightMatrix;
 
+/// Head-split forms of `kv_b_proj` as llama.cpp's converter writes them: W_UK^T
+/// `[H, L, nope]` (`attn_k_b`) and W_UV `[H, v, L]` (`attn_v_b`).
+pub fn absorbed_k_name(layer_prefix: &str) -> String {
+    format!("{layer_prefix}.self_attn.k_b_proj.weight")
+}
+
+pub fn absorbed_v_name(layer_prefix: &str) -> String {
+    format!("{layer_prefix}.self_attn.v_b_proj.weight")
+}
+
 /// One layer's attention.
 pub(crate) enum LayerAttention {
     Gqa(Box<Gqa>),
@@ -289,12 +299,47 @@ impl Mla {
                 b: p.matrix(&name("q_b_proj.weight"), heads * (nope + rope), r)?,
             },
         };
+        let (k_b, v_b) = (absorbed_k_name(&prefix), absorbed_v_name(&prefix));
         let kv_b = name("kv_b_proj.weight");
         let kv_b_shape = [heads * (nope + v), l];
+        let (absorb_k, absorb_v) = if p.checkpoint.contains(&k_b) {
+            // Already split per head (GGUF).
+            let k_shape = [heads, l, nope];
+            let v_shape = [heads, v, l];
+            (
+                p.stacked(Role::Projection, &k_b, heads, l, nope, &|h| {
+                    (k_b.clone(), k_shape.to_vec(), h * l)
+                })?,
+                p.stacked(Role::Projection, &v_b, heads, v, l, &|h| {
+                    (v_b.clone(), v_shape.to_vec(), h * v)
+                })?,
+            )
+        } else {
+            Self::split_kv_b(p, &prefix, &kv_b, kv_b_shape, (heads, nope, l, v))?
+        };
+        Ok(Self {
+            dims,
+            queries,
+            kv_a: p.matrix(&name("kv_a_proj_with_mqa.weight"), l + rope, d)?,
+            kv_a_norm: p.vector(&name("kv_a_layernorm.weight"), &[l])?,
+            absorb_k,
+            absorb_v,
+            o: p.matrix(&name("o_proj.weight"), d, heads * v)?,
+        })
+    }
+
+    /// W_UK^T and W_UV per head from `kv_b_proj` `[H (nope + v), L]`.
+    fn split_kv_b(
+        p: &mut Planner,
+        prefix: &str,
+        kv_b: &str,
+        kv_b_shape: [usize; 2],
+        (heads, nope, l, v): (usize, usize, usize, usize),
+    ) -> Result<(WeightMatrix, WeightMatrix)> {
         // Head h's rows of kv_b_proj: nope key rows, then v value rows, each L wide.
         let absorb_k = p.transposed(
             &format!("{prefix}.self_attn.absorb_k"),
-            &kv_b,
+            kv_b,
             &kv_b_shape,
             heads,
             l,
@@ -309,17 +354,9 @@ impl Mla {
             heads,
             v,
             l,
-            &|h| (kv_b.clone(), kv_b_shape.to_vec(), h * (nope + v) + nope),
+            &|h| (kv_b.to_string(), kv_b_shape.to_vec(), h * (nope + v) + nope),
         )?;
-        Ok(Self {
-            dims,
-            queries,
-            kv_a: p.matrix(&name("kv_a_proj_with_mqa.weight"), l + rope, d)?,
-            kv_a_norm: p.vector(&name("kv_a_layernorm.weight"), &[l])?,
-            absorb_k,
-            absorb_v,
-            o: p.matrix(&name("o_proj.weight"), d, heads * v)?,
-        })
+        Ok((absorb_k, absorb_v))
     }
 
     fn record(

@@ -1,7 +1,7 @@
 //! Hugging Face MoE checkpoints: config, tensor names, safetensors reading, the
 //! generic decoder on the GPU ([`model::Model`]), per-sequence state
 //! ([`session::Session`]) and generation.
-pub(crate) mod attention;
+pub mod attention;
 pub mod batch;
 pub mod config;
 pub mod families;

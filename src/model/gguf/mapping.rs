@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use super::file::{ggml_type, GgufFile, GgufTensor, MetaValue};
 use super::tokenizer::tokenizer_of;
 use crate::error::{Error, Result};
-use crate::model::config::{Family, ModelConfig, QkNorm};
+use crate::model::attention;
+use crate::model::config::{Family, MlaConfig, ModelConfig, QkNorm};
 use crate::model::families::gpt_oss;
 use crate::model::names::{self, ExpertTensors};
 use crate::model::safetensors_io::{ShardHeader, TensorInfo};
@@ -13,7 +14,7 @@ use crate::model::tokenizer::Tokenizer;
 use crate::moe::{MoeConfig, SharedExpertConfig};
 use crate::ops::expert_matmul::Activation;
 use crate::ops::rope::RopeScaling;
-use crate::ops::routing::{RoutingConfig, TopKOrder};
+use crate::ops::routing::{GroupLimit, GroupScore, RoutingConfig, Scoring, TopKOrder};
 
 /// The engine's view of GGUF files: config, checkpoint shards under decoder names, tokenizer.
 pub struct GgufModel {
@@ -104,6 +105,15 @@ fn decoder_tensors(t: &GgufTensor, c: &ModelConfig) -> Result<Vec<TensorInfo>> {
         "attn_norm.weight" => format!("{p}.input_layernorm.weight"),
         "ffn_norm.weight" | "post_attention_norm.weight" => format!("{p}.post_attention_layernorm.weight"),
         "attn_output.bias" => format!("{p}.self_attn.o_proj.bias"),
+        "attn_q_a.weight" => format!("{p}.self_attn.q_a_proj.weight"),
+        "attn_q_a_norm.weight" => format!("{p}.self_attn.q_a_layernorm.weight"),
+        "attn_q_b.weight" => format!("{p}.self_attn.q_b_proj.weight"),
+        "attn_kv_a_mqa.weight" => format!("{p}.self_attn.kv_a_proj_with_mqa.weight"),
+        "attn_kv_a_norm.weight" => format!("{p}.self_attn.kv_a_layernorm.weight"),
+        "attn_kv_b.weight" => format!("{p}.self_attn.kv_b_proj.weight"),
+        "attn_k_b.weight" => attention::absorbed_k_name(&p),
+        "attn_v_b.weight" => attention::absorbed_v_name(&p),
+        "exp_probs_b.bias" => format!("{p}.mlp.gate.e_score_correction_bias"),
         "attn_sinks.weight" => gpt_oss::sinks_name(&p),
         "ffn_gate_inp.bias" => gpt_oss::expert_names(&p).router_bias,
         "ffn_gate_exps.bias" => gpt_oss::split_bias_names(&p).0,
@@ -226,9 +236,12 @@ fn config_of(files: &[GgufFile], meta: &BTreeMap<String, MetaValue>, source: &st
         "olmoe" => Family::Olmoe,
         "granitemoe" => Family::GraniteMoe,
         "gpt-oss" => Family::GptOss,
+        // llama.cpp's gating function 2 is sigmoid: DeepSeek-V3's router.
+        "deepseek2" if m.usize("expert_gating_func")? == Some(2) => Family::DeepseekV3,
+        "deepseek2" => Family::DeepseekV2,
         other => {
             return Err(Error::Unsupported(format!(
-                "{source}: GGUF architecture `{other}` (webmoe reads llama with experts (Mixtral), qwen2moe, qwen3moe, olmoe, granitemoe and gpt-oss)"
+                "{source}: GGUF architecture `{other}` (webmoe reads llama with experts (Mixtral), qwen2moe, qwen3moe, olmoe, granitemoe, gpt-oss and deepseek2)"
             )))
         }
     };
@@ -310,7 +323,7 @@ fn config_of(files: &[GgufFile], meta: &BTreeMap<String, MetaValue>, source: &st
     } else {
         vec![None; num_layers]
     };
-    Ok(ModelConfig {
+    let mut config = ModelConfig {
         family,
         architecture: format!("{arch} (GGUF)"),
         vocab_size,
@@ -362,7 +375,96 @@ fn config_of(files: &[GgufFile], meta: &BTreeMap<String, MetaValue>, source: &st
         output_bias: has("attn_output.bias"),
         experts_mxfp4: false,
         mla: None,
-    })
+    };
+    if matches!(family, Family::DeepseekV2 | Family::DeepseekV3) {
+        deepseek2(&m, &mut config)?;
+    }
+    Ok(config)
+}
+
+/// llama.cpp's `deepseek2` as it runs it: MLA dims from `attention.kv_lora_rank`,
+/// `q_lora_rank` (absent or 0: `attn_q`), `key_length_mla` (nope + rope) and
+/// `value_length_mla`; RoPE on interleaved pairs; routing by `expert_gating_func`
+/// with groups scored by the sum of their two best whenever `expert_group_count` > 1,
+/// `expert_weights_norm` and `expert_weights_scale`; `expert_shared_count` ungated
+/// shared experts; YaRN's mscale from `rope.scaling.yarn_log_multiplier` (0.1 x
+/// mscale_all_dim): softmax scale mscale(f, m)^2 / sqrt(nope + rope), and no
+/// magnitude on cos/sin when the key is there (transformers' V2 with mscale !=
+/// mscale_all_dim, and its group_limited_greedy, cannot be written in GGUF).
+fn deepseek2(m: &Meta, c: &mut ModelConfig) -> Result<()> {
+    let rope = m.need("rope.dimension_count")?;
+    let key = m.need("attention.key_length_mla")?;
+    if rope == 0 || rope >= key || !rope.is_multiple_of(2) {
+        return Err(m.bad(
+            "attention.key_length_mla",
+            &format!("= {key} leaves no room for {rope} RoPE dims (rope.dimension_count)"),
+        ));
+    }
+    let mla = MlaConfig {
+        q_lora_rank: m.usize("attention.q_lora_rank")?.filter(|r| *r > 0),
+        kv_lora_rank: m.need("attention.kv_lora_rank")?,
+        qk_nope_head_dim: key - rope,
+        qk_rope_head_dim: rope,
+        v_head_dim: m.need("attention.value_length_mla")?,
+    };
+    c.mla = Some(mla);
+    c.head_dim = key;
+    c.rotary_dim = rope;
+    c.num_kv_heads = c.num_heads;
+    c.rope_interleaved = true;
+    let log_multiplier = m.f64("rope.scaling.yarn_log_multiplier");
+    let mut scale = (key as f32).powf(-0.5);
+    if let RopeScaling::Yarn {
+        factor,
+        attention_factor,
+        ..
+    } = &mut c.rope_scaling
+    {
+        let mscale = |all: f64| {
+            if *factor <= 1.0 {
+                1.0
+            } else {
+                0.1 * all * factor.ln() + 1.0
+            }
+        };
+        let all = log_multiplier.map_or(1.0, |l| l / 0.1);
+        scale *= (mscale(all) * mscale(all)) as f32;
+        if log_multiplier.is_some() {
+            *attention_factor = 1.0;
+        }
+    }
+    c.attention_scale = scale;
+    let shared = m.usize("expert_shared_count")?.unwrap_or(0);
+    c.moe.shared_expert = (shared > 0).then_some(SharedExpertConfig {
+        ffn: shared * c.moe.expert_ffn,
+        gated: false,
+    });
+    let routing = &mut c.moe.routing;
+    routing.scoring = match m.usize("expert_gating_func")? {
+        None | Some(1) => Scoring::Softmax,
+        Some(2) => Scoring::Sigmoid,
+        Some(other) => {
+            return Err(m.bad(
+                "expert_gating_func",
+                &format!("= {other} is not supported (1 softmax, 2 sigmoid)"),
+            ))
+        }
+    };
+    routing.order = TopKOrder::ScoreThenTopK;
+    let groups = m.usize("expert_group_count")?.unwrap_or(1);
+    routing.group_limit = (groups > 1).then_some(GroupLimit {
+        n_group: groups,
+        topk_group: m.usize("expert_group_used_count")?.unwrap_or(groups),
+        score: GroupScore::TopTwoSum,
+    });
+    routing.renormalize = matches!(m.get("expert_weights_norm"), Some(MetaValue::Bool(true)));
+    routing.scaling = match m.f64("expert_weights_scale") {
+        Some(s) if s != 0.0 => s as f32,
+        _ => 1.0,
+    };
+    c.moe
+        .validate()
+        .map_err(|e| Error::Config(format!("{}: {e}", m.source)))
 }
 
 /// RoPE scaling from `rope.scaling.*`. YaRN's attention factor is transformers'
