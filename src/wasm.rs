@@ -195,6 +195,7 @@ impl Engine {
             "vocab_size": c.vocab_size,
             "context": loaded.model.max_context,
             "weight_bytes": loaded.model.weight_bytes(),
+            "kv_bytes_per_position": loaded.model.kv_bytes_per_position(),
             "load_seconds": loaded.stats.seconds,
         })
         .to_string();

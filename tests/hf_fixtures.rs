@@ -234,3 +234,22 @@ fn cli_streams_text_from_a_prompt() {
         "{text}"
     );
 }
+
+#[test]
+fn cli_reports_the_kv_cache_bytes_per_position() {
+    // MLA: (kv_lora_rank + qk_rope_head_dim) x layers x 4 bytes; GQA: 2 x kv heads x
+    // head_dim x layers x 4.
+    for (family, expected) in [("deepseek_v3", (32 + 8) * 3 * 4), ("gpt_oss", 2 * 2 * 16 * 3 * 4)] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_webmoe"))
+            .args(["run", "--model", model_dir(family).to_str().unwrap()])
+            .args(["--prompt-ids", "1 2 3", "--max-tokens", "1", "--greedy"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(&format!("KV cache {expected} bytes per position")),
+            "{family}: {stderr}"
+        );
+    }
+}

@@ -261,6 +261,16 @@ fn quantized_at_load_matches_the_cpu_reference() {
 }
 
 #[test]
+fn gqa_caches_hold_keys_and_values_per_kv_head() {
+    let ctx = context();
+    let (config, _, model) = model(&ctx, Family::Qwen3Moe, 51);
+    let per_position = 2 * config.num_kv_heads * config.head_dim * config.num_layers * 4;
+    assert_eq!(model.kv_bytes_per_position(), per_position as u64);
+    let batch = webmoe::model::batch::Batch::new(&ctx, &model, 2, 16).unwrap();
+    assert_eq!(batch.cache_bytes_per_position(), per_position as u64);
+}
+
+#[test]
 fn mla_caches_hold_one_latent_and_one_rope_key_per_position() {
     let ctx = context();
     for family in [Family::DeepseekV2, Family::DeepseekV3] {
@@ -275,5 +285,6 @@ fn mla_caches_hold_one_latent_and_one_rope_key_per_position() {
         );
         let batch = webmoe::model::batch::Batch::new(&ctx, &model, 3, 16).unwrap();
         assert_eq!(batch.cache_bytes_per_position(), per_position as u64, "{family:?}");
+        assert_eq!(model.kv_bytes_per_position(), per_position as u64, "{family:?}");
     }
 }

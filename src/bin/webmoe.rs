@@ -249,11 +249,12 @@ fn load(ctx: &GpuContext, model: Option<&Path>, options: LoadOptions) -> webmoe:
     }?;
     let s = loaded.stats;
     eprintln!(
-        "loaded {:.2} GB in {:.1} s ({:.2} GB/s); {:.2} GB on the GPU",
+        "loaded {:.2} GB in {:.1} s ({:.2} GB/s); {:.2} GB on the GPU; KV cache {} bytes per position",
         s.bytes as f64 / 1e9,
         s.seconds,
         s.gb_per_second(),
-        loaded.model.weight_bytes() as f64 / 1e9
+        loaded.model.weight_bytes() as f64 / 1e9,
+        loaded.model.kv_bytes_per_position()
     );
     Ok(loaded)
 }

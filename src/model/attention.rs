@@ -84,6 +84,16 @@ impl LayerAttention {
         }
     }
 
+    /// Bytes its KV cache holds per position of one sequence (f32): keys and values
+    /// of every kv head, or MLA's latent and RoPE key.
+    pub(crate) fn cache_bytes_per_position(&self, c: &ModelConfig) -> u64 {
+        let elements = match self {
+            LayerAttention::Gqa(_) => 2 * c.num_kv_heads * c.head_dim,
+            LayerAttention::Mla(m) => m.dims.kv_lora_rank + m.dims.qk_rope_head_dim,
+        };
+        (elements * 4) as u64
+    }
+
     /// Bytes of GPU memory its weights take.
     pub(crate) fn weight_bytes(&self) -> u64 {
         let sum = |ms: &[&WeightMatrix]| ms.iter().map(|m| m.bytes()).sum::<u64>();

@@ -321,6 +321,14 @@ impl Model {
             .collect()
     }
 
+    /// Bytes the KV caches of all layers hold per position of one sequence.
+    pub fn kv_bytes_per_position(&self) -> u64 {
+        self.layers
+            .iter()
+            .map(|l| l.attention.cache_bytes_per_position(&self.config))
+            .sum()
+    }
+
     /// Number of MoE layers.
     pub fn moe_layers(&self) -> usize {
         self.config.sparse_layers.iter().filter(|s| **s).count()
