@@ -1,31 +1,20 @@
 //! `config.json` of a Hugging Face MoE checkpoint, parsed into one `ModelConfig`
-//! for the generic decoder. Family facts checked against transformers 5.23's
-//! configuration_*.py and modeling_*.py:
-//! - Mixtral: experts `num_local_experts`, ffn `intermediate_size`; router softmax ->
-//!   top-k -> renormalise (= top-k on logits then softmax); default rope theta 1e6.
-//! - Qwen2-MoE: `qkv_bias` (default true), shared expert of
-//!   `shared_expert_intermediate_size` gated by sigmoid; layer i is sparse when
-//!   i is not in `mlp_only_layers` and (i + 1) % `decoder_sparse_step` == 0.
-//! - Qwen3-MoE: per-head q/k RMSNorm over head_dim; `norm_topk_prob`; same sparse rule.
-//! - OLMoE: q/k RMSNorm over the whole projection, then `clip_qkv` clamps q, k, v.
-//! - GraniteMoE: `embedding_multiplier`, `residual_multiplier`, `attention_multiplier`
-//!   (the attention scale), `logits_scaling` (logits divided by it); router top-k on
-//!   logits then softmax.
-//! - gpt-oss and DeepSeek-V2/V3 read more fields, in their own modules
-//!   ([`crate::model::families`]).
+//! for the generic decoder: the fields every family shares are read here, with the
+//! defaults most families have; each family's module ([`crate::model::families`])
+//! then applies what it does differently. Shared facts (transformers 5.23/5.24):
 //! - head_dim = `head_dim` or hidden_size / num_attention_heads; rope theta from
 //!   `rope_parameters.rope_theta` (transformers 5) or `rope_theta`, partial rotary from
 //!   `partial_rotary_factor` in either place; RoPE scaling (linear, llama3, yarn) from
 //!   `rope_parameters` or the legacy `rope_scaling` (modeling_rope_utils.py).
+//! - experts: `num_experts`, `num_local_experts`, `n_routed_experts` or
+//!   `moe_num_experts`; top-k: `num_experts_per_tok` or `moe_k`.
 
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::moe::{MoeConfig, SharedExpertConfig};
-use crate::ops::expert_matmul::Activation;
+use crate::model::families;
+use crate::moe::MoeConfig;
 use crate::ops::rope::RopeScaling;
-use crate::ops::routing::{RoutingConfig, TopKOrder};
-use crate::weights::WeightFormat;
 
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
     "MixtralForCausalLM",
@@ -134,29 +123,29 @@ pub struct ModelConfig {
 
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum OneOrMany {
+pub(crate) enum OneOrMany {
     One(u32),
     Many(Vec<u32>),
 }
 
 #[derive(Deserialize, Default, Clone)]
 pub(crate) struct RopeParameters {
-    rope_theta: Option<f64>,
-    partial_rotary_factor: Option<f64>,
-    rope_type: Option<String>,
+    pub(crate) rope_theta: Option<f64>,
+    pub(crate) partial_rotary_factor: Option<f64>,
+    pub(crate) rope_type: Option<String>,
     /// The legacy `rope_scaling` spelling of rope_type.
     #[serde(rename = "type")]
-    kind: Option<String>,
-    factor: Option<f64>,
-    low_freq_factor: Option<f64>,
-    high_freq_factor: Option<f64>,
-    original_max_position_embeddings: Option<f64>,
-    beta_fast: Option<f64>,
-    beta_slow: Option<f64>,
-    attention_factor: Option<f64>,
+    pub(crate) kind: Option<String>,
+    pub(crate) factor: Option<f64>,
+    pub(crate) low_freq_factor: Option<f64>,
+    pub(crate) high_freq_factor: Option<f64>,
+    pub(crate) original_max_position_embeddings: Option<f64>,
+    pub(crate) beta_fast: Option<f64>,
+    pub(crate) beta_slow: Option<f64>,
+    pub(crate) attention_factor: Option<f64>,
     pub(crate) mscale: Option<f64>,
     pub(crate) mscale_all_dim: Option<f64>,
-    truncate: Option<bool>,
+    pub(crate) truncate: Option<bool>,
 }
 
 impl RopeParameters {
@@ -216,39 +205,39 @@ pub(crate) struct QuantizationConfig {
 /// The fields webmoe reads; everything optional so missing ones get named errors.
 #[derive(Deserialize)]
 pub(crate) struct RawConfig {
-    architectures: Option<Vec<String>>,
-    vocab_size: Option<usize>,
-    hidden_size: Option<usize>,
-    intermediate_size: Option<usize>,
-    num_hidden_layers: Option<usize>,
-    num_attention_heads: Option<usize>,
-    num_key_value_heads: Option<usize>,
-    head_dim: Option<usize>,
-    max_position_embeddings: Option<usize>,
-    rms_norm_eps: Option<f64>,
-    rope_theta: Option<f64>,
-    partial_rotary_factor: Option<f64>,
-    rope_parameters: Option<RopeParameters>,
-    rope_scaling: Option<RopeParameters>,
-    tie_word_embeddings: Option<bool>,
-    attention_bias: Option<bool>,
-    qkv_bias: Option<bool>,
-    clip_qkv: Option<f64>,
-    num_local_experts: Option<usize>,
-    num_experts: Option<usize>,
-    num_experts_per_tok: Option<usize>,
-    moe_intermediate_size: Option<usize>,
-    shared_expert_intermediate_size: Option<usize>,
-    decoder_sparse_step: Option<usize>,
-    mlp_only_layers: Option<Vec<usize>>,
-    embedding_multiplier: Option<f64>,
-    residual_multiplier: Option<f64>,
-    attention_multiplier: Option<f64>,
-    logits_scaling: Option<f64>,
-    bos_token_id: Option<u32>,
-    eos_token_id: Option<OneOrMany>,
-    torch_dtype: Option<String>,
-    dtype: Option<String>,
+    pub(crate) architectures: Option<Vec<String>>,
+    pub(crate) vocab_size: Option<usize>,
+    pub(crate) hidden_size: Option<usize>,
+    pub(crate) intermediate_size: Option<usize>,
+    pub(crate) num_hidden_layers: Option<usize>,
+    pub(crate) num_attention_heads: Option<usize>,
+    pub(crate) num_key_value_heads: Option<usize>,
+    pub(crate) head_dim: Option<usize>,
+    pub(crate) max_position_embeddings: Option<usize>,
+    pub(crate) rms_norm_eps: Option<f64>,
+    pub(crate) rope_theta: Option<f64>,
+    pub(crate) partial_rotary_factor: Option<f64>,
+    pub(crate) rope_parameters: Option<RopeParameters>,
+    pub(crate) rope_scaling: Option<RopeParameters>,
+    pub(crate) tie_word_embeddings: Option<bool>,
+    pub(crate) attention_bias: Option<bool>,
+    pub(crate) qkv_bias: Option<bool>,
+    pub(crate) clip_qkv: Option<f64>,
+    pub(crate) num_local_experts: Option<usize>,
+    pub(crate) num_experts: Option<usize>,
+    pub(crate) num_experts_per_tok: Option<usize>,
+    pub(crate) moe_intermediate_size: Option<usize>,
+    pub(crate) shared_expert_intermediate_size: Option<usize>,
+    pub(crate) decoder_sparse_step: Option<usize>,
+    pub(crate) mlp_only_layers: Option<Vec<usize>>,
+    pub(crate) embedding_multiplier: Option<f64>,
+    pub(crate) residual_multiplier: Option<f64>,
+    pub(crate) attention_multiplier: Option<f64>,
+    pub(crate) logits_scaling: Option<f64>,
+    pub(crate) bos_token_id: Option<u32>,
+    pub(crate) eos_token_id: Option<OneOrMany>,
+    pub(crate) torch_dtype: Option<String>,
+    pub(crate) dtype: Option<String>,
     pub(crate) layer_types: Option<Vec<String>>,
     pub(crate) sliding_window: Option<usize>,
     pub(crate) swiglu_limit: Option<f64>,
@@ -352,8 +341,7 @@ impl ModelConfig {
                 "head_dim {head_dim} with partial_rotary_factor {partial} leaves no rotary dims"
             )));
         }
-        let default_theta = if family == Family::Mixtral { 1.0e6 } else { 1.0e4 };
-        let rope_theta = rope.rope_theta.or(raw.rope_theta).unwrap_or(default_theta) as f32;
+        let rope_theta = rope.rope_theta.or(raw.rope_theta).unwrap_or(1.0e4) as f32;
 
         // transformers 5 may save either name for any family (attribute_map).
         let num_experts = need(
@@ -364,106 +352,41 @@ impl ModelConfig {
             "num_experts (or num_local_experts, n_routed_experts, moe_num_experts)",
         )?;
         let top_k = need(raw.num_experts_per_tok.or(raw.moe_k), "num_experts_per_tok (or moe_k)")?;
-        let expert_ffn = match family {
-            Family::Qwen2Moe
-            | Family::Qwen3Moe
-            | Family::DeepseekV2
-            | Family::DeepseekV3
-            | Family::Glm4Moe
-            | Family::Ernie45Moe => need(raw.moe_intermediate_size, "moe_intermediate_size")?,
-            _ => intermediate_size,
-        };
-        let order = match family {
-            Family::Mixtral | Family::GraniteMoe | Family::GptOss => TopKOrder::TopKThenSoftmax,
-            _ => TopKOrder::ScoreThenTopK,
-        };
-        let mut routing = RoutingConfig::softmax_top_k(num_experts, top_k, raw.norm_topk_prob.unwrap_or(false));
-        routing.order = order;
-        let shared_expert = match family {
-            Family::Qwen2Moe => Some(SharedExpertConfig {
-                ffn: need(raw.shared_expert_intermediate_size, "shared_expert_intermediate_size")?,
-                gated: true,
-            }),
-            _ => None,
-        };
-        let moe = MoeConfig {
-            hidden_size,
-            expert_ffn,
-            routing,
-            capacity_factor: None,
-            shared_expert,
-            activation: Activation::Silu,
-            weight_format: WeightFormat::F32,
-            decode_max_tokens: 4,
-        };
-        moe.validate().map_err(|e| bad(e.to_string()))?;
-
-        let sparse_layers = match family {
-            Family::Qwen2Moe | Family::Qwen3Moe => {
-                let step = raw.decoder_sparse_step.unwrap_or(1).max(1);
-                let dense = raw.mlp_only_layers.clone().unwrap_or_default();
-                (0..num_layers)
-                    .map(|i| !dense.contains(&i) && (i + 1) % step == 0)
-                    .collect()
-            }
-            _ => vec![true; num_layers],
-        };
-        let granite = family == Family::GraniteMoe;
-        let multiplier = |v: Option<f64>| {
-            if granite {
-                v.unwrap_or(1.0) as f32
-            } else {
-                1.0
-            }
-        };
+        let mut moe = MoeConfig::new(hidden_size, intermediate_size, num_experts, top_k);
+        moe.routing.renormalize = raw.norm_topk_prob.unwrap_or(false);
         let eos_token_ids = match &raw.eos_token_id {
             None => vec![],
             Some(OneOrMany::One(id)) => vec![*id],
             Some(OneOrMany::Many(ids)) => ids.clone(),
         };
+        let max_position_embeddings = need(raw.max_position_embeddings, "max_position_embeddings")?;
+        // What most families are; each family's module changes what it does differently.
         let mut config = Self {
             family,
-            architecture: architecture.clone(),
+            architecture,
             vocab_size,
             hidden_size,
             num_layers,
             num_heads,
             num_kv_heads,
             head_dim,
-            max_position_embeddings: need(raw.max_position_embeddings, "max_position_embeddings")?,
-            rms_norm_eps: raw
-                .rms_norm_eps
-                .unwrap_or(if family == Family::GptOss { 1e-5 } else { 1e-6 }) as f32,
+            max_position_embeddings,
+            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6) as f32,
             rope_theta,
             rotary_dim,
-            rope_scaling: rope.scaling(source, need(raw.max_position_embeddings, "max_position_embeddings")?)?,
+            rope_scaling: rope.scaling(source, max_position_embeddings)?,
             rope_interleaved: false,
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
-            attention_bias: match family {
-                Family::Qwen2Moe => raw.qkv_bias.or(raw.attention_bias).unwrap_or(true),
-                _ => raw.attention_bias.unwrap_or(false),
-            },
-            qk_norm: match family {
-                Family::Qwen3Moe => QkNorm::PerHead,
-                Family::Olmoe => QkNorm::Full,
-                _ => QkNorm::None,
-            },
-            clip_qkv: if family == Family::Olmoe {
-                raw.clip_qkv.map(|c| c as f32)
-            } else {
-                None
-            },
+            attention_bias: raw.attention_bias.unwrap_or(false),
+            qk_norm: QkNorm::None,
+            clip_qkv: None,
             moe,
             dense_ffn: intermediate_size,
-            sparse_layers,
-            embedding_multiplier: multiplier(raw.embedding_multiplier),
-            residual_multiplier: multiplier(raw.residual_multiplier),
-            attention_scale: if granite {
-                raw.attention_multiplier.unwrap_or(1.0) as f32
-            } else {
-                1.0 / (head_dim as f32).sqrt()
-            },
-            logits_scaling: multiplier(raw.logits_scaling),
+            sparse_layers: vec![true; num_layers],
+            embedding_multiplier: 1.0,
+            residual_multiplier: 1.0,
+            attention_scale: 1.0 / (head_dim as f32).sqrt(),
+            logits_scaling: 1.0,
             bos_token_id: raw.bos_token_id,
             eos_token_ids,
             torch_dtype: raw.torch_dtype.clone().or(raw.dtype.clone()),
@@ -474,22 +397,8 @@ impl ModelConfig {
             experts_mxfp4: false,
             mla: None,
         };
-        let quant_method = raw.quantization_config.as_ref().and_then(|q| q.quant_method.as_deref());
-        match family {
-            Family::GptOss => crate::model::families::gpt_oss::configure(&raw, &mut config, source)?,
-            _ if quant_method.is_some() => {
-                return Err(bad(format!(
-                    "quantization_config.quant_method `{}` is not supported for {architecture}",
-                    quant_method.unwrap_or_default()
-                )))
-            }
-            Family::DeepseekV2 | Family::DeepseekV3 => {
-                crate::model::families::deepseek::configure(&raw, &rope, &mut config, source)?
-            }
-            Family::Glm4Moe => crate::model::families::glm4_moe::configure(&raw, &mut config, source)?,
-            Family::Ernie45Moe => crate::model::families::ernie4_5_moe::configure(&raw, &mut config, source)?,
-            _ => {}
-        }
+        families::configure(&raw, &rope, &mut config, source)?;
+        config.moe.validate().map_err(|e| bad(e.to_string()))?;
         Ok(config)
     }
 }

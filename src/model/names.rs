@@ -2,7 +2,7 @@
 //! every weight of the generic decoder is stored.
 
 use crate::model::config::Family;
-use crate::model::families::gpt_oss;
+use crate::model::families::{self, gpt_oss};
 
 pub const EMBED_TOKENS: &str = "model.embed_tokens.weight";
 pub const LM_HEAD: &str = "lm_head.weight";
@@ -48,59 +48,27 @@ pub struct MoeNames {
     pub shared_expert_gate: String,
 }
 
-/// The MoE block names of layer `i` of `family`; `per_expert` asks for one tensor per
-/// expert under Qwen-style names whatever the family (GGUF files).
-pub fn moe(family: Family, i: usize, per_expert: bool) -> MoeNames {
-    let p = layer(i);
-    let family = if per_expert { Family::Qwen3Moe } else { family };
-    let (router, experts) = match family {
-        Family::Mixtral => (
-            format!("{p}.block_sparse_moe.gate.weight"),
-            ExpertTensors::PerExpert {
-                prefix: format!("{p}.block_sparse_moe.experts"),
-                gate: "w1.weight",
-                up: "w3.weight",
-                down: "w2.weight",
-            },
-        ),
-        Family::GraniteMoe => (
-            format!("{p}.block_sparse_moe.router.layer.weight"),
-            ExpertTensors::Fused {
-                input: format!("{p}.block_sparse_moe.input_linear.weight"),
-                output: format!("{p}.block_sparse_moe.output_linear.weight"),
-            },
-        ),
-        Family::GptOss => {
-            let names = gpt_oss::expert_names(&p);
-            (names.router.clone(), ExpertTensors::GptOss(names))
+impl MoeNames {
+    /// Names with the shared expert under `{layer_prefix}.mlp.{shared}` (Qwen2-MoE's
+    /// `shared_expert`, DeepSeek's `shared_experts`) and its gate at
+    /// `mlp.shared_expert_gate`.
+    pub fn new(layer_prefix: &str, router: String, experts: ExpertTensors, shared: &str) -> Self {
+        let p = layer_prefix;
+        Self {
+            router,
+            experts,
+            shared_gate: format!("{p}.mlp.{shared}.gate_proj.weight"),
+            shared_up: format!("{p}.mlp.{shared}.up_proj.weight"),
+            shared_down: format!("{p}.mlp.{shared}.down_proj.weight"),
+            shared_expert_gate: format!("{p}.mlp.shared_expert_gate.weight"),
         }
-        Family::Qwen2Moe
-        | Family::Qwen3Moe
-        | Family::Olmoe
-        | Family::DeepseekV2
-        | Family::DeepseekV3
-        | Family::Glm4Moe
-        | Family::Ernie45Moe => (
-            format!("{p}.mlp.gate.weight"),
-            ExpertTensors::PerExpert {
-                prefix: format!("{p}.mlp.experts"),
-                gate: "gate_proj.weight",
-                up: "up_proj.weight",
-                down: "down_proj.weight",
-            },
-        ),
-    };
-    // Qwen2-MoE has one `shared_expert`, DeepSeek `shared_experts` (fused into one MLP).
-    let shared = match family {
-        Family::DeepseekV2 | Family::DeepseekV3 | Family::Glm4Moe | Family::Ernie45Moe => "shared_experts",
-        _ => "shared_expert",
-    };
-    MoeNames {
-        router,
-        experts,
-        shared_gate: format!("{p}.mlp.{shared}.gate_proj.weight"),
-        shared_up: format!("{p}.mlp.{shared}.up_proj.weight"),
-        shared_down: format!("{p}.mlp.{shared}.down_proj.weight"),
-        shared_expert_gate: format!("{p}.mlp.shared_expert_gate.weight"),
     }
+}
+
+/// The MoE block names of layer `i` of `family` (each family's module says them);
+/// `per_expert` asks for one tensor per expert under Qwen-style names whatever the
+/// family (GGUF files).
+pub fn moe(family: Family, i: usize, per_expert: bool) -> MoeNames {
+    let family = if per_expert { Family::Qwen3Moe } else { family };
+    families::moe_names(family, &layer(i))
 }

@@ -33,6 +33,7 @@ pub(crate) fn configure(raw: &RawConfig, rope: &RopeParameters, config: &mut Mod
     let bad = |m: String| Error::Config(format!("{source}: {m}"));
     let need = |v: Option<usize>, field: &str| v.ok_or_else(|| bad(format!("missing required field `{field}`")));
     let v3 = config.family == Family::DeepseekV3;
+    config.moe.expert_ffn = need(raw.moe_intermediate_size, "moe_intermediate_size")?;
     let mla = MlaConfig {
         q_lora_rank: raw.q_lora_rank.filter(|r| *r > 0),
         kv_lora_rank: need(raw.kv_lora_rank, "kv_lora_rank")?,

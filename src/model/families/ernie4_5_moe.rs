@@ -10,13 +10,16 @@
 //! probabilities renormalised. Tied embeddings in the released models.
 
 use crate::error::{Error, Result};
-use crate::model::config::{ModelConfig, RawConfig};
+use crate::model::config::{ModelConfig, RawConfig, RopeParameters};
 use crate::moe::SharedExpertConfig;
 use crate::ops::routing::{RoutingConfig, TopKOrder};
 
 /// Reads ERNIE-4.5-MoE's own fields into `config` (the generic ones are already set).
-pub(crate) fn configure(raw: &RawConfig, config: &mut ModelConfig, source: &str) -> Result<()> {
+pub(crate) fn configure(raw: &RawConfig, _rope: &RopeParameters, config: &mut ModelConfig, source: &str) -> Result<()> {
     let bad = |m: String| Error::Config(format!("{source}: {m}"));
+    config.moe.expert_ffn = raw
+        .moe_intermediate_size
+        .ok_or_else(|| bad("missing required field `moe_intermediate_size`".into()))?;
     if raw.use_bias.unwrap_or(false) {
         return Err(Error::Unsupported(format!(
             "{source}: `use_bias` = true (biases on every projection) is not supported; released ERNIE-4.5 models have none"

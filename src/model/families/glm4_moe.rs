@@ -11,13 +11,16 @@
 //! f32 even in bf16 checkpoints. Experts and names as DeepSeek's.
 
 use crate::error::{Error, Result};
-use crate::model::config::{ModelConfig, QkNorm, RawConfig};
+use crate::model::config::{ModelConfig, QkNorm, RawConfig, RopeParameters};
 use crate::moe::SharedExpertConfig;
 use crate::ops::routing::{GroupLimit, GroupScore, RoutingConfig, Scoring, TopKOrder};
 
 /// Reads GLM-4-MoE's own fields into `config` (the generic ones are already set).
-pub(crate) fn configure(raw: &RawConfig, config: &mut ModelConfig, source: &str) -> Result<()> {
+pub(crate) fn configure(raw: &RawConfig, _rope: &RopeParameters, config: &mut ModelConfig, source: &str) -> Result<()> {
     let bad = |m: String| Error::Config(format!("{source}: {m}"));
+    config.moe.expert_ffn = raw
+        .moe_intermediate_size
+        .ok_or_else(|| bad("missing required field `moe_intermediate_size`".into()))?;
     if raw.use_qk_norm.unwrap_or(false) {
         config.qk_norm = QkNorm::PerHead;
     }

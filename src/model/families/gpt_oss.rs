@@ -17,12 +17,16 @@
 //!   nibble of byte j) and `*_scales` `[E, out, in / 32]` (e8m0, bias 127).
 
 use crate::error::{Error, Result};
-use crate::model::config::{ModelConfig, RawConfig};
+use crate::model::config::{ModelConfig, RawConfig, RopeParameters};
+use crate::model::names::{ExpertTensors, MoeNames};
 use crate::ops::expert_matmul::Activation;
+use crate::ops::routing::TopKOrder;
 
 /// Reads gpt-oss's own fields into `config` (the generic ones are already set).
-pub(crate) fn configure(raw: &RawConfig, config: &mut ModelConfig, source: &str) -> Result<()> {
+pub(crate) fn configure(raw: &RawConfig, _rope: &RopeParameters, config: &mut ModelConfig, source: &str) -> Result<()> {
     let bad = |m: String| Error::Config(format!("{source}: {m}"));
+    config.moe.routing.order = TopKOrder::TopKThenSoftmax;
+    config.rms_norm_eps = raw.rms_norm_eps.unwrap_or(1e-5) as f32;
     let layers = config.num_layers;
     config.attention_windows = match &raw.layer_types {
         None => vec![None; layers],
@@ -100,6 +104,17 @@ pub fn expert_names(layer_prefix: &str) -> ExpertNames {
         down: format!("{m}.experts.down_proj"),
         down_bias: format!("{m}.experts.down_proj_bias"),
     }
+}
+
+/// The MoE names of the layer at `layer_prefix`.
+pub fn moe_names(layer_prefix: &str) -> MoeNames {
+    let names = expert_names(layer_prefix);
+    MoeNames::new(
+        layer_prefix,
+        names.router.clone(),
+        ExpertTensors::GptOss(names),
+        "shared_expert",
+    )
 }
 
 /// Gate and up biases stored apart (`[E, ffn]` each), as GGUF files hold them (Hugging
