@@ -29,7 +29,7 @@ use crate::model::model::{linear, norm};
 use crate::model::names;
 use crate::model::planner::{Planner, Role};
 use crate::ops::attention::{encode_attention, AttentionOptions, KvCache};
-use crate::ops::columns::{encode_copy_columns, Columns};
+use crate::ops::columns::{encode_join_columns, encode_split_columns};
 use crate::ops::elementwise::{encode_add_row_bias, encode_scale_clamp};
 use crate::ops::expert_matmul::{encode_down, ExpertRows};
 use crate::ops::rope::encode_rope;
@@ -387,9 +387,6 @@ impl Mla {
         );
         let (qk, key) = (nope + rope, l + rope);
         let f32_tensor = |label: &str, shape: &[usize]| GpuTensor::empty(ctx, label, shape, DType::F32);
-        let copy = |rec: &mut Recorder, rows, src: &GpuTensor, from, dst: &GpuTensor, to| {
-            encode_copy_columns(ctx, rec, rows, src, from, dst, to)
-        };
         // Queries, split per head into the no-RoPE part and the RoPE part.
         let q = match &self.queries {
             MlaQueries::Direct(w) => linear(ctx, rec, h, w, gemv)?,
@@ -401,22 +398,7 @@ impl Mla {
         };
         let q_nope = f32_tensor("mla q nope", &[t * heads, nope])?;
         let q_pe = f32_tensor("mla q rope", &[t, heads * rope])?;
-        copy(
-            rec,
-            t * heads,
-            &q,
-            Columns::new(qk, 0, nope),
-            &q_nope,
-            Columns::new(nope, 0, nope),
-        )?;
-        copy(
-            rec,
-            t * heads,
-            &q,
-            Columns::new(qk, nope, rope),
-            &q_pe,
-            Columns::new(rope, 0, rope),
-        )?;
+        encode_split_columns(ctx, rec, t * heads, &q, qk, &[(&q_nope, 0), (&q_pe, nope)])?;
         encode_rope(
             ctx,
             rec,
@@ -432,15 +414,7 @@ impl Mla {
         let kv = linear(ctx, rec, h, &self.kv_a, gemv)?;
         let latent = f32_tensor("mla latent", &[t, l])?;
         let k_pe = f32_tensor("mla k rope", &[t, rope])?;
-        copy(rec, t, &kv, Columns::new(key, 0, l), &latent, Columns::new(l, 0, l))?;
-        copy(
-            rec,
-            t,
-            &kv,
-            Columns::new(key, l, rope),
-            &k_pe,
-            Columns::new(rope, 0, rope),
-        )?;
+        encode_split_columns(ctx, rec, t, &kv, key, &[(&latent, 0), (&k_pe, l)])?;
         let latent = norm(ctx, rec, &latent, &self.kv_a_norm, LOW_RANK_NORM_EPS)?;
         encode_rope(
             ctx,
@@ -453,15 +427,7 @@ impl Mla {
             c.rope_interleaved,
         );
         let keys = f32_tensor("mla key", &[t, key])?;
-        copy(rec, t, &latent, Columns::new(l, 0, l), &keys, Columns::new(key, 0, l))?;
-        copy(
-            rec,
-            t,
-            &k_pe,
-            Columns::new(rope, 0, rope),
-            &keys,
-            Columns::new(key, l, rope),
-        )?;
+        encode_join_columns(ctx, rec, t, &[(&latent, 0), (&k_pe, l)], &keys, key)?;
 
         // Absorb W_UK into the queries: [q_nope W_UK, q_pe] per head.
         let head_of_row: Vec<u32> = (0..t * heads).map(|r| (r % heads) as u32).collect();
@@ -473,22 +439,7 @@ impl Mla {
         let q_lat = f32_tensor("mla q latent", &[t * heads, l])?;
         encode_down(ctx, rec, per_head, &q_nope, &self.absorb_k, &q_lat)?;
         let queries = f32_tensor("mla queries", &[t, heads * key])?;
-        copy(
-            rec,
-            t * heads,
-            &q_lat,
-            Columns::new(l, 0, l),
-            &queries,
-            Columns::new(key, 0, l),
-        )?;
-        copy(
-            rec,
-            t * heads,
-            &q_pe,
-            Columns::new(rope, 0, rope),
-            &queries,
-            Columns::new(key, l, rope),
-        )?;
+        encode_join_columns(ctx, rec, t * heads, &[(&q_lat, 0), (&q_pe, l)], &queries, key)?;
 
         let out_lat = f32_tensor("mla attention latent", &[t, heads * l])?;
         encode_attention(

@@ -181,18 +181,24 @@ impl Checkpoint {
         Ok((*s, &self.shards[*s].tensors[*t]))
     }
 
-    /// The tensor, checked to have shape `expected` and safetensors dtype `dtype`
-    /// (raw bytes such as MXFP4 blocks and scales, stored as U8).
-    pub fn expect_raw(&self, name: &str, expected: &[usize], dtype: &str) -> Result<(usize, &TensorInfo)> {
+    /// The tensor, checked to have shape `expected`.
+    fn shaped(&self, name: &str, expected: &[usize]) -> Result<(usize, &TensorInfo)> {
         let (shard, info) = self.tensor(name)?;
-        let file = &self.shards[shard].name;
         if info.shape != expected {
             return Err(Error::Shape {
-                what: format!("tensor `{name}` in {file}"),
+                what: format!("tensor `{name}` in {}", self.shards[shard].name),
                 expected: expected.to_vec(),
                 actual: info.shape.clone(),
             });
         }
+        Ok((shard, info))
+    }
+
+    /// The tensor, checked to have shape `expected` and safetensors dtype `dtype`
+    /// (raw bytes such as MXFP4 blocks and scales, stored as U8).
+    pub fn expect_raw(&self, name: &str, expected: &[usize], dtype: &str) -> Result<(usize, &TensorInfo)> {
+        let (shard, info) = self.shaped(name, expected)?;
+        let file = &self.shards[shard].name;
         if info.dtype != dtype {
             return Err(Error::Unsupported(format!(
                 "{file}: tensor `{name}` has dtype {}; expected {dtype}",
@@ -204,15 +210,8 @@ impl Checkpoint {
 
     /// The tensor, checked to have shape `expected` and a float dtype webmoe reads.
     pub fn expect(&self, name: &str, expected: &[usize]) -> Result<(usize, &TensorInfo, WeightFormat)> {
-        let (shard, info) = self.tensor(name)?;
+        let (shard, info) = self.shaped(name, expected)?;
         let file = &self.shards[shard].name;
-        if info.shape != expected {
-            return Err(Error::Shape {
-                what: format!("tensor `{name}` in {file}"),
-                expected: expected.to_vec(),
-                actual: info.shape.clone(),
-            });
-        }
         let format = info.format.ok_or_else(|| {
             let known: Vec<String> = WeightFormat::ALL.iter().map(|f| f.to_string()).collect();
             Error::Unsupported(format!(

@@ -72,6 +72,56 @@ pub fn encode_copy_columns(
     Ok(())
 }
 
+/// Splits `src` (`rows` rows `stride` long) into dense matrices: each part is a
+/// `[rows, width]` tensor and the column of `src` where it begins.
+pub fn encode_split_columns(
+    ctx: &GpuContext,
+    rec: &mut Recorder,
+    rows: usize,
+    src: &GpuTensor,
+    stride: usize,
+    parts: &[(&GpuTensor, usize)],
+) -> Result<()> {
+    for &(part, offset) in parts {
+        let width = part.len() / rows.max(1);
+        encode_copy_columns(
+            ctx,
+            rec,
+            rows,
+            src,
+            Columns::new(stride, offset, width),
+            part,
+            Columns::new(width, 0, width),
+        )?;
+    }
+    Ok(())
+}
+
+/// Joins dense `[rows, width]` parts into `dst` (`rows` rows `stride` long), each at
+/// the column given beside it.
+pub fn encode_join_columns(
+    ctx: &GpuContext,
+    rec: &mut Recorder,
+    rows: usize,
+    parts: &[(&GpuTensor, usize)],
+    dst: &GpuTensor,
+    stride: usize,
+) -> Result<()> {
+    for &(part, offset) in parts {
+        let width = part.len() / rows.max(1);
+        encode_copy_columns(
+            ctx,
+            rec,
+            rows,
+            part,
+            Columns::new(width, 0, width),
+            dst,
+            Columns::new(stride, offset, width),
+        )?;
+    }
+    Ok(())
+}
+
 /// CPU reference of [`encode_copy_columns`].
 pub fn copy_columns_reference(rows: usize, src: &[f32], from: Columns, dst: &mut [f32], to: Columns) {
     for r in 0..rows {
