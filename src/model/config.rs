@@ -188,6 +188,13 @@ impl RopeParameters {
                     truncate: self.truncate.unwrap_or(true),
                 }
             }
+            "dynamic" => {
+                return Err(Error::Unsupported(format!(
+                    "{source}: rope_type `dynamic` (dynamic NTK) is not supported: it rescales every position's \
+                     frequencies as the sequence grows, which a cache of already-rotated keys cannot follow \
+                     (default, linear, llama3 and yarn are supported)"
+                )))
+            }
             other => {
                 return Err(Error::Unsupported(format!(
                     "{source}: rope_type `{other}` is not supported (default, linear, llama3 and yarn are)"
