@@ -35,6 +35,32 @@ key llama.cpp's converter would not write for a transformers 5 V3 config (which 
 scoring_func): expert_gating_func 2 (sigmoid), without which llama.cpp gates with a softmax.
 Warnings name where llama.cpp runs the file otherwise than transformers runs the checkpoint.
 
+GLM-4.5 MoE (`glm4moe`, llama.cpp's Glm4MoeModel): attn_q/k/v (+ .bias), attn_q_norm /
+attn_k_norm, attn_output, post_attention_layernorm -> post_attention_norm; no q/k permutation
+(glm4moe ropes NEOX halves over the first rope.dimension_count = head_dim *
+partial_rotary_factor (0.5 by default) dims, as transformers does); the first
+first_k_dense_replace layers dense ffn_{gate,up,down}, the rest ffn_gate_inp,
+exp_probs_b.bias (e_score_correction_bias), stacked ffn_*_exps and ffn_*_shexp (all
+n_shared_experts as one MLP). Metadata adds expert_feed_forward_length,
+expert_shared_count, leading_dense_block_count, expert_gating_func 2 (sigmoid, always),
+expert_weights_scale (routed_scaling_factor), expert_weights_norm (norm_topk_prob),
+expert_group_count / expert_group_used_count (n_group / topk_group) and
+nextn_predict_layers. NextN/MTP layers (model.layers.{num_hidden_layers}...) are left out,
+as llama.cpp's --no-mtp does (then without nextn_predict_layers); with none, the file is
+what llama.cpp's converter writes by default.
+
+ERNIE-4.5 MoE (`ernie4_5-moe`, llama.cpp's Ernie4_5MoeModel): attn_q/k/v/output, ffn_norm;
+no q/k permutation (ernie4_5-moe ropes interleaved pairs, as transformers does); a layer
+with mlp.gate is sparse (ffn_gate_inp, exp_probs_b.bias from moe_statics.e_score_correction_bias
+kept [1, E] as the checkpoint and llama.cpp's converter have it, stacked ffn_*_exps,
+ffn_*_shexp), any other dense ffn_{gate,up,down}; tied embeddings (no output.weight).
+Metadata: expert_count (moe_num_experts), expert_used_count (moe_k),
+interleave_moe_layer_step (moe_layer_interval), leading_dense_block_count
+(moe_layer_start_index), expert_feed_forward_length, expert_shared_count and, as llama.cpp's
+converter computes it, expert_shared_feed_forward_length = intermediate_size //
+num_key_value_heads. llama.cpp takes every layer from moe_layer_start_index on as sparse
+(moe_layer_end_index is not in the file): a warning says when the checkpoint disagrees.
+
     pip install gguf numpy
     python3 scripts/hf_to_gguf.py MODEL_DIR OUT.gguf [--type f32|f16|bf16|q8_0|q4_0|mxfp4]
 
@@ -53,7 +79,8 @@ from gguf import GGMLQuantizationType as T
 from gguf import GGUFWriter, Keys, RopeScalingType, quants
 
 ARCH = {"mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "olmoe": "olmoe",
-        "granitemoe": "granitemoe", "gpt_oss": "gpt-oss", "deepseek_v2": "deepseek2", "deepseek_v3": "deepseek2"}
+        "granitemoe": "granitemoe", "gpt_oss": "gpt-oss", "deepseek_v2": "deepseek2", "deepseek_v3": "deepseek2",
+        "glm4_moe": "glm4moe", "ernie4_5_moe": "ernie4_5-moe"}
 # llama.cpp's ExpertGatingFuncType
 GATING = {"softmax": 1, "sigmoid": 2, "sqrtsoftplus": 4}
 
@@ -211,6 +238,74 @@ def add_deepseek_layer(add, t, c, p, b, i):
         add(b + f"ffn_{gg}_shexp.weight", t[m + f"shared_experts.{gg}_proj.weight"], "proj")
 
 
+def warn(msg):
+    import sys
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+def add_glm_ernie_metadata(w, c, t, mt):
+    """Glm4MoeModel / Ernie4_5MoeModel.set_gguf_parameters, after TextModel's keys."""
+    if mt == "glm4_moe":
+        if c.get("n_shared_experts") is not None:
+            w.add_expert_shared_count(c["n_shared_experts"])
+        if c.get("first_k_dense_replace") is not None:
+            w.add_leading_dense_block_count(c["first_k_dense_replace"])
+        w.add_uint32(Keys.LLM.EXPERT_GATING_FUNC.format(arch=w.arch), GATING["sigmoid"])
+        if c.get("routed_scaling_factor") is not None:
+            w.add_expert_weights_scale(c["routed_scaling_factor"])
+        if c.get("n_group") is not None:
+            w.add_expert_group_count(c["n_group"])
+        if c.get("topk_group") is not None:
+            w.add_expert_group_used_count(c["topk_group"])
+        nextn = c.get("num_nextn_predict_layers") or 0
+        if nextn:
+            warn(f"{nextn} NextN/MTP layer(s) left out (llama.cpp's --no-mtp)")
+        else:
+            w.add_nextn_predict_layers(0)
+        return
+    layers = c["num_hidden_layers"]
+    start, step = c["moe_layer_start_index"], c["moe_layer_interval"]
+    w.add_interleave_moe_layer_step(step)
+    w.add_leading_dense_block_count(start)
+    shared = c.get("moe_num_shared_experts")
+    if shared is not None:
+        w.add_expert_shared_count(shared)
+        if shared > 0:
+            sff = c["intermediate_size"] // c["num_key_value_heads"]
+            w.add_expert_shared_feed_forward_length(sff)
+            if sff != c["moe_intermediate_size"] * shared:
+                warn(f"expert_shared_feed_forward_length {sff} (intermediate_size // num_key_value_heads, as "
+                     f"llama.cpp's converter writes it) != the shared experts' {c['moe_intermediate_size'] * shared}: "
+                     "llama.cpp refuses the file")
+    sparse = [i for i in range(layers) if f"model.layers.{i}.mlp.gate.weight" in t]
+    lcpp_graph = [i for i in range(layers) if i >= start and (i + 1) % step == 0]
+    lcpp_load = list(range(start, layers))
+    if sparse != lcpp_load or sparse != lcpp_graph:
+        warn(f"sparse layers {sparse} (moe_layer_start/end_index {start}/{c.get('moe_layer_end_index')}, interval "
+             f"{step}): llama.cpp's ernie4_5-moe loads expert tensors for layers {lcpp_load} and routes layers "
+             f"{lcpp_graph}, so it refuses this file")
+
+
+def add_glm_ernie_layer(add, t, c, p, b, mt):
+    """The feed-forward part of one GLM-4.5 MoE / ERNIE-4.5 MoE layer (attention: main()'s loop)."""
+    m = p + "mlp."
+    if m + "gate.weight" not in t:
+        for gg in ["gate", "up", "down"]:
+            add(b + f"ffn_{gg}.weight", t[m + f"{gg}_proj.weight"], "proj")
+        return
+    experts = c["n_routed_experts"] if mt == "glm4_moe" else c["moe_num_experts"]
+    add(b + "ffn_gate_inp.weight", t[m + "gate.weight"], "small")
+    bias = m + ("gate.e_score_correction_bias" if mt == "glm4_moe" else "moe_statics.e_score_correction_bias")
+    if bias in t:
+        add(b + "exp_probs_b.bias", t[bias], "small")
+    for gg in ["gate", "up", "down"]:
+        add(b + f"ffn_{gg}_exps.weight",
+            np.stack([t[m + f"experts.{e}.{gg}_proj.weight"] for e in range(experts)]), "proj")
+    if m + "shared_experts.gate_proj.weight" in t:
+        for gg in ["gate", "up", "down"]:
+            add(b + f"ffn_{gg}_shexp.weight", t[m + f"shared_experts.{gg}_proj.weight"], "proj")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model_dir", type=pathlib.Path)
@@ -229,7 +324,15 @@ def main():
     rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
     experts = c.get("num_experts") or c.get("num_local_experts")
     key_len = val_len = hd
-    rope_dim = int(hd * rope.get("partial_rotary_factor", c.get("partial_rotary_factor", 1.0)))
+    # llama.cpp's Glm4MoeModel (and transformers' Glm4MoeConfig) default to half the head
+    partial = rope.get("partial_rotary_factor", c.get("partial_rotary_factor", 0.5 if mt == "glm4_moe" else 1.0))
+    rope_dim = int(hd * partial)
+    if mt == "glm4_moe":
+        experts = c["n_routed_experts"]
+    elif mt == "ernie4_5_moe":
+        experts = c["moe_num_experts"]
+        if c.get("use_bias"):
+            raise SystemExit("ernie4_5_moe with use_bias: llama.cpp's ernie4_5-moe has no MLP biases")
     deepseek = mt in ("deepseek_v2", "deepseek_v3")
     if deepseek:
         deepseek_checks(c, rope)
@@ -254,7 +357,7 @@ def main():
     w.add_layer_norm_rms_eps(c["rms_norm_eps"])
     w.add_vocab_size(c["vocab_size"])
     w.add_expert_count(experts)
-    w.add_expert_used_count(c["num_experts_per_tok"])
+    w.add_expert_used_count(c["moe_k"] if mt == "ernie4_5_moe" else c["num_experts_per_tok"])
     if "moe_intermediate_size" in c:
         w.add_expert_feed_forward_length(c["moe_intermediate_size"])
     # RoPE scaling as llama.cpp's TextModel writes it (llama3 needs rope_freqs; not here)
@@ -295,6 +398,8 @@ def main():
         w.add_expert_weights_norm(bool(c["norm_topk_prob"]))
     if deepseek:
         add_deepseek_metadata(w, c, rope, mt)
+    if mt in ("glm4_moe", "ernie4_5_moe"):
+        add_glm_ernie_metadata(w, c, t, mt)
     if c.get("clip_qkv"):
         w.add_clamp_kqv(c["clip_qkv"])
     if mt == "granitemoe":
@@ -359,7 +464,7 @@ def main():
         p = f"model.layers.{i}."
         b = f"blk.{i}."
         add(b + "attn_norm.weight", t[p + "input_layernorm.weight"], "small")
-        post = "post_attention_norm" if mt == "gpt_oss" else "ffn_norm"
+        post = "post_attention_norm" if mt in ("gpt_oss", "glm4_moe") else "ffn_norm"
         add(b + f"{post}.weight", t[p + "post_attention_layernorm.weight"], "small")
         if deepseek:
             add_deepseek_layer(add, t, c, p, b, i)
@@ -381,7 +486,9 @@ def main():
         for x in "qk":
             if p + f"self_attn.{x}_norm.weight" in t:
                 add(b + f"attn_{x}_norm.weight", t[p + f"self_attn.{x}_norm.weight"], "small")
-        if mt == "mixtral":
+        if mt in ("glm4_moe", "ernie4_5_moe"):
+            add_glm_ernie_layer(add, t, c, p, b, mt)
+        elif mt == "mixtral":
             m = p + "block_sparse_moe."
             add(b + "ffn_gate_inp.weight", t[m + "gate.weight"], "small")
             for gg, hf in [("gate", "w1"), ("up", "w3"), ("down", "w2")]:
