@@ -16,7 +16,7 @@ use webmoe::model::session::Session;
 use webmoe::model::tokenizer::Tokenizer;
 use webmoe::{ErrorKind, GpuContext, WeightFormat};
 
-const FAMILIES: [&str; 7] = [
+const FAMILIES: [&str; 9] = [
     "mixtral",
     "qwen2_moe",
     "qwen3_moe",
@@ -24,6 +24,8 @@ const FAMILIES: [&str; 7] = [
     "granitemoe",
     "gpt_oss",
     "deepseek_v3",
+    "glm4_moe",
+    "ernie4_5_moe",
 ];
 
 fn fixtures() -> PathBuf {

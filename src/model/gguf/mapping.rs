@@ -7,7 +7,7 @@ use super::tokenizer::tokenizer_of;
 use crate::error::{Error, Result};
 use crate::model::attention;
 use crate::model::config::{Family, MlaConfig, ModelConfig, QkNorm};
-use crate::model::families::gpt_oss;
+use crate::model::families::{self, gpt_oss};
 use crate::model::names::{self, ExpertTensors};
 use crate::model::safetensors_io::{ShardHeader, TensorInfo};
 use crate::model::tokenizer::Tokenizer;
@@ -113,7 +113,10 @@ fn decoder_tensors(t: &GgufTensor, c: &ModelConfig) -> Result<Vec<TensorInfo>> {
         "attn_kv_b.weight" => format!("{p}.self_attn.kv_b_proj.weight"),
         "attn_k_b.weight" => attention::absorbed_k_name(&p),
         "attn_v_b.weight" => attention::absorbed_v_name(&p),
-        "exp_probs_b.bias" => format!("{p}.mlp.gate.e_score_correction_bias"),
+        "exp_probs_b.bias" => match families::selection_bias(c, &p) {
+            Some((name, _)) => name,
+            None => format!("{p}.mlp.gate.e_score_correction_bias"),
+        },
         "attn_sinks.weight" => gpt_oss::sinks_name(&p),
         "ffn_gate_inp.bias" => gpt_oss::expert_names(&p).router_bias,
         "ffn_gate_exps.bias" => gpt_oss::split_bias_names(&p).0,
@@ -239,9 +242,11 @@ fn config_of(files: &[GgufFile], meta: &BTreeMap<String, MetaValue>, source: &st
         // llama.cpp's gating function 2 is sigmoid: DeepSeek-V3's router.
         "deepseek2" if m.usize("expert_gating_func")? == Some(2) => Family::DeepseekV3,
         "deepseek2" => Family::DeepseekV2,
+        "glm4moe" => Family::Glm4Moe,
+        "ernie4_5-moe" => Family::Ernie45Moe,
         other => {
             return Err(Error::Unsupported(format!(
-                "{source}: GGUF architecture `{other}` (webmoe reads llama with experts (Mixtral), qwen2moe, qwen3moe, olmoe, granitemoe, gpt-oss and deepseek2)"
+                "{source}: GGUF architecture `{other}` (webmoe reads llama with experts (Mixtral), qwen2moe, qwen3moe, olmoe, granitemoe, gpt-oss, deepseek2, glm4moe and ernie4_5-moe)"
             )))
         }
     };
@@ -308,7 +313,7 @@ fn config_of(files: &[GgufFile], meta: &BTreeMap<String, MetaValue>, source: &st
     let qk_norm = if !has("attn_q_norm.weight") {
         QkNorm::None
     } else if tensor("blk.0.attn_q_norm.weight").is_some_and(|t| t.dims[0] as usize == head_dim)
-        && family == Family::Qwen3Moe
+        && matches!(family, Family::Qwen3Moe | Family::Glm4Moe)
     {
         QkNorm::PerHead
     } else {
@@ -376,8 +381,17 @@ fn config_of(files: &[GgufFile], meta: &BTreeMap<String, MetaValue>, source: &st
         experts_mxfp4: false,
         mla: None,
     };
-    if matches!(family, Family::DeepseekV2 | Family::DeepseekV3) {
-        deepseek2(&m, &mut config)?;
+    match family {
+        Family::DeepseekV2 | Family::DeepseekV3 => deepseek2(&m, &mut config)?,
+        // GLM-4-MoE: sigmoid routing whatever the file says; NEOX RoPE (halves).
+        Family::Glm4Moe => shared_and_routing(&m, &mut config, Scoring::Sigmoid)?,
+        // ERNIE-4.5-MoE: softmax, always renormalised; RoPE on interleaved pairs.
+        Family::Ernie45Moe => {
+            config.rope_interleaved = true;
+            shared_and_routing(&m, &mut config, Scoring::Softmax)?;
+            config.moe.routing.renormalize = true;
+        }
+        _ => {}
     }
     Ok(config)
 }
@@ -434,14 +448,28 @@ fn deepseek2(m: &Meta, c: &mut ModelConfig) -> Result<()> {
         }
     }
     c.attention_scale = scale;
+    shared_and_routing(m, c, Scoring::Softmax)
+}
+
+/// llama.cpp's shared experts and routing for deepseek2, glm4moe and ernie4_5-moe:
+/// `expert_shared_count` ungated shared experts (of
+/// `expert_shared_feed_forward_length`, else that many times the expert size);
+/// `expert_gating_func` (1 softmax, 2 sigmoid; `default` when absent), the selection
+/// bias `exp_probs_b`, groups scored by the sum of their two best whenever
+/// `expert_group_count` > 1, `expert_weights_norm` and `expert_weights_scale`.
+fn shared_and_routing(m: &Meta, c: &mut ModelConfig, default: Scoring) -> Result<()> {
     let shared = m.usize("expert_shared_count")?.unwrap_or(0);
+    let shared_ffn = m
+        .usize("expert_shared_feed_forward_length")?
+        .unwrap_or(shared * c.moe.expert_ffn);
     c.moe.shared_expert = (shared > 0).then_some(SharedExpertConfig {
-        ffn: shared * c.moe.expert_ffn,
+        ffn: shared_ffn,
         gated: false,
     });
     let routing = &mut c.moe.routing;
     routing.scoring = match m.usize("expert_gating_func")? {
-        None | Some(1) => Scoring::Softmax,
+        None => default,
+        Some(1) => Scoring::Softmax,
         Some(2) => Scoring::Sigmoid,
         Some(other) => {
             return Err(m.bad(
