@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::model::families;
 use crate::moe::MoeConfig;
-use crate::ops::rope::RopeScaling;
+use crate::ops::rope::{yarn_mscale, RopeScaling};
 
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
     "MixtralForCausalLM",
@@ -173,7 +173,7 @@ impl RopeParameters {
             "yarn" => {
                 let original = self.original_max_position_embeddings.unwrap_or(max_positions as f64);
                 let factor = self.factor.unwrap_or(max_positions as f64 / original);
-                let mscale = |scale: f64, m: f64| if scale <= 1.0 { 1.0 } else { 0.1 * m * scale.ln() + 1.0 };
+                let mscale = yarn_mscale;
                 let attention_factor = match (self.attention_factor, self.mscale, self.mscale_all_dim) {
                     (Some(a), _, _) => a,
                     (None, Some(m), Some(all)) if m != 0.0 && all != 0.0 => mscale(factor, m) / mscale(factor, all),

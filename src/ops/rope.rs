@@ -9,6 +9,18 @@ use crate::ops::{workgroups, TokenPositions};
 /// like torch): linear (`inv_freq / factor`), llama3 (low frequencies divided by the
 /// factor, a smooth ramp between), YaRN (interpolation blended with extrapolation over
 /// a correction range, cos/sin times the attention factor).
+/// YaRN's magnitude correction for a context stretched `scale` times, weighted by `m`
+/// (transformers' `get_mscale`): `0.1 m ln(scale) + 1`, or 1 when nothing is stretched.
+/// Its ratios give the cos/sin attention factor; DeepSeek also scales the softmax by
+/// its square with `m = mscale_all_dim`.
+pub fn yarn_mscale(scale: f64, m: f64) -> f64 {
+    if scale <= 1.0 {
+        1.0
+    } else {
+        0.1 * m * scale.ln() + 1.0
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub enum RopeScaling {
     #[default]

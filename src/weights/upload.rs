@@ -129,6 +129,8 @@ struct Progress {
     placement: Placement,
     /// Source bytes taken so far, per part.
     received: Vec<u64>,
+    /// Source bytes of each part.
+    lengths: Vec<u64>,
     /// Destination bytes written so far.
     written: u64,
     /// Streaming: source bytes held back until a whole unit has arrived.
@@ -138,13 +140,8 @@ struct Progress {
 }
 
 impl Progress {
-    fn part_len(&self, part: usize) -> u64 {
-        let r = &self.placement.parts()[part];
-        r.end - r.start
-    }
-
     fn complete(&self) -> bool {
-        (0..self.received.len()).all(|i| self.received[i] == self.part_len(i))
+        self.received == self.lengths
     }
 
     /// Source bytes of whole source and destination blocks that convert to a whole
@@ -312,6 +309,7 @@ impl Placements {
             }
             progress.push(Progress {
                 received: vec![0; parts.len()],
+                lengths: parts.iter().map(|r| r.end - r.start).collect(),
                 held: vec![Vec::new(); parts.len()],
                 placement,
                 written: 0,
@@ -395,10 +393,7 @@ impl Placements {
     /// Fails, naming the tensor, unless every placement got all its bytes.
     pub fn check_complete(&self) -> Result<()> {
         if let Some(p) = self.progress.iter().find(|p| !p.complete()) {
-            let (got, want): (u64, u64) = (
-                p.received.iter().sum(),
-                (0..p.received.len()).map(|i| p.part_len(i)).sum(),
-            );
+            let (got, want): (u64, u64) = (p.received.iter().sum(), p.lengths.iter().sum());
             return Err(Error::Config(format!(
                 "tensor `{}` is incomplete: {got} of {want} bytes arrived",
                 p.placement.tensor

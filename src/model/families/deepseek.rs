@@ -21,7 +21,7 @@
 use crate::error::{Error, Result};
 use crate::model::config::{Family, MlaConfig, ModelConfig, RawConfig, RopeParameters};
 use crate::moe::SharedExpertConfig;
-use crate::ops::rope::RopeScaling;
+use crate::ops::rope::{yarn_mscale, RopeScaling};
 use crate::ops::routing::{GroupLimit, GroupScore, RoutingConfig, Scoring, TopKOrder};
 
 /// The eps of `q_a_layernorm` and `kv_a_layernorm` (transformers builds them without
@@ -64,8 +64,8 @@ pub(crate) fn configure(raw: &RawConfig, rope: &RopeParameters, config: &mut Mod
     config.rope_interleaved = true;
     config.attention_scale = (qk_head_dim as f32).powf(-0.5);
     if let (RopeScaling::Yarn { factor, .. }, Some(all)) = (&config.rope_scaling, rope.mscale_all_dim) {
-        if all != 0.0 && *factor > 1.0 {
-            let mscale = (0.1 * all * factor.ln() + 1.0) as f32;
+        if all != 0.0 {
+            let mscale = yarn_mscale(*factor, all) as f32;
             config.attention_scale *= mscale * mscale;
         }
     }

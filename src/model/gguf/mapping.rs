@@ -13,7 +13,7 @@ use crate::model::safetensors_io::{ShardHeader, TensorInfo};
 use crate::model::tokenizer::Tokenizer;
 use crate::moe::{MoeConfig, SharedExpertConfig};
 use crate::ops::expert_matmul::Activation;
-use crate::ops::rope::RopeScaling;
+use crate::ops::rope::{yarn_mscale, RopeScaling};
 use crate::ops::routing::{GroupLimit, GroupScore, RoutingConfig, Scoring, TopKOrder};
 
 /// The engine's view of GGUF files: config, checkpoint shards under decoder names, tokenizer.
@@ -434,15 +434,8 @@ fn deepseek2(m: &Meta, c: &mut ModelConfig) -> Result<()> {
         ..
     } = &mut c.rope_scaling
     {
-        let mscale = |all: f64| {
-            if *factor <= 1.0 {
-                1.0
-            } else {
-                0.1 * all * factor.ln() + 1.0
-            }
-        };
-        let all = log_multiplier.map_or(1.0, |l| l / 0.1);
-        scale *= (mscale(all) * mscale(all)) as f32;
+        let mscale = yarn_mscale(*factor, log_multiplier.map_or(1.0, |l| l / 0.1));
+        scale *= (mscale * mscale) as f32;
         if log_multiplier.is_some() {
             *attention_factor = 1.0;
         }
@@ -525,7 +518,7 @@ fn rope_scaling_of(m: &Meta, family: Family) -> Result<RopeScaling> {
                 original_max_positions: m.need("rope.scaling.original_context_length")? as f64,
                 beta_fast: m.f64("rope.scaling.yarn_beta_fast").unwrap_or(32.0),
                 beta_slow: m.f64("rope.scaling.yarn_beta_slow").unwrap_or(1.0),
-                attention_factor: if factor > 1.0 { 0.1 * factor.ln() + 1.0 } else { 1.0 },
+                attention_factor: yarn_mscale(factor, 1.0),
                 truncate: family != Family::GptOss,
             }
         }
