@@ -4,7 +4,8 @@
 //   x[i + rot/2] = x[i + rot/2] * cos + x[i] * sin
 // Dimensions rot..head_dim are left alone (partial rotary).
 // Layout: x [T, heads, head_dim] f32; positions [T] (slot, position) u32; table [positions, rot/2, 2] f32 = (cos, sin),
-// computed on the CPU the way transformers does (f32 inv_freq * position).
+// computed on the CPU the way transformers does (f32 inv_freq * position), or with by_token
+// [T, rot/2, 2] rows written for this step (dynamic NTK, whose angles depend on the step).
 // Mapping: one invocation per (t, head, i), 64 per workgroup.
 
 struct RopeParams {
@@ -13,7 +14,7 @@ struct RopeParams {
     head_dim: u32,
     half_rot: u32,
     interleaved: u32, // 1: pairs (2i, 2i + 1) (llama.cpp's layout for llama-style GGUF files)
-    _pad0: u32,
+    by_token: u32,    // 1: table row t for token t, else row positions[t].position
     _pad1: u32,
     _pad2: u32,
 }
@@ -38,7 +39,8 @@ fn rope(
     let th = idx / p.half_rot; // t * heads + head
     let t = th / p.heads;
     let base = th * p.head_dim;
-    let entry = (positions[2u * t + 1u] * p.half_rot + i) * 2u;
+    let row = select(positions[2u * t + 1u], t, p.by_token != 0u);
+    let entry = (row * p.half_rot + i) * 2u;
     let c = table[entry];
     let s = table[entry + 1u];
     var a = base + i;

@@ -15,7 +15,7 @@ use crate::ops::attention::{attention_reference, encode_attention, AttentionOpti
 use crate::ops::embedding::encode_embedding;
 use crate::ops::embedding::{argmax_reference, encode_argmax};
 use crate::ops::norm::{encode_rms_norm, rms_norm_reference};
-use crate::ops::rope::{encode_rope, rope_reference, rope_table, upload_rope_table};
+use crate::ops::rope::{encode_rope, rope_reference, rope_table, upload_rope_table, RopeAngles};
 use crate::ops::routing::{GroupLimit, GroupScore, Scoring, TopKOrder};
 use crate::ops::TokenPositions;
 use crate::weights::{WeightFormat, WeightMatrix};
@@ -190,7 +190,16 @@ async fn transformer_op_checks(ctx: &GpuContext, rng: &mut ChaCha8Rng) -> Result
     let qg = GpuTensor::from_f32(ctx, "q", &[tokens, heads * hd], &q, DType::F32)?;
     let positions = TokenPositions::contiguous(ctx, pos0, tokens)?;
     run(&|e| {
-        encode_rope(ctx, e, &qg, &table, heads, hd, &positions, false);
+        encode_rope(
+            ctx,
+            e,
+            &qg,
+            RopeAngles::ByPosition(&table),
+            heads,
+            hd,
+            &positions,
+            false,
+        );
         Ok(())
     })?;
     rope_reference(

@@ -125,14 +125,14 @@ fn check_batched_step(ctx: &GpuContext, model: &Model) {
         let entries: Vec<BatchEntry> = slots
             .iter()
             .zip(&prompts)
-            .map(|(&slot, p)| BatchEntry { slot, tokens: p })
+            .map(|(&slot, p)| BatchEntry::new(slot, p))
             .collect();
         let out = pollster::block_on(batch.step(ctx, model, &entries, BatchRead::Logits, kernels)).unwrap();
         let tokens: Vec<[u32; 1]> = follow.iter().map(|&t| [t]).collect();
         let entries: Vec<BatchEntry> = slots
             .iter()
             .zip(&tokens)
-            .map(|(&slot, t)| BatchEntry { slot, tokens: t })
+            .map(|(&slot, t)| BatchEntry::new(slot, t))
             .collect();
         let next = pollster::block_on(batch.step(ctx, model, &entries, BatchRead::Logits, kernels)).unwrap();
         let argmax = pollster::block_on(
@@ -141,7 +141,7 @@ fn check_batched_step(ctx: &GpuContext, model: &Model) {
                 model,
                 &slots
                     .iter()
-                    .map(|&slot| BatchEntry { slot, tokens: &[1] })
+                    .map(|&slot| BatchEntry::new(slot, &[1]))
                     .collect::<Vec<_>>(),
                 BatchRead::Argmax,
                 kernels,
@@ -171,21 +171,13 @@ fn check_batched_step(ctx: &GpuContext, model: &Model) {
         for (i, (p, &follow)) in prompts.iter().zip(&follow).enumerate() {
             let mut single = Batch::new(ctx, model, 1, 32).unwrap();
             let slot = single.acquire().unwrap();
-            let first = pollster::block_on(single.step(
-                ctx,
-                model,
-                &[BatchEntry { slot, tokens: p }],
-                BatchRead::Logits,
-                kernels,
-            ))
-            .unwrap();
+            let first =
+                pollster::block_on(single.step(ctx, model, &[BatchEntry::new(slot, p)], BatchRead::Logits, kernels))
+                    .unwrap();
             let second = pollster::block_on(single.step(
                 ctx,
                 model,
-                &[BatchEntry {
-                    slot,
-                    tokens: &[follow],
-                }],
+                &[BatchEntry::new(slot, &[follow])],
                 BatchRead::Logits,
                 kernels,
             ))
@@ -203,25 +195,13 @@ fn check_batched_step(ctx: &GpuContext, model: &Model) {
             );
         }
         // Bad steps are errors, not GPU faults.
-        let twice = [
-            BatchEntry {
-                slot: slots[0],
-                tokens: &[1],
-            },
-            BatchEntry {
-                slot: slots[0],
-                tokens: &[2],
-            },
-        ];
+        let twice = [BatchEntry::new(slots[0], &[1]), BatchEntry::new(slots[0], &[2])];
         assert!(pollster::block_on(batch.step(ctx, model, &twice, BatchRead::Argmax, kernels)).is_err());
         let long = vec![1u32; 40];
-        let past = [BatchEntry {
-            slot: slots[1],
-            tokens: &long,
-        }];
+        let past = [BatchEntry::new(slots[1], &long)];
         let err = pollster::block_on(batch.step(ctx, model, &past, BatchRead::Argmax, kernels)).unwrap_err();
         assert!(err.to_string().contains("pass the context"), "{err}");
-        let free = [BatchEntry { slot: 5, tokens: &[1] }];
+        let free = [BatchEntry::new(5, &[1])];
         assert!(pollster::block_on(batch.step(ctx, model, &free, BatchRead::Argmax, kernels)).is_err());
     }
 }

@@ -11,7 +11,9 @@ use webmoe::ops::attention::{attention_reference, encode_attention, AttentionOpt
 use webmoe::ops::elementwise::{encode_add_row_bias, encode_add_scaled, encode_scale_clamp};
 use webmoe::ops::embedding::{argmax_reference, encode_argmax, encode_embedding};
 use webmoe::ops::norm::{encode_rms_norm, rms_norm_reference};
-use webmoe::ops::rope::{encode_rope, rope_reference, rope_table, upload_rope_table};
+use webmoe::ops::rope::{
+    encode_rope, rope_reference, rope_table, rope_table_scaled, upload_rope_table, DynamicNtk, RopeAngles, RopeScaling,
+};
 use webmoe::ops::TokenPositions;
 use webmoe::{ContextOptions, DType, ErrorKind, GpuContext, GpuTensor, WeightFormat, WeightMatrix};
 
@@ -48,6 +50,73 @@ fn rms_norm_matches_reference() {
     }
 }
 
+/// Dynamic NTK rows written per step: each token rotates as in one forward over its
+/// sequence's length in the step (or the length given), whatever else shares the step.
+#[test]
+fn dynamic_ntk_rope_rotates_each_token_by_its_forwards_length() {
+    let ctx = context();
+    let mut rng = rng(12);
+    let (heads, head_dim, rot) = (3, 16, 12);
+    let ntk = DynamicNtk {
+        theta: 10000.0,
+        rotary_dim: rot,
+        factor: 3.0,
+        max_positions: 8.0,
+    };
+    let scaling = RopeScaling::DynamicNtk {
+        factor: ntk.factor,
+        max_positions: ntk.max_positions,
+    };
+    // (slot, position): a prompt of slot 0 past max_positions, one decode token of slot
+    // 2 below it, one of slot 1 past it; then the same with explicit lengths (a chunk of
+    // a longer prompt).
+    let placed = [(0, 7), (0, 8), (0, 9), (0, 10), (2, 4), (1, 30)];
+    let default_lengths = [11, 11, 11, 11, 5, 31];
+    let chunk_lengths = [20, 20, 20, 20, 5, 31];
+    for (explicit, lengths) in [(false, default_lengths), (true, chunk_lengths)] {
+        let tokens = placed.len();
+        let mut x = random_vec(&mut rng, tokens * heads * head_dim, 1.0);
+        let xg = upload(&ctx, &[tokens, heads * head_dim], &x);
+        let positions = TokenPositions::with_dynamic_ntk(&ctx, tokens, ntk).unwrap();
+        if explicit {
+            positions.set_with_lengths(&ctx, &placed, &lengths);
+        } else {
+            positions.set(&ctx, &placed);
+        }
+        let rows = &positions.step_angles.as_ref().unwrap().0;
+        run(&ctx, |enc| {
+            encode_rope(
+                &ctx,
+                enc,
+                &xg,
+                RopeAngles::ByToken(rows),
+                heads,
+                head_dim,
+                &positions,
+                false,
+            )
+        });
+        for (t, (&(_, pos), &length)) in placed.iter().zip(&lengths).enumerate() {
+            let table = rope_table_scaled(ntk.theta, rot, length, &scaling);
+            let token = &mut x[t * heads * head_dim..][..heads * head_dim];
+            rope_reference(token, &table, rot / 2, heads, head_dim, pos, false);
+        }
+        assert_close(
+            &format!("dynamic NTK rope, explicit lengths {explicit}"),
+            &xg.read_f32_blocking(&ctx).unwrap(),
+            &x,
+            1e-6,
+        );
+    }
+    // Within max_positions the rotation is plain RoPE; past it theta grows.
+    assert_eq!(ntk.inv_freq_at(8), ntk.inv_freq_at(3));
+    assert!(ntk.theta_at(9) > ntk.theta);
+    assert_eq!(
+        rope_table_scaled(10000.0, rot, 8, &scaling),
+        rope_table(10000.0, rot, 8)
+    );
+}
+
 #[test]
 fn rope_matches_reference_with_full_and_partial_rotary() {
     let ctx = context();
@@ -66,7 +135,16 @@ fn rope_matches_reference_with_full_and_partial_rotary() {
         let xg = upload(&ctx, &[tokens, heads * head_dim], &x);
         let position = TokenPositions::contiguous(&ctx, pos0, tokens).unwrap();
         run(&ctx, |enc| {
-            encode_rope(&ctx, enc, &xg, &table, heads, head_dim, &position, interleaved)
+            encode_rope(
+                &ctx,
+                enc,
+                &xg,
+                RopeAngles::ByPosition(&table),
+                heads,
+                head_dim,
+                &position,
+                interleaved,
+            )
         });
         rope_reference(&mut x, &host_table, rot / 2, heads, head_dim, pos0, interleaved);
         assert_close(

@@ -156,7 +156,8 @@ struct RunArgs {
     /// Print one JSON object: prompt_ids, generated_ids, first_logits_top.
     #[arg(long)]
     json: bool,
-    /// KV-cache positions (default: max_position_embeddings, at most 4096).
+    /// KV-cache positions (default: max_position_embeddings, times the factor for
+    /// dynamic NTK RoPE; at most 4096).
     #[arg(long)]
     context: Option<usize>,
     /// Weight storage on the GPU: f32, f16 or bf16 (default: the checkpoint's dtype).

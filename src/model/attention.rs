@@ -32,7 +32,7 @@ use crate::ops::attention::{encode_attention, AttentionOptions, KvCache};
 use crate::ops::columns::{encode_join_columns, encode_split_columns};
 use crate::ops::elementwise::{encode_add_row_bias, encode_scale_clamp};
 use crate::ops::expert_matmul::{encode_down, ExpertRows};
-use crate::ops::rope::encode_rope;
+use crate::ops::rope::{encode_rope, RopeAngles};
 use crate::ops::TokenPositions;
 use crate::weights::WeightMatrix;
 
@@ -55,7 +55,7 @@ pub(crate) enum LayerAttention {
 /// What a layer's attention reads besides its weights.
 pub(crate) struct AttentionInputs<'a> {
     pub(crate) config: &'a ModelConfig,
-    pub(crate) rope: &'a GpuTensor,
+    pub(crate) rope: RopeAngles<'a>,
     pub(crate) cache: &'a KvCache,
     pub(crate) positions: &'a TokenPositions,
     /// GEMV kernels for the projections (else tiles).

@@ -25,6 +25,21 @@ const KEPT_WORKSPACES: usize = 24;
 pub struct BatchEntry<'a> {
     pub slot: usize,
     pub tokens: &'a [u32],
+    /// Where the prompt these tokens are a chunk of ends, when it goes on past them. A
+    /// dynamic NTK RoPE scales a forward by where its sequence ends (as transformers
+    /// does); a prompt fed in chunks scales as if it were prefilled in one forward.
+    pub prompt_end: Option<usize>,
+}
+
+impl<'a> BatchEntry<'a> {
+    /// `tokens` appended to the sequence in `slot`.
+    pub fn new(slot: usize, tokens: &'a [u32]) -> Self {
+        Self {
+            slot,
+            tokens,
+            prompt_end: None,
+        }
+    }
 }
 
 /// What a batched step reads back for each entry's last token.
@@ -142,6 +157,12 @@ impl Batch {
                     self.max_context
                 )));
             }
+            if let Some(end) = e.prompt_end.filter(|&end| end > self.max_context) {
+                return Err(Error::Config(format!(
+                    "a prompt ending at position {end} passes the context of {} positions",
+                    self.max_context
+                )));
+            }
         }
         Ok(())
     }
@@ -177,11 +198,14 @@ impl Batch {
         self.check(model, entries)?;
         let mut ids = Vec::new();
         let mut placed = Vec::new();
+        let mut lengths = Vec::new();
         let mut head_rows = Vec::with_capacity(entries.len());
         for e in entries {
             let pos0 = self.positions[e.slot];
             ids.extend_from_slice(e.tokens);
             placed.extend((0..e.tokens.len()).map(|t| (e.slot, pos0 + t)));
+            let end = e.prompt_end.unwrap_or(0).max(pos0 + e.tokens.len());
+            lengths.extend(std::iter::repeat_n(end, e.tokens.len()));
             head_rows.push((ids.len() - 1) as u32);
         }
         let shape = StepShape {
@@ -191,7 +215,9 @@ impl Batch {
             kernels,
         };
         let i = self.workspace(ctx, model, shape)?;
-        let out = self.workspaces[i].replay(ctx, &ids, &placed, &head_rows).await?;
+        let out = self.workspaces[i]
+            .replay(ctx, &ids, &placed, Some(&lengths), &head_rows)
+            .await?;
         for e in entries {
             self.positions[e.slot] += e.tokens.len();
         }

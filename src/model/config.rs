@@ -188,16 +188,23 @@ impl RopeParameters {
                     truncate: self.truncate.unwrap_or(true),
                 }
             }
+            // transformers scales by the config's max_position_embeddings (any
+            // `original_max_position_embeddings` is not read for this type).
             "dynamic" => {
-                return Err(Error::Unsupported(format!(
-                    "{source}: rope_type `dynamic` (dynamic NTK) is not supported: it rescales every position's \
-                     frequencies as the sequence grows, which a cache of already-rotated keys cannot follow \
-                     (default, linear, llama3 and yarn are supported)"
-                )))
+                let factor = need(self.factor, "factor")?;
+                if factor < 1.0 {
+                    return Err(Error::Config(format!(
+                        "{source}: rope_type `dynamic` needs factor >= 1, not {factor}"
+                    )));
+                }
+                RopeScaling::DynamicNtk {
+                    factor: factor as f32,
+                    max_positions: max_positions as f32,
+                }
             }
             other => {
                 return Err(Error::Unsupported(format!(
-                    "{source}: rope_type `{other}` is not supported (default, linear, llama3 and yarn are)"
+                    "{source}: rope_type `{other}` is not supported (default, linear, dynamic, llama3 and yarn are)"
                 )))
             }
         })
@@ -276,6 +283,15 @@ pub(crate) struct RawConfig {
 }
 
 impl ModelConfig {
+    /// The longest context the model is made for: max_position_embeddings, or for
+    /// dynamic NTK, which exists to stretch it, that times the factor.
+    pub fn context_limit(&self) -> usize {
+        match self.rope_scaling {
+            RopeScaling::DynamicNtk { factor, .. } => (self.max_position_embeddings as f64 * factor as f64) as usize,
+            _ => self.max_position_embeddings,
+        }
+    }
+
     /// Reads `dir/config.json` (native).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn from_dir(dir: &std::path::Path) -> Result<Self> {

@@ -19,7 +19,8 @@ pub const DEFAULT_MAX_CONTEXT: usize = 4096;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LoadOptions {
-    /// Positions the model serves (default: max_position_embeddings, at most 4096).
+    /// Positions the model serves (default: max_position_embeddings, or for dynamic
+    /// NTK that times the factor; at most 4096).
     pub max_context: Option<usize>,
     /// GPU storage of weight matrices (default: each tensor's own dtype).
     pub weight_format: Option<WeightFormat>,
@@ -83,7 +84,7 @@ impl StreamingLoad {
         let checkpoint = Checkpoint::new(shards);
         let context = options
             .max_context
-            .unwrap_or(config.max_position_embeddings.min(DEFAULT_MAX_CONTEXT));
+            .unwrap_or(config.context_limit().min(DEFAULT_MAX_CONTEXT));
         if let Some(q) = options.quantize.filter(|q| !q.is_quantized() || !q.can_encode()) {
             return Err(Error::Unsupported(format!(
                 "quantizing to {q} at load: the formats webmoe quantizes to are q8_0, q4_0 and mxfp4"

@@ -33,7 +33,7 @@ use crate::ops::elementwise::{encode_add_scaled, encode_gather_rows, encode_scal
 use crate::ops::embedding::encode_embedding;
 use crate::ops::expert_matmul::{encode_down, encode_gate_up, ExpertRows};
 use crate::ops::norm::encode_rms_norm;
-use crate::ops::rope::upload_rope_table;
+use crate::ops::rope::{upload_rope_table, DynamicNtk, RopeAngles, RopeScaling};
 use crate::ops::TokenPositions;
 use crate::weights::{Placement, WeightFormat, WeightMatrix};
 
@@ -112,6 +112,12 @@ struct Layer {
     ffn: FeedForward,
 }
 
+/// How a model rotates queries and keys.
+enum ModelRope {
+    Table(GpuTensor),
+    DynamicNtk(DynamicNtk),
+}
+
 /// A loaded model: weights on the GPU and the RoPE table. Immutable once loaded;
 /// per-sequence state lives in sessions.
 pub struct Model {
@@ -122,7 +128,9 @@ pub struct Model {
     lm_head: Option<WeightMatrix>,
     layers: Vec<Layer>,
     final_norm: GpuTensor,
-    rope: GpuTensor,
+    /// RoPE's (cos, sin) table over `max_context` positions, or, for dynamic NTK,
+    /// how each step computes its own rows.
+    rope: ModelRope,
 }
 
 /// What a recorded forward leaves on the GPU.
@@ -264,10 +272,15 @@ impl Model {
         formats: StorageFormats,
         max_context: usize,
     ) -> Result<(Self, Vec<Placement>)> {
-        if max_context == 0 || max_context > config.max_position_embeddings {
+        if max_context == 0 || max_context > config.context_limit() {
             return Err(Error::Config(format!(
-                "context of {max_context} positions must be between 1 and max_position_embeddings = {}",
-                config.max_position_embeddings
+                "context of {max_context} positions must be between 1 and {} (max_position_embeddings = {}{})",
+                config.context_limit(),
+                config.max_position_embeddings,
+                match config.rope_scaling {
+                    RopeScaling::DynamicNtk { factor, .. } => format!(" times the dynamic NTK factor {factor}"),
+                    _ => String::new(),
+                }
             )));
         }
         let mut planner = Planner {
@@ -293,13 +306,21 @@ impl Model {
         } else {
             config.moe.weight_format = embed.format;
         }
-        let rope = upload_rope_table(
-            ctx,
-            config.rope_theta,
-            config.rotary_dim,
-            max_context,
-            &config.rope_scaling,
-        )?;
+        let rope = match config.rope_scaling {
+            RopeScaling::DynamicNtk { factor, max_positions } => ModelRope::DynamicNtk(DynamicNtk {
+                theta: config.rope_theta,
+                rotary_dim: config.rotary_dim,
+                factor,
+                max_positions,
+            }),
+            _ => ModelRope::Table(upload_rope_table(
+                ctx,
+                config.rope_theta,
+                config.rotary_dim,
+                max_context,
+                &config.rope_scaling,
+            )?),
+        };
         let model = Self {
             config,
             max_context,
@@ -310,6 +331,26 @@ impl Model {
             rope,
         };
         Ok((model, planner.placements))
+    }
+
+    /// Room for the slots and positions of `tokens` tokens of a step (with the step's
+    /// rotation rows when RoPE is dynamic NTK).
+    pub fn new_positions(&self, ctx: &GpuContext, tokens: usize) -> Result<TokenPositions> {
+        match self.rope {
+            ModelRope::DynamicNtk(ntk) => TokenPositions::with_dynamic_ntk(ctx, tokens, ntk),
+            ModelRope::Table(_) => TokenPositions::new(ctx, tokens),
+        }
+    }
+
+    /// Where the RoPE kernel reads the rotation of a step placed by `positions`.
+    fn rope_angles<'a>(&'a self, positions: &'a TokenPositions) -> Result<RopeAngles<'a>> {
+        match (&self.rope, &positions.step_angles) {
+            (ModelRope::Table(table), _) => Ok(RopeAngles::ByPosition(table)),
+            (ModelRope::DynamicNtk(_), Some((rows, _))) => Ok(RopeAngles::ByToken(rows)),
+            (ModelRope::DynamicNtk(_), None) => Err(Error::Config(
+                "dynamic NTK RoPE needs token positions with rotation rows (Model::new_positions)".into(),
+            )),
+        }
     }
 
     /// One KV cache per layer, each as its attention needs (keys and values per kv
@@ -386,6 +427,7 @@ impl Model {
                 positions.tokens
             )));
         }
+        let rope = self.rope_angles(positions)?;
         let gemv = kernels.gemv(t, GEMV_MAX_TOKENS);
         let x = GpuTensor::empty(ctx, "hidden", &[t, d], DType::F32)?;
         encode_embedding(ctx, rec, ids, &self.embed, c.embedding_multiplier, &x)?;
@@ -394,7 +436,7 @@ impl Model {
             let h = norm(ctx, rec, &x, &layer.input_norm, c.rms_norm_eps)?;
             let inputs = AttentionInputs {
                 config: c,
-                rope: &self.rope,
+                rope,
                 cache,
                 positions,
                 gemv,

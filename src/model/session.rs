@@ -76,7 +76,7 @@ pub(crate) struct Replay {
 impl Workspace {
     pub(crate) fn new(ctx: &GpuContext, model: &Model, caches: &[KvCache], shape: StepShape) -> Result<Self> {
         let ids = GpuTensor::empty(ctx, "token ids", &[shape.tokens], DType::U32)?;
-        let positions = TokenPositions::new(ctx, shape.tokens)?;
+        let positions = model.new_positions(ctx, shape.tokens)?;
         let head_rows = match shape.rows {
             HeadRows::Listed(n) => Some(GpuTensor::empty(ctx, "rows with logits", &[n], DType::U32)?),
             _ => None,
@@ -123,17 +123,23 @@ impl Workspace {
     }
 
     /// Writes this step's inputs (ids, each token's slot and position, the rows that
-    /// get logits), submits the recording once and maps the readback.
+    /// get logits), submits the recording once and maps the readback. `lengths`: the
+    /// length each token's forward counts as for a dynamic NTK RoPE (else where its
+    /// sequence ends in this step).
     pub(crate) async fn replay(
         &self,
         ctx: &GpuContext,
         ids: &[u32],
         placed: &[(usize, usize)],
+        lengths: Option<&[usize]>,
         head_rows: &[u32],
     ) -> Result<Replay> {
         ctx.scoped("model forward", || {
             ctx.queue.write_buffer(&self.ids.buffer, 0, bytemuck::cast_slice(ids));
-            self.positions.set(ctx, placed);
+            match lengths {
+                Some(lengths) => self.positions.set_with_lengths(ctx, placed, lengths),
+                None => self.positions.set(ctx, placed),
+            }
             if let Some(rows) = &self.head_rows {
                 ctx.queue.write_buffer(&rows.buffer, 0, bytemuck::cast_slice(head_rows));
             }
@@ -259,7 +265,7 @@ impl Session {
         let pos0 = self.position;
         let i = self.workspace(ctx, model, ids.len(), read)?;
         let placed: Vec<(usize, usize)> = (0..ids.len()).map(|t| (0, pos0 + t)).collect();
-        let out = self.workspaces[i].replay(ctx, ids, &placed, &[]).await?;
+        let out = self.workspaces[i].replay(ctx, ids, &placed, None, &[]).await?;
         self.position = pos0 + ids.len();
         for (total, &c) in self.routing_totals.iter_mut().zip(&out.routing_counts) {
             *total += c as u64;

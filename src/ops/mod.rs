@@ -22,9 +22,14 @@ use crate::gpu::{GpuContext, GpuTensor};
 /// read. A recorded forward replays at any positions, for any mix of sequences, by
 /// rewriting these `8 T` bytes: one sequence's tokens at `pos0..pos0 + T`, or one
 /// token of each of T sequences (a continuous-batching decode step).
+///
+/// With dynamic NTK RoPE, whose angles depend on how long each token's forward is,
+/// the step's (cos, sin) rows `[T, rot/2, 2]` are written alongside.
 pub struct TokenPositions {
     pub buffer: wgpu::Buffer,
     pub tokens: usize,
+    /// Dynamic NTK: the step's rotation rows and how they are computed.
+    pub step_angles: Option<(GpuTensor, rope::DynamicNtk)>,
 }
 
 impl TokenPositions {
@@ -38,7 +43,20 @@ impl TokenPositions {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        Ok(Self { buffer, tokens })
+        Ok(Self {
+            buffer,
+            tokens,
+            step_angles: None,
+        })
+    }
+
+    /// Room for `tokens` tokens and their dynamic NTK rotation rows.
+    pub fn with_dynamic_ntk(ctx: &GpuContext, tokens: usize, ntk: rope::DynamicNtk) -> Result<Self> {
+        let mut positions = Self::new(ctx, tokens)?;
+        let shape = [positions.tokens, ntk.rotary_dim / 2, 2];
+        let rows = GpuTensor::empty(ctx, "dynamic NTK rotation rows", &shape, crate::gpu::DType::F32)?;
+        positions.step_angles = Some((rows, ntk));
+        Ok(positions)
     }
 
     /// `tokens` tokens of slot 0 at `pos0..pos0 + tokens`.
@@ -50,17 +68,33 @@ impl TokenPositions {
 
     /// Every token in `slot`, at `pos0..pos0 + T`, for the next submit.
     pub fn set_contiguous(&self, ctx: &GpuContext, slot: usize, pos0: usize) {
-        let words: Vec<u32> = (0..self.tokens)
-            .flat_map(|t| [slot as u32, (pos0 + t) as u32])
-            .collect();
-        ctx.queue.write_buffer(&self.buffer, 0, bytemuck::cast_slice(&words));
+        let placed: Vec<(usize, usize)> = (0..self.tokens).map(|t| (slot, pos0 + t)).collect();
+        self.set(ctx, &placed);
     }
 
-    /// Token t in `placed[t].0` at position `placed[t].1`, for the next submit.
+    /// Token t in `placed[t].0` at position `placed[t].1`, for the next submit; a
+    /// dynamic NTK RoPE scales each token by where its sequence ends in this step.
     pub fn set(&self, ctx: &GpuContext, placed: &[(usize, usize)]) {
+        let mut ends = std::collections::HashMap::new();
+        for &(slot, pos) in placed {
+            let end = ends.entry(slot).or_insert(0);
+            *end = (*end).max(pos + 1);
+        }
+        let lengths: Vec<usize> = placed.iter().map(|(slot, _)| ends[slot]).collect();
+        self.set_with_lengths(ctx, placed, &lengths);
+    }
+
+    /// As [`Self::set`], with the length each token's forward counts as given: a chunk
+    /// of a longer prompt counts as the whole prompt, as if prefilled in one forward.
+    pub fn set_with_lengths(&self, ctx: &GpuContext, placed: &[(usize, usize)], lengths: &[usize]) {
         assert_eq!(placed.len(), self.tokens, "one (slot, position) per token");
         let words: Vec<u32> = placed.iter().flat_map(|&(s, p)| [s as u32, p as u32]).collect();
         ctx.queue.write_buffer(&self.buffer, 0, bytemuck::cast_slice(&words));
+        if let Some((rows, ntk)) = &self.step_angles {
+            let positions: Vec<usize> = placed.iter().map(|&(_, p)| p).collect();
+            let values = ntk.step_rows(&positions, lengths);
+            ctx.queue.write_buffer(&rows.buffer, 0, bytemuck::cast_slice(&values));
+        }
     }
 }
 

@@ -124,7 +124,7 @@ pub fn all() -> Vec<ParamsLayout> {
             kernel::ROPE,
             "RopeParams",
             RopeParams,
-            [tokens, heads, head_dim, half_rot, interleaved]
+            [tokens, heads, head_dim, half_rot, interleaved, by_token]
         ),
         layout!(
             kernel::ATTENTION,

@@ -5,10 +5,6 @@ use crate::gpu::kernel::{Recorder, ROPE};
 use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::ops::{workgroups, TokenPositions};
 
-/// RoPE frequency scaling, as transformers' `modeling_rope_utils` computes it (f32
-/// like torch): linear (`inv_freq / factor`), llama3 (low frequencies divided by the
-/// factor, a smooth ramp between), YaRN (interpolation blended with extrapolation over
-/// a correction range, cos/sin times the attention factor).
 /// YaRN's magnitude correction for a context stretched `scale` times, weighted by `m`
 /// (transformers' `get_mscale`): `0.1 m ln(scale) + 1`, or 1 when nothing is stretched.
 /// Its ratios give the cos/sin attention factor; DeepSeek also scales the softmax by
@@ -21,6 +17,11 @@ pub fn yarn_mscale(scale: f64, m: f64) -> f64 {
     }
 }
 
+/// RoPE frequency scaling, as transformers' `modeling_rope_utils` computes it (f32
+/// like torch): linear (`inv_freq / factor`), llama3 (low frequencies divided by the
+/// factor, a smooth ramp between), YaRN (interpolation blended with extrapolation over
+/// a correction range, cos/sin times the attention factor), dynamic NTK (a larger
+/// theta once a forward reaches past `max_positions`; see [`DynamicNtk`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub enum RopeScaling {
     #[default]
@@ -43,16 +44,72 @@ pub enum RopeScaling {
         attention_factor: f64,
         truncate: bool,
     },
+    /// Dynamic NTK: a forward whose sequence reaches `length > max_positions` rotates
+    /// with theta times `(factor length / max_positions - (factor - 1))^(rot / (rot - 2))`.
+    DynamicNtk {
+        factor: f32,
+        /// The config's max_position_embeddings.
+        max_positions: f32,
+    },
 }
 
-/// The inverse frequencies of `rotary_dim` rotated dimensions.
+/// Dynamic NTK RoPE as transformers runs it with a KV cache: each forward computes its
+/// frequencies from where its sequence ends (`max(position_ids) + 1`) and rotates its
+/// own queries and keys with them; keys cached by earlier forwards keep the rotation
+/// they got. So a token's cos/sin depend on its position and on its forward's length,
+/// and are computed per step on the CPU ([`DynamicNtk::step_rows`]) instead of read
+/// from one table.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DynamicNtk {
+    pub theta: f32,
+    pub rotary_dim: usize,
+    pub factor: f32,
+    pub max_positions: f32,
+}
+
+impl DynamicNtk {
+    /// The theta of a forward whose sequence ends at `length` (torch's f32 arithmetic).
+    pub fn theta_at(&self, length: usize) -> f32 {
+        let length = (length as f32).max(self.max_positions);
+        let dim = self.rotary_dim as f32;
+        let stretch = self.factor * length / self.max_positions - (self.factor - 1.0);
+        self.theta * stretch.powf(dim / (dim - 2.0))
+    }
+
+    /// The inverse frequencies of a forward whose sequence ends at `length`.
+    pub fn inv_freq_at(&self, length: usize) -> Vec<f32> {
+        inv_freq(self.theta_at(length), self.rotary_dim, &RopeScaling::None)
+    }
+
+    /// `[tokens, rot/2, 2]` (cos, sin) of tokens at `positions`, each in a forward
+    /// whose sequence ends at the same index of `lengths`.
+    pub fn step_rows(&self, positions: &[usize], lengths: &[usize]) -> Vec<f32> {
+        assert_eq!(positions.len(), lengths.len(), "one length per token");
+        let mut rows = Vec::with_capacity(positions.len() * self.rotary_dim);
+        let mut cached: Option<(usize, Vec<f32>)> = None;
+        for (&pos, &length) in positions.iter().zip(lengths) {
+            let inv_freq = match &cached {
+                Some((l, f)) if *l == length => f,
+                _ => &cached.insert((length, self.inv_freq_at(length))).1,
+            };
+            for f in inv_freq {
+                let angle = pos as f32 * f;
+                rows.extend([angle.cos(), angle.sin()]);
+            }
+        }
+        rows
+    }
+}
+
+/// The inverse frequencies of `rotary_dim` rotated dimensions (for dynamic NTK: those
+/// of a forward within `max_positions`, see [`DynamicNtk::inv_freq_at`]).
 pub fn inv_freq(theta: f32, rotary_dim: usize, scaling: &RopeScaling) -> Vec<f32> {
     let half = rotary_dim / 2;
     let base: Vec<f32> = (0..half)
         .map(|i| 1.0 / theta.powf((2 * i) as f32 / rotary_dim as f32))
         .collect();
     match *scaling {
-        RopeScaling::None => base,
+        RopeScaling::None | RopeScaling::DynamicNtk { .. } => base,
         RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
         RopeScaling::Llama3 {
             factor,
@@ -111,9 +168,19 @@ pub fn inv_freq(theta: f32, rotary_dim: usize, scaling: &RopeScaling) -> Vec<f32
 
 /// The (cos, sin) table `[positions, rot/2, 2]` as transformers computes it in f32:
 /// `inv_freq[i] = 1 / theta^(2i / rot)` (scaled), angle = position * inv_freq[i].
+/// Dynamic NTK's table is that of one forward over all `positions`.
 pub fn rope_table_scaled(theta: f32, rotary_dim: usize, positions: usize, scaling: &RopeScaling) -> Vec<f32> {
     let half = rotary_dim / 2;
-    let inv_freq = inv_freq(theta, rotary_dim, scaling);
+    let inv_freq = match *scaling {
+        RopeScaling::DynamicNtk { factor, max_positions } => DynamicNtk {
+            theta,
+            rotary_dim,
+            factor,
+            max_positions,
+        }
+        .inv_freq_at(positions),
+        _ => inv_freq(theta, rotary_dim, scaling),
+    };
     let attention = match *scaling {
         RopeScaling::Yarn { attention_factor, .. } => Some(attention_factor as f32),
         _ => None,
@@ -157,7 +224,18 @@ pub(crate) struct RopeParams {
     pub(crate) head_dim: u32,
     pub(crate) half_rot: u32,
     pub(crate) interleaved: u32,
-    pub(crate) _pad: [u32; 3],
+    pub(crate) by_token: u32,
+    pub(crate) _pad: [u32; 2],
+}
+
+/// Where the RoPE kernel finds each token's (cos, sin).
+#[derive(Clone, Copy)]
+pub enum RopeAngles<'a> {
+    /// A table `[positions, rot/2, 2]`, read at each token's position.
+    ByPosition(&'a GpuTensor),
+    /// Rows `[tokens, rot/2, 2]` written for the step, read at each token's index
+    /// (dynamic NTK: see [`TokenPositions::with_dynamic_ntk`]).
+    ByToken(&'a GpuTensor),
 }
 
 /// Rotates `x [T, heads * head_dim]` in place, token t at the position `positions`
@@ -167,13 +245,17 @@ pub fn encode_rope(
     ctx: &GpuContext,
     rec: &mut Recorder,
     x: &GpuTensor,
-    table: &GpuTensor,
+    angles: RopeAngles,
     heads: usize,
     head_dim: usize,
     positions: &TokenPositions,
     interleaved: bool,
 ) {
     let tokens = x.shape[0];
+    let (table, by_token) = match angles {
+        RopeAngles::ByPosition(table) => (table, false),
+        RopeAngles::ByToken(rows) => (rows, true),
+    };
     let half_rot = table.shape[1];
     let params = RopeParams {
         tokens: tokens as u32,
@@ -181,7 +263,8 @@ pub fn encode_rope(
         head_dim: head_dim as u32,
         half_rot: half_rot as u32,
         interleaved: interleaved as u32,
-        _pad: [0; 3],
+        by_token: by_token as u32,
+        _pad: [0; 2],
     };
     rec.dispatch(
         ctx,

@@ -314,9 +314,13 @@ impl Engine {
         if !chunks.is_empty() {
             let entries: Vec<BatchEntry> = chunks
                 .iter()
-                .map(|&(i, from, to)| BatchEntry {
-                    slot: self.running[i].slot,
-                    tokens: &self.running[i].request.prompt[from..to],
+                .map(|&(i, from, to)| {
+                    let prompt = &self.running[i].request.prompt;
+                    BatchEntry {
+                        slot: self.running[i].slot,
+                        tokens: &prompt[from..to],
+                        prompt_end: Some(prompt.len()),
+                    }
                 })
                 .collect();
             let finishing: Vec<bool> = chunks
@@ -355,10 +359,7 @@ impl Engine {
             let entries: Vec<BatchEntry> = decoding
                 .iter()
                 .zip(&tokens)
-                .map(|(&i, t)| BatchEntry {
-                    slot: self.running[i].slot,
-                    tokens: t,
-                })
+                .map(|(&i, t)| BatchEntry::new(self.running[i].slot, t))
                 .collect();
             let greedy = decoding.iter().all(|&i| self.running[i].request.sampling.is_greedy());
             let read = if greedy { BatchRead::Argmax } else { BatchRead::Logits };
