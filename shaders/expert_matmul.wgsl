@@ -11,8 +11,9 @@
 // row K elements (WEIGHT_DTYPE); blocks of other experts, empty blocks and SENTINEL
 // blocks exit at once. Outputs are [rows, n_dim].
 // Dense mode (dense_rows > 0): row r is token r and the expert is 0 (shared expert).
-// Mapping: one 256-invocation workgroup per (row block, column tile); invocation
-// (ty, tx) = (lid / 16, lid % 16) computes rows 2ty..2ty+1, columns tx + 16j, j < 4.
+// Mapping: one 256-invocation workgroup per (row block of BM rows, column tile of BN);
+// invocation (ty, tx) = (lid / TX, lid % TX) computes rows RM ty + i (i < RM) and
+// columns tx + TX j (j < RN): for BM = 32, 16, 8 that is 2 x 4, 1 x 4, 1 x 2.
 //! weights: w0, w1
 
 struct MatmulParams {
@@ -34,9 +35,15 @@ struct MatmulParams {
     _pad1: u32,
 }
 
-const BM: u32 = 32u;
 const BN: u32 = 64u;
 const BK: u32 = 16u;
+const MAX_BM: u32 = 32u;
+// Rows per block (the host's BlockRows: 32, 16 or 8; the permutation pads each expert
+// to it), and the outputs of one invocation: RM rows x RN columns TX apart.
+override BM: u32 = 32u;
+override RM: u32 = max(BM / 16u, 1u);
+override RN: u32 = BM * BN / (256u * RM);
+override TX: u32 = BN / RN;
 
 @group(0) @binding(0) var<uniform> p: MatmulParams;
 @group(0) @binding(1) var<storage, read> a_in: array<f32>;
@@ -49,10 +56,10 @@ const BK: u32 = 16u;
 @group(0) @binding(7) var<storage, read> bias0: array<f32>;
 @group(0) @binding(8) var<storage, read> bias1: array<f32>;
 
-var<workgroup> tile_a: array<f32, 512>;   // [BM][BK]
+var<workgroup> tile_a: array<f32, 512>;   // [BM][BK] (sized for MAX_BM)
 var<workgroup> tile_b0: array<f32, 1024>; // [BK][BN]
 var<workgroup> tile_b1: array<f32, 1024>; // [BK][BN]
-var<workgroup> src_row: array<u32, BM>;   // row of a_in feeding each tile row, or SENTINEL
+var<workgroup> src_row: array<u32, MAX_BM>; // row of a_in feeding each tile row, or SENTINEL
 var<workgroup> shared_expert_id: u32;
 
 // The expert of row block b (uniform across the workgroup).
@@ -88,8 +95,7 @@ fn prepare_rows(b: u32, lid: u32, gather_tokens: bool) {
 }
 
 fn load_a_tile(k0: u32, lid: u32) {
-    for (var i = 0u; i < 2u; i++) {
-        let idx = lid + 256u * i;
+    for (var idx = lid; idx < BM * BK; idx += 256u) {
         let r = idx / BK;
         let k = k0 + idx % BK;
         let src = src_row[r];
@@ -158,8 +164,8 @@ fn gate_up(
         return;
     }
     prepare_rows(b, lid, true);
-    let ty = lid / 16u;
-    let tx = lid % 16u;
+    let ty = lid / TX;
+    let tx = lid % TX;
     var acc_g: array<f32, 8>;
     var acc_u: array<f32, 8>;
     for (var k0 = 0u; k0 < p.k_dim; k0 += BK) {
@@ -168,29 +174,26 @@ fn gate_up(
         load_w1_tile(k0, col0, e - p.expert_begin, lid);
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            let a0 = tile_a[(ty * 2u) * BK + kk];
-            let a1 = tile_a[(ty * 2u + 1u) * BK + kk];
-            for (var j = 0u; j < 4u; j++) {
-                let g = tile_b0[kk * BN + tx + 16u * j];
-                let u = tile_b1[kk * BN + tx + 16u * j];
-                acc_g[j] += a0 * g;
-                acc_g[4u + j] += a1 * g;
-                acc_u[j] += a0 * u;
-                acc_u[4u + j] += a1 * u;
+            for (var i = 0u; i < RM; i++) {
+                let a = tile_a[(ty * RM + i) * BK + kk];
+                for (var j = 0u; j < RN; j++) {
+                    acc_g[RN * i + j] += a * tile_b0[kk * BN + tx + TX * j];
+                    acc_u[RN * i + j] += a * tile_b1[kk * BN + tx + TX * j];
+                }
             }
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 2u; i++) {
-        if (src_row[ty * 2u + i] == SENTINEL) {
+    for (var i = 0u; i < RM; i++) {
+        if (src_row[ty * RM + i] == SENTINEL) {
             continue;
         }
-        let row = b * BM + ty * 2u + i;
-        for (var j = 0u; j < 4u; j++) {
-            let col = col0 + tx + 16u * j;
+        let row = b * BM + ty * RM + i;
+        for (var j = 0u; j < RN; j++) {
+            let col = col0 + tx + TX * j;
             if (col < p.row_end) {
-                var g = acc_g[4u * i + j];
-                var u = acc_u[4u * i + j];
+                var g = acc_g[RN * i + j];
+                var u = acc_u[RN * i + j];
                 if ((p.flags & HAS_BIAS) != 0u) {
                     g += bias0[e * p.n_dim + col];
                     u += bias1[e * p.n_dim + col];
@@ -218,33 +221,32 @@ fn down(
         return;
     }
     prepare_rows(b, lid, false);
-    let ty = lid / 16u;
-    let tx = lid % 16u;
+    let ty = lid / TX;
+    let tx = lid % TX;
     var acc: array<f32, 8>;
     for (var k0 = 0u; k0 < p.k_dim; k0 += BK) {
         load_a_tile(k0, lid);
         load_w0_tile(k0, col0, e - p.expert_begin, lid);
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            let a0 = tile_a[(ty * 2u) * BK + kk];
-            let a1 = tile_a[(ty * 2u + 1u) * BK + kk];
-            for (var j = 0u; j < 4u; j++) {
-                let w = tile_b0[kk * BN + tx + 16u * j];
-                acc[j] += a0 * w;
-                acc[4u + j] += a1 * w;
+            for (var i = 0u; i < RM; i++) {
+                let a = tile_a[(ty * RM + i) * BK + kk];
+                for (var j = 0u; j < RN; j++) {
+                    acc[RN * i + j] += a * tile_b0[kk * BN + tx + TX * j];
+                }
             }
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 2u; i++) {
-        if (src_row[ty * 2u + i] == SENTINEL) {
+    for (var i = 0u; i < RM; i++) {
+        if (src_row[ty * RM + i] == SENTINEL) {
             continue;
         }
-        let row = b * BM + ty * 2u + i;
-        for (var j = 0u; j < 4u; j++) {
-            let col = col0 + tx + 16u * j;
+        let row = b * BM + ty * RM + i;
+        for (var j = 0u; j < RN; j++) {
+            let col = col0 + tx + TX * j;
             if (col < p.row_end) {
-                var y = acc[4u * i + j];
+                var y = acc[RN * i + j];
                 if ((p.flags & HAS_BIAS) != 0u) {
                     y += bias0[e * p.n_dim + col];
                 }

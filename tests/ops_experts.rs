@@ -7,7 +7,7 @@ use rand::Rng;
 use webmoe::gpu::kernel::SENTINEL;
 use webmoe::ops::combine::{combine_reference, encode_combine, SharedTerm};
 use webmoe::ops::expert_matmul::*;
-use webmoe::ops::permute::{permutation_reference, Permutation, BLOCK_ROWS};
+use webmoe::ops::permute::{permutation_reference, BlockRows, Permutation};
 use webmoe::{DType, GpuContext, GpuTensor, WeightFormat, WeightMatrix};
 
 /// Routed ids of a given kind for `tokens * k` assignments.
@@ -56,10 +56,13 @@ fn permutation_matches_counting_sort() {
                 if k > experts {
                     continue;
                 }
-                for kind in ["random", "one_expert", "sparse"] {
+                for (kind, block) in ["random", "one_expert", "sparse"]
+                    .into_iter()
+                    .flat_map(|kind| [BlockRows::R8, BlockRows::R16, BlockRows::R32].map(|b| (kind, b)))
+                {
                     let ids = routed_ids(&mut rng, tokens, k, experts, kind);
                     let ig = GpuTensor::from_u32(&ctx, "ids", &[tokens, k], &ids).unwrap();
-                    let perm = Permutation::new(&ctx, tokens * k, experts).unwrap();
+                    let perm = Permutation::with_blocks(&ctx, tokens * k, experts, block).unwrap();
                     for t in [
                         &perm.expert_counts,
                         &perm.padded_offsets,
@@ -70,8 +73,8 @@ fn permutation_matches_counting_sort() {
                         t.poison(&ctx);
                     }
                     run(&ctx, |enc| perm.encode(&ctx, enc, &ig));
-                    let want = permutation_reference(&ids, experts);
-                    let what = format!("T={tokens} E={experts} k={k} {kind}");
+                    let want = permutation_reference(&ids, experts, block);
+                    let what = format!("T={tokens} E={experts} k={k} {kind} {block:?}");
                     assert_eq!(
                         perm.expert_counts.read_u32_blocking(&ctx).unwrap(),
                         want.expert_counts,
@@ -98,7 +101,7 @@ fn permutation_matches_counting_sort() {
                         &want.row_assignment[..],
                         "row assignment {what}"
                     );
-                    assert_eq!(want.padded_offsets[experts] as usize % BLOCK_ROWS, 0);
+                    assert_eq!(want.padded_offsets[experts] as usize % block.rows(), 0);
                 }
             }
         }
@@ -179,12 +182,19 @@ fn check_expert_matmuls(ctx: &GpuContext, case: &ExpertCase, seed: u64) {
     )
     .unwrap();
     let ig = GpuTensor::from_u32(ctx, "ids", &[tokens, k], &ids).unwrap();
-    let perm = Permutation::new(ctx, tokens * k, experts).unwrap();
+    let blocks = [BlockRows::R8, BlockRows::R16, BlockRows::R32];
+    let perms: Vec<Permutation> = blocks
+        .iter()
+        .map(|&b| Permutation::with_blocks(ctx, tokens * k, experts, b).unwrap())
+        .collect();
     let tol = if dtype == DType::F32 { 1e-5 } else { 2e-5 };
-    for grouped in [true, false] {
+    // Grouped in each block size, then the per-assignment GEMV.
+    for mode in 0..=blocks.len() {
+        let grouped = mode < blocks.len();
+        let perm = &perms[mode.min(blocks.len() - 1)];
         let rows = if grouped {
             ExpertRows::Permuted {
-                permutation: &perm,
+                permutation: perm,
                 top_k: k,
             }
         } else {
@@ -210,7 +220,11 @@ fn check_expert_matmuls(ctx: &GpuContext, case: &ExpertCase, seed: u64) {
             let got = &y_host[row * dim..(row + 1) * dim];
             let what = format!(
                 "{} T={tokens} E={experts} k={k} d={dim} ffn={ffn} {dtype:?} {kind} assignment {a}",
-                if grouped { "grouped" } else { "gemv" }
+                if grouped {
+                    format!("grouped {:?}", perm.block_rows)
+                } else {
+                    "gemv".into()
+                }
             );
             assert_close(&what, got, expected, tol);
         }

@@ -95,17 +95,20 @@ impl Shader {
             shader: *self,
             entry,
             weights: None,
+            block_rows: None,
         }
     }
 }
 
-/// Everything that identifies a compiled pipeline: the file, the entry point, and the
-/// weight format the kernel decodes (its `WEIGHT_DTYPE` override), if it reads weights.
+/// Everything that identifies a compiled pipeline: the file, the entry point, the
+/// weight format the kernel decodes (its `WEIGHT_DTYPE` override), if it reads weights,
+/// and the row block of a tiled kernel (its `BM` override), if it has one.
 #[derive(Clone, Copy, Debug)]
 pub struct KernelKey {
     pub shader: Shader,
     pub entry: &'static str,
     pub weights: Option<WeightFormat>,
+    pub block_rows: Option<u32>,
 }
 
 impl KernelKey {
@@ -115,8 +118,14 @@ impl KernelKey {
         self
     }
 
+    /// This tiled kernel's variant for blocks of `rows` rows.
+    pub const fn block_rows(mut self, rows: u32) -> Self {
+        self.block_rows = Some(rows);
+        self
+    }
+
     fn id(&self) -> PipelineId {
-        (self.shader.id, self.entry, self.weights)
+        (self.shader.id, self.entry, self.weights, self.block_rows)
     }
 }
 
@@ -149,7 +158,7 @@ pub const SENTINEL: u32 = u32::MAX;
 const MAX_GRID_DIM: u32 = 65535;
 
 /// The identity of a compiled pipeline (a [`KernelKey`] without the shader source).
-type PipelineId = (ShaderId, &'static str, Option<WeightFormat>);
+type PipelineId = (ShaderId, &'static str, Option<WeightFormat>, Option<u32>);
 
 /// Compiled shader modules and pipelines.
 #[derive(Default)]
@@ -177,11 +186,17 @@ impl GpuContext {
                 })
                 .clone()
         };
-        let constants: Vec<(&str, f64)> = key
-            .weights
-            .map(|f| vec![("WEIGHT_DTYPE", f.kernel_code() as f64)])
-            .unwrap_or_default();
-        let label = format!("{}::{}::{:?}", shader.name, key.entry, key.weights);
+        let mut constants: Vec<(&str, f64)> = Vec::new();
+        if let Some(f) = key.weights {
+            constants.push(("WEIGHT_DTYPE", f.kernel_code() as f64));
+        }
+        if let Some(rows) = key.block_rows {
+            constants.push(("BM", rows as f64));
+        }
+        let label = format!(
+            "{}::{}::{:?}::{:?}",
+            shader.name, key.entry, key.weights, key.block_rows
+        );
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(&label),
             layout: None,

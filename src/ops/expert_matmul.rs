@@ -31,7 +31,7 @@ impl ExpertRows<'_> {
     /// Rows of the matmul's output.
     pub fn output_rows(&self) -> usize {
         match self {
-            ExpertRows::Permuted { permutation, .. } => permutation.max_blocks * BLOCK_ROWS,
+            ExpertRows::Permuted { permutation, .. } => permutation.max_blocks * permutation.block_rows.rows(),
             ExpertRows::PerAssignment { routed_ids, .. } => routed_ids.len(),
             ExpertRows::Dense { tokens, .. } => *tokens,
         }
@@ -241,7 +241,10 @@ fn encode_expert_matmul(
         ),
         ExpertRows::Dense { tokens, gemv: true } => (EXPERT_GEMV, false, None, None, 1, tokens, 1, GEMV_ROWS),
     };
-    let key = shader.entry(entry).weights(w0.format);
+    let mut key = shader.entry(entry).weights(w0.format);
+    if let ExpertRows::Permuted { permutation, .. } = rows {
+        key = key.block_rows(permutation.block_rows.rows() as u32);
+    }
     // Dense mode never reads the index buffers; the input stands in for them.
     let index_buffer = index_buffer.unwrap_or(&input.buffer);
     for (i, chunk) in w0.chunks.iter().enumerate() {

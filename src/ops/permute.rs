@@ -7,15 +7,45 @@ use crate::gpu::kernel::{Recorder, PERMUTE, SENTINEL};
 use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::ops::workgroups;
 
-/// Rows per block of the grouped matmul (its BM tile); expert segments are padded to it.
+/// The largest row block of the grouped matmul (its default BM tile, and the block of
+/// its dense mode).
 pub const BLOCK_ROWS: usize = 32;
 /// Assignments per chunk of the counting sort (the kernel's workgroup size).
 const CHUNK: usize = 256;
 
+/// Rows per block of the grouped matmul, each expert's segment padded to a whole
+/// number of them. Few rows per expert (many experts, short prompts) waste most of a
+/// 32-row block on padding; smaller blocks waste less but reload the expert's weight
+/// tiles once per block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BlockRows {
+    R8 = 8,
+    R16 = 16,
+    R32 = 32,
+}
+
+impl BlockRows {
+    /// The block for `assignments` over `experts`: the smallest that holds the rows an
+    /// expert gets on average when they spread evenly.
+    pub fn for_load(assignments: usize, experts: usize) -> Self {
+        let average = assignments.div_ceil(experts.min(assignments).max(1));
+        match average {
+            0..=8 => BlockRows::R8,
+            9..=16 => BlockRows::R16,
+            _ => BlockRows::R32,
+        }
+    }
+
+    pub fn rows(self) -> usize {
+        self as usize
+    }
+}
+
 /// Upper bound on row blocks for `assignments` spread over `experts`: the grid the
 /// grouped matmul is dispatched with, so no readback is needed.
-pub fn max_blocks(assignments: usize, experts: usize) -> usize {
-    (assignments + experts.min(assignments) * (BLOCK_ROWS - 1)) / BLOCK_ROWS
+pub fn max_blocks(assignments: usize, experts: usize, block: BlockRows) -> usize {
+    let rows = block.rows();
+    (assignments + experts.min(assignments) * (rows - 1)) / rows
 }
 
 /// The permutation's GPU buffers for one batch size.
@@ -23,13 +53,15 @@ pub struct Permutation {
     pub assignments: usize,
     pub experts: usize,
     pub max_blocks: usize,
+    /// Rows per block.
+    pub block_rows: BlockRows,
     /// Tokens routed to each expert [E] (routing statistics).
     pub expert_counts: GpuTensor,
     /// Start row of each expert in the padded layout [E + 1].
     pub padded_offsets: GpuTensor,
     /// Expert of each row block [max_blocks], SENTINEL past the last block.
     pub block_expert: GpuTensor,
-    /// Assignment (t * k + slot) of each row [max_blocks * BLOCK_ROWS], SENTINEL for padding.
+    /// Assignment (t * k + slot) of each row [max_blocks * block rows], SENTINEL for padding.
     pub row_assignment: GpuTensor,
     /// Row of each assignment [T * k], SENTINEL when dropped.
     pub assignment_row: GpuTensor,
@@ -50,18 +82,24 @@ pub(crate) struct PermuteParams {
 }
 
 impl Permutation {
+    /// Buffers for `assignments` over `experts`, in blocks of [`BlockRows::for_load`].
     pub fn new(ctx: &GpuContext, assignments: usize, experts: usize) -> Result<Self> {
+        Self::with_blocks(ctx, assignments, experts, BlockRows::for_load(assignments, experts))
+    }
+
+    pub fn with_blocks(ctx: &GpuContext, assignments: usize, experts: usize, block_rows: BlockRows) -> Result<Self> {
         let chunks = assignments.div_ceil(CHUNK);
-        let max_blocks = max_blocks(assignments, experts);
+        let max_blocks = max_blocks(assignments, experts, block_rows);
         let u32_tensor = |name: &str, len: usize| GpuTensor::empty(ctx, name, &[len], DType::U32);
         Ok(Self {
             assignments,
             experts,
             max_blocks,
+            block_rows,
             expert_counts: u32_tensor("expert counts", experts)?,
             padded_offsets: u32_tensor("padded expert offsets", experts + 1)?,
             block_expert: u32_tensor("block expert table", max_blocks)?,
-            row_assignment: u32_tensor("row assignments", max_blocks * BLOCK_ROWS)?,
+            row_assignment: u32_tensor("row assignments", max_blocks * block_rows.rows())?,
             assignment_row: u32_tensor("assignment rows", assignments)?,
             ranks: u32_tensor("chunk ranks", assignments)?,
             chunk_counts: u32_tensor("chunk counts", chunks * experts)?,
@@ -76,7 +114,7 @@ impl Permutation {
             assignments: self.assignments as u32,
             experts: self.experts as u32,
             chunks: chunks as u32,
-            block_rows: BLOCK_ROWS as u32,
+            block_rows: self.block_rows.rows() as u32,
             max_blocks: self.max_blocks as u32,
             _pad: [0; 3],
         };
@@ -167,18 +205,19 @@ pub struct PermutationReference {
     pub assignment_row: Vec<u32>,
 }
 
-/// CPU reference: a stable counting sort.
-pub fn permutation_reference(routed_ids: &[u32], experts: usize) -> PermutationReference {
+/// CPU reference: a stable counting sort into blocks of `block`.
+pub fn permutation_reference(routed_ids: &[u32], experts: usize, block: BlockRows) -> PermutationReference {
+    let rows = block.rows();
     let expert_counts = expert_counts_reference(routed_ids, experts);
     let mut padded_offsets = vec![0u32; experts + 1];
     for e in 0..experts {
-        padded_offsets[e + 1] = padded_offsets[e] + expert_counts[e].div_ceil(BLOCK_ROWS as u32) * BLOCK_ROWS as u32;
+        padded_offsets[e + 1] = padded_offsets[e] + expert_counts[e].div_ceil(rows as u32) * rows as u32;
     }
     let total_rows = padded_offsets[experts] as usize;
-    let mut block_expert = vec![SENTINEL; max_blocks(routed_ids.len(), experts)];
+    let mut block_expert = vec![SENTINEL; max_blocks(routed_ids.len(), experts, block)];
     for e in 0..experts {
-        for row in (padded_offsets[e]..padded_offsets[e + 1]).step_by(BLOCK_ROWS) {
-            block_expert[row as usize / BLOCK_ROWS] = e as u32;
+        for row in (padded_offsets[e]..padded_offsets[e + 1]).step_by(rows) {
+            block_expert[row as usize / rows] = e as u32;
         }
     }
     let mut row_assignment = vec![SENTINEL; total_rows];
