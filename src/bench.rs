@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::gpu::kernel::{Recorder, BENCH, BENCH_F16};
+use crate::gpu::profile::KernelTime;
 use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::moe::{MoeConfig, MoeLayer, MoeWeights, SharedExpertConfig};
 use crate::ops::embedding::encode_embedding;
@@ -164,10 +165,17 @@ pub struct ModelRow {
     pub prefill_tokens_per_s: f64,
     pub decode_tokens: usize,
     pub decode_tokens_per_s: f64,
+    /// With `--profile`: GPU time per kernel of one prefill of the prompt and of one
+    /// decode step after it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefill_profile: Vec<KernelTime>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decode_profile: Vec<KernelTime>,
 }
 
 /// Times a prefill of `prompt_tokens` tokens (median of `repeats`) and `decode_tokens`
-/// greedy decode steps after it.
+/// greedy decode steps after it; with `profile`, also the kernels of one prefill and
+/// one decode step.
 pub async fn bench_model(
     ctx: &GpuContext,
     name: &str,
@@ -175,6 +183,7 @@ pub async fn bench_model(
     prompt_tokens: usize,
     decode_tokens: usize,
     repeats: usize,
+    profile: bool,
 ) -> Result<ModelRow> {
     use crate::model::session::{Readback, Session};
     let mut session = Session::new(ctx, model, None)?;
@@ -205,6 +214,12 @@ pub async fn bench_model(
             .unwrap_or(0);
     }
     let decode_seconds = clock.seconds();
+    let (mut prefill_profile, mut decode_profile) = (Vec::new(), Vec::new());
+    if profile {
+        session.rewind(0)?;
+        prefill_profile = session.profile_step(ctx, model, &prompt).await?;
+        decode_profile = session.profile_step(ctx, model, &[token]).await?;
+    }
     Ok(ModelRow {
         model: name.to_string(),
         prompt_tokens,
@@ -212,6 +227,8 @@ pub async fn bench_model(
         prefill,
         decode_tokens,
         decode_tokens_per_s: decode_tokens as f64 / decode_seconds.max(1e-9),
+        prefill_profile,
+        decode_profile,
     })
 }
 
@@ -229,6 +246,11 @@ pub struct BenchOptions {
     pub tokens: Vec<usize>,
     /// Expert weight formats to time (default f16).
     pub formats: Vec<WeightFormat>,
+    /// Whole-model rows: prompt tokens prefilled and tokens decoded after them
+    /// (default 32 and 16 with `quick`, else 512 and 64).
+    pub model_tokens: Option<(usize, usize)>,
+    /// Whole-model rows: GPU time per kernel of a prefill and a decode step.
+    pub profile: bool,
 }
 
 impl BenchOptions {
@@ -239,6 +261,8 @@ impl BenchOptions {
             repeats: if quick { 3 } else { 20 },
             tokens: if quick { vec![1, 4, 32] } else { vec![1, 4, 128, 512] },
             formats: vec![WeightFormat::F16],
+            model_tokens: None,
+            profile: false,
         }
     }
 }
@@ -610,10 +634,12 @@ pub async fn run_bench(
             rows.extend(bench_shape(ctx, &timer, &shape, format, options, &ceilings).await?);
         }
     }
-    let (prompt, decode) = if options.quick { (32, 16) } else { (512, 64) };
+    let (prompt, decode) = options
+        .model_tokens
+        .unwrap_or(if options.quick { (32, 16) } else { (512, 64) });
     let mut model_rows = Vec::new();
     for (name, model) in models {
-        model_rows.push(bench_model(ctx, name, model, prompt, decode, options.repeats).await?);
+        model_rows.push(bench_model(ctx, name, model, prompt, decode, options.repeats, options.profile).await?);
     }
     let info = &ctx.adapter_info;
     Ok(Report {
@@ -693,6 +719,39 @@ pub fn markdown(report: &Report) -> String {
                 m.decode_tokens_per_s
             ));
         }
+        for m in report.models.iter().filter(|m| !m.decode_profile.is_empty()) {
+            s.push_str(&profile_markdown(m));
+        }
+    }
+    s
+}
+
+/// The kernels of a model row's profiled prefill and decode step, by decode time.
+fn profile_markdown(m: &ModelRow) -> String {
+    let total = |p: &[KernelTime]| p.iter().map(|k| k.ms).sum::<f64>();
+    let (prefill_total, decode_total) = (total(&m.prefill_profile), total(&m.decode_profile));
+    let mut s = format!(
+        "\n{}: GPU time per kernel, one decode step ({:.3} ms in all) and one prefill of {} tokens ({:.3} ms)\n\n\
+         | kernel | decode calls | decode ms | decode share | prefill calls | prefill ms | prefill share |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
+        m.model, decode_total, m.prompt_tokens, prefill_total
+    );
+    let mut kernels: Vec<&str> = m.decode_profile.iter().map(|k| k.kernel.as_str()).collect();
+    kernels.extend(
+        m.prefill_profile
+            .iter()
+            .map(|k| k.kernel.as_str())
+            .filter(|k| !m.decode_profile.iter().any(|d| d.kernel == *k)),
+    );
+    let find = |p: &[KernelTime], k: &str| p.iter().find(|t| t.kernel == k).map_or((0, 0.0), |t| (t.calls, t.ms));
+    for k in kernels {
+        let (dc, dms) = find(&m.decode_profile, k);
+        let (pc, pms) = find(&m.prefill_profile, k);
+        s.push_str(&format!(
+            "| {k} | {dc} | {dms:.3} | {:.1}% | {pc} | {pms:.3} | {:.1}% |\n",
+            100.0 * dms / decode_total.max(1e-12),
+            100.0 * pms / prefill_total.max(1e-12)
+        ));
     }
     s
 }

@@ -288,3 +288,51 @@ fn mla_caches_hold_one_latent_and_one_rope_key_per_position() {
         assert_eq!(model.kv_bytes_per_position(), per_position as u64, "{family:?}");
     }
 }
+
+/// A profiled step times every dispatch of the recorded forward, once per kernel row,
+/// advances the session like a step, and leaves the next step's results unchanged.
+#[test]
+fn profiled_steps_time_every_kernel_and_advance_like_steps() {
+    let ctx = context();
+    let (_, _, model) = model(&ctx, Family::Qwen3Moe, 40);
+    let prompt = [4u32, 8, 15, 16, 23, 42];
+    let mut plain = Session::new(&ctx, &model, None).unwrap();
+    let want = pollster::block_on(plain.logits(&ctx, &model, &prompt, LogitsFor::Last)).unwrap();
+    let next = pollster::block_on(plain.logits(&ctx, &model, &[7], LogitsFor::Last)).unwrap();
+
+    let mut session = Session::new(&ctx, &model, None).unwrap();
+    let prefill = pollster::block_on(session.profile_step(&ctx, &model, &prompt)).unwrap();
+    assert_eq!(session.position(), prompt.len());
+    let decode = pollster::block_on(session.profile_step(&ctx, &model, &[7])).unwrap();
+    assert_eq!(session.position(), prompt.len() + 1);
+    let kernels = |p: &[webmoe::gpu::profile::KernelTime]| p.iter().map(|k| k.kernel.clone()).collect::<Vec<_>>();
+    assert!(
+        kernels(&prefill).contains(&"expert_matmul::gate_up".to_string()),
+        "{prefill:?}"
+    );
+    assert!(
+        kernels(&decode).contains(&"expert_gemv::gate_up".to_string()),
+        "{decode:?}"
+    );
+    for p in [&prefill, &decode] {
+        let mut names = kernels(p);
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), p.len(), "one row per kernel");
+        assert!(
+            p.iter().all(|k| k.calls > 0 && k.ms >= 0.0 && k.ms.is_finite()),
+            "{p:?}"
+        );
+        assert!(p.windows(2).all(|w| w[0].ms >= w[1].ms), "most time first");
+        // One embedding and one argmax per step.
+        let calls = |name: &str| p.iter().find(|k| k.kernel == name).map_or(0, |k| k.calls);
+        assert_eq!(calls("embedding::embed"), 1);
+        assert_eq!(calls("sampling::argmax"), 1);
+    }
+    assert!(decode.iter().map(|k| k.ms).sum::<f64>() > 0.0);
+    // The profiled prefill filled the cache as a step would.
+    session.rewind(prompt.len()).unwrap();
+    let got = pollster::block_on(session.logits(&ctx, &model, &[7], LogitsFor::Last)).unwrap();
+    assert_close("logits after a profiled prefill", &got, &next, 1e-6);
+    assert_eq!(want.len(), got.len());
+}

@@ -98,6 +98,21 @@ struct BenchArgs {
     /// Leave out the whole-model rows (they build a 2-layer Qwen3-30B-A3B-shaped model).
     #[arg(long)]
     no_models: bool,
+    /// Whole-model rows for this model (directory or .gguf file) instead of the embedded
+    /// and the Qwen3-shaped ones (scripts/peer-bench.sh uses it beside llama-bench).
+    #[arg(long, conflicts_with = "no_models")]
+    model: Option<PathBuf>,
+    /// Prompt tokens of the whole-model rows' prefill (default 32 with --quick, else 512).
+    #[arg(long)]
+    prompt_tokens: Option<usize>,
+    /// Tokens decoded after the prompt in the whole-model rows (default 16 with --quick,
+    /// else 64).
+    #[arg(long)]
+    decode_tokens: Option<usize>,
+    /// Whole-model rows: GPU time per kernel of one prefill and one decode step
+    /// (needs timestamp queries).
+    #[arg(long)]
+    profile: bool,
     /// Write the full report as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -445,11 +460,23 @@ fn bench(args: BenchArgs) -> webmoe::Result<()> {
             })
             .collect::<webmoe::Result<_>>()?;
     }
+    if args.prompt_tokens.is_some() || args.decode_tokens.is_some() {
+        let (prompt, decode) = if args.quick { (32, 16) } else { (512, 64) };
+        options.model_tokens = Some((
+            args.prompt_tokens.unwrap_or(prompt).max(1),
+            args.decode_tokens.unwrap_or(decode),
+        ));
+    }
+    options.profile = args.profile;
     let ctx = GpuContext::new_blocking()?;
     // Whole-model rows: the embedded model, and random weights in Qwen3-30B-A3B's shape
     // (2 of its 48 layers; hidden, ffn and vocabulary divided by 16 with --quick).
     let report = if args.no_models {
         pollster::block_on(webmoe::bench::run_bench(&ctx, &options, &[]))?
+    } else if let Some(path) = &args.model {
+        let loaded = load(&ctx, Some(path), LoadOptions::default())?;
+        let name = path.display().to_string();
+        pollster::block_on(webmoe::bench::run_bench(&ctx, &options, &[(name, &loaded.model)]))?
     } else {
         let embedded = load(&ctx, None, LoadOptions::default())?;
         let synthetic = qwen3_shaped_model(&ctx, args.quick)?;

@@ -266,6 +266,8 @@ enum Step {
         pipeline: wgpu::ComputePipeline,
         bind_group: wgpu::BindGroup,
         grid: (u32, u32),
+        /// `file::entry`, for profiles.
+        kernel: String,
     },
     Copy {
         src: wgpu::Buffer,
@@ -305,22 +307,12 @@ impl Recorder {
         let uniform = ctx.uniform(params);
         let mut entries = vec![(0, &uniform)];
         entries.extend_from_slice(buffers);
-        self.dispatch_bound(ctx, pipeline, &entries, workgroups);
-    }
-
-    /// Records a dispatch whose bindings (params included) the caller gives.
-    pub fn dispatch_bound(
-        &mut self,
-        ctx: &GpuContext,
-        pipeline: wgpu::ComputePipeline,
-        buffers: &[(u32, &wgpu::Buffer)],
-        workgroups: u32,
-    ) {
-        let bind_group = ctx.bind(&pipeline, buffers);
+        let bind_group = ctx.bind(&pipeline, &entries);
         self.steps.push(Step::Dispatch {
             pipeline,
             bind_group,
             grid: grid_for(workgroups),
+            kernel: format!("{}::{}", key.shader.name, key.entry),
         });
     }
 
@@ -353,6 +345,7 @@ impl Recorder {
                         pipeline,
                         bind_group,
                         grid,
+                        ..
                     }) = self.steps.get(i)
                     {
                         pass.set_pipeline(pipeline);
@@ -384,5 +377,55 @@ impl Recorder {
         let mut encoder = ctx.device.create_command_encoder(&Default::default());
         self.encode(&mut encoder);
         ctx.queue.submit([encoder.finish()]);
+    }
+
+    /// The kernel (`file::entry`) of each recorded dispatch, in order.
+    pub fn kernels(&self) -> Vec<&str> {
+        self.steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Dispatch { kernel, .. } => Some(kernel.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Encodes the steps like [`Self::encode`], but each dispatch in its own compute
+    /// pass that writes its start and end into `timestamps` (dispatch d into queries
+    /// 2d and 2d + 1; dispatches past the set's `queries` go untimed).
+    pub fn encode_timed(&self, encoder: &mut wgpu::CommandEncoder, timestamps: &wgpu::QuerySet, queries: u32) {
+        let mut dispatch = 0u32;
+        for step in &self.steps {
+            match step {
+                Step::Dispatch {
+                    pipeline,
+                    bind_group,
+                    grid,
+                    ..
+                } => {
+                    let slot = Some(dispatch).filter(|d| 2 * d + 1 < queries);
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: None,
+                        timestamp_writes: slot.map(|d| wgpu::ComputePassTimestampWrites {
+                            query_set: timestamps,
+                            beginning_of_pass_write_index: Some(2 * d),
+                            end_of_pass_write_index: Some(2 * d + 1),
+                        }),
+                    });
+                    pass.set_pipeline(pipeline);
+                    pass.set_bind_group(0, bind_group, &[]);
+                    pass.dispatch_workgroups(grid.0, grid.1, 1);
+                    dispatch += 1;
+                }
+                Step::Copy {
+                    src,
+                    src_offset,
+                    dst,
+                    dst_offset,
+                    size,
+                } => encoder.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size),
+                Step::Clear(buffer) => encoder.clear_buffer(buffer, 0, None),
+            }
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! wgpu plumbing: context, tensors, kernels.
 pub mod context;
 pub mod kernel;
+pub mod profile;
 pub mod tensor;
 
 pub use context::{ContextOptions, GpuContext};

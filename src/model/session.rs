@@ -8,6 +8,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::kernel::Recorder;
+use crate::gpu::profile::{profile, KernelTime};
 use crate::gpu::tensor::map_read;
 use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::model::model::{Kernels, LogitRows, LogitsFor, Model};
@@ -157,6 +158,20 @@ impl Workspace {
     }
 }
 
+impl Workspace {
+    /// Like [`Self::replay`], timing each kernel instead of reading results back.
+    pub(crate) async fn profile(
+        &self,
+        ctx: &GpuContext,
+        ids: &[u32],
+        placed: &[(usize, usize)],
+    ) -> Result<Vec<KernelTime>> {
+        ctx.queue.write_buffer(&self.ids.buffer, 0, bytemuck::cast_slice(ids));
+        self.positions.set(ctx, placed);
+        profile(ctx, &self.recording).await
+    }
+}
+
 /// One sequence being generated: KV cache, position, routing statistics, workspaces.
 pub struct Session {
     caches: Vec<KvCache>,
@@ -282,6 +297,18 @@ impl Session {
                 routing_counts: out.routing_counts,
             },
         })
+    }
+
+    /// Runs `ids` at the session's position as [`Self::step`] would (greedy), timing
+    /// each kernel of the forward (see [`crate::gpu::profile`]); advances the position.
+    pub async fn profile_step(&mut self, ctx: &GpuContext, model: &Model, ids: &[u32]) -> Result<Vec<KernelTime>> {
+        self.check_input(model, ids)?;
+        let pos0 = self.position;
+        let i = self.workspace(ctx, model, ids.len(), Readback::Argmax)?;
+        let placed: Vec<(usize, usize)> = (0..ids.len()).map(|t| (0, pos0 + t)).collect();
+        let times = self.workspaces[i].profile(ctx, ids, &placed).await?;
+        self.position = pos0 + ids.len();
+        Ok(times)
     }
 
     /// Runs `ids` at the session's position and reads back the requested logits.
