@@ -8,9 +8,11 @@
 // output rows row_begin..row_end of experts expert_begin..expert_end, expert_stride
 // elements apart, each row K elements (WEIGHT_DTYPE); assignments of other experts
 // exit at once. Outputs are [A, n_dim].
-// Mapping: one 64-invocation workgroup per (assignment, group of ROWS outputs); each
-// invocation sums a strided slice of K (coalesced weight reads), then a fixed-order
-// tree reduction in shared memory (deterministic).
+// Mapping: one 64-invocation workgroup per (assignment, group of WG_ROWS outputs); each
+// invocation sums a strided slice of K (coalesced weight reads) for every row of the
+// group, then a fixed-order tree reduction in shared memory (deterministic). A row's
+// sum does not depend on WG_ROWS (4, 8 or 16, picked by the host from K: more rows per
+// workgroup when rows are short, so fewer workgroups each do more).
 //! weights: w0, w1
 
 struct GemvParams {
@@ -33,7 +35,8 @@ struct GemvParams {
 }
 
 const WG: u32 = 64u;
-const ROWS: u32 = 4u;
+const MAX_ROWS: u32 = 16u;
+override WG_ROWS: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> p: GemvParams;
 @group(0) @binding(1) var<storage, read> a_in: array<f32>;
@@ -45,7 +48,7 @@ const ROWS: u32 = 4u;
 @group(0) @binding(6) var<storage, read> bias0: array<f32>;
 @group(0) @binding(7) var<storage, read> bias1: array<f32>;
 
-var<workgroup> partial: array<f32, 512>; // [2 matrices][ROWS][WG]
+var<workgroup> partial: array<f32, 2048>; // [2 matrices][WG_ROWS][WG] (sized for MAX_ROWS)
 var<workgroup> shared_expert_id: u32;
 
 fn expert_of(a: u32, lid: u32) -> u32 {
@@ -83,32 +86,32 @@ fn gate_up(
         return;
     }
     let a = wg / p.row_groups;
-    let n0 = p.row_begin + (wg % p.row_groups) * ROWS;
+    let n0 = p.row_begin + (wg % p.row_groups) * WG_ROWS;
     let e = expert_of(a, lid);
     if (e == SENTINEL || e < p.expert_begin || e >= p.expert_end) {
         return;
     }
     let tok = select(a / p.rows_per_token, a, p.dense != 0u);
     let base = (e - p.expert_begin) * p.expert_stride;
-    var acc_g: array<f32, ROWS>;
-    var acc_u: array<f32, ROWS>;
+    var acc_g: array<f32, MAX_ROWS>;
+    var acc_u: array<f32, MAX_ROWS>;
     for (var i = lid; i < p.k_dim; i += WG) {
         let xv = a_in[tok * p.k_dim + i];
-        for (var r = 0u; r < ROWS; r++) {
+        for (var r = 0u; r < WG_ROWS; r++) {
             let n = min(n0 + r, p.row_end - 1u);
             let wi = base + (n - p.row_begin) * p.k_dim + i;
             acc_g[r] += xv * w0_at(wi);
             acc_u[r] += xv * w1_at(wi);
         }
     }
-    for (var r = 0u; r < ROWS; r++) {
+    for (var r = 0u; r < WG_ROWS; r++) {
         partial[r * WG + lid] = acc_g[r];
-        partial[(ROWS + r) * WG + lid] = acc_u[r];
+        partial[(WG_ROWS + r) * WG + lid] = acc_u[r];
     }
-    reduce_partials(lid, 2u * ROWS);
-    if (lid < ROWS && n0 + lid < p.row_end) {
+    reduce_partials(lid, 2u * WG_ROWS);
+    if (lid < WG_ROWS && n0 + lid < p.row_end) {
         var g = partial[lid * WG];
-        var u = partial[(ROWS + lid) * WG];
+        var u = partial[(WG_ROWS + lid) * WG];
         if ((p.flags & HAS_BIAS) != 0u) {
             g += bias0[e * p.n_dim + n0 + lid];
             u += bias1[e * p.n_dim + n0 + lid];
@@ -128,26 +131,26 @@ fn down(
         return;
     }
     let a = wg / p.row_groups;
-    let n0 = p.row_begin + (wg % p.row_groups) * ROWS;
+    let n0 = p.row_begin + (wg % p.row_groups) * WG_ROWS;
     let e = expert_of(a, lid);
     if (e == SENTINEL || e < p.expert_begin || e >= p.expert_end) {
         return;
     }
     let base = (e - p.expert_begin) * p.expert_stride;
-    var acc: array<f32, ROWS>;
+    var acc: array<f32, MAX_ROWS>;
     for (var i = lid; i < p.k_dim; i += WG) {
         let hv = a_in[a * p.k_dim + i];
-        for (var r = 0u; r < ROWS; r++) {
+        for (var r = 0u; r < WG_ROWS; r++) {
             let n = min(n0 + r, p.row_end - 1u);
             let wi = base + (n - p.row_begin) * p.k_dim + i;
             acc[r] += hv * w0_at(wi);
         }
     }
-    for (var r = 0u; r < ROWS; r++) {
+    for (var r = 0u; r < WG_ROWS; r++) {
         partial[r * WG + lid] = acc[r];
     }
-    reduce_partials(lid, ROWS);
-    if (lid < ROWS && n0 + lid < p.row_end) {
+    reduce_partials(lid, WG_ROWS);
+    if (lid < WG_ROWS && n0 + lid < p.row_end) {
         var y = partial[lid * WG];
         if ((p.flags & HAS_BIAS) != 0u) {
             y += bias0[e * p.n_dim + n0 + lid];

@@ -1,5 +1,5 @@
 // Grouped expert matmul (prefill path): for each row block of the permuted layout,
-// its rows times the weights of the block's expert, tiled BM x BN with BK-deep
+// its rows times the weights of the block's expert, tiled WG_ROWS x BN with BK-deep
 // shared-memory slices. Each output is summed over the inner dimension in index
 // order in f32, whatever the tiling.
 // gate_up: h[row, n] = act(x[tok] . gate[e, n] (+ bg[e, n]), x[tok] . up[e, n] (+ bu[e, n])),
@@ -11,9 +11,9 @@
 // row K elements (WEIGHT_DTYPE); blocks of other experts, empty blocks and SENTINEL
 // blocks exit at once. Outputs are [rows, n_dim].
 // Dense mode (dense_rows > 0): row r is token r and the expert is 0 (shared expert).
-// Mapping: one 256-invocation workgroup per (row block of BM rows, column tile of BN);
+// Mapping: one 256-invocation workgroup per (row block of WG_ROWS rows, column tile of BN);
 // invocation (ty, tx) = (lid / TX, lid % TX) computes rows RM ty + i (i < RM) and
-// columns tx + TX j (j < RN): for BM = 32, 16, 8 that is 2 x 4, 1 x 4, 1 x 2.
+// columns tx + TX j (j < RN): for WG_ROWS = 32, 16, 8 that is 2 x 4, 1 x 4, 1 x 2.
 //! weights: w0, w1
 
 struct MatmulParams {
@@ -40,9 +40,9 @@ const BK: u32 = 16u;
 const MAX_BM: u32 = 32u;
 // Rows per block (the host's BlockRows: 32, 16 or 8; the permutation pads each expert
 // to it), and the outputs of one invocation: RM rows x RN columns TX apart.
-override BM: u32 = 32u;
-override RM: u32 = max(BM / 16u, 1u);
-override RN: u32 = BM * BN / (256u * RM);
+override WG_ROWS: u32 = 32u;
+override RM: u32 = max(WG_ROWS / 16u, 1u);
+override RN: u32 = WG_ROWS * BN / (256u * RM);
 override TX: u32 = BN / RN;
 
 @group(0) @binding(0) var<uniform> p: MatmulParams;
@@ -56,7 +56,7 @@ override TX: u32 = BN / RN;
 @group(0) @binding(7) var<storage, read> bias0: array<f32>;
 @group(0) @binding(8) var<storage, read> bias1: array<f32>;
 
-var<workgroup> tile_a: array<f32, 512>;   // [BM][BK] (sized for MAX_BM)
+var<workgroup> tile_a: array<f32, 512>;   // [WG_ROWS][BK] (sized for MAX_BM)
 var<workgroup> tile_b0: array<f32, 1024>; // [BK][BN]
 var<workgroup> tile_b1: array<f32, 1024>; // [BK][BN]
 var<workgroup> src_row: array<u32, MAX_BM>; // row of a_in feeding each tile row, or SENTINEL
@@ -76,8 +76,8 @@ fn block_expert_of(b: u32, lid: u32) -> u32 {
 
 // Fills src_row for block b. gather_tokens: a_in rows are tokens (gate_up), else rows.
 fn prepare_rows(b: u32, lid: u32, gather_tokens: bool) {
-    if (lid < BM) {
-        let row = b * BM + lid;
+    if (lid < WG_ROWS) {
+        let row = b * WG_ROWS + lid;
         var src = SENTINEL;
         if (p.dense_rows > 0u) {
             if (row < p.dense_rows) {
@@ -95,7 +95,7 @@ fn prepare_rows(b: u32, lid: u32, gather_tokens: bool) {
 }
 
 fn load_a_tile(k0: u32, lid: u32) {
-    for (var idx = lid; idx < BM * BK; idx += 256u) {
+    for (var idx = lid; idx < WG_ROWS * BK; idx += 256u) {
         let r = idx / BK;
         let k = k0 + idx % BK;
         let src = src_row[r];
@@ -188,7 +188,7 @@ fn gate_up(
         if (src_row[ty * RM + i] == SENTINEL) {
             continue;
         }
-        let row = b * BM + ty * RM + i;
+        let row = b * WG_ROWS + ty * RM + i;
         for (var j = 0u; j < RN; j++) {
             let col = col0 + tx + TX * j;
             if (col < p.row_end) {
@@ -242,7 +242,7 @@ fn down(
         if (src_row[ty * RM + i] == SENTINEL) {
             continue;
         }
-        let row = b * BM + ty * RM + i;
+        let row = b * WG_ROWS + ty * RM + i;
         for (var j = 0u; j < RN; j++) {
             let col = col0 + tx + TX * j;
             if (col < p.row_end) {

@@ -205,6 +205,10 @@ pub async fn bench_model(
     samples.remove(0); // warm-up
     let prefill = Timing::from_samples(samples);
     let decode_tokens = decode_tokens.min(model.max_context - prompt_tokens);
+    // Warm-up: the first decode step records its workspace and compiles its kernels.
+    session.rewind(prompt_tokens)?;
+    session.step(ctx, model, &[token], Readback::Argmax).await?;
+    session.rewind(prompt_tokens)?;
     let clock = Clock::start();
     for _ in 0..decode_tokens {
         token = session

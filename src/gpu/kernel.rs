@@ -95,20 +95,20 @@ impl Shader {
             shader: *self,
             entry,
             weights: None,
-            block_rows: None,
+            rows: None,
         }
     }
 }
 
 /// Everything that identifies a compiled pipeline: the file, the entry point, the
 /// weight format the kernel decodes (its `WEIGHT_DTYPE` override), if it reads weights,
-/// and the row block of a tiled kernel (its `BM` override), if it has one.
+/// and the output rows per workgroup (its `WG_ROWS` override), for kernels that have it.
 #[derive(Clone, Copy, Debug)]
 pub struct KernelKey {
     pub shader: Shader,
     pub entry: &'static str,
     pub weights: Option<WeightFormat>,
-    pub block_rows: Option<u32>,
+    pub rows: Option<u32>,
 }
 
 impl KernelKey {
@@ -118,14 +118,14 @@ impl KernelKey {
         self
     }
 
-    /// This tiled kernel's variant for blocks of `rows` rows.
-    pub const fn block_rows(mut self, rows: u32) -> Self {
-        self.block_rows = Some(rows);
+    /// This kernel's variant computing `rows` output rows per workgroup.
+    pub const fn rows(mut self, rows: u32) -> Self {
+        self.rows = Some(rows);
         self
     }
 
     fn id(&self) -> PipelineId {
-        (self.shader.id, self.entry, self.weights, self.block_rows)
+        (self.shader.id, self.entry, self.weights, self.rows)
     }
 }
 
@@ -190,13 +190,10 @@ impl GpuContext {
         if let Some(f) = key.weights {
             constants.push(("WEIGHT_DTYPE", f.kernel_code() as f64));
         }
-        if let Some(rows) = key.block_rows {
-            constants.push(("BM", rows as f64));
+        if let Some(rows) = key.rows {
+            constants.push(("WG_ROWS", rows as f64));
         }
-        let label = format!(
-            "{}::{}::{:?}::{:?}",
-            shader.name, key.entry, key.weights, key.block_rows
-        );
+        let label = format!("{}::{}::{:?}::{:?}", shader.name, key.entry, key.weights, key.rows);
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(&label),
             layout: None,

@@ -13,8 +13,17 @@ use crate::weights::WeightMatrix;
 
 /// Output columns per workgroup of the tiled kernel (its BN tile).
 const TILE_COLS: usize = 64;
-/// Output rows per workgroup of the GEMV kernel.
-const GEMV_ROWS: usize = 4;
+/// Output rows per workgroup of the GEMV kernel for rows of `k_dim` weights: about 4,096
+/// weights per workgroup, 4 to 16 rows. Short rows would otherwise leave each
+/// workgroup a few multiply-adds behind its reduction's barriers (most of the time on
+/// CPU adapters); a row's sum is the same whatever this picks.
+pub fn gemv_rows(k_dim: usize) -> usize {
+    match k_dim {
+        0..=256 => 16,
+        257..=512 => 8,
+        _ => 4,
+    }
+}
 
 /// Which rows the matmul computes and how they map to tokens and experts.
 #[derive(Clone, Copy)]
@@ -237,14 +246,18 @@ fn encode_expert_matmul(
             top_k,
             routed_ids.len(),
             0,
-            GEMV_ROWS,
+            gemv_rows(k_dim),
         ),
-        ExpertRows::Dense { tokens, gemv: true } => (EXPERT_GEMV, false, None, None, 1, tokens, 1, GEMV_ROWS),
+        ExpertRows::Dense { tokens, gemv: true } => (EXPERT_GEMV, false, None, None, 1, tokens, 1, gemv_rows(k_dim)),
     };
-    let mut key = shader.entry(entry).weights(w0.format);
-    if let ExpertRows::Permuted { permutation, .. } = rows {
-        key = key.block_rows(permutation.block_rows.rows() as u32);
+    let key = match rows {
+        ExpertRows::Permuted { permutation, .. } => shader.entry(entry).rows(permutation.block_rows.rows() as u32),
+        ExpertRows::PerAssignment { .. } | ExpertRows::Dense { gemv: true, .. } => {
+            shader.entry(entry).rows(per_group as u32)
+        }
+        ExpertRows::Dense { gemv: false, .. } => shader.entry(entry),
     }
+    .weights(w0.format);
     // Dense mode never reads the index buffers; the input stands in for them.
     let index_buffer = index_buffer.unwrap_or(&input.buffer);
     for (i, chunk) in w0.chunks.iter().enumerate() {
