@@ -12,7 +12,9 @@
 // invocation sums a strided slice of K (coalesced weight reads) for every row of the
 // group, then a fixed-order tree reduction in shared memory (deterministic). A row's
 // sum does not depend on WG_ROWS (4, 8 or 16, picked by the host from K: more rows per
-// workgroup when rows are short, so fewer workgroups each do more).
+// workgroup when rows are short, so fewer workgroups each do more). Row loops run to
+// the constant MAX_ROWS with WG_ROWS as a guard, so they unroll with the accumulators
+// in registers.
 //! weights: w0, w1
 
 struct GemvParams {
@@ -97,16 +99,20 @@ fn gate_up(
     var acc_u: array<f32, MAX_ROWS>;
     for (var i = lid; i < p.k_dim; i += WG) {
         let xv = a_in[tok * p.k_dim + i];
-        for (var r = 0u; r < WG_ROWS; r++) {
-            let n = min(n0 + r, p.row_end - 1u);
-            let wi = base + (n - p.row_begin) * p.k_dim + i;
-            acc_g[r] += xv * w0_at(wi);
-            acc_u[r] += xv * w1_at(wi);
+        for (var r = 0u; r < MAX_ROWS; r++) {
+            if (r < WG_ROWS) {
+                let n = min(n0 + r, p.row_end - 1u);
+                let wi = base + (n - p.row_begin) * p.k_dim + i;
+                acc_g[r] += xv * w0_at(wi);
+                acc_u[r] += xv * w1_at(wi);
+            }
         }
     }
-    for (var r = 0u; r < WG_ROWS; r++) {
-        partial[r * WG + lid] = acc_g[r];
-        partial[(WG_ROWS + r) * WG + lid] = acc_u[r];
+    for (var r = 0u; r < MAX_ROWS; r++) {
+        if (r < WG_ROWS) {
+            partial[r * WG + lid] = acc_g[r];
+            partial[(WG_ROWS + r) * WG + lid] = acc_u[r];
+        }
     }
     reduce_partials(lid, 2u * WG_ROWS);
     if (lid < WG_ROWS && n0 + lid < p.row_end) {
@@ -140,14 +146,18 @@ fn down(
     var acc: array<f32, MAX_ROWS>;
     for (var i = lid; i < p.k_dim; i += WG) {
         let hv = a_in[a * p.k_dim + i];
-        for (var r = 0u; r < WG_ROWS; r++) {
-            let n = min(n0 + r, p.row_end - 1u);
-            let wi = base + (n - p.row_begin) * p.k_dim + i;
-            acc[r] += hv * w0_at(wi);
+        for (var r = 0u; r < MAX_ROWS; r++) {
+            if (r < WG_ROWS) {
+                let n = min(n0 + r, p.row_end - 1u);
+                let wi = base + (n - p.row_begin) * p.k_dim + i;
+                acc[r] += hv * w0_at(wi);
+            }
         }
     }
-    for (var r = 0u; r < WG_ROWS; r++) {
-        partial[r * WG + lid] = acc[r];
+    for (var r = 0u; r < MAX_ROWS; r++) {
+        if (r < WG_ROWS) {
+            partial[r * WG + lid] = acc[r];
+        }
     }
     reduce_partials(lid, WG_ROWS);
     if (lid < WG_ROWS && n0 + lid < p.row_end) {

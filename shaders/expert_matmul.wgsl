@@ -38,8 +38,12 @@ struct MatmulParams {
 const BN: u32 = 64u;
 const BK: u32 = 16u;
 const MAX_BM: u32 = 32u;
+const MAX_RM: u32 = 2u;
+const MAX_RN: u32 = 4u;
 // Rows per block (the host's BlockRows: 32, 16 or 8; the permutation pads each expert
-// to it), and the outputs of one invocation: RM rows x RN columns TX apart.
+// to it), and the outputs of one invocation: RM rows x RN columns TX apart. Loops run
+// to the constant MAX_RM / MAX_RN with RM / RN as guards, so compilers unroll them and
+// keep the accumulators in registers.
 override WG_ROWS: u32 = 32u;
 override RM: u32 = max(WG_ROWS / 16u, 1u);
 override RN: u32 = WG_ROWS * BN / (256u * RM);
@@ -105,6 +109,17 @@ fn load_a_tile(k0: u32, lid: u32) {
         }
         tile_a[idx] = v;
     }
+}
+
+// The A values of invocation row ty at depth kk: its RM rows, read once per kk.
+fn a_column(ty: u32, kk: u32) -> array<f32, MAX_RM> {
+    var a: array<f32, MAX_RM>;
+    for (var i = 0u; i < MAX_RM; i++) {
+        if (i < RM) {
+            a[i] = tile_a[(ty * RM + i) * BK + kk];
+        }
+    }
+    return a;
 }
 
 // Index into the weights of element idx (0..1023) of a [BK][BN] weight slice for
@@ -174,11 +189,17 @@ fn gate_up(
         load_w1_tile(k0, col0, e - p.expert_begin, lid);
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            for (var i = 0u; i < RM; i++) {
-                let a = tile_a[(ty * RM + i) * BK + kk];
-                for (var j = 0u; j < RN; j++) {
-                    acc_g[RN * i + j] += a * tile_b0[kk * BN + tx + TX * j];
-                    acc_u[RN * i + j] += a * tile_b1[kk * BN + tx + TX * j];
+            let a = a_column(ty, kk);
+            for (var j = 0u; j < MAX_RN; j++) {
+                if (j < RN) {
+                    let g = tile_b0[kk * BN + tx + TX * j];
+                    let u = tile_b1[kk * BN + tx + TX * j];
+                    for (var i = 0u; i < MAX_RM; i++) {
+                        if (i < RM) {
+                            acc_g[MAX_RN * i + j] += a[i] * g;
+                            acc_u[MAX_RN * i + j] += a[i] * u;
+                        }
+                    }
                 }
             }
         }
@@ -192,8 +213,8 @@ fn gate_up(
         for (var j = 0u; j < RN; j++) {
             let col = col0 + tx + TX * j;
             if (col < p.row_end) {
-                var g = acc_g[RN * i + j];
-                var u = acc_u[RN * i + j];
+                var g = acc_g[MAX_RN * i + j];
+                var u = acc_u[MAX_RN * i + j];
                 if ((p.flags & HAS_BIAS) != 0u) {
                     g += bias0[e * p.n_dim + col];
                     u += bias1[e * p.n_dim + col];
@@ -229,10 +250,15 @@ fn down(
         load_w0_tile(k0, col0, e - p.expert_begin, lid);
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            for (var i = 0u; i < RM; i++) {
-                let a = tile_a[(ty * RM + i) * BK + kk];
-                for (var j = 0u; j < RN; j++) {
-                    acc[RN * i + j] += a * tile_b0[kk * BN + tx + TX * j];
+            let a = a_column(ty, kk);
+            for (var j = 0u; j < MAX_RN; j++) {
+                if (j < RN) {
+                    let w = tile_b0[kk * BN + tx + TX * j];
+                    for (var i = 0u; i < MAX_RM; i++) {
+                        if (i < RM) {
+                            acc[MAX_RN * i + j] += a[i] * w;
+                        }
+                    }
                 }
             }
         }
@@ -246,7 +272,7 @@ fn down(
         for (var j = 0u; j < RN; j++) {
             let col = col0 + tx + TX * j;
             if (col < p.row_end) {
-                var y = acc[RN * i + j];
+                var y = acc[MAX_RN * i + j];
                 if ((p.flags & HAS_BIAS) != 0u) {
                     y += bias0[e * p.n_dim + col];
                 }
