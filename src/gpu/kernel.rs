@@ -330,14 +330,34 @@ impl Recorder {
 
     /// Encodes every recorded step into `encoder`, dispatches in shared compute passes.
     pub fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
-        let mut i = 0;
+        self.encode_passes(encoder, None);
+    }
+
+    /// Encodes the steps like [`Self::encode`], but each dispatch in its own compute
+    /// pass that writes its start and end into `timestamps` (dispatch d into queries
+    /// 2d and 2d + 1; dispatches past the set's `queries` go untimed).
+    pub fn encode_timed(&self, encoder: &mut wgpu::CommandEncoder, timestamps: &wgpu::QuerySet, queries: u32) {
+        self.encode_passes(encoder, Some((timestamps, queries)));
+    }
+
+    fn encode_passes(&self, encoder: &mut wgpu::CommandEncoder, timed: Option<(&wgpu::QuerySet, u32)>) {
+        let (mut i, mut dispatch) = (0, 0u32);
         while i < self.steps.len() {
             match &self.steps[i] {
                 Step::Dispatch { .. } => {
+                    let timestamp_writes =
+                        timed
+                            .filter(|(_, queries)| 2 * dispatch + 1 < *queries)
+                            .map(|(query_set, _)| wgpu::ComputePassTimestampWrites {
+                                query_set,
+                                beginning_of_pass_write_index: Some(2 * dispatch),
+                                end_of_pass_write_index: Some(2 * dispatch + 1),
+                            });
                     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                         label: None,
-                        timestamp_writes: None,
+                        timestamp_writes,
                     });
+                    // Untimed, the dispatches up to the next copy share the pass.
                     while let Some(Step::Dispatch {
                         pipeline,
                         bind_group,
@@ -349,6 +369,10 @@ impl Recorder {
                         pass.set_bind_group(0, bind_group, &[]);
                         pass.dispatch_workgroups(grid.0, grid.1, 1);
                         i += 1;
+                        dispatch += 1;
+                        if timed.is_some() {
+                            break;
+                        }
                     }
                 }
                 Step::Copy {
@@ -385,44 +409,5 @@ impl Recorder {
                 _ => None,
             })
             .collect()
-    }
-
-    /// Encodes the steps like [`Self::encode`], but each dispatch in its own compute
-    /// pass that writes its start and end into `timestamps` (dispatch d into queries
-    /// 2d and 2d + 1; dispatches past the set's `queries` go untimed).
-    pub fn encode_timed(&self, encoder: &mut wgpu::CommandEncoder, timestamps: &wgpu::QuerySet, queries: u32) {
-        let mut dispatch = 0u32;
-        for step in &self.steps {
-            match step {
-                Step::Dispatch {
-                    pipeline,
-                    bind_group,
-                    grid,
-                    ..
-                } => {
-                    let slot = Some(dispatch).filter(|d| 2 * d + 1 < queries);
-                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: None,
-                        timestamp_writes: slot.map(|d| wgpu::ComputePassTimestampWrites {
-                            query_set: timestamps,
-                            beginning_of_pass_write_index: Some(2 * d),
-                            end_of_pass_write_index: Some(2 * d + 1),
-                        }),
-                    });
-                    pass.set_pipeline(pipeline);
-                    pass.set_bind_group(0, bind_group, &[]);
-                    pass.dispatch_workgroups(grid.0, grid.1, 1);
-                    dispatch += 1;
-                }
-                Step::Copy {
-                    src,
-                    src_offset,
-                    dst,
-                    dst_offset,
-                    size,
-                } => encoder.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size),
-                Step::Clear(buffer) => encoder.clear_buffer(buffer, 0, None),
-            }
-        }
     }
 }
