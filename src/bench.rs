@@ -730,29 +730,34 @@ pub fn markdown(report: &Report) -> String {
     s
 }
 
-/// The kernels of a model row's profiled prefill and decode step, by decode time.
+/// The kernels of a model row's profiled prefill and decode step, per section of the
+/// forward, by decode time.
 fn profile_markdown(m: &ModelRow) -> String {
     let total = |p: &[KernelTime]| p.iter().map(|k| k.ms).sum::<f64>();
     let (prefill_total, decode_total) = (total(&m.prefill_profile), total(&m.decode_profile));
     let mut s = format!(
         "\n{}: GPU time per kernel, one decode step ({:.3} ms in all) and one prefill of {} tokens ({:.3} ms)\n\n\
-         | kernel | decode calls | decode ms | decode share | prefill calls | prefill ms | prefill share |\n\
-         |---|---:|---:|---:|---:|---:|---:|\n",
+         | section | kernel | decode calls | decode ms | decode share | prefill calls | prefill ms | prefill share |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|\n",
         m.model, decode_total, m.prompt_tokens, prefill_total
     );
-    let mut kernels: Vec<&str> = m.decode_profile.iter().map(|k| k.kernel.as_str()).collect();
-    kernels.extend(
-        m.prefill_profile
-            .iter()
-            .map(|k| k.kernel.as_str())
-            .filter(|k| !m.decode_profile.iter().any(|d| d.kernel == *k)),
-    );
-    let find = |p: &[KernelTime], k: &str| p.iter().find(|t| t.kernel == k).map_or((0, 0.0), |t| (t.calls, t.ms));
-    for k in kernels {
-        let (dc, dms) = find(&m.decode_profile, k);
-        let (pc, pms) = find(&m.prefill_profile, k);
+    let key = |k: &KernelTime| (k.section.clone(), k.kernel.clone());
+    let mut rows: Vec<(String, String)> = m.decode_profile.iter().map(key).collect();
+    for k in m.prefill_profile.iter().map(key) {
+        if !rows.contains(&k) {
+            rows.push(k);
+        }
+    }
+    let find = |p: &[KernelTime], row: &(String, String)| {
+        p.iter().find(|t| key(t) == *row).map_or((0, 0.0), |t| (t.calls, t.ms))
+    };
+    for row in &rows {
+        let (dc, dms) = find(&m.decode_profile, row);
+        let (pc, pms) = find(&m.prefill_profile, row);
         s.push_str(&format!(
-            "| {k} | {dc} | {dms:.3} | {:.1}% | {pc} | {pms:.3} | {:.1}% |\n",
+            "| {} | {} | {dc} | {dms:.3} | {:.1}% | {pc} | {pms:.3} | {:.1}% |\n",
+            row.0,
+            row.1,
             100.0 * dms / decode_total.max(1e-12),
             100.0 * pms / prefill_total.max(1e-12)
         ));

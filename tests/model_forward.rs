@@ -305,29 +305,46 @@ fn profiled_steps_time_every_kernel_and_advance_like_steps() {
     assert_eq!(session.position(), prompt.len());
     let decode = pollster::block_on(session.profile_step(&ctx, &model, &[7])).unwrap();
     assert_eq!(session.position(), prompt.len() + 1);
-    let kernels = |p: &[webmoe::gpu::profile::KernelTime]| p.iter().map(|k| k.kernel.clone()).collect::<Vec<_>>();
+    let rows = |p: &[webmoe::gpu::profile::KernelTime]| {
+        p.iter()
+            .map(|k| format!("{}/{}", k.section, k.kernel))
+            .collect::<Vec<_>>()
+    };
     assert!(
-        kernels(&prefill).contains(&"expert_matmul::gate_up".to_string()),
+        rows(&prefill).contains(&"moe/expert_matmul::gate_up".to_string()),
         "{prefill:?}"
     );
     assert!(
-        kernels(&decode).contains(&"expert_gemv::gate_up".to_string()),
+        rows(&decode).contains(&"moe/expert_gemv::gate_up".to_string()),
+        "{decode:?}"
+    );
+    // The attention projections use the GEMV too, in their own section.
+    assert!(
+        rows(&decode).contains(&"attention/expert_gemv::down".to_string()),
+        "{decode:?}"
+    );
+    assert!(
+        rows(&decode).contains(&"lm head/expert_gemv::down".to_string()),
         "{decode:?}"
     );
     for p in [&prefill, &decode] {
-        let mut names = kernels(p);
+        let mut names = rows(p);
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), p.len(), "one row per kernel");
+        assert_eq!(names.len(), p.len(), "one row per section and kernel");
         assert!(
             p.iter().all(|k| k.calls > 0 && k.ms >= 0.0 && k.ms.is_finite()),
             "{p:?}"
         );
         assert!(p.windows(2).all(|w| w[0].ms >= w[1].ms), "most time first");
         // One embedding and one argmax per step.
-        let calls = |name: &str| p.iter().find(|k| k.kernel == name).map_or(0, |k| k.calls);
-        assert_eq!(calls("embedding::embed"), 1);
-        assert_eq!(calls("sampling::argmax"), 1);
+        let calls = |name: &str| {
+            p.iter()
+                .find(|k| format!("{}/{}", k.section, k.kernel) == name)
+                .map_or(0, |k| k.calls)
+        };
+        assert_eq!(calls("embedding/embedding::embed"), 1);
+        assert_eq!(calls("sampling/sampling::argmax"), 1);
     }
     assert!(decode.iter().map(|k| k.ms).sum::<f64>() > 0.0);
     // The profiled prefill filled the cache as a step would.

@@ -263,7 +263,8 @@ enum Step {
         pipeline: wgpu::ComputePipeline,
         bind_group: wgpu::BindGroup,
         grid: (u32, u32),
-        /// `file::entry`, for profiles.
+        /// The recorder's section and the kernel's `file::entry`, for profiles.
+        section: &'static str,
         kernel: String,
     },
     Copy {
@@ -283,11 +284,18 @@ enum Step {
 #[derive(Default)]
 pub struct Recorder {
     steps: Vec<Step>,
+    section: &'static str,
 }
 
 impl Recorder {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Names the part of the forward the next dispatches belong to (e.g. "attention",
+    /// "moe", "lm head"), so profiles can tell apart the uses of one kernel.
+    pub fn section(&mut self, name: &'static str) {
+        self.section = name;
     }
 
     /// Records `workgroups` workgroups of `key` with `params` in binding 0 and `buffers`
@@ -309,6 +317,7 @@ impl Recorder {
             pipeline,
             bind_group,
             grid: grid_for(workgroups),
+            section: self.section,
             kernel: format!("{}::{}", key.shader.name, key.entry),
         });
     }
@@ -400,12 +409,12 @@ impl Recorder {
         ctx.queue.submit([encoder.finish()]);
     }
 
-    /// The kernel (`file::entry`) of each recorded dispatch, in order.
-    pub fn kernels(&self) -> Vec<&str> {
+    /// The section and kernel (`file::entry`) of each recorded dispatch, in order.
+    pub fn kernels(&self) -> Vec<(&'static str, &str)> {
         self.steps
             .iter()
             .filter_map(|s| match s {
-                Step::Dispatch { kernel, .. } => Some(kernel.as_str()),
+                Step::Dispatch { section, kernel, .. } => Some((*section, kernel.as_str())),
                 _ => None,
             })
             .collect()

@@ -1,5 +1,6 @@
 //! Per-kernel GPU time of a recorded forward: every dispatch in its own compute pass
-//! with timestamps at its start and end, summed by kernel (`file::entry`). For finding
+//! with timestamps at its start and end, summed by section of the forward (see
+//! [`Recorder::section`]) and kernel (`file::entry`). For finding
 //! where a step's time goes (`webmoe bench --profile`); the passes add a little
 //! overhead of their own, so the total is a bit above an ordinary submit's.
 
@@ -13,9 +14,11 @@ use crate::gpu::GpuContext;
 /// wgpu's limit on queries per set: two per dispatch.
 const MAX_QUERIES: u32 = 4096;
 
-/// GPU time of one kernel over a step.
+/// GPU time of one kernel in one section of a step.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KernelTime {
+    /// The part of the forward, e.g. `attention`, `moe`, `lm head` (empty if unnamed).
+    pub section: String,
     /// `file::entry`, e.g. `expert_gemv::gate_up`.
     pub kernel: String,
     pub calls: usize,
@@ -23,7 +26,7 @@ pub struct KernelTime {
 }
 
 /// Submits `recording` once with a timestamp pair around each dispatch (the first 2,048
-/// dispatches) and returns the time per kernel, most first.
+/// dispatches) and returns the time per (section, kernel), most first.
 pub async fn profile(ctx: &GpuContext, recording: &Recorder) -> Result<Vec<KernelTime>> {
     if !ctx.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
         return Err(Error::Unsupported(format!(
@@ -63,14 +66,15 @@ pub async fn profile(ctx: &GpuContext, recording: &Recorder) -> Result<Vec<Kerne
         .collect();
     let period_ms = ctx.queue.get_timestamp_period() as f64 / 1e6;
     let mut times: Vec<KernelTime> = Vec::new();
-    for (d, kernel) in kernels.iter().enumerate().take(queries as usize / 2) {
+    for (d, (section, kernel)) in kernels.iter().enumerate().take(queries as usize / 2) {
         let ms = ticks[2 * d + 1].saturating_sub(ticks[2 * d]) as f64 * period_ms;
-        match times.iter_mut().find(|t| t.kernel == *kernel) {
+        match times.iter_mut().find(|t| t.section == *section && t.kernel == *kernel) {
             Some(t) => {
                 t.calls += 1;
                 t.ms += ms;
             }
             None => times.push(KernelTime {
+                section: section.to_string(),
                 kernel: kernel.to_string(),
                 calls: 1,
                 ms,

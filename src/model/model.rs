@@ -430,9 +430,11 @@ impl Model {
         let rope = self.rope_angles(positions)?;
         let gemv = kernels.gemv(t, GEMV_MAX_TOKENS);
         let x = GpuTensor::empty(ctx, "hidden", &[t, d], DType::F32)?;
+        rec.section("embedding");
         encode_embedding(ctx, rec, ids, &self.embed, c.embedding_multiplier, &x)?;
         let mut expert_counts = Vec::new();
         for (layer, cache) in self.layers.iter().zip(caches) {
+            rec.section("attention");
             let h = norm(ctx, rec, &x, &layer.input_norm, c.rms_norm_eps)?;
             let inputs = AttentionInputs {
                 config: c,
@@ -443,6 +445,10 @@ impl Model {
             };
             let attn = layer.attention.record(ctx, rec, &inputs, &h)?;
             encode_add_scaled(ctx, rec, &x, &attn, c.residual_multiplier);
+            rec.section(match layer.ffn {
+                FeedForward::Moe(_) => "moe",
+                FeedForward::Dense(_) => "dense mlp",
+            });
             let h = norm(ctx, rec, &x, &layer.post_attention_norm, c.rms_norm_eps)?;
             let f = match &layer.ffn {
                 FeedForward::Moe(moe) => {
@@ -459,6 +465,7 @@ impl Model {
             };
             encode_add_scaled(ctx, rec, &x, &f, c.residual_multiplier);
         }
+        rec.section("lm head");
         let rows = match logit_rows {
             LogitRows::All => x,
             LogitRows::Last => {

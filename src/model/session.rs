@@ -89,6 +89,7 @@ impl Workspace {
             _ => LogitRows::Last,
         };
         let out = model.record_forward(ctx, &mut recording, &ids, &positions, caches, logit_rows, shape.kernels)?;
+        recording.section("sampling");
         let head = if shape.argmax {
             let rows = out.logits.shape[0];
             let tokens = GpuTensor::empty(ctx, "sampled tokens", &[rows], DType::U32)?;
