@@ -10,7 +10,9 @@
 // exit at once. Outputs are [A, n_dim].
 // Mapping: one 64-invocation workgroup per (assignment, group of WG_ROWS outputs); each
 // invocation sums a strided slice of K (coalesced weight reads) for every row of the
-// group, then a fixed-order tree reduction in shared memory (deterministic). A row's
+// group; after one barrier, invocation s adds slot s's 64 partials in index order
+// (deterministic, and one barrier instead of a tree's six, which dominate on CPU
+// adapters). A row's
 // sum does not depend on WG_ROWS (4, 8 or 16, picked by the host from K: more rows per
 // workgroup when rows are short, so fewer workgroups each do more). Row loops run to
 // the constant MAX_ROWS with WG_ROWS as a guard, so they unroll with the accumulators
@@ -50,7 +52,11 @@ override WG_ROWS: u32 = 4u;
 @group(0) @binding(6) var<storage, read> bias0: array<f32>;
 @group(0) @binding(7) var<storage, read> bias1: array<f32>;
 
-var<workgroup> partial: array<f32, 2048>; // [2 matrices][WG_ROWS][WG] (sized for MAX_ROWS)
+// Partials [WG invocations][SLOT_STRIDE]: slot s (matrix m, row r: s = m WG_ROWS + r)
+// of invocation i at i * SLOT_STRIDE + s. The odd stride keeps both the writes (one
+// invocation per bank) and the per-slot reads (consecutive slots) free of bank conflicts.
+const SLOT_STRIDE: u32 = 33u;
+var<workgroup> partial: array<f32, 2112>; // WG * SLOT_STRIDE
 var<workgroup> shared_expert_id: u32;
 
 fn expert_of(a: u32, lid: u32) -> u32 {
@@ -64,15 +70,19 @@ fn expert_of(a: u32, lid: u32) -> u32 {
     return workgroupUniformLoad(&shared_expert_id);
 }
 
-// Sums partial[slot * WG ..][0..WG] into partial[slot * WG] for `slots` slots.
+// Sums each slot s < `slots` over the WG invocations, in invocation order, into
+// partial[s] (slots <= WG).
 fn reduce_partials(lid: u32, slots: u32) {
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        workgroupBarrier();
-        if (lid < stride) {
-            for (var s = 0u; s < slots; s++) {
-                partial[s * WG + lid] += partial[s * WG + lid + stride];
-            }
+    workgroupBarrier();
+    var sum = 0.0;
+    if (lid < slots) {
+        for (var i = 0u; i < WG; i++) {
+            sum += partial[i * SLOT_STRIDE + lid];
         }
+    }
+    workgroupBarrier();
+    if (lid < slots) {
+        partial[lid] = sum;
     }
     workgroupBarrier();
 }
@@ -110,14 +120,14 @@ fn gate_up(
     }
     for (var r = 0u; r < MAX_ROWS; r++) {
         if (r < WG_ROWS) {
-            partial[r * WG + lid] = acc_g[r];
-            partial[(WG_ROWS + r) * WG + lid] = acc_u[r];
+            partial[lid * SLOT_STRIDE + r] = acc_g[r];
+            partial[lid * SLOT_STRIDE + WG_ROWS + r] = acc_u[r];
         }
     }
     reduce_partials(lid, 2u * WG_ROWS);
     if (lid < WG_ROWS && n0 + lid < p.row_end) {
-        var g = partial[lid * WG];
-        var u = partial[(WG_ROWS + lid) * WG];
+        var g = partial[lid];
+        var u = partial[WG_ROWS + lid];
         if ((p.flags & HAS_BIAS) != 0u) {
             g += bias0[e * p.n_dim + n0 + lid];
             u += bias1[e * p.n_dim + n0 + lid];
@@ -156,12 +166,12 @@ fn down(
     }
     for (var r = 0u; r < MAX_ROWS; r++) {
         if (r < WG_ROWS) {
-            partial[r * WG + lid] = acc[r];
+            partial[lid * SLOT_STRIDE + r] = acc[r];
         }
     }
     reduce_partials(lid, WG_ROWS);
     if (lid < WG_ROWS && n0 + lid < p.row_end) {
-        var y = partial[lid * WG];
+        var y = partial[lid];
         if ((p.flags & HAS_BIAS) != 0u) {
             y += bias0[e * p.n_dim + n0 + lid];
         }
