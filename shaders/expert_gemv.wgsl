@@ -12,11 +12,10 @@
 // invocation sums a strided slice of K (coalesced weight reads) for every row of the
 // group; after one barrier, invocation s adds slot s's 64 partials in index order
 // (deterministic, and one barrier instead of a tree's six, which dominate on CPU
-// adapters). A row's
-// sum does not depend on WG_ROWS (4, 8 or 16, picked by the host from K: more rows per
-// workgroup when rows are short, so fewer workgroups each do more). Row loops run to
-// the constant MAX_ROWS with WG_ROWS as a guard, so they unroll with the accumulators
-// in registers.
+// adapters). A row's sum does not depend on WG_ROWS (4, 8 or 16, picked by the host
+// from K: more rows per workgroup when rows are short, so fewer workgroups each do
+// more). Row loops run to the constant MAX_ROWS with WG_ROWS as a guard, so they
+// unroll with the accumulators in registers.
 //! weights: w0, w1
 
 struct GemvParams {

@@ -252,7 +252,8 @@ pub struct BenchOptions {
     pub formats: Vec<WeightFormat>,
     /// Whole-model rows: prompt tokens prefilled and tokens decoded after them
     /// (default 32 and 16 with `quick`, else 512 and 64).
-    pub model_tokens: Option<(usize, usize)>,
+    pub prompt_tokens: Option<usize>,
+    pub decode_tokens: Option<usize>,
     /// Whole-model rows: GPU time per kernel of a prefill and a decode step.
     pub profile: bool,
 }
@@ -265,7 +266,8 @@ impl BenchOptions {
             repeats: if quick { 3 } else { 20 },
             tokens: if quick { vec![1, 4, 32] } else { vec![1, 4, 128, 512] },
             formats: vec![WeightFormat::F16],
-            model_tokens: None,
+            prompt_tokens: None,
+            decode_tokens: None,
             profile: false,
         }
     }
@@ -638,9 +640,11 @@ pub async fn run_bench(
             rows.extend(bench_shape(ctx, &timer, &shape, format, options, &ceilings).await?);
         }
     }
-    let (prompt, decode) = options
-        .model_tokens
-        .unwrap_or(if options.quick { (32, 16) } else { (512, 64) });
+    let (prompt, decode) = if options.quick { (32, 16) } else { (512, 64) };
+    let (prompt, decode) = (
+        options.prompt_tokens.unwrap_or(prompt).max(1),
+        options.decode_tokens.unwrap_or(decode),
+    );
     let mut model_rows = Vec::new();
     for (name, model) in models {
         model_rows.push(bench_model(ctx, name, model, prompt, decode, options.repeats, options.profile).await?);

@@ -460,13 +460,8 @@ fn bench(args: BenchArgs) -> webmoe::Result<()> {
             })
             .collect::<webmoe::Result<_>>()?;
     }
-    if args.prompt_tokens.is_some() || args.decode_tokens.is_some() {
-        let (prompt, decode) = if args.quick { (32, 16) } else { (512, 64) };
-        options.model_tokens = Some((
-            args.prompt_tokens.unwrap_or(prompt).max(1),
-            args.decode_tokens.unwrap_or(decode),
-        ));
-    }
+    options.prompt_tokens = args.prompt_tokens;
+    options.decode_tokens = args.decode_tokens;
     options.profile = args.profile;
     let ctx = GpuContext::new_blocking()?;
     // Whole-model rows: the embedded model, and random weights in Qwen3-30B-A3B's shape

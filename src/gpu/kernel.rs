@@ -263,9 +263,10 @@ enum Step {
         pipeline: wgpu::ComputePipeline,
         bind_group: wgpu::BindGroup,
         grid: (u32, u32),
-        /// The recorder's section and the kernel's `file::entry`, for profiles.
+        /// The recorder's section and the kernel's file and entry, for profiles.
         section: &'static str,
-        kernel: String,
+        file: &'static str,
+        entry: &'static str,
     },
     Copy {
         src: wgpu::Buffer,
@@ -318,7 +319,8 @@ impl Recorder {
             bind_group,
             grid: grid_for(workgroups),
             section: self.section,
-            kernel: format!("{}::{}", key.shader.name, key.entry),
+            file: key.shader.name,
+            entry: key.entry,
         });
     }
 
@@ -410,11 +412,13 @@ impl Recorder {
     }
 
     /// The section and kernel (`file::entry`) of each recorded dispatch, in order.
-    pub fn kernels(&self) -> Vec<(&'static str, &str)> {
+    pub fn kernels(&self) -> Vec<(&'static str, String)> {
         self.steps
             .iter()
             .filter_map(|s| match s {
-                Step::Dispatch { section, kernel, .. } => Some((*section, kernel.as_str())),
+                Step::Dispatch {
+                    section, file, entry, ..
+                } => Some((*section, format!("{file}::{entry}"))),
                 _ => None,
             })
             .collect()

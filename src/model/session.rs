@@ -137,11 +137,7 @@ impl Workspace {
         head_rows: &[u32],
     ) -> Result<Replay> {
         ctx.scoped("model forward", || {
-            ctx.queue.write_buffer(&self.ids.buffer, 0, bytemuck::cast_slice(ids));
-            match lengths {
-                Some(lengths) => self.positions.set_with_lengths(ctx, placed, lengths),
-                None => self.positions.set(ctx, placed),
-            }
+            self.write_inputs(ctx, ids, placed, lengths);
             if let Some(rows) = &self.head_rows {
                 ctx.queue.write_buffer(&rows.buffer, 0, bytemuck::cast_slice(head_rows));
             }
@@ -157,9 +153,7 @@ impl Workspace {
             routing_counts: counts.to_vec(),
         })
     }
-}
 
-impl Workspace {
     /// Like [`Self::replay`], timing each kernel instead of reading results back.
     pub(crate) async fn profile(
         &self,
@@ -167,9 +161,17 @@ impl Workspace {
         ids: &[u32],
         placed: &[(usize, usize)],
     ) -> Result<Vec<KernelTime>> {
-        ctx.queue.write_buffer(&self.ids.buffer, 0, bytemuck::cast_slice(ids));
-        self.positions.set(ctx, placed);
+        self.write_inputs(ctx, ids, placed, None);
         profile(ctx, &self.recording).await
+    }
+
+    /// Writes the step's token ids and each token's slot and position.
+    fn write_inputs(&self, ctx: &GpuContext, ids: &[u32], placed: &[(usize, usize)], lengths: Option<&[usize]>) {
+        ctx.queue.write_buffer(&self.ids.buffer, 0, bytemuck::cast_slice(ids));
+        match lengths {
+            Some(lengths) => self.positions.set_with_lengths(ctx, placed, lengths),
+            None => self.positions.set(ctx, placed),
+        }
     }
 }
 
@@ -274,15 +276,26 @@ impl Session {
         Ok(self.workspaces.len() - 1)
     }
 
+    /// Checks `ids`, and gives the workspace for them and where each goes.
+    fn prepare_step(
+        &mut self,
+        ctx: &GpuContext,
+        model: &Model,
+        ids: &[u32],
+        read: Readback,
+    ) -> Result<(usize, Vec<(usize, usize)>)> {
+        self.check_input(model, ids)?;
+        let i = self.workspace(ctx, model, ids.len(), read)?;
+        let placed = (0..ids.len()).map(|t| (0, self.position + t)).collect();
+        Ok((i, placed))
+    }
+
     /// Runs `ids` at the session's position in one submit, advances the position, and
     /// reads back what `read` asks for plus the routing counts (one readback).
     pub async fn step(&mut self, ctx: &GpuContext, model: &Model, ids: &[u32], read: Readback) -> Result<StepOutput> {
-        self.check_input(model, ids)?;
-        let pos0 = self.position;
-        let i = self.workspace(ctx, model, ids.len(), read)?;
-        let placed: Vec<(usize, usize)> = (0..ids.len()).map(|t| (0, pos0 + t)).collect();
+        let (i, placed) = self.prepare_step(ctx, model, ids, read)?;
         let out = self.workspaces[i].replay(ctx, ids, &placed, None, &[]).await?;
-        self.position = pos0 + ids.len();
+        self.position += ids.len();
         for (total, &c) in self.routing_totals.iter_mut().zip(&out.routing_counts) {
             *total += c as u64;
         }
@@ -303,12 +316,9 @@ impl Session {
     /// Runs `ids` at the session's position as [`Self::step`] would (greedy), timing
     /// each kernel of the forward (see [`crate::gpu::profile`]); advances the position.
     pub async fn profile_step(&mut self, ctx: &GpuContext, model: &Model, ids: &[u32]) -> Result<Vec<KernelTime>> {
-        self.check_input(model, ids)?;
-        let pos0 = self.position;
-        let i = self.workspace(ctx, model, ids.len(), Readback::Argmax)?;
-        let placed: Vec<(usize, usize)> = (0..ids.len()).map(|t| (0, pos0 + t)).collect();
+        let (i, placed) = self.prepare_step(ctx, model, ids, Readback::Argmax)?;
         let times = self.workspaces[i].profile(ctx, ids, &placed).await?;
-        self.position = pos0 + ids.len();
+        self.position += ids.len();
         Ok(times)
     }
 

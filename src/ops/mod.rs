@@ -75,26 +75,38 @@ impl TokenPositions {
     /// Token t in `placed[t].0` at position `placed[t].1`, for the next submit; a
     /// dynamic NTK RoPE scales each token by where its sequence ends in this step.
     pub fn set(&self, ctx: &GpuContext, placed: &[(usize, usize)]) {
-        let mut ends = std::collections::HashMap::new();
-        for &(slot, pos) in placed {
-            let end = ends.entry(slot).or_insert(0);
-            *end = (*end).max(pos + 1);
-        }
-        let lengths: Vec<usize> = placed.iter().map(|(slot, _)| ends[slot]).collect();
-        self.set_with_lengths(ctx, placed, &lengths);
+        self.write(ctx, placed, None);
     }
 
     /// As [`Self::set`], with the length each token's forward counts as given: a chunk
     /// of a longer prompt counts as the whole prompt, as if prefilled in one forward.
     pub fn set_with_lengths(&self, ctx: &GpuContext, placed: &[(usize, usize)], lengths: &[usize]) {
+        self.write(ctx, placed, Some(lengths));
+    }
+
+    fn write(&self, ctx: &GpuContext, placed: &[(usize, usize)], lengths: Option<&[usize]>) {
         assert_eq!(placed.len(), self.tokens, "one (slot, position) per token");
         let words: Vec<u32> = placed.iter().flat_map(|&(s, p)| [s as u32, p as u32]).collect();
         ctx.queue.write_buffer(&self.buffer, 0, bytemuck::cast_slice(&words));
-        if let Some((rows, ntk)) = &self.step_angles {
-            let positions: Vec<usize> = placed.iter().map(|&(_, p)| p).collect();
-            let values = ntk.step_rows(&positions, lengths);
-            ctx.queue.write_buffer(&rows.buffer, 0, bytemuck::cast_slice(&values));
-        }
+        let Some((rows, ntk)) = &self.step_angles else {
+            return;
+        };
+        let sequence_ends;
+        let lengths = match lengths {
+            Some(lengths) => lengths,
+            None => {
+                let mut ends = std::collections::HashMap::new();
+                for &(slot, pos) in placed {
+                    let end = ends.entry(slot).or_insert(0);
+                    *end = (*end).max(pos + 1);
+                }
+                sequence_ends = placed.iter().map(|(slot, _)| ends[slot]).collect::<Vec<usize>>();
+                &sequence_ends
+            }
+        };
+        let positions: Vec<usize> = placed.iter().map(|&(_, p)| p).collect();
+        let values = ntk.step_rows(&positions, lengths);
+        ctx.queue.write_buffer(&rows.buffer, 0, bytemuck::cast_slice(&values));
     }
 }
 
