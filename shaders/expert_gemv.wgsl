@@ -4,18 +4,20 @@
 //          tok = a / rows_per_token, act = SwiGLU or clamped SwiGLU (common.wgsl)
 // down:    y[a, n] = h[a] . down[e, n] (+ bd[e, n])
 // e = routed_ids[a] (SENTINEL: dropped, skipped); dense mode (dense != 0): row a is token a
-// and the expert is 0 (shared expert). One dispatch per weight chunk: the chunk holds
-// output rows row_begin..row_end of experts expert_begin..expert_end, expert_stride
-// elements apart, each row K elements (WEIGHT_DTYPE); assignments of other experts
-// exit at once. Outputs are [A, n_dim].
-// Mapping: one 64-invocation workgroup per (assignment, group of WG_ROWS outputs); each
-// invocation sums a strided slice of K (coalesced weight reads) for every row of the
-// group; after one barrier, invocation s adds slot s's 64 partials in index order
-// (deterministic, and one barrier instead of a tree's six, which dominate on CPU
-// adapters). A row's sum does not depend on WG_ROWS (4, 8 or 16, picked by the host
-// from K: more rows per workgroup when rows are short, so fewer workgroups each do
-// more). Row loops run to the constant MAX_ROWS with WG_ROWS as a guard, so they
-// unroll with the accumulators in registers.
+// and the expert is 0 (shared expert, attention projections, lm head). One dispatch per
+// weight chunk: the chunk holds output rows row_begin..row_end of experts
+// expert_begin..expert_end, expert_stride elements apart, each row K elements
+// (WEIGHT_DTYPE); assignments of other experts exit at once. Outputs are [A, n_dim].
+// Mapping: one 64-invocation workgroup per (group of TOKENS rows a, group of WG_ROWS
+// outputs); each invocation sums a strided slice of K (coalesced weight reads) for every
+// (row, output) pair of the group, reading each weight once for all TOKENS rows (dense
+// mode; routed rows take TOKENS = 1, since their experts differ); after one
+// barrier, invocation s adds slot s's 64 partials in index order (deterministic, and one
+// barrier instead of a tree's six, which dominate on CPU adapters). A row's sum depends
+// on neither WG_ROWS nor TOKENS (picked by the host from K and the row count: about
+// 16 products per invocation and step), so a token's result never depends on the
+// tokens batched with it. Loops run to the constants MAX_TOKENS / MAX_ROWS with
+// TOKENS / WG_ROWS as guards, so they unroll with the accumulators in registers.
 //! weights: w0, w1
 
 struct GemvParams {
@@ -39,7 +41,10 @@ struct GemvParams {
 
 const WG: u32 = 64u;
 const MAX_ROWS: u32 = 16u;
+const MAX_TOKENS: u32 = 4u;
 override WG_ROWS: u32 = 4u;
+// Rows a per workgroup; WG_ROWS * TOKENS <= MAX_ROWS (the accumulators of one matrix).
+override TOKENS: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> p: GemvParams;
 @group(0) @binding(1) var<storage, read> a_in: array<f32>;
@@ -58,6 +63,7 @@ const SLOT_STRIDE: u32 = 33u;
 var<workgroup> partial: array<f32, 2112>; // WG * SLOT_STRIDE
 var<workgroup> shared_expert_id: u32;
 
+// The expert of the workgroup whose first row is a (uniform across the workgroup).
 fn expert_of(a: u32, lid: u32) -> u32 {
     if (lid == 0u) {
         var e = 0u;
@@ -86,6 +92,39 @@ fn reduce_partials(lid: u32, slots: u32) {
     workgroupBarrier();
 }
 
+// The rows a of workgroup wg (first_row + t for t < TOKENS) and its first output.
+struct GemvTile {
+    first_row: u32,
+    n0: u32,
+}
+
+fn gemv_tile(wg: u32) -> GemvTile {
+    return GemvTile((wg / p.row_groups) * TOKENS, p.row_begin + (wg % p.row_groups) * WG_ROWS);
+}
+
+fn row_valid(tile: GemvTile, t: u32) -> bool {
+    return tile.first_row + t < p.assignments;
+}
+
+// Offsets into a_in of the tile's input rows: tokens for matrices reading tokens
+// (gate_up; routed row a reads token a / rows_per_token), else the rows themselves
+// (down). Rows past the last read row 0.
+fn input_offsets(tile: GemvTile, gather_tokens: bool) -> array<u32, MAX_TOKENS> {
+    var offsets: array<u32, MAX_TOKENS>;
+    for (var t = 0u; t < MAX_TOKENS; t++) {
+        if (t < TOKENS && row_valid(tile, t)) {
+            let a = tile.first_row + t;
+            offsets[t] = select(a, a / p.rows_per_token, gather_tokens && p.dense == 0u) * p.k_dim;
+        }
+    }
+    return offsets;
+}
+
+// Index into the chunk's weights of output n (clamped into the chunk), element i.
+fn gemv_weight_index(base: u32, n: u32, i: u32) -> u32 {
+    return base + (min(n, p.row_end - 1u) - p.row_begin) * p.k_dim + i;
+}
+
 @compute @workgroup_size(64)
 fn gate_up(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -93,45 +132,57 @@ fn gate_up(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let wg = linear_workgroup(wid, nwg);
-    if (wg >= p.assignments * p.row_groups) {
+    let tile = gemv_tile(wg);
+    if (tile.first_row >= p.assignments) {
         return;
     }
-    let a = wg / p.row_groups;
-    let n0 = p.row_begin + (wg % p.row_groups) * WG_ROWS;
-    let e = expert_of(a, lid);
+    let e = expert_of(tile.first_row, lid);
     if (e == SENTINEL || e < p.expert_begin || e >= p.expert_end) {
         return;
     }
-    let tok = select(a / p.rows_per_token, a, p.dense != 0u);
     let base = (e - p.expert_begin) * p.expert_stride;
+    let src = input_offsets(tile, true);
     var acc_g: array<f32, MAX_ROWS>;
     var acc_u: array<f32, MAX_ROWS>;
     for (var i = lid; i < p.k_dim; i += WG) {
-        let xv = a_in[tok * p.k_dim + i];
+        var xv: array<f32, MAX_TOKENS>;
+        for (var t = 0u; t < MAX_TOKENS; t++) {
+            if (t < TOKENS) {
+                xv[t] = a_in[src[t] + i];
+            }
+        }
         for (var r = 0u; r < MAX_ROWS; r++) {
             if (r < WG_ROWS) {
-                let n = min(n0 + r, p.row_end - 1u);
-                let wi = base + (n - p.row_begin) * p.k_dim + i;
-                acc_g[r] += xv * w0_at(wi);
-                acc_u[r] += xv * w1_at(wi);
+                let wi = gemv_weight_index(base, tile.n0 + r, i);
+                let g = w0_at(wi);
+                let u = w1_at(wi);
+                for (var t = 0u; t < MAX_TOKENS; t++) {
+                    if (t < TOKENS) {
+                        acc_g[t * WG_ROWS + r] += xv[t] * g;
+                        acc_u[t * WG_ROWS + r] += xv[t] * u;
+                    }
+                }
             }
         }
     }
-    for (var r = 0u; r < MAX_ROWS; r++) {
-        if (r < WG_ROWS) {
-            partial[lid * SLOT_STRIDE + r] = acc_g[r];
-            partial[lid * SLOT_STRIDE + WG_ROWS + r] = acc_u[r];
+    let slots = WG_ROWS * TOKENS;
+    for (var s = 0u; s < MAX_ROWS; s++) {
+        if (s < slots) {
+            partial[lid * SLOT_STRIDE + s] = acc_g[s];
+            partial[lid * SLOT_STRIDE + slots + s] = acc_u[s];
         }
     }
-    reduce_partials(lid, 2u * WG_ROWS);
-    if (lid < WG_ROWS && n0 + lid < p.row_end) {
+    reduce_partials(lid, 2u * slots);
+    let t = lid / WG_ROWS;
+    let n = tile.n0 + lid % WG_ROWS;
+    if (lid < slots && row_valid(tile, t) && n < p.row_end) {
         var g = partial[lid];
-        var u = partial[WG_ROWS + lid];
+        var u = partial[slots + lid];
         if ((p.flags & HAS_BIAS) != 0u) {
-            g += bias0[e * p.n_dim + n0 + lid];
-            u += bias1[e * p.n_dim + n0 + lid];
+            g += bias0[e * p.n_dim + n];
+            u += bias1[e * p.n_dim + n];
         }
-        out[a * p.n_dim + n0 + lid] = gated_activation(g, u, p.flags, p.alpha, p.limit);
+        out[(tile.first_row + t) * p.n_dim + n] = gated_activation(g, u, p.flags, p.alpha, p.limit);
     }
 }
 
@@ -142,38 +193,49 @@ fn down(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let wg = linear_workgroup(wid, nwg);
-    if (wg >= p.assignments * p.row_groups) {
+    let tile = gemv_tile(wg);
+    if (tile.first_row >= p.assignments) {
         return;
     }
-    let a = wg / p.row_groups;
-    let n0 = p.row_begin + (wg % p.row_groups) * WG_ROWS;
-    let e = expert_of(a, lid);
+    let e = expert_of(tile.first_row, lid);
     if (e == SENTINEL || e < p.expert_begin || e >= p.expert_end) {
         return;
     }
     let base = (e - p.expert_begin) * p.expert_stride;
+    let src = input_offsets(tile, false);
     var acc: array<f32, MAX_ROWS>;
     for (var i = lid; i < p.k_dim; i += WG) {
-        let hv = a_in[a * p.k_dim + i];
+        var hv: array<f32, MAX_TOKENS>;
+        for (var t = 0u; t < MAX_TOKENS; t++) {
+            if (t < TOKENS) {
+                hv[t] = a_in[src[t] + i];
+            }
+        }
         for (var r = 0u; r < MAX_ROWS; r++) {
             if (r < WG_ROWS) {
-                let n = min(n0 + r, p.row_end - 1u);
-                let wi = base + (n - p.row_begin) * p.k_dim + i;
-                acc[r] += hv * w0_at(wi);
+                let w = w0_at(gemv_weight_index(base, tile.n0 + r, i));
+                for (var t = 0u; t < MAX_TOKENS; t++) {
+                    if (t < TOKENS) {
+                        acc[t * WG_ROWS + r] += hv[t] * w;
+                    }
+                }
             }
         }
     }
-    for (var r = 0u; r < MAX_ROWS; r++) {
-        if (r < WG_ROWS) {
-            partial[lid * SLOT_STRIDE + r] = acc[r];
+    let slots = WG_ROWS * TOKENS;
+    for (var s = 0u; s < MAX_ROWS; s++) {
+        if (s < slots) {
+            partial[lid * SLOT_STRIDE + s] = acc[s];
         }
     }
-    reduce_partials(lid, WG_ROWS);
-    if (lid < WG_ROWS && n0 + lid < p.row_end) {
+    reduce_partials(lid, slots);
+    let t = lid / WG_ROWS;
+    let n = tile.n0 + lid % WG_ROWS;
+    if (lid < slots && row_valid(tile, t) && n < p.row_end) {
         var y = partial[lid];
         if ((p.flags & HAS_BIAS) != 0u) {
-            y += bias0[e * p.n_dim + n0 + lid];
+            y += bias0[e * p.n_dim + n];
         }
-        out[a * p.n_dim + n0 + lid] = y;
+        out[(tile.first_row + t) * p.n_dim + n] = y;
     }
 }

@@ -289,7 +289,14 @@ fn half_precision_weights_match_rounded_reference() {
 fn dense_shared_expert_tiled_and_gemv_agree_with_reference() {
     let ctx = context();
     let mut rng = rng(300);
-    for &(tokens, dim, ffn) in &[(1, 13, 9), (5, 67, 45), (70, 64, 100)] {
+    for &(tokens, dim, ffn) in &[
+        (1, 13, 9),
+        (2, 40, 17),
+        (3, 300, 21),
+        (5, 67, 45),
+        (7, 600, 33),
+        (70, 64, 100),
+    ] {
         let x = random_vec(&mut rng, tokens * dim, 1.0);
         let gate = random_vec(&mut rng, ffn * dim, 0.5);
         let up = random_vec(&mut rng, ffn * dim, 0.5);
@@ -308,22 +315,75 @@ fn dense_shared_expert_tiled_and_gemv_agree_with_reference() {
         let uw = WeightMatrix::from_f32(&ctx, "up", &up, [1, ffn, dim], WeightFormat::F32).unwrap();
         let dw = WeightMatrix::from_f32(&ctx, "down", &down, [1, dim, ffn], WeightFormat::F32).unwrap();
         for gemv in [false, true] {
-            let rows = ExpertRows::Dense { tokens, gemv };
-            let h = GpuTensor::empty(&ctx, "h", &[tokens, ffn], DType::F32).unwrap();
-            let y = GpuTensor::empty(&ctx, "y", &[tokens, dim], DType::F32).unwrap();
-            y.poison(&ctx);
-            run(&ctx, |enc| {
-                encode_gate_up(&ctx, enc, rows, &xg, &gw, &uw, &h).unwrap();
-                encode_down(&ctx, enc, rows, &h, &dw, &y).unwrap();
-            });
-            assert_close(
-                &format!("dense T={tokens} gemv={gemv}"),
-                &y.read_f32_blocking(&ctx).unwrap(),
-                &want,
-                1e-5,
-            );
+            let (_, y) = dense_mlp(&ctx, ExpertRows::Dense { tokens, gemv }, &xg, [&gw, &uw, &dw]);
+            assert_close(&format!("dense T={tokens} gemv={gemv}"), &y, &want, 1e-5);
         }
     }
+}
+
+/// Runs gate/up then down on `x` through the dense `rows` mode: (h, y), poisoned first.
+fn dense_mlp(
+    ctx: &GpuContext,
+    rows: ExpertRows,
+    x: &GpuTensor,
+    [gate, up, down]: [&WeightMatrix; 3],
+) -> (Vec<f32>, Vec<f32>) {
+    let tokens = x.shape[0];
+    let h = GpuTensor::empty(ctx, "h", &[tokens, gate.out_dim], DType::F32).unwrap();
+    let y = GpuTensor::empty(ctx, "y", &[tokens, down.out_dim], DType::F32).unwrap();
+    h.poison(ctx);
+    y.poison(ctx);
+    run(ctx, |enc| {
+        encode_gate_up(ctx, enc, rows, x, gate, up, &h).unwrap();
+        encode_down(ctx, enc, rows, &h, down, &y).unwrap();
+    });
+    (h.read_f32_blocking(ctx).unwrap(), y.read_f32_blocking(ctx).unwrap())
+}
+
+/// The dense GEMV reads each weight once for up to four tokens: a token's outputs must
+/// be bit-identical whether it runs alone or among others (batch invariance), for every
+/// batch size, including groups the token count does not fill.
+#[test]
+fn dense_gemv_token_is_the_same_alone_or_batched() {
+    let ctx = context();
+    let mut rng = rng(301);
+    for &(dim, ffn, format) in &[
+        (40, 17, WeightFormat::F32),
+        (300, 21, WeightFormat::F16),
+        (600, 9, WeightFormat::F32),
+    ] {
+        let gate = random_vec(&mut rng, ffn * dim, 0.5);
+        let up = random_vec(&mut rng, ffn * dim, 0.5);
+        let down = random_vec(&mut rng, dim * ffn, 0.5);
+        let gw = WeightMatrix::from_f32(&ctx, "gate", &gate, [1, ffn, dim], format).unwrap();
+        let uw = WeightMatrix::from_f32(&ctx, "up", &up, [1, ffn, dim], format).unwrap();
+        let dw = WeightMatrix::from_f32(&ctx, "down", &down, [1, dim, ffn], format).unwrap();
+        let x = random_vec(&mut rng, 9 * dim, 1.0);
+        let run_tokens = |tokens: &[usize]| -> (Vec<f32>, Vec<f32>) {
+            let rows_x: Vec<f32> = tokens
+                .iter()
+                .flat_map(|&t| x[t * dim..(t + 1) * dim].to_vec())
+                .collect();
+            let t = tokens.len();
+            let xg = GpuTensor::from_f32(&ctx, "x", &[t, dim], &rows_x, DType::F32).unwrap();
+            dense_mlp(&ctx, ExpertRows::Dense { tokens: t, gemv: true }, &xg, [&gw, &uw, &dw])
+        };
+        let alone: Vec<(Vec<f32>, Vec<f32>)> = (0..9).map(|t| run_tokens(&[t])).collect();
+        for batch in 2..=9 {
+            // Token order reversed, so a token lands in another slot of its group.
+            let tokens: Vec<usize> = (0..batch).rev().collect();
+            let (h, y) = run_tokens(&tokens);
+            for (slot, &t) in tokens.iter().enumerate() {
+                let what = format!("d={dim} {format:?} batch {batch} token {t}");
+                assert_eq!(bits(&h[slot * ffn..(slot + 1) * ffn]), bits(&alone[t].0), "{what}: h");
+                assert_eq!(bits(&y[slot * dim..(slot + 1) * dim]), bits(&alone[t].1), "{what}: y");
+            }
+        }
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
 }
 
 #[test]

@@ -96,19 +96,22 @@ impl Shader {
             entry,
             weights: None,
             rows: None,
+            tokens: None,
         }
     }
 }
 
 /// Everything that identifies a compiled pipeline: the file, the entry point, the
 /// weight format the kernel decodes (its `WEIGHT_DTYPE` override), if it reads weights,
-/// and the output rows per workgroup (its `WG_ROWS` override), for kernels that have it.
+/// the output rows per workgroup (its `WG_ROWS` override) and the tokens per workgroup
+/// (its `TOKENS` override), for kernels that have them.
 #[derive(Clone, Copy, Debug)]
 pub struct KernelKey {
     pub shader: Shader,
     pub entry: &'static str,
     pub weights: Option<WeightFormat>,
     pub rows: Option<u32>,
+    pub tokens: Option<u32>,
 }
 
 impl KernelKey {
@@ -124,8 +127,14 @@ impl KernelKey {
         self
     }
 
+    /// This kernel's variant computing `tokens` tokens per workgroup.
+    pub const fn tokens(mut self, tokens: u32) -> Self {
+        self.tokens = Some(tokens);
+        self
+    }
+
     fn id(&self) -> PipelineId {
-        (self.shader.id, self.entry, self.weights, self.rows)
+        (self.shader.id, self.entry, self.weights, self.rows, self.tokens)
     }
 }
 
@@ -158,7 +167,7 @@ pub const SENTINEL: u32 = u32::MAX;
 const MAX_GRID_DIM: u32 = 65535;
 
 /// The identity of a compiled pipeline (a [`KernelKey`] without the shader source).
-type PipelineId = (ShaderId, &'static str, Option<WeightFormat>, Option<u32>);
+type PipelineId = (ShaderId, &'static str, Option<WeightFormat>, Option<u32>, Option<u32>);
 
 /// Compiled shader modules and pipelines.
 #[derive(Default)]
@@ -193,7 +202,13 @@ impl GpuContext {
         if let Some(rows) = key.rows {
             constants.push(("WG_ROWS", rows as f64));
         }
-        let label = format!("{}::{}::{:?}::{:?}", shader.name, key.entry, key.weights, key.rows);
+        if let Some(tokens) = key.tokens {
+            constants.push(("TOKENS", tokens as f64));
+        }
+        let label = format!(
+            "{}::{}::{:?}::{:?}::{:?}",
+            shader.name, key.entry, key.weights, key.rows, key.tokens
+        );
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(&label),
             layout: None,

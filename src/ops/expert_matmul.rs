@@ -25,6 +25,25 @@ pub fn gemv_rows(k_dim: usize) -> usize {
     }
 }
 
+/// Most tokens one GEMV workgroup of dense rows takes (`MAX_TOKENS` in
+/// shaders/expert_gemv.wgsl).
+const GEMV_MAX_TOKENS: usize = 4;
+/// Most (token, output) pairs one GEMV workgroup accumulates per matrix (`MAX_ROWS`).
+const GEMV_MAX_PAIRS: usize = 16;
+
+/// Tokens and output rows per GEMV workgroup: dense rows share each weight they read
+/// among up to 4 tokens (the rest of [`gemv_rows`]' budget of 16 pairs goes to outputs);
+/// routed rows take one token each, since their experts differ. A token's result is
+/// the same whatever this picks.
+pub fn gemv_shape(k_dim: usize, tokens: usize, dense: bool) -> (usize, usize) {
+    let per_group = if dense {
+        tokens.clamp(1, GEMV_MAX_TOKENS).next_power_of_two()
+    } else {
+        1
+    };
+    (per_group, gemv_rows(k_dim).min(GEMV_MAX_PAIRS / per_group))
+}
+
 /// Which rows the matmul computes and how they map to tokens and experts.
 #[derive(Clone, Copy)]
 pub enum ExpertRows<'a> {
@@ -216,48 +235,67 @@ fn encode_expert_matmul(
     };
     let (k_dim, n_dim) = (w0.in_dim, w0.out_dim);
     let entry = if w1.is_some() { "gate_up" } else { "down" };
-    // (kernel, row index buffer, block table, rows per token, grid rows, dense, outputs per workgroup)
-    let (shader, tiled, index_buffer, block_buffer, rows_per_token, rows_or_blocks, dense, per_group) = match rows {
-        ExpertRows::Permuted { permutation, top_k } => (
-            EXPERT_MATMUL,
-            true,
-            Some(&permutation.row_assignment.buffer),
-            Some(&permutation.block_expert.buffer),
-            top_k,
-            permutation.max_blocks,
-            0,
-            TILE_COLS,
-        ),
-        ExpertRows::Dense { tokens, gemv: false } => (
-            EXPERT_MATMUL,
-            true,
-            None,
-            None,
-            1,
-            tokens.div_ceil(BLOCK_ROWS),
-            tokens,
-            TILE_COLS,
-        ),
-        ExpertRows::PerAssignment { routed_ids, top_k } => (
-            EXPERT_GEMV,
-            false,
-            Some(&routed_ids.buffer),
-            None,
-            top_k,
-            routed_ids.len(),
-            0,
-            gemv_rows(k_dim),
-        ),
-        ExpertRows::Dense { tokens, gemv: true } => (EXPERT_GEMV, false, None, None, 1, tokens, 1, gemv_rows(k_dim)),
-    };
+    // (kernel, row index buffer, block table, rows per token, grid rows, dense, outputs
+    // per workgroup, rows per workgroup)
+    let (shader, tiled, index_buffer, block_buffer, rows_per_token, rows_or_blocks, dense, per_group, row_group) =
+        match rows {
+            ExpertRows::Permuted { permutation, top_k } => (
+                EXPERT_MATMUL,
+                true,
+                Some(&permutation.row_assignment.buffer),
+                Some(&permutation.block_expert.buffer),
+                top_k,
+                permutation.max_blocks,
+                0,
+                TILE_COLS,
+                permutation.block_rows.rows(),
+            ),
+            ExpertRows::Dense { tokens, gemv: false } => (
+                EXPERT_MATMUL,
+                true,
+                None,
+                None,
+                1,
+                tokens.div_ceil(BLOCK_ROWS),
+                tokens as u32,
+                TILE_COLS,
+                BLOCK_ROWS,
+            ),
+            ExpertRows::PerAssignment { routed_ids, top_k } => {
+                let (tokens, outputs) = gemv_shape(k_dim, routed_ids.len(), false);
+                let rows = routed_ids.len();
+                (
+                    EXPERT_GEMV,
+                    false,
+                    Some(&routed_ids.buffer),
+                    None,
+                    top_k,
+                    rows,
+                    0,
+                    outputs,
+                    tokens,
+                )
+            }
+            ExpertRows::Dense { tokens, gemv: true } => {
+                let (per_wg, outputs) = gemv_shape(k_dim, tokens, true);
+                (EXPERT_GEMV, false, None, None, 1, tokens, 1, outputs, per_wg)
+            }
+        };
     let key = match rows {
         ExpertRows::Permuted { permutation, .. } => shader.entry(entry).rows(permutation.block_rows.rows() as u32),
         ExpertRows::PerAssignment { .. } | ExpertRows::Dense { gemv: true, .. } => {
-            shader.entry(entry).rows(per_group as u32)
+            shader.entry(entry).rows(per_group as u32).tokens(row_group as u32)
         }
         ExpertRows::Dense { gemv: false, .. } => shader.entry(entry),
     }
     .weights(w0.format);
+    // Workgroups along the rows: the tiled kernel's row blocks (already counted in
+    // rows_or_blocks), the GEMV's groups of `row_group` rows.
+    let row_groups = if tiled {
+        rows_or_blocks
+    } else {
+        rows_or_blocks.div_ceil(row_group)
+    };
     // Dense mode never reads the index buffers; the input stands in for them.
     let index_buffer = index_buffer.unwrap_or(&input.buffer);
     for (i, chunk) in w0.chunks.iter().enumerate() {
@@ -270,7 +308,7 @@ fn encode_expert_matmul(
             expert_begin: chunk.experts.start as u32,
             expert_end: chunk.experts.end as u32,
             rows_or_blocks: rows_or_blocks as u32,
-            dense: dense as u32,
+            dense,
             row_begin: chunk.rows.start as u32,
             row_end: chunk.rows.end as u32,
             expert_stride: w0.expert_stride as u32,
@@ -302,7 +340,7 @@ fn encode_expert_matmul(
                 entries.push((7, bias1));
             }
         }
-        rec.dispatch(ctx, key, &params, &entries, workgroups(rows_or_blocks * col_tiles, 1));
+        rec.dispatch(ctx, key, &params, &entries, workgroups(row_groups * col_tiles, 1));
     }
     Ok(())
 }
