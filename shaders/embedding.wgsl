@@ -2,7 +2,8 @@
 // Layout: ids [T] u32 (checked < vocab on the host); the table [vocab, d] (WEIGHT_DTYPE)
 // is split into chunks of rows: this dispatch holds rows row_begin..row_end and writes
 // only the tokens whose id falls there; x [T, d] f32.
-// Mapping: one invocation per output element, 64 per workgroup.
+// Mapping: one invocation per run of RUN output elements (8 where d is a multiple of 8,
+// decoded together: one scale read per run for block formats; else 1), 64 per workgroup.
 //! weights: table
 
 struct EmbeddingParams {
@@ -16,6 +17,9 @@ struct EmbeddingParams {
     _pad2: u32,
 }
 
+const MAX_RUN: u32 = 8u;
+override RUN: u32 = 1u;
+
 @group(0) @binding(0) var<uniform> p: EmbeddingParams;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
 @group(0) @binding(2) var<storage, read> table: array<u32>;
@@ -27,7 +31,7 @@ fn embed(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let idx = linear_workgroup(wid, nwg) * 64u + lid;
+    let idx = (linear_workgroup(wid, nwg) * 64u + lid) * RUN;
     if (idx >= p.tokens * p.dim) {
         return;
     }
@@ -36,5 +40,12 @@ fn embed(
         return;
     }
     let wi = (id - p.row_begin) * p.dim + idx % p.dim;
-    x[idx] = table_at(wi) * p.scale;
+    if (RUN == 1u) {
+        x[idx] = table_at(wi) * p.scale;
+        return;
+    }
+    let v = table_at8(wi);
+    for (var j = 0u; j < MAX_RUN; j++) {
+        x[idx + j] = v[j] * p.scale;
+    }
 }

@@ -9,15 +9,21 @@
 // expert_begin..expert_end, expert_stride elements apart, each row K elements
 // (WEIGHT_DTYPE); assignments of other experts exit at once. Outputs are [A, n_dim].
 // Mapping: one 64-invocation workgroup per (group of TOKENS rows a, group of WG_ROWS
-// outputs); each invocation sums a strided slice of K (coalesced weight reads) for every
+// outputs); each invocation sums a strided slice of K for every
 // (row, output) pair of the group, reading each weight once for all TOKENS rows (dense
 // mode; routed rows take TOKENS = 1, since their experts differ); after one
 // barrier, invocation s adds slot s's 64 partials in index order (deterministic, and one
 // barrier instead of a tree's six, which dominate on CPU adapters). A row's sum depends
 // on neither WG_ROWS nor TOKENS (picked by the host from K and the row count: about
 // 16 products per invocation and step), so a token's result never depends on the
-// tokens batched with it. Loops run to the constants MAX_TOKENS / MAX_ROWS with
-// TOKENS / WG_ROWS as guards, so they unroll with the accumulators in registers.
+// tokens batched with it. The slice is runs of RUN consecutive weights (8 where K is a
+// multiple of 8: a 16-byte read of f16 weights, one scale per run for block formats;
+// else 1), invocation i taking runs i, i + 64, ...: coalesced reads either way.
+// The products' loops run to WG_ROWS / TOKENS / RUN themselves (constants once the
+// pipeline is built), so they unroll to exactly WG_ROWS x TOKENS x RUN multiply-adds
+// with the accumulators in registers; looping to MAX_ROWS / MAX_TOKENS / MAX_RUN with
+// guards unrolled to 512 guarded products per matrix, which lavapipe left rolled, its
+// accumulators in memory (7x slower, measured).
 //! weights: w0, w1
 
 struct GemvParams {
@@ -45,6 +51,9 @@ const MAX_TOKENS: u32 = 4u;
 override WG_ROWS: u32 = 4u;
 // Rows a per workgroup; WG_ROWS * TOKENS <= MAX_ROWS (the accumulators of one matrix).
 override TOKENS: u32 = 1u;
+const MAX_RUN: u32 = 8u;
+// Consecutive weights per read: 8 (K a multiple of 8) or 1.
+override RUN: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> p: GemvParams;
 @group(0) @binding(1) var<storage, read> a_in: array<f32>;
@@ -125,6 +134,36 @@ fn gemv_weight_index(base: u32, n: u32, i: u32) -> u32 {
     return base + (min(n, p.row_end - 1u) - p.row_begin) * p.k_dim + i;
 }
 
+// The RUN weights of w0 / w1 from index wi (the first RUN entries).
+fn w0_run(wi: u32) -> array<f32, MAX_RUN> {
+    if (RUN == 1u) {
+        var v: array<f32, MAX_RUN>;
+        v[0] = w0_at(wi);
+        return v;
+    }
+    return w0_at8(wi);
+}
+
+fn w1_run(wi: u32) -> array<f32, MAX_RUN> {
+    if (RUN == 1u) {
+        var v: array<f32, MAX_RUN>;
+        v[0] = w1_at(wi);
+        return v;
+    }
+    return w1_at8(wi);
+}
+
+// The tile's input values at i..i + RUN, one run per token.
+fn input_run(src: array<u32, MAX_TOKENS>, i: u32) -> array<array<f32, MAX_RUN>, MAX_TOKENS> {
+    var xv: array<array<f32, MAX_RUN>, MAX_TOKENS>;
+    for (var t = 0u; t < TOKENS; t++) {
+        for (var j = 0u; j < RUN; j++) {
+            xv[t][j] = a_in[src[t] + i + j];
+        }
+    }
+    return xv;
+}
+
 @compute @workgroup_size(64)
 fn gate_up(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -144,23 +183,16 @@ fn gate_up(
     let src = input_offsets(tile, true);
     var acc_g: array<f32, MAX_ROWS>;
     var acc_u: array<f32, MAX_ROWS>;
-    for (var i = lid; i < p.k_dim; i += WG) {
-        var xv: array<f32, MAX_TOKENS>;
-        for (var t = 0u; t < MAX_TOKENS; t++) {
-            if (t < TOKENS) {
-                xv[t] = a_in[src[t] + i];
-            }
-        }
-        for (var r = 0u; r < MAX_ROWS; r++) {
-            if (r < WG_ROWS) {
-                let wi = gemv_weight_index(base, tile.n0 + r, i);
-                let g = w0_at(wi);
-                let u = w1_at(wi);
-                for (var t = 0u; t < MAX_TOKENS; t++) {
-                    if (t < TOKENS) {
-                        acc_g[t * WG_ROWS + r] += xv[t] * g;
-                        acc_u[t * WG_ROWS + r] += xv[t] * u;
-                    }
+    for (var i = lid * RUN; i < p.k_dim; i += WG * RUN) {
+        let xv = input_run(src, i);
+        for (var r = 0u; r < WG_ROWS; r++) {
+            let wi = gemv_weight_index(base, tile.n0 + r, i);
+            let g = w0_run(wi);
+            let u = w1_run(wi);
+            for (var t = 0u; t < TOKENS; t++) {
+                for (var j = 0u; j < RUN; j++) {
+                    acc_g[t * WG_ROWS + r] += xv[t][j] * g[j];
+                    acc_u[t * WG_ROWS + r] += xv[t][j] * u[j];
                 }
             }
         }
@@ -204,20 +236,13 @@ fn down(
     let base = (e - p.expert_begin) * p.expert_stride;
     let src = input_offsets(tile, false);
     var acc: array<f32, MAX_ROWS>;
-    for (var i = lid; i < p.k_dim; i += WG) {
-        var hv: array<f32, MAX_TOKENS>;
-        for (var t = 0u; t < MAX_TOKENS; t++) {
-            if (t < TOKENS) {
-                hv[t] = a_in[src[t] + i];
-            }
-        }
-        for (var r = 0u; r < MAX_ROWS; r++) {
-            if (r < WG_ROWS) {
-                let w = w0_at(gemv_weight_index(base, tile.n0 + r, i));
-                for (var t = 0u; t < MAX_TOKENS; t++) {
-                    if (t < TOKENS) {
-                        acc[t * WG_ROWS + r] += hv[t] * w;
-                    }
+    for (var i = lid * RUN; i < p.k_dim; i += WG * RUN) {
+        let hv = input_run(src, i);
+        for (var r = 0u; r < WG_ROWS; r++) {
+            let w = w0_run(gemv_weight_index(base, tile.n0 + r, i));
+            for (var t = 0u; t < TOKENS; t++) {
+                for (var j = 0u; j < RUN; j++) {
+                    acc[t * WG_ROWS + r] += hv[t][j] * w[j];
                 }
             }
         }

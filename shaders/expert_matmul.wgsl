@@ -48,6 +48,9 @@ override WG_ROWS: u32 = 32u;
 override RM: u32 = max(WG_ROWS / 16u, 1u);
 override RN: u32 = WG_ROWS * BN / (256u * RM);
 override TX: u32 = BN / RN;
+// Consecutive weights one invocation decodes per read when filling a weight slice: 8
+// (K a multiple of 8: 128 invocations take a [BK][BN] slice, two per weight row) or 1.
+override RUN: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> p: MatmulParams;
 @group(0) @binding(1) var<storage, read> a_in: array<f32>;
@@ -138,7 +141,38 @@ fn tile_slot(idx: u32) -> u32 {
     return (idx % BK) * BN + idx / BK;
 }
 
+// Weights k0 + kk .. k0 + kk + 8 of output column col of expert-local e (zeros past the
+// chunk's columns or K), the run invocation lid fills when RUN = 8.
+struct WeightRun {
+    col: u32,
+    kk: u32,
+    index: u32,
+}
+
+fn weight_run(k0: u32, col0: u32, e: u32, lid: u32) -> WeightRun {
+    let col = col0 + lid / 2u;
+    let kk = (lid % 2u) * 8u;
+    var index = SENTINEL;
+    if (col < p.row_end && k0 + kk < p.k_dim) {
+        index = e * p.expert_stride + (col - p.row_begin) * p.k_dim + k0 + kk;
+    }
+    return WeightRun(col - col0, kk, index);
+}
+
 fn load_w0_tile(k0: u32, col0: u32, e: u32, lid: u32) {
+    if (RUN == 8u) {
+        if (lid < BN * BK / 8u) {
+            let run = weight_run(k0, col0, e, lid);
+            var v: array<f32, 8>;
+            if (run.index != SENTINEL) {
+                v = w0_at8(run.index);
+            }
+            for (var j = 0u; j < 8u; j++) {
+                tile_b0[(run.kk + j) * BN + run.col] = v[j];
+            }
+        }
+        return;
+    }
     for (var i = 0u; i < 4u; i++) {
         let idx = lid + 256u * i;
         let wi = weight_tile_index(idx, k0, col0, e);
@@ -151,6 +185,19 @@ fn load_w0_tile(k0: u32, col0: u32, e: u32, lid: u32) {
 }
 
 fn load_w1_tile(k0: u32, col0: u32, e: u32, lid: u32) {
+    if (RUN == 8u) {
+        if (lid < BN * BK / 8u) {
+            let run = weight_run(k0, col0, e, lid);
+            var v: array<f32, 8>;
+            if (run.index != SENTINEL) {
+                v = w1_at8(run.index);
+            }
+            for (var j = 0u; j < 8u; j++) {
+                tile_b1[(run.kk + j) * BN + run.col] = v[j];
+            }
+        }
+        return;
+    }
     for (var i = 0u; i < 4u; i++) {
         let idx = lid + 256u * i;
         let wi = weight_tile_index(idx, k0, col0, e);

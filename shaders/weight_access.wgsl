@@ -21,7 +21,8 @@
 //     d * q + m, or d * (q - 16) for q5_0.
 // Block formats are read in place as u32 words (a block may start at any byte; f16
 // scales sit at even offsets, so they never straddle a word). None of this needs
-// shader-f16.
+// shader-f16. `WEIGHTS_at8(i)` decodes the run of 8 elements at i (a multiple of 8):
+// the same values as eight `WEIGHTS_at`, with each scale and each word read once.
 fn WEIGHTS_byte(at: u32) -> u32 {
     return (WEIGHTS[at >> 2u] >> ((at & 3u) * 8u)) & 0xffu;
 }
@@ -29,6 +30,22 @@ fn WEIGHTS_byte(at: u32) -> u32 {
 // The f16 at even byte offset `at`.
 fn WEIGHTS_half(at: u32) -> f32 {
     return unpack2x16float(WEIGHTS[at >> 2u])[(at >> 1u) & 1u];
+}
+
+// The 4 bytes at byte offset `at` (any alignment), the byte at `at` in the low 8 bits.
+fn WEIGHTS_bytes4(at: u32) -> u32 {
+    let word = at >> 2u;
+    let shift = (at & 3u) * 8u;
+    let low = WEIGHTS[word];
+    if (shift == 0u) {
+        return low;
+    }
+    return (low >> shift) | (WEIGHTS[word + 1u] << (32u - shift));
+}
+
+// The 8 bytes at byte offset `at`, as two words.
+fn WEIGHTS_bytes8(at: u32) -> vec2<u32> {
+    return vec2<u32>(WEIGHTS_bytes4(at), WEIGHTS_bytes4(at + 4u));
 }
 
 fn WEIGHTS_at(i: u32) -> f32 {
@@ -125,4 +142,148 @@ fn WEIGHTS_at(i: u32) -> f32 {
             return bitcast<f32>(WEIGHTS[i]);
         }
     }
+}
+
+// Elements i..i+7, i a multiple of 8 (so the run lies in one block of every format).
+fn WEIGHTS_at8(i: u32) -> array<f32, 8> {
+    var v: array<f32, 8>;
+    switch WEIGHT_DTYPE {
+        case 1u: {
+            for (var n = 0u; n < 4u; n++) {
+                let pair = unpack2x16float(WEIGHTS[(i >> 1u) + n]);
+                v[2u * n] = pair.x;
+                v[2u * n + 1u] = pair.y;
+            }
+        }
+        case 2u: {
+            for (var n = 0u; n < 4u; n++) {
+                let word = WEIGHTS[(i >> 1u) + n];
+                v[2u * n] = bitcast<f32>(word << 16u);
+                v[2u * n + 1u] = bitcast<f32>(word & 0xffff0000u);
+            }
+        }
+        case 3u: {
+            let block = (i >> 5u) * 34u;
+            let d = WEIGHTS_half(block);
+            let bytes = WEIGHTS_bytes8(block + 2u + (i & 31u));
+            for (var j = 0u; j < 8u; j++) {
+                let q = bytes[j >> 2u] >> ((j & 3u) * 8u);
+                v[j] = f32(bitcast<i32>(q << 24u) >> 24u) * d;
+            }
+        }
+        case 4u: {
+            let block = (i >> 5u) * 18u;
+            let first = i & 31u;
+            let d = WEIGHTS_half(block);
+            let bytes = WEIGHTS_bytes8(block + 2u + (first & 15u));
+            let shift = select(0u, 4u, first >= 16u);
+            for (var j = 0u; j < 8u; j++) {
+                let q = (bytes[j >> 2u] >> ((j & 3u) * 8u + shift)) & 0xfu;
+                v[j] = (f32(q) - 8.0) * d;
+            }
+        }
+        case 5u, 6u: {
+            let five = WEIGHT_DTYPE == 6u;
+            let block = (i >> 8u) * select(144u, 176u, five);
+            let idx = i & 255u;
+            let j = idx >> 5u;
+            let first = idx & 31u;
+            let s = block + 4u;
+            var sc: u32;
+            var m: u32;
+            if (j < 4u) {
+                sc = WEIGHTS_byte(s + j) & 63u;
+                m = WEIGHTS_byte(s + j + 4u) & 63u;
+            } else {
+                sc = (WEIGHTS_byte(s + j + 4u) & 15u) | ((WEIGHTS_byte(s + j - 4u) >> 6u) << 4u);
+                m = (WEIGHTS_byte(s + j + 4u) >> 4u) | ((WEIGHTS_byte(s + j) >> 6u) << 4u);
+            }
+            let qs = block + select(16u, 48u, five);
+            let bytes = WEIGHTS_bytes8(qs + (j >> 1u) * 32u + first);
+            let shift = select(0u, 4u, (j & 1u) == 1u);
+            var highs = vec2<u32>(0u, 0u);
+            if (five) {
+                highs = WEIGHTS_bytes8(block + 16u + first);
+            }
+            let scale = WEIGHTS_half(block) * f32(sc);
+            let min = WEIGHTS_half(block + 2u) * f32(m);
+            for (var e = 0u; e < 8u; e++) {
+                let at = (e & 3u) * 8u;
+                var q = (bytes[e >> 2u] >> (at + shift)) & 15u;
+                if (five) {
+                    q |= ((highs[e >> 2u] >> (at + j)) & 1u) << 4u;
+                }
+                v[e] = scale * f32(q) - min;
+            }
+        }
+        case 7u: {
+            let block = (i >> 8u) * 210u;
+            let idx = i & 255u;
+            let h = idx >> 7u;
+            let r = idx & 127u;
+            let lows = WEIGHTS_bytes8(block + h * 64u + (r & 63u));
+            let low_shift = 4u * (r >> 6u);
+            let highs = WEIGHTS_bytes8(block + 128u + h * 32u + (r & 31u));
+            let high_shift = 2u * (r >> 5u);
+            let sc = bitcast<i32>(WEIGHTS_byte(block + 192u + (idx >> 4u)) << 24u) >> 24u;
+            let d = WEIGHTS_half(block + 208u);
+            for (var e = 0u; e < 8u; e++) {
+                let at = (e & 3u) * 8u;
+                let low = (lows[e >> 2u] >> (at + low_shift)) & 15u;
+                let high = (highs[e >> 2u] >> (at + high_shift)) & 3u;
+                let q = i32(low | (high << 4u)) - 32;
+                v[e] = d * f32(sc) * f32(q);
+            }
+        }
+        case 8u: {
+            let block = (i >> 5u) * 17u;
+            let e = WEIGHTS_byte(block);
+            let d = bitcast<f32>(select((e - 1u) << 23u, 0x00200000u << e, e < 2u));
+            let first = i & 31u;
+            let bytes = WEIGHTS_bytes8(block + 1u + (first & 15u));
+            let shift = select(0u, 4u, first >= 16u);
+            var values = array<f32, 16>(0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 0.0, -1.0, -2.0, -3.0, -4.0, -6.0, -8.0, -12.0);
+            for (var j = 0u; j < 8u; j++) {
+                let q = (bytes[j >> 2u] >> ((j & 3u) * 8u + shift)) & 0xfu;
+                v[j] = d * values[q];
+            }
+        }
+        case 9u, 10u, 11u: {
+            let has_min = WEIGHT_DTYPE != 10u;
+            let five = WEIGHT_DTYPE != 9u;
+            let size = select(select(24u, 22u, WEIGHT_DTYPE == 10u), 20u, WEIGHT_DTYPE == 9u);
+            let block = (i >> 5u) * size;
+            let first = i & 31u;
+            var at = block + select(2u, 4u, has_min);
+            var qh = 0u;
+            if (five) {
+                qh = WEIGHTS_bytes4(at);
+                at += 4u;
+            }
+            let bytes = WEIGHTS_bytes8(at + (first & 15u));
+            let shift = select(0u, 4u, first >= 16u);
+            let d = WEIGHTS_half(block);
+            var m = 0.0;
+            if (has_min) {
+                m = WEIGHTS_half(block + 2u);
+            }
+            for (var j = 0u; j < 8u; j++) {
+                var q = (bytes[j >> 2u] >> ((j & 3u) * 8u + shift)) & 15u;
+                if (five) {
+                    q |= ((qh >> (first + j)) & 1u) << 4u;
+                }
+                if (WEIGHT_DTYPE == 10u) {
+                    v[j] = d * f32(i32(q) - 16);
+                } else {
+                    v[j] = d * f32(q) + m;
+                }
+            }
+        }
+        default: {
+            for (var j = 0u; j < 8u; j++) {
+                v[j] = bitcast<f32>(WEIGHTS[i + j]);
+            }
+        }
+    }
+    return v;
 }

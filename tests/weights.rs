@@ -259,23 +259,87 @@ fn block_formats_decode_on_the_gpu_like_the_cpu() {
         uploader.finish();
         let ids: Vec<u32> = (0..rows as u32).collect();
         let ig = webmoe::GpuTensor::from_u32(&ctx, "ids", &[rows], &ids).unwrap();
-        let x = webmoe::GpuTensor::empty(&ctx, "x", &[rows, cols], webmoe::DType::F32).unwrap();
-        x.poison(&ctx);
-        run(&ctx, |rec| {
-            webmoe::ops::embedding::encode_embedding(&ctx, rec, &ig, &table, 1.0, &x).unwrap()
-        });
-        let got = x.read_f32_blocking(&ctx).unwrap();
-        if matches!(
-            format,
-            WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q4_1 | WeightFormat::Q5_1
-        ) {
-            assert_close(&format!("{name} on the GPU"), &got, &want, 1e-6);
-        } else {
-            assert_eq!(
-                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                "{name} on the GPU"
-            );
+        // Both decoders: one element per read (every kernel's path for rows not a
+        // multiple of 8) and runs of 8 (the GEMV's and the embedding's otherwise).
+        for weights_per_read in [1, 8] {
+            let what = format!("{name} on the GPU, {weights_per_read} weights per read");
+            let x = webmoe::GpuTensor::empty(&ctx, "x", &[rows, cols], webmoe::DType::F32).unwrap();
+            x.poison(&ctx);
+            run(&ctx, |rec| {
+                webmoe::ops::embedding::encode_embedding_in_runs(&ctx, rec, &ig, &table, 1.0, &x, weights_per_read)
+                    .unwrap()
+            });
+            let got = x.read_f32_blocking(&ctx).unwrap();
+            if matches!(
+                format,
+                WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q4_1 | WeightFormat::Q5_1
+            ) {
+                assert_close(&what, &got, &want, 1e-6);
+            } else {
+                assert_eq!(bits(&got), bits(&want), "{what}");
+            }
         }
     }
+}
+
+#[test]
+fn unquantized_formats_decode_in_runs_like_one_by_one() {
+    // f32, f16 and bf16 rows (random normals, zeros of both signs, infinities, the
+    // largest f16) through the embedding kernel, both decoders.
+    let ctx = context();
+    let (rows, cols) = (5, 24);
+    let mut values = random_vec(&mut rng(7), rows * cols, 4.0);
+    for (i, special) in [0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, 65504.0, -1.5e-3]
+        .into_iter()
+        .enumerate()
+    {
+        values[i * 13] = special;
+    }
+    for format in [WeightFormat::F32, WeightFormat::F16, WeightFormat::BF16] {
+        let table = WeightMatrix::from_f32(&ctx, "table", &values, [1, rows, cols], format).unwrap();
+        let ids: Vec<u32> = vec![3, 0, 4, 4, 1, 2];
+        let ig = webmoe::GpuTensor::from_u32(&ctx, "ids", &[ids.len()], &ids).unwrap();
+        let mut outputs = Vec::new();
+        for weights_per_read in [1, 8] {
+            let x = webmoe::GpuTensor::empty(&ctx, "x", &[ids.len(), cols], webmoe::DType::F32).unwrap();
+            x.poison(&ctx);
+            run(&ctx, |rec| {
+                webmoe::ops::embedding::encode_embedding_in_runs(&ctx, rec, &ig, &table, 0.5, &x, weights_per_read)
+                    .unwrap()
+            });
+            outputs.push(x.read_f32_blocking(&ctx).unwrap());
+        }
+        let mut encoded = Vec::new();
+        format.encode_into(&values, &mut encoded);
+        let decoded = format.dequantize(&encoded);
+        let want: Vec<f32> = ids
+            .iter()
+            .flat_map(|&id| decoded[id as usize * cols..][..cols].iter().map(|v| v * 0.5))
+            .collect();
+        assert_eq!(bits(&outputs[0]), bits(&want), "{format}, one weight per read");
+        assert_eq!(bits(&outputs[1]), bits(&want), "{format}, 8 weights per read");
+    }
+}
+
+#[test]
+fn runs_of_8_need_rows_of_a_multiple_of_8() {
+    let ctx = context();
+    let table = WeightMatrix::from_f32(&ctx, "table", &[1.0; 12], [1, 2, 6], WeightFormat::F16).unwrap();
+    let ig = webmoe::GpuTensor::from_u32(&ctx, "ids", &[1], &[1]).unwrap();
+    let x = webmoe::GpuTensor::empty(&ctx, "x", &[1, 6], webmoe::DType::F32).unwrap();
+    let mut result = None;
+    run(&ctx, |rec| {
+        result = Some(webmoe::ops::embedding::encode_embedding_in_runs(
+            &ctx, rec, &ig, &table, 1.0, &x, 8,
+        ));
+    });
+    let message = result.unwrap().unwrap_err().to_string();
+    assert!(
+        message.contains("multiple of 8") && message.contains("6 long"),
+        "{message}"
+    );
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|v| v.to_bits()).collect()
 }

@@ -97,14 +97,17 @@ impl Shader {
             weights: None,
             rows: None,
             tokens: None,
+            run: None,
         }
     }
 }
 
 /// Everything that identifies a compiled pipeline: the file, the entry point, the
 /// weight format the kernel decodes (its `WEIGHT_DTYPE` override), if it reads weights,
-/// the output rows per workgroup (its `WG_ROWS` override) and the tokens per workgroup
-/// (its `TOKENS` override), for kernels that have them.
+/// the output rows per workgroup (its `WG_ROWS` override), the tokens per workgroup
+/// (its `TOKENS` override) and the consecutive weights one invocation decodes at a
+/// time (its `RUN` override: 8 where rows are a multiple of 8 long, else 1), for
+/// kernels that have them.
 #[derive(Clone, Copy, Debug)]
 pub struct KernelKey {
     pub shader: Shader,
@@ -112,6 +115,7 @@ pub struct KernelKey {
     pub weights: Option<WeightFormat>,
     pub rows: Option<u32>,
     pub tokens: Option<u32>,
+    pub run: Option<u32>,
 }
 
 impl KernelKey {
@@ -133,8 +137,21 @@ impl KernelKey {
         self
     }
 
+    /// This kernel's variant decoding `run` consecutive weights per read.
+    pub const fn run(mut self, run: u32) -> Self {
+        self.run = Some(run);
+        self
+    }
+
     fn id(&self) -> PipelineId {
-        (self.shader.id, self.entry, self.weights, self.rows, self.tokens)
+        (
+            self.shader.id,
+            self.entry,
+            self.weights,
+            self.rows,
+            self.tokens,
+            self.run,
+        )
     }
 }
 
@@ -167,7 +184,14 @@ pub const SENTINEL: u32 = u32::MAX;
 const MAX_GRID_DIM: u32 = 65535;
 
 /// The identity of a compiled pipeline (a [`KernelKey`] without the shader source).
-type PipelineId = (ShaderId, &'static str, Option<WeightFormat>, Option<u32>, Option<u32>);
+type PipelineId = (
+    ShaderId,
+    &'static str,
+    Option<WeightFormat>,
+    Option<u32>,
+    Option<u32>,
+    Option<u32>,
+);
 
 /// Compiled shader modules and pipelines.
 #[derive(Default)]
@@ -205,9 +229,12 @@ impl GpuContext {
         if let Some(tokens) = key.tokens {
             constants.push(("TOKENS", tokens as f64));
         }
+        if let Some(run) = key.run {
+            constants.push(("RUN", run as f64));
+        }
         let label = format!(
-            "{}::{}::{:?}::{:?}::{:?}",
-            shader.name, key.entry, key.weights, key.rows, key.tokens
+            "{}::{}::{:?}::{:?}::{:?}::{:?}",
+            shader.name, key.entry, key.weights, key.rows, key.tokens, key.run
         );
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(&label),

@@ -1,8 +1,9 @@
 //! Token embedding lookup (shaders/embedding.wgsl) and greedy argmax (shaders/sampling.wgsl).
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::kernel::{Recorder, EMBEDDING, SAMPLING};
 use crate::gpu::{GpuContext, GpuTensor};
+use crate::ops::expert_matmul::weight_run;
 use crate::ops::{expect_shape, workgroups};
 use crate::weights::WeightMatrix;
 
@@ -28,8 +29,28 @@ pub fn encode_embedding(
     scale: f32,
     x: &GpuTensor,
 ) -> Result<()> {
+    encode_embedding_in_runs(ctx, rec, ids, table, scale, x, weight_run(table.in_dim))
+}
+
+/// [`encode_embedding`] decoding `run` consecutive weights per invocation: 8 (`d` a
+/// multiple of 8) through the weight accessor's runs, or 1 through its single-element
+/// path, which every kernel shares; the two give the same bits.
+pub fn encode_embedding_in_runs(
+    ctx: &GpuContext,
+    rec: &mut Recorder,
+    ids: &GpuTensor,
+    table: &WeightMatrix,
+    scale: f32,
+    x: &GpuTensor,
+    run: u32,
+) -> Result<()> {
     let (tokens, dim) = (ids.len(), table.in_dim);
     expect_shape("embedding output", x, &[tokens, dim])?;
+    if run != 1 && (run != 8 || !dim.is_multiple_of(8)) {
+        return Err(Error::Unsupported(format!(
+            "embedding in runs of {run} weights: runs are 1 or 8, and 8 needs table rows of a multiple of 8 (these are {dim} long)"
+        )));
+    }
     for chunk in &table.chunks {
         let params = EmbeddingParams {
             tokens: tokens as u32,
@@ -41,10 +62,10 @@ pub fn encode_embedding(
         };
         rec.dispatch(
             ctx,
-            EMBEDDING.entry("embed").weights(table.format),
+            EMBEDDING.entry("embed").weights(table.format).run(run),
             &params,
             &[(1, &ids.buffer), (2, &chunk.buffer), (3, &x.buffer)],
-            workgroups(tokens * dim, 64),
+            workgroups(tokens * dim / run as usize, 64),
         );
     }
     Ok(())

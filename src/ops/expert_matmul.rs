@@ -44,6 +44,17 @@ pub fn gemv_shape(k_dim: usize, tokens: usize, dense: bool) -> (usize, usize) {
     (per_group, gemv_rows(k_dim).min(GEMV_MAX_PAIRS / per_group))
 }
 
+/// Consecutive weights a kernel invocation decodes per read for rows of `k_dim`
+/// weights (the kernels' `RUN`): 8 where every run then lies in one row (and one block
+/// of any format), else 1.
+pub fn weight_run(k_dim: usize) -> u32 {
+    if k_dim.is_multiple_of(8) {
+        8
+    } else {
+        1
+    }
+}
+
 /// Which rows the matmul computes and how they map to tokens and experts.
 #[derive(Clone, Copy)]
 pub enum ExpertRows<'a> {
@@ -282,11 +293,16 @@ fn encode_expert_matmul(
             }
         };
     let key = match rows {
-        ExpertRows::Permuted { permutation, .. } => shader.entry(entry).rows(permutation.block_rows.rows() as u32),
-        ExpertRows::PerAssignment { .. } | ExpertRows::Dense { gemv: true, .. } => {
-            shader.entry(entry).rows(per_group as u32).tokens(row_group as u32)
-        }
-        ExpertRows::Dense { gemv: false, .. } => shader.entry(entry),
+        ExpertRows::Permuted { permutation, .. } => shader
+            .entry(entry)
+            .rows(permutation.block_rows.rows() as u32)
+            .run(weight_run(k_dim)),
+        ExpertRows::PerAssignment { .. } | ExpertRows::Dense { gemv: true, .. } => shader
+            .entry(entry)
+            .rows(per_group as u32)
+            .tokens(row_group as u32)
+            .run(weight_run(k_dim)),
+        ExpertRows::Dense { gemv: false, .. } => shader.entry(entry).run(weight_run(k_dim)),
     }
     .weights(w0.format);
     // Workgroups along the rows: the tiled kernel's row blocks (already counted in
