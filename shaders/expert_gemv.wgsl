@@ -8,7 +8,8 @@
 // weight chunk: the chunk holds output rows row_begin..row_end of experts
 // expert_begin..expert_end, expert_stride elements apart, each row K elements
 // (WEIGHT_DTYPE); assignments of other experts exit at once. Outputs are [A, n_dim].
-// Mapping: one 64-invocation workgroup per (group of TOKENS rows a, group of WG_ROWS
+// Split mapping (entries gate_up, down; GPUs): one 64-invocation workgroup per (group
+// of TOKENS rows a, group of WG_ROWS
 // outputs); each invocation sums a strided slice of K for every
 // (row, output) pair of the group, reading each weight once for all TOKENS rows (dense
 // mode; routed rows take TOKENS = 1, since their experts differ); after one
@@ -262,5 +263,107 @@ fn down(
             y += bias0[e * p.n_dim + n];
         }
         out[(tile.first_row + t) * p.n_dim + n] = y;
+    }
+}
+
+// Serial mapping (CPU adapters): one invocation per output n of the group's TOKENS rows,
+// summing all of K in index order, RUN weights per read; WG consecutive outputs per
+// workgroup (p.row_groups counts those groups). No shared memory and no barrier, which
+// a CPU driver pays per workgroup; on a GPU the split mapping above coalesces better.
+struct SerialOutput {
+    tile: GemvTile,
+    expert: u32,
+    // Index of the output's first weight.
+    weights: u32,
+}
+
+// The rows and output of this invocation, or expert SENTINEL when it has none.
+fn serial_output(wg: u32, lid: u32) -> SerialOutput {
+    let tile = GemvTile((wg / p.row_groups) * TOKENS, p.row_begin + (wg % p.row_groups) * WG + lid);
+    var e = SENTINEL;
+    if (tile.first_row < p.assignments && tile.n0 < p.row_end) {
+        e = 0u;
+        if (p.dense == 0u) {
+            e = routed_ids[tile.first_row];
+        }
+        if (e != SENTINEL && (e < p.expert_begin || e >= p.expert_end)) {
+            e = SENTINEL;
+        }
+    }
+    var weights = 0u;
+    if (e != SENTINEL) {
+        weights = gemv_weight_index((e - p.expert_begin) * p.expert_stride, tile.n0, 0u);
+    }
+    return SerialOutput(tile, e, weights);
+}
+
+@compute @workgroup_size(64)
+fn gate_up_serial(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let o = serial_output(linear_workgroup(wid, nwg), lid);
+    if (o.expert == SENTINEL) {
+        return;
+    }
+    let src = input_offsets(o.tile, true);
+    var acc_g: array<f32, MAX_TOKENS>;
+    var acc_u: array<f32, MAX_TOKENS>;
+    for (var i = 0u; i < p.k_dim; i += RUN) {
+        let xv = input_run(src, i);
+        let g = w0_run(o.weights + i);
+        let u = w1_run(o.weights + i);
+        for (var t = 0u; t < TOKENS; t++) {
+            for (var j = 0u; j < RUN; j++) {
+                acc_g[t] += xv[t][j] * g[j];
+                acc_u[t] += xv[t][j] * u[j];
+            }
+        }
+    }
+    let n = o.tile.n0;
+    for (var t = 0u; t < TOKENS; t++) {
+        if (row_valid(o.tile, t)) {
+            var g = acc_g[t];
+            var u = acc_u[t];
+            if ((p.flags & HAS_BIAS) != 0u) {
+                g += bias0[o.expert * p.n_dim + n];
+                u += bias1[o.expert * p.n_dim + n];
+            }
+            out[(o.tile.first_row + t) * p.n_dim + n] = gated_activation(g, u, p.flags, p.alpha, p.limit);
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn down_serial(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let o = serial_output(linear_workgroup(wid, nwg), lid);
+    if (o.expert == SENTINEL) {
+        return;
+    }
+    let src = input_offsets(o.tile, false);
+    var acc: array<f32, MAX_TOKENS>;
+    for (var i = 0u; i < p.k_dim; i += RUN) {
+        let hv = input_run(src, i);
+        let w = w0_run(o.weights + i);
+        for (var t = 0u; t < TOKENS; t++) {
+            for (var j = 0u; j < RUN; j++) {
+                acc[t] += hv[t][j] * w[j];
+            }
+        }
+    }
+    let n = o.tile.n0;
+    for (var t = 0u; t < TOKENS; t++) {
+        if (row_valid(o.tile, t)) {
+            var y = acc[t];
+            if ((p.flags & HAS_BIAS) != 0u) {
+                y += bias0[o.expert * p.n_dim + n];
+            }
+            out[(o.tile.first_row + t) * p.n_dim + n] = y;
+        }
     }
 }

@@ -48,6 +48,18 @@ fn WEIGHTS_bytes8(at: u32) -> vec2<u32> {
     return vec2<u32>(WEIGHTS_bytes4(at), WEIGHTS_bytes4(at + 4u));
 }
 
+// Q4_K / Q5_K: the 6-bit scale and min of sub-block j (0..8) of the superblock at byte
+// `block`.
+fn WEIGHTS_k_scale_min(block: u32, j: u32) -> vec2<u32> {
+    let s = block + 4u;
+    if (j < 4u) {
+        return vec2<u32>(WEIGHTS_byte(s + j) & 63u, WEIGHTS_byte(s + j + 4u) & 63u);
+    }
+    let sc = (WEIGHTS_byte(s + j + 4u) & 15u) | ((WEIGHTS_byte(s + j - 4u) >> 6u) << 4u);
+    let m = (WEIGHTS_byte(s + j + 4u) >> 4u) | ((WEIGHTS_byte(s + j) >> 6u) << 4u);
+    return vec2<u32>(sc, m);
+}
+
 fn WEIGHTS_at(i: u32) -> f32 {
     switch WEIGHT_DTYPE {
         case 1u: {
@@ -75,16 +87,9 @@ fn WEIGHTS_at(i: u32) -> f32 {
             let idx = i & 255u;
             let j = idx >> 5u;
             let l = idx & 31u;
-            let s = block + 4u;
-            var sc: u32;
-            var m: u32;
-            if (j < 4u) {
-                sc = WEIGHTS_byte(s + j) & 63u;
-                m = WEIGHTS_byte(s + j + 4u) & 63u;
-            } else {
-                sc = (WEIGHTS_byte(s + j + 4u) & 15u) | ((WEIGHTS_byte(s + j - 4u) >> 6u) << 4u);
-                m = (WEIGHTS_byte(s + j + 4u) >> 4u) | ((WEIGHTS_byte(s + j) >> 6u) << 4u);
-            }
+            let scale_min = WEIGHTS_k_scale_min(block, j);
+            let sc = scale_min.x;
+            let m = scale_min.y;
             let qs = block + select(16u, 48u, five);
             let byte = WEIGHTS_byte(qs + (j >> 1u) * 32u + l);
             var q = select(byte & 15u, byte >> 4u, (j & 1u) == 1u);
@@ -188,16 +193,9 @@ fn WEIGHTS_at8(i: u32) -> array<f32, 8> {
             let idx = i & 255u;
             let j = idx >> 5u;
             let first = idx & 31u;
-            let s = block + 4u;
-            var sc: u32;
-            var m: u32;
-            if (j < 4u) {
-                sc = WEIGHTS_byte(s + j) & 63u;
-                m = WEIGHTS_byte(s + j + 4u) & 63u;
-            } else {
-                sc = (WEIGHTS_byte(s + j + 4u) & 15u) | ((WEIGHTS_byte(s + j - 4u) >> 6u) << 4u);
-                m = (WEIGHTS_byte(s + j + 4u) >> 4u) | ((WEIGHTS_byte(s + j) >> 6u) << 4u);
-            }
+            let scale_min = WEIGHTS_k_scale_min(block, j);
+            let sc = scale_min.x;
+            let m = scale_min.y;
             let qs = block + select(16u, 48u, five);
             let bytes = WEIGHTS_bytes8(qs + (j >> 1u) * 32u + first);
             let shift = select(0u, 4u, (j & 1u) == 1u);

@@ -17,6 +17,6 @@ pub mod util;
 pub mod wasm;
 pub mod weights;
 
-pub use gpu::{ContextOptions, DType, GpuContext, GpuTensor};
+pub use gpu::{ContextOptions, DType, GpuContext, GpuTensor, KernelTarget};
 pub use moe::{MoeConfig, MoeLayer, MoeOutputs, MoeWeights};
 pub use weights::{WeightFormat, WeightMatrix};

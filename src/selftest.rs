@@ -8,11 +8,11 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::gpu::kernel::Recorder;
-use crate::gpu::{DType, GpuContext, GpuTensor};
+use crate::gpu::{DType, GpuContext, GpuTensor, KernelTarget};
 use crate::moe::reference::moe_reference;
 use crate::moe::{MoeConfig, MoeLayer, MoeWeights, SharedExpertConfig};
 use crate::ops::attention::{attention_reference, encode_attention, AttentionOptions, KvCache};
-use crate::ops::embedding::encode_embedding;
+use crate::ops::embedding::encode_embedding_in_runs;
 use crate::ops::embedding::{argmax_reference, encode_argmax};
 use crate::ops::norm::{encode_rms_norm, rms_norm_reference};
 use crate::ops::rope::{encode_rope, rope_reference, rope_table, upload_rope_table, RopeAngles};
@@ -280,22 +280,25 @@ async fn block_format_checks(ctx: &GpuContext, rng: &mut ChaCha8Rng) -> Result<V
         ctx.queue.write_buffer(&table.chunks[0].buffer, 0, &raw);
         let ids: Vec<u32> = (0..rows as u32).rev().collect();
         let ig = GpuTensor::from_u32(ctx, "ids", &[rows], &ids)?;
-        let x = GpuTensor::empty(ctx, "x", &[rows, cols], DType::F32)?;
-        x.poison(ctx);
-        let mut recorder = Recorder::new();
-        encode_embedding(ctx, &mut recorder, &ig, &table, 1.0, &x)?;
-        recorder.submit(ctx);
         let values = format.dequantize(&raw);
         let want: Vec<f32> = ids
             .iter()
             .flat_map(|&r| values[r as usize * cols..][..cols].to_vec())
             .collect();
-        checks.push(check(
-            format!("{format} blocks decoded on the GPU"),
-            relative_error(&x.read_f32(ctx).await?, &want),
-            1e-6,
-            "",
-        ));
+        // One element per read, and runs of 8 (what the GEMV and the tiles read).
+        for run in [1, 8] {
+            let x = GpuTensor::empty(ctx, "x", &[rows, cols], DType::F32)?;
+            x.poison(ctx);
+            let mut recorder = Recorder::new();
+            encode_embedding_in_runs(ctx, &mut recorder, &ig, &table, 1.0, &x, run)?;
+            recorder.submit(ctx);
+            checks.push(check(
+                format!("{format} blocks decoded on the GPU, {run} per read"),
+                relative_error(&x.read_f32(ctx).await?, &want),
+                1e-6,
+                "",
+            ));
+        }
     }
     Ok(checks)
 }
@@ -303,10 +306,20 @@ async fn block_format_checks(ctx: &GpuContext, rng: &mut ChaCha8Rng) -> Result<V
 /// Runs every check; errors become failed checks, so the report is always complete.
 pub async fn run(ctx: &GpuContext) -> Report {
     let mut checks = Vec::new();
-    for (i, (name, config, tokens, bias)) in layer_cases().into_iter().enumerate() {
-        match layer_check(ctx, &name, config, tokens, bias, 100 + i as u64).await {
-            Ok(c) => checks.extend(c),
-            Err(e) => checks.push(check(name, f64::INFINITY, 0.0, e.to_string())),
+    // The layer on this adapter's kernels, then on the other target's (a browser's
+    // fallback adapter takes the CPU choices; the GPU ones must work there too).
+    let other = match ctx.kernel_target {
+        KernelTarget::Gpu => KernelTarget::Cpu,
+        KernelTarget::Cpu => KernelTarget::Gpu,
+    };
+    let other_ctx = ctx.for_kernel_target(other);
+    for (target_ctx, suffix) in [(ctx, String::new()), (&other_ctx, format!(" [{other:?} kernels]"))] {
+        for (i, (name, config, tokens, bias)) in layer_cases().into_iter().enumerate() {
+            let name = format!("{name}{suffix}");
+            match layer_check(target_ctx, &name, config, tokens, bias, 100 + i as u64).await {
+                Ok(c) => checks.extend(c),
+                Err(e) => checks.push(check(name, f64::INFINITY, 0.0, e.to_string())),
+            }
         }
     }
     let mut rng = ChaCha8Rng::seed_from_u64(7);

@@ -215,7 +215,7 @@ fn tiny_moe(ctx: &GpuContext) -> Model {
 fn engine(max_sequences: usize, max_queue: usize) -> EngineHandle {
     let ctx = context();
     let model = tiny_moe(&ctx);
-    let kernels = prompt_kernels_for(&ctx.adapter_info);
+    let kernels = prompt_kernels_for(ctx.kernel_target);
     engine_on(ctx, model, max_sequences, max_queue, kernels)
 }
 

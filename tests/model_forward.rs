@@ -308,19 +308,23 @@ fn profiled_steps_time_every_kernel_and_advance_like_steps() {
     let name = |k: &webmoe::gpu::profile::KernelTime| format!("{}/{}", k.section, k.kernel);
     let rows = |p: &[webmoe::gpu::profile::KernelTime]| p.iter().map(name).collect::<Vec<_>>();
     // The attention projections and the lm_head use the GEMV too, in their own sections.
-    // A short prompt takes the tiles on a GPU, the GEMV on a CPU adapter (lavapipe).
-    let prefill_moe = if ctx.adapter_info.device_type == wgpu::DeviceType::Cpu {
-        "moe/expert_gemv::gate_up"
+    // A short prompt takes the tiles on a GPU, the GEMV on a CPU adapter (lavapipe),
+    // whose GEMV has one invocation per output (entries `*_serial`).
+    let cpu = ctx.kernel_target == webmoe::KernelTarget::Cpu;
+    let gemv =
+        |section: &str, entry: &str| format!("{section}/expert_gemv::{entry}{}", if cpu { "_serial" } else { "" });
+    let prefill_moe = if cpu {
+        gemv("moe", "gate_up")
     } else {
-        "moe/expert_matmul::gate_up"
+        "moe/expert_matmul::gate_up".to_string()
     };
     for (p, row) in [
         (&prefill, prefill_moe),
-        (&decode, "moe/expert_gemv::gate_up"),
-        (&decode, "attention/expert_gemv::down"),
-        (&decode, "lm head/expert_gemv::down"),
+        (&decode, gemv("moe", "gate_up")),
+        (&decode, gemv("attention", "down")),
+        (&decode, gemv("lm head", "down")),
     ] {
-        assert!(rows(p).iter().any(|r| r == row), "{row} in {p:?}");
+        assert!(rows(p).contains(&row), "{row} in {p:?}");
     }
     for p in [&prefill, &decode] {
         let mut names = rows(p);

@@ -8,7 +8,7 @@ use webmoe::gpu::kernel::SENTINEL;
 use webmoe::ops::combine::{combine_reference, encode_combine, SharedTerm};
 use webmoe::ops::expert_matmul::*;
 use webmoe::ops::permute::{permutation_reference, BlockRows, Permutation};
-use webmoe::{DType, GpuContext, GpuTensor, WeightFormat, WeightMatrix};
+use webmoe::{DType, GpuContext, GpuTensor, KernelTarget, WeightFormat, WeightMatrix};
 
 /// Routed ids of a given kind for `tokens * k` assignments.
 fn routed_ids(rng: &mut impl Rng, tokens: usize, k: usize, experts: usize, kind: &str) -> Vec<u32> {
@@ -188,8 +188,14 @@ fn check_expert_matmuls(ctx: &GpuContext, case: &ExpertCase, seed: u64) {
         .map(|&b| Permutation::with_blocks(ctx, tokens * k, experts, b).unwrap())
         .collect();
     let tol = if dtype == DType::F32 { 1e-5 } else { 2e-5 };
-    // Grouped in each block size, then the per-assignment GEMV.
-    for mode in 0..=blocks.len() {
+    // Grouped in each block size, then the per-assignment GEMV. The grouped kernel is
+    // the same for every kernel target: it runs on the first context only.
+    let first_mode = if ctx.kernel_target == KernelTarget::Gpu {
+        0
+    } else {
+        blocks.len()
+    };
+    for mode in first_mode..=blocks.len() {
         let grouped = mode < blocks.len();
         let perm = &perms[mode.min(blocks.len() - 1)];
         let rows = if grouped {
@@ -223,7 +229,7 @@ fn check_expert_matmuls(ctx: &GpuContext, case: &ExpertCase, seed: u64) {
                 if grouped {
                     format!("grouped {:?}", perm.block_rows)
                 } else {
-                    "gemv".into()
+                    format!("gemv for {:?}", ctx.kernel_target)
                 }
             );
             assert_close(&what, got, expected, tol);
@@ -233,7 +239,7 @@ fn check_expert_matmuls(ctx: &GpuContext, case: &ExpertCase, seed: u64) {
 
 #[test]
 fn grouped_and_gemv_expert_matmuls_match_reference() {
-    let ctx = context();
+    let contexts = contexts_for_both_targets();
     let mut seed = 100;
     for &(tokens, experts, k) in &[(1, 4, 2), (2, 8, 8), (7, 60, 4), (64, 8, 2), (257, 4, 1), (64, 128, 8)] {
         // Row lengths (K) from 9 to 600: every GEMV row group (16, 8 and 4 rows).
@@ -245,19 +251,21 @@ fn grouped_and_gemv_expert_matmuls_match_reference() {
         for &(dim, ffn) in sizes {
             for kind in ["random", "one_expert", "sparse"] {
                 seed += 1;
-                check_expert_matmuls(
-                    &ctx,
-                    &ExpertCase {
-                        tokens,
-                        experts,
-                        k,
-                        dim,
-                        ffn,
-                        dtype: DType::F32,
-                        kind,
-                    },
-                    seed,
-                );
+                for ctx in &contexts {
+                    check_expert_matmuls(
+                        ctx,
+                        &ExpertCase {
+                            tokens,
+                            experts,
+                            k,
+                            dim,
+                            ffn,
+                            dtype: DType::F32,
+                            kind,
+                        },
+                        seed,
+                    );
+                }
             }
         }
     }
@@ -265,29 +273,35 @@ fn grouped_and_gemv_expert_matmuls_match_reference() {
 
 #[test]
 fn half_precision_weights_match_rounded_reference() {
-    let ctx = context();
-    for (i, dtype) in [DType::F16, DType::BF16].into_iter().enumerate() {
-        for &(tokens, experts, k, dim, ffn) in &[(3, 8, 2, 33, 17), (40, 8, 2, 67, 45), (9, 4, 4, 64, 64)] {
-            check_expert_matmuls(
-                &ctx,
-                &ExpertCase {
-                    tokens,
-                    experts,
-                    k,
-                    dim,
-                    ffn,
-                    dtype,
-                    kind: "random",
-                },
-                200 + i as u64,
-            );
+    for ctx in &contexts_for_both_targets() {
+        for (i, dtype) in [DType::F16, DType::BF16].into_iter().enumerate() {
+            for &(tokens, experts, k, dim, ffn) in &[(3, 8, 2, 33, 17), (40, 8, 2, 67, 45), (9, 4, 4, 64, 64)] {
+                check_expert_matmuls(
+                    ctx,
+                    &ExpertCase {
+                        tokens,
+                        experts,
+                        k,
+                        dim,
+                        ffn,
+                        dtype,
+                        kind: "random",
+                    },
+                    200 + i as u64,
+                );
+            }
         }
     }
 }
 
 #[test]
 fn dense_shared_expert_tiled_and_gemv_agree_with_reference() {
-    let ctx = context();
+    for ctx in &contexts_for_both_targets() {
+        check_dense_shared_expert(ctx);
+    }
+}
+
+fn check_dense_shared_expert(ctx: &GpuContext) {
     let mut rng = rng(300);
     for &(tokens, dim, ffn) in &[
         (1, 13, 9),
@@ -310,13 +324,18 @@ fn dense_shared_expert_tiled_and_gemv_agree_with_reference() {
                 )
             })
             .collect();
-        let xg = GpuTensor::from_f32(&ctx, "x", &[tokens, dim], &x, DType::F32).unwrap();
-        let gw = WeightMatrix::from_f32(&ctx, "gate", &gate, [1, ffn, dim], WeightFormat::F32).unwrap();
-        let uw = WeightMatrix::from_f32(&ctx, "up", &up, [1, ffn, dim], WeightFormat::F32).unwrap();
-        let dw = WeightMatrix::from_f32(&ctx, "down", &down, [1, dim, ffn], WeightFormat::F32).unwrap();
+        let xg = GpuTensor::from_f32(ctx, "x", &[tokens, dim], &x, DType::F32).unwrap();
+        let gw = WeightMatrix::from_f32(ctx, "gate", &gate, [1, ffn, dim], WeightFormat::F32).unwrap();
+        let uw = WeightMatrix::from_f32(ctx, "up", &up, [1, ffn, dim], WeightFormat::F32).unwrap();
+        let dw = WeightMatrix::from_f32(ctx, "down", &down, [1, dim, ffn], WeightFormat::F32).unwrap();
         for gemv in [false, true] {
-            let (_, y) = dense_mlp(&ctx, ExpertRows::Dense { tokens, gemv }, &xg, [&gw, &uw, &dw]);
-            assert_close(&format!("dense T={tokens} gemv={gemv}"), &y, &want, 1e-5);
+            let (_, y) = dense_mlp(ctx, ExpertRows::Dense { tokens, gemv }, &xg, [&gw, &uw, &dw]);
+            assert_close(
+                &format!("dense T={tokens} gemv={gemv} for {:?}", ctx.kernel_target),
+                &y,
+                &want,
+                1e-5,
+            );
         }
     }
 }
@@ -345,7 +364,12 @@ fn dense_mlp(
 /// batch size, including groups the token count does not fill.
 #[test]
 fn dense_gemv_token_is_the_same_alone_or_batched() {
-    let ctx = context();
+    for ctx in &contexts_for_both_targets() {
+        check_dense_gemv_batch_invariance(ctx);
+    }
+}
+
+fn check_dense_gemv_batch_invariance(ctx: &GpuContext) {
     let mut rng = rng(301);
     for &(dim, ffn, format) in &[
         (40, 17, WeightFormat::F32),
@@ -355,9 +379,9 @@ fn dense_gemv_token_is_the_same_alone_or_batched() {
         let gate = random_vec(&mut rng, ffn * dim, 0.5);
         let up = random_vec(&mut rng, ffn * dim, 0.5);
         let down = random_vec(&mut rng, dim * ffn, 0.5);
-        let gw = WeightMatrix::from_f32(&ctx, "gate", &gate, [1, ffn, dim], format).unwrap();
-        let uw = WeightMatrix::from_f32(&ctx, "up", &up, [1, ffn, dim], format).unwrap();
-        let dw = WeightMatrix::from_f32(&ctx, "down", &down, [1, dim, ffn], format).unwrap();
+        let gw = WeightMatrix::from_f32(ctx, "gate", &gate, [1, ffn, dim], format).unwrap();
+        let uw = WeightMatrix::from_f32(ctx, "up", &up, [1, ffn, dim], format).unwrap();
+        let dw = WeightMatrix::from_f32(ctx, "down", &down, [1, dim, ffn], format).unwrap();
         let x = random_vec(&mut rng, 9 * dim, 1.0);
         let run_tokens = |tokens: &[usize]| -> (Vec<f32>, Vec<f32>) {
             let rows_x: Vec<f32> = tokens
@@ -365,8 +389,8 @@ fn dense_gemv_token_is_the_same_alone_or_batched() {
                 .flat_map(|&t| x[t * dim..(t + 1) * dim].to_vec())
                 .collect();
             let t = tokens.len();
-            let xg = GpuTensor::from_f32(&ctx, "x", &[t, dim], &rows_x, DType::F32).unwrap();
-            dense_mlp(&ctx, ExpertRows::Dense { tokens: t, gemv: true }, &xg, [&gw, &uw, &dw])
+            let xg = GpuTensor::from_f32(ctx, "x", &[t, dim], &rows_x, DType::F32).unwrap();
+            dense_mlp(ctx, ExpertRows::Dense { tokens: t, gemv: true }, &xg, [&gw, &uw, &dw])
         };
         let alone: Vec<(Vec<f32>, Vec<f32>)> = (0..9).map(|t| run_tokens(&[t])).collect();
         for batch in 2..=9 {
@@ -374,7 +398,7 @@ fn dense_gemv_token_is_the_same_alone_or_batched() {
             let tokens: Vec<usize> = (0..batch).rev().collect();
             let (h, y) = run_tokens(&tokens);
             for (slot, &t) in tokens.iter().enumerate() {
-                let what = format!("d={dim} {format:?} batch {batch} token {t}");
+                let what = format!("d={dim} {format:?} batch {batch} token {t} for {:?}", ctx.kernel_target);
                 assert_eq!(bits(&h[slot * ffn..(slot + 1) * ffn]), bits(&alone[t].0), "{what}: h");
                 assert_eq!(bits(&y[slot * dim..(slot + 1) * dim]), bits(&alone[t].1), "{what}: y");
             }

@@ -294,7 +294,7 @@ fn serve(args: ServeArgs) -> webmoe::Result<()> {
         None => "tiny-moe".into(),
     });
     let context = loaded.model.max_context;
-    let prompt_kernels = webmoe::serve::engine::prompt_kernels_for(&ctx.adapter_info);
+    let prompt_kernels = webmoe::serve::engine::prompt_kernels_for(ctx.kernel_target);
     webmoe::serve::serve(
         ctx,
         loaded,

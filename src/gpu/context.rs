@@ -24,6 +24,41 @@ pub struct ContextOptions {
     /// Lower the largest storage binding the engine will use below the adapter's
     /// own limit, to emulate a smaller device or exercise weight chunking.
     pub max_binding_bytes: Option<u64>,
+    /// Pick kernels as for this kind of device (`WEBMOE_KERNELS=gpu|cpu`); by default
+    /// the adapter's own kind. Tests use it to run the GPU choices on lavapipe.
+    pub kernel_target: Option<KernelTarget>,
+}
+
+/// The kind of device kernel choices are made for: where a GPU and a CPU driver
+/// (lavapipe, SwiftShader) want different kernels, the same results either way up to
+/// summation order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelTarget {
+    /// Coalesced reads and workgroup reductions; tiles from 5 tokens on.
+    Gpu,
+    /// No barriers on hot paths (a CPU driver pays for each); GEMVs for short prompts.
+    Cpu,
+}
+
+impl KernelTarget {
+    /// The target for an adapter: `Cpu` for CPU drivers (in a browser, the fallback
+    /// adapter), else `Gpu`.
+    pub fn of_adapter(info: &wgpu::AdapterInfo) -> Self {
+        if info.device_type == wgpu::DeviceType::Cpu {
+            KernelTarget::Cpu
+        } else {
+            KernelTarget::Gpu
+        }
+    }
+
+    /// `gpu` or `cpu`, as `WEBMOE_KERNELS` takes it.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "gpu" => Some(KernelTarget::Gpu),
+            "cpu" => Some(KernelTarget::Cpu),
+            _ => None,
+        }
+    }
 }
 
 impl ContextOptions {
@@ -32,10 +67,14 @@ impl ContextOptions {
             .or_else(|_| std::env::var("WGPU_ADAPTER_NAME"))
             .ok()
             .filter(|s| !s.is_empty());
+        let kernel_target = std::env::var("WEBMOE_KERNELS")
+            .ok()
+            .and_then(|v| KernelTarget::parse(&v));
         Self {
             backends: wgpu::Backends::from_env(),
             adapter_name,
             max_binding_bytes: None,
+            kernel_target,
         }
     }
 }
@@ -57,6 +96,8 @@ pub struct GpuContext {
     pub features: wgpu::Features,
     /// Limits of the device (the adapter's own limits).
     pub limits: wgpu::Limits,
+    /// The kind of device kernels are picked for.
+    pub kernel_target: KernelTarget,
     max_binding_bytes: u64,
     failure: Arc<Mutex<Option<Error>>>,
     pub(crate) pipelines: PipelineCache,
@@ -121,6 +162,9 @@ impl GpuContext {
             slot.get_or_insert(gpu_error("an operation outside an error scope", error));
         }));
 
+        let kernel_target = options
+            .kernel_target
+            .unwrap_or_else(|| KernelTarget::of_adapter(&adapter_info));
         let adapter_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
         let max_binding_bytes = options
             .max_binding_bytes
@@ -131,12 +175,32 @@ impl GpuContext {
             adapter_info,
             features,
             limits,
+            kernel_target,
             max_binding_bytes,
             failure,
             pipelines: PipelineCache::default(),
             buffers_created: AtomicU64::new(0),
             bind_groups_created: AtomicU64::new(0),
         })
+    }
+
+    /// This context's device, picking kernels for `target` instead (its own pipeline
+    /// cache and resource counts): the self-test runs both targets' kernels on one
+    /// adapter.
+    pub fn for_kernel_target(&self, target: KernelTarget) -> GpuContext {
+        GpuContext {
+            device: self.device.clone(),
+            queue: self.queue.clone(),
+            adapter_info: self.adapter_info.clone(),
+            features: self.features,
+            limits: self.limits.clone(),
+            kernel_target: target,
+            max_binding_bytes: self.max_binding_bytes,
+            failure: self.failure.clone(),
+            pipelines: PipelineCache::default(),
+            buffers_created: AtomicU64::new(0),
+            bind_groups_created: AtomicU64::new(0),
+        }
     }
 
     /// The largest storage binding the engine may use, in bytes: the adapter's

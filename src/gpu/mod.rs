@@ -4,5 +4,5 @@ pub mod kernel;
 pub mod profile;
 pub mod tensor;
 
-pub use context::{ContextOptions, GpuContext};
+pub use context::{ContextOptions, GpuContext, KernelTarget};
 pub use tensor::{DType, GpuTensor};

@@ -19,7 +19,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::kernel::Recorder;
-use crate::gpu::{DType, GpuContext, GpuTensor};
+use crate::gpu::{DType, GpuContext, GpuTensor, KernelTarget};
 use crate::model::attention::{AttentionInputs, LayerAttention};
 use crate::model::config::{Family, ModelConfig};
 use crate::model::families::{self, gpt_oss};
@@ -39,15 +39,12 @@ use crate::weights::{Placement, WeightFormat, WeightMatrix};
 
 /// Batches of at most this many tokens use the GEMV kernels for dense projections.
 const GEMV_MAX_TOKENS: usize = 4;
-/// On CPU adapters (lavapipe, SwiftShader) `Kernels::BySize` takes the GEMV for larger
-/// steps, where a tile's padding rows and barriers cost real time and the GEMV has
-/// neither: dense projections up to this many tokens, and MoE layers while their experts
-/// get at most `CPU_GEMV_MAX_AVERAGE_ROWS` rows on average. On lavapipe the MoE layer at
-/// 32 tokens took 53 ms as GEMV against 222 tiled (Qwen3-30B-A3B shape / 16: 2 rows per
-/// expert) and 410 against 698 (Mixtral-8x7B / 16: 8 rows); the embedded model's
-/// prefill was as fast either way at 128 tokens (32 rows per expert).
-const CPU_GEMV_MAX_TOKENS: usize = 64;
-const CPU_GEMV_MAX_AVERAGE_ROWS: usize = 24;
+// On a CPU kernel target (lavapipe, SwiftShader) `Kernels::BySize` takes the GEMV at
+// every size: its serial mapping has no barriers and no padding rows, while a tile pays
+// for both. On lavapipe, prefill with the GEMV at every size against tiles above 64
+// tokens (the rule before the serial GEMV): the embedded model at 128 tokens 183-189
+// against 107-118 tokens/s, at 252 tokens 152-170 against 116-127; the Qwen3-30B-A3B
+// shape / 16 at 256 tokens 935-1075 against 925-933.
 
 /// Which positions get logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -87,8 +84,8 @@ impl From<LogitsFor> for LogitRows<'_> {
 /// same tokens whatever it is batched with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernels {
-    /// GEMV for steps of a few tokens (more on CPU adapters: `CPU_GEMV_MAX_TOKENS`),
-    /// tiles above (the fastest for one sequence).
+    /// GEMV for steps of a few tokens, tiles above (the fastest for one sequence); on
+    /// a CPU kernel target, GEMV at every size.
     BySize,
     Gemv,
     Tiled,
@@ -439,8 +436,8 @@ impl Model {
             )));
         }
         let rope = self.rope_angles(positions)?;
-        let cpu_adapter = ctx.adapter_info.device_type == wgpu::DeviceType::Cpu;
-        let gemv = kernels.gemv(t <= GEMV_MAX_TOKENS || (cpu_adapter && t <= CPU_GEMV_MAX_TOKENS));
+        let cpu_target = ctx.kernel_target == KernelTarget::Cpu;
+        let gemv = kernels.gemv(t <= GEMV_MAX_TOKENS || cpu_target);
         let x = GpuTensor::empty(ctx, "hidden", &[t, d], DType::F32)?;
         rec.section("embedding");
         encode_embedding(ctx, rec, ids, &self.embed, c.embedding_multiplier, &x)?;
@@ -464,9 +461,7 @@ impl Model {
             let h = norm(ctx, rec, &x, &layer.post_attention_norm, c.rms_norm_eps)?;
             let f = match &layer.ffn {
                 FeedForward::Moe(moe) => {
-                    let (e, k) = (moe.config.num_experts(), moe.config.top_k());
-                    let few_rows = cpu_adapter && t * k <= CPU_GEMV_MAX_AVERAGE_ROWS * e;
-                    let decode = kernels.gemv(t <= moe.config.decode_max_tokens || few_rows);
+                    let decode = kernels.gemv(t <= moe.config.decode_max_tokens || cpu_target);
                     let out = moe.encode_with(ctx, rec, &h, decode)?;
                     expert_counts.push(out.expert_counts);
                     out.output

@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{Recorder, EXPERT_GEMV, EXPERT_MATMUL};
-use crate::gpu::{GpuContext, GpuTensor};
+use crate::gpu::{GpuContext, GpuTensor, KernelTarget};
 use crate::ops::permute::{Permutation, BLOCK_ROWS};
 use crate::ops::router::dot;
 use crate::ops::{expect_shape, workgroups};
@@ -31,17 +31,55 @@ const GEMV_MAX_TOKENS: usize = 4;
 /// Most (token, output) pairs one GEMV workgroup accumulates per matrix (`MAX_ROWS`).
 const GEMV_MAX_PAIRS: usize = 16;
 
+/// How the GEMV kernel maps outputs to invocations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemvMapping {
+    /// A workgroup of 64 invocations splits each output's K in coalesced slices and
+    /// reduces the partial sums in shared memory (GPUs).
+    Split,
+    /// Each invocation sums all of one output's K, 64 outputs per workgroup: no shared
+    /// memory and no barrier, which a CPU driver pays per workgroup (lavapipe: decode
+    /// 1.5-2x faster than split).
+    Serial,
+}
+
+impl GemvMapping {
+    /// The mapping kernels use on `target`.
+    pub fn for_target(target: KernelTarget) -> Self {
+        match target {
+            KernelTarget::Gpu => GemvMapping::Split,
+            KernelTarget::Cpu => GemvMapping::Serial,
+        }
+    }
+
+    fn entry(self, gate_up: bool) -> &'static str {
+        match (self, gate_up) {
+            (GemvMapping::Split, true) => "gate_up",
+            (GemvMapping::Split, false) => "down",
+            (GemvMapping::Serial, true) => "gate_up_serial",
+            (GemvMapping::Serial, false) => "down_serial",
+        }
+    }
+}
+
+/// Outputs per workgroup of the serial GEMV (one per invocation).
+const SERIAL_GEMV_OUTPUTS: usize = 64;
+
 /// Tokens and output rows per GEMV workgroup: dense rows share each weight they read
-/// among up to 4 tokens (the rest of [`gemv_rows`]' budget of 16 pairs goes to outputs);
-/// routed rows take one token each, since their experts differ. A token's result is
-/// the same whatever this picks.
-pub fn gemv_shape(k_dim: usize, tokens: usize, dense: bool) -> (usize, usize) {
+/// among up to 4 tokens (split: the rest of [`gemv_rows`]' budget of 16 pairs goes to
+/// outputs; serial: 64 outputs); routed rows take one token each, since their experts
+/// differ. A token's result is the same whatever this picks.
+pub fn gemv_shape(k_dim: usize, tokens: usize, dense: bool, mapping: GemvMapping) -> (usize, usize) {
     let per_group = if dense {
         tokens.clamp(1, GEMV_MAX_TOKENS).next_power_of_two()
     } else {
         1
     };
-    (per_group, gemv_rows(k_dim).min(GEMV_MAX_PAIRS / per_group))
+    let outputs = match mapping {
+        GemvMapping::Split => gemv_rows(k_dim).min(GEMV_MAX_PAIRS / per_group),
+        GemvMapping::Serial => SERIAL_GEMV_OUTPUTS,
+    };
+    (per_group, outputs)
 }
 
 /// Consecutive weights a kernel invocation decodes per read for rows of `k_dim`
@@ -246,6 +284,7 @@ fn encode_expert_matmul(
     };
     let (k_dim, n_dim) = (w0.in_dim, w0.out_dim);
     let entry = if w1.is_some() { "gate_up" } else { "down" };
+    let mapping = GemvMapping::for_target(ctx.kernel_target);
     // (kernel, row index buffer, block table, rows per token, grid rows, dense, outputs
     // per workgroup, rows per workgroup)
     let (shader, tiled, index_buffer, block_buffer, rows_per_token, rows_or_blocks, dense, per_group, row_group) =
@@ -273,7 +312,7 @@ fn encode_expert_matmul(
                 BLOCK_ROWS,
             ),
             ExpertRows::PerAssignment { routed_ids, top_k } => {
-                let (tokens, outputs) = gemv_shape(k_dim, routed_ids.len(), false);
+                let (tokens, outputs) = gemv_shape(k_dim, routed_ids.len(), false, mapping);
                 let rows = routed_ids.len();
                 (
                     EXPERT_GEMV,
@@ -288,7 +327,7 @@ fn encode_expert_matmul(
                 )
             }
             ExpertRows::Dense { tokens, gemv: true } => {
-                let (per_wg, outputs) = gemv_shape(k_dim, tokens, true);
+                let (per_wg, outputs) = gemv_shape(k_dim, tokens, true, mapping);
                 (EXPERT_GEMV, false, None, None, 1, tokens, 1, outputs, per_wg)
             }
         };
@@ -297,11 +336,16 @@ fn encode_expert_matmul(
             .entry(entry)
             .rows(permutation.block_rows.rows() as u32)
             .run(weight_run(k_dim)),
-        ExpertRows::PerAssignment { .. } | ExpertRows::Dense { gemv: true, .. } => shader
-            .entry(entry)
-            .rows(per_group as u32)
-            .tokens(row_group as u32)
-            .run(weight_run(k_dim)),
+        ExpertRows::PerAssignment { .. } | ExpertRows::Dense { gemv: true, .. } => {
+            let key = shader
+                .entry(mapping.entry(w1.is_some()))
+                .tokens(row_group as u32)
+                .run(weight_run(k_dim));
+            match mapping {
+                GemvMapping::Split => key.rows(per_group as u32),
+                GemvMapping::Serial => key,
+            }
+        }
         ExpertRows::Dense { gemv: false, .. } => shader.entry(entry).run(weight_run(k_dim)),
     }
     .weights(w0.format);

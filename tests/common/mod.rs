@@ -5,12 +5,23 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use webmoe::gpu::kernel::Recorder;
-use webmoe::{ContextOptions, GpuContext};
+use webmoe::{ContextOptions, GpuContext, KernelTarget};
 
 /// A context on the adapter the environment selects (lavapipe in CI). Tests fail,
 /// not skip, without one: a green run must mean the kernels ran.
 pub fn context() -> GpuContext {
     context_with(ContextOptions::from_env())
+}
+
+/// Contexts on the test adapter picking kernels for a GPU and for a CPU driver, in that
+/// order: ops tests run the GPU-only choices on lavapipe too.
+pub fn contexts_for_both_targets() -> [GpuContext; 2] {
+    [KernelTarget::Gpu, KernelTarget::Cpu].map(|target| {
+        context_with(ContextOptions {
+            kernel_target: Some(target),
+            ..ContextOptions::from_env()
+        })
+    })
 }
 
 pub fn context_with(options: ContextOptions) -> GpuContext {
