@@ -1,6 +1,7 @@
 // Router logits: logits[t, r] = sum_i x[t, i] * w[r, i], accumulated in f32 in index order.
 // Layout: x [T, d] f32 row-major; w [R, d] weights (WEIGHT_DTYPE); logits [T, R] f32.
-// Mapping: one invocation per (t, r), 64 per workgroup, grid split over x/y.
+// Mapping: one invocation per (t, r), 64 per workgroup, grid split over x/y; weights
+// read in runs of RUN (8 where d is a multiple of 8, else 1), summed in index order.
 // Also used with R = 1 for the shared expert's sigmoid gate.
 //! weights: w
 
@@ -10,6 +11,8 @@ struct RouterParams {
     dim: u32,
     _pad: u32,
 }
+
+override RUN: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> p: RouterParams;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -31,8 +34,17 @@ fn router_logits(
     let xb = t * p.dim;
     let wb = r * p.dim;
     var acc = 0.0;
-    for (var i = 0u; i < p.dim; i++) {
-        acc += x[xb + i] * w_at(wb + i);
+    if (RUN == 1u) {
+        for (var i = 0u; i < p.dim; i++) {
+            acc += x[xb + i] * w_at(wb + i);
+        }
+    } else {
+        for (var i = 0u; i < p.dim; i += 8u) {
+            let v = w_at8(wb + i);
+            for (var j = 0u; j < 8u; j++) {
+                acc += x[xb + i + j] * v[j];
+            }
+        }
     }
     logits[idx] = acc;
 }

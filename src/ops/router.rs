@@ -3,6 +3,7 @@
 use crate::error::Result;
 use crate::gpu::kernel::{Recorder, ROUTER};
 use crate::gpu::{DType, GpuContext, GpuTensor};
+use crate::ops::expert_matmul::weight_run;
 use crate::ops::{expect_shape, workgroups};
 use crate::weights::WeightFormat;
 
@@ -35,7 +36,10 @@ pub fn encode_router_logits(
         _pad: 0,
     };
     debug_assert_ne!(x.dtype, DType::U32);
-    let key = ROUTER.entry("router_logits").weights(WeightFormat::of_dtype(w.dtype)?);
+    let key = ROUTER
+        .entry("router_logits")
+        .weights(WeightFormat::of_dtype(w.dtype)?)
+        .run(weight_run(dim));
     rec.dispatch(
         ctx,
         key,
