@@ -47,3 +47,27 @@ fn fma_f32(
     let t = a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7;
     out[i] = t.x + t.y + t.z + t.w;
 }
+
+// Shader read bandwidth probe: invocation i sums src[i], src[i + stride], ... (vec4
+// loads, consecutive invocations on consecutive vectors, stride = the whole grid) and
+// writes one value, so every byte of src is read once through the shader path.
+// Layout: src [vectors] vec4<f32>; out [invocations] f32 (p.invocations; p.iterations
+// holds the number of vectors). Mapping: 256 invocations per workgroup, grid over x/y.
+@group(0) @binding(2) var<storage, read> src: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn read_f32(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = linear_workgroup(wid, nwg) * 256u + lid;
+    if (i >= p.invocations) {
+        return;
+    }
+    var acc = vec4<f32>(0.0);
+    for (var v = i; v < p.iterations; v += p.invocations) {
+        acc += src[v];
+    }
+    out[i] = acc.x + acc.y + acc.z + acc.w;
+}

@@ -105,6 +105,10 @@ impl Timing {
 pub struct Ceilings {
     /// Buffer copy, counting bytes read and written.
     pub copy_gb_per_s: f64,
+    /// A kernel streaming a buffer through vec4 loads (bytes read): what a shader can
+    /// read, which on CPU drivers is far below a buffer copy.
+    #[serde(default)]
+    pub shader_read_gb_per_s: Option<f64>,
     pub f32_gflop_per_s: f64,
     /// Where the adapter has shader-f16.
     #[serde(default)]
@@ -380,6 +384,33 @@ async fn copy_ceiling(ctx: &GpuContext, timer: &Timer<'_>, bytes: u64, repeats: 
     Ok(2.0 * bytes as f64 / (t.median_ms / 1e3) / 1e9)
 }
 
+/// Read bandwidth (GB/s) of a kernel streaming a buffer of `bytes` through vec4 loads.
+async fn shader_read_ceiling(ctx: &GpuContext, timer: &Timer<'_>, bytes: u64, repeats: usize) -> Result<f64> {
+    let bytes = bytes.min(ctx.max_binding_bytes()) / 16 * 16;
+    let src = ctx.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("read source"),
+        size: bytes,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let invocations: u32 = 1 << 16;
+    let out = GpuTensor::empty(ctx, "read output", &[invocations as usize], DType::F32)?;
+    let params = [invocations, (bytes / 16) as u32, 0, 0];
+    let t = timer
+        .repeat(repeats, &|e| {
+            e.dispatch(
+                ctx,
+                BENCH.entry("read_f32"),
+                &params,
+                &[(1, &out.buffer), (2, &src)],
+                invocations.div_ceil(256),
+            );
+            Ok(())
+        })
+        .await?;
+    Ok(bytes as f64 / (t.median_ms / 1e3) / 1e9)
+}
+
 /// FMA rate (GFLOP/s) of an FMA-bound kernel in f32, or in f16 (`half`).
 async fn fma_ceiling(ctx: &GpuContext, timer: &Timer<'_>, quick: bool, repeats: usize, half: bool) -> Result<f64> {
     let invocations: u32 = if quick { 1 << 14 } else { 1 << 22 };
@@ -618,6 +649,7 @@ pub async fn run_bench(
     let copy_bytes = if options.quick { 16 << 20 } else { 512 << 20 };
     let ceilings = Ceilings {
         copy_gb_per_s: copy_ceiling(ctx, &timer, copy_bytes, options.repeats.max(3)).await?,
+        shader_read_gb_per_s: Some(shader_read_ceiling(ctx, &timer, copy_bytes, options.repeats.max(3)).await?),
         f32_gflop_per_s: fma_ceiling(ctx, &timer, options.quick, options.repeats.max(3), false).await?,
         f16_gflop_per_s: if ctx.has_shader_f16() {
             Some(fma_ceiling(ctx, &timer, options.quick, options.repeats.max(3), true).await?)
@@ -677,7 +709,7 @@ pub async fn run_bench(
 /// A llama-bench-like markdown table.
 pub fn markdown(report: &Report) -> String {
     let mut s = format!(
-        "adapter: {} ({}, {}, driver {} {}); timing: {}; weights {}\n\nceilings: copy {:.1} GB/s, f32 FMA {:.1} GFLOP/s, f16 FMA {}\n\n",
+        "adapter: {} ({}, {}, driver {} {}); timing: {}; weights {}\n\nceilings: copy {:.1} GB/s, shader read {}, f32 FMA {:.1} GFLOP/s, f16 FMA {}\n\n",
         report.adapter,
         report.backend,
         report.device_type,
@@ -686,6 +718,10 @@ pub fn markdown(report: &Report) -> String {
         report.timing_method,
         report.weight_dtype,
         report.ceilings.copy_gb_per_s,
+        report
+            .ceilings
+            .shader_read_gb_per_s
+            .map_or("n/a".to_string(), |g| format!("{g:.1} GB/s")),
         report.ceilings.f32_gflop_per_s,
         report.ceilings.f16_gflop_per_s.map_or("n/a (no shader-f16)".to_string(), |g| format!("{g:.1} GFLOP/s"))
     );

@@ -78,6 +78,7 @@ fn quick_bench_runs_and_its_json_round_trips() {
         .iter()
         .all(|m| m.prefill_tokens_per_s > 0.0 && m.decode_tokens_per_s > 0.0 && m.decode_tokens > 0));
     assert!(report.ceilings.copy_gb_per_s > 0.0 && report.ceilings.f32_gflop_per_s > 0.0);
+    assert!(report.ceilings.shader_read_gb_per_s.is_some_and(|g| g > 0.0));
     for row in &report.rows {
         assert!(row.layer.median_ms > 0.0 && row.active_experts >= 1 && row.active_experts <= row.shape.experts);
         assert_eq!(row.gflop, row.shape.flops(row.tokens) / 1e9);

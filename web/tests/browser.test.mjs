@@ -205,7 +205,9 @@ test("the benchmark page produces the CLI's JSON report", async () => {
   assert.equal(report.rows.length, 2);
   for (const key of ["adapter", "backend", "timing_method", "ceilings", "rows", "max_storage_buffer_binding_size"]) assert.ok(key in report, key);
   assert.ok(report.ceilings.copy_gb_per_s > 0 && report.ceilings.f32_gflop_per_s > 0);
-  console.log(`browser bench (${report.timing_method}): copy ${report.ceilings.copy_gb_per_s.toFixed(1)} GB/s, FMA ${report.ceilings.f32_gflop_per_s.toFixed(1)} GFLOP/s; ` +
+  assert.ok(report.ceilings.shader_read_gb_per_s > 0);
+  console.log(`browser bench (${report.timing_method}): copy ${report.ceilings.copy_gb_per_s.toFixed(1)} GB/s, ` +
+    `shader read ${report.ceilings.shader_read_gb_per_s.toFixed(1)} GB/s, FMA ${report.ceilings.f32_gflop_per_s.toFixed(1)} GFLOP/s; ` +
     report.rows.map((r) => `T=${r.tokens} ${r.layer.median_ms.toFixed(2)} ms`).join(", "));
   await page.close();
 });
