@@ -165,6 +165,27 @@ fn input_run(src: array<u32, MAX_TOKENS>, i: u32) -> array<array<f32, MAX_RUN>, 
     return xv;
 }
 
+// Writes output n of row a for expert e: the gated activation of gate g and up u, with
+// the expert's biases where flags say so.
+fn store_gate_up(e: u32, a: u32, n: u32, g: f32, u: f32) {
+    var gb = g;
+    var ub = u;
+    if ((p.flags & HAS_BIAS) != 0u) {
+        gb += bias0[e * p.n_dim + n];
+        ub += bias1[e * p.n_dim + n];
+    }
+    out[a * p.n_dim + n] = gated_activation(gb, ub, p.flags, p.alpha, p.limit);
+}
+
+// Writes output n of row a for expert e: y, plus the expert's bias where flags say so.
+fn store_down(e: u32, a: u32, n: u32, y: f32) {
+    var yb = y;
+    if ((p.flags & HAS_BIAS) != 0u) {
+        yb += bias0[e * p.n_dim + n];
+    }
+    out[a * p.n_dim + n] = yb;
+}
+
 @compute @workgroup_size(64)
 fn gate_up(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -209,13 +230,7 @@ fn gate_up(
     let t = lid / WG_ROWS;
     let n = tile.n0 + lid % WG_ROWS;
     if (lid < slots && row_valid(tile, t) && n < p.row_end) {
-        var g = partial[lid];
-        var u = partial[slots + lid];
-        if ((p.flags & HAS_BIAS) != 0u) {
-            g += bias0[e * p.n_dim + n];
-            u += bias1[e * p.n_dim + n];
-        }
-        out[(tile.first_row + t) * p.n_dim + n] = gated_activation(g, u, p.flags, p.alpha, p.limit);
+        store_gate_up(e, tile.first_row + t, n, partial[lid], partial[slots + lid]);
     }
 }
 
@@ -258,11 +273,7 @@ fn down(
     let t = lid / WG_ROWS;
     let n = tile.n0 + lid % WG_ROWS;
     if (lid < slots && row_valid(tile, t) && n < p.row_end) {
-        var y = partial[lid];
-        if ((p.flags & HAS_BIAS) != 0u) {
-            y += bias0[e * p.n_dim + n];
-        }
-        out[(tile.first_row + t) * p.n_dim + n] = y;
+        store_down(e, tile.first_row + t, n, partial[lid]);
     }
 }
 
@@ -321,16 +332,9 @@ fn gate_up_serial(
             }
         }
     }
-    let n = o.tile.n0;
     for (var t = 0u; t < TOKENS; t++) {
         if (row_valid(o.tile, t)) {
-            var g = acc_g[t];
-            var u = acc_u[t];
-            if ((p.flags & HAS_BIAS) != 0u) {
-                g += bias0[o.expert * p.n_dim + n];
-                u += bias1[o.expert * p.n_dim + n];
-            }
-            out[(o.tile.first_row + t) * p.n_dim + n] = gated_activation(g, u, p.flags, p.alpha, p.limit);
+            store_gate_up(o.expert, o.tile.first_row + t, o.tile.n0, acc_g[t], acc_u[t]);
         }
     }
 }
@@ -356,14 +360,9 @@ fn down_serial(
             }
         }
     }
-    let n = o.tile.n0;
     for (var t = 0u; t < TOKENS; t++) {
         if (row_valid(o.tile, t)) {
-            var y = acc[t];
-            if ((p.flags & HAS_BIAS) != 0u) {
-                y += bias0[o.expert * p.n_dim + n];
-            }
-            out[(o.tile.first_row + t) * p.n_dim + n] = y;
+            store_down(o.expert, o.tile.first_row + t, o.tile.n0, acc[t]);
         }
     }
 }

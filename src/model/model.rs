@@ -38,13 +38,13 @@ use crate::ops::TokenPositions;
 use crate::weights::{Placement, WeightFormat, WeightMatrix};
 
 /// Batches of at most this many tokens use the GEMV kernels for dense projections.
+/// On a CPU kernel target (lavapipe, SwiftShader) `Kernels::BySize` takes the GEMV at
+/// every size: its serial mapping has no barriers and no padding rows, while a tile pays
+/// for both. On lavapipe, prefill with the GEMV at every size against tiles above 64
+/// tokens (the rule before the serial GEMV): the embedded model at 128 tokens 183-189
+/// against 107-118 tokens/s, at 252 tokens 152-170 against 116-127; the Qwen3-30B-A3B
+/// shape / 16 at 256 tokens 935-1075 against 925-933.
 const GEMV_MAX_TOKENS: usize = 4;
-// On a CPU kernel target (lavapipe, SwiftShader) `Kernels::BySize` takes the GEMV at
-// every size: its serial mapping has no barriers and no padding rows, while a tile pays
-// for both. On lavapipe, prefill with the GEMV at every size against tiles above 64
-// tokens (the rule before the serial GEMV): the embedded model at 128 tokens 183-189
-// against 107-118 tokens/s, at 252 tokens 152-170 against 116-127; the Qwen3-30B-A3B
-// shape / 16 at 256 tokens 935-1075 against 925-933.
 
 /// Which positions get logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

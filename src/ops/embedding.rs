@@ -3,8 +3,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{Recorder, EMBEDDING, SAMPLING};
 use crate::gpu::{GpuContext, GpuTensor};
-use crate::ops::expert_matmul::weight_run;
-use crate::ops::{expect_shape, workgroups};
+use crate::ops::{expect_shape, weight_run, workgroups};
 use crate::weights::WeightMatrix;
 
 #[repr(C)]
@@ -46,7 +45,7 @@ pub fn encode_embedding_in_runs(
 ) -> Result<()> {
     let (tokens, dim) = (ids.len(), table.in_dim);
     expect_shape("embedding output", x, &[tokens, dim])?;
-    if run != 1 && (run != 8 || !dim.is_multiple_of(8)) {
+    if run != 1 && run != weight_run(dim) {
         return Err(Error::Unsupported(format!(
             "embedding in runs of {run} weights: runs are 1 or 8, and 8 needs table rows of a multiple of 8 (these are {dim} long)"
         )));

@@ -8,7 +8,7 @@ use crate::gpu::kernel::{Recorder, EXPERT_GEMV, EXPERT_MATMUL};
 use crate::gpu::{GpuContext, GpuTensor, KernelTarget};
 use crate::ops::permute::{Permutation, BLOCK_ROWS};
 use crate::ops::router::dot;
-use crate::ops::{expect_shape, workgroups};
+use crate::ops::{expect_shape, weight_run, workgroups};
 use crate::weights::WeightMatrix;
 
 /// Output columns per workgroup of the tiled kernel (its BN tile).
@@ -80,17 +80,6 @@ pub fn gemv_shape(k_dim: usize, tokens: usize, dense: bool, mapping: GemvMapping
         GemvMapping::Serial => SERIAL_GEMV_OUTPUTS,
     };
     (per_group, outputs)
-}
-
-/// Consecutive weights a kernel invocation decodes per read for rows of `k_dim`
-/// weights (the kernels' `RUN`): 8 where every run then lies in one row (and one block
-/// of any format), else 1.
-pub fn weight_run(k_dim: usize) -> u32 {
-    if k_dim.is_multiple_of(8) {
-        8
-    } else {
-        1
-    }
 }
 
 /// Which rows the matmul computes and how they map to tokens and experts.

@@ -122,6 +122,17 @@ pub fn expect_shape(what: &str, tensor: &GpuTensor, expected: &[usize]) -> Resul
     Ok(())
 }
 
+/// Consecutive weights a kernel invocation decodes per read for rows of `k_dim`
+/// weights (the kernels' `RUN`, shaders/weight_access.wgsl's `_at8`): 8 where every run
+/// then lies in one row (and one block of any format), else 1.
+pub fn weight_run(k_dim: usize) -> u32 {
+    if k_dim.is_multiple_of(8) {
+        8
+    } else {
+        1
+    }
+}
+
 /// Workgroups needed for `items` items at `per_workgroup` each.
 pub fn workgroups(items: usize, per_workgroup: usize) -> u32 {
     items.div_ceil(per_workgroup) as u32

@@ -3,8 +3,7 @@
 use crate::error::Result;
 use crate::gpu::kernel::{Recorder, ROUTER};
 use crate::gpu::{DType, GpuContext, GpuTensor};
-use crate::ops::expert_matmul::weight_run;
-use crate::ops::{expect_shape, workgroups};
+use crate::ops::{expect_shape, weight_run, workgroups};
 use crate::weights::WeightFormat;
 
 #[repr(C)]
