@@ -3,7 +3,8 @@
 # the browser suite (the demo page in headless Chromium over WebGPU). On a fresh
 # Debian 12 machine with no GPU it first installs what is missing: Mesa's CPU Vulkan
 # driver (lavapipe), the wasm32 target, wasm-bindgen-cli at the crate's version,
-# Debian's chromium, and npm's playwright-core; and PyPI's `openai` for the server tests.
+# Debian's chromium, node and npm where missing, and npm's playwright-core; and PyPI's
+# `openai` for the server tests.
 # WEBMOE_SKIP_BROWSER=1 skips the browser suite (and its installs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +41,7 @@ if [ "${WEBMOE_SKIP_BROWSER:-}" = 1 ]; then
   exit 0
 fi
 command -v chromium >/dev/null || { echo "== installing chromium"; apt_install chromium; }
+command -v npm >/dev/null || { echo "== installing node and npm"; apt_install nodejs npm; }
 bash scripts/build-web.sh
 cargo build --release --bin webmoe
 ( cd web && npm install --no-audit --no-fund --silent )
