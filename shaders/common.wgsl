@@ -30,3 +30,56 @@ fn gated_activation(g: f32, u: f32, flags: u32, alpha: f32, limit: f32) -> f32 {
     }
     return silu(g) * u;
 }
+
+// Eight consecutive values (a run of weights or inputs): elements 0..3 in lo, 4..7 in hi.
+struct Run8 {
+    lo: vec4<f32>,
+    hi: vec4<f32>,
+}
+
+// Element j (0..8) of a run.
+fn run8_at(r: Run8, j: u32) -> f32 {
+    if (j < 4u) {
+        return r.lo[j];
+    }
+    return r.hi[j - 4u];
+}
+
+// The run as an array (for loops over RUN = 1 or 8 elements).
+fn run8_array(r: Run8) -> array<f32, 8> {
+    return array<f32, 8>(r.lo.x, r.lo.y, r.lo.z, r.lo.w, r.hi.x, r.hi.y, r.hi.z, r.hi.w);
+}
+
+// Helpers of weight_access.wgsl's run decoders, on the 4 bytes of `word` (byte 0 in the
+// low 8 bits), one lane per byte.
+const BYTE_SHIFTS: vec4<u32> = vec4<u32>(0u, 8u, 16u, 24u);
+
+// The 4 bits at `shift` of each byte.
+fn nibbles(word: u32, shift: u32) -> vec4<u32> {
+    return (vec4<u32>(word) >> (BYTE_SHIFTS + vec4<u32>(shift))) & vec4<u32>(15u);
+}
+
+// The bits `mask` at `shift` of each byte.
+fn byte_bits(word: u32, shift: u32, mask: u32) -> vec4<u32> {
+    return (vec4<u32>(word) >> (BYTE_SHIFTS + vec4<u32>(shift))) & vec4<u32>(mask);
+}
+
+// Each byte as a signed 8-bit integer.
+fn signed_bytes(word: u32) -> vec4<i32> {
+    return bitcast<vec4<i32>>(vec4<u32>(word) << (vec4<u32>(24u) - BYTE_SHIFTS)) >> vec4<u32>(24u);
+}
+
+// bf16 pairs: words (w, w, v, v) to the f32 bits of (w.low, w.high, v.low, v.high).
+fn bf16_pairs(words: vec4<u32>) -> vec4<u32> {
+    return select(words << vec4<u32>(16u), words & vec4<u32>(0xffff0000u), vec4<bool>(false, true, false, true));
+}
+
+// Doubled e2m1 values of nibbles q (sign bit 3, exponent bits 2..1, mantissa bit 0):
+// 0, 1, 2, 3, 4, 6, 8, 12, negated when the sign is set; nibble 8 is +0 (as ggml's table).
+fn doubled_e2m1(q: vec4<u32>) -> vec4<f32> {
+    let m = q & vec4<u32>(1u);
+    let e = (q >> vec4<u32>(1u)) & vec4<u32>(3u);
+    let normal = (vec4<u32>(2u) + m) << (max(e, vec4<u32>(1u)) - vec4<u32>(1u));
+    let magnitude = vec4<i32>(select(m, normal, e > vec4<u32>(0u)));
+    return vec4<f32>(select(magnitude, -magnitude, (q & vec4<u32>(8u)) != vec4<u32>(0u)));
+}

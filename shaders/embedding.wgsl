@@ -17,7 +17,6 @@ struct EmbeddingParams {
     _pad2: u32,
 }
 
-const MAX_RUN: u32 = 8u;
 override RUN: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> p: EmbeddingParams;
@@ -45,7 +44,14 @@ fn embed(
         return;
     }
     let v = table_at8(wi);
-    for (var j = 0u; j < MAX_RUN; j++) {
-        x[idx + j] = v[j] * p.scale;
-    }
+    let lo = v.lo * p.scale;
+    let hi = v.hi * p.scale;
+    x[idx] = lo.x;
+    x[idx + 1u] = lo.y;
+    x[idx + 2u] = lo.z;
+    x[idx + 3u] = lo.w;
+    x[idx + 4u] = hi.x;
+    x[idx + 5u] = hi.y;
+    x[idx + 6u] = hi.z;
+    x[idx + 7u] = hi.w;
 }

@@ -163,12 +163,13 @@ fn load_w0_tile(k0: u32, col0: u32, e: u32, lid: u32) {
     if (RUN == 8u) {
         if (lid < BN * BK / 8u) {
             let run = weight_run(k0, col0, e, lid);
-            var v: array<f32, 8>;
+            var v = Run8(vec4<f32>(0.0), vec4<f32>(0.0));
             if (run.index != SENTINEL) {
                 v = w0_at8(run.index);
             }
-            for (var j = 0u; j < 8u; j++) {
-                tile_b0[(run.kk + j) * BN + run.col] = v[j];
+            for (var j = 0u; j < 4u; j++) {
+                tile_b0[(run.kk + j) * BN + run.col] = v.lo[j];
+                tile_b0[(run.kk + 4u + j) * BN + run.col] = v.hi[j];
             }
         }
         return;
@@ -188,12 +189,13 @@ fn load_w1_tile(k0: u32, col0: u32, e: u32, lid: u32) {
     if (RUN == 8u) {
         if (lid < BN * BK / 8u) {
             let run = weight_run(k0, col0, e, lid);
-            var v: array<f32, 8>;
+            var v = Run8(vec4<f32>(0.0), vec4<f32>(0.0));
             if (run.index != SENTINEL) {
                 v = w1_at8(run.index);
             }
-            for (var j = 0u; j < 8u; j++) {
-                tile_b1[(run.kk + j) * BN + run.col] = v[j];
+            for (var j = 0u; j < 4u; j++) {
+                tile_b1[(run.kk + j) * BN + run.col] = v.lo[j];
+                tile_b1[(run.kk + 4u + j) * BN + run.col] = v.hi[j];
             }
         }
         return;

@@ -41,9 +41,16 @@ fn router_logits(
     } else {
         for (var i = 0u; i < p.dim; i += 8u) {
             let v = w_at8(wb + i);
-            for (var j = 0u; j < 8u; j++) {
-                acc += x[xb + i + j] * v[j];
-            }
+            // In index order, as the RUN = 1 loop.
+            let at = xb + i;
+            acc += x[at] * v.lo.x;
+            acc += x[at + 1u] * v.lo.y;
+            acc += x[at + 2u] * v.lo.z;
+            acc += x[at + 3u] * v.lo.w;
+            acc += x[at + 4u] * v.hi.x;
+            acc += x[at + 5u] * v.hi.y;
+            acc += x[at + 6u] * v.hi.z;
+            acc += x[at + 7u] * v.hi.w;
         }
     }
     logits[idx] = acc;

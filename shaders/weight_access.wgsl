@@ -149,32 +149,28 @@ fn WEIGHTS_at(i: u32) -> f32 {
     }
 }
 
-// Elements i..i+7, i a multiple of 8 (so the run lies in one block of every format).
-fn WEIGHTS_at8(i: u32) -> array<f32, 8> {
-    var v: array<f32, 8>;
+// Elements i..i+7, i a multiple of 8 (so the run lies in one block of every format),
+// as Run8 (common.wgsl). Written as vector operations without loops or local arrays:
+// a JIT that neither unrolls loops nor keeps arrays in registers (SwiftShader's
+// Subzero, the browser's fallback adapter) ran the looped form 3x slower.
+fn WEIGHTS_at8(i: u32) -> Run8 {
     switch WEIGHT_DTYPE {
         case 1u: {
-            for (var n = 0u; n < 4u; n++) {
-                let pair = unpack2x16float(WEIGHTS[(i >> 1u) + n]);
-                v[2u * n] = pair.x;
-                v[2u * n + 1u] = pair.y;
-            }
+            let word = i >> 1u;
+            return Run8(vec4<f32>(unpack2x16float(WEIGHTS[word]), unpack2x16float(WEIGHTS[word + 1u])),
+                vec4<f32>(unpack2x16float(WEIGHTS[word + 2u]), unpack2x16float(WEIGHTS[word + 3u])));
         }
         case 2u: {
-            for (var n = 0u; n < 4u; n++) {
-                let word = WEIGHTS[(i >> 1u) + n];
-                v[2u * n] = bitcast<f32>(word << 16u);
-                v[2u * n + 1u] = bitcast<f32>(word & 0xffff0000u);
-            }
+            let word = i >> 1u;
+            let a = vec4<u32>(WEIGHTS[word], WEIGHTS[word], WEIGHTS[word + 1u], WEIGHTS[word + 1u]);
+            let b = vec4<u32>(WEIGHTS[word + 2u], WEIGHTS[word + 2u], WEIGHTS[word + 3u], WEIGHTS[word + 3u]);
+            return Run8(bitcast<vec4<f32>>(bf16_pairs(a)), bitcast<vec4<f32>>(bf16_pairs(b)));
         }
         case 3u: {
             let block = (i >> 5u) * 34u;
             let d = WEIGHTS_half(block);
             let bytes = WEIGHTS_bytes8(block + 2u + (i & 31u));
-            for (var j = 0u; j < 8u; j++) {
-                let q = bytes[j >> 2u] >> ((j & 3u) * 8u);
-                v[j] = f32(bitcast<i32>(q << 24u) >> 24u) * d;
-            }
+            return Run8(vec4<f32>(signed_bytes(bytes.x)) * d, vec4<f32>(signed_bytes(bytes.y)) * d);
         }
         case 4u: {
             let block = (i >> 5u) * 18u;
@@ -182,10 +178,7 @@ fn WEIGHTS_at8(i: u32) -> array<f32, 8> {
             let d = WEIGHTS_half(block);
             let bytes = WEIGHTS_bytes8(block + 2u + (first & 15u));
             let shift = select(0u, 4u, first >= 16u);
-            for (var j = 0u; j < 8u; j++) {
-                let q = (bytes[j >> 2u] >> ((j & 3u) * 8u + shift)) & 0xfu;
-                v[j] = (f32(q) - 8.0) * d;
-            }
+            return Run8((vec4<f32>(nibbles(bytes.x, shift)) - 8.0) * d, (vec4<f32>(nibbles(bytes.y, shift)) - 8.0) * d);
         }
         case 5u, 6u: {
             let five = WEIGHT_DTYPE == 6u;
@@ -194,25 +187,19 @@ fn WEIGHTS_at8(i: u32) -> array<f32, 8> {
             let j = idx >> 5u;
             let first = idx & 31u;
             let scale_min = WEIGHTS_k_scale_min(block, j);
-            let sc = scale_min.x;
-            let m = scale_min.y;
             let qs = block + select(16u, 48u, five);
             let bytes = WEIGHTS_bytes8(qs + (j >> 1u) * 32u + first);
             let shift = select(0u, 4u, (j & 1u) == 1u);
-            var highs = vec2<u32>(0u, 0u);
+            var lo = nibbles(bytes.x, shift);
+            var hi = nibbles(bytes.y, shift);
             if (five) {
-                highs = WEIGHTS_bytes8(block + 16u + first);
+                let highs = WEIGHTS_bytes8(block + 16u + first);
+                lo |= byte_bits(highs.x, j, 1u) << vec4<u32>(4u);
+                hi |= byte_bits(highs.y, j, 1u) << vec4<u32>(4u);
             }
-            let scale = WEIGHTS_half(block) * f32(sc);
-            let min = WEIGHTS_half(block + 2u) * f32(m);
-            for (var e = 0u; e < 8u; e++) {
-                let at = (e & 3u) * 8u;
-                var q = (bytes[e >> 2u] >> (at + shift)) & 15u;
-                if (five) {
-                    q |= ((highs[e >> 2u] >> (at + j)) & 1u) << 4u;
-                }
-                v[e] = scale * f32(q) - min;
-            }
+            let scale = WEIGHTS_half(block) * f32(scale_min.x);
+            let min = WEIGHTS_half(block + 2u) * f32(scale_min.y);
+            return Run8(scale * vec4<f32>(lo) - min, scale * vec4<f32>(hi) - min);
         }
         case 7u: {
             let block = (i >> 8u) * 210u;
@@ -224,14 +211,10 @@ fn WEIGHTS_at8(i: u32) -> array<f32, 8> {
             let highs = WEIGHTS_bytes8(block + 128u + h * 32u + (r & 31u));
             let high_shift = 2u * (r >> 5u);
             let sc = bitcast<i32>(WEIGHTS_byte(block + 192u + (idx >> 4u)) << 24u) >> 24u;
-            let d = WEIGHTS_half(block + 208u);
-            for (var e = 0u; e < 8u; e++) {
-                let at = (e & 3u) * 8u;
-                let low = (lows[e >> 2u] >> (at + low_shift)) & 15u;
-                let high = (highs[e >> 2u] >> (at + high_shift)) & 3u;
-                let q = i32(low | (high << 4u)) - 32;
-                v[e] = d * f32(sc) * f32(q);
-            }
+            let ds = WEIGHTS_half(block + 208u) * f32(sc);
+            let lo = vec4<i32>(nibbles(lows.x, low_shift) | (byte_bits(highs.x, high_shift, 3u) << vec4<u32>(4u))) - 32;
+            let hi = vec4<i32>(nibbles(lows.y, low_shift) | (byte_bits(highs.y, high_shift, 3u) << vec4<u32>(4u))) - 32;
+            return Run8(ds * vec4<f32>(lo), ds * vec4<f32>(hi));
         }
         case 8u: {
             let block = (i >> 5u) * 17u;
@@ -240,11 +223,7 @@ fn WEIGHTS_at8(i: u32) -> array<f32, 8> {
             let first = i & 31u;
             let bytes = WEIGHTS_bytes8(block + 1u + (first & 15u));
             let shift = select(0u, 4u, first >= 16u);
-            var values = array<f32, 16>(0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 0.0, -1.0, -2.0, -3.0, -4.0, -6.0, -8.0, -12.0);
-            for (var j = 0u; j < 8u; j++) {
-                let q = (bytes[j >> 2u] >> ((j & 3u) * 8u + shift)) & 0xfu;
-                v[j] = d * values[q];
-            }
+            return Run8(d * doubled_e2m1(nibbles(bytes.x, shift)), d * doubled_e2m1(nibbles(bytes.y, shift)));
         }
         case 9u, 10u, 11u: {
             let has_min = WEIGHT_DTYPE != 10u;
@@ -253,35 +232,29 @@ fn WEIGHTS_at8(i: u32) -> array<f32, 8> {
             let block = (i >> 5u) * size;
             let first = i & 31u;
             var at = block + select(2u, 4u, has_min);
-            var qh = 0u;
-            if (five) {
-                qh = WEIGHTS_bytes4(at);
-                at += 4u;
-            }
-            let bytes = WEIGHTS_bytes8(at + (first & 15u));
+            let bytes_at = at + select(0u, 4u, five);
+            let bytes = WEIGHTS_bytes8(bytes_at + (first & 15u));
             let shift = select(0u, 4u, first >= 16u);
+            var lo = nibbles(bytes.x, shift);
+            var hi = nibbles(bytes.y, shift);
+            if (five) {
+                let qh = vec4<u32>(WEIGHTS_bytes4(at));
+                lo |= ((qh >> (vec4<u32>(first) + vec4<u32>(0u, 1u, 2u, 3u))) & vec4<u32>(1u)) << vec4<u32>(4u);
+                hi |= ((qh >> (vec4<u32>(first) + vec4<u32>(4u, 5u, 6u, 7u))) & vec4<u32>(1u)) << vec4<u32>(4u);
+            }
             let d = WEIGHTS_half(block);
+            if (WEIGHT_DTYPE == 10u) {
+                return Run8(d * vec4<f32>(vec4<i32>(lo) - 16), d * vec4<f32>(vec4<i32>(hi) - 16));
+            }
             var m = 0.0;
             if (has_min) {
                 m = WEIGHTS_half(block + 2u);
             }
-            for (var j = 0u; j < 8u; j++) {
-                var q = (bytes[j >> 2u] >> ((j & 3u) * 8u + shift)) & 15u;
-                if (five) {
-                    q |= ((qh >> (first + j)) & 1u) << 4u;
-                }
-                if (WEIGHT_DTYPE == 10u) {
-                    v[j] = d * f32(i32(q) - 16);
-                } else {
-                    v[j] = d * f32(q) + m;
-                }
-            }
+            return Run8(d * vec4<f32>(lo) + m, d * vec4<f32>(hi) + m);
         }
         default: {
-            for (var j = 0u; j < 8u; j++) {
-                v[j] = bitcast<f32>(WEIGHTS[i + j]);
-            }
+            return Run8(bitcast<vec4<f32>>(vec4<u32>(WEIGHTS[i], WEIGHTS[i + 1u], WEIGHTS[i + 2u], WEIGHTS[i + 3u])),
+                bitcast<vec4<f32>>(vec4<u32>(WEIGHTS[i + 4u], WEIGHTS[i + 5u], WEIGHTS[i + 6u], WEIGHTS[i + 7u])));
         }
     }
-    return v;
 }
