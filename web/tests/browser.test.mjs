@@ -4,9 +4,9 @@
 // API; runs the kernel self-test in the browser; saves a screenshot.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import { createServer } from "node:http";
-import { mkdirSync, mkdtempSync, readFileSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, extname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -71,14 +71,26 @@ async function openPage(query) {
   return { page, state };
 }
 
+// Chromium's own SwiftShader Vulkan driver, the adapter its WebGPU falls back to without
+// a GPU: running the native engine on it too separates the browser's cost (wasm, Dawn)
+// from the driver's (SwiftShader's JIT against lavapipe's LLVM).
+const SWIFTSHADER_ICD = process.env.SWIFTSHADER_ICD ?? "/usr/lib/chromium/vk_swiftshader_icd.json";
+
+// `webmoe run` on the default GGUF, greedy: its JSON, and the rates it prints on stderr.
+function nativeRun(bin, env) {
+  const run = spawnSync(bin, ["run", "--model", DEFAULT_GGUF, "--prompt", PROMPT, "--max-tokens", String(TOKENS), "--greedy", "--json"], {
+    env: { ...process.env, ...env }, encoding: "utf8", maxBuffer: 1 << 24,
+  });
+  assert.equal(run.status, 0, `webmoe run failed: ${run.stderr}`);
+  const rates = /prefill: \d+ tokens, ([\d.]+) tokens\/s; decode: \d+ tokens, ([\d.]+) tokens\/s \((.*)\)/.exec(run.stderr);
+  assert.ok(rates, `no rates in webmoe run's output: ${run.stderr}`);
+  return { ...JSON.parse(run.stdout), prefill: Number(rates[1]), decode: Number(rates[2]), adapter: rates[3] };
+}
+
 test("greedy tokens in the browser equal the native engine's", async () => {
   const bin = process.env.WEBMOE_BIN ?? join(root, "target/release/webmoe");
-  const started = Date.now();
   // The page's default model is the Q4_K_M GGUF; the native engine runs the same file.
-  const native = JSON.parse(execFileSync(bin, ["run", "--model", DEFAULT_GGUF, "--prompt", PROMPT, "--max-tokens", String(TOKENS), "--greedy", "--json"], {
-    env: { ...process.env }, stdio: ["ignore", "pipe", "inherit"],
-  }).toString());
-  const nativeSeconds = (Date.now() - started) / 1000;
+  const native = nativeRun(bin, {});
 
   const { page, state } = await openPage(`autorun=1&greedy=1&max=${TOKENS}&prompt=${encodeURIComponent(PROMPT)}`);
   assert.deepEqual(state.promptIds, native.prompt_ids, "browser and native tokenizers disagree");
@@ -96,7 +108,16 @@ test("greedy tokens in the browser equal the native engine's", async () => {
   await page.screenshot({ path: shot, fullPage: true });
   console.log(`screenshot of the demo page after generation: ${shot}`);
   console.log(`adapter: ${state.adapter.description}`);
-  console.log(`browser: prefill ${state.report.prefill_tokens_per_second.toFixed(1)} tokens/s, decode ${state.report.decode_tokens_per_second.toFixed(1)} tokens/s; native run (whole process) ${nativeSeconds.toFixed(1)} s`);
+  const browserRates = { prefill: state.report.prefill_tokens_per_second, decode: state.report.decode_tokens_per_second };
+  const line = (name, r) => `${name}: prefill ${r.prefill.toFixed(1)} tokens/s, decode ${r.decode.toFixed(1)} tokens/s`;
+  console.log(`${line("browser", browserRates)}; ${line(`native (${native.adapter})`, native)}`);
+  if (existsSync(SWIFTSHADER_ICD) && /swiftshader/i.test(JSON.stringify(state.adapter))) {
+    // The browser's adapter, natively: same tokens, and the rates of the same driver.
+    const same = nativeRun(bin, { WGPU_BACKEND: "vulkan", VK_ICD_FILENAMES: SWIFTSHADER_ICD });
+    assert.deepEqual(same.generated_ids, native.generated_ids, `native tokens on ${same.adapter} differ`);
+    const ratio = (r) => `prefill ${(browserRates.prefill / r.prefill).toFixed(2)}x, decode ${(browserRates.decode / r.decode).toFixed(2)}x`;
+    console.log(`${line(`native on Chromium's driver (${same.adapter})`, same)}; browser / native: ${ratio(same)} on the same driver, ${ratio(native)} against ${native.adapter}`);
+  }
   await page.close();
 });
 
