@@ -45,6 +45,19 @@ fn run8_at(r: Run8, j: u32) -> f32 {
     return r.hi[j - 4u];
 }
 
+// What a run decoder reads once per 32 elements (weight_access.wgsl's WEIGHTS_scales):
+// scales a and b and bits, their meaning set by the format.
+struct RunScales {
+    a: f32,
+    b: f32,
+    bits: u32,
+}
+
+// Block bytes of q4_1 (9), q5_0 (10) and q5_1 (11).
+fn q_legacy_block_bytes() -> u32 {
+    return select(select(24u, 22u, WEIGHT_DTYPE == 10u), 20u, WEIGHT_DTYPE == 9u);
+}
+
 // The run as an array (for loops over RUN = 1 or 8 elements).
 fn run8_array(r: Run8) -> array<f32, 8> {
     return array<f32, 8>(r.lo.x, r.lo.y, r.lo.z, r.lo.w, r.hi.x, r.hi.y, r.hi.z, r.hi.w);

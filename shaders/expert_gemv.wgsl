@@ -53,7 +53,8 @@ override WG_ROWS: u32 = 4u;
 // Rows a per workgroup; WG_ROWS * TOKENS <= MAX_ROWS (the accumulators of one matrix).
 override TOKENS: u32 = 1u;
 const MAX_RUN: u32 = 8u;
-// Consecutive weights per read: 8 (K a multiple of 8) or 1.
+// Consecutive weights per step of the loop over K: 8 (K a multiple of 8) or 1; the
+// serial mapping also 32 (K a multiple of 32: scales read once per 4 runs of 8).
 override RUN: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> p: GemvParams;
@@ -278,13 +279,13 @@ fn down(
 }
 
 // Serial mapping (CPU adapters): one invocation per output n of the group's TOKENS rows,
-// summing all of K, RUN weights per read; WG consecutive outputs per workgroup
+// summing all of K, RUN weights per step; WG consecutive outputs per workgroup
 // (p.row_groups counts those groups). No shared memory and no barrier, which a CPU
 // driver pays per workgroup; on a GPU the split mapping above coalesces better.
 // Each row's sum runs in 4 lanes of a vec4 (lane l takes elements l, l + 4, l + 8, ...
 // in index order; with RUN = 1 everything lands in lane 0), added as (l0 + l1) + (l2 +
 // l3) at the end; the same for every TOKENS, so a token's result never depends on the
-// rows batched with it. Written without loops over tokens or local arrays: a JIT that
+// rows batched with it, and the same for RUN = 8 and 32. Written without loops over tokens or local arrays: a JIT that
 // neither unrolls loops nor keeps arrays in registers (SwiftShader's Subzero, the
 // browser's fallback adapter) ran the looped form 3-4x slower (measured).
 struct SerialOutput {
@@ -397,8 +398,22 @@ fn gate_up_serial(
     var gate = zero_sums();
     var up = zero_sums();
     for (var i = 0u; i < p.k_dim; i += RUN) {
-        gate = add_run(gate, src, i, w0_run8(o.weights + i));
-        up = add_run(up, src, i, w1_run8(o.weights + i));
+        let wi = o.weights + i;
+        if (RUN == 32u) {
+            let gs = w0_scales(wi);
+            let us = w1_scales(wi);
+            gate = add_run(gate, src, i, w0_body8(wi, gs));
+            up = add_run(up, src, i, w1_body8(wi, us));
+            gate = add_run(gate, src, i + 8u, w0_body8(wi + 8u, gs));
+            up = add_run(up, src, i + 8u, w1_body8(wi + 8u, us));
+            gate = add_run(gate, src, i + 16u, w0_body8(wi + 16u, gs));
+            up = add_run(up, src, i + 16u, w1_body8(wi + 16u, us));
+            gate = add_run(gate, src, i + 24u, w0_body8(wi + 24u, gs));
+            up = add_run(up, src, i + 24u, w1_body8(wi + 24u, us));
+        } else {
+            gate = add_run(gate, src, i, w0_run8(wi));
+            up = add_run(up, src, i, w1_run8(wi));
+        }
     }
     for (var t = 0u; t < TOKENS; t++) {
         if (row_valid(o.tile, t)) {
@@ -420,7 +435,16 @@ fn down_serial(
     let src = input_offsets(o.tile, false);
     var sums = zero_sums();
     for (var i = 0u; i < p.k_dim; i += RUN) {
-        sums = add_run(sums, src, i, w0_run8(o.weights + i));
+        let wi = o.weights + i;
+        if (RUN == 32u) {
+            let scales = w0_scales(wi);
+            sums = add_run(sums, src, i, w0_body8(wi, scales));
+            sums = add_run(sums, src, i + 8u, w0_body8(wi + 8u, scales));
+            sums = add_run(sums, src, i + 16u, w0_body8(wi + 16u, scales));
+            sums = add_run(sums, src, i + 24u, w0_body8(wi + 24u, scales));
+        } else {
+            sums = add_run(sums, src, i, w0_run8(wi));
+        }
     }
     for (var t = 0u; t < TOKENS; t++) {
         if (row_valid(o.tile, t)) {

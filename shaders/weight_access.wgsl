@@ -149,11 +149,60 @@ fn WEIGHTS_at(i: u32) -> f32 {
     }
 }
 
-// Elements i..i+7, i a multiple of 8 (so the run lies in one block of every format),
-// as Run8 (common.wgsl). Written as vector operations without loops or local arrays:
+// Runs of 8 and of 32. A run decoder is split in two: `WEIGHTS_scales(i)` reads the
+// scales of the 32 elements from i & ~31 (one block, or one sub-block of a superblock,
+// in every block format), and `WEIGHTS_body8(i, scales)` decodes the 8 elements at i
+// (a multiple of 8) with them. `WEIGHTS_at8(i)` is both: the same values as eight
+// `WEIGHTS_at`; a kernel walking a row in runs of 32 (K a multiple of 32) reads the
+// scales once for four bodies. All of it is vector code without loops or local arrays:
 // a JIT that neither unrolls loops nor keeps arrays in registers (SwiftShader's
-// Subzero, the browser's fallback adapter) ran the looped form 3x slower.
-fn WEIGHTS_at8(i: u32) -> Run8 {
+// Subzero, the browser's fallback adapter) ran the looped form 3x slower (measured).
+fn WEIGHTS_scales(i: u32) -> RunScales {
+    switch WEIGHT_DTYPE {
+        case 3u: {
+            return RunScales(WEIGHTS_half((i >> 5u) * 34u), 0.0, 0u);
+        }
+        case 4u: {
+            return RunScales(WEIGHTS_half((i >> 5u) * 18u), 0.0, 0u);
+        }
+        case 5u, 6u: {
+            let block = (i >> 8u) * select(144u, 176u, WEIGHT_DTYPE == 6u);
+            let scale_min = WEIGHTS_k_scale_min(block, (i & 255u) >> 5u);
+            let d = unpack2x16float(WEIGHTS[block >> 2u]);
+            return RunScales(d.x * f32(scale_min.x), d.y * f32(scale_min.y), 0u);
+        }
+        case 7u: {
+            // The two 16-element groups' scales, each times d.
+            let block = (i >> 8u) * 210u;
+            let group = (i & 224u) >> 4u;
+            let d = WEIGHTS_half(block + 208u);
+            let sc0 = bitcast<i32>(WEIGHTS_byte(block + 192u + group) << 24u) >> 24u;
+            let sc1 = bitcast<i32>(WEIGHTS_byte(block + 193u + group) << 24u) >> 24u;
+            return RunScales(d * f32(sc0), d * f32(sc1), 0u);
+        }
+        case 8u: {
+            let e = WEIGHTS_byte((i >> 5u) * 17u);
+            return RunScales(bitcast<f32>(select((e - 1u) << 23u, 0x00200000u << e, e < 2u)), 0.0, 0u);
+        }
+        case 9u, 10u, 11u: {
+            let block = (i >> 5u) * q_legacy_block_bytes();
+            var m = 0.0;
+            if (WEIGHT_DTYPE != 10u) {
+                m = WEIGHTS_half(block + 2u);
+            }
+            var qh = 0u;
+            if (WEIGHT_DTYPE != 9u) {
+                qh = WEIGHTS_bytes4(block + select(2u, 4u, WEIGHT_DTYPE == 11u));
+            }
+            return RunScales(WEIGHTS_half(block), m, qh);
+        }
+        default: {
+            return RunScales(0.0, 0.0, 0u);
+        }
+    }
+}
+
+fn WEIGHTS_body8(i: u32, s: RunScales) -> Run8 {
     switch WEIGHT_DTYPE {
         case 1u: {
             let word = i >> 1u;
@@ -167,18 +216,14 @@ fn WEIGHTS_at8(i: u32) -> Run8 {
             return Run8(bitcast<vec4<f32>>(bf16_pairs(a)), bitcast<vec4<f32>>(bf16_pairs(b)));
         }
         case 3u: {
-            let block = (i >> 5u) * 34u;
-            let d = WEIGHTS_half(block);
-            let bytes = WEIGHTS_bytes8(block + 2u + (i & 31u));
-            return Run8(vec4<f32>(signed_bytes(bytes.x)) * d, vec4<f32>(signed_bytes(bytes.y)) * d);
+            let bytes = WEIGHTS_bytes8((i >> 5u) * 34u + 2u + (i & 31u));
+            return Run8(vec4<f32>(signed_bytes(bytes.x)) * s.a, vec4<f32>(signed_bytes(bytes.y)) * s.a);
         }
         case 4u: {
-            let block = (i >> 5u) * 18u;
             let first = i & 31u;
-            let d = WEIGHTS_half(block);
-            let bytes = WEIGHTS_bytes8(block + 2u + (first & 15u));
+            let bytes = WEIGHTS_bytes8((i >> 5u) * 18u + 2u + (first & 15u));
             let shift = select(0u, 4u, first >= 16u);
-            return Run8((vec4<f32>(nibbles(bytes.x, shift)) - 8.0) * d, (vec4<f32>(nibbles(bytes.y, shift)) - 8.0) * d);
+            return Run8((vec4<f32>(nibbles(bytes.x, shift)) - 8.0) * s.a, (vec4<f32>(nibbles(bytes.y, shift)) - 8.0) * s.a);
         }
         case 5u, 6u: {
             let five = WEIGHT_DTYPE == 6u;
@@ -186,9 +231,7 @@ fn WEIGHTS_at8(i: u32) -> Run8 {
             let idx = i & 255u;
             let j = idx >> 5u;
             let first = idx & 31u;
-            let scale_min = WEIGHTS_k_scale_min(block, j);
-            let qs = block + select(16u, 48u, five);
-            let bytes = WEIGHTS_bytes8(qs + (j >> 1u) * 32u + first);
+            let bytes = WEIGHTS_bytes8(block + select(16u, 48u, five) + (j >> 1u) * 32u + first);
             let shift = select(0u, 4u, (j & 1u) == 1u);
             var lo = nibbles(bytes.x, shift);
             var hi = nibbles(bytes.y, shift);
@@ -197,9 +240,7 @@ fn WEIGHTS_at8(i: u32) -> Run8 {
                 lo |= byte_bits(highs.x, j, 1u) << vec4<u32>(4u);
                 hi |= byte_bits(highs.y, j, 1u) << vec4<u32>(4u);
             }
-            let scale = WEIGHTS_half(block) * f32(scale_min.x);
-            let min = WEIGHTS_half(block + 2u) * f32(scale_min.y);
-            return Run8(scale * vec4<f32>(lo) - min, scale * vec4<f32>(hi) - min);
+            return Run8(s.a * vec4<f32>(lo) - s.b, s.a * vec4<f32>(hi) - s.b);
         }
         case 7u: {
             let block = (i >> 8u) * 210u;
@@ -210,51 +251,42 @@ fn WEIGHTS_at8(i: u32) -> Run8 {
             let low_shift = 4u * (r >> 6u);
             let highs = WEIGHTS_bytes8(block + 128u + h * 32u + (r & 31u));
             let high_shift = 2u * (r >> 5u);
-            let sc = bitcast<i32>(WEIGHTS_byte(block + 192u + (idx >> 4u)) << 24u) >> 24u;
-            let ds = WEIGHTS_half(block + 208u) * f32(sc);
+            let ds = select(s.a, s.b, (idx & 16u) != 0u);
             let lo = vec4<i32>(nibbles(lows.x, low_shift) | (byte_bits(highs.x, high_shift, 3u) << vec4<u32>(4u))) - 32;
             let hi = vec4<i32>(nibbles(lows.y, low_shift) | (byte_bits(highs.y, high_shift, 3u) << vec4<u32>(4u))) - 32;
             return Run8(ds * vec4<f32>(lo), ds * vec4<f32>(hi));
         }
         case 8u: {
-            let block = (i >> 5u) * 17u;
-            let e = WEIGHTS_byte(block);
-            let d = bitcast<f32>(select((e - 1u) << 23u, 0x00200000u << e, e < 2u));
             let first = i & 31u;
-            let bytes = WEIGHTS_bytes8(block + 1u + (first & 15u));
+            let bytes = WEIGHTS_bytes8((i >> 5u) * 17u + 1u + (first & 15u));
             let shift = select(0u, 4u, first >= 16u);
-            return Run8(d * doubled_e2m1(nibbles(bytes.x, shift)), d * doubled_e2m1(nibbles(bytes.y, shift)));
+            return Run8(s.a * doubled_e2m1(nibbles(bytes.x, shift)), s.a * doubled_e2m1(nibbles(bytes.y, shift)));
         }
         case 9u, 10u, 11u: {
-            let has_min = WEIGHT_DTYPE != 10u;
-            let five = WEIGHT_DTYPE != 9u;
-            let size = select(select(24u, 22u, WEIGHT_DTYPE == 10u), 20u, WEIGHT_DTYPE == 9u);
-            let block = (i >> 5u) * size;
             let first = i & 31u;
-            var at = block + select(2u, 4u, has_min);
-            let bytes_at = at + select(0u, 4u, five);
-            let bytes = WEIGHTS_bytes8(bytes_at + (first & 15u));
+            let quants = (i >> 5u) * q_legacy_block_bytes() + select(select(4u, 6u, WEIGHT_DTYPE == 10u), 8u, WEIGHT_DTYPE == 11u);
+            let bytes = WEIGHTS_bytes8(quants + (first & 15u));
             let shift = select(0u, 4u, first >= 16u);
             var lo = nibbles(bytes.x, shift);
             var hi = nibbles(bytes.y, shift);
-            if (five) {
-                let qh = vec4<u32>(WEIGHTS_bytes4(at));
+            if (WEIGHT_DTYPE != 9u) {
+                let qh = vec4<u32>(s.bits);
                 lo |= ((qh >> (vec4<u32>(first) + vec4<u32>(0u, 1u, 2u, 3u))) & vec4<u32>(1u)) << vec4<u32>(4u);
                 hi |= ((qh >> (vec4<u32>(first) + vec4<u32>(4u, 5u, 6u, 7u))) & vec4<u32>(1u)) << vec4<u32>(4u);
             }
-            let d = WEIGHTS_half(block);
             if (WEIGHT_DTYPE == 10u) {
-                return Run8(d * vec4<f32>(vec4<i32>(lo) - 16), d * vec4<f32>(vec4<i32>(hi) - 16));
+                return Run8(s.a * vec4<f32>(vec4<i32>(lo) - 16), s.a * vec4<f32>(vec4<i32>(hi) - 16));
             }
-            var m = 0.0;
-            if (has_min) {
-                m = WEIGHTS_half(block + 2u);
-            }
-            return Run8(d * vec4<f32>(lo) + m, d * vec4<f32>(hi) + m);
+            return Run8(s.a * vec4<f32>(lo) + s.b, s.a * vec4<f32>(hi) + s.b);
         }
         default: {
             return Run8(bitcast<vec4<f32>>(vec4<u32>(WEIGHTS[i], WEIGHTS[i + 1u], WEIGHTS[i + 2u], WEIGHTS[i + 3u])),
                 bitcast<vec4<f32>>(vec4<u32>(WEIGHTS[i + 4u], WEIGHTS[i + 5u], WEIGHTS[i + 6u], WEIGHTS[i + 7u])));
         }
     }
+}
+
+// Elements i..i+7, i a multiple of 8 (so the run lies in one block of every format).
+fn WEIGHTS_at8(i: u32) -> Run8 {
+    return WEIGHTS_body8(i, WEIGHTS_scales(i));
 }

@@ -12,6 +12,7 @@ use webmoe::model::load::{load_model_dir, LoadOptions, StreamingLoad};
 use webmoe::model::model::{LogitsFor, Model};
 use webmoe::model::safetensors_io::TensorStore;
 use webmoe::model::session::Session;
+use webmoe::ops::expert_matmul::{encode_down, matvec_reference, ExpertRows};
 use webmoe::weights::Uploader;
 use webmoe::{ContextOptions, ErrorKind, GpuContext, WeightFormat, WeightMatrix};
 
@@ -277,6 +278,47 @@ fn block_formats_decode_on_the_gpu_like_the_cpu() {
                 assert_close(&what, &got, &want, 1e-6);
             } else {
                 assert_eq!(bits(&got), bits(&want), "{what}");
+            }
+        }
+    }
+}
+
+#[test]
+fn block_formats_in_the_gemv_match_the_dequantized_reference() {
+    // ggml's quantized rows as the GEMV's weights, against a product with their
+    // dequantized values: on the CPU target the serial GEMV walks them in runs of 32
+    // (each block's or sub-block's scales read once for four runs of 8), on the GPU
+    // target the split GEMV in runs of 8.
+    for ctx in &contexts_for_both_targets() {
+        for format in WeightFormat::ALL.into_iter().filter(|f| f.is_quantized()) {
+            let name = &format.to_string();
+            let (_, _, _, raw, dequantized) = quant_fixture(name);
+            let (rows, cols) = (raw.len() / format.block_bytes() / 2, 2 * format.block_elements());
+            let matrix = WeightMatrix::allocate(ctx, name, [1, rows, cols], format).unwrap();
+            let mut uploader = Uploader::new(ctx);
+            for (chunk, chunk_rows, offset) in matrix.destinations(0, 0..rows) {
+                let row_bytes = matrix.row_bytes();
+                uploader.write(
+                    &chunk.buffer,
+                    offset,
+                    &raw[chunk_rows.start * row_bytes..chunk_rows.end * row_bytes],
+                );
+            }
+            uploader.finish();
+            for tokens in [1, 3] {
+                let x = random_vec(&mut rng(tokens as u64), tokens * cols, 1.0);
+                let want: Vec<f32> = x
+                    .chunks(cols)
+                    .flat_map(|row| matvec_reference(row, &dequantized, rows))
+                    .collect();
+                let xg = webmoe::GpuTensor::from_f32(ctx, "x", &[tokens, cols], &x, webmoe::DType::F32).unwrap();
+                let y = webmoe::GpuTensor::empty(ctx, "y", &[tokens, rows], webmoe::DType::F32).unwrap();
+                y.poison(ctx);
+                run(ctx, |rec| {
+                    encode_down(ctx, rec, ExpertRows::Dense { tokens, gemv: true }, &xg, &matrix, &y).unwrap()
+                });
+                let what = format!("{name} GEMV, {tokens} tokens, {:?} target", ctx.kernel_target);
+                assert_close(&what, &y.read_f32_blocking(ctx).unwrap(), &want, 1e-5);
             }
         }
     }

@@ -60,6 +60,17 @@ impl GemvMapping {
             (GemvMapping::Serial, false) => "down_serial",
         }
     }
+
+    /// Weights per step of the kernel's loop over K (its `RUN`): the split mapping reads
+    /// [`weight_run`]s; the serial one walks rows a multiple of 32 long in runs of 32,
+    /// reading a block format's scales once per 32 weights (one block or sub-block),
+    /// with the same sums as runs of 8.
+    pub fn run(self, k_dim: usize) -> u32 {
+        match self {
+            GemvMapping::Serial if k_dim.is_multiple_of(32) => 32,
+            _ => weight_run(k_dim),
+        }
+    }
 }
 
 /// Outputs per workgroup of the serial GEMV (one per invocation).
@@ -329,7 +340,7 @@ fn encode_expert_matmul(
             let key = shader
                 .entry(mapping.entry(w1.is_some()))
                 .tokens(row_group as u32)
-                .run(weight_run(k_dim));
+                .run(mapping.run(k_dim));
             match mapping {
                 GemvMapping::Split => key.rows(per_group as u32),
                 GemvMapping::Serial => key,
