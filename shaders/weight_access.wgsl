@@ -33,19 +33,32 @@ fn WEIGHTS_half(at: u32) -> f32 {
 }
 
 // The 4 bytes at byte offset `at` (any alignment), the byte at `at` in the low 8 bits.
+// Branch-free (lanes of one SIMD batch may differ in alignment): it always reads the
+// next word too (robust access keeps a read past the end harmless; the value is unused).
 fn WEIGHTS_bytes4(at: u32) -> u32 {
     let word = at >> 2u;
     let shift = (at & 3u) * 8u;
     let low = WEIGHTS[word];
-    if (shift == 0u) {
-        return low;
-    }
-    return (low >> shift) | (WEIGHTS[word + 1u] << (32u - shift));
+    let joined = (low >> shift) | (WEIGHTS[word + 1u] << ((32u - shift) & 31u));
+    return select(joined, low, shift == 0u);
 }
 
-// The 8 bytes at byte offset `at`, as two words.
+// The 8 bytes at byte offset `at` (any alignment), as two words: three word reads.
 fn WEIGHTS_bytes8(at: u32) -> vec2<u32> {
-    return vec2<u32>(WEIGHTS_bytes4(at), WEIGHTS_bytes4(at + 4u));
+    let word = at >> 2u;
+    let shift = (at & 3u) * 8u;
+    let a = WEIGHTS[word];
+    let b = WEIGHTS[word + 1u];
+    let c = WEIGHTS[word + 2u];
+    let back = (32u - shift) & 31u;
+    let joined = vec2<u32>((a >> shift) | (b << back), (b >> shift) | (c << back));
+    return select(joined, vec2<u32>(a, b), shift == 0u);
+}
+
+// The 8 bytes at byte offset `at`, a multiple of 4: two word reads.
+fn WEIGHTS_words2(at: u32) -> vec2<u32> {
+    let word = at >> 2u;
+    return vec2<u32>(WEIGHTS[word], WEIGHTS[word + 1u]);
 }
 
 // Q4_K / Q5_K: the 6-bit scale and min of sub-block j (0..8) of the superblock at byte
@@ -231,12 +244,13 @@ fn WEIGHTS_body8(i: u32, s: RunScales) -> Run8 {
             let idx = i & 255u;
             let j = idx >> 5u;
             let first = idx & 31u;
-            let bytes = WEIGHTS_bytes8(block + select(16u, 48u, five) + (j >> 1u) * 32u + first);
+            // Superblocks of 144 / 176 bytes and runs of 8 keep these reads word-aligned.
+            let bytes = WEIGHTS_words2(block + select(16u, 48u, five) + (j >> 1u) * 32u + first);
             let shift = select(0u, 4u, (j & 1u) == 1u);
             var lo = nibbles(bytes.x, shift);
             var hi = nibbles(bytes.y, shift);
             if (five) {
-                let highs = WEIGHTS_bytes8(block + 16u + first);
+                let highs = WEIGHTS_words2(block + 16u + first);
                 lo |= byte_bits(highs.x, j, 1u) << vec4<u32>(4u);
                 hi |= byte_bits(highs.y, j, 1u) << vec4<u32>(4u);
             }
@@ -265,7 +279,13 @@ fn WEIGHTS_body8(i: u32, s: RunScales) -> Run8 {
         case 9u, 10u, 11u: {
             let first = i & 31u;
             let quants = (i >> 5u) * q_legacy_block_bytes() + select(select(4u, 6u, WEIGHT_DTYPE == 10u), 8u, WEIGHT_DTYPE == 11u);
-            let bytes = WEIGHTS_bytes8(quants + (first & 15u));
+            var bytes: vec2<u32>;
+            if (WEIGHT_DTYPE == 10u) {
+                bytes = WEIGHTS_bytes8(quants + (first & 15u));
+            } else {
+                // Blocks of 20 / 24 bytes: word-aligned quants.
+                bytes = WEIGHTS_words2(quants + (first & 15u));
+            }
             let shift = select(0u, 4u, first >= 16u);
             var lo = nibbles(bytes.x, shift);
             var hi = nibbles(bytes.y, shift);

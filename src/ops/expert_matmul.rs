@@ -9,7 +9,7 @@ use crate::gpu::{GpuContext, GpuTensor, KernelTarget};
 use crate::ops::permute::{Permutation, BLOCK_ROWS};
 use crate::ops::router::dot;
 use crate::ops::{expect_shape, weight_run, workgroups};
-use crate::weights::WeightMatrix;
+use crate::weights::{WeightFormat, WeightMatrix};
 
 /// Output columns per workgroup of the tiled kernel (its BN tile).
 const TILE_COLS: usize = 64;
@@ -62,12 +62,12 @@ impl GemvMapping {
     }
 
     /// Weights per step of the kernel's loop over K (its `RUN`): the split mapping reads
-    /// [`weight_run`]s; the serial one walks rows a multiple of 32 long in runs of 32,
-    /// reading a block format's scales once per 32 weights (one block or sub-block),
+    /// [`weight_run`]s; the serial one walks block formats' rows in runs of 32 (rows are
+    /// whole blocks), reading the scales once per 32 weights (one block or sub-block),
     /// with the same sums as runs of 8.
-    pub fn run(self, k_dim: usize) -> u32 {
+    pub fn run(self, k_dim: usize, format: WeightFormat) -> u32 {
         match self {
-            GemvMapping::Serial if k_dim.is_multiple_of(32) => 32,
+            GemvMapping::Serial if format.is_quantized() && k_dim.is_multiple_of(32) => 32,
             _ => weight_run(k_dim),
         }
     }
@@ -340,7 +340,7 @@ fn encode_expert_matmul(
             let key = shader
                 .entry(mapping.entry(w1.is_some()))
                 .tokens(row_group as u32)
-                .run(mapping.run(k_dim));
+                .run(mapping.run(k_dim, w0.format));
             match mapping {
                 GemvMapping::Split => key.rows(per_group as u32),
                 GemvMapping::Serial => key,
