@@ -9,6 +9,7 @@ use crate::error::Result;
 use crate::gpu::kernel::{Recorder, BENCH, BENCH_F16};
 use crate::gpu::profile::KernelTime;
 use crate::gpu::{DType, GpuContext, GpuTensor};
+use crate::model::model::{dense_gemv_by_size, gemv_by_size};
 use crate::moe::{MoeConfig, MoeLayer, MoeWeights, SharedExpertConfig};
 use crate::ops::embedding::encode_embedding;
 use crate::ops::expert_matmul::{encode_down, encode_gate_up, ExpertRows};
@@ -525,8 +526,14 @@ async fn bench_shape(
             &random(11 + tokens as u64, tokens * d, 1.0),
             DType::F32,
         )?;
+        // The kernels the model takes for this many tokens on this adapter (on a CPU
+        // kernel target the GEMV at every size).
+        let target = ctx.kernel_target;
+        let layer_gemv = gemv_by_size(target, tokens, config.decode_max_tokens);
         let layer_time = timer
-            .repeat(options.repeats, &|enc| layer.encode(ctx, enc, &hidden).map(|_| ()))
+            .repeat(options.repeats, &|enc| {
+                layer.encode_with(ctx, enc, &hidden, layer_gemv).map(|_| ())
+            })
             .await?;
         let routed = layer.forward(ctx, &hidden).await?;
         let counts = routed.expert_counts.read_u32(ctx).await?;
@@ -577,7 +584,7 @@ async fn bench_shape(
                 let y = GpuTensor::empty(ctx, "y", &[n, d], DType::F32)?;
                 let rows = ExpertRows::Dense {
                     tokens: n,
-                    gemv: n <= 4,
+                    gemv: dense_gemv_by_size(target, n),
                 };
                 encode_gate_up(ctx, &mut enc, rows, &xg, &naive_gate[x], &naive_up[x], &h)?;
                 encode_down(ctx, &mut enc, rows, &h, &naive_down[x], &y)?;
@@ -593,7 +600,7 @@ async fn bench_shape(
             .repeat(options.repeats, &|enc| {
                 let rows = ExpertRows::Dense {
                     tokens,
-                    gemv: tokens <= 4,
+                    gemv: dense_gemv_by_size(target, tokens),
                 };
                 let h = GpuTensor::empty(ctx, "dense h", &[tokens, dense_ffn], DType::F32)?;
                 let y = GpuTensor::empty(ctx, "dense y", &[tokens, d], DType::F32)?;

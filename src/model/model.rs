@@ -46,6 +46,18 @@ use crate::weights::{Placement, WeightFormat, WeightMatrix};
 /// shape / 16 at 256 tokens 935-1075 against 925-933.
 const GEMV_MAX_TOKENS: usize = 4;
 
+/// `Kernels::BySize`'s choice for a step of `tokens`: the GEMV up to `max_tokens`
+/// (`GEMV_MAX_TOKENS` for dense projections, the MoE config's `decode_max_tokens` for
+/// experts), and at every size on a CPU kernel target. `webmoe bench` times the same.
+pub fn gemv_by_size(target: KernelTarget, tokens: usize, max_tokens: usize) -> bool {
+    tokens <= max_tokens || target == KernelTarget::Cpu
+}
+
+/// [`gemv_by_size`] for dense projections.
+pub fn dense_gemv_by_size(target: KernelTarget, tokens: usize) -> bool {
+    gemv_by_size(target, tokens, GEMV_MAX_TOKENS)
+}
+
 /// Which positions get logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum LogitsFor {
@@ -436,8 +448,7 @@ impl Model {
             )));
         }
         let rope = self.rope_angles(positions)?;
-        let cpu_target = ctx.kernel_target == KernelTarget::Cpu;
-        let gemv = kernels.gemv(t <= GEMV_MAX_TOKENS || cpu_target);
+        let gemv = kernels.gemv(dense_gemv_by_size(ctx.kernel_target, t));
         let x = GpuTensor::empty(ctx, "hidden", &[t, d], DType::F32)?;
         rec.section("embedding");
         encode_embedding(ctx, rec, ids, &self.embed, c.embedding_multiplier, &x)?;
@@ -461,7 +472,7 @@ impl Model {
             let h = norm(ctx, rec, &x, &layer.post_attention_norm, c.rms_norm_eps)?;
             let f = match &layer.ffn {
                 FeedForward::Moe(moe) => {
-                    let decode = kernels.gemv(t <= moe.config.decode_max_tokens || cpu_target);
+                    let decode = kernels.gemv(gemv_by_size(ctx.kernel_target, t, moe.config.decode_max_tokens));
                     let out = moe.encode_with(ctx, rec, &h, decode)?;
                     expert_counts.push(out.expert_counts);
                     out.output
