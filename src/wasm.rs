@@ -203,6 +203,21 @@ impl Engine {
         Ok(summary)
     }
 
+    /// Compiles the kernels of a generation with one throwaway prefill and decode step
+    /// (model::warm_up), so the first generation runs at the model's speed. Resolves to
+    /// the seconds it took.
+    #[wasm_bindgen(js_name = warmUp)]
+    pub fn warm_up(&self) -> Result<js_sys::Promise, JsError> {
+        let model = self.model()?;
+        let state = self.state.clone();
+        Ok(wasm_bindgen_futures::future_to_promise(async move {
+            let seconds = crate::model::warm_up::warm_up(&state.ctx, &model.model)
+                .await
+                .map_err(|e| JsValue::from(JsError::new(&e.to_string())))?;
+            Ok(JsValue::from(seconds))
+        }))
+    }
+
     /// Token ids of `text` with the loaded model's tokenizer.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, JsError> {
         let model = self.model()?;

@@ -148,7 +148,19 @@ async function feedAll(engine, plan, sources, readers, heads, onProgress) {
     while ((piece = await reader.next()) !== null) feed(i, reader.offset - piece.byteLength, piece);
     reader.cancel();
   }
-  return JSON.parse(engine.finishLoad());
+  return finishLoad(engine, onProgress);
+}
+
+/**
+ * Ends a load, then compiles the kernels with one warm-up prefill and decode step
+ * (drivers compile a pipeline on its first use; SwiftShader's JIT takes about a second
+ * for the embedded model), so the first generation runs at the model's speed.
+ */
+async function finishLoad(engine, onProgress) {
+  const summary = JSON.parse(engine.finishLoad());
+  onProgress("compiling kernels (a warm-up step)…", 1);
+  summary.warm_up_seconds = await engine.warmUp();
+  return summary;
 }
 
 /**

@@ -275,6 +275,13 @@ fn load(ctx: &GpuContext, model: Option<&Path>, options: LoadOptions) -> webmoe:
     Ok(loaded)
 }
 
+/// Compiles the kernels of a generation before the first request (model::warm_up).
+fn warm_up(ctx: &GpuContext, loaded: &LoadedModel) -> webmoe::Result<()> {
+    let seconds = pollster::block_on(webmoe::model::warm_up::warm_up(ctx, &loaded.model))?;
+    eprintln!("kernels compiled in {seconds:.1} s (a warm-up prefill and decode step)");
+    Ok(())
+}
+
 fn load_options(context: Option<usize>, dtype: Option<&str>, quantize: Option<&str>) -> webmoe::Result<LoadOptions> {
     Ok(LoadOptions {
         max_context: context,
@@ -287,6 +294,7 @@ fn serve(args: ServeArgs) -> webmoe::Result<()> {
     let ctx = GpuContext::new_blocking()?;
     let options = load_options(args.context, args.dtype.as_deref(), args.quantize.as_deref())?;
     let loaded = load(&ctx, args.model.as_deref(), options)?;
+    warm_up(&ctx, &loaded)?;
     let model_name = args.model_name.unwrap_or_else(|| match &args.model {
         Some(path) => path
             .file_stem()
@@ -326,6 +334,7 @@ fn perplexity_of_file(args: PerplexityArgs) -> webmoe::Result<()> {
         quantize: parse_quantize(args.quantize.as_deref())?,
     };
     let loaded = load(&ctx, args.model.as_deref(), options)?;
+    warm_up(&ctx, &loaded)?;
     let ids = loaded.tokenizer()?.encode(&text)?;
     let result = pollster::block_on(perplexity(&ctx, &loaded.model, &ids, args.window))?;
     println!(
@@ -346,6 +355,7 @@ fn run(args: RunArgs) -> webmoe::Result<()> {
     let ctx = GpuContext::new_blocking()?;
     let options = load_options(args.context, args.dtype.as_deref(), args.quantize.as_deref())?;
     let loaded = load(&ctx, args.model.as_deref(), options)?;
+    warm_up(&ctx, &loaded)?;
     let prompt_ids: Vec<u32> = match (&args.prompt_ids, &args.prompt) {
         (Some(ids), _) => ids
             .split(|c: char| c.is_whitespace() || c == ',')

@@ -18,4 +18,5 @@ pub mod safetensors_io;
 pub mod session;
 pub mod synthetic;
 pub mod tokenizer;
+pub mod warm_up;
 pub mod weights;
