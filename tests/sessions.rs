@@ -164,3 +164,32 @@ fn the_model_is_shared_between_threads() {
         assert_eq!(h.join().unwrap(), alone);
     }
 }
+
+#[test]
+fn after_the_warm_up_generations_compile_no_pipelines() {
+    // The warm-up (one throwaway 8-token prefill and one decode step, run at load)
+    // compiles every kernel of greedy and sampled decode steps, on both kernel targets,
+    // and on a CPU kernel target (GEMV in 4-token groups at every size) also those of
+    // any prompt of 3 tokens or more.
+    for ctx in &contexts_for_both_targets() {
+        let model = tiny_model(ctx);
+        let seconds = pollster::block_on(webmoe::model::warm_up::warm_up(ctx, &model)).unwrap();
+        assert!(seconds > 0.0);
+        let compiled = ctx.compiled_pipelines();
+        assert!(compiled > 0, "the pipeline counter does not count");
+        let cpu = ctx.kernel_target == webmoe::KernelTarget::Cpu;
+        let prompts: &[&[u32]] = if cpu { &[&[5, 17, 3], &[4; 13]] } else { &[&[5]] };
+        for prompt in prompts {
+            let mut session = Session::new(ctx, &model, None).unwrap();
+            let token = greedy(ctx, &model, &mut session, prompt, 4)[3];
+            pollster::block_on(session.step(ctx, &model, &[token], Readback::LastLogits)).unwrap();
+            assert_eq!(
+                ctx.compiled_pipelines(),
+                compiled,
+                "a {}-token prompt on the {:?} target compiled kernels the warm-up did not",
+                prompt.len(),
+                ctx.kernel_target
+            );
+        }
+    }
+}

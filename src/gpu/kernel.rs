@@ -255,6 +255,11 @@ impl GpuContext {
         pipeline
     }
 
+    /// How many pipelines this context has compiled so far.
+    pub fn compiled_pipelines(&self) -> usize {
+        self.pipelines.pipelines.lock().unwrap().len()
+    }
+
     /// A bind group for group 0 of `pipeline` from (binding number, buffer) pairs.
     pub fn bind(&self, pipeline: &wgpu::ComputePipeline, buffers: &[(u32, &wgpu::Buffer)]) -> wgpu::BindGroup {
         let entries: Vec<wgpu::BindGroupEntry> = buffers
