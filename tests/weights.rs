@@ -203,6 +203,26 @@ fn quant_fixture(name: &str) -> QuantFixture {
     (input, quantized, dequantized, raw, raw_dequantized)
 }
 
+/// The fixture's ggml-quantized rows of `format` (two blocks each) uploaded as they are
+/// into a [1, rows, cols] matrix, with their dequantized values.
+fn ggml_rows_on_gpu(ctx: &GpuContext, format: WeightFormat) -> (WeightMatrix, Vec<f32>) {
+    let name = &format.to_string();
+    let (_, _, _, raw, dequantized) = quant_fixture(name);
+    let (rows, cols) = (raw.len() / format.block_bytes() / 2, 2 * format.block_elements());
+    let matrix = WeightMatrix::allocate(ctx, name, [1, rows, cols], format).unwrap();
+    let mut uploader = Uploader::new(ctx);
+    for (chunk, chunk_rows, offset) in matrix.destinations(0, 0..rows) {
+        let row_bytes = matrix.row_bytes();
+        uploader.write(
+            &chunk.buffer,
+            offset,
+            &raw[chunk_rows.start * row_bytes..chunk_rows.end * row_bytes],
+        );
+    }
+    uploader.finish();
+    (matrix, dequantized)
+}
+
 #[test]
 fn block_formats_match_ggml_reference_bit_for_bit() {
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
@@ -245,19 +265,8 @@ fn block_formats_decode_on_the_gpu_like_the_cpu() {
     let ctx = context();
     for format in WeightFormat::ALL.into_iter().filter(|f| f.is_quantized()) {
         let name = &format.to_string();
-        let (_, _, _, raw, want) = quant_fixture(name);
-        let (rows, cols) = (raw.len() / format.block_bytes() / 2, 2 * format.block_elements());
-        let table = WeightMatrix::allocate(&ctx, name, [1, rows, cols], format).unwrap();
-        let mut uploader = Uploader::new(&ctx);
-        for (chunk, rows, offset) in table.destinations(0, 0..rows) {
-            let row_bytes = table.row_bytes();
-            uploader.write(
-                &chunk.buffer,
-                offset,
-                &raw[rows.start * row_bytes..rows.end * row_bytes],
-            );
-        }
-        uploader.finish();
+        let (table, want) = ggml_rows_on_gpu(&ctx, format);
+        let (rows, cols) = (table.out_dim, table.in_dim);
         let ids: Vec<u32> = (0..rows as u32).collect();
         let ig = webmoe::GpuTensor::from_u32(&ctx, "ids", &[rows], &ids).unwrap();
         // Both decoders: one element per read (every kernel's path for rows not a
@@ -292,19 +301,8 @@ fn block_formats_in_the_gemv_match_the_dequantized_reference() {
     for ctx in &contexts_for_both_targets() {
         for format in WeightFormat::ALL.into_iter().filter(|f| f.is_quantized()) {
             let name = &format.to_string();
-            let (_, _, _, raw, dequantized) = quant_fixture(name);
-            let (rows, cols) = (raw.len() / format.block_bytes() / 2, 2 * format.block_elements());
-            let matrix = WeightMatrix::allocate(ctx, name, [1, rows, cols], format).unwrap();
-            let mut uploader = Uploader::new(ctx);
-            for (chunk, chunk_rows, offset) in matrix.destinations(0, 0..rows) {
-                let row_bytes = matrix.row_bytes();
-                uploader.write(
-                    &chunk.buffer,
-                    offset,
-                    &raw[chunk_rows.start * row_bytes..chunk_rows.end * row_bytes],
-                );
-            }
-            uploader.finish();
+            let (matrix, dequantized) = ggml_rows_on_gpu(ctx, format);
+            let (rows, cols) = (matrix.out_dim, matrix.in_dim);
             for tokens in [1, 3] {
                 let x = random_vec(&mut rng(tokens as u64), tokens * cols, 1.0);
                 let want: Vec<f32> = x
