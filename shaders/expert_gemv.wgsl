@@ -285,8 +285,9 @@ fn down(
 // Each row's sum runs in 4 lanes of a vec4 (lane l takes elements l, l + 4, l + 8, ...
 // in index order; with RUN = 1 everything lands in lane 0), added as (l0 + l1) + (l2 +
 // l3) at the end; the same for every TOKENS, so a token's result never depends on the
-// rows batched with it, and the same for RUN = 8 and 32. Written without loops over tokens or local arrays: a JIT that
-// neither unrolls loops nor keeps arrays in registers (SwiftShader's Subzero, the
+// rows batched with it, and RUN = 32 adds the same products in the same order as RUN =
+// 8. The loop over K has no inner loop over tokens and indexes no local array: a JIT
+// that neither unrolls loops nor keeps arrays in registers (SwiftShader's Subzero, the
 // browser's fallback adapter) ran the looped form 3-4x slower (measured).
 struct SerialOutput {
     tile: GemvTile,

@@ -22,7 +22,7 @@
 // Block formats are read in place as u32 words (a block may start at any byte; f16
 // scales sit at even offsets, so they never straddle a word). None of this needs
 // shader-f16. `WEIGHTS_at8(i)` decodes the run of 8 elements at i (a multiple of 8):
-// the same values as eight `WEIGHTS_at`, with each scale and each word read once.
+// the same values as eight `WEIGHTS_at`, with each scale read once.
 fn WEIGHTS_byte(at: u32) -> u32 {
     return (WEIGHTS[at >> 2u] >> ((at & 3u) * 8u)) & 0xffu;
 }
@@ -43,7 +43,9 @@ fn WEIGHTS_bytes4(at: u32) -> u32 {
     return select(joined, low, shift == 0u);
 }
 
-// The 8 bytes at byte offset `at` (any alignment), as two words: three word reads.
+// The 8 bytes at byte offset `at` (any alignment), as two words: three word reads (the
+// third may lie past the buffer's end when `at` is word-aligned; robust access keeps
+// that read harmless, and its value is unused).
 fn WEIGHTS_bytes8(at: u32) -> vec2<u32> {
     let word = at >> 2u;
     let shift = (at & 3u) * 8u;
@@ -62,14 +64,22 @@ fn WEIGHTS_words2(at: u32) -> vec2<u32> {
 }
 
 // Q4_K / Q5_K: the 6-bit scale and min of sub-block j (0..8) of the superblock at byte
-// `block`.
+// `block` (a multiple of 16), from its 12 packed bytes read as three words: sub-blocks
+// 0..3 take the low 6 bits of bytes j and j + 4, sub-blocks 4..7 the nibbles of byte
+// j + 4 with the top 2 bits of bytes j - 4 and j. Branch-free (lanes may differ in j).
 fn WEIGHTS_k_scale_min(block: u32, j: u32) -> vec2<u32> {
-    let s = block + 4u;
-    if (j < 4u) {
-        return vec2<u32>(WEIGHTS_byte(s + j) & 63u, WEIGHTS_byte(s + j + 4u) & 63u);
-    }
-    let sc = (WEIGHTS_byte(s + j + 4u) & 15u) | ((WEIGHTS_byte(s + j - 4u) >> 6u) << 4u);
-    let m = (WEIGHTS_byte(s + j + 4u) >> 4u) | ((WEIGHTS_byte(s + j) >> 6u) << 4u);
+    // Local names must not be weight arrays' names (this text is instantiated per array).
+    let word = (block + 4u) >> 2u;
+    let bytes0 = WEIGHTS[word];
+    let bytes4 = WEIGHTS[word + 1u];
+    let bytes8 = WEIGHTS[word + 2u];
+    let high = j >= 4u;
+    let shift = (j & 3u) * 8u;
+    let a = (select(bytes0, bytes4, high) >> shift) & 0xffu; // byte j
+    let b = (select(bytes4, bytes8, high) >> shift) & 0xffu; // byte j + 4
+    let c = (bytes0 >> shift) & 0xffu; // byte j - 4 (high sub-blocks)
+    let sc = select(a & 63u, (b & 15u) | ((c >> 6u) << 4u), high);
+    let m = select(b & 63u, (b >> 4u) | ((a >> 6u) << 4u), high);
     return vec2<u32>(sc, m);
 }
 

@@ -609,7 +609,8 @@ async fn bench_shape(
             })
             .await?;
 
-        let decode = tokens <= config.decode_max_tokens;
+        // The regime (and the ceiling the row is held to) follows the kernels taken.
+        let decode = layer_gemv;
         let (gflop, gbytes) = (
             shape.flops(tokens) / 1e9,
             shape.bytes(

@@ -203,9 +203,9 @@ impl Engine {
         Ok(summary)
     }
 
-    /// Compiles the kernels of a generation with one throwaway prefill and decode step
-    /// (model::warm_up), so the first generation runs at the model's speed. Resolves to
-    /// the seconds it took.
+    /// Compiles the kernels of a generation with a few throwaway steps (model::warm_up),
+    /// so the first generation runs at the model's speed. Resolves to the seconds it
+    /// took.
     #[wasm_bindgen(js_name = warmUp)]
     pub fn warm_up(&self) -> Result<js_sys::Promise, JsError> {
         let model = self.model()?;

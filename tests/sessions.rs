@@ -167,19 +167,21 @@ fn the_model_is_shared_between_threads() {
 
 #[test]
 fn after_the_warm_up_generations_compile_no_pipelines() {
-    // The warm-up (one throwaway 8-token prefill and one decode step, run at load)
-    // compiles every kernel of greedy and sampled decode steps, on both kernel targets,
-    // and on a CPU kernel target (GEMV in 4-token groups at every size) also those of
-    // any prompt of 3 tokens or more.
+    // The warm-up (throwaway steps of 8, 3, 2 and 1 tokens, run at load) compiles every
+    // kernel of greedy and sampled decode and of prompts of 2 to 4 tokens on both kernel
+    // targets, and on a CPU kernel target (GEMV in token groups at every size) those of
+    // any prompt.
     for ctx in &contexts_for_both_targets() {
         let model = tiny_model(ctx);
         let seconds = pollster::block_on(webmoe::model::warm_up::warm_up(ctx, &model)).unwrap();
         assert!(seconds > 0.0);
         let compiled = ctx.compiled_pipelines();
         assert!(compiled > 0, "the pipeline counter does not count");
-        let cpu = ctx.kernel_target == webmoe::KernelTarget::Cpu;
-        let prompts: &[&[u32]] = if cpu { &[&[5, 17, 3], &[4; 13]] } else { &[&[5]] };
-        for prompt in prompts {
+        let mut prompts: Vec<Vec<u32>> = vec![vec![5], vec![5, 17], vec![5, 17, 3], vec![5, 17, 3, 8]];
+        if ctx.kernel_target == webmoe::KernelTarget::Cpu {
+            prompts.push(vec![4; 13]);
+        }
+        for prompt in &prompts {
             let mut session = Session::new(ctx, &model, None).unwrap();
             let token = greedy(ctx, &model, &mut session, prompt, 4)[3];
             pollster::block_on(session.step(ctx, &model, &[token], Readback::LastLogits)).unwrap();
@@ -192,4 +194,22 @@ fn after_the_warm_up_generations_compile_no_pipelines() {
             );
         }
     }
+}
+
+#[test]
+fn the_warm_up_fits_a_tiny_context() {
+    // A model whose context holds fewer positions than the warm-up's steps runs the
+    // steps that fit.
+    let ctx = context();
+    let dims = Dims {
+        layers: 1,
+        heads: 2,
+        kv_heads: 1,
+        head_dim: 8,
+        vocab: 11,
+        max_positions: 4,
+    };
+    let config = synthetic_config(Family::Qwen3Moe, dims, MoeConfig::new(16, 8, 4, 2));
+    let model = model_from_weights(&ctx, &config, &random_weights(&config, 3), 4).unwrap();
+    pollster::block_on(webmoe::model::warm_up::warm_up(&ctx, &model)).unwrap();
 }

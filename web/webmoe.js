@@ -152,14 +152,19 @@ async function feedAll(engine, plan, sources, readers, heads, onProgress) {
 }
 
 /**
- * Ends a load, then compiles the kernels with one warm-up prefill and decode step
+ * Ends a load, then compiles the kernels with a few warm-up steps
  * (drivers compile a pipeline on its first use; SwiftShader's JIT takes about a second
  * for the embedded model), so the first generation runs at the model's speed.
  */
 async function finishLoad(engine, onProgress) {
   const summary = JSON.parse(engine.finishLoad());
-  onProgress("compiling kernels (a warm-up step)…", 1);
-  summary.warm_up_seconds = await engine.warmUp();
+  onProgress("compiling kernels (warm-up steps)…", 1);
+  try {
+    summary.warm_up_seconds = await engine.warmUp();
+  } catch (e) {
+    // The model is loaded; kernels then compile on first use.
+    summary.warm_up_error = String(e?.message ?? e);
+  }
   return summary;
 }
 

@@ -275,10 +275,14 @@ fn load(ctx: &GpuContext, model: Option<&Path>, options: LoadOptions) -> webmoe:
     Ok(loaded)
 }
 
-/// Compiles the kernels of a generation before the first request (model::warm_up).
+/// Compiles the kernels of a generation before the first request (model::warm_up). A
+/// failed warm-up is only a warning: kernels then compile on first use, and a real
+/// fault shows again, with its error, in the first request.
 fn warm_up(ctx: &GpuContext, loaded: &LoadedModel) -> webmoe::Result<()> {
-    let seconds = pollster::block_on(webmoe::model::warm_up::warm_up(ctx, &loaded.model))?;
-    eprintln!("kernels compiled in {seconds:.1} s (a warm-up prefill and decode step)");
+    match pollster::block_on(webmoe::model::warm_up::warm_up(ctx, &loaded.model)) {
+        Ok(seconds) => eprintln!("kernels compiled in {seconds:.1} s (warm-up steps)"),
+        Err(e) => eprintln!("warning: the kernel warm-up failed ({e}); kernels compile on first use"),
+    }
     Ok(())
 }
 

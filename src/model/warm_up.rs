@@ -1,7 +1,7 @@
 //! Kernel warm-up before the first request: drivers compile a pipeline on its first use
 //! (SwiftShader's JIT takes about a second for the embedded model, most of a short
-//! generation's time), so front-ends run one throwaway prefill and decode step at
-//! load, and the first request's tokens/s are the model's, not the compiler's.
+//! generation's time), so front-ends run a few throwaway steps at load, and the first
+//! request's tokens/s are the model's, not the compiler's.
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
@@ -9,21 +9,26 @@ use crate::model::model::Model;
 use crate::model::session::{Readback, Session};
 use crate::util::Clock;
 
-/// Prompt length of the warm-up prefill: long enough to take the kernels of most
-/// prompts (on a CPU kernel target the GEMV's 4-token groups; on a GPU the tiles).
-const WARM_UP_PROMPT: usize = 8;
+/// Step sizes of the warm-up, run in this order on one sequence: a prompt long enough
+/// for the prefill kernels of most prompts (on a GPU the tiles; on a CPU kernel target
+/// the GEMV's 4-token groups), then the GEMV's 4-, 2- and 1-token groups of short
+/// prompts, batched decode (`webmoe serve`) and decode.
+const WARM_UP_STEPS: [usize; 4] = [8, 3, 2, 1];
 
-/// Runs a prefill of a few tokens and one greedy decode step on a throwaway session of
-/// `model`, compiling the pipelines a generation uses; returns the seconds it took.
+/// Runs the warm-up steps on a throwaway session of `model` (as much of them as its
+/// context holds), compiling the pipelines a generation uses; returns the seconds it
+/// took. Long prompts on a GPU may still compile tiles of other row blocks.
 pub async fn warm_up(ctx: &GpuContext, model: &Model) -> Result<f64> {
     let clock = Clock::start();
-    let positions = (WARM_UP_PROMPT + 1).min(model.max_context);
-    if positions < 2 {
-        return Ok(0.0);
-    }
+    let positions = WARM_UP_STEPS.iter().sum::<usize>().min(model.max_context);
     let mut session = Session::new(ctx, model, Some(positions))?;
-    let prompt = vec![0u32; positions - 1];
-    session.step(ctx, model, &prompt, Readback::LastLogits).await?;
-    session.step(ctx, model, &[0], Readback::Argmax).await?;
+    for (i, &tokens) in WARM_UP_STEPS.iter().enumerate() {
+        if session.position() + tokens > positions {
+            break;
+        }
+        let last = i == WARM_UP_STEPS.len() - 1;
+        let read = if last { Readback::Argmax } else { Readback::LastLogits };
+        session.step(ctx, model, &vec![0u32; tokens], read).await?;
+    }
     Ok(clock.seconds())
 }
