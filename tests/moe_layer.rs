@@ -161,7 +161,7 @@ fn shared_expert_gated_and_ungated() {
 
 #[test]
 fn half_precision_and_quantized_weights() {
-    // Every format webmoe encodes, on both kernel targets: the GPU's split GEMV and
+    // Every format webmoe encodes besides f32 (the other tests' format), on both kernel targets: the GPU's split GEMV and
     // tiles read runs of 8, the CPU's serial GEMV block formats in runs of 32 (their
     // scales once per run), f16 and bf16 in runs of 8 (of 1 for down, K = 36). The other block
     // formats: tests/weights.rs, from ggml's own rows.
