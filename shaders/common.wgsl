@@ -37,6 +37,14 @@ struct Run8 {
     hi: vec4<f32>,
 }
 
+// Thirty-two consecutive values: four runs of 8, in order.
+struct Run32 {
+    r0: Run8,
+    r1: Run8,
+    r2: Run8,
+    r3: Run8,
+}
+
 // Element j (0..8) of a run.
 fn run8_at(r: Run8, j: u32) -> f32 {
     if (j < 4u) {

@@ -136,25 +136,6 @@ fn gemv_weight_index(base: u32, n: u32, i: u32) -> u32 {
     return base + (min(n, p.row_end - 1u) - p.row_begin) * p.k_dim + i;
 }
 
-// The RUN weights of w0 / w1 from index wi (the first RUN entries).
-fn w0_run(wi: u32) -> array<f32, MAX_RUN> {
-    if (RUN == 1u) {
-        var v: array<f32, MAX_RUN>;
-        v[0] = w0_at(wi);
-        return v;
-    }
-    return run8_array(w0_at8(wi));
-}
-
-fn w1_run(wi: u32) -> array<f32, MAX_RUN> {
-    if (RUN == 1u) {
-        var v: array<f32, MAX_RUN>;
-        v[0] = w1_at(wi);
-        return v;
-    }
-    return run8_array(w1_at8(wi));
-}
-
 // The tile's input values at i..i + RUN, one run per token.
 fn input_run(src: array<u32, MAX_TOKENS>, i: u32) -> array<array<f32, MAX_RUN>, MAX_TOKENS> {
     var xv: array<array<f32, MAX_RUN>, MAX_TOKENS>;
@@ -210,8 +191,8 @@ fn gate_up(
         let xv = input_run(src, i);
         for (var r = 0u; r < WG_ROWS; r++) {
             let wi = gemv_weight_index(base, tile.n0 + r, i);
-            let g = w0_run(wi);
-            let u = w1_run(wi);
+            let g = run8_array(w0_run8(wi));
+            let u = run8_array(w1_run8(wi));
             for (var t = 0u; t < TOKENS; t++) {
                 for (var j = 0u; j < RUN; j++) {
                     acc_g[t * WG_ROWS + r] += xv[t][j] * g[j];
@@ -256,7 +237,7 @@ fn down(
     for (var i = lid * RUN; i < p.k_dim; i += WG * RUN) {
         let hv = input_run(src, i);
         for (var r = 0u; r < WG_ROWS; r++) {
-            let w = w0_run(gemv_weight_index(base, tile.n0 + r, i));
+            let w = run8_array(w0_run8(gemv_weight_index(base, tile.n0 + r, i)));
             for (var t = 0u; t < TOKENS; t++) {
                 for (var j = 0u; j < RUN; j++) {
                     acc[t * WG_ROWS + r] += hv[t][j] * w[j];
@@ -326,20 +307,6 @@ fn input_run8(row: u32, i: u32) -> Run8 {
         vec4<f32>(a_in[at + 4u], a_in[at + 5u], a_in[at + 6u], a_in[at + 7u]));
 }
 
-fn w0_run8(wi: u32) -> Run8 {
-    if (RUN == 1u) {
-        return Run8(vec4<f32>(w0_at(wi), 0.0, 0.0, 0.0), vec4<f32>(0.0));
-    }
-    return w0_at8(wi);
-}
-
-fn w1_run8(wi: u32) -> Run8 {
-    if (RUN == 1u) {
-        return Run8(vec4<f32>(w1_at(wi), 0.0, 0.0, 0.0), vec4<f32>(0.0));
-    }
-    return w1_at8(wi);
-}
-
 // Lane sums of up to MAX_TOKENS rows, one named field per row (no dynamic indexing).
 struct RowSums {
     r0: vec4<f32>,
@@ -366,6 +333,12 @@ fn add_run(sums: RowSums, src: array<u32, MAX_TOKENS>, i: u32, w: Run8) -> RowSu
         s.r3 = lane_products(s.r3, input_run8(src[3], i), w);
     }
     return s;
+}
+
+// add_run for the four runs of w (elements i..i + 32), in order.
+fn add_run32(sums: RowSums, src: array<u32, MAX_TOKENS>, i: u32, w: Run32) -> RowSums {
+    let s = add_run(add_run(sums, src, i, w.r0), src, i + 8u, w.r1);
+    return add_run(add_run(s, src, i + 16u, w.r2), src, i + 24u, w.r3);
 }
 
 // Row t's sum.
@@ -401,16 +374,8 @@ fn gate_up_serial(
     for (var i = 0u; i < p.k_dim; i += RUN) {
         let wi = o.weights + i;
         if (RUN == 32u) {
-            let gs = w0_scales(wi);
-            let us = w1_scales(wi);
-            gate = add_run(gate, src, i, w0_body8(wi, gs));
-            up = add_run(up, src, i, w1_body8(wi, us));
-            gate = add_run(gate, src, i + 8u, w0_body8(wi + 8u, gs));
-            up = add_run(up, src, i + 8u, w1_body8(wi + 8u, us));
-            gate = add_run(gate, src, i + 16u, w0_body8(wi + 16u, gs));
-            up = add_run(up, src, i + 16u, w1_body8(wi + 16u, us));
-            gate = add_run(gate, src, i + 24u, w0_body8(wi + 24u, gs));
-            up = add_run(up, src, i + 24u, w1_body8(wi + 24u, us));
+            gate = add_run32(gate, src, i, w0_at32(wi));
+            up = add_run32(up, src, i, w1_at32(wi));
         } else {
             gate = add_run(gate, src, i, w0_run8(wi));
             up = add_run(up, src, i, w1_run8(wi));
@@ -438,11 +403,7 @@ fn down_serial(
     for (var i = 0u; i < p.k_dim; i += RUN) {
         let wi = o.weights + i;
         if (RUN == 32u) {
-            let scales = w0_scales(wi);
-            sums = add_run(sums, src, i, w0_body8(wi, scales));
-            sums = add_run(sums, src, i + 8u, w0_body8(wi + 8u, scales));
-            sums = add_run(sums, src, i + 16u, w0_body8(wi + 16u, scales));
-            sums = add_run(sums, src, i + 24u, w0_body8(wi + 24u, scales));
+            sums = add_run32(sums, src, i, w0_at32(wi));
         } else {
             sums = add_run(sums, src, i, w0_run8(wi));
         }

@@ -320,3 +320,19 @@ fn WEIGHTS_body8(i: u32, s: RunScales) -> Run8 {
 fn WEIGHTS_at8(i: u32) -> Run8 {
     return WEIGHTS_body8(i, WEIGHTS_scales(i));
 }
+
+// Elements i..i+31, i a multiple of 32 in a block format (one block or sub-block): the
+// scales read once for the four runs of 8.
+fn WEIGHTS_at32(i: u32) -> Run32 {
+    let s = WEIGHTS_scales(i);
+    return Run32(WEIGHTS_body8(i, s), WEIGHTS_body8(i + 8u, s), WEIGHTS_body8(i + 16u, s), WEIGHTS_body8(i + 24u, s));
+}
+
+// The kernel's step of RUN (1 or 8) weights at i as a run: RUN = 1 gives element i
+// alone, the rest zero (every file that names weight arrays sets RUN).
+fn WEIGHTS_run8(i: u32) -> Run8 {
+    if (RUN == 1u) {
+        return Run8(vec4<f32>(WEIGHTS_at(i), 0.0, 0.0, 0.0), vec4<f32>(0.0));
+    }
+    return WEIGHTS_at8(i);
+}
