@@ -1,10 +1,20 @@
-// Expert selection: per token, scores from router logits (softmax or sigmoid), top-k
-// experts with a deterministic order (higher key first, lower expert index on ties),
-// optional group-limited selection, then the k routing weights.
-// Layout: logits [T, E] f32; bias [E] f32 (read only when has_bias); ids [T, k] u32;
-// weights [T, k] f32. Unselectable slots (NaN keys) get SENTINEL and weight 0.
-// Mapping: one invocation per token, 64 per workgroup; O(k * E) work per token,
-// no per-expert private arrays, so E is unbounded.
+// Gating: router logits, expert selection, and both fused into one dispatch for decode.
+// router_logits: logits[t, r] = sum_i x[t, i] * w[r, i] (+ router_bias[r]), accumulated
+//   in f32 in index order, weights read in runs of RUN (8 where d is a multiple of 8,
+//   else 1). One invocation per (t, r), 64 per workgroup. Also used with E = 1 for the
+//   shared expert's sigmoid gate.
+// route: per token, scores from router logits (softmax or sigmoid), top-k experts with
+//   a deterministic order (higher key first, lower expert index on ties), optional
+//   group-limited selection, then the k routing weights. Unselectable slots (NaN keys)
+//   get SENTINEL and weight 0. One invocation per token, 64 per workgroup; O(k * E) work
+//   per token, no per-expert private arrays, so E is unbounded.
+// route_fused (decode): one workgroup per token; invocation i writes logits i, i + 64,
+//   ... (router_logits' sums, bit for bit), then after a storage barrier invocation 0
+//   selects as route does. One dispatch instead of two or three.
+// Layout: x [T, d] f32; w [E, d] weights (WEIGHT_DTYPE); router_bias [E] f32 (read when
+// has_router_bias); logits [T, E] f32; bias [E] f32 (selection key only, read when
+// has_bias); ids [T, k] u32; weights [T, k] f32.
+//! weights: w
 
 struct RoutingParams {
     tokens: u32,
@@ -17,8 +27,8 @@ struct RoutingParams {
     n_group: u32,       // > 1: group-limited selection
     topk_group: u32,
     group_score: u32,   // 0 = max key in group, 1 = sum of the group's top two keys
-    _pad0: u32,
-    _pad1: u32,
+    dim: u32,           // d, the router's input width
+    has_router_bias: u32, // add router_bias[e] to the logits
     scaling: f32,
     _pad2: f32,
     _pad3: f32,
@@ -26,10 +36,15 @@ struct RoutingParams {
 }
 
 @group(0) @binding(0) var<uniform> p: RoutingParams;
-@group(0) @binding(1) var<storage, read> logits: array<f32>;
+@group(0) @binding(1) var<storage, read_write> logits: array<f32>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> ids: array<u32>;
 @group(0) @binding(4) var<storage, read_write> weights: array<f32>;
+@group(0) @binding(5) var<storage, read> x: array<f32>;
+@group(0) @binding(6) var<storage, read> w: array<u32>;
+@group(0) @binding(7) var<storage, read> router_bias: array<f32>;
+
+override RUN: u32 = 1u;
 
 const MAX_GROUPS: u32 = 64u;
 
@@ -67,6 +82,48 @@ fn before(ka: f32, a: u32, kb: f32, b: u32) -> bool {
     return ka > kb || (ka == kb && a < b);
 }
 
+// Router logit r of token t (the bias added last).
+fn router_logit(t: u32, r: u32) -> f32 {
+    let xb = t * p.dim;
+    let wb = r * p.dim;
+    var acc = 0.0;
+    if (RUN == 1u) {
+        for (var i = 0u; i < p.dim; i++) {
+            acc += x[xb + i] * w_at(wb + i);
+        }
+    } else {
+        for (var i = 0u; i < p.dim; i += 8u) {
+            let v = w_at8(wb + i);
+            // In index order, as the RUN = 1 loop.
+            let at = xb + i;
+            acc += x[at] * v.lo.x;
+            acc += x[at + 1u] * v.lo.y;
+            acc += x[at + 2u] * v.lo.z;
+            acc += x[at + 3u] * v.lo.w;
+            acc += x[at + 4u] * v.hi.x;
+            acc += x[at + 5u] * v.hi.y;
+            acc += x[at + 6u] * v.hi.z;
+            acc += x[at + 7u] * v.hi.w;
+        }
+    }
+    if (p.has_router_bias == 1u) {
+        acc += router_bias[r];
+    }
+    return acc;
+}
+
+@compute @workgroup_size(64)
+fn router_logits(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let idx = linear_workgroup(wid, nwg) * 64u + lid;
+    if (idx < p.tokens * p.experts) {
+        logits[idx] = router_logit(idx / p.experts, idx % p.experts);
+    }
+}
+
 @compute @workgroup_size(64)
 fn route(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -74,9 +131,32 @@ fn route(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let t = linear_workgroup(wid, nwg) * 64u + lid;
+    if (t < p.tokens) {
+        select_experts(t);
+    }
+}
+
+@compute @workgroup_size(64)
+fn route_fused(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let t = linear_workgroup(wid, nwg);
     if (t >= p.tokens) {
         return;
     }
+    for (var r = lid; r < p.experts; r += 64u) {
+        logits[t * p.experts + r] = router_logit(t, r);
+    }
+    storageBarrier();
+    if (lid == 0u) {
+        select_experts(t);
+    }
+}
+
+// Selects token t's experts from its logits and writes their ids and weights.
+fn select_experts(t: u32) {
     let n = p.experts;
     row_base = t * n;
     row_max = logits[row_base];

@@ -14,7 +14,7 @@ use crate::moe::{MoeConfig, MoeLayer, MoeWeights, SharedExpertConfig};
 use crate::ops::embedding::encode_embedding;
 use crate::ops::expert_matmul::{encode_down, encode_gate_up, ExpertRows};
 use crate::ops::router::encode_router_logits;
-use crate::ops::routing::encode_routing;
+use crate::ops::routing::{encode_routing, Router};
 use crate::util::Clock;
 use crate::weights::{WeightChunk, WeightFormat, WeightMatrix};
 
@@ -549,7 +549,16 @@ async fn bench_shape(
             let w = GpuTensor::empty(ctx, "w", &[tokens, k], DType::F32)?;
             let router = GpuTensor::from_f32(ctx, "router", &[e, d], &weights.router, DType::F32)?;
             let mut enc = Recorder::new();
-            encode_router_logits(ctx, &mut enc, &hidden, &router, &logits)?;
+            encode_router_logits(
+                ctx,
+                &mut enc,
+                &hidden,
+                Router {
+                    weight: &router,
+                    bias: None,
+                },
+                &logits,
+            )?;
             encode_routing(ctx, &mut enc, &config.routing, &logits, None, &ids, &w)?;
             enc.submit(ctx);
             let chosen = ids.read_u32(ctx).await?;

@@ -16,7 +16,7 @@ fn validation_errors_inside_a_scope_become_errors() {
             mapped_at_creation: false,
         });
         let pipeline = ctx.pipeline(
-            webmoe::gpu::kernel::ROUTER
+            webmoe::gpu::kernel::ROUTING
                 .entry("router_logits")
                 .weights(webmoe::WeightFormat::F32),
         );

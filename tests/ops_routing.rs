@@ -1,4 +1,5 @@
-//! Router logits, top-k routing and the capacity limit against their CPU references.
+//! Router logits, top-k routing (separate and fused) and the capacity limit against
+//! their CPU references.
 
 mod common;
 
@@ -31,13 +32,27 @@ fn router_logits_match_reference() {
                 let w = random_vec(&mut rng, experts * dim, 1.0);
                 let xg = GpuTensor::from_f32(&ctx, "x", &[tokens, dim], &x, DType::F32).unwrap();
                 let wg = GpuTensor::from_f32(&ctx, "w", &[experts, dim], &w, dtype).unwrap();
+                let bias = random_vec(&mut rng, experts, 1.0);
+                let bg = GpuTensor::from_f32(&ctx, "bias", &[experts], &bias, DType::F32).unwrap();
                 let out = GpuTensor::empty(&ctx, "logits", &[tokens, experts], DType::F32).unwrap();
-                out.poison(&ctx);
-                run(&ctx, |enc| encode_router_logits(&ctx, enc, &xg, &wg, &out).unwrap());
-                let got = out.read_f32_blocking(&ctx).unwrap();
                 let w_stored: Vec<f32> = w.iter().map(|&v| dtype.round_trip(v)).collect();
-                let want = router_logits_reference(&x, &w_stored, tokens, experts, dim);
-                assert_close(&format!("logits T={tokens} E={experts} {dtype:?}"), &got, &want, 1e-5);
+                let mut want = router_logits_reference(&x, &w_stored, tokens, experts, dim);
+                for with_bias in [false, true] {
+                    if with_bias {
+                        for (i, v) in want.iter_mut().enumerate() {
+                            *v += bias[i % experts];
+                        }
+                    }
+                    let router = Router {
+                        weight: &wg,
+                        bias: with_bias.then_some(&bg),
+                    };
+                    out.poison(&ctx);
+                    run(&ctx, |enc| encode_router_logits(&ctx, enc, &xg, router, &out).unwrap());
+                    let got = out.read_f32_blocking(&ctx).unwrap();
+                    let what = format!("logits T={tokens} E={experts} {dtype:?} bias {with_bias}");
+                    assert_close(&what, &got, &want, 1e-5);
+                }
             }
         }
     }
@@ -70,6 +85,158 @@ fn check_routing(ctx: &GpuContext, config: &RoutingConfig, logits: &[f32], bias:
     }
     let got_w = weights.read_f32_blocking(ctx).unwrap();
     assert_close(&format!("weights for {config:?}, T={tokens}"), &got_w, &want_w, 1e-5);
+
+    // The fused kernel on the same logits (x = the logits, an identity router: each
+    // logit is x_r exactly) selects the same experts with the same weights, bit for bit.
+    let identity: Vec<f32> = (0..e * e).map(|i| if i / e == i % e { 1.0 } else { 0.0 }).collect();
+    let router = GpuTensor::from_f32(ctx, "identity router", &[e, e], &identity, DType::F32).unwrap();
+    let fused = run_fused(
+        ctx,
+        config,
+        &lg,
+        Router {
+            weight: &router,
+            bias: None,
+        },
+        bg.as_ref(),
+    );
+    assert_eq!(fused.logits, logits, "fused logits for {config:?}, T={tokens}");
+    assert_eq!(fused.ids, got_ids, "fused ids for {config:?}, T={tokens}");
+    assert_eq!(
+        bits(&fused.weights),
+        bits(&got_w),
+        "fused weights for {config:?}, T={tokens}"
+    );
+}
+
+struct Routed {
+    logits: Vec<f32>,
+    ids: Vec<u32>,
+    weights: Vec<f32>,
+}
+
+/// Runs the fused router and selection on `x`, outputs poisoned first.
+fn run_fused(
+    ctx: &GpuContext,
+    config: &RoutingConfig,
+    x: &GpuTensor,
+    router: Router,
+    bias: Option<&GpuTensor>,
+) -> Routed {
+    let (tokens, e, k) = (x.shape[0], config.num_experts, config.top_k);
+    let logits = GpuTensor::empty(ctx, "logits", &[tokens, e], DType::F32).unwrap();
+    let ids = GpuTensor::empty(ctx, "ids", &[tokens, k], DType::U32).unwrap();
+    let weights = GpuTensor::empty(ctx, "weights", &[tokens, k], DType::F32).unwrap();
+    for t in [&logits, &ids, &weights] {
+        t.poison(ctx);
+    }
+    run(ctx, |enc| {
+        encode_routing_fused(ctx, enc, config, x, router, bias, &logits, &ids, &weights).unwrap()
+    });
+    Routed {
+        logits: logits.read_f32_blocking(ctx).unwrap(),
+        ids: ids.read_u32_blocking(ctx).unwrap(),
+        weights: weights.read_f32_blocking(ctx).unwrap(),
+    }
+}
+
+/// Runs the router logits and the selection as two dispatches.
+fn run_separate(
+    ctx: &GpuContext,
+    config: &RoutingConfig,
+    x: &GpuTensor,
+    router: Router,
+    bias: Option<&GpuTensor>,
+) -> Routed {
+    let (tokens, e, k) = (x.shape[0], config.num_experts, config.top_k);
+    let logits = GpuTensor::empty(ctx, "logits", &[tokens, e], DType::F32).unwrap();
+    let ids = GpuTensor::empty(ctx, "ids", &[tokens, k], DType::U32).unwrap();
+    let weights = GpuTensor::empty(ctx, "weights", &[tokens, k], DType::F32).unwrap();
+    run(ctx, |enc| {
+        encode_router_logits(ctx, enc, x, router, &logits).unwrap();
+        encode_routing(ctx, enc, config, &logits, bias, &ids, &weights).unwrap()
+    });
+    Routed {
+        logits: logits.read_f32_blocking(ctx).unwrap(),
+        ids: ids.read_u32_blocking(ctx).unwrap(),
+        weights: weights.read_f32_blocking(ctx).unwrap(),
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn fused_routing_equals_the_separate_kernels_bit_for_bit() {
+    let ctx = context();
+    let mut rng = rng(8);
+    // (T, E, k, d, router dtype): runs of 8 and of 1, E below, at and above a workgroup.
+    for (tokens, experts, k, dim, dtype) in [
+        (1, 8, 2, 64, DType::BF16),
+        (4, 128, 8, 72, DType::F16),
+        (3, 60, 4, 13, DType::F32),
+        (1, 64, 64, 40, DType::F32),
+        (2, 256, 8, 24, DType::BF16),
+        (1, 1, 1, 8, DType::F16),
+    ] {
+        let x = random_vec(&mut rng, tokens * dim, 1.0);
+        let w = random_vec(&mut rng, experts * dim, 1.0);
+        let router_bias_values = random_vec(&mut rng, experts, 0.5);
+        let selection_bias = random_vec(&mut rng, experts, 0.3);
+        let xg = GpuTensor::from_f32(&ctx, "x", &[tokens, dim], &x, DType::F32).unwrap();
+        let wg = GpuTensor::from_f32(&ctx, "w", &[experts, dim], &w, dtype).unwrap();
+        let rb = GpuTensor::from_f32(&ctx, "router bias", &[experts], &router_bias_values, DType::F32).unwrap();
+        let sb = GpuTensor::from_f32(&ctx, "selection bias", &[experts], &selection_bias, DType::F32).unwrap();
+        let sigmoid = RoutingConfig {
+            scoring: Scoring::Sigmoid,
+            renormalize: true,
+            scaling: 2.5,
+            ..RoutingConfig::softmax_top_k(experts, k, true)
+        };
+        let mixtral = RoutingConfig {
+            order: TopKOrder::TopKThenSoftmax,
+            ..RoutingConfig::softmax_top_k(experts, k, false)
+        };
+        for (config, selection) in [
+            (RoutingConfig::softmax_top_k(experts, k, false), None),
+            (mixtral, None),
+            (sigmoid, Some(&sb)),
+        ] {
+            for router_bias in [None, Some(&rb)] {
+                let router = Router {
+                    weight: &wg,
+                    bias: router_bias,
+                };
+                let what = format!(
+                    "T={tokens} E={experts} k={k} d={dim} {dtype:?} {config:?} router bias {}",
+                    router_bias.is_some()
+                );
+                let fused = run_fused(&ctx, &config, &xg, router, selection);
+                let separate = run_separate(&ctx, &config, &xg, router, selection);
+                assert_eq!(bits(&fused.logits), bits(&separate.logits), "logits, {what}");
+                assert_eq!(fused.ids, separate.ids, "ids, {what}");
+                assert_eq!(bits(&fused.weights), bits(&separate.weights), "weights, {what}");
+                // And both against the CPU reference (the selection on the GPU's logits).
+                let w_stored: Vec<f32> = w.iter().map(|&v| dtype.round_trip(v)).collect();
+                let mut logits = router_logits_reference(&x, &w_stored, tokens, experts, dim);
+                if router_bias.is_some() {
+                    for (i, v) in logits.iter_mut().enumerate() {
+                        *v += router_bias_values[i % experts];
+                    }
+                }
+                assert_close(&format!("logits vs reference, {what}"), &fused.logits, &logits, 1e-5);
+                let (want_ids, want_w) = routing_reference(
+                    &config,
+                    &fused.logits,
+                    selection.map(|_| selection_bias.as_slice()),
+                    tokens,
+                );
+                assert_eq!(fused.ids, want_ids, "ids vs reference, {what}");
+                assert_close(&format!("weights vs reference, {what}"), &fused.weights, &want_w, 1e-5);
+            }
+        }
+    }
 }
 
 fn top_ks(experts: usize) -> Vec<usize> {

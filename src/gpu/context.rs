@@ -2,7 +2,7 @@
 //! kernels can use, the adapter's limits, and GPU errors turned into `Result`s.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::{Error, Result};
 use crate::gpu::kernel::PipelineCache;
@@ -103,6 +103,7 @@ pub struct GpuContext {
     pub(crate) pipelines: PipelineCache,
     buffers_created: AtomicU64,
     bind_groups_created: AtomicU64,
+    unread_binding: OnceLock<wgpu::Buffer>,
 }
 
 /// How many GPU buffers and bind groups the engine has created on a context (tests
@@ -181,6 +182,7 @@ impl GpuContext {
             pipelines: PipelineCache::default(),
             buffers_created: AtomicU64::new(0),
             bind_groups_created: AtomicU64::new(0),
+            unread_binding: Default::default(),
         })
     }
 
@@ -200,6 +202,7 @@ impl GpuContext {
             pipelines: PipelineCache::default(),
             buffers_created: AtomicU64::new(0),
             bind_groups_created: AtomicU64::new(0),
+            unread_binding: Default::default(),
         }
     }
 
@@ -266,6 +269,20 @@ impl GpuContext {
     pub fn create_buffer(&self, desc: &wgpu::BufferDescriptor) -> wgpu::Buffer {
         self.buffers_created.fetch_add(1, Ordering::Relaxed);
         self.device.create_buffer(desc)
+    }
+
+    /// A small storage buffer for read-only bindings a kernel declares but, with the
+    /// parameters given, never reads (e.g. an absent bias), where no other read-only
+    /// buffer of the dispatch can stand in.
+    pub fn unread_binding(&self) -> &wgpu::Buffer {
+        self.unread_binding.get_or_init(|| {
+            self.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("unread binding"),
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        })
     }
 
     /// Creates a bind group (counted like buffers).

@@ -14,7 +14,6 @@ pub const WEIGHT_ACCESS_WGSL: &str = include_str!("../../shaders/weight_access.w
 /// The kernel files of `shaders/`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ShaderId {
-    Router,
     Routing,
     Capacity,
     Permute,
@@ -50,7 +49,6 @@ macro_rules! shader {
     };
 }
 
-pub const ROUTER: Shader = shader!(Router, "router");
 pub const ROUTING: Shader = shader!(Routing, "routing");
 pub const CAPACITY: Shader = shader!(Capacity, "capacity");
 pub const PERMUTE: Shader = shader!(Permute, "permute");
@@ -70,7 +68,6 @@ pub const BENCH_F16: Shader = shader!(BenchF16, "bench_f16");
 
 /// Every kernel file, for validation tests and tools.
 pub const ALL_SHADERS: &[Shader] = &[
-    ROUTER,
     ROUTING,
     CAPACITY,
     PERMUTE,

@@ -9,13 +9,12 @@ use crate::moe::config::MoeConfig;
 use crate::moe::weights::MoeWeights;
 use crate::ops::capacity::{encode_capacity, expert_capacity};
 use crate::ops::combine::{encode_combine, SharedTerm};
-use crate::ops::elementwise::encode_add_row_bias;
 use crate::ops::expert_matmul::{
     encode_down, encode_down_with, encode_gate_up, encode_gate_up_with, Epilogue, ExpertRows,
 };
 use crate::ops::permute::{encode_expert_counts, Permutation};
 use crate::ops::router::encode_router_logits;
-use crate::ops::routing::encode_routing;
+use crate::ops::routing::{encode_routing, encode_routing_fused, Router};
 use crate::weights::WeightMatrix;
 
 /// A dense SwiGLU expert every token goes through, on the GPU.
@@ -151,21 +150,38 @@ impl MoeLayer {
         let f32_tensor = |name: &str, shape: &[usize]| GpuTensor::empty(ctx, name, shape, DType::F32);
 
         let router_logits = f32_tensor("router logits", &[tokens, e])?;
-        encode_router_logits(ctx, rec, hidden, &self.router, &router_logits)?;
-        if let Some(bias) = &self.router_bias {
-            encode_add_row_bias(ctx, rec, &router_logits, bias);
-        }
         let topk_ids = GpuTensor::empty(ctx, "top-k ids", &[tokens, k], DType::U32)?;
         let topk_weights = f32_tensor("top-k weights", &[tokens, k])?;
-        encode_routing(
-            ctx,
-            rec,
-            &cfg.routing,
-            &router_logits,
-            self.selection_bias.as_ref(),
-            &topk_ids,
-            &topk_weights,
-        )?;
+        let router = Router {
+            weight: &self.router,
+            bias: self.router_bias.as_ref(),
+        };
+        let selection_bias = self.selection_bias.as_ref();
+        if decode {
+            // Decode's few tokens: logits and selection in one dispatch.
+            encode_routing_fused(
+                ctx,
+                rec,
+                &cfg.routing,
+                hidden,
+                router,
+                selection_bias,
+                &router_logits,
+                &topk_ids,
+                &topk_weights,
+            )?;
+        } else {
+            encode_router_logits(ctx, rec, hidden, router, &router_logits)?;
+            encode_routing(
+                ctx,
+                rec,
+                &cfg.routing,
+                &router_logits,
+                selection_bias,
+                &topk_ids,
+                &topk_weights,
+            )?;
+        }
 
         let (routed_ids, dropped) = match cfg.capacity_factor {
             None => (topk_ids.clone(), None),
@@ -219,7 +235,7 @@ impl MoeLayer {
                     None => None,
                     Some(w) => {
                         let logits = f32_tensor("shared expert gate logits", &[tokens, 1])?;
-                        encode_router_logits(ctx, rec, hidden, w, &logits)?;
+                        encode_router_logits(ctx, rec, hidden, Router { weight: w, bias: None }, &logits)?;
                         Some(logits)
                     }
                 };

@@ -40,7 +40,6 @@ pub fn all() -> Vec<ParamsLayout> {
     use ops::norm::NormParams;
     use ops::permute::PermuteParams;
     use ops::rope::RopeParams;
-    use ops::router::RouterParams;
     use ops::routing::RoutingParams;
     let matmul_fields = |shader, wgsl| {
         let mut l = layout!(
@@ -68,7 +67,6 @@ pub fn all() -> Vec<ParamsLayout> {
         l
     };
     vec![
-        layout!(kernel::ROUTER, "RouterParams", RouterParams, [tokens, rows, dim]),
         layout!(
             kernel::ROUTING,
             "RoutingParams",
@@ -84,6 +82,8 @@ pub fn all() -> Vec<ParamsLayout> {
                 n_group,
                 topk_group,
                 group_score,
+                dim,
+                has_router_bias,
                 scaling
             ]
         ),

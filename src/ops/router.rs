@@ -1,52 +1,62 @@
-//! Router logits: `logits[t, r] = x[t] . w[r]` (shaders/router.wgsl).
+//! Router logits: `logits[t, r] = x[t] . w[r] (+ bias[r])` (shaders/routing.wgsl, entry
+//! `router_logits`; decode fuses them with the selection, see
+//! [`crate::ops::routing::encode_routing_fused`]).
 
 use crate::error::Result;
-use crate::gpu::kernel::{Recorder, ROUTER};
+use crate::gpu::kernel::{KernelKey, Recorder, ROUTING};
 use crate::gpu::{DType, GpuContext, GpuTensor};
+use crate::ops::routing::{Router, RoutingParams};
 use crate::ops::{expect_shape, weight_run, workgroups};
 use crate::weights::WeightFormat;
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-pub(crate) struct RouterParams {
-    pub(crate) tokens: u32,
-    pub(crate) rows: u32,
-    pub(crate) dim: u32,
-    pub(crate) _pad: u32,
-}
-
-/// Records `logits [T, R] = x [T, d] . w [R, d]^T` (w in any weight dtype).
+/// Records `logits [T, R] = x [T, d] . w [R, d]^T (+ bias [R])` (w in any weight dtype).
 pub fn encode_router_logits(
     ctx: &GpuContext,
     rec: &mut Recorder,
     x: &GpuTensor,
-    w: &GpuTensor,
+    router: Router,
     logits: &GpuTensor,
 ) -> Result<()> {
     let (tokens, dim) = (x.shape[0], x.shape[1]);
-    let rows = w.shape[0];
-    expect_shape("router weight", w, &[rows, dim])?;
-    expect_shape("router logits", logits, &[tokens, rows])?;
-    expect_shape("router input", x, &[tokens, dim])?;
-    let params = RouterParams {
-        tokens: tokens as u32,
-        rows: rows as u32,
-        dim: dim as u32,
-        _pad: 0,
-    };
-    debug_assert_ne!(x.dtype, DType::U32);
-    let key = ROUTER
-        .entry("router_logits")
-        .weights(WeightFormat::of_dtype(w.dtype)?)
-        .run(weight_run(dim));
+    let rows = router.weight.shape[0];
+    check_router(x, router, logits, rows)?;
+    let params = RoutingParams::logits(tokens, rows, dim, router.bias.is_some());
+    // Without a bias the kernel never reads binding 7; the input stands in for it.
+    let bias = router.bias.map_or(&x.buffer, |b| &b.buffer);
     rec.dispatch(
         ctx,
-        key,
+        router_kernel("router_logits", router.weight, dim)?,
         &params,
-        &[(1, &x.buffer), (2, &w.buffer), (3, &logits.buffer)],
+        &[
+            (1, &logits.buffer),
+            (5, &x.buffer),
+            (6, &router.weight.buffer),
+            (7, bias),
+        ],
         workgroups(tokens * rows, 64),
     );
     Ok(())
+}
+
+/// Checks a router's shapes: `x [T, d]`, weight `[rows, d]`, bias `[rows]`, logits `[T, rows]`.
+pub(crate) fn check_router(x: &GpuTensor, router: Router, logits: &GpuTensor, rows: usize) -> Result<()> {
+    let (tokens, dim) = (x.shape[0], x.shape[1]);
+    expect_shape("router weight", router.weight, &[rows, dim])?;
+    expect_shape("router logits", logits, &[tokens, rows])?;
+    expect_shape("router input", x, &[tokens, dim])?;
+    if let Some(b) = router.bias {
+        expect_shape("router bias", b, &[rows])?;
+    }
+    debug_assert_ne!(x.dtype, DType::U32);
+    Ok(())
+}
+
+/// The routing.wgsl `entry` that reads router weights `w` with rows `dim` long.
+pub(crate) fn router_kernel(entry: &'static str, w: &GpuTensor, dim: usize) -> Result<KernelKey> {
+    Ok(ROUTING
+        .entry(entry)
+        .weights(WeightFormat::of_dtype(w.dtype)?)
+        .run(weight_run(dim)))
 }
 
 /// CPU reference: sequential f32 dot products.

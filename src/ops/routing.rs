@@ -3,6 +3,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{Recorder, ROUTING, SENTINEL};
 use crate::gpu::{GpuContext, GpuTensor};
+use crate::ops::router::{check_router, router_kernel};
 use crate::ops::{expect_shape, workgroups};
 
 /// How router logits become scores.
@@ -119,9 +120,44 @@ pub(crate) struct RoutingParams {
     pub(crate) n_group: u32,
     pub(crate) topk_group: u32,
     pub(crate) group_score: u32,
-    pub(crate) _pad0: [u32; 2],
+    pub(crate) dim: u32,
+    pub(crate) has_router_bias: u32,
     pub(crate) scaling: f32,
     pub(crate) _pad1: [f32; 3],
+}
+
+impl RoutingParams {
+    /// Parameters of the router logits alone: `tokens x experts` dot products of width `dim`.
+    pub(crate) fn logits(tokens: usize, experts: usize, dim: usize, router_bias: bool) -> Self {
+        Self {
+            tokens: tokens as u32,
+            experts: experts as u32,
+            dim: dim as u32,
+            has_router_bias: router_bias as u32,
+            ..bytemuck::Zeroable::zeroed()
+        }
+    }
+
+    /// Parameters of `config`'s selection for `tokens` tokens (`bias`: a selection bias).
+    fn selection(config: &RoutingConfig, tokens: usize, bias: bool) -> Self {
+        let group = config.group_limit.unwrap_or(GroupLimit {
+            n_group: 1,
+            topk_group: 1,
+            score: GroupScore::Max,
+        });
+        Self {
+            top_k: config.top_k as u32,
+            scoring: (config.scoring == Scoring::Sigmoid) as u32,
+            order: (config.order == TopKOrder::TopKThenSoftmax) as u32,
+            renormalize: config.renormalize as u32,
+            has_bias: bias as u32,
+            n_group: group.n_group as u32,
+            topk_group: group.topk_group as u32,
+            group_score: (group.score == GroupScore::TopTwoSum) as u32,
+            scaling: config.scaling,
+            ..Self::logits(tokens, config.num_experts, 0, false)
+        }
+    }
 }
 
 /// Records the selection: `ids [T, k]` and `weights [T, k]` from `logits [T, E]`.
@@ -144,28 +180,8 @@ pub fn encode_routing(
     if let Some(b) = bias {
         expect_shape("expert selection bias", b, &[e])?;
     }
-    let group = config.group_limit.unwrap_or(GroupLimit {
-        n_group: 1,
-        topk_group: 1,
-        score: GroupScore::Max,
-    });
-    let params = RoutingParams {
-        tokens: tokens as u32,
-        experts: e as u32,
-        top_k: k as u32,
-        scoring: (config.scoring == Scoring::Sigmoid) as u32,
-        order: (config.order == TopKOrder::TopKThenSoftmax) as u32,
-        renormalize: config.renormalize as u32,
-        has_bias: bias.is_some() as u32,
-        n_group: group.n_group as u32,
-        topk_group: group.topk_group as u32,
-        group_score: (group.score == GroupScore::TopTwoSum) as u32,
-        _pad0: [0; 2],
-        scaling: config.scaling,
-        _pad1: [0.0; 3],
-    };
-    // Without a bias the kernel never reads binding 2; the logits stand in for it.
-    let bias_buffer = bias.map_or(&logits.buffer, |b| &b.buffer);
+    let params = RoutingParams::selection(config, tokens, bias.is_some());
+    let bias_buffer = bias.map_or(ctx.unread_binding(), |b| &b.buffer);
     rec.dispatch(
         ctx,
         ROUTING.entry("route"),
@@ -177,6 +193,65 @@ pub fn encode_routing(
             (4, &weights.buffer),
         ],
         workgroups(tokens, 64),
+    );
+    Ok(())
+}
+
+/// The router of a MoE layer: its weight `[E, d]` and an optional bias `[E]` added to
+/// its logits.
+#[derive(Clone, Copy)]
+pub struct Router<'a> {
+    pub weight: &'a GpuTensor,
+    pub bias: Option<&'a GpuTensor>,
+}
+
+/// Records the router logits and the selection of `x [T, d]` in one dispatch (one
+/// workgroup per token: meant for decode's few tokens): `logits [T, E]` as
+/// [`crate::ops::router::encode_router_logits`] writes them, bit for bit, then `ids`
+/// and `weights` as [`encode_routing`] selects them.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_routing_fused(
+    ctx: &GpuContext,
+    rec: &mut Recorder,
+    config: &RoutingConfig,
+    x: &GpuTensor,
+    router: Router,
+    selection_bias: Option<&GpuTensor>,
+    logits: &GpuTensor,
+    ids: &GpuTensor,
+    weights: &GpuTensor,
+) -> Result<()> {
+    config.validate()?;
+    let (tokens, dim) = (x.shape[0], x.shape[1]);
+    let (e, k) = (config.num_experts, config.top_k);
+    check_router(x, router, logits, e)?;
+    expect_shape("top-k ids", ids, &[tokens, k])?;
+    expect_shape("top-k weights", weights, &[tokens, k])?;
+    if let Some(b) = selection_bias {
+        expect_shape("expert selection bias", b, &[e])?;
+    }
+    let params = RoutingParams {
+        dim: dim as u32,
+        has_router_bias: router.bias.is_some() as u32,
+        ..RoutingParams::selection(config, tokens, selection_bias.is_some())
+    };
+    // Unread bindings (no bias) take other read-only buffers.
+    let selection_bias = selection_bias.map_or(&x.buffer, |b| &b.buffer);
+    let router_bias = router.bias.map_or(&x.buffer, |b| &b.buffer);
+    rec.dispatch(
+        ctx,
+        router_kernel("route_fused", router.weight, dim)?,
+        &params,
+        &[
+            (1, &logits.buffer),
+            (2, selection_bias),
+            (3, &ids.buffer),
+            (4, &weights.buffer),
+            (5, &x.buffer),
+            (6, &router.weight.buffer),
+            (7, router_bias),
+        ],
+        tokens as u32,
     );
     Ok(())
 }
