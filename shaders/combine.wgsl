@@ -3,7 +3,8 @@
 // summation order, no atomics: deterministic.
 // Layout: routed_ids, weights, assignment_row [T * k]; y [rows, d]; shared_out [T, d];
 // shared_gate [T]; out [T, d]. row(t, j) = assignment_row[t*k + j], or t*k + j when
-// identity_rows (decode path); SENTINEL rows (dropped) add nothing.
+// identity_rows (decode path); SENTINEL rows (dropped) add nothing. With residual, the
+// sum is added times residual_scale into out (the residual stream) instead.
 // Mapping: one invocation per output element, 64 per workgroup.
 
 struct CombineParams {
@@ -12,9 +13,9 @@ struct CombineParams {
     dim: u32,
     identity_rows: u32,
     shared_mode: u32, // 0 = none, 1 = added as is, 2 = times sigmoid(shared_gate[t])
+    residual: u32,
+    residual_scale: f32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: CombineParams;
@@ -54,6 +55,9 @@ fn combine(
         acc += shared_out[idx];
     } else if (p.shared_mode == 2u) {
         acc += shared_out[idx] * (1.0 / (1.0 + exp(-shared_gate[t])));
+    }
+    if (p.residual == 1u) {
+        acc = out[idx] + p.residual_scale * acc;
     }
     out[idx] = acc;
 }

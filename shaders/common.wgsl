@@ -15,10 +15,11 @@ fn silu(v: f32) -> f32 {
     return v / (1.0 + exp(-v));
 }
 
-// Bits of the expert matmuls' `flags`: per-expert biases on the outputs, and the
-// gate/up activation.
+// Bits of the expert matmuls' `flags`: per-expert biases on the outputs, the gate/up
+// activation, and (down) a residual add: out += residual_scale * y instead of out = y.
 const HAS_BIAS: u32 = 1u;
 const CLAMPED_SWIGLU: u32 = 2u;
+const RESIDUAL: u32 = 4u;
 
 // The gated activation of gate g and up u: SwiGLU silu(g) * u, or gpt-oss's clamped
 // form g' sigmoid(alpha g') (u' + 1) with g' = min(g, limit), u' = clamp(u, -limit, limit).

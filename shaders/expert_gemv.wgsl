@@ -42,7 +42,7 @@ struct GemvParams {
     flags: u32,
     alpha: f32,
     limit: f32,
-    _pad0: u32,
+    residual_scale: f32,
     _pad1: u32,
 }
 
@@ -159,13 +159,18 @@ fn store_gate_up(e: u32, a: u32, n: u32, g: f32, u: f32) {
     out[a * p.n_dim + n] = gated_activation(gb, ub, p.flags, p.alpha, p.limit);
 }
 
-// Writes output n of row a for expert e: y, plus the expert's bias where flags say so.
+// Writes output n of row a for expert e: y, plus the expert's bias where flags say so,
+// or adds it times residual_scale to the output (RESIDUAL).
 fn store_down(e: u32, a: u32, n: u32, y: f32) {
     var yb = y;
     if ((p.flags & HAS_BIAS) != 0u) {
         yb += bias0[e * p.n_dim + n];
     }
-    out[a * p.n_dim + n] = yb;
+    let at = a * p.n_dim + n;
+    if ((p.flags & RESIDUAL) != 0u) {
+        yb = out[at] + p.residual_scale * yb;
+    }
+    out[at] = yb;
 }
 
 @compute @workgroup_size(64)

@@ -31,7 +31,7 @@ struct MatmulParams {
     flags: u32,
     alpha: f32,
     limit: f32,
-    _pad0: u32,
+    residual_scale: f32,
     _pad1: u32,
 }
 
@@ -325,7 +325,11 @@ fn down(
                 if ((p.flags & HAS_BIAS) != 0u) {
                     y += bias0[e * p.n_dim + col];
                 }
-                out[row * p.n_dim + col] = y;
+                let at = row * p.n_dim + col;
+                if ((p.flags & RESIDUAL) != 0u) {
+                    y = out[at] + p.residual_scale * y;
+                }
+                out[at] = y;
             }
         }
     }

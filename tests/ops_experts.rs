@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use rand::Rng;
-use webmoe::gpu::kernel::SENTINEL;
+use webmoe::gpu::kernel::{Recorder, SENTINEL};
 use webmoe::ops::combine::{combine_reference, encode_combine, SharedTerm};
 use webmoe::ops::expert_matmul::*;
 use webmoe::ops::permute::{permutation_reference, BlockRows, Permutation};
@@ -328,15 +328,41 @@ fn check_dense_shared_expert(ctx: &GpuContext) {
         let gw = WeightMatrix::from_f32(ctx, "gate", &gate, [1, ffn, dim], WeightFormat::F32).unwrap();
         let uw = WeightMatrix::from_f32(ctx, "up", &up, [1, ffn, dim], WeightFormat::F32).unwrap();
         let dw = WeightMatrix::from_f32(ctx, "down", &down, [1, dim, ffn], WeightFormat::F32).unwrap();
+        // The down projection's epilogue: a bias [1, d] and a residual add into a stream.
+        let bias = random_vec(&mut rng, dim, 0.5);
+        let stream = random_vec(&mut rng, tokens * dim, 2.0);
+        let scale = 0.75;
+        let bg = GpuTensor::from_f32(ctx, "bias", &[1, dim], &bias, DType::F32).unwrap();
+        let want_stream: Vec<f32> = (0..tokens * dim)
+            .map(|i| stream[i] + scale * (want[i] + bias[i % dim]))
+            .collect();
         for gemv in [false, true] {
-            let (_, y) = dense_mlp(ctx, ExpertRows::Dense { tokens, gemv }, &xg, [&gw, &uw, &dw]);
-            assert_close(
-                &format!("dense T={tokens} gemv={gemv} for {:?}", ctx.kernel_target),
-                &y,
-                &want,
-                1e-5,
-            );
+            let rows = ExpertRows::Dense { tokens, gemv };
+            let what = format!("dense T={tokens} gemv={gemv} for {:?}", ctx.kernel_target);
+            let (h, y) = dense_mlp(ctx, rows, &xg, [&gw, &uw, &dw]);
+            assert_close(&what, &y, &want, 1e-5);
+            let hg = GpuTensor::from_f32(ctx, "h", &[tokens, ffn], &h, DType::F32).unwrap();
+            let sg = GpuTensor::from_f32(ctx, "stream", &[tokens, dim], &stream, DType::F32).unwrap();
+            let epilogue = Epilogue {
+                biases: Some([&bg, &bg]),
+                residual: Some(scale),
+                ..Epilogue::default()
+            };
+            run(ctx, |enc| {
+                encode_down_epilogue(ctx, enc, rows, &hg, &dw, &sg, epilogue).unwrap()
+            });
+            let got = sg.read_f32_blocking(ctx).unwrap();
+            assert_close(&format!("{what}, bias and residual add"), &got, &want_stream, 1e-5);
         }
+        // A residual add needs a down projection.
+        let mut enc = Recorder::new();
+        let residual_gate_up = Epilogue {
+            residual: Some(1.0),
+            ..Epilogue::default()
+        };
+        let h = GpuTensor::empty(ctx, "h", &[tokens, ffn], DType::F32).unwrap();
+        let rows = ExpertRows::Dense { tokens, gemv: true };
+        assert!(encode_gate_up_with(ctx, &mut enc, rows, &xg, &gw, &uw, &h, residual_gate_up).is_err());
     }
 }
 
@@ -454,7 +480,7 @@ fn combine_matches_reference() {
             let out = GpuTensor::empty(&ctx, "out", &[tokens, dim], DType::F32).unwrap();
             out.poison(&ctx);
             run(&ctx, |enc| {
-                encode_combine(&ctx, enc, &ig, Some(&rg), &wg, &yg, term, &out).unwrap()
+                encode_combine(&ctx, enc, &ig, Some(&rg), &wg, &yg, term, &out, None).unwrap()
             });
             let shared_ref = match mode {
                 0 => None,
@@ -466,6 +492,19 @@ fn combine_matches_reference() {
                 &format!("combine T={tokens} mode {mode}"),
                 &out.read_f32_blocking(&ctx).unwrap(),
                 &want,
+                1e-5,
+            );
+            // Added into a residual stream instead.
+            let stream = random_vec(&mut rng, tokens * dim, 2.0);
+            let sg = GpuTensor::from_f32(&ctx, "stream", &[tokens, dim], &stream, DType::F32).unwrap();
+            run(&ctx, |enc| {
+                encode_combine(&ctx, enc, &ig, Some(&rg), &wg, &yg, term, &sg, Some(-1.5)).unwrap()
+            });
+            let want_stream: Vec<f32> = stream.iter().zip(&want).map(|(s, w)| s + -1.5 * w).collect();
+            assert_close(
+                &format!("combine into a residual stream T={tokens} mode {mode}"),
+                &sg.read_f32_blocking(&ctx).unwrap(),
+                &want_stream,
                 1e-5,
             );
         }

@@ -213,3 +213,45 @@ fn the_warm_up_fits_a_tiny_context() {
     let model = model_from_weights(&ctx, &config, &random_weights(&config, 3), 4).unwrap();
     pollster::block_on(webmoe::model::warm_up::warm_up(&ctx, &model)).unwrap();
 }
+
+#[test]
+fn residual_adds_biases_and_routing_live_in_the_producing_kernels() {
+    // The forward records no separate residual add or bias dispatch: the combine and the
+    // down projections add into the residual stream, the projections add their biases;
+    // a decode step routes each MoE layer in one dispatch.
+    for ctx in &contexts_for_both_targets() {
+        if !ctx.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+            eprintln!("skipped: the adapter has no timestamp queries (profiles need them)");
+            return;
+        }
+        let dims = Dims {
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 8,
+            vocab: 101,
+            max_positions: 64,
+        };
+        let mut config = synthetic_config(Family::Qwen2Moe, dims, MoeConfig::new(32, 24, 8, 2));
+        config.attention_bias = true;
+        config.output_bias = true;
+        let model = model_from_weights(ctx, &config, &random_weights(&config, 9), 64).unwrap();
+        let mut session = Session::new(ctx, &model, None).unwrap();
+        for ids in [&[3u32, 9, 4, 7, 1][..], &[5]] {
+            let times = pollster::block_on(session.profile_step(ctx, &model, ids)).unwrap();
+            let calls = |kernel: &str| -> usize { times.iter().filter(|k| k.kernel == kernel).map(|k| k.calls).sum() };
+            let what = format!("{} tokens on the {:?} target", ids.len(), ctx.kernel_target);
+            assert!(
+                calls("expert_gemv::down_serial") + calls("expert_gemv::down") > 0,
+                "{what}: no GEMV seen"
+            );
+            for separate in ["elementwise::add_scaled", "elementwise::add_row_bias"] {
+                assert_eq!(calls(separate), 0, "{what}: {separate} dispatched");
+            }
+            let decode = ids.len() == 1 || ctx.kernel_target == webmoe::KernelTarget::Cpu;
+            let fused = if decode { dims.layers } else { 0 };
+            assert_eq!(calls("routing::route_fused"), fused, "{what}: fused routing");
+            assert_eq!(calls("routing::route"), dims.layers - fused, "{what}: separate routing");
+        }
+    }
+}

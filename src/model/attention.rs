@@ -25,12 +25,13 @@ use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::model::config::{MlaConfig, ModelConfig, QkNorm};
 use crate::model::families::deepseek::LOW_RANK_NORM_EPS;
 use crate::model::families::gpt_oss;
-use crate::model::model::{linear, norm};
+use crate::model::model::{linear, linear_with, norm};
 use crate::model::names;
 use crate::model::planner::{Planner, Role};
+use crate::moe::Residual;
 use crate::ops::attention::{encode_attention, AttentionOptions, KvCache};
 use crate::ops::columns::{encode_join_columns, encode_split_columns};
-use crate::ops::elementwise::{encode_add_row_bias, encode_scale_clamp};
+use crate::ops::elementwise::encode_scale_clamp;
 use crate::ops::expert_matmul::{encode_down, ExpertRows};
 use crate::ops::rope::{encode_rope, RopeAngles};
 use crate::ops::TokenPositions;
@@ -109,17 +110,19 @@ impl LayerAttention {
         }
     }
 
-    /// Records attention of `h [T, d]` (normed hidden states) into `[T, d]`.
+    /// Records attention of `h [T, d]` (normed hidden states), its output projection
+    /// adding into the residual stream `[T, d]`.
     pub(crate) fn record(
         &self,
         ctx: &GpuContext,
         rec: &mut Recorder,
         inputs: &AttentionInputs,
         h: &GpuTensor,
-    ) -> Result<GpuTensor> {
+        residual: Residual,
+    ) -> Result<()> {
         match self {
-            LayerAttention::Gqa(a) => a.record(ctx, rec, inputs, h),
-            LayerAttention::Mla(m) => m.record(ctx, rec, inputs, h),
+            LayerAttention::Gqa(a) => a.record(ctx, rec, inputs, h, residual),
+            LayerAttention::Mla(m) => m.record(ctx, rec, inputs, h, residual),
         }
     }
 }
@@ -192,18 +195,19 @@ impl Gqa {
         rec: &mut Recorder,
         inputs: &AttentionInputs,
         h: &GpuTensor,
-    ) -> Result<GpuTensor> {
+        residual: Residual,
+    ) -> Result<()> {
         let (c, gemv) = (inputs.config, inputs.gemv);
+        // Biases (Qwen2-style) in the projections' epilogue.
+        let [qb, kb, vb] = match &self.biases {
+            Some([q, k, v]) => [Some(q), Some(k), Some(v)],
+            None => [None; 3],
+        };
         let (mut q, mut k, v) = (
-            linear(ctx, rec, h, &self.q, gemv)?,
-            linear(ctx, rec, h, &self.k, gemv)?,
-            linear(ctx, rec, h, &self.v, gemv)?,
+            linear_with(ctx, rec, h, &self.q, gemv, qb, None)?,
+            linear_with(ctx, rec, h, &self.k, gemv, kb, None)?,
+            linear_with(ctx, rec, h, &self.v, gemv, vb, None)?,
         );
-        if let Some([qb, kb, vb]) = &self.biases {
-            encode_add_row_bias(ctx, rec, &q, qb);
-            encode_add_row_bias(ctx, rec, &k, kb);
-            encode_add_row_bias(ctx, rec, &v, vb);
-        }
         if let Some((qn, kn)) = &self.qk_norm {
             // PerHead norms have head_dim weights, Full norms the projection width:
             // the kernel normalises rows of the weight's length either way.
@@ -254,11 +258,8 @@ impl Gqa {
             options,
             &out,
         )?;
-        let o = linear(ctx, rec, &out, &self.o, gemv)?;
-        if let Some(bias) = &self.o_bias {
-            encode_add_row_bias(ctx, rec, &o, bias);
-        }
-        Ok(o)
+        linear_with(ctx, rec, &out, &self.o, gemv, self.o_bias.as_ref(), Some(residual))?;
+        Ok(())
     }
 }
 
@@ -375,7 +376,8 @@ impl Mla {
         rec: &mut Recorder,
         inputs: &AttentionInputs,
         h: &GpuTensor,
-    ) -> Result<GpuTensor> {
+        residual: Residual,
+    ) -> Result<()> {
         let (c, gemv) = (inputs.config, inputs.gemv);
         let t = h.shape[0];
         let heads = c.num_heads;
@@ -465,6 +467,8 @@ impl Mla {
             &self.absorb_v,
             &values,
         )?;
-        linear(ctx, rec, &values.reshaped(&[t, heads * v]), &self.o, gemv)
+        let values = values.reshaped(&[t, heads * v]);
+        linear_with(ctx, rec, &values, &self.o, gemv, None, Some(residual))?;
+        Ok(())
     }
 }

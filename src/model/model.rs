@@ -27,11 +27,12 @@ use crate::model::names::{self, ExpertTensors};
 use crate::model::planner::{Planner, Role};
 use crate::model::safetensors_io::Checkpoint;
 use crate::moe::layer::{ExpertBiases, SharedExpert};
-use crate::moe::MoeLayer;
+use crate::moe::{MoeLayer, Residual};
 use crate::ops::attention::KvCache;
-use crate::ops::elementwise::{encode_add_scaled, encode_gather_rows, encode_scale_clamp};
+use crate::ops::elementwise::{encode_gather_rows, encode_scale_clamp};
 use crate::ops::embedding::encode_embedding;
-use crate::ops::expert_matmul::{encode_down, encode_gate_up, ExpertRows};
+use crate::ops::expect_shape;
+use crate::ops::expert_matmul::{encode_down_epilogue, encode_gate_up, Epilogue, ExpertRows};
 use crate::ops::norm::encode_rms_norm;
 use crate::ops::rope::{upload_rope_table, DynamicNtk, RopeAngles, RopeScaling};
 use crate::ops::TokenPositions;
@@ -463,27 +464,30 @@ impl Model {
                 positions,
                 gemv,
             };
-            let attn = layer.attention.record(ctx, rec, &inputs, &h)?;
-            encode_add_scaled(ctx, rec, &x, &attn, c.residual_multiplier);
+            let residual = Residual {
+                stream: &x,
+                scale: c.residual_multiplier,
+            };
+            // Attention's output projection adds into the residual stream.
+            layer.attention.record(ctx, rec, &inputs, &h, residual)?;
             rec.section(match layer.ffn {
                 FeedForward::Moe(_) => "moe",
                 FeedForward::Dense(_) => "dense mlp",
             });
             let h = norm(ctx, rec, &x, &layer.post_attention_norm, c.rms_norm_eps)?;
-            let f = match &layer.ffn {
+            // The MoE combine and the dense down projection add into the residual stream.
+            match &layer.ffn {
                 FeedForward::Moe(moe) => {
                     let decode = kernels.gemv(gemv_by_size(ctx.kernel_target, t, moe.config.decode_max_tokens));
-                    let out = moe.encode_with(ctx, rec, &h, decode)?;
+                    let out = moe.encode_into(ctx, rec, &h, decode, Some(residual))?;
                     expert_counts.push(out.expert_counts);
-                    out.output
                 }
                 FeedForward::Dense(mlp) => {
                     let mid = GpuTensor::empty(ctx, "dense mlp intermediate", &[t, mlp.gate.out_dim], DType::F32)?;
                     encode_gate_up(ctx, rec, dense_rows(t, gemv), &h, &mlp.gate, &mlp.up, &mid)?;
-                    linear(ctx, rec, &mid, &mlp.down, gemv)?
+                    linear_with(ctx, rec, &mid, &mlp.down, gemv, None, Some(residual))?;
                 }
-            };
-            encode_add_scaled(ctx, rec, &x, &f, c.residual_multiplier);
+            }
         }
         rec.section("lm head");
         let rows = match logit_rows {
@@ -524,9 +528,38 @@ pub(crate) fn linear(
     w: &WeightMatrix,
     gemv: bool,
 ) -> Result<GpuTensor> {
+    linear_with(ctx, rec, x, w, gemv, None, None)
+}
+
+/// `x [T, in] W^T + bias [out]` in the matmul's epilogue (no separate bias add), into a
+/// new tensor, or added times `residual.scale` into `residual.stream` (returned).
+pub(crate) fn linear_with(
+    ctx: &GpuContext,
+    rec: &mut Recorder,
+    x: &GpuTensor,
+    w: &WeightMatrix,
+    gemv: bool,
+    bias: Option<&GpuTensor>,
+    residual: Option<Residual>,
+) -> Result<GpuTensor> {
     let t = x.shape[0];
-    let y = GpuTensor::empty(ctx, &format!("{} output", w.name), &[t, w.out_dim], DType::F32)?;
-    encode_down(ctx, rec, dense_rows(t, gemv), x, w, &y)?;
+    let y = match residual {
+        Some(r) => r.stream.clone(),
+        None => GpuTensor::empty(ctx, &format!("{} output", w.name), &[t, w.out_dim], DType::F32)?,
+    };
+    let bias = match bias {
+        Some(b) => {
+            expect_shape(&format!("{} bias", w.name), b, &[w.out_dim])?;
+            Some(b.reshaped(&[1, w.out_dim]))
+        }
+        None => None,
+    };
+    let epilogue = Epilogue {
+        biases: bias.as_ref().map(|b| [b, b]),
+        residual: residual.map(|r| r.scale),
+        ..Epilogue::default()
+    };
+    encode_down_epilogue(ctx, rec, dense_rows(t, gemv), x, w, &y, epilogue)?;
     Ok(y)
 }
 

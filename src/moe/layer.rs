@@ -9,6 +9,7 @@ use crate::moe::config::MoeConfig;
 use crate::moe::weights::MoeWeights;
 use crate::ops::capacity::{encode_capacity, expert_capacity};
 use crate::ops::combine::{encode_combine, SharedTerm};
+use crate::ops::expect_shape;
 use crate::ops::expert_matmul::{
     encode_down, encode_down_with, encode_gate_up, encode_gate_up_with, Epilogue, ExpertRows,
 };
@@ -52,9 +53,16 @@ pub struct MoeLayer {
     pub shared: Option<SharedExpert>,
 }
 
+/// A residual stream `[T, d]` a layer adds its output into, times `scale`.
+#[derive(Clone, Copy)]
+pub struct Residual<'a> {
+    pub stream: &'a GpuTensor,
+    pub scale: f32,
+}
+
 /// The layer's output and the intermediate results worth inspecting.
 pub struct MoeOutputs {
-    /// `[T, d]`
+    /// `[T, d]`: the layer's output, or the residual stream it was added into.
     pub output: GpuTensor,
     /// `[T, E]`
     pub router_logits: GpuTensor,
@@ -137,6 +145,19 @@ impl MoeLayer {
         hidden: &GpuTensor,
         decode: bool,
     ) -> Result<MoeOutputs> {
+        self.encode_into(ctx, rec, hidden, decode, None)
+    }
+
+    /// [`Self::encode_with`], adding the output into `residual`'s stream (by the
+    /// combine, no separate add) when given.
+    pub fn encode_into(
+        &self,
+        ctx: &GpuContext,
+        rec: &mut Recorder,
+        hidden: &GpuTensor,
+        decode: bool,
+        residual: Option<Residual>,
+    ) -> Result<MoeOutputs> {
         let cfg = &self.config;
         let (d, e, k) = (cfg.hidden_size, cfg.num_experts(), cfg.top_k());
         let tokens = hidden.shape.first().copied().unwrap_or(0);
@@ -218,6 +239,7 @@ impl MoeLayer {
         let epilogue = Epilogue {
             biases: self.expert_biases.as_ref().map(|b| [&b.gate, &b.up]),
             activation: cfg.activation,
+            ..Epilogue::default()
         };
         encode_gate_up_with(ctx, rec, rows, hidden, &self.gate, &self.up, &h, epilogue)?;
         let down_bias = self.expert_biases.as_ref().map(|b| &b.down);
@@ -243,7 +265,13 @@ impl MoeLayer {
             }
         };
 
-        let output = f32_tensor("MoE output", &[tokens, d])?;
+        let output = match residual {
+            Some(r) => {
+                expect_shape("residual stream", r.stream, &[tokens, d])?;
+                r.stream.clone()
+            }
+            None => f32_tensor("MoE output", &[tokens, d])?,
+        };
         encode_combine(
             ctx,
             rec,
@@ -256,6 +284,7 @@ impl MoeLayer {
                 gate_logits: g.as_ref(),
             }),
             &output,
+            residual.map(|r| r.scale),
         )?;
         Ok(MoeOutputs {
             output,

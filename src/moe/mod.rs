@@ -5,5 +5,5 @@ pub mod reference;
 pub mod weights;
 
 pub use config::{MoeConfig, SharedExpertConfig};
-pub use layer::{MoeLayer, MoeOutputs};
+pub use layer::{MoeLayer, MoeOutputs, Residual};
 pub use weights::{ExpertBiasWeights, MoeWeights, SharedExpertWeights};

@@ -23,11 +23,14 @@ pub(crate) struct CombineParams {
     pub(crate) dim: u32,
     pub(crate) identity_rows: u32,
     pub(crate) shared_mode: u32,
-    pub(crate) _pad: [u32; 3],
+    pub(crate) residual: u32,
+    pub(crate) residual_scale: f32,
+    pub(crate) _pad: u32,
 }
 
-/// Records `out[t] = sum_j weights[t, j] * y[row(t, j)] (+ shared term)`. `assignment_row`
-/// maps assignments to rows of `y`; `None` means row = assignment (decode path).
+/// Records `out[t] = sum_j weights[t, j] * y[row(t, j)] (+ shared term)`, or with
+/// `residual = Some(s)`, `out[t] += s * (that sum)`. `assignment_row` maps assignments
+/// to rows of `y`; `None` means row = assignment (decode path).
 #[allow(clippy::too_many_arguments)]
 pub fn encode_combine(
     ctx: &GpuContext,
@@ -38,6 +41,7 @@ pub fn encode_combine(
     y: &GpuTensor,
     shared: Option<SharedTerm>,
     out: &GpuTensor,
+    residual: Option<f32>,
 ) -> Result<()> {
     let (tokens, top_k) = (routed_ids.shape[0], routed_ids.shape[1]);
     let dim = out.shape[1];
@@ -60,7 +64,9 @@ pub fn encode_combine(
             Some(SharedTerm { gate_logits: None, .. }) => 1,
             Some(_) => 2,
         },
-        _pad: [0; 3],
+        residual: residual.is_some() as u32,
+        residual_scale: residual.unwrap_or(0.0),
+        _pad: 0,
     };
     // Unused inputs are never read; other read-only buffers stand in for them.
     let rows = assignment_row.map_or(&routed_ids.buffer, |r| &r.buffer);

@@ -135,15 +135,18 @@ pub(crate) struct MatmulParams {
     pub(crate) row_end: u32,
     /// Elements from one expert to the next in the chunk.
     pub(crate) expert_stride: u32,
-    /// HAS_BIAS | CLAMPED_SWIGLU (common.wgsl).
+    /// HAS_BIAS | CLAMPED_SWIGLU | RESIDUAL (common.wgsl).
     pub(crate) flags: u32,
     pub(crate) alpha: f32,
     pub(crate) limit: f32,
-    pub(crate) _pad: [u32; 2],
+    /// RESIDUAL: the output becomes `out + residual_scale * y`.
+    pub(crate) residual_scale: f32,
+    pub(crate) _pad: u32,
 }
 
 const HAS_BIAS: u32 = 1;
 const CLAMPED_SWIGLU: u32 = 2;
+const RESIDUAL: u32 = 4;
 
 /// The gated activation of the gate/up matmul.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -171,12 +174,16 @@ impl Activation {
 }
 
 /// What the expert matmuls do past the dot products: biases per expert and output
-/// (`[experts, out]` f32, gpt-oss) and the gate/up activation.
+/// (`[experts, out]` f32, gpt-oss), the gate/up activation, and a residual add.
 #[derive(Clone, Copy, Default)]
 pub struct Epilogue<'a> {
     /// Gate/up: the gate's and the up's biases (both or neither). Down: `[0]` only.
     pub biases: Option<[&'a GpuTensor; 2]>,
     pub activation: Activation,
+    /// Down only: `Some(s)` adds `s * y` (bias included) into the output, which then
+    /// holds the residual stream, instead of writing `y` (one dispatch less than a
+    /// separate add; the same sum `out + s * y`).
+    pub residual: Option<f32>,
 }
 
 /// Records `h = silu(x . gate^T) * (x . up^T)` per row: input `[tokens, d]`, output
@@ -246,11 +253,25 @@ pub fn encode_down_with(
     y: &GpuTensor,
     bias: Option<&GpuTensor>,
 ) -> Result<()> {
-    expect_shape("down projection input", h, &[rows.output_rows(), down.in_dim])?;
     let epilogue = Epilogue {
         biases: bias.map(|b| [b, b]),
-        activation: Activation::Silu,
+        ..Epilogue::default()
     };
+    encode_down_epilogue(ctx, rec, rows, h, down, y, epilogue)
+}
+
+/// [`encode_down`] with an epilogue: a bias (`biases[0]`, `[experts, d]`) and a
+/// residual add (`y += residual * (h . down^T + bias)`).
+pub fn encode_down_epilogue(
+    ctx: &GpuContext,
+    rec: &mut Recorder,
+    rows: ExpertRows,
+    h: &GpuTensor,
+    down: &WeightMatrix,
+    y: &GpuTensor,
+    epilogue: Epilogue,
+) -> Result<()> {
+    expect_shape("down projection input", h, &[rows.output_rows(), down.in_dim])?;
     encode_expert_matmul(ctx, rec, rows, h, down, None, y, epilogue)
 }
 
@@ -275,6 +296,15 @@ fn encode_expert_matmul(
         }
     }
     let mut flags = if epilogue.biases.is_some() { HAS_BIAS } else { 0 };
+    if epilogue.residual.is_some() {
+        if w1.is_some() {
+            return Err(Error::Config(format!(
+                "{}: a residual add needs a down projection",
+                w0.name
+            )));
+        }
+        flags |= RESIDUAL;
+    }
     let (alpha, limit) = match epilogue.activation {
         Activation::Silu => (0.0, 0.0),
         Activation::ClampedSwiglu { alpha, limit } => {
@@ -375,7 +405,8 @@ fn encode_expert_matmul(
             flags,
             alpha,
             limit,
-            _pad: [0; 2],
+            residual_scale: epilogue.residual.unwrap_or(0.0),
+            _pad: 0,
         };
         let mut entries: Vec<(u32, &wgpu::Buffer)> = vec![(1, &input.buffer), (2, index_buffer)];
         // Without biases the kernels never read them; the input stands in.

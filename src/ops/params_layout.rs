@@ -60,7 +60,8 @@ pub fn all() -> Vec<ParamsLayout> {
                 expert_stride,
                 flags,
                 alpha,
-                limit
+                limit,
+                residual_scale
             ]
         );
         l.wgsl_struct = wgsl;
@@ -105,7 +106,7 @@ pub fn all() -> Vec<ParamsLayout> {
             kernel::COMBINE,
             "CombineParams",
             CombineParams,
-            [tokens, top_k, dim, identity_rows, shared_mode]
+            [tokens, top_k, dim, identity_rows, shared_mode, residual, residual_scale]
         ),
         layout!(kernel::NORM, "NormParams", NormParams, [rows, dim, eps]),
         layout!(
