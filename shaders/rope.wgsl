@@ -6,7 +6,9 @@
 // Layout: x [T, heads, head_dim] f32; positions [T] (slot, position) u32; table [positions, rot/2, 2] f32 = (cos, sin),
 // computed on the CPU the way transformers does (f32 inv_freq * position), or with by_token
 // [T, rot/2, 2] rows written for this step (dynamic NTK, whose angles depend on the step).
-// Mapping: one invocation per (t, head, i), 64 per workgroup.
+// A second tensor y [T, heads2, head_dim] (the keys, beside the queries in x) rotates in
+// the same dispatch when heads2 > 0: token t's heads run x's then y's.
+// Mapping: one invocation per (t, head, i) over heads + heads2 heads, 64 per workgroup.
 
 struct RopeParams {
     tokens: u32,
@@ -15,8 +17,8 @@ struct RopeParams {
     half_rot: u32,
     interleaved: u32, // 1: pairs (2i, 2i + 1) (llama.cpp's layout for llama-style GGUF files)
     by_token: u32,    // 1: table row t for token t, else row positions[t].position
-    _pad1: u32,
-    _pad2: u32,
+    heads2: u32,      // heads of y; 0: x only
+    _pad: u32,
 }
 
 
@@ -24,6 +26,12 @@ struct RopeParams {
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;
 @group(0) @binding(2) var<storage, read> table: array<f32>;
 @group(0) @binding(3) var<storage, read> positions: array<u32>; // [T] x (slot, position)
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+
+// The pair (x1, x2) rotated by (cos, sin) = cs.
+fn rotate(x1: f32, x2: f32, cs: vec2<f32>) -> vec2<f32> {
+    return vec2<f32>(x1 * cs.x - x2 * cs.y, x2 * cs.x + x1 * cs.y);
+}
 
 @compute @workgroup_size(64)
 fn rope(
@@ -32,25 +40,32 @@ fn rope(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let idx = linear_workgroup(wid, nwg) * 64u + lid;
-    if (idx >= p.tokens * p.heads * p.half_rot) {
+    let heads = p.heads + p.heads2;
+    if (idx >= p.tokens * heads * p.half_rot) {
         return;
     }
     let i = idx % p.half_rot;
-    let th = idx / p.half_rot; // t * heads + head
-    let t = th / p.heads;
-    let base = th * p.head_dim;
+    let th = idx / p.half_rot; // t * (heads + heads2) + head
+    let t = th / heads;
+    let head = th % heads;
     let row = select(positions[2u * t + 1u], t, p.by_token != 0u);
     let entry = (row * p.half_rot + i) * 2u;
-    let c = table[entry];
-    let s = table[entry + 1u];
-    var a = base + i;
-    var b = base + i + p.half_rot;
+    let cs = vec2<f32>(table[entry], table[entry + 1u]);
+    var a = i;
+    var b = i + p.half_rot;
     if (p.interleaved != 0u) {
-        a = base + 2u * i;
+        a = 2u * i;
         b = a + 1u;
     }
-    let x1 = x[a];
-    let x2 = x[b];
-    x[a] = x1 * c - x2 * s;
-    x[b] = x2 * c + x1 * s;
+    if (head < p.heads) {
+        let base = (t * p.heads + head) * p.head_dim;
+        let r = rotate(x[base + a], x[base + b], cs);
+        x[base + a] = r.x;
+        x[base + b] = r.y;
+    } else {
+        let base = (t * p.heads2 + head - p.heads) * p.head_dim;
+        let r = rotate(y[base + a], y[base + b], cs);
+        y[base + a] = r.x;
+        y[base + b] = r.y;
+    }
 }

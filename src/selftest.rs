@@ -14,8 +14,8 @@ use crate::moe::{MoeConfig, MoeLayer, MoeWeights, SharedExpertConfig};
 use crate::ops::attention::{attention_reference, encode_attention, AttentionOptions, KvCache};
 use crate::ops::embedding::encode_embedding_in_runs;
 use crate::ops::embedding::{argmax_reference, encode_argmax};
-use crate::ops::norm::{encode_rms_norm, rms_norm_reference};
-use crate::ops::rope::{encode_rope, rope_reference, rope_table, upload_rope_table, RopeAngles};
+use crate::ops::norm::{encode_rms_norm, encode_rms_norm_pair, rms_norm_reference};
+use crate::ops::rope::{encode_rope_pair, rope_reference, rope_table, upload_rope_table, RopeAngles};
 use crate::ops::routing::{GroupLimit, GroupScore, Scoring, TopKOrder};
 use crate::ops::TokenPositions;
 use crate::weights::{WeightFormat, WeightMatrix};
@@ -183,35 +183,47 @@ async fn transformer_op_checks(ctx: &GpuContext, rng: &mut ChaCha8Rng) -> Result
         1e-5,
         "",
     ));
-    // RoPE at a large position
-    let (tokens, heads, hd, pos0) = (3, 2, 32, 200);
+    // Two norms in one dispatch (q and k norms per head)
+    let (rows2, dim2) = (12, 32);
+    let (x2, w2) = (random(rng, rows2 * dim2, 3.0), random(rng, dim2, 1.0));
+    let (x2g, w2g) = (
+        GpuTensor::from_f32(ctx, "x2", &[rows2, dim2], &x2, DType::F32)?,
+        GpuTensor::from_f32(ctx, "w2", &[dim2], &w2, DType::F32)?,
+    );
+    let y2 = GpuTensor::empty(ctx, "y2", &[rows2, dim2], DType::F32)?;
+    run(&|e| encode_rms_norm_pair(ctx, e, (&xg, &wg, &y), (&x2g, &w2g, &y2), 1e-6))?;
+    let (y, y2) = (y.read_f32(ctx).await?, y2.read_f32(ctx).await?);
+    let errors = [
+        relative_error(&y, &rms_norm_reference(&x, &w, 1e-6)),
+        relative_error(&y2, &rms_norm_reference(&x2, &w2, 1e-6)),
+    ];
+    checks.push(check("rms norm pair", errors[0].max(errors[1]), 1e-5, ""));
+    // RoPE at a large position: queries and keys (GQA) in one dispatch
+    let (tokens, heads, kv_heads, hd, pos0) = (3, 4, 2, 32, 200);
     let table = upload_rope_table(ctx, 10000.0, hd, pos0 + tokens, &Default::default())?;
     let mut q = random(rng, tokens * heads * hd, 1.0);
+    let mut k = random(rng, tokens * kv_heads * hd, 1.0);
     let qg = GpuTensor::from_f32(ctx, "q", &[tokens, heads * hd], &q, DType::F32)?;
+    let kg = GpuTensor::from_f32(ctx, "k", &[tokens, kv_heads * hd], &k, DType::F32)?;
     let positions = TokenPositions::contiguous(ctx, pos0, tokens)?;
     run(&|e| {
-        encode_rope(
+        encode_rope_pair(
             ctx,
             e,
-            &qg,
+            (&qg, heads),
+            (&kg, kv_heads),
             RopeAngles::ByPosition(&table),
-            heads,
             hd,
             &positions,
             false,
         );
         Ok(())
     })?;
-    rope_reference(
-        &mut q,
-        &rope_table(10000.0, hd, pos0 + tokens),
-        hd / 2,
-        heads,
-        hd,
-        pos0,
-        false,
-    );
-    checks.push(check("rope", relative_error(&qg.read_f32(ctx).await?, &q), 1e-5, ""));
+    let host_table = rope_table(10000.0, hd, pos0 + tokens);
+    rope_reference(&mut q, &host_table, hd / 2, heads, hd, pos0, false);
+    rope_reference(&mut k, &host_table, hd / 2, kv_heads, hd, pos0, false);
+    checks.push(check("rope q", relative_error(&qg.read_f32(ctx).await?, &q), 1e-5, ""));
+    checks.push(check("rope k", relative_error(&kg.read_f32(ctx).await?, &k), 1e-5, ""));
     // Attention: prefill 9 tokens with GQA
     let (heads, kv_heads, hd, t) = (4, 2, 16, 9);
     let cache = KvCache::new(ctx, kv_heads, hd, 16)?;

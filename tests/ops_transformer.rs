@@ -10,9 +10,10 @@ use webmoe::gpu::kernel::Recorder;
 use webmoe::ops::attention::{attention_reference, encode_attention, AttentionOptions, KvCache};
 use webmoe::ops::elementwise::{encode_add_row_bias, encode_add_scaled, encode_scale_clamp};
 use webmoe::ops::embedding::{argmax_reference, encode_argmax, encode_embedding};
-use webmoe::ops::norm::{encode_rms_norm, rms_norm_reference};
+use webmoe::ops::norm::{encode_rms_norm, encode_rms_norm_pair, rms_norm_reference};
 use webmoe::ops::rope::{
-    encode_rope, rope_reference, rope_table, rope_table_scaled, upload_rope_table, DynamicNtk, RopeAngles, RopeScaling,
+    encode_rope, encode_rope_pair, rope_reference, rope_table, rope_table_scaled, upload_rope_table, DynamicNtk,
+    RopeAngles, RopeScaling,
 };
 use webmoe::ops::TokenPositions;
 use webmoe::{ContextOptions, DType, ErrorKind, GpuContext, GpuTensor, WeightFormat, WeightMatrix};
@@ -47,6 +48,57 @@ fn rms_norm_matches_reference() {
             &rms_norm_reference(&x, &w, 1e-6),
             1e-5,
         );
+    }
+}
+
+/// Two norms in one dispatch (a layer's q and k norms) give what each alone gives, bit
+/// for bit: per-head norms of GQA widths, whole-projection norms of two widths, one row.
+#[test]
+fn rms_norm_pair_equals_two_single_norms() {
+    let ctx = context();
+    let mut rng = rng(4);
+    for &((rows, dim), (rows2, dim2)) in &[
+        ((1, 1), (1, 1)),
+        ((8 * 3, 16), (2 * 3, 16)),
+        ((5, 128), (5, 64)),
+        ((2, 100), (6, 100)),
+    ] {
+        let (x, w) = (random_vec(&mut rng, rows * dim, 3.0), random_vec(&mut rng, dim, 1.0));
+        let (x2, w2) = (random_vec(&mut rng, rows2 * dim2, 3.0), random_vec(&mut rng, dim2, 1.0));
+        let (xg, wg) = (upload(&ctx, &[rows, dim], &x), upload(&ctx, &[dim], &w));
+        let (x2g, w2g) = (upload(&ctx, &[rows2, dim2], &x2), upload(&ctx, &[dim2], &w2));
+        let outputs = || {
+            let y = GpuTensor::empty(&ctx, "y", &[rows, dim], DType::F32).unwrap();
+            let y2 = GpuTensor::empty(&ctx, "y2", &[rows2, dim2], DType::F32).unwrap();
+            y.poison(&ctx);
+            y2.poison(&ctx);
+            (y, y2)
+        };
+        let (pair, pair2) = outputs();
+        run(&ctx, |enc| {
+            encode_rms_norm_pair(&ctx, enc, (&xg, &wg, &pair), (&x2g, &w2g, &pair2), 1e-6).unwrap()
+        });
+        let (single, single2) = outputs();
+        run(&ctx, |enc| {
+            encode_rms_norm(&ctx, enc, &xg, &wg, 1e-6, &single).unwrap();
+            encode_rms_norm(&ctx, enc, &x2g, &w2g, 1e-6, &single2).unwrap();
+        });
+        let what = format!("{rows}x{dim} and {rows2}x{dim2}");
+        let read = |t: &GpuTensor| t.read_f32_blocking(&ctx).unwrap();
+        assert_close(
+            &format!("norm pair {what}"),
+            &read(&pair),
+            &rms_norm_reference(&x, &w, 1e-6),
+            1e-5,
+        );
+        assert_close(
+            &format!("norm pair {what}"),
+            &read(&pair2),
+            &rms_norm_reference(&x2, &w2, 1e-6),
+            1e-5,
+        );
+        assert_eq!(read(&pair), read(&single), "norm pair {what}: first norm, bits");
+        assert_eq!(read(&pair2), read(&single2), "norm pair {what}: second norm, bits");
     }
 }
 
@@ -151,6 +203,56 @@ fn rope_matches_reference_with_full_and_partial_rotary() {
             &format!("rope T={tokens} rot={rot} interleaved={interleaved}"),
             &xg.read_f32_blocking(&ctx).unwrap(),
             &x,
+            1e-6,
+        );
+    }
+}
+
+/// Queries and keys rotated in one dispatch equal each rotated alone (GQA head counts,
+/// one key head as MLA has, partial and interleaved rotary, a single token).
+#[test]
+fn rope_pair_rotates_queries_and_keys_as_two_dispatches_would() {
+    let ctx = context();
+    let mut rng = rng(21);
+    for &(tokens, q_heads, k_heads, head_dim, rot, pos0, interleaved) in &[
+        (1, 1, 1, 8, 8, 0, false),
+        (5, 4, 2, 16, 16, 3, false),
+        (7, 8, 1, 32, 16, 90, false),
+        (3, 6, 3, 64, 64, 500, true),
+        (9, 16, 1, 16, 16, 0, true),
+    ] {
+        let table = upload_rope_table(&ctx, 10000.0, rot, pos0 + tokens, &Default::default()).unwrap();
+        let host_table = rope_table(10000.0, rot, pos0 + tokens);
+        let mut q = random_vec(&mut rng, tokens * q_heads * head_dim, 1.0);
+        let mut k = random_vec(&mut rng, tokens * k_heads * head_dim, 1.0);
+        let qg = upload(&ctx, &[tokens, q_heads * head_dim], &q);
+        let kg = upload(&ctx, &[tokens, k_heads * head_dim], &k);
+        let position = TokenPositions::contiguous(&ctx, pos0, tokens).unwrap();
+        run(&ctx, |enc| {
+            encode_rope_pair(
+                &ctx,
+                enc,
+                (&qg, q_heads),
+                (&kg, k_heads),
+                RopeAngles::ByPosition(&table),
+                head_dim,
+                &position,
+                interleaved,
+            )
+        });
+        rope_reference(&mut q, &host_table, rot / 2, q_heads, head_dim, pos0, interleaved);
+        rope_reference(&mut k, &host_table, rot / 2, k_heads, head_dim, pos0, interleaved);
+        let what = format!("T={tokens} heads {q_heads}/{k_heads} rot={rot} interleaved={interleaved}");
+        assert_close(
+            &format!("rope pair q {what}"),
+            &qg.read_f32_blocking(&ctx).unwrap(),
+            &q,
+            1e-6,
+        );
+        assert_close(
+            &format!("rope pair k {what}"),
+            &kg.read_f32_blocking(&ctx).unwrap(),
+            &k,
             1e-6,
         );
     }

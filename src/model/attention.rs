@@ -33,7 +33,8 @@ use crate::ops::attention::{encode_attention, AttentionOptions, KvCache};
 use crate::ops::columns::{encode_join_columns, encode_split_columns};
 use crate::ops::elementwise::encode_scale_clamp;
 use crate::ops::expert_matmul::{encode_down, ExpertRows};
-use crate::ops::rope::{encode_rope, RopeAngles};
+use crate::ops::norm::encode_rms_norm_pair;
+use crate::ops::rope::{encode_rope_pair, RopeAngles};
 use crate::ops::TokenPositions;
 use crate::weights::WeightMatrix;
 
@@ -211,8 +212,11 @@ impl Gqa {
         if let Some((qn, kn)) = &self.qk_norm {
             // PerHead norms have head_dim weights, Full norms the projection width:
             // the kernel normalises rows of the weight's length either way.
-            q = norm(ctx, rec, &q, qn, c.rms_norm_eps)?;
-            k = norm(ctx, rec, &k, kn, c.rms_norm_eps)?;
+            // Both in one dispatch.
+            let q_normed = GpuTensor::empty(ctx, "normed queries", &q.shape, DType::F32)?;
+            let k_normed = GpuTensor::empty(ctx, "normed keys", &k.shape, DType::F32)?;
+            encode_rms_norm_pair(ctx, rec, (&q, qn, &q_normed), (&k, kn, &k_normed), c.rms_norm_eps)?;
+            (q, k) = (q_normed, k_normed);
         }
         if let Some(limit) = c.clip_qkv {
             for x in [&q, &k, &v] {
@@ -220,22 +224,12 @@ impl Gqa {
             }
         }
         let positions = inputs.positions;
-        encode_rope(
+        encode_rope_pair(
             ctx,
             rec,
-            &q,
+            (&q, c.num_heads),
+            (&k, c.num_kv_heads),
             inputs.rope,
-            c.num_heads,
-            c.head_dim,
-            positions,
-            c.rope_interleaved,
-        );
-        encode_rope(
-            ctx,
-            rec,
-            &k,
-            inputs.rope,
-            c.num_kv_heads,
             c.head_dim,
             positions,
             c.rope_interleaved,
@@ -401,16 +395,6 @@ impl Mla {
         let q_nope = f32_tensor("mla q nope", &[t * heads, nope])?;
         let q_pe = f32_tensor("mla q rope", &[t, heads * rope])?;
         encode_split_columns(ctx, rec, t * heads, &q, qk, &[(&q_nope, 0), (&q_pe, nope)])?;
-        encode_rope(
-            ctx,
-            rec,
-            &q_pe,
-            inputs.rope,
-            heads,
-            rope,
-            inputs.positions,
-            c.rope_interleaved,
-        );
 
         // The cached key: the normed latent, then the RoPE key shared by all heads.
         let kv = linear(ctx, rec, h, &self.kv_a, gemv)?;
@@ -418,12 +402,13 @@ impl Mla {
         let k_pe = f32_tensor("mla k rope", &[t, rope])?;
         encode_split_columns(ctx, rec, t, &kv, key, &[(&latent, 0), (&k_pe, l)])?;
         let latent = norm(ctx, rec, &latent, &self.kv_a_norm, LOW_RANK_NORM_EPS)?;
-        encode_rope(
+        // The queries' and the key's RoPE parts rotate in one dispatch.
+        encode_rope_pair(
             ctx,
             rec,
-            &k_pe,
+            (&q_pe, heads),
+            (&k_pe, 1),
             inputs.rope,
-            1,
             rope,
             inputs.positions,
             c.rope_interleaved,

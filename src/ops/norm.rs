@@ -10,7 +10,9 @@ pub(crate) struct NormParams {
     pub(crate) rows: u32,
     pub(crate) dim: u32,
     pub(crate) eps: f32,
-    pub(crate) _pad: u32,
+    pub(crate) rows2: u32,
+    pub(crate) dim2: u32,
+    pub(crate) _pad: [u32; 3],
 }
 
 /// Records `y = rms_norm(x) * w` over rows of `w.len()` elements (`x`, `y` of equal size).
@@ -22,23 +24,61 @@ pub fn encode_rms_norm(
     eps: f32,
     y: &GpuTensor,
 ) -> Result<()> {
+    crate::ops::expect_shape("rms norm output", y, &x.shape)?;
+    let placeholder = ctx.unread_binding();
+    dispatch_norm(ctx, rec, (x, w, y), (&x.buffer, &w.buffer, placeholder, 0, 1), eps);
+    Ok(())
+}
+
+/// Records two norms in one dispatch, each as [`encode_rms_norm`] would: `y = rms_norm(x)
+/// * w` and `y2 = rms_norm(x2) * w2` (a layer's query and key norms).
+pub fn encode_rms_norm_pair(
+    ctx: &GpuContext,
+    rec: &mut Recorder,
+    (x, w, y): (&GpuTensor, &GpuTensor, &GpuTensor),
+    (x2, w2, y2): (&GpuTensor, &GpuTensor, &GpuTensor),
+    eps: f32,
+) -> Result<()> {
+    crate::ops::expect_shape("rms norm output", y, &x.shape)?;
+    crate::ops::expect_shape("rms norm output", y2, &x2.shape)?;
+    let rows2 = x2.len() / w2.len();
+    let second = (&x2.buffer, &w2.buffer, &y2.buffer, rows2, w2.len());
+    dispatch_norm(ctx, rec, (x, w, y), second, eps);
+    Ok(())
+}
+
+/// The norm of `x` and, when `rows2 > 0`, of the second tensor's `rows2` rows of `dim2`.
+fn dispatch_norm(
+    ctx: &GpuContext,
+    rec: &mut Recorder,
+    (x, w, y): (&GpuTensor, &GpuTensor, &GpuTensor),
+    (x2, w2, y2, rows2, dim2): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer, usize, usize),
+    eps: f32,
+) {
     let dim = w.len();
     let rows = x.len() / dim;
-    crate::ops::expect_shape("rms norm output", y, &x.shape)?;
     let params = NormParams {
         rows: rows as u32,
         dim: dim as u32,
         eps,
-        _pad: 0,
+        rows2: rows2 as u32,
+        dim2: dim2 as u32,
+        _pad: [0; 3],
     };
     rec.dispatch(
         ctx,
         NORM.entry("rms_norm"),
         &params,
-        &[(1, &x.buffer), (2, &w.buffer), (3, &y.buffer)],
-        rows as u32,
+        &[
+            (1, &x.buffer),
+            (2, &w.buffer),
+            (3, &y.buffer),
+            (4, x2),
+            (5, w2),
+            (6, y2),
+        ],
+        (rows + rows2) as u32,
     );
-    Ok(())
 }
 
 /// CPU reference, row by row.

@@ -108,7 +108,7 @@ pub fn all() -> Vec<ParamsLayout> {
             CombineParams,
             [tokens, top_k, dim, identity_rows, shared_mode, residual, residual_scale]
         ),
-        layout!(kernel::NORM, "NormParams", NormParams, [rows, dim, eps]),
+        layout!(kernel::NORM, "NormParams", NormParams, [rows, dim, eps, rows2, dim2]),
         layout!(
             kernel::COLUMNS,
             "ColumnsParams",
@@ -125,7 +125,7 @@ pub fn all() -> Vec<ParamsLayout> {
             kernel::ROPE,
             "RopeParams",
             RopeParams,
-            [tokens, heads, head_dim, half_rot, interleaved, by_token]
+            [tokens, heads, head_dim, half_rot, interleaved, by_token, heads2]
         ),
         layout!(
             kernel::ATTENTION,

@@ -225,7 +225,8 @@ pub(crate) struct RopeParams {
     pub(crate) half_rot: u32,
     pub(crate) interleaved: u32,
     pub(crate) by_token: u32,
-    pub(crate) _pad: [u32; 2],
+    pub(crate) heads2: u32,
+    pub(crate) _pad: u32,
 }
 
 /// Where the RoPE kernel finds each token's (cos, sin).
@@ -251,12 +252,53 @@ pub fn encode_rope(
     positions: &TokenPositions,
     interleaved: bool,
 ) {
+    dispatch_rope(ctx, rec, (x, heads), None, angles, head_dim, positions, interleaved);
+}
+
+/// Rotates queries `q [T, q_heads * head_dim]` and keys `k [T, k_heads * head_dim]` in
+/// place in one dispatch, each as [`encode_rope`] would.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_rope_pair(
+    ctx: &GpuContext,
+    rec: &mut Recorder,
+    (q, q_heads): (&GpuTensor, usize),
+    (k, k_heads): (&GpuTensor, usize),
+    angles: RopeAngles,
+    head_dim: usize,
+    positions: &TokenPositions,
+    interleaved: bool,
+) {
+    assert_eq!(q.shape[0], k.shape[0], "queries and keys of the same tokens");
+    dispatch_rope(
+        ctx,
+        rec,
+        (q, q_heads),
+        Some((k, k_heads)),
+        angles,
+        head_dim,
+        positions,
+        interleaved,
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dispatch_rope(
+    ctx: &GpuContext,
+    rec: &mut Recorder,
+    (x, heads): (&GpuTensor, usize),
+    second: Option<(&GpuTensor, usize)>,
+    angles: RopeAngles,
+    head_dim: usize,
+    positions: &TokenPositions,
+    interleaved: bool,
+) {
     let tokens = x.shape[0];
     let (table, by_token) = match angles {
         RopeAngles::ByPosition(table) => (table, false),
         RopeAngles::ByToken(rows) => (rows, true),
     };
     let half_rot = table.shape[1];
+    let (y, heads2) = second.map_or((ctx.unread_binding(), 0), |(y, h)| (&y.buffer, h));
     let params = RopeParams {
         tokens: tokens as u32,
         heads: heads as u32,
@@ -264,14 +306,15 @@ pub fn encode_rope(
         half_rot: half_rot as u32,
         interleaved: interleaved as u32,
         by_token: by_token as u32,
-        _pad: [0; 2],
+        heads2: heads2 as u32,
+        _pad: 0,
     };
     rec.dispatch(
         ctx,
         ROPE.entry("rope"),
         &params,
-        &[(1, &x.buffer), (2, &table.buffer), (3, &positions.buffer)],
-        workgroups(tokens * heads * half_rot, 64),
+        &[(1, &x.buffer), (2, &table.buffer), (3, &positions.buffer), (4, y)],
+        workgroups(tokens * (heads + heads2) * half_rot, 64),
     );
 }
 
