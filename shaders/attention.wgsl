@@ -9,15 +9,19 @@
 //   p_t - window < j <= p_t. With sinks (has_sinks), the softmax of head h also holds
 //   the logit sinks[h] (not scaled): it enters the max and the sum but has no value,
 //   so it only takes probability mass (gpt-oss). Tokens past the cache (slot or
-//   position) are skipped (the host refuses them first). Scores and then
-//   probabilities go through the `scores` scratch [T * heads, max_ctx]; max and sum
-//   by fixed-order tree reductions, the weighted sum of values in position order:
-//   deterministic.
+//   position) are skipped (the host refuses them first).
+//   An online softmax over blocks of 256 positions (flash attention): per block the
+//   scores' max by a fixed-order tree, the running max, sum and value sums rescaled
+//   by exp(old max - new max), the weighted values added in position order. Blocks
+//   start at multiples of 256 positions whatever the step holds, so a token's output
+//   depends only on its own sequence: deterministic and the same in any batch. No
+//   scratch grows with the context.
 // Latent caches (MLA, latent = 1): one kv head whose key is [latent, RoPE key] and whose
 //   value is the key's first value_dim elements; no value cache is written or read.
 //   out is [T, heads * value_dim].
 // Mapping: kv_store one invocation per element of k; attend one 64-invocation
-// workgroup per (t, head).
+// workgroup per (t, head): invocation i scores positions i, i + 64, i + 128, i + 192 of
+// each block and owns the value sums of elements d = i (mod 64) (value_dim <= 1024).
 
 struct AttentionParams {
     tokens: u32,
@@ -38,7 +42,6 @@ struct AttentionParams {
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read_write> k_cache: array<f32>;
 @group(0) @binding(3) var<storage, read_write> v_cache: array<f32>;
-@group(0) @binding(4) var<storage, read_write> scores: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 @group(0) @binding(6) var<storage, read> k_new: array<f32>;
 @group(0) @binding(7) var<storage, read> v_new: array<f32>;
@@ -75,7 +78,13 @@ fn kv_store(
     }
 }
 
+const BLOCK: u32 = 256u;
+const MAX_VALUE_DIM: u32 = 1024u;
+const NO_SCORE: f32 = -3.0e38;
+
 var<workgroup> partial: array<f32, 64>;
+var<workgroup> probs: array<f32, 256>; // BLOCK
+var<workgroup> value_sums: array<f32, 1024>; // MAX_VALUE_DIM
 var<workgroup> row_slot: u32;
 var<workgroup> row_position: u32;
 
@@ -93,6 +102,19 @@ fn reduce(lid: u32, use_max: bool) -> f32 {
     let r = partial[0];
     workgroupBarrier();
     return r;
+}
+
+// scale * q . k at cache position j (keys from cache_base), or NO_SCORE outside [start, keys).
+fn masked_score(qb: u32, cache_base: u32, j: u32, start: u32, keys: u32) -> f32 {
+    if (j < start || j >= keys) {
+        return NO_SCORE;
+    }
+    var s = 0.0;
+    let kb = cache_base + j * p.head_dim;
+    for (var d = 0u; d < p.head_dim; d++) {
+        s += q[qb + d] * k_cache[kb + d];
+    }
+    return s * p.scale;
 }
 
 @compute @workgroup_size(64)
@@ -123,52 +145,65 @@ fn attend(
     let start = select(0u, keys - p.window, p.window > 0u && keys > p.window);
     let qb = th * p.head_dim;
     let cache_base = (slot * p.kv_heads + kvh) * p.max_ctx * p.head_dim;
-    let sb = th * p.max_ctx;
-
-    var local_max = -3.0e38;
-    for (var j = start + lid; j < keys; j += 64u) {
-        var s = 0.0;
-        let kb = cache_base + j * p.head_dim;
-        for (var d = 0u; d < p.head_dim; d++) {
-            s += q[qb + d] * k_cache[kb + d];
-        }
-        s *= p.scale;
-        scores[sb + j] = s;
-        local_max = max(local_max, s);
-    }
-    partial[lid] = local_max;
-    var m = reduce(lid, true);
-    let has_sink = p.has_sinks != 0u;
-    var sink = 0.0;
-    if (has_sink) {
-        sink = sinks[h];
-        m = max(m, sink);
-    }
-
-    var local_sum = 0.0;
-    for (var j = start + lid; j < keys; j += 64u) {
-        let e = exp(scores[sb + j] - m);
-        scores[sb + j] = e;
-        local_sum += e;
-    }
-    partial[lid] = local_sum;
-    var total = reduce(lid, false);
-    if (has_sink) {
-        total += exp(sink - m);
-    }
-    storageBarrier();
-
     for (var d = lid; d < p.value_dim; d += 64u) {
-        var acc = 0.0;
-        if (p.latent != 0u) {
-            for (var j = start; j < keys; j++) {
-                acc += scores[sb + j] * k_cache[cache_base + j * p.head_dim + d];
+        value_sums[d] = 0.0;
+    }
+
+    var m = NO_SCORE; // running max (uniform)
+    var sum = 0.0; // this invocation's share of the running sum of exp(score - m)
+    for (var block = start - start % BLOCK; block < keys; block += BLOCK) {
+        // Four positions per invocation; those outside [start, keys) score NO_SCORE.
+        let j = block + lid;
+        let s = vec4<f32>(
+            masked_score(qb, cache_base, j, start, keys),
+            masked_score(qb, cache_base, j + 64u, start, keys),
+            masked_score(qb, cache_base, j + 128u, start, keys),
+            masked_score(qb, cache_base, j + 192u, start, keys),
+        );
+        partial[lid] = max(max(s.x, s.y), max(s.z, s.w));
+        let m_new = max(m, reduce(lid, true));
+        let rescale = exp(m - m_new);
+        // exp(NO_SCORE - m_new) is 0: positions outside the window take no mass.
+        let e = exp(s - vec4<f32>(m_new));
+        probs[lid] = e.x;
+        probs[lid + 64u] = e.y;
+        probs[lid + 128u] = e.z;
+        probs[lid + 192u] = e.w;
+        sum = sum * rescale + ((e.x + e.y) + (e.z + e.w));
+        m = m_new;
+        workgroupBarrier();
+        let first = max(start, block) - block;
+        let end = min(keys - block, BLOCK);
+        for (var d = lid; d < p.value_dim; d += 64u) {
+            var acc = value_sums[d] * rescale;
+            if (p.latent != 0u) {
+                for (var i = first; i < end; i++) {
+                    acc += probs[i] * k_cache[cache_base + (block + i) * p.head_dim + d];
+                }
+            } else {
+                for (var i = first; i < end; i++) {
+                    acc += probs[i] * v_cache[cache_base + (block + i) * p.head_dim + d];
+                }
             }
-        } else {
-            for (var j = start; j < keys; j++) {
-                acc += scores[sb + j] * v_cache[cache_base + j * p.head_dim + d];
-            }
+            value_sums[d] = acc;
         }
-        out[th * p.value_dim + d] = acc / total;
+        // The next block's probabilities are written after its max reduction's
+        // barriers, so every invocation has finished reading these by then.
+    }
+    partial[lid] = sum;
+    var total = reduce(lid, false);
+    if (p.has_sinks != 0u) {
+        // The sink's logit joins the softmax: rescale to the larger max.
+        let sink = sinks[h];
+        let m_all = max(m, sink);
+        let rescale = exp(m - m_all);
+        total = total * rescale + exp(sink - m_all);
+        for (var d = lid; d < p.value_dim; d += 64u) {
+            out[th * p.value_dim + d] = value_sums[d] * rescale / total;
+        }
+        return;
+    }
+    for (var d = lid; d < p.value_dim; d += 64u) {
+        out[th * p.value_dim + d] = value_sums[d] / total;
     }
 }

@@ -260,6 +260,34 @@ async fn transformer_op_checks(ctx: &GpuContext, rng: &mut ChaCha8Rng) -> Result
         1e-5,
         "",
     ));
+    // Attention over several 256-position blocks, with a window and sinks (the online
+    // softmax rescales across blocks)
+    let (heads, kv_heads, hd, t) = (2, 1, 8, 300);
+    let cache = KvCache::new(ctx, kv_heads, hd, t)?;
+    let (q, k, v) = (
+        random(rng, t * heads * hd, 1.0),
+        random(rng, t * kv_heads * hd, 1.0),
+        random(rng, t * kv_heads * hd, 1.0),
+    );
+    let sinks = random(rng, heads, 2.0);
+    let qg = GpuTensor::from_f32(ctx, "q", &[t, heads * hd], &q, DType::F32)?;
+    let kg = GpuTensor::from_f32(ctx, "k", &[t, kv_heads * hd], &k, DType::F32)?;
+    let vg = GpuTensor::from_f32(ctx, "v", &[t, kv_heads * hd], &v, DType::F32)?;
+    let sinks_g = GpuTensor::from_f32(ctx, "sinks", &[heads], &sinks, DType::F32)?;
+    let out = GpuTensor::empty(ctx, "out", &[t, heads * hd], DType::F32)?;
+    let start = TokenPositions::contiguous(ctx, 0, t)?;
+    let options = AttentionOptions {
+        sinks: Some(&sinks_g),
+        window: Some(260),
+    };
+    run(&|e| encode_attention(ctx, e, &cache, &qg, &kg, &vg, heads, &start, scale, options, &out))?;
+    let want = attention_reference(&q, &k, &v, heads, kv_heads, hd, 0, scale, Some(&sinks), Some(260));
+    checks.push(check(
+        "attention (300 positions, window, sinks)",
+        relative_error(&out.read_f32(ctx).await?, &want),
+        1e-5,
+        "",
+    ));
     // Argmax over a vocabulary-sized row with a tie
     let mut logits = random(rng, 5000, 10.0);
     logits[1234] = 20.0;

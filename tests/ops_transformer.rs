@@ -321,6 +321,9 @@ fn attention_prefill_then_decode_matches_reference() {
         (8, 2, 32, 17, 2, 40),
         (2, 1, 100, 1, 4, 8),
         (4, 2, 8, 70, 1, 80),
+        // Contexts over several of the kernel's 256-position blocks.
+        (2, 1, 16, 300, 3, 320),
+        (4, 2, 8, 511, 2, 600),
     ] {
         let steps: Vec<usize> = std::iter::once(prefill)
             .chain(std::iter::repeat_n(1, decode_steps))
@@ -337,6 +340,31 @@ fn attention_prefill_then_decode_matches_reference() {
         let options = AttentionOptions::default();
         assert!(encode_attention(&ctx, &mut enc, &cache, &q, &kv, &kv, heads, &start, scale, options, &q).is_err());
     }
+}
+
+/// A prompt chunk over a long cache needs no scratch that grows with tokens x heads x
+/// context: here such a `[T * heads, max_ctx]` f32 scratch would pass the adapter's
+/// largest binding, and attention still runs (and matches the reference).
+#[test]
+fn long_prompts_attend_without_a_context_sized_scratch() {
+    let ctx = context();
+    let mut rng = rng(33);
+    let (heads, kv_heads, head_dim) = (16, 2, 8);
+    let max_ctx = 2048;
+    let limit = ctx.device.limits().max_storage_buffer_binding_size as usize;
+    let tokens = (limit / (heads * max_ctx * 4) + 1).min(max_ctx);
+    if tokens * heads * max_ctx * 4 <= limit {
+        eprintln!("the adapter's binding limit ({limit} bytes) is past this check's scratch: attention only");
+    }
+    check_attention_steps(
+        &ctx,
+        &mut rng,
+        (heads, kv_heads, head_dim),
+        &[tokens, 1],
+        max_ctx,
+        None,
+        None,
+    );
 }
 
 #[test]
@@ -365,6 +393,11 @@ fn attention_with_sinks_and_sliding_window_matches_reference() {
         ((4, 1, 64), &[4, 5, 6, 1], 24, true, Some(8)),
         ((4, 2, 8), &[6, 1, 1], 16, true, Some(1)),
         ((4, 2, 8), &[90, 7, 1], 100, true, Some(70)),
+        // Windows across the kernel's 256-position blocks: starts inside a block, a
+        // window wider than a block, one spanning two block edges.
+        ((4, 2, 8), &[250, 20, 1, 1], 280, false, Some(100)),
+        ((2, 1, 16), &[300, 1, 1], 310, true, Some(257)),
+        ((2, 2, 8), &[520, 1], 530, true, Some(300)),
     ];
     for &(shape, steps, max_ctx, with_sinks, window) in cases {
         let sinks = with_sinks.then(|| random_vec(&mut rng, shape.0, 3.0));

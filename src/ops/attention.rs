@@ -5,6 +5,19 @@ use crate::gpu::kernel::{Recorder, ATTENTION};
 use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::ops::{expect_shape, workgroups, TokenPositions};
 
+/// The widest value the attention kernel sums (its per-head value sums live in
+/// workgroup memory: `MAX_VALUE_DIM` in shaders/attention.wgsl).
+pub const MAX_VALUE_DIM: usize = 1024;
+
+fn check_value_dim(value_dim: usize, what: &str) -> Result<()> {
+    if value_dim > MAX_VALUE_DIM {
+        return Err(Error::Config(format!(
+            "{what}: values of {value_dim} elements per head are wider than the attention kernel's {MAX_VALUE_DIM}"
+        )));
+    }
+    Ok(())
+}
+
 /// One layer's key and value caches for `slots` sequences,
 /// `[slots, kv_heads, max_ctx, head_dim]` each; or a latent cache (MLA) of keys only.
 pub struct KvCache {
@@ -35,6 +48,7 @@ impl KvCache {
         head_dim: usize,
         max_ctx: usize,
     ) -> Result<Self> {
+        check_value_dim(head_dim, "a KV cache")?;
         let shape = [slots, kv_heads, max_ctx, head_dim];
         let bytes = shape.iter().product::<usize>() as u64 * 4;
         ctx.check_binding(
@@ -62,6 +76,7 @@ impl KvCache {
                 "a latent cache's value width {value_dim} must be between 1 and its key width {key_dim}"
             )));
         }
+        check_value_dim(value_dim, "a latent KV cache")?;
         let shape = [slots, 1, max_ctx, key_dim];
         let bytes = shape.iter().product::<usize>() as u64 * 4;
         ctx.check_binding(
@@ -177,7 +192,6 @@ pub fn encode_attention(
     if options.window == Some(0) {
         return Err(Error::Config("the attention window must be at least 1 position".into()));
     }
-    let scores = GpuTensor::empty(ctx, "attention scores", &[tokens * heads, cache.max_ctx], DType::F32)?;
     let params = AttentionParams {
         tokens: tokens as u32,
         heads: heads as u32,
@@ -211,7 +225,6 @@ pub fn encode_attention(
             (1, &q.buffer),
             (2, keys),
             (3, values),
-            (4, &scores.buffer),
             (5, &out.buffer),
             (8, pos),
             (9, sinks),
