@@ -176,13 +176,29 @@ fn attend(
         let end = min(keys - block, BLOCK);
         for (var d = lid; d < p.value_dim; d += 64u) {
             var acc = value_sums[d] * rescale;
+            let base = cache_base + block * p.head_dim + d;
+            var i = first;
             if (p.latent != 0u) {
-                for (var i = first; i < end; i++) {
-                    acc += probs[i] * k_cache[cache_base + (block + i) * p.head_dim + d];
+                for (; i + 4u <= end; i += 4u) {
+                    let r = base + i * p.head_dim;
+                    acc += probs[i] * k_cache[r];
+                    acc += probs[i + 1u] * k_cache[r + p.head_dim];
+                    acc += probs[i + 2u] * k_cache[r + 2u * p.head_dim];
+                    acc += probs[i + 3u] * k_cache[r + 3u * p.head_dim];
+                }
+                for (; i < end; i++) {
+                    acc += probs[i] * k_cache[base + i * p.head_dim];
                 }
             } else {
-                for (var i = first; i < end; i++) {
-                    acc += probs[i] * v_cache[cache_base + (block + i) * p.head_dim + d];
+                for (; i + 4u <= end; i += 4u) {
+                    let r = base + i * p.head_dim;
+                    acc += probs[i] * v_cache[r];
+                    acc += probs[i + 1u] * v_cache[r + p.head_dim];
+                    acc += probs[i + 2u] * v_cache[r + 2u * p.head_dim];
+                    acc += probs[i + 3u] * v_cache[r + 3u * p.head_dim];
+                }
+                for (; i < end; i++) {
+                    acc += probs[i] * v_cache[base + i * p.head_dim];
                 }
             }
             value_sums[d] = acc;
