@@ -28,9 +28,12 @@ mkdir -p -m 0700 "$XDG_RUNTIME_DIR"
 
 echo "== native tests (cargo test)"
 cargo test --all-targets
+# The server and browser tests run the CLI `cargo test` built for the integration tests
+# (the test profile: optimized, dependencies at opt-level 2; on lavapipe as fast as a
+# release build, whose compile would add about 6 minutes on a 2-core machine).
+export WEBMOE_BIN="${WEBMOE_BIN:-$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/webmoe}"
 
 echo "== server tests (webmoe serve against the openai package and curl)"
-cargo build --release --bin webmoe
 command -v curl >/dev/null || apt_install curl
 python3 -c "import openai" 2>/dev/null || python3 -m pip install --quiet openai \
   || python3 -m pip install --quiet --break-system-packages openai
@@ -43,7 +46,6 @@ fi
 command -v chromium >/dev/null || { echo "== installing chromium"; apt_install chromium; }
 command -v npm >/dev/null || { echo "== installing node and npm"; apt_install nodejs npm; }
 bash scripts/build-web.sh
-cargo build --release --bin webmoe
 ( cd web && npm install --no-audit --no-fund --silent )
 echo "== browser tests (node --test, playwright-core + chromium, SwiftShader WebGPU)"
 ( cd web && node --test tests/ )
