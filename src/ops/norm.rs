@@ -25,8 +25,7 @@ pub fn encode_rms_norm(
     y: &GpuTensor,
 ) -> Result<()> {
     crate::ops::expect_shape("rms norm output", y, &x.shape)?;
-    let placeholder = ctx.unread_binding();
-    dispatch_norm(ctx, rec, (x, w, y), (&x.buffer, &w.buffer, placeholder, 0, 1), eps);
+    dispatch_norm(ctx, rec, (x, w, y), None, eps);
     Ok(())
 }
 
@@ -41,25 +40,28 @@ pub fn encode_rms_norm_pair(
 ) -> Result<()> {
     crate::ops::expect_shape("rms norm output", y, &x.shape)?;
     crate::ops::expect_shape("rms norm output", y2, &x2.shape)?;
-    let rows2 = x2.len() / w2.len();
-    let second = (&x2.buffer, &w2.buffer, &y2.buffer, rows2, w2.len());
-    dispatch_norm(ctx, rec, (x, w, y), second, eps);
+    dispatch_norm(ctx, rec, (x, w, y), Some((x2, w2, y2)), eps);
     Ok(())
 }
 
-/// The norm of `x` and, when `rows2 > 0`, of the second tensor's `rows2` rows of `dim2`.
+/// The norm of `x` and, with a second (x2, w2, y2), of that one too. Without one, the
+/// kernel's second bindings hold `x`, `w` and a placeholder it does not touch.
 fn dispatch_norm(
     ctx: &GpuContext,
     rec: &mut Recorder,
     (x, w, y): (&GpuTensor, &GpuTensor, &GpuTensor),
-    (x2, w2, y2, rows2, dim2): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer, usize, usize),
+    second: Option<(&GpuTensor, &GpuTensor, &GpuTensor)>,
     eps: f32,
 ) {
-    let dim = w.len();
-    let rows = x.len() / dim;
+    let rows_of = |x: &GpuTensor, w: &GpuTensor| x.len() / w.len();
+    let (x2, w2, y2, rows2, dim2) = match second {
+        Some((x2, w2, y2)) => (&x2.buffer, &w2.buffer, &y2.buffer, rows_of(x2, w2), w2.len()),
+        None => (&x.buffer, &w.buffer, ctx.unread_binding(), 0, 0),
+    };
+    let rows = rows_of(x, w);
     let params = NormParams {
         rows: rows as u32,
-        dim: dim as u32,
+        dim: w.len() as u32,
         eps,
         rows2: rows2 as u32,
         dim2: dim2 as u32,
