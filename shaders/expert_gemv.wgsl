@@ -14,7 +14,11 @@
 // (row, output) pair of the group, reading each weight once for all TOKENS rows (dense
 // mode; routed rows take TOKENS = 1, since their experts differ); after one
 // barrier, invocation s adds slot s's 64 partials in index order (deterministic, and one
-// barrier instead of a tree's six, which dominate on CPU adapters). A row's sum depends
+// barrier instead of a tree's six, which dominate on CPU adapters); where the adapter has
+// subgroups, each subgroup adds its partials with subgroupAdd first and the barrier is
+// left with one partial per subgroup (gemv_reduce_subgroup.wgsl; the host composes the
+// reduction `//! part: gemv_reduce` names, and `Lanes`, the invocation's ids, with it). A
+// row's sum depends
 // on neither WG_ROWS nor TOKENS (picked by the host from K and the row count: about
 // 16 products per invocation and step), so a token's result never depends on the
 // tokens batched with it. The slice is runs of RUN consecutive weights (8 where K is a
@@ -86,23 +90,7 @@ fn expert_of(a: u32, lid: u32) -> u32 {
     return workgroupUniformLoad(&shared_expert_id);
 }
 
-// Sums each slot s < `slots` over the WG invocations, in invocation order, into
-// partial[s] (slots <= WG).
-fn reduce_partials(lid: u32, slots: u32) {
-    workgroupBarrier();
-    var sum = 0.0;
-    if (lid < slots) {
-        for (var i = 0u; i < WG; i++) {
-            sum += partial[i * SLOT_STRIDE + lid];
-        }
-    }
-    workgroupBarrier();
-    if (lid < slots) {
-        partial[lid] = sum;
-    }
-    workgroupBarrier();
-}
-
+//! part: gemv_reduce
 // The rows a of workgroup wg (first_row + t for t < TOKENS) and its first output.
 struct GemvTile {
     first_row: u32,
@@ -177,8 +165,9 @@ fn store_down(e: u32, a: u32, n: u32, y: f32) {
 fn gate_up(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
+    lanes: Lanes,
 ) {
+    let lid = lanes.lid;
     let wg = linear_workgroup(wid, nwg);
     let tile = gemv_tile(wg);
     if (tile.first_row >= p.assignments) {
@@ -213,7 +202,7 @@ fn gate_up(
             partial[lid * SLOT_STRIDE + slots + s] = acc_u[s];
         }
     }
-    reduce_partials(lid, 2u * slots);
+    reduce_partials(lanes, 2u * slots);
     let t = lid / WG_ROWS;
     let n = tile.n0 + lid % WG_ROWS;
     if (lid < slots && row_valid(tile, t) && n < p.row_end) {
@@ -225,8 +214,9 @@ fn gate_up(
 fn down(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
+    lanes: Lanes,
 ) {
+    let lid = lanes.lid;
     let wg = linear_workgroup(wid, nwg);
     let tile = gemv_tile(wg);
     if (tile.first_row >= p.assignments) {
@@ -256,7 +246,7 @@ fn down(
             partial[lid * SLOT_STRIDE + s] = acc[s];
         }
     }
-    reduce_partials(lid, slots);
+    reduce_partials(lanes, slots);
     let t = lid / WG_ROWS;
     let n = tile.n0 + lid % WG_ROWS;
     if (lid < slots && row_valid(tile, t) && n < p.row_end) {

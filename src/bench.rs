@@ -153,6 +153,9 @@ pub struct Report {
     pub max_storage_buffer_binding_size: u64,
     pub max_buffer_size: u64,
     pub timing_method: String,
+    /// The kernel choices: target and the split GEMV's reduction.
+    #[serde(default)]
+    pub kernels: String,
     pub weight_dtype: String,
     pub ceilings: Ceilings,
     pub rows: Vec<Row>,
@@ -711,6 +714,11 @@ pub async fn run_bench(
         max_storage_buffer_binding_size: ctx.limits.max_storage_buffer_binding_size,
         max_buffer_size: ctx.limits.max_buffer_size,
         timing_method: timer.method().into(),
+        kernels: match (ctx.kernel_target, ctx.subgroup_reductions) {
+            (crate::KernelTarget::Cpu, _) => "CPU target (serial GEMV)".into(),
+            (crate::KernelTarget::Gpu, true) => "GPU target (split GEMV, subgroup reductions)".into(),
+            (crate::KernelTarget::Gpu, false) => "GPU target (split GEMV, shared-memory reductions)".into(),
+        },
         weight_dtype: options
             .formats
             .iter()
@@ -726,13 +734,14 @@ pub async fn run_bench(
 /// A llama-bench-like markdown table.
 pub fn markdown(report: &Report) -> String {
     let mut s = format!(
-        "adapter: {} ({}, {}, driver {} {}); timing: {}; weights {}\n\nceilings: copy {:.1} GB/s, shader read {}, f32 FMA {:.1} GFLOP/s, f16 FMA {}\n\n",
+        "adapter: {} ({}, {}, driver {} {}); timing: {}; kernels: {}; weights {}\n\nceilings: copy {:.1} GB/s, shader read {}, f32 FMA {:.1} GFLOP/s, f16 FMA {}\n\n",
         report.adapter,
         report.backend,
         report.device_type,
         report.driver,
         report.driver_info,
         report.timing_method,
+        report.kernels,
         report.weight_dtype,
         report.ceilings.copy_gb_per_s,
         report

@@ -165,7 +165,7 @@ fn half_precision_and_quantized_weights() {
     // tiles read runs of 8, the CPU's serial GEMV block formats in runs of 32 (their
     // scales once per run), f16 and bf16 in runs of 8 (of 1 for down, K = 36). The other block
     // formats: tests/weights.rs, from ggml's own rows.
-    for ctx in &contexts_for_both_targets() {
+    for ctx in &contexts_for_every_gemv() {
         check_formats(ctx);
     }
 }

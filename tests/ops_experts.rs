@@ -229,7 +229,7 @@ fn check_expert_matmuls(ctx: &GpuContext, case: &ExpertCase, seed: u64) {
                 if grouped {
                     format!("grouped {:?}", perm.block_rows)
                 } else {
-                    format!("gemv for {:?}", ctx.kernel_target)
+                    format!("gemv for {}", kernel_choices(ctx))
                 }
             );
             assert_close(&what, got, expected, tol);
@@ -239,7 +239,7 @@ fn check_expert_matmuls(ctx: &GpuContext, case: &ExpertCase, seed: u64) {
 
 #[test]
 fn grouped_and_gemv_expert_matmuls_match_reference() {
-    let contexts = contexts_for_both_targets();
+    let contexts = contexts_for_every_gemv();
     let mut seed = 100;
     for &(tokens, experts, k) in &[(1, 4, 2), (2, 8, 8), (7, 60, 4), (64, 8, 2), (257, 4, 1), (64, 128, 8)] {
         // Row lengths (K) from 9 to 600: every GEMV row group (16, 8 and 4 rows).
@@ -273,7 +273,7 @@ fn grouped_and_gemv_expert_matmuls_match_reference() {
 
 #[test]
 fn half_precision_weights_match_rounded_reference() {
-    for ctx in &contexts_for_both_targets() {
+    for ctx in &contexts_for_every_gemv() {
         for (i, dtype) in [DType::F16, DType::BF16].into_iter().enumerate() {
             for &(tokens, experts, k, dim, ffn) in &[(3, 8, 2, 33, 17), (40, 8, 2, 67, 45), (9, 4, 4, 64, 64)] {
                 check_expert_matmuls(
@@ -296,7 +296,7 @@ fn half_precision_weights_match_rounded_reference() {
 
 #[test]
 fn dense_shared_expert_tiled_and_gemv_agree_with_reference() {
-    for ctx in &contexts_for_both_targets() {
+    for ctx in &contexts_for_every_gemv() {
         check_dense_shared_expert(ctx);
     }
 }
@@ -338,7 +338,7 @@ fn check_dense_shared_expert(ctx: &GpuContext) {
             .collect();
         for gemv in [false, true] {
             let rows = ExpertRows::Dense { tokens, gemv };
-            let what = format!("dense T={tokens} gemv={gemv} for {:?}", ctx.kernel_target);
+            let what = format!("dense T={tokens} gemv={gemv} for {}", kernel_choices(ctx));
             let (h, y) = dense_mlp(ctx, rows, &xg, [&gw, &uw, &dw]);
             assert_close(&what, &y, &want, 1e-5);
             let hg = GpuTensor::from_f32(ctx, "h", &[tokens, ffn], &h, DType::F32).unwrap();
@@ -390,7 +390,7 @@ fn dense_mlp(
 /// batch size, including groups the token count does not fill.
 #[test]
 fn dense_gemv_token_is_the_same_alone_or_batched() {
-    for ctx in &contexts_for_both_targets() {
+    for ctx in &contexts_for_every_gemv() {
         check_dense_gemv_batch_invariance(ctx);
     }
 }
@@ -424,7 +424,7 @@ fn check_dense_gemv_batch_invariance(ctx: &GpuContext) {
             let tokens: Vec<usize> = (0..batch).rev().collect();
             let (h, y) = run_tokens(&tokens);
             for (slot, &t) in tokens.iter().enumerate() {
-                let what = format!("d={dim} {format:?} batch {batch} token {t} for {:?}", ctx.kernel_target);
+                let what = format!("d={dim} {format:?} batch {batch} token {t} for {}", kernel_choices(ctx));
                 assert_eq!(bits(&h[slot * ffn..(slot + 1) * ffn]), bits(&alone[t].0), "{what}: h");
                 assert_eq!(bits(&y[slot * dim..(slot + 1) * dim]), bits(&alone[t].1), "{what}: y");
             }

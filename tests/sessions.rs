@@ -241,10 +241,16 @@ fn residual_adds_biases_and_routing_live_in_the_producing_kernels() {
             let times = pollster::block_on(session.profile_step(ctx, &model, ids)).unwrap();
             let calls = |kernel: &str| -> usize { times.iter().filter(|k| k.kernel == kernel).map(|k| k.calls).sum() };
             let what = format!("{} tokens on the {:?} target", ids.len(), ctx.kernel_target);
-            assert!(
-                calls("expert_gemv::down_serial") + calls("expert_gemv::down") > 0,
-                "{what}: no GEMV seen"
-            );
+            let split_down = if ctx.subgroup_reductions {
+                "expert_gemv_subgroup::down"
+            } else {
+                "expert_gemv::down"
+            };
+            let gemv_down = match ctx.kernel_target {
+                webmoe::KernelTarget::Gpu => split_down,
+                webmoe::KernelTarget::Cpu => "expert_gemv::down_serial",
+            };
+            assert!(calls(gemv_down) > 0, "{what}: no {gemv_down} seen");
             for separate in ["elementwise::add_scaled", "elementwise::add_row_bias"] {
                 assert_eq!(calls(separate), 0, "{what}: {separate} dispatched");
             }

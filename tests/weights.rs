@@ -298,7 +298,7 @@ fn block_formats_in_the_gemv_match_the_dequantized_reference() {
     // dequantized values: on the CPU target the serial GEMV walks them in runs of 32
     // (each block's or sub-block's scales read once for four runs of 8), on the GPU
     // target the split GEMV in runs of 8.
-    for ctx in &contexts_for_both_targets() {
+    for ctx in &contexts_for_every_gemv() {
         for format in WeightFormat::ALL.into_iter().filter(|f| f.is_quantized()) {
             let name = &format.to_string();
             let (matrix, dequantized) = ggml_rows_on_gpu(ctx, format);
@@ -315,7 +315,7 @@ fn block_formats_in_the_gemv_match_the_dequantized_reference() {
                 run(ctx, |rec| {
                     encode_down(ctx, rec, ExpertRows::Dense { tokens, gemv: true }, &xg, &matrix, &y).unwrap()
                 });
-                let what = format!("{name} GEMV, {tokens} tokens, {:?} target", ctx.kernel_target);
+                let what = format!("{name} GEMV, {tokens} tokens, {}", kernel_choices(ctx));
                 assert_close(&what, &y.read_f32_blocking(ctx).unwrap(), &want, 1e-5);
             }
         }

@@ -27,6 +27,9 @@ pub struct ContextOptions {
     /// Pick kernels as for this kind of device (`WEBMOE_KERNELS=gpu|cpu`); by default
     /// the adapter's own kind. Tests use it to run the GPU choices on lavapipe.
     pub kernel_target: Option<KernelTarget>,
+    /// Whether kernels may reduce with subgroup operations where the device has them
+    /// (`WEBMOE_SUBGROUPS=0` turns them off, e.g. to compare); default yes.
+    pub subgroups: Option<bool>,
 }
 
 /// The kind of device kernel choices are made for: where a GPU and a CPU driver
@@ -70,11 +73,15 @@ impl ContextOptions {
         let kernel_target = std::env::var("WEBMOE_KERNELS")
             .ok()
             .and_then(|v| KernelTarget::parse(&v));
+        let subgroups = std::env::var("WEBMOE_SUBGROUPS")
+            .ok()
+            .map(|v| !matches!(v.trim(), "0" | "off" | "false" | "no"));
         Self {
             backends: wgpu::Backends::from_env(),
             adapter_name,
             max_binding_bytes: None,
             kernel_target,
+            subgroups,
         }
     }
 }
@@ -98,6 +105,9 @@ pub struct GpuContext {
     pub limits: wgpu::Limits,
     /// The kind of device kernels are picked for.
     pub kernel_target: KernelTarget,
+    /// Kernels reduce with subgroup operations (the device has SUBGROUP, and the
+    /// options allow them).
+    pub subgroup_reductions: bool,
     max_binding_bytes: u64,
     failure: Arc<Mutex<Option<Error>>>,
     pub(crate) pipelines: PipelineCache,
@@ -170,6 +180,7 @@ impl GpuContext {
         let max_binding_bytes = options
             .max_binding_bytes
             .map_or(adapter_binding, |m| m.min(adapter_binding));
+        let subgroup_reductions = features.contains(wgpu::Features::SUBGROUP) && options.subgroups != Some(false);
         Ok(Self {
             device,
             queue,
@@ -177,6 +188,7 @@ impl GpuContext {
             features,
             limits,
             kernel_target,
+            subgroup_reductions,
             max_binding_bytes,
             failure,
             pipelines: PipelineCache::default(),
@@ -197,6 +209,7 @@ impl GpuContext {
             features: self.features,
             limits: self.limits.clone(),
             kernel_target: target,
+            subgroup_reductions: self.subgroup_reductions,
             max_binding_bytes: self.max_binding_bytes,
             failure: self.failure.clone(),
             pipelines: PipelineCache::default(),

@@ -19,6 +19,7 @@ pub enum ShaderId {
     Permute,
     ExpertMatmul,
     ExpertGemv,
+    ExpertGemvSubgroup,
     Combine,
     Norm,
     Elementwise,
@@ -31,11 +32,29 @@ pub enum ShaderId {
     BenchF16,
 }
 
-/// One WGSL file of `shaders/`. The host compiles `common.wgsl` + the file.
+/// One kernel module: a WGSL file of `shaders/`, composed by [`compose`] with
+/// `common.wgsl`, weight accessors and the [`ShaderPart`]s it names.
 #[derive(Clone, Copy, Debug)]
 pub struct Shader {
     pub id: ShaderId,
+    /// The module's name (labels, profiles).
     pub name: &'static str,
+    /// The file under `shaders/`, without `.wgsl`.
+    pub file: &'static str,
+    pub source: &'static str,
+    /// What fills the file's `//! part: NAME` lines.
+    pub parts: &'static [ShaderPart],
+    /// Uses subgroup operations: built only where the device has the SUBGROUP feature.
+    pub subgroups: bool,
+}
+
+/// A piece of WGSL a kernel file leaves open (`//! part: NAME`), one file per variant:
+/// e.g. the split GEMV's reduction through shared memory or with subgroups.
+#[derive(Clone, Copy, Debug)]
+pub struct ShaderPart {
+    pub name: &'static str,
+    /// The file under `shaders/`, without `.wgsl`.
+    pub file: &'static str,
     pub source: &'static str,
 }
 
@@ -44,7 +63,20 @@ macro_rules! shader {
         Shader {
             id: ShaderId::$id,
             name: $name,
+            file: $name,
             source: include_str!(concat!("../../shaders/", $name, ".wgsl")),
+            parts: &[],
+            subgroups: false,
+        }
+    };
+}
+
+macro_rules! part {
+    ($name:literal, $file:literal) => {
+        ShaderPart {
+            name: $name,
+            file: $file,
+            source: include_str!(concat!("../../shaders/", $file, ".wgsl")),
         }
     };
 }
@@ -53,7 +85,19 @@ pub const ROUTING: Shader = shader!(Routing, "routing");
 pub const CAPACITY: Shader = shader!(Capacity, "capacity");
 pub const PERMUTE: Shader = shader!(Permute, "permute");
 pub const EXPERT_MATMUL: Shader = shader!(ExpertMatmul, "expert_matmul");
-pub const EXPERT_GEMV: Shader = shader!(ExpertGemv, "expert_gemv");
+/// The GEMV reducing through shared memory alone (any adapter).
+pub const EXPERT_GEMV: Shader = Shader {
+    parts: &[part!("gemv_reduce", "gemv_reduce_shared")],
+    ..shader!(ExpertGemv, "expert_gemv")
+};
+/// The GEMV whose split mapping reduces with subgroupAdd (needs SUBGROUP).
+pub const EXPERT_GEMV_SUBGROUP: Shader = Shader {
+    id: ShaderId::ExpertGemvSubgroup,
+    name: "expert_gemv_subgroup",
+    parts: &[part!("gemv_reduce", "gemv_reduce_subgroup")],
+    subgroups: true,
+    ..shader!(ExpertGemv, "expert_gemv")
+};
 pub const COMBINE: Shader = shader!(Combine, "combine");
 pub const NORM: Shader = shader!(Norm, "norm");
 pub const ELEMENTWISE: Shader = shader!(Elementwise, "elementwise");
@@ -73,6 +117,7 @@ pub const ALL_SHADERS: &[Shader] = &[
     PERMUTE,
     EXPERT_MATMUL,
     EXPERT_GEMV,
+    EXPERT_GEMV_SUBGROUP,
     COMBINE,
     NORM,
     ELEMENTWISE,
@@ -154,7 +199,8 @@ impl KernelKey {
 
 /// The full WGSL text the host compiles for a kernel file: its `enable` directives
 /// (which must come first), common.wgsl, one weight accessor per array the file names
-/// in a `//! weights: a, b` line, then the rest of the file.
+/// in a `//! weights: a, b` line, then the rest of the file with each `//! part: NAME`
+/// line replaced by the shader's part of that name.
 pub fn compose(shader: &Shader) -> String {
     let (directives, body): (Vec<&str>, Vec<&str>) = shader.source.lines().partition(|l| l.starts_with("enable "));
     let accessors: String = shader
@@ -167,6 +213,20 @@ pub fn compose(shader: &Shader) -> String {
         .map(|name| WEIGHT_ACCESS_WGSL.replace("WEIGHTS", name))
         .collect::<Vec<_>>()
         .join("\n");
+    let body: Vec<&str> = body
+        .into_iter()
+        .map(|line| match line.strip_prefix("//! part:").map(str::trim) {
+            Some(name) => {
+                shader
+                    .parts
+                    .iter()
+                    .find(|p| p.name == name)
+                    .unwrap_or_else(|| panic!("{}: no part {name:?}", shader.name))
+                    .source
+            }
+            None => line,
+        })
+        .collect();
     format!(
         "{}\n{COMMON_WGSL}\n{accessors}\n{}",
         directives.join("\n"),
@@ -204,6 +264,11 @@ impl GpuContext {
             return p.clone();
         }
         let shader = key.shader;
+        debug_assert!(
+            !shader.subgroups || self.features.contains(wgpu::Features::SUBGROUP),
+            "{} needs the SUBGROUP feature",
+            shader.name
+        );
         let module = {
             let mut modules = self.pipelines.modules.lock().unwrap();
             modules

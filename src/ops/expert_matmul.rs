@@ -4,7 +4,7 @@
 //! used for shared experts.
 
 use crate::error::{Error, Result};
-use crate::gpu::kernel::{Recorder, EXPERT_GEMV, EXPERT_MATMUL};
+use crate::gpu::kernel::{Recorder, EXPERT_GEMV, EXPERT_GEMV_SUBGROUP, EXPERT_MATMUL};
 use crate::gpu::{GpuContext, GpuTensor, KernelTarget};
 use crate::ops::permute::{Permutation, BLOCK_ROWS};
 use crate::ops::router::dot;
@@ -315,6 +315,11 @@ fn encode_expert_matmul(
     let (k_dim, n_dim) = (w0.in_dim, w0.out_dim);
     let entry = if w1.is_some() { "gate_up" } else { "down" };
     let mapping = GemvMapping::for_target(ctx.kernel_target);
+    let gemv_shader = if mapping == GemvMapping::Split && ctx.subgroup_reductions {
+        EXPERT_GEMV_SUBGROUP
+    } else {
+        EXPERT_GEMV
+    };
     // (kernel, row index buffer, block table, rows per token, grid rows, dense, outputs
     // per workgroup, rows per workgroup)
     let (shader, tiled, index_buffer, block_buffer, rows_per_token, rows_or_blocks, dense, per_group, row_group) =
@@ -345,7 +350,7 @@ fn encode_expert_matmul(
                 let (tokens, outputs) = gemv_shape(k_dim, routed_ids.len(), false, mapping);
                 let rows = routed_ids.len();
                 (
-                    EXPERT_GEMV,
+                    gemv_shader,
                     false,
                     Some(&routed_ids.buffer),
                     None,
@@ -358,7 +363,7 @@ fn encode_expert_matmul(
             }
             ExpertRows::Dense { tokens, gemv: true } => {
                 let (per_wg, outputs) = gemv_shape(k_dim, tokens, true, mapping);
-                (EXPERT_GEMV, false, None, None, 1, tokens, 1, outputs, per_wg)
+                (gemv_shader, false, None, None, 1, tokens, 1, outputs, per_wg)
             }
         };
     let key = match rows {

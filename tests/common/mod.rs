@@ -24,6 +24,33 @@ pub fn contexts_for_both_targets() -> [GpuContext; 2] {
     })
 }
 
+/// As [`contexts_for_both_targets`], plus, where the adapter has subgroups (lavapipe
+/// does), the GPU target reducing through shared memory alone, as on adapters without
+/// them (every browser): the GEMV tests run both of the split GEMV's reductions.
+pub fn contexts_for_every_gemv() -> Vec<GpuContext> {
+    let [gpu, cpu] = contexts_for_both_targets();
+    let mut contexts = vec![gpu];
+    if contexts[0].subgroup_reductions {
+        contexts.push(context_with(ContextOptions {
+            kernel_target: Some(KernelTarget::Gpu),
+            subgroups: Some(false),
+            ..ContextOptions::from_env()
+        }));
+    }
+    contexts.push(cpu);
+    contexts
+}
+
+/// A short name of a context's kernel choices, for messages.
+pub fn kernel_choices(ctx: &GpuContext) -> String {
+    let reduction = if ctx.subgroup_reductions {
+        "subgroups"
+    } else {
+        "shared memory"
+    };
+    format!("{:?} target, {reduction}", ctx.kernel_target)
+}
+
 pub fn context_with(options: ContextOptions) -> GpuContext {
     pollster::block_on(GpuContext::new(options)).unwrap_or_else(|e| panic!("no GPU context for the tests: {e}"))
 }
