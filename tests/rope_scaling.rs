@@ -122,6 +122,21 @@ fn dynamic_ntk_follows_transformers_generate_with_its_cache() {
         want,
         "batched, chunks told the prompt's end"
     );
+    // One session feeding the prompt in chunks (`Session::step` past `prefill_chunk`).
+    let mut session = webmoe::model::session::Session::new(&ctx, model, None).unwrap();
+    session.prefill_chunk = 20;
+    let generation = pollster::block_on(webmoe::model::generate::generate(
+        &ctx,
+        model,
+        &mut session,
+        &prompt,
+        want.len(),
+        webmoe::model::generate::SamplingParams::greedy(),
+        &[],
+        |_, _| true,
+    ))
+    .unwrap();
+    assert_eq!(generation.generated_ids, want, "one session, prompt chunks of 20");
     // Chunks scaled by their own ends rotate the prompt's keys otherwise: the fixture
     // sees the difference.
     assert_ne!(

@@ -261,3 +261,83 @@ fn residual_adds_biases_and_routing_live_in_the_producing_kernels() {
         }
     }
 }
+
+/// A prompt longer than `prefill_chunk` runs as several forwards: the logits of every
+/// row, of the last row, the greedy token and the routing counts match one forward, on
+/// both kernel targets (the GPU target takes tiles for long chunks and the GEMV for
+/// short ones, so the chunks also cross kernels).
+#[test]
+fn chunked_prompts_give_what_one_forward_gives() {
+    for ctx in contexts_for_both_targets() {
+        let model = tiny_model(&ctx);
+        let prompt: Vec<u32> = (0..37u32).map(|i| (i * 31 + 7) % 101).collect();
+        let run = |chunk: usize, read: Readback| {
+            let mut session = Session::new(&ctx, &model, None).unwrap();
+            session.prefill_chunk = chunk;
+            let out = pollster::block_on(session.step(&ctx, &model, &prompt, read)).unwrap();
+            assert_eq!(session.position(), prompt.len());
+            let totals: Vec<u32> = session.routing_totals.iter().map(|&t| t as u32).collect();
+            assert_eq!(totals, out.routing_counts, "routing totals add the step's counts once");
+            out
+        };
+        let vocab = model.config.vocab_size;
+        for read in [Readback::AllLogits, Readback::LastLogits, Readback::Argmax] {
+            let whole = run(64, read);
+            for chunk in [1, 5, 16, 36] {
+                let what = format!("{:?}, {read:?}, chunks of {chunk}", ctx.kernel_target);
+                let chunked = run(chunk, read);
+                let rows = match read {
+                    Readback::AllLogits => prompt.len(),
+                    Readback::LastLogits => 1,
+                    Readback::Argmax => 0,
+                };
+                assert_eq!(chunked.logits.len(), rows * vocab, "{what}");
+                assert_close(&what, &chunked.logits, &whole.logits, 1e-4);
+                assert_eq!(chunked.token, whole.token, "{what}");
+                assert_eq!(chunked.routing_counts, whole.routing_counts, "{what}");
+            }
+        }
+    }
+}
+
+/// Chunks are recorded once: a second prompt of the same length creates no buffers.
+#[test]
+fn a_chunked_prompt_reuses_its_workspaces() {
+    let ctx = context();
+    let model = tiny_model(&ctx);
+    let mut session = Session::new(&ctx, &model, None).unwrap();
+    session.prefill_chunk = 8;
+    let prompt: Vec<u32> = (0..21u32).collect();
+    let first = pollster::block_on(session.next_greedy(&ctx, &model, &prompt)).unwrap();
+    session.rewind(0).unwrap();
+    let before = ctx.resource_counts();
+    let again = pollster::block_on(session.next_greedy(&ctx, &model, &prompt)).unwrap();
+    assert_eq!(ctx.resource_counts(), before, "chunks of 8 and the last 5 re-recorded");
+    assert_eq!(again, first);
+}
+
+/// A chunk whose activations pass the adapter's storage binding limit makes the session
+/// take smaller chunks by itself, with the same result.
+#[test]
+fn chunks_shrink_to_the_binding_limit() {
+    let ctx = context();
+    let model = tiny_model(&ctx);
+    let prompt: Vec<u32> = (0..40u32).map(|i| (i * 13 + 2) % 101).collect();
+    let mut session = Session::new(&ctx, &model, None).unwrap();
+    let want = pollster::block_on(session.step(&ctx, &model, &prompt, Readback::LastLogits)).unwrap();
+    // The widest activation of the tiny model's forward is the experts' gate/up rows,
+    // top-k x 2 x 24 f32 per token: a limit of about 10 tokens' worth.
+    let small = context_with(webmoe::ContextOptions {
+        max_binding_bytes: Some(4096),
+        ..webmoe::ContextOptions::from_env()
+    });
+    let small_model = tiny_model(&small);
+    let mut session = Session::new(&small, &small_model, None).unwrap();
+    let got = pollster::block_on(session.step(&small, &small_model, &prompt, Readback::LastLogits)).unwrap();
+    assert!(
+        session.prefill_chunk < 40 && session.prefill_chunk >= 1,
+        "chunk {} after a 4096-byte limit",
+        session.prefill_chunk
+    );
+    assert_close("shrunk chunks", &got.logits, &want.logits, 1e-4);
+}

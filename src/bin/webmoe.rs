@@ -175,6 +175,10 @@ struct RunArgs {
     /// dynamic NTK RoPE; at most 4096).
     #[arg(long)]
     context: Option<usize>,
+    /// Most prompt tokens per forward: longer prompts prefill in chunks (smaller ones by
+    /// themselves where a chunk's activations pass the adapter's binding limit).
+    #[arg(long, default_value_t = webmoe::model::session::DEFAULT_PREFILL_CHUNK)]
+    prefill_chunk: usize,
     /// Weight storage on the GPU: f32, f16 or bf16 (default: the checkpoint's dtype).
     #[arg(long)]
     dtype: Option<String>,
@@ -356,6 +360,9 @@ fn perplexity_of_file(args: PerplexityArgs) -> webmoe::Result<()> {
 }
 
 fn run(args: RunArgs) -> webmoe::Result<()> {
+    if args.prefill_chunk == 0 {
+        return Err(webmoe::Error::Config("--prefill-chunk must be at least 1".into()));
+    }
     let ctx = GpuContext::new_blocking()?;
     let options = load_options(args.context, args.dtype.as_deref(), args.quantize.as_deref())?;
     let loaded = load(&ctx, args.model.as_deref(), options)?;
@@ -390,6 +397,7 @@ fn run(args: RunArgs) -> webmoe::Result<()> {
         stdout.flush().ok();
     }
     let mut session = Session::new(&ctx, &loaded.model, None)?;
+    session.prefill_chunk = args.prefill_chunk;
     let generation = pollster::block_on(generate(
         &ctx,
         &loaded.model,

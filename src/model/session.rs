@@ -25,6 +25,9 @@ pub enum Readback {
     AllLogits,
 }
 
+/// Tokens per forward of a [`Session::step`] by default: longer prompts run in chunks.
+pub const DEFAULT_PREFILL_CHUNK: usize = 512;
+
 /// A step's readback.
 #[derive(Clone, Debug)]
 pub struct StepOutput {
@@ -181,8 +184,13 @@ pub struct Session {
     /// Positions the KV cache holds.
     pub max_context: usize,
     position: usize,
-    /// The decode workspace (one token, greedy or logits) and the last other one.
+    /// The decode workspaces (one token, greedy or logits) and the last two others,
+    /// most recently used last (a chunked prompt takes two: full chunks and the rest).
     workspaces: Vec<Workspace>,
+    /// Most tokens one forward of [`Self::step`] takes: longer inputs run in chunks of
+    /// this many (default [`DEFAULT_PREFILL_CHUNK`]). Lowered by itself when a chunk's
+    /// activations pass the adapter's storage binding limit.
+    pub prefill_chunk: usize,
     /// `[MoE layers * experts]`: assignments routed to each expert over all steps.
     pub routing_totals: Vec<u64>,
 }
@@ -204,6 +212,7 @@ impl Session {
             max_context,
             position: 0,
             workspaces: Vec::new(),
+            prefill_chunk: DEFAULT_PREFILL_CHUNK,
             routing_totals: vec![0; model.moe_layers() * c.moe.num_experts()],
         })
     }
@@ -265,11 +274,16 @@ impl Session {
             kernels: Kernels::BySize,
         };
         if let Some(i) = self.workspaces.iter().position(|w| w.shape == shape) {
-            return Ok(i);
+            let ws = self.workspaces.remove(i);
+            self.workspaces.push(ws);
+            return Ok(self.workspaces.len() - 1);
         }
-        // Keep single-token workspaces (decode); other shapes replace each other.
-        if let Some(i) = self.workspaces.iter().position(|w| w.shape.tokens > 1) {
-            self.workspaces.swap_remove(i);
+        // Keep single-token workspaces (decode) and the two most recent others.
+        let multi = self.workspaces.iter().filter(|w| w.shape.tokens > 1).count();
+        if tokens > 1 && multi >= 2 {
+            if let Some(i) = self.workspaces.iter().position(|w| w.shape.tokens > 1) {
+                self.workspaces.remove(i);
+            }
         }
         let ws = Workspace::new(ctx, model, &self.caches, shape)?;
         self.workspaces.push(ws);
@@ -290,27 +304,89 @@ impl Session {
         Ok((i, placed))
     }
 
-    /// Runs `ids` at the session's position in one submit, advances the position, and
-    /// reads back what `read` asks for plus the routing counts (one readback).
+    /// Runs `ids` at the session's position, advances the position, and reads back what
+    /// `read` asks for plus the routing counts of the step. Up to `prefill_chunk` tokens
+    /// run as one forward (one submit, one readback); longer inputs run as consecutive
+    /// forwards of at most that many, which give what one forward would: each chunk
+    /// attends to the cache the earlier ones filled, and a dynamic NTK RoPE scales every
+    /// chunk by the whole input's end. So a prompt's activations never need more than a
+    /// chunk's memory, whatever its length. On an error the position stays where it was.
     pub async fn step(&mut self, ctx: &GpuContext, model: &Model, ids: &[u32], read: Readback) -> Result<StepOutput> {
-        let (i, placed) = self.prepare_step(ctx, model, ids, read)?;
-        let out = self.workspaces[i].replay(ctx, ids, &placed, None, &[]).await?;
-        self.position += ids.len();
-        for (total, &c) in self.routing_totals.iter_mut().zip(&out.routing_counts) {
-            *total += c as u64;
+        self.check_input(model, ids)?;
+        let (start, chunk) = (self.position, self.prefill_chunk);
+        let result = self.step_in_chunks(ctx, model, ids, read).await;
+        match &result {
+            Ok(out) => {
+                for (total, &c) in self.routing_totals.iter_mut().zip(&out.routing_counts) {
+                    *total += c as u64;
+                }
+            }
+            Err(_) => (self.position, self.prefill_chunk) = (start, chunk),
         }
-        Ok(match read {
-            Readback::Argmax => StepOutput {
-                token: Some(out.head[0]),
-                logits: Vec::new(),
-                routing_counts: out.routing_counts,
-            },
-            _ => StepOutput {
-                token: None,
-                logits: out.head.iter().map(|w| f32::from_bits(*w)).collect(),
-                routing_counts: out.routing_counts,
-            },
-        })
+        result
+    }
+
+    /// The chunks of [`Self::step`]: all but the last read back only a greedy token
+    /// (the cheapest head), unless every row's logits are asked for.
+    async fn step_in_chunks(
+        &mut self,
+        ctx: &GpuContext,
+        model: &Model,
+        ids: &[u32],
+        read: Readback,
+    ) -> Result<StepOutput> {
+        let end = self.position + ids.len();
+        let mut output = StepOutput {
+            token: None,
+            logits: Vec::new(),
+            routing_counts: vec![0; self.routing_totals.len()],
+        };
+        let mut rest = ids;
+        while !rest.is_empty() {
+            let n = rest.len().min(self.chunk_tokens(ctx, model, read));
+            let last = n == rest.len();
+            let chunk_read = if last || read == Readback::AllLogits {
+                read
+            } else {
+                Readback::Argmax
+            };
+            let i = match self.workspace(ctx, model, n, chunk_read) {
+                Ok(i) => i,
+                // A chunk's activations past a limit of the adapter: smaller chunks.
+                Err(Error::ExceedsLimit { .. }) if n > 1 => {
+                    self.prefill_chunk = n / 2;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let placed: Vec<(usize, usize)> = (0..n).map(|t| (0, self.position + t)).collect();
+            let lengths = vec![end; n];
+            let out = self.workspaces[i]
+                .replay(ctx, &rest[..n], &placed, Some(&lengths), &[])
+                .await?;
+            self.position += n;
+            rest = &rest[n..];
+            for (sum, &c) in output.routing_counts.iter_mut().zip(&out.routing_counts) {
+                *sum += c;
+            }
+            match chunk_read {
+                Readback::Argmax if last => output.token = Some(out.head[0]),
+                Readback::Argmax => {}
+                _ => output.logits.extend(out.head.iter().map(|w| f32::from_bits(*w))),
+            }
+        }
+        Ok(output)
+    }
+
+    /// Most tokens one forward of a step reading `read` takes: `prefill_chunk`, and for
+    /// every row's logits no more rows than the adapter's storage binding holds.
+    fn chunk_tokens(&self, ctx: &GpuContext, model: &Model, read: Readback) -> usize {
+        let mut tokens = self.prefill_chunk.max(1);
+        if read == Readback::AllLogits {
+            let row_bytes = (model.config.vocab_size * 4) as u64;
+            tokens = tokens.min((ctx.max_binding_bytes() / row_bytes).max(1) as usize);
+        }
+        tokens
     }
 
     /// Runs `ids` at the session's position as [`Self::step`] would (greedy), timing
