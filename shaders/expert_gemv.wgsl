@@ -9,21 +9,21 @@
 // expert_begin..expert_end, expert_stride elements apart, each row K elements
 // (WEIGHT_DTYPE); assignments of other experts exit at once. Outputs are [A, n_dim].
 // Split mapping (entries gate_up, down; GPUs): one 64-invocation workgroup per (group
-// of TOKENS rows a, group of WG_ROWS
-// outputs); each invocation sums a strided slice of K for every
-// (row, output) pair of the group, reading each weight once for all TOKENS rows (dense
-// mode; routed rows take TOKENS = 1, since their experts differ); after one
-// barrier, invocation s adds slot s's 64 partials in index order (deterministic, and one
-// barrier instead of a tree's six, which dominate on CPU adapters); where the adapter has
-// subgroups, each subgroup adds its partials with subgroupAdd first and the barrier is
-// left with one partial per subgroup (gemv_reduce_subgroup.wgsl; the host composes the
-// reduction `//! part: gemv_reduce` names, and `Lanes`, the invocation's ids, with it). A
-// row's sum depends
-// on neither WG_ROWS nor TOKENS (picked by the host from K and the row count: about
-// 16 products per invocation and step), so a token's result never depends on the
-// tokens batched with it. The slice is runs of RUN consecutive weights (8 where K is a
-// multiple of 8: a 16-byte read of f16 weights, one scale per run for block formats;
-// else 1), invocation i taking runs i, i + 64, ...: coalesced reads either way.
+// of TOKENS rows a, group of WG_ROWS outputs); each invocation sums a strided slice of K
+// for every (row, output) pair of the group, reading each weight once for all TOKENS
+// rows (dense mode; routed rows take TOKENS = 1, since their experts differ); then the
+// pairs' partials are summed in a fixed order: after one barrier, invocation s adds
+// pair s's 64 partials in invocation order (gemv_reduce_shared.wgsl; one barrier
+// instead of a tree's six, which dominate on CPU adapters), or, where the adapter has
+// subgroups, with subgroupAdd first and one partial per subgroup through shared memory
+// (gemv_reduce_subgroup.wgsl).
+// The host composes the reduction at the `//! part: gemv_reduce` line, with `Lanes`,
+// the invocation ids it needs. A row's sum depends on neither WG_ROWS nor TOKENS
+// (picked by the host from K and the row count: about 16 products per invocation and
+// step), so a token's result never depends on the tokens batched with it. The slice is
+// runs of RUN consecutive weights (8 where K is a multiple of 8: a 16-byte read of f16
+// weights, one scale per run for block formats; else 1), invocation i taking runs i,
+// i + 64, ...: coalesced reads either way.
 // The products' loops run to WG_ROWS / TOKENS / RUN themselves (constants once the
 // pipeline is built), so they unroll to exactly WG_ROWS x TOKENS x RUN multiply-adds
 // with the accumulators in registers; looping to MAX_ROWS / MAX_TOKENS / MAX_RUN with
