@@ -714,11 +714,7 @@ pub async fn run_bench(
         max_storage_buffer_binding_size: ctx.limits.max_storage_buffer_binding_size,
         max_buffer_size: ctx.limits.max_buffer_size,
         timing_method: timer.method().into(),
-        kernels: match (ctx.kernel_target, ctx.subgroup_reductions) {
-            (crate::KernelTarget::Cpu, _) => "CPU target (serial GEMV)".into(),
-            (crate::KernelTarget::Gpu, true) => "GPU target (split GEMV, subgroup reductions)".into(),
-            (crate::KernelTarget::Gpu, false) => "GPU target (split GEMV, shared-memory reductions)".into(),
-        },
+        kernels: ctx.kernel_choices().into(),
         weight_dtype: options
             .formats
             .iter()

@@ -229,7 +229,7 @@ fn check_expert_matmuls(ctx: &GpuContext, case: &ExpertCase, seed: u64) {
                 if grouped {
                     format!("grouped {:?}", perm.block_rows)
                 } else {
-                    format!("gemv for {}", kernel_choices(ctx))
+                    format!("gemv for {}", ctx.kernel_choices())
                 }
             );
             assert_close(&what, got, expected, tol);
@@ -338,7 +338,7 @@ fn check_dense_shared_expert(ctx: &GpuContext) {
             .collect();
         for gemv in [false, true] {
             let rows = ExpertRows::Dense { tokens, gemv };
-            let what = format!("dense T={tokens} gemv={gemv} for {}", kernel_choices(ctx));
+            let what = format!("dense T={tokens} gemv={gemv} for {}", ctx.kernel_choices());
             let (h, y) = dense_mlp(ctx, rows, &xg, [&gw, &uw, &dw]);
             assert_close(&what, &y, &want, 1e-5);
             let hg = GpuTensor::from_f32(ctx, "h", &[tokens, ffn], &h, DType::F32).unwrap();
@@ -424,7 +424,10 @@ fn check_dense_gemv_batch_invariance(ctx: &GpuContext) {
             let tokens: Vec<usize> = (0..batch).rev().collect();
             let (h, y) = run_tokens(&tokens);
             for (slot, &t) in tokens.iter().enumerate() {
-                let what = format!("d={dim} {format:?} batch {batch} token {t} for {}", kernel_choices(ctx));
+                let what = format!(
+                    "d={dim} {format:?} batch {batch} token {t} for {}",
+                    ctx.kernel_choices()
+                );
                 assert_eq!(bits(&h[slot * ffn..(slot + 1) * ffn]), bits(&alone[t].0), "{what}: h");
                 assert_eq!(bits(&y[slot * dim..(slot + 1) * dim]), bits(&alone[t].1), "{what}: y");
             }

@@ -315,7 +315,7 @@ fn block_formats_in_the_gemv_match_the_dequantized_reference() {
                 run(ctx, |rec| {
                     encode_down(ctx, rec, ExpertRows::Dense { tokens, gemv: true }, &xg, &matrix, &y).unwrap()
                 });
-                let what = format!("{name} GEMV, {tokens} tokens, {}", kernel_choices(ctx));
+                let what = format!("{name} GEMV, {tokens} tokens, {}", ctx.kernel_choices());
                 assert_close(&what, &y.read_f32_blocking(ctx).unwrap(), &want, 1e-5);
             }
         }

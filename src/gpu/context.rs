@@ -219,6 +219,16 @@ impl GpuContext {
         }
     }
 
+    /// The kernel choices this context makes: its target and, on the GPU target, how
+    /// the split GEMV reduces (for reports and messages).
+    pub fn kernel_choices(&self) -> &'static str {
+        match (self.kernel_target, self.subgroup_reductions) {
+            (KernelTarget::Cpu, _) => "CPU target (serial GEMV)",
+            (KernelTarget::Gpu, true) => "GPU target (split GEMV, subgroup reductions)",
+            (KernelTarget::Gpu, false) => "GPU target (split GEMV, shared-memory reductions)",
+        }
+    }
+
     /// The largest storage binding the engine may use, in bytes: the adapter's
     /// `max_storage_buffer_binding_size` (and `max_buffer_size`), or a lower override.
     pub fn max_binding_bytes(&self) -> u64 {

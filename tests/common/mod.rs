@@ -41,16 +41,6 @@ pub fn contexts_for_every_gemv() -> Vec<GpuContext> {
     contexts
 }
 
-/// A short name of a context's kernel choices, for messages.
-pub fn kernel_choices(ctx: &GpuContext) -> String {
-    let reduction = if ctx.subgroup_reductions {
-        "subgroups"
-    } else {
-        "shared memory"
-    };
-    format!("{:?} target, {reduction}", ctx.kernel_target)
-}
-
 pub fn context_with(options: ContextOptions) -> GpuContext {
     pollster::block_on(GpuContext::new(options)).unwrap_or_else(|e| panic!("no GPU context for the tests: {e}"))
 }
