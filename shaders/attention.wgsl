@@ -16,12 +16,18 @@
 //   start at multiples of 256 positions whatever the step holds, so a token's output
 //   depends only on its own sequence: deterministic and the same in any batch. No
 //   scratch grows with the context.
+// attend_split + attend_merge: the same attention with each (token, head)'s blocks
+//   cut into `splits` runs, each run's softmax in its own workgroup, then merged
+//   (flash decoding): for steps of few tokens on GPUs. The runs depend only on the
+//   token's position, so this pair too gives a token the same output in any batch
+//   (not bit for bit what attend gives: the sums are grouped differently).
 // Latent caches (MLA, latent = 1): one kv head whose key is [latent, RoPE key] and whose
 //   value is the key's first value_dim elements; no value cache is written or read.
 //   out is [T, heads * value_dim].
 // Mapping: kv_store one invocation per element of k; attend one 64-invocation
-// workgroup per (t, head): invocation i scores positions i, i + 64, i + 128, i + 192 of
-// each block and owns the value sums of elements d = i (mod 64) (value_dim <= 1024).
+// workgroup per (t, head) (attend_split: per (t, head, run)): invocation i scores
+// positions i, i + 64, i + 128, i + 192 of each block and owns the value sums of
+// elements d = i (mod 64) (value_dim <= 1024).
 
 struct AttentionParams {
     tokens: u32,
@@ -35,13 +41,14 @@ struct AttentionParams {
     window: u32,    // sliding window in positions; 0 = full causal
     value_dim: u32, // values per head (head_dim, or the latent width of a latent cache)
     latent: u32,    // 1: values are the first value_dim elements of each key (MLA)
-    _pad0: u32,
+    splits: u32,    // attend_split / attend_merge: runs per (token, head), 1 to MAX_SPLITS
 }
 
 @group(0) @binding(0) var<uniform> p: AttentionParams;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read_write> k_cache: array<f32>;
 @group(0) @binding(3) var<storage, read_write> v_cache: array<f32>;
+@group(0) @binding(4) var<storage, read_write> partials: array<f32>; // attend_split's runs
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 @group(0) @binding(6) var<storage, read> k_new: array<f32>;
 @group(0) @binding(7) var<storage, read> v_new: array<f32>;
@@ -117,32 +124,42 @@ fn masked_score(qb: u32, cache_base: u32, j: u32, start: u32, keys: u32) -> f32 
     return s * p.scale;
 }
 
-@compute @workgroup_size(64)
-fn attend(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let th = linear_workgroup(wid, nwg);
-    if (th >= p.tokens * p.heads) {
-        return;
-    }
-    let t = th / p.heads;
-    // (slot, position) made workgroup-uniform, as the reductions below need.
+// This invocation's (slot, position) of token t, made workgroup-uniform as the
+// reductions need; slot = p.slots when the token lies outside the cache.
+fn uniform_placement(t: u32, lid: u32) -> vec2<u32> {
     if (lid == 0u) {
         row_slot = positions[2u * t];
         row_position = positions[2u * t + 1u];
+        if (row_position >= p.max_ctx) {
+            row_slot = p.slots;
+        }
     }
-    let slot = workgroupUniformLoad(&row_slot);
-    let pos = workgroupUniformLoad(&row_position);
-    if (slot >= p.slots || pos >= p.max_ctx) {
-        return;
-    }
+    return vec2<u32>(workgroupUniformLoad(&row_slot), workgroupUniformLoad(&row_position));
+}
+
+// The first cache position token t at `pos` attends to: p_t + 1 - window, written so
+// as not to wrap below 0.
+fn window_start(pos: u32) -> u32 {
+    let keys = pos + 1u;
+    return select(0u, keys - p.window, p.window > 0u && keys > p.window);
+}
+
+// The online softmax of (token, head) th over the cache positions of the blocks
+// that start at block_begin, block_begin + BLOCK, ... below block_end, limited to
+// [start, keys). Leaves the value sums (scaled by exp(-max)) in value_sums (invocation
+// lid owns elements d = lid (mod 64)); returns (max, sum of exp(score - max)) for
+// every invocation. With no position in range: (NO_SCORE, 0) and zero value sums.
+fn attend_blocks(
+    lid: u32,
+    th: u32,
+    slot: u32,
+    start: u32,
+    keys: u32,
+    block_begin: u32,
+    block_end: u32,
+) -> vec2<f32> {
     let h = th % p.heads;
     let kvh = h / (p.heads / p.kv_heads);
-    let keys = pos + 1u;
-    // First position in the window (p_t + 1 - window, written so as not to wrap below 0).
-    let start = select(0u, keys - p.window, p.window > 0u && keys > p.window);
     let qb = th * p.head_dim;
     let cache_base = (slot * p.kv_heads + kvh) * p.max_ctx * p.head_dim;
     for (var d = lid; d < p.value_dim; d += 64u) {
@@ -151,7 +168,7 @@ fn attend(
 
     var m = NO_SCORE; // running max (uniform)
     var sum = 0.0; // this invocation's share of the running sum of exp(score - m)
-    for (var block = start - start % BLOCK; block < keys; block += BLOCK) {
+    for (var block = block_begin; block < block_end; block += BLOCK) {
         // Four positions per invocation; those outside [start, keys) score NO_SCORE.
         let j = block + lid;
         let s = vec4<f32>(
@@ -209,10 +226,16 @@ fn attend(
         // barriers, so every invocation has finished reading these by then.
     }
     partial[lid] = sum;
-    var total = reduce(lid, false);
+    return vec2<f32>(m, reduce(lid, false));
+}
+
+// Writes out[th] = value_sums / total, the softmax's sum total at max m, first
+// joining head h's sink logit to the softmax where the model has sinks.
+fn write_output(lid: u32, th: u32, m: f32, sum: f32) {
+    var total = sum;
     if (p.has_sinks != 0u) {
         // The sink's logit joins the softmax: rescale to the larger max.
-        let sink = sinks[h];
+        let sink = sinks[th % p.heads];
         let m_all = max(m, sink);
         let rescale = exp(m - m_all);
         total = total * rescale + exp(sink - m_all);
@@ -223,5 +246,127 @@ fn attend(
     }
     for (var d = lid; d < p.value_dim; d += 64u) {
         out[th * p.value_dim + d] = value_sums[d] / total;
+    }
+}
+
+// One pass over each (token, head)'s whole range: one workgroup per (t, head).
+@compute @workgroup_size(64)
+fn attend(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let th = linear_workgroup(wid, nwg);
+    if (th >= p.tokens * p.heads) {
+        return;
+    }
+    let placement = uniform_placement(th / p.heads, lid);
+    if (placement.x >= p.slots) {
+        return;
+    }
+    let keys = placement.y + 1u;
+    let start = window_start(placement.y);
+    let r = attend_blocks(lid, th, placement.x, start, keys, start - start % BLOCK, keys);
+    write_output(lid, th, r.x, r.y);
+}
+
+// Split over the context (flash decoding; steps of few tokens on GPUs, where one
+// workgroup per (token, head) leaves most of the GPU idle): the blocks of a
+// (token, head)'s range are cut into p.splits runs of equal block counts, and
+// workgroup (th, s) takes run s: one workgroup per (t, head, split), th-major.
+// Writes partials[(th * splits + s) * (value_dim + 2)..]: [max, sum, value sums]
+// (runs past the range's end write nothing; attend_merge does not read them). The
+// runs depend only on the token's own position, so the output does too.
+@compute @workgroup_size(64)
+fn attend_split(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let ths = linear_workgroup(wid, nwg);
+    if (ths >= p.tokens * p.heads * p.splits) {
+        return;
+    }
+    let th = ths / p.splits;
+    let placement = uniform_placement(th / p.heads, lid);
+    if (placement.x >= p.slots) {
+        return;
+    }
+    let keys = placement.y + 1u;
+    let start = window_start(placement.y);
+    let run = split_run(start, keys, ths % p.splits);
+    if (run.x >= run.y) {
+        return;
+    }
+    let r = attend_blocks(lid, th, placement.x, start, keys, run.x, run.y);
+    let base = ths * (p.value_dim + 2u);
+    if (lid == 0u) {
+        partials[base] = r.x;
+        partials[base + 1u] = r.y;
+    }
+    for (var d = lid; d < p.value_dim; d += 64u) {
+        partials[base + 2u + d] = value_sums[d];
+    }
+}
+
+// Split s's first position and its end: the range [start, keys) covers blocks
+// first .. first + n of BLOCK positions; each split takes ceil(n / splits) of them.
+fn split_run(start: u32, keys: u32, s: u32) -> vec2<u32> {
+    let first = start - start % BLOCK;
+    let blocks = (keys - first + BLOCK - 1u) / BLOCK;
+    let per_split = (blocks + p.splits - 1u) / p.splits;
+    let begin = first + s * per_split * BLOCK;
+    return vec2<u32>(begin, min(begin + per_split * BLOCK, keys));
+}
+
+// Merges attend_split's partials of each (token, head) into out, one 64-invocation
+// workgroup per (t, head): max M over the runs (and the sink), total =
+// sum_s sum_s' exp(max_s - M) (+ exp(sink - M)), out = sum_s values_s exp(max_s - M)
+// / total, runs added in order (deterministic). Every invocation computes M and the
+// total itself (no barriers) and writes elements d = lid (mod 64).
+@compute @workgroup_size(64)
+fn attend_merge(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let th = linear_workgroup(wid, nwg);
+    if (th >= p.tokens * p.heads) {
+        return;
+    }
+    let t = th / p.heads;
+    let slot = positions[2u * t];
+    let pos = positions[2u * t + 1u];
+    if (slot >= p.slots || pos >= p.max_ctx) {
+        return;
+    }
+    let keys = pos + 1u;
+    let start = window_start(pos);
+    var runs = 0u;
+    while (runs < p.splits && split_run(start, keys, runs).x < keys) {
+        runs++;
+    }
+    let stride = p.value_dim + 2u;
+    let base = th * p.splits * stride;
+    var m = NO_SCORE;
+    for (var s = 0u; s < runs; s++) {
+        m = max(m, partials[base + s * stride]);
+    }
+    if (p.has_sinks != 0u) {
+        m = max(m, sinks[th % p.heads]);
+    }
+    var total = 0.0;
+    for (var s = 0u; s < runs; s++) {
+        total += partials[base + s * stride + 1u] * exp(partials[base + s * stride] - m);
+    }
+    if (p.has_sinks != 0u) {
+        total += exp(sinks[th % p.heads] - m);
+    }
+    for (var d = lid; d < p.value_dim; d += 64u) {
+        var acc = 0.0;
+        for (var s = 0u; s < runs; s++) {
+            acc += partials[base + s * stride + 2u + d] * exp(partials[base + s * stride] - m);
+        }
+        out[th * p.value_dim + d] = acc / total;
     }
 }

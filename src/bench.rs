@@ -11,10 +11,12 @@ use crate::gpu::profile::KernelTime;
 use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::model::model::{dense_gemv_by_size, gemv_by_size};
 use crate::moe::{MoeConfig, MoeLayer, MoeWeights, SharedExpertConfig};
+use crate::ops::attention::{decode_splits, encode_attention, AttentionOptions, KvCache};
 use crate::ops::embedding::encode_embedding;
 use crate::ops::expert_matmul::{encode_down, encode_gate_up, ExpertRows};
 use crate::ops::router::encode_router_logits;
 use crate::ops::routing::{encode_routing, Router};
+use crate::ops::TokenPositions;
 use crate::util::Clock;
 use crate::weights::{WeightChunk, WeightFormat, WeightMatrix};
 
@@ -47,6 +49,58 @@ pub fn model_shapes() -> Vec<LayerShape> {
         shape("DeepSeek-V2-Lite", 2048, 1408, 64, 6, 2),
         shape("gpt-oss-20b", 2880, 2880, 32, 4, 0),
     ]
+}
+
+/// One model's attention shape for the decode attention rows: query heads, kv heads
+/// and head width (grouped-query attention with a KV cache).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttentionShape {
+    pub model: String,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// The decode attention rows' shapes, from the models' config.json files (DeepSeek's
+/// latent attention is left out).
+pub fn attention_shapes() -> Vec<AttentionShape> {
+    let shape = |model: &str, heads, kv_heads, head_dim| AttentionShape {
+        model: model.into(),
+        heads,
+        kv_heads,
+        head_dim,
+    };
+    vec![
+        shape("Mixtral-8x7B", 32, 8, 128),
+        shape("OLMoE-1B-7B", 16, 16, 128),
+        shape("Qwen3-30B-A3B", 32, 4, 128),
+        shape("gpt-oss-20b", 64, 8, 64),
+    ]
+}
+
+impl AttentionShape {
+    /// Bytes one decode token's attention must read at `context` positions: the f32
+    /// keys and values of every kv head.
+    pub fn bytes(&self, context: usize) -> f64 {
+        2.0 * context as f64 * (self.kv_heads * self.head_dim * 4) as f64
+    }
+}
+
+/// Decode attention (one token over a full KV cache of `context` positions) in one
+/// pass and split over the context, as a fraction of the copy bandwidth.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttentionRow {
+    pub shape: AttentionShape,
+    pub context: usize,
+    pub splits: usize,
+    pub one_pass: Timing,
+    pub split: Timing,
+    /// Key and value bytes read.
+    pub gbytes: f64,
+    pub one_pass_gb_per_s: f64,
+    pub split_gb_per_s: f64,
+    /// The split's GB/s as a percent of the copy ceiling.
+    pub split_percent_of_copy: f64,
 }
 
 impl LayerShape {
@@ -159,6 +213,9 @@ pub struct Report {
     pub weight_dtype: String,
     pub ceilings: Ceilings,
     pub rows: Vec<Row>,
+    /// Decode attention over long contexts, one pass against split.
+    #[serde(default)]
+    pub attention: Vec<AttentionRow>,
     /// Whole-model prefill and decode speeds.
     #[serde(default)]
     pub models: Vec<ModelRow>,
@@ -659,6 +716,96 @@ async fn bench_shape(
     Ok(rows)
 }
 
+/// Times one token's attention over a full cache of each context (1,024 positions with
+/// `quick`, else 4,096 and 16,384) for one shape, in one pass and split over the
+/// context as a decode step on a GPU splits it.
+async fn bench_attention(
+    ctx: &GpuContext,
+    timer: &Timer<'_>,
+    shape: &AttentionShape,
+    options: &BenchOptions,
+    ceilings: &Ceilings,
+) -> Result<Vec<AttentionRow>> {
+    let contexts: &[usize] = if options.quick { &[1024] } else { &[4096, 16384] };
+    let (heads, kv_heads, head_dim) = (shape.heads, shape.kv_heads, shape.head_dim);
+    let q = GpuTensor::from_f32(
+        ctx,
+        "bench queries",
+        &[1, heads * head_dim],
+        &random(5, heads * head_dim, 1.0),
+        DType::F32,
+    )?;
+    let kv = GpuTensor::from_f32(
+        ctx,
+        "bench key and value",
+        &[1, kv_heads * head_dim],
+        &random(6, kv_heads * head_dim, 1.0),
+        DType::F32,
+    )?;
+    let out = GpuTensor::empty(ctx, "bench attention output", &[1, heads * head_dim], DType::F32)?;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let splits = decode_splits(heads);
+    let mut rows = Vec::new();
+    for &context in contexts {
+        // The cache's positions hold zeros, except the last, which each run writes:
+        // the reads are the same whatever the values.
+        let cache = KvCache::new(ctx, kv_heads, head_dim, context)?;
+        let position = TokenPositions::contiguous(ctx, context - 1, 1)?;
+        let one_pass = timer
+            .repeat(options.repeats, &|e| {
+                encode_attention(
+                    ctx,
+                    e,
+                    &cache,
+                    &q,
+                    &kv,
+                    &kv,
+                    heads,
+                    &position,
+                    scale,
+                    AttentionOptions::default(),
+                    &out,
+                )
+            })
+            .await?;
+        let split_options = AttentionOptions {
+            splits: Some(splits),
+            ..AttentionOptions::default()
+        };
+        let split = timer
+            .repeat(options.repeats, &|e| {
+                encode_attention(
+                    ctx,
+                    e,
+                    &cache,
+                    &q,
+                    &kv,
+                    &kv,
+                    heads,
+                    &position,
+                    scale,
+                    split_options,
+                    &out,
+                )
+            })
+            .await?;
+        let bytes = shape.bytes(context);
+        let gb_per_s = |t: &Timing| bytes / (t.median_ms / 1e3) / 1e9;
+        rows.push(AttentionRow {
+            shape: shape.clone(),
+            context,
+            splits,
+            gbytes: bytes / 1e9,
+            one_pass_gb_per_s: gb_per_s(&one_pass),
+            split_gb_per_s: gb_per_s(&split),
+            split_percent_of_copy: 100.0 * gb_per_s(&split) / ceilings.copy_gb_per_s,
+            one_pass,
+            split,
+        });
+    }
+    Ok(rows)
+}
+
 /// Runs the whole suite; `models` get whole-model rows.
 pub async fn run_bench(
     ctx: &GpuContext,
@@ -677,20 +824,23 @@ pub async fn run_bench(
             None
         },
     };
-    let mut rows = Vec::new();
-    for shape in model_shapes() {
-        if !options.shapes.is_empty()
-            && !options
+    let wanted = |model: &str| {
+        options.shapes.is_empty()
+            || options
                 .shapes
                 .iter()
-                .any(|s| shape.model.to_lowercase().contains(&s.to_lowercase()))
-        {
-            continue;
-        }
+                .any(|s| model.to_lowercase().contains(&s.to_lowercase()))
+    };
+    let mut rows = Vec::new();
+    for shape in model_shapes().into_iter().filter(|s| wanted(&s.model)) {
         let shape = if options.quick { shape.scaled(16) } else { shape };
         for &format in &options.formats {
             rows.extend(bench_shape(ctx, &timer, &shape, format, options, &ceilings).await?);
         }
+    }
+    let mut attention = Vec::new();
+    for shape in attention_shapes().iter().filter(|s| wanted(&s.model)) {
+        attention.extend(bench_attention(ctx, &timer, shape, options, &ceilings).await?);
     }
     let (prompt, decode) = if options.quick { (32, 16) } else { (512, 64) };
     let (prompt, decode) = (
@@ -714,7 +864,7 @@ pub async fn run_bench(
         max_storage_buffer_binding_size: ctx.limits.max_storage_buffer_binding_size,
         max_buffer_size: ctx.limits.max_buffer_size,
         timing_method: timer.method().into(),
-        kernels: ctx.kernel_choices().into(),
+        kernels: ctx.kernel_choices(),
         weight_dtype: options
             .formats
             .iter()
@@ -723,6 +873,7 @@ pub async fn run_bench(
             .join(","),
         ceilings,
         rows,
+        attention,
         models: model_rows,
     })
 }
@@ -771,6 +922,25 @@ pub fn markdown(report: &Report) -> String {
             r.dense_same_active.median_ms,
             r.grouped_over_dense
         ));
+    }
+    if !report.attention.is_empty() {
+        s.push_str("\nDecode attention (1 token over a full f32 KV cache):\n\n| model | heads / kv heads x dim | context | one pass ms | GB/s | split | split ms | GB/s | % of copy |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+        for a in &report.attention {
+            s.push_str(&format!(
+                "| {} | {} / {} x {} | {} | {:.3} | {:.1} | {} | {:.3} | {:.1} | {:.1}% |\n",
+                a.shape.model,
+                a.shape.heads,
+                a.shape.kv_heads,
+                a.shape.head_dim,
+                a.context,
+                a.one_pass.median_ms,
+                a.one_pass_gb_per_s,
+                a.splits,
+                a.split.median_ms,
+                a.split_gb_per_s,
+                a.split_percent_of_copy
+            ));
+        }
     }
     if !report.models.is_empty() {
         s.push_str("\n| model | prompt tokens | prefill ms | prefill tokens/s | decode tokens | decode tokens/s |\n|---|---:|---:|---:|---:|---:|\n");

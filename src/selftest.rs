@@ -274,20 +274,22 @@ async fn transformer_op_checks(ctx: &GpuContext, rng: &mut ChaCha8Rng) -> Result
     let kg = GpuTensor::from_f32(ctx, "k", &[t, kv_heads * hd], &k, DType::F32)?;
     let vg = GpuTensor::from_f32(ctx, "v", &[t, kv_heads * hd], &v, DType::F32)?;
     let sinks_g = GpuTensor::from_f32(ctx, "sinks", &[heads], &sinks, DType::F32)?;
-    let out = GpuTensor::empty(ctx, "out", &[t, heads * hd], DType::F32)?;
     let start = TokenPositions::contiguous(ctx, 0, t)?;
-    let options = AttentionOptions {
-        sinks: Some(&sinks_g),
-        window: Some(260),
-    };
-    run(&|e| encode_attention(ctx, e, &cache, &qg, &kg, &vg, heads, &start, scale, options, &out))?;
     let want = attention_reference(&q, &k, &v, heads, kv_heads, hd, 0, scale, Some(&sinks), Some(260));
-    checks.push(check(
-        "attention (300 positions, window, sinks)",
-        relative_error(&out.read_f32(ctx).await?, &want),
-        1e-5,
-        "",
-    ));
+    // In one pass, and split over the context into 2 runs (flash decoding).
+    for (splits, name) in [
+        (None, "attention (300 positions, window, sinks)"),
+        (Some(2), "attention split in 2 runs (300 positions, window, sinks)"),
+    ] {
+        let out = GpuTensor::empty(ctx, "out", &[t, heads * hd], DType::F32)?;
+        let options = AttentionOptions {
+            sinks: Some(&sinks_g),
+            window: Some(260),
+            splits,
+        };
+        run(&|e| encode_attention(ctx, e, &cache, &qg, &kg, &vg, heads, &start, scale, options, &out))?;
+        checks.push(check(name, relative_error(&out.read_f32(ctx).await?, &want), 1e-5, ""));
+    }
     // Argmax over a vocabulary-sized row with a tie
     let mut logits = random(rng, 5000, 10.0);
     logits[1234] = 20.0;

@@ -1,6 +1,6 @@
 //! The benchmark suite's arithmetic, its JSON report, and a quick run of the CLI.
 
-use webmoe::bench::{model_shapes, LayerShape, Report};
+use webmoe::bench::{attention_shapes, model_shapes, LayerShape, Report};
 
 fn shape(name: &str) -> LayerShape {
     model_shapes().into_iter().find(|s| s.model.starts_with(name)).unwrap()
@@ -27,6 +27,14 @@ fn flop_and_byte_counts_match_hand_computed_values() {
     assert_eq!(shape("Qwen3").flops(1), 524_288.0 + 75_497_472.0);
     let q = shape("Qwen3").scaled(16);
     assert_eq!((q.hidden, q.ffn, q.experts, q.top_k), (128, 48, 128, 8));
+    // Qwen3-30B-A3B's decode attention at 4,096 positions reads f32 keys and values of
+    // 4 kv heads x 128: 2 * 4096 * 4 * 128 * 4 = 16,777,216 bytes.
+    let attention = attention_shapes()
+        .into_iter()
+        .find(|s| s.model.starts_with("Qwen3"))
+        .unwrap();
+    assert_eq!((attention.heads, attention.kv_heads, attention.head_dim), (32, 4, 128));
+    assert_eq!(attention.bytes(4096), 16_777_216.0);
 }
 
 #[test]
@@ -88,6 +96,16 @@ fn quick_bench_runs_and_its_json_round_trips() {
             row.shape.bytes(row.tokens, row.active_experts, per_weight) / 1e9
         );
     }
+    // Decode attention: Qwen3 and Mixtral at 1,024 positions, one pass and split.
+    let models: Vec<&str> = report.attention.iter().map(|a| a.shape.model.as_str()).collect();
+    assert_eq!(models, ["Mixtral-8x7B", "Qwen3-30B-A3B"]);
+    for a in &report.attention {
+        assert_eq!(a.context, 1024);
+        assert_eq!(a.splits, webmoe::ops::attention::decode_splits(a.shape.heads));
+        assert_eq!(a.gbytes, a.shape.bytes(a.context) / 1e9);
+        assert!(a.one_pass.median_ms > 0.0 && a.split.median_ms > 0.0);
+    }
+    assert!(table.contains("Decode attention"), "{table}");
     let again: Report = serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
     assert_eq!(again, report);
     assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));

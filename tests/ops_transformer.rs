@@ -7,7 +7,7 @@ use common::*;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use webmoe::gpu::kernel::Recorder;
-use webmoe::ops::attention::{attention_reference, encode_attention, AttentionOptions, KvCache};
+use webmoe::ops::attention::{attention_reference, encode_attention, AttentionOptions, KvCache, MAX_SPLITS};
 use webmoe::ops::elementwise::{encode_add_row_bias, encode_add_scaled, encode_scale_clamp};
 use webmoe::ops::embedding::{argmax_reference, encode_argmax, encode_embedding};
 use webmoe::ops::norm::{encode_rms_norm, encode_rms_norm_pair, rms_norm_reference};
@@ -258,8 +258,14 @@ fn rope_pair_rotates_queries_and_keys_as_two_dispatches_would() {
     }
 }
 
+/// How each attention test maps the kernel: one pass, and split over the context into
+/// runs (flash decoding) of several sizes: 2 and 3 runs give runs of several blocks on
+/// long contexts, 32 leaves most runs empty on short ones.
+const SPLITS: [Option<usize>; 4] = [None, Some(2), Some(3), Some(32)];
+
 /// Attention of one sequence over `steps` (token counts: a prompt, chunks of it, then
-/// decode tokens) against the CPU reference, each output poisoned before its run.
+/// decode tokens) against the CPU reference, in one pass and split over the context
+/// (each step run once per [`SPLITS`]), each output poisoned before its run.
 fn check_attention_steps(
     ctx: &GpuContext,
     rng: &mut ChaCha8Rng,
@@ -272,10 +278,6 @@ fn check_attention_steps(
     let cache = KvCache::new(ctx, kv_heads, head_dim, max_ctx).unwrap();
     let scale = 1.0 / (head_dim as f32).sqrt();
     let sinks_gpu = sinks.map(|s| upload(ctx, &[heads], s));
-    let options = AttentionOptions {
-        sinks: sinks_gpu.as_ref(),
-        window,
-    };
     let (mut all_k, mut all_v) = (Vec::new(), Vec::new());
     let mut pos0 = 0;
     for &tokens in steps {
@@ -284,29 +286,37 @@ fn check_attention_steps(
         let v = random_vec(rng, tokens * kv_heads * head_dim, 1.0);
         all_k.extend_from_slice(&k);
         all_v.extend_from_slice(&v);
-        let out = GpuTensor::empty(ctx, "out", &[tokens, heads * head_dim], DType::F32).unwrap();
-        out.poison(ctx);
-        let position = TokenPositions::contiguous(ctx, pos0, tokens).unwrap();
-        run(ctx, |enc| {
-            let (qg, kg, vg) = (
-                upload(ctx, &[tokens, heads * head_dim], &q),
-                upload(ctx, &[tokens, kv_heads * head_dim], &k),
-                upload(ctx, &[tokens, kv_heads * head_dim], &v),
-            );
-            encode_attention(ctx, enc, &cache, &qg, &kg, &vg, heads, &position, scale, options, &out).unwrap();
-        });
         let want = attention_reference(
             &q, &all_k, &all_v, heads, kv_heads, head_dim, pos0, scale, sinks, window,
         );
-        assert_close(
-            &format!(
-                "attention H={heads}/{kv_heads} d={head_dim} pos0={pos0} T={tokens} sinks={} window={window:?}",
-                sinks.is_some()
-            ),
-            &out.read_f32_blocking(ctx).unwrap(),
-            &want,
-            1e-5,
+        let position = TokenPositions::contiguous(ctx, pos0, tokens).unwrap();
+        let (qg, kg, vg) = (
+            upload(ctx, &[tokens, heads * head_dim], &q),
+            upload(ctx, &[tokens, kv_heads * head_dim], &k),
+            upload(ctx, &[tokens, kv_heads * head_dim], &v),
         );
+        // Each run stores the same keys and values at the same positions again.
+        for splits in SPLITS {
+            let options = AttentionOptions {
+                sinks: sinks_gpu.as_ref(),
+                window,
+                splits,
+            };
+            let out = GpuTensor::empty(ctx, "out", &[tokens, heads * head_dim], DType::F32).unwrap();
+            out.poison(ctx);
+            run(ctx, |enc| {
+                encode_attention(ctx, enc, &cache, &qg, &kg, &vg, heads, &position, scale, options, &out).unwrap();
+            });
+            assert_close(
+                &format!(
+                    "attention H={heads}/{kv_heads} d={head_dim} pos0={pos0} T={tokens} sinks={} window={window:?} splits={splits:?}",
+                    sinks.is_some()
+                ),
+                &out.read_f32_blocking(ctx).unwrap(),
+                &want,
+                1e-5,
+            );
+        }
         pos0 += tokens;
     }
     cache
@@ -324,6 +334,8 @@ fn attention_prefill_then_decode_matches_reference() {
         // Contexts over several of the kernel's 256-position blocks.
         (2, 1, 16, 300, 3, 320),
         (4, 2, 8, 511, 2, 600),
+        // Five blocks: split in 2 or 3, runs of 3 + 2 or 2 + 2 + 1 blocks.
+        (2, 2, 8, 1100, 2, 1300),
     ] {
         let steps: Vec<usize> = std::iter::once(prefill)
             .chain(std::iter::repeat_n(1, decode_steps))
@@ -457,7 +469,7 @@ fn attention_reference_sinks_and_window_follow_their_definitions() {
 }
 
 #[test]
-fn attention_rejects_bad_sinks_and_window() {
+fn attention_rejects_bad_sinks_window_and_splits() {
     let ctx = context();
     let (heads, kv_heads, head_dim, n) = (4, 2, 8, 3);
     let cache = KvCache::new(&ctx, kv_heads, head_dim, 8).unwrap();
@@ -478,7 +490,7 @@ fn attention_rejects_bad_sinks_and_window() {
     for sinks in &bad_sinks {
         let err = attend(AttentionOptions {
             sinks: Some(sinks),
-            window: None,
+            ..AttentionOptions::default()
         })
         .err()
         .unwrap_or_else(|| panic!("sinks {:?} {:?} accepted", sinks.shape, sinks.dtype));
@@ -486,30 +498,47 @@ fn attention_rejects_bad_sinks_and_window() {
         assert!(err.to_string().contains("sinks"), "{err}");
     }
     let err = attend(AttentionOptions {
-        sinks: None,
         window: Some(0),
+        ..AttentionOptions::default()
     })
     .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
     assert!(err.to_string().contains("window"), "{err}");
+    for splits in [0, MAX_SPLITS + 1] {
+        let err = attend(AttentionOptions {
+            splits: Some(splits),
+            ..AttentionOptions::default()
+        })
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        assert!(err.to_string().contains(&format!("{splits} runs")), "{err}");
+    }
     // The right ones are accepted.
     let sinks = upload(&ctx, &[heads], &[0.0; 4]);
-    attend(AttentionOptions {
-        sinks: Some(&sinks),
-        window: Some(1),
-    })
-    .unwrap();
+    for splits in [None, Some(1), Some(MAX_SPLITS)] {
+        attend(AttentionOptions {
+            sinks: Some(&sinks),
+            window: Some(1),
+            splits,
+        })
+        .unwrap();
+    }
 }
 
 /// A continuous-batching step: each sequence prefilled in its own slot, then one
 /// step holding one token of every sequence, at different positions (and a prompt
 /// chunk of another sequence in the same step); every token checked against the
-/// reference over its own sequence alone.
-fn check_attention_over_slots(seed: u64, with_sinks: bool, window: Option<usize>) {
+/// reference over its own sequence alone. Prompts of 5, 1, 13 and 8 tokens, or with
+/// `long`, of 300, 1, 530 and 8 (contexts over several 256-position blocks).
+fn check_attention_over_slots(seed: u64, with_sinks: bool, window: Option<usize>, splits: Option<usize>, long: bool) {
     let ctx = context();
     let mut rng = rng(seed);
-    let (heads, kv_heads, head_dim, max_ctx) = (4, 2, 16, 24);
-    let prompts = [5usize, 1, 13, 8];
+    let (heads, kv_heads, head_dim) = (4, 2, 16);
+    let (prompts, max_ctx) = if long {
+        ([300usize, 1, 530, 8], 560)
+    } else {
+        ([5usize, 1, 13, 8], 24)
+    };
     let slots = prompts.len() + 1;
     let cache = KvCache::with_slots(&ctx, slots, kv_heads, head_dim, max_ctx).unwrap();
     let scale = 0.3;
@@ -518,6 +547,7 @@ fn check_attention_over_slots(seed: u64, with_sinks: bool, window: Option<usize>
     let options = AttentionOptions {
         sinks: sinks_gpu.as_ref(),
         window,
+        splits,
     };
     let (qw, kvw) = (heads * head_dim, kv_heads * head_dim);
     let mut history: Vec<(Vec<f32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); slots];
@@ -560,7 +590,7 @@ fn check_attention_over_slots(seed: u64, with_sinks: bool, window: Option<usize>
                 window,
             );
             assert_close(
-                &format!("slot {slot} position {pos} sinks={with_sinks} window={window:?}"),
+                &format!("slot {slot} position {pos} sinks={with_sinks} window={window:?} splits={splits:?}"),
                 &got[i * qw..][..qw],
                 &want,
                 1e-5,
@@ -581,15 +611,27 @@ fn check_attention_over_slots(seed: u64, with_sinks: bool, window: Option<usize>
 
 #[test]
 fn attention_over_several_sequences_of_different_lengths_matches_each_alone() {
-    check_attention_over_slots(31, false, None);
+    for splits in [None, Some(3)] {
+        check_attention_over_slots(31, false, None, splits, false);
+    }
 }
 
 #[test]
 fn windowed_attention_with_sinks_over_several_sequences_matches_each_alone() {
     // Prompts of 5, 1, 13 and 8 tokens against a window of 4 (and of 1).
-    check_attention_over_slots(34, false, Some(4));
-    check_attention_over_slots(35, true, Some(4));
-    check_attention_over_slots(36, true, Some(1));
+    for splits in [None, Some(3)] {
+        check_attention_over_slots(34, false, Some(4), splits, false);
+        check_attention_over_slots(35, true, Some(4), splits, false);
+        check_attention_over_slots(36, true, Some(1), splits, false);
+    }
+}
+
+/// Split over the context in a continuous-batching step whose sequences hold
+/// different numbers of blocks, so their runs differ in length and count.
+#[test]
+fn split_attention_over_several_long_sequences_matches_each_alone() {
+    check_attention_over_slots(37, false, None, Some(2), true);
+    check_attention_over_slots(38, true, Some(300), Some(3), true);
 }
 
 #[test]
@@ -699,7 +741,11 @@ fn latent_attention_reads_values_from_the_keys() {
             let out = GpuTensor::empty(&ctx, "out", &[tokens, heads * value_dim], DType::F32).unwrap();
             out.poison(&ctx);
             let position = TokenPositions::contiguous(&ctx, pos0, tokens).unwrap();
-            let options = AttentionOptions { sinks: None, window };
+            let options = AttentionOptions {
+                window,
+                splits: (tokens == 1).then_some(3),
+                ..AttentionOptions::default()
+            };
             run(&ctx, |enc| {
                 let qg = upload(&ctx, &[tokens, heads * key_dim], &q);
                 let kg = upload(&ctx, &[tokens, key_dim], &k);

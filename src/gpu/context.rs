@@ -30,6 +30,9 @@ pub struct ContextOptions {
     /// Whether kernels may reduce with subgroup operations where the device has them
     /// (`WEBMOE_SUBGROUPS=0` turns them off, e.g. to compare); default yes.
     pub subgroups: Option<bool>,
+    /// Whether steps of few tokens split attention over the context
+    /// (`WEBMOE_ATTENTION_SPLITS=0|1`, e.g. to compare); default on the GPU target only.
+    pub attention_splits: Option<bool>,
 }
 
 /// The kind of device kernel choices are made for: where a GPU and a CPU driver
@@ -73,15 +76,18 @@ impl ContextOptions {
         let kernel_target = std::env::var("WEBMOE_KERNELS")
             .ok()
             .and_then(|v| KernelTarget::parse(&v));
-        let subgroups = std::env::var("WEBMOE_SUBGROUPS")
-            .ok()
-            .map(|v| !matches!(v.trim(), "0" | "off" | "false" | "no"));
+        let switch = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .map(|v| !matches!(v.trim(), "0" | "off" | "false" | "no"))
+        };
         Self {
             backends: wgpu::Backends::from_env(),
             adapter_name,
             max_binding_bytes: None,
             kernel_target,
-            subgroups,
+            subgroups: switch("WEBMOE_SUBGROUPS"),
+            attention_splits: switch("WEBMOE_ATTENTION_SPLITS"),
         }
     }
 }
@@ -108,6 +114,9 @@ pub struct GpuContext {
     /// Kernels reduce with subgroup operations (the device has SUBGROUP, and the
     /// options allow them).
     pub subgroup_reductions: bool,
+    /// Steps of few tokens (those that take the GEMV) split attention over the context
+    /// (flash decoding): on the GPU target unless the options say otherwise.
+    pub split_attention: bool,
     max_binding_bytes: u64,
     failure: Arc<Mutex<Option<Error>>>,
     pub(crate) pipelines: PipelineCache,
@@ -181,6 +190,7 @@ impl GpuContext {
             .max_binding_bytes
             .map_or(adapter_binding, |m| m.min(adapter_binding));
         let subgroup_reductions = features.contains(wgpu::Features::SUBGROUP) && options.subgroups != Some(false);
+        let split_attention = options.attention_splits.unwrap_or(kernel_target == KernelTarget::Gpu);
         Ok(Self {
             device,
             queue,
@@ -189,6 +199,7 @@ impl GpuContext {
             limits,
             kernel_target,
             subgroup_reductions,
+            split_attention,
             max_binding_bytes,
             failure,
             pipelines: PipelineCache::default(),
@@ -210,6 +221,7 @@ impl GpuContext {
             limits: self.limits.clone(),
             kernel_target: target,
             subgroup_reductions: self.subgroup_reductions,
+            split_attention: target == KernelTarget::Gpu,
             max_binding_bytes: self.max_binding_bytes,
             failure: self.failure.clone(),
             pipelines: PipelineCache::default(),
@@ -219,14 +231,21 @@ impl GpuContext {
         }
     }
 
-    /// The kernel choices this context makes: its target and, on the GPU target, how
-    /// the split GEMV reduces (for reports and messages).
-    pub fn kernel_choices(&self) -> &'static str {
-        match (self.kernel_target, self.subgroup_reductions) {
-            (KernelTarget::Cpu, _) => "CPU target (serial GEMV)",
-            (KernelTarget::Gpu, true) => "GPU target (split GEMV, subgroup reductions)",
-            (KernelTarget::Gpu, false) => "GPU target (split GEMV, shared-memory reductions)",
-        }
+    /// The kernel choices this context makes: its target, on the GPU target how the
+    /// split GEMV reduces, and whether decode attention is split over the context (for
+    /// reports and messages).
+    pub fn kernel_choices(&self) -> String {
+        let gemv = match (self.kernel_target, self.subgroup_reductions) {
+            (KernelTarget::Cpu, _) => "CPU target (serial GEMV",
+            (KernelTarget::Gpu, true) => "GPU target (split GEMV, subgroup reductions",
+            (KernelTarget::Gpu, false) => "GPU target (split GEMV, shared-memory reductions",
+        };
+        let attention = if self.split_attention {
+            "decode attention split over the context"
+        } else {
+            "attention in one pass"
+        };
+        format!("{gemv}, {attention})")
     }
 
     /// The largest storage binding the engine may use, in bytes: the adapter's

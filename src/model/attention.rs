@@ -62,6 +62,8 @@ pub(crate) struct AttentionInputs<'a> {
     pub(crate) positions: &'a TokenPositions,
     /// GEMV kernels for the projections (else tiles).
     pub(crate) gemv: bool,
+    /// Runs to split each (token, head)'s context into (flash decoding), or one pass.
+    pub(crate) splits: Option<usize>,
 }
 
 impl LayerAttention {
@@ -238,6 +240,7 @@ impl Gqa {
         let options = AttentionOptions {
             sinks: self.sinks.as_ref(),
             window: self.window,
+            splits: inputs.splits,
         };
         encode_attention(
             ctx,
@@ -439,7 +442,10 @@ impl Mla {
             heads,
             inputs.positions,
             c.attention_scale,
-            AttentionOptions::default(),
+            AttentionOptions {
+                splits: inputs.splits,
+                ..AttentionOptions::default()
+            },
             &out_lat,
         )?;
         // Values: W_UV per head, then o_proj.

@@ -28,7 +28,7 @@ use crate::model::planner::{Planner, Role};
 use crate::model::safetensors_io::Checkpoint;
 use crate::moe::layer::{ExpertBiases, SharedExpert};
 use crate::moe::{MoeLayer, Residual};
-use crate::ops::attention::KvCache;
+use crate::ops::attention::{decode_splits, KvCache};
 use crate::ops::elementwise::{encode_gather_rows, encode_scale_clamp};
 use crate::ops::embedding::encode_embedding;
 use crate::ops::expect_shape;
@@ -450,6 +450,9 @@ impl Model {
         }
         let rope = self.rope_angles(positions)?;
         let gemv = kernels.gemv(dense_gemv_by_size(ctx.kernel_target, t));
+        // Steps that take the GEMV (few tokens) split attention over the context on
+        // GPUs; a CPU adapter's few cores are busy with one workgroup per (token, head).
+        let splits = (gemv && ctx.split_attention).then(|| decode_splits(c.num_heads));
         let x = GpuTensor::empty(ctx, "hidden", &[t, d], DType::F32)?;
         rec.section("embedding");
         encode_embedding(ctx, rec, ids, &self.embed, c.embedding_multiplier, &x)?;
@@ -463,6 +466,7 @@ impl Model {
                 cache,
                 positions,
                 gemv,
+                splits,
             };
             let residual = Residual {
                 stream: &x,

@@ -111,8 +111,24 @@ impl KvCache {
     }
 }
 
-/// Optional parts of attention some models use (gpt-oss). The default is plain full
-/// causal attention.
+/// The most runs [`AttentionOptions::splits`] may cut a (token, head)'s context into
+/// (more would leave runs empty at every context under 16,384 positions).
+pub const MAX_SPLITS: usize = 64;
+
+/// Workgroups a step of one token should have when its attention is split over the
+/// context: enough to keep a large GPU's compute units busy (H100/H200: 132).
+const SPLIT_TARGET_WORKGROUPS: usize = 1024;
+
+/// How many runs to split each (token, head)'s context into for steps of few tokens
+/// on a GPU, for a model with `heads` query heads: about [`SPLIT_TARGET_WORKGROUPS`]
+/// workgroups for one token, 1 to 32 runs. It depends only on the model, so a token's
+/// output never depends on the step it is in.
+pub fn decode_splits(heads: usize) -> usize {
+    (SPLIT_TARGET_WORKGROUPS / heads.max(1)).clamp(1, 32)
+}
+
+/// Optional parts of attention some models use (gpt-oss), and how to map it. The
+/// default is plain full causal attention in one pass.
 #[derive(Clone, Copy, Default)]
 pub struct AttentionOptions<'a> {
     /// `[heads]` f32 learned sink logits (gpt-oss): each head's softmax gets one extra
@@ -123,6 +139,14 @@ pub struct AttentionOptions<'a> {
     /// p - window < j <= p (transformers' sliding_window_causal mask:
     /// kv_idx > q_idx - sliding_window). None = full causal.
     pub window: Option<usize>,
+    /// Split each (token, head)'s context positions into this many runs of whole
+    /// 256-position blocks, each run in its own workgroup, merged by a second dispatch
+    /// (flash decoding). For steps of few tokens on GPUs, where one workgroup per
+    /// (token, head) leaves most of the GPU idle (see [`decode_splits`]). The runs
+    /// depend only on each token's position, so a token's output does not depend on
+    /// the other tokens of its step; it is not bit for bit the one-pass output.
+    /// None (or 1): one pass. Needs a `[T, heads, splits, value_dim + 2]` f32 scratch.
+    pub splits: Option<usize>,
 }
 
 #[repr(C)]
@@ -142,7 +166,8 @@ pub(crate) struct AttentionParams {
     pub(crate) value_dim: u32,
     /// 1: values are the keys' first value_dim elements (latent cache).
     pub(crate) latent: u32,
-    pub(crate) _pad0: u32,
+    /// Runs per (token, head) for `attend_split` / `attend_merge`.
+    pub(crate) splits: u32,
 }
 
 /// Stores `k`, `v [T, kv_heads * head_dim]` at each token's (slot, position) and
@@ -192,6 +217,12 @@ pub fn encode_attention(
     if options.window == Some(0) {
         return Err(Error::Config("the attention window must be at least 1 position".into()));
     }
+    let splits = options.splits.unwrap_or(1);
+    if !(1..=MAX_SPLITS).contains(&splits) {
+        return Err(Error::Config(format!(
+            "attention split into {splits} runs: it takes 1 to {MAX_SPLITS}"
+        )));
+    }
     let params = AttentionParams {
         tokens: tokens as u32,
         heads: heads as u32,
@@ -205,7 +236,7 @@ pub fn encode_attention(
         window: options.window.map_or(0, |w| w.min(cache.max_ctx) as u32),
         value_dim: cache.value_dim as u32,
         latent: cache.latent as u32,
-        _pad0: 0,
+        splits: splits as u32,
     };
     let (keys, values, pos) = (&cache.keys.buffer, &cache.values.buffer, &positions.buffer);
     rec.dispatch(
@@ -217,19 +248,33 @@ pub fn encode_attention(
     );
     // Without sinks, q stands in for the sinks buffer (the shader does not read it).
     let sinks = options.sinks.map_or(&q.buffer, |s| &s.buffer);
+    let reads = [(1, &q.buffer), (2, keys), (3, values), (8, pos)];
+    let rows = tokens * heads;
+    if splits == 1 {
+        let bindings: Vec<_> = reads.into_iter().chain([(5, &out.buffer), (9, sinks)]).collect();
+        rec.dispatch(ctx, ATTENTION.entry("attend"), &params, &bindings, rows as u32);
+        return Ok(());
+    }
+    let partials = GpuTensor::empty(
+        ctx,
+        "attention split partials",
+        &[rows, splits, cache.value_dim + 2],
+        DType::F32,
+    )?;
+    let bindings: Vec<_> = reads.into_iter().chain([(4, &partials.buffer)]).collect();
     rec.dispatch(
         ctx,
-        ATTENTION.entry("attend"),
+        ATTENTION.entry("attend_split"),
         &params,
-        &[
-            (1, &q.buffer),
-            (2, keys),
-            (3, values),
-            (5, &out.buffer),
-            (8, pos),
-            (9, sinks),
-        ],
-        (tokens * heads) as u32,
+        &bindings,
+        (rows * splits) as u32,
+    );
+    rec.dispatch(
+        ctx,
+        ATTENTION.entry("attend_merge"),
+        &params,
+        &[(4, &partials.buffer), (5, &out.buffer), (8, pos), (9, sinks)],
+        rows as u32,
     );
     Ok(())
 }
