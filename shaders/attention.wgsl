@@ -3,7 +3,8 @@
 // step may hold a prompt chunk of one sequence, or one token of each of many sequences
 // of different lengths (continuous batching).
 // kv_store: copies this step's k, v [T, kv_heads * head_dim] into the caches
-//   [slots, kv_heads, max_ctx, head_dim] at (s_t, p_t).
+//   [slots, kv_heads, max_ctx, row] at (s_t, p_t), row = head_dim rounded up to a
+//   multiple of 4 (the padding stays zero), so attend reads rows as vec4.
 // attend: out[t, h] = sum_j softmax_j(scale * q[t, h] . k[s_t, j, h / group]) v[s_t, j, h / group]
 //   over cache positions j <= p_t, or with a sliding window (window > 0) only
 //   p_t - window < j <= p_t. With sinks (has_sinks), the softmax of head h also holds
@@ -25,9 +26,15 @@
 //   value is the key's first value_dim elements; no value cache is written or read.
 //   out is [T, heads * value_dim].
 // Mapping: kv_store one invocation per element of k; attend one 64-invocation
-// workgroup per (t, head) (attend_split: per (t, head, run)): invocation i scores
-// positions i, i + 64, i + 128, i + 192 of each block and owns the value sums of
-// elements d = i (mod 64) (value_dim <= 1024).
+// workgroup per (t, head) (attend_split: per (t, head, run)): the query goes to
+// workgroup memory as vec4 quads; invocation i scores positions i, i + 64, i + 128,
+// i + 192 of each block (16-byte loads along the key row), then the value sums are
+// work items (group g, quad c): quad c of the values (value_dim <= 1024) over the
+// block's positions i = g (mod groups), with groups = 64 / quads where the quads
+// are 32 or fewer (head_dim 128: 2 groups), so all 64 invocations load 16 bytes per
+// step; the groups are added in order at the end. Against scalar loads with one
+// value element per invocation: decode attention over 1,024 positions 2.4x faster
+// on lavapipe, 1.4x on SwiftShader.
 
 struct AttentionParams {
     tokens: u32,
@@ -54,6 +61,15 @@ struct AttentionParams {
 @group(0) @binding(7) var<storage, read> v_new: array<f32>;
 @group(0) @binding(8) var<storage, read> positions: array<u32>; // [T] x (slot, position)
 @group(0) @binding(9) var<storage, read> sinks: array<f32>; // [heads], read when p.has_sinks == 1
+// The caches again, as rows of vec4 (attend reads 16 bytes per load; a cache row is
+// head_dim rounded up to a multiple of 4, the padding zeros).
+@group(0) @binding(10) var<storage, read> k_rows: array<vec4<f32>>;
+@group(0) @binding(11) var<storage, read> v_rows: array<vec4<f32>>;
+
+// Elements per cache row: head_dim rounded up to a multiple of 4.
+fn row_width() -> u32 {
+    return (p.head_dim + 3u) / 4u * 4u;
+}
 
 // Whether token t's (slot, position) lies inside the cache.
 fn placed(t: u32) -> bool {
@@ -78,7 +94,7 @@ fn kv_store(
         return;
     }
     let slot = positions[2u * t];
-    let dst = ((slot * p.kv_heads + kvh) * p.max_ctx + positions[2u * t + 1u]) * p.head_dim + d;
+    let dst = ((slot * p.kv_heads + kvh) * p.max_ctx + positions[2u * t + 1u]) * row_width() + d;
     k_cache[dst] = k_new[idx];
     if (p.latent == 0u) {
         v_cache[dst] = v_new[idx];
@@ -87,11 +103,14 @@ fn kv_store(
 
 const BLOCK: u32 = 256u;
 const MAX_VALUE_DIM: u32 = 1024u;
+const MAX_QUADS: u32 = 256u; // MAX_VALUE_DIM / 4
 const NO_SCORE: f32 = -3.0e38;
 
 var<workgroup> partial: array<f32, 64>;
 var<workgroup> probs: array<f32, 256>; // BLOCK
-var<workgroup> value_sums: array<f32, 1024>; // MAX_VALUE_DIM
+var<workgroup> query: array<vec4<f32>, 256>; // MAX_QUADS: (t, head)'s query, zero-padded
+// Value sums as vec4 quads: [group][quad] with groups * quads <= max(64, quads).
+var<workgroup> value_sums: array<vec4<f32>, 256>; // MAX_QUADS
 var<workgroup> row_slot: u32;
 var<workgroup> row_position: u32;
 
@@ -111,17 +130,41 @@ fn reduce(lid: u32, use_max: bool) -> f32 {
     return r;
 }
 
-// scale * q . k at cache position j (keys from cache_base), or NO_SCORE outside [start, keys).
-fn masked_score(qb: u32, cache_base: u32, j: u32, start: u32, keys: u32) -> f32 {
+// scale * query . k at cache position j (key rows from row_base, in quads), or
+// NO_SCORE outside [start, keys).
+fn masked_score(row_base: u32, j: u32, start: u32, keys: u32) -> f32 {
     if (j < start || j >= keys) {
         return NO_SCORE;
     }
-    var s = 0.0;
-    let kb = cache_base + j * p.head_dim;
-    for (var d = 0u; d < p.head_dim; d++) {
-        s += q[qb + d] * k_cache[kb + d];
+    let quads = row_width() / 4u;
+    let kb = row_base + j * quads;
+    var s = vec4<f32>(0.0);
+    for (var i = 0u; i < quads; i++) {
+        s += query[i] * k_rows[kb + i];
     }
-    return s * p.scale;
+    return ((s.x + s.y) + (s.z + s.w)) * p.scale;
+}
+
+// How the value sums are laid out: value quads (value_dim / 4, rounded up) and
+// position groups (64 / quads where quads <= 32, else 1), so that groups * quads work
+// items keep the 64 invocations busy. Work item w = g * quads + c adds positions
+// i = g (mod groups) of each block to quad c.
+fn value_quads() -> u32 {
+    return (p.value_dim + 3u) / 4u;
+}
+
+fn position_groups() -> u32 {
+    return max(1u, 64u / value_quads());
+}
+
+// Element d of the (token, head)'s value sums: its groups added in order.
+fn value_sum(d: u32) -> f32 {
+    let quads = value_quads();
+    var total = 0.0;
+    for (var g = 0u; g < position_groups(); g++) {
+        total += value_sums[g * quads + d / 4u][d % 4u];
+    }
+    return total;
 }
 
 // This invocation's (slot, position) of token t, made workgroup-uniform as the
@@ -160,11 +203,25 @@ fn attend_blocks(
 ) -> vec2<f32> {
     let h = th % p.heads;
     let kvh = h / (p.heads / p.kv_heads);
+    let quads = row_width() / 4u;
+    let row_base = (slot * p.kv_heads + kvh) * p.max_ctx * quads;
     let qb = th * p.head_dim;
-    let cache_base = (slot * p.kv_heads + kvh) * p.max_ctx * p.head_dim;
-    for (var d = lid; d < p.value_dim; d += 64u) {
-        value_sums[d] = 0.0;
+    for (var i = lid; i < quads; i += 64u) {
+        var v = vec4<f32>(0.0);
+        for (var c = 0u; c < 4u; c++) {
+            if (4u * i + c < p.head_dim) {
+                v[c] = q[qb + 4u * i + c];
+            }
+        }
+        query[i] = v;
     }
+    let value_quads = value_quads();
+    let groups = position_groups();
+    let items = groups * value_quads;
+    for (var w = lid; w < items; w += 64u) {
+        value_sums[w] = vec4<f32>(0.0);
+    }
+    workgroupBarrier();
 
     var m = NO_SCORE; // running max (uniform)
     var sum = 0.0; // this invocation's share of the running sum of exp(score - m)
@@ -172,10 +229,10 @@ fn attend_blocks(
         // Four positions per invocation; those outside [start, keys) score NO_SCORE.
         let j = block + lid;
         let s = vec4<f32>(
-            masked_score(qb, cache_base, j, start, keys),
-            masked_score(qb, cache_base, j + 64u, start, keys),
-            masked_score(qb, cache_base, j + 128u, start, keys),
-            masked_score(qb, cache_base, j + 192u, start, keys),
+            masked_score(row_base, j, start, keys),
+            masked_score(row_base, j + 64u, start, keys),
+            masked_score(row_base, j + 128u, start, keys),
+            masked_score(row_base, j + 192u, start, keys),
         );
         partial[lid] = max(max(s.x, s.y), max(s.z, s.w));
         let m_new = max(m, reduce(lid, true));
@@ -191,41 +248,28 @@ fn attend_blocks(
         workgroupBarrier();
         let first = max(start, block) - block;
         let end = min(keys - block, BLOCK);
-        for (var d = lid; d < p.value_dim; d += 64u) {
-            var acc = value_sums[d] * rescale;
-            let base = cache_base + block * p.head_dim + d;
-            var i = first;
+        for (var w = lid; w < items; w += 64u) {
+            let g = w / value_quads;
+            var acc = value_sums[w] * rescale;
+            let base = row_base + block * quads + w % value_quads;
             // Twin loops keep the latent test out of the inner loop (a test per load
             // made attend about 5% slower on lavapipe).
             if (p.latent != 0u) {
-                for (; i + 4u <= end; i += 4u) {
-                    let r = base + i * p.head_dim;
-                    acc += probs[i] * k_cache[r];
-                    acc += probs[i + 1u] * k_cache[r + p.head_dim];
-                    acc += probs[i + 2u] * k_cache[r + 2u * p.head_dim];
-                    acc += probs[i + 3u] * k_cache[r + 3u * p.head_dim];
-                }
-                for (; i < end; i++) {
-                    acc += probs[i] * k_cache[base + i * p.head_dim];
+                for (var i = first + g; i < end; i += groups) {
+                    acc += probs[i] * k_rows[base + i * quads];
                 }
             } else {
-                for (; i + 4u <= end; i += 4u) {
-                    let r = base + i * p.head_dim;
-                    acc += probs[i] * v_cache[r];
-                    acc += probs[i + 1u] * v_cache[r + p.head_dim];
-                    acc += probs[i + 2u] * v_cache[r + 2u * p.head_dim];
-                    acc += probs[i + 3u] * v_cache[r + 3u * p.head_dim];
-                }
-                for (; i < end; i++) {
-                    acc += probs[i] * v_cache[base + i * p.head_dim];
+                for (var i = first + g; i < end; i += groups) {
+                    acc += probs[i] * v_rows[base + i * quads];
                 }
             }
-            value_sums[d] = acc;
+            value_sums[w] = acc;
         }
         // The next block's probabilities are written after its max reduction's
         // barriers, so every invocation has finished reading these by then.
     }
     partial[lid] = sum;
+    // The reduction's barriers also make every work item's value sums visible.
     return vec2<f32>(m, reduce(lid, false));
 }
 
@@ -240,12 +284,12 @@ fn write_output(lid: u32, th: u32, m: f32, sum: f32) {
         let rescale = exp(m - m_all);
         total = total * rescale + exp(sink - m_all);
         for (var d = lid; d < p.value_dim; d += 64u) {
-            out[th * p.value_dim + d] = value_sums[d] * rescale / total;
+            out[th * p.value_dim + d] = value_sum(d) * rescale / total;
         }
         return;
     }
     for (var d = lid; d < p.value_dim; d += 64u) {
-        out[th * p.value_dim + d] = value_sums[d] / total;
+        out[th * p.value_dim + d] = value_sum(d) / total;
     }
 }
 
@@ -305,7 +349,7 @@ fn attend_split(
         partials[base + 1u] = r.y;
     }
     for (var d = lid; d < p.value_dim; d += 64u) {
-        partials[base + 2u + d] = value_sums[d];
+        partials[base + 2u + d] = value_sum(d);
     }
 }
 

@@ -277,7 +277,10 @@ fn mla_caches_hold_one_latent_and_one_rope_key_per_position() {
         let (config, _, model) = model(&ctx, family, 50);
         let m = config.mla.unwrap();
         let session = Session::new(&ctx, &model, None).unwrap();
-        let per_position = (m.kv_lora_rank + m.qk_rope_head_dim) * config.num_layers * 4;
+        // Rows padded to a multiple of 4 elements (the attention kernel reads vec4).
+        let row = webmoe::ops::attention::row_width(m.kv_lora_rank + m.qk_rope_head_dim);
+        assert!(row >= m.kv_lora_rank + m.qk_rope_head_dim && row % 4 == 0);
+        let per_position = row * config.num_layers * 4;
         assert_eq!(
             session.cache_bytes(),
             (per_position * model.max_context) as u64,

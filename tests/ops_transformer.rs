@@ -525,6 +525,24 @@ fn attention_rejects_bad_sinks_window_and_splits() {
     }
 }
 
+#[test]
+fn kv_caches_refuse_rows_wider_than_the_kernel() {
+    let ctx = context();
+    let wide = webmoe::ops::attention::MAX_VALUE_DIM + 1;
+    let errors = [
+        KvCache::new(&ctx, 1, wide, 4).err(),
+        KvCache::latent(&ctx, 1, wide, 512, 4).err(),
+    ];
+    for err in errors {
+        let err = err.expect("a row wider than the kernel's accepted");
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        assert!(err.to_string().contains(&format!("{wide} elements")), "{err}");
+    }
+    let widest = webmoe::ops::attention::MAX_VALUE_DIM;
+    assert!(KvCache::new(&ctx, 1, widest, 4).is_ok());
+    assert!(KvCache::latent(&ctx, 1, widest, widest, 4).is_ok());
+}
+
 /// A continuous-batching step: each sequence prefilled in its own slot, then one
 /// step holding one token of every sequence, at different positions (and a prompt
 /// chunk of another sequence in the same step); every token checked against the
@@ -730,7 +748,8 @@ fn latent_attention_reads_values_from_the_keys() {
     for &(heads, key_dim, value_dim, window) in &[(4, 16, 12, None), (3, 9, 9, None), (2, 70, 64, Some(3))] {
         let max_ctx = 12;
         let cache = KvCache::latent(&ctx, 1, key_dim, value_dim, max_ctx).unwrap();
-        assert_eq!(cache.bytes_per_position(), (key_dim * 4) as u64);
+        // Rows padded to a multiple of 4 elements.
+        assert_eq!(cache.bytes_per_position(), (key_dim.div_ceil(4) * 4 * 4) as u64);
         let scale = 0.3;
         let mut all_k = Vec::new();
         let mut pos0 = 0;

@@ -29,7 +29,7 @@ use crate::model::model::{linear, linear_with, norm};
 use crate::model::names;
 use crate::model::planner::{Planner, Role};
 use crate::moe::Residual;
-use crate::ops::attention::{encode_attention, AttentionOptions, KvCache};
+use crate::ops::attention::{encode_attention, row_width, AttentionOptions, KvCache};
 use crate::ops::columns::{encode_join_columns, encode_split_columns};
 use crate::ops::elementwise::encode_scale_clamp;
 use crate::ops::expert_matmul::{encode_down, ExpertRows};
@@ -89,11 +89,12 @@ impl LayerAttention {
     }
 
     /// Bytes its KV cache holds per position of one sequence (f32): keys and values
-    /// of every kv head, or MLA's latent and RoPE key.
+    /// of every kv head, or MLA's latent and RoPE key (rows padded to a multiple of 4
+    /// elements, as [`KvCache`] stores them).
     pub(crate) fn cache_bytes_per_position(&self, c: &ModelConfig) -> u64 {
         let elements = match self {
-            LayerAttention::Gqa(_) => 2 * c.num_kv_heads * c.head_dim,
-            LayerAttention::Mla(m) => m.dims.kv_lora_rank + m.dims.qk_rope_head_dim,
+            LayerAttention::Gqa(_) => 2 * c.num_kv_heads * row_width(c.head_dim),
+            LayerAttention::Mla(m) => row_width(m.dims.kv_lora_rank + m.dims.qk_rope_head_dim),
         };
         (elements * 4) as u64
     }

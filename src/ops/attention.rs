@@ -5,21 +5,28 @@ use crate::gpu::kernel::{Recorder, ATTENTION};
 use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::ops::{expect_shape, workgroups, TokenPositions};
 
-/// The widest value the attention kernel sums (its per-head value sums live in
-/// workgroup memory: `MAX_VALUE_DIM` in shaders/attention.wgsl).
+/// The widest key or value the attention kernel takes (its per-head query and value
+/// sums live in workgroup memory: `MAX_VALUE_DIM` in shaders/attention.wgsl).
 pub const MAX_VALUE_DIM: usize = 1024;
 
-fn check_value_dim(value_dim: usize, what: &str) -> Result<()> {
-    if value_dim > MAX_VALUE_DIM {
+/// Elements of one KV cache row: `head_dim` rounded up to a multiple of 4.
+pub fn row_width(head_dim: usize) -> usize {
+    head_dim.div_ceil(4) * 4
+}
+
+fn check_width(elements: usize, kind: &str, what: &str) -> Result<()> {
+    if elements > MAX_VALUE_DIM {
         return Err(Error::Config(format!(
-            "{what}: values of {value_dim} elements per head are wider than the attention kernel's {MAX_VALUE_DIM}"
+            "{what}: {kind} of {elements} elements per head are wider than the attention kernel's {MAX_VALUE_DIM}"
         )));
     }
     Ok(())
 }
 
 /// One layer's key and value caches for `slots` sequences,
-/// `[slots, kv_heads, max_ctx, head_dim]` each; or a latent cache (MLA) of keys only.
+/// `[slots, kv_heads, max_ctx, row]` each, `row` = `head_dim` rounded up to a multiple
+/// of 4 (the kernel reads rows as vec4; the padding stays zero); or a latent cache
+/// (MLA) of keys only.
 pub struct KvCache {
     pub keys: GpuTensor,
     /// The value cache; a one-element placeholder for a latent cache.
@@ -48,8 +55,8 @@ impl KvCache {
         head_dim: usize,
         max_ctx: usize,
     ) -> Result<Self> {
-        check_value_dim(head_dim, "a KV cache")?;
-        let shape = [slots, kv_heads, max_ctx, head_dim];
+        check_width(head_dim, "keys and values", "a KV cache")?;
+        let shape = [slots, kv_heads, max_ctx, row_width(head_dim)];
         let bytes = shape.iter().product::<usize>() as u64 * 4;
         ctx.check_binding(
             &format!("a KV cache of {slots} sequences x {max_ctx} positions x {kv_heads} kv heads x {head_dim}"),
@@ -76,8 +83,8 @@ impl KvCache {
                 "a latent cache's value width {value_dim} must be between 1 and its key width {key_dim}"
             )));
         }
-        check_value_dim(value_dim, "a latent KV cache")?;
-        let shape = [slots, 1, max_ctx, key_dim];
+        check_width(key_dim, "keys", "a latent KV cache")?;
+        let shape = [slots, 1, max_ctx, row_width(key_dim)];
         let bytes = shape.iter().product::<usize>() as u64 * 4;
         ctx.check_binding(
             &format!("a latent KV cache of {slots} sequences x {max_ctx} positions x {key_dim}"),
@@ -85,7 +92,8 @@ impl KvCache {
         )?;
         Ok(Self {
             keys: GpuTensor::empty(ctx, "latent cache", &shape, DType::F32)?,
-            values: GpuTensor::empty(ctx, "latent cache (no values)", &[1], DType::F32)?,
+            // One vec4, the smallest binding of the kernel's value rows.
+            values: GpuTensor::empty(ctx, "latent cache (no values)", &[4], DType::F32)?,
             slots,
             kv_heads: 1,
             head_dim: key_dim,
@@ -97,7 +105,7 @@ impl KvCache {
 
     /// Bytes one position of one sequence takes (keys and values).
     pub fn bytes_per_position(&self) -> u64 {
-        let per_key = (self.kv_heads * self.head_dim * 4) as u64;
+        let per_key = (self.kv_heads * row_width(self.head_dim) * 4) as u64;
         if self.latent {
             per_key
         } else {
@@ -248,7 +256,7 @@ pub fn encode_attention(
     );
     // Without sinks, q stands in for the sinks buffer (the shader does not read it).
     let sinks = options.sinks.map_or(&q.buffer, |s| &s.buffer);
-    let reads = [(1, &q.buffer), (2, keys), (3, values), (8, pos)];
+    let reads = [(1, &q.buffer), (8, pos), (10, keys), (11, values)];
     let rows = tokens * heads;
     if splits == 1 {
         let bindings: Vec<_> = reads.into_iter().chain([(5, &out.buffer), (9, sinks)]).collect();
