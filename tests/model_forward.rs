@@ -279,7 +279,7 @@ fn mla_caches_hold_one_latent_and_one_rope_key_per_position() {
         let session = Session::new(&ctx, &model, None).unwrap();
         // Rows padded to a multiple of 4 elements (the attention kernel reads vec4).
         let row = webmoe::ops::attention::row_width(m.kv_lora_rank + m.qk_rope_head_dim);
-        assert!(row >= m.kv_lora_rank + m.qk_rope_head_dim && row % 4 == 0);
+        assert!(row >= m.kv_lora_rank + m.qk_rope_head_dim && row.is_multiple_of(4));
         let per_position = row * config.num_layers * 4;
         assert_eq!(
             session.cache_bytes(),
