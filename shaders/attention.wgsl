@@ -365,7 +365,7 @@ fn split_run(start: u32, keys: u32, s: u32) -> vec2<u32> {
 
 // Merges attend_split's partials of each (token, head) into out, one 64-invocation
 // workgroup per (t, head): max M over the runs (and the sink), total =
-// sum_s sum_s' exp(max_s - M) (+ exp(sink - M)), out = sum_s values_s exp(max_s - M)
+// sum_s (sum of run s) exp(max_s - M) (+ exp(sink - M)), out = sum_s values_s exp(max_s - M)
 // / total, runs added in order (deterministic). Every invocation computes M and the
 // total itself (no barriers) and writes elements d = lid (mod 64).
 @compute @workgroup_size(64)
@@ -379,11 +379,10 @@ fn attend_merge(
         return;
     }
     let t = th / p.heads;
-    let slot = positions[2u * t];
-    let pos = positions[2u * t + 1u];
-    if (slot >= p.slots || pos >= p.max_ctx) {
+    if (!placed(t)) {
         return;
     }
+    let pos = positions[2u * t + 1u];
     let keys = pos + 1u;
     let start = window_start(pos);
     var runs = 0u;

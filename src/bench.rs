@@ -751,8 +751,13 @@ async fn bench_attention(
         // the reads are the same whatever the values.
         let cache = KvCache::new(ctx, kv_heads, head_dim, context)?;
         let position = TokenPositions::contiguous(ctx, context - 1, 1)?;
-        let one_pass = timer
-            .repeat(options.repeats, &|e| {
+        let mut timings = Vec::new();
+        for splits in [None, Some(splits)] {
+            let options_for_run = AttentionOptions {
+                splits,
+                ..AttentionOptions::default()
+            };
+            let record = |e: &mut Recorder| {
                 encode_attention(
                     ctx,
                     e,
@@ -763,32 +768,13 @@ async fn bench_attention(
                     heads,
                     &position,
                     scale,
-                    AttentionOptions::default(),
+                    options_for_run,
                     &out,
                 )
-            })
-            .await?;
-        let split_options = AttentionOptions {
-            splits: Some(splits),
-            ..AttentionOptions::default()
-        };
-        let split = timer
-            .repeat(options.repeats, &|e| {
-                encode_attention(
-                    ctx,
-                    e,
-                    &cache,
-                    &q,
-                    &kv,
-                    &kv,
-                    heads,
-                    &position,
-                    scale,
-                    split_options,
-                    &out,
-                )
-            })
-            .await?;
+            };
+            timings.push(timer.repeat(options.repeats, &record).await?);
+        }
+        let [one_pass, split] = <[Timing; 2]>::try_from(timings).expect("two timings");
         let bytes = shape.bytes(context);
         let gb_per_s = |t: &Timing| bytes / (t.median_ms / 1e3) / 1e9;
         rows.push(AttentionRow {
