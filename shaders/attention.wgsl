@@ -139,7 +139,7 @@ fn reduce(lid: u32, use_max: bool) -> f32 {
 // it (clamped) and is masked after, and an invocation with none inside reads nothing.
 fn masked_scores(row_base: u32, j: u32, start: u32, keys: u32) -> vec4<f32> {
     let positions = vec4<u32>(j, j + 64u, j + 128u, j + 192u);
-    let inside = positions >= vec4<u32>(start) & positions < vec4<u32>(keys);
+    let inside = (positions >= vec4<u32>(start)) & (positions < vec4<u32>(keys));
     if (!any(inside)) {
         return vec4<f32>(NO_SCORE);
     }

@@ -82,17 +82,21 @@ fn mla_and_gpt_oss_models(ctx: &GpuContext) -> Vec<Model> {
         .collect()
 }
 
+/// On both kernel targets: the GPU target's GEMV steps split attention over the
+/// context, and a sequence's logits must still not depend on the batch.
 #[test]
 fn a_batched_step_gives_each_sequence_the_logits_it_gets_alone() {
-    let ctx = context();
-    check_batched_step(&ctx, &synthetic_model(&ctx));
+    for ctx in contexts_for_both_targets() {
+        check_batched_step(&ctx, &synthetic_model(&ctx));
+    }
 }
 
 #[test]
 fn batched_steps_over_latent_caches_and_sliding_windows_equal_each_sequence_alone() {
-    let ctx = context();
-    for model in mla_and_gpt_oss_models(&ctx) {
-        check_batched_step(&ctx, &model);
+    for ctx in contexts_for_both_targets() {
+        for model in mla_and_gpt_oss_models(&ctx) {
+            check_batched_step(&ctx, &model);
+        }
     }
 }
 
