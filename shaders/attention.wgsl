@@ -106,14 +106,14 @@ fn kv_store(
 
 const BLOCK: u32 = 256u;
 const MAX_VALUE_DIM: u32 = 1024u;
-const MAX_QUADS: u32 = 256u; // MAX_VALUE_DIM / 4
+const MAX_QUADS: u32 = MAX_VALUE_DIM / 4u;
 const NO_SCORE: f32 = -3.0e38;
 
 var<workgroup> partial: array<f32, 64>;
-var<workgroup> probs: array<f32, 256>; // BLOCK
-var<workgroup> query: array<vec4<f32>, 256>; // MAX_QUADS: (t, head)'s query, zero-padded
+var<workgroup> probs: array<f32, BLOCK>;
+var<workgroup> query: array<vec4<f32>, MAX_QUADS>; // (t, head)'s query, zero-padded
 // Value sums as vec4 quads: [group][quad] with groups * quads <= max(64, quads).
-var<workgroup> value_sums: array<vec4<f32>, 256>; // MAX_QUADS
+var<workgroup> value_sums: array<vec4<f32>, MAX_QUADS>;
 var<workgroup> row_slot: u32;
 var<workgroup> row_position: u32;
 
@@ -187,7 +187,7 @@ fn value_sum(d: u32) -> f32 {
     return total;
 }
 
-// This invocation's (slot, position) of token t, made workgroup-uniform as the
+// Token t's (slot, position), made workgroup-uniform as the
 // reductions need; slot = p.slots when the token lies outside the cache.
 fn uniform_placement(t: u32, lid: u32) -> vec2<u32> {
     if (lid == 0u) {
@@ -209,9 +209,9 @@ fn window_start(pos: u32) -> u32 {
 
 // The online softmax of (token, head) th over the cache positions of the blocks
 // that start at block_begin, block_begin + BLOCK, ... below block_end, limited to
-// [start, keys). Leaves the value sums (scaled by exp(-max)) in value_sums (invocation
-// lid owns elements d = lid (mod 64)); returns (max, sum of exp(score - max)) for
-// every invocation. With no position in range: (NO_SCORE, 0) and zero value sums.
+// [start, keys). Leaves the value sums (scaled by exp(-max)) in value_sums, as the
+// (position group, quad) work items value_sum() adds up; returns (max, sum of
+// exp(score - max)) for every invocation. With no position in range: (NO_SCORE, 0) and zero value sums.
 fn attend_blocks(
     lid: u32,
     th: u32,
@@ -367,14 +367,18 @@ fn attend_split(
     }
 }
 
-// Split s's first position and its end: the range [start, keys) covers blocks
-// first .. first + n of BLOCK positions; each split takes ceil(n / splits) of them.
+// The blocks of BLOCK positions the range [start, keys) covers (from the block of
+// start), and how many of them each run takes: ceil(blocks / splits).
+fn run_blocks(start: u32, keys: u32) -> vec2<u32> {
+    let blocks = (keys - (start - start % BLOCK) + BLOCK - 1u) / BLOCK;
+    return vec2<u32>(blocks, (blocks + p.splits - 1u) / p.splits);
+}
+
+// Run s's first position and its end (empty for runs past the range).
 fn split_run(start: u32, keys: u32, s: u32) -> vec2<u32> {
-    let first = start - start % BLOCK;
-    let blocks = (keys - first + BLOCK - 1u) / BLOCK;
-    let per_split = (blocks + p.splits - 1u) / p.splits;
-    let begin = first + s * per_split * BLOCK;
-    return vec2<u32>(begin, min(begin + per_split * BLOCK, keys));
+    let per_run = run_blocks(start, keys).y;
+    let begin = start - start % BLOCK + s * per_run * BLOCK;
+    return vec2<u32>(begin, min(begin + per_run * BLOCK, keys));
 }
 
 // Merges attend_split's partials of each (token, head) into out, one 64-invocation
@@ -399,10 +403,9 @@ fn attend_merge(
     let pos = positions[2u * t + 1u];
     let keys = pos + 1u;
     let start = window_start(pos);
-    var runs = 0u;
-    while (runs < p.splits && split_run(start, keys, runs).x < keys) {
-        runs++;
-    }
+    // The runs attend_split wrote: those that start before keys.
+    let blocks = run_blocks(start, keys);
+    let runs = (blocks.x + blocks.y - 1u) / blocks.y;
     let stride = p.value_dim + 2u;
     let base = th * p.splits * stride;
     var m = NO_SCORE;
