@@ -4,7 +4,9 @@
 // of different lengths (continuous batching).
 // kv_store: copies this step's k, v [T, kv_heads * head_dim] into the caches
 //   [slots, kv_heads, max_ctx, row] at (s_t, p_t), row = head_dim rounded up to a
-//   multiple of 4 (the padding stays zero), so attend reads rows as vec4.
+//   multiple of 4 (the padding stays zero), so attend reads rows in quads of 4
+//   elements. The caches hold f32 or f16 (the attention_cache part below); every
+//   kernel computes in f32.
 // attend: out[t, h] = sum_j softmax_j(scale * q[t, h] . k[s_t, j, h / group]) v[s_t, j, h / group]
 //   over cache positions j <= p_t, or with a sliding window (window > 0) only
 //   p_t - window < j <= p_t. With sinks (has_sinks), the softmax of head h also holds
@@ -52,22 +54,28 @@ struct AttentionParams {
     value_dim: u32, // values per head (head_dim, or the latent width of a latent cache)
     latent: u32,    // 1: values are the first value_dim elements of each key (MLA)
     splits: u32,    // attend_split / attend_merge: runs per (token, head), 1 to MAX_SPLITS
+    group_lanes: u32, // attend_grouped*: query heads per workgroup (1 to 4, dividing heads / kv_heads)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: AttentionParams;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read_write> k_cache: array<f32>;
-@group(0) @binding(3) var<storage, read_write> v_cache: array<f32>;
 @group(0) @binding(4) var<storage, read_write> partials: array<f32>; // attend_split's runs
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 @group(0) @binding(6) var<storage, read> k_new: array<f32>;
 @group(0) @binding(7) var<storage, read> v_new: array<f32>;
 @group(0) @binding(8) var<storage, read> positions: array<u32>; // [T] x (slot, position)
 @group(0) @binding(9) var<storage, read> sinks: array<f32>; // [heads], read when p.has_sinks == 1
-// The caches again, as rows of vec4 (attend reads 16 bytes per load; a cache row is
-// head_dim rounded up to a multiple of 4, the padding zeros).
-@group(0) @binding(10) var<storage, read> k_rows: array<vec4<f32>>;
-@group(0) @binding(11) var<storage, read> v_rows: array<vec4<f32>>;
+
+// How the caches store their elements: the host composes attention_cache_f32 or
+// attention_cache_f16 here. Each binds the caches for writing (2, 3: k_cache,
+// v_cache, in words of ELEMENTS_PER_WORD elements) and again for reading as rows of
+// quads (10, 11: k_rows, v_rows), and defines store_word(dst, src, d) (kv_store's
+// write of the elements of k_new / v_new from src, element d of its head, to cache
+// word dst), key_quad(i) and value_quad(i) (quad i of the key / value rows as f32).
+//! part: attention_cache
 
 // Elements per cache row: head_dim rounded up to a multiple of 4.
 fn row_width() -> u32 {
@@ -79,6 +87,8 @@ fn placed(t: u32) -> bool {
     return positions[2u * t] < p.slots && positions[2u * t + 1u] < p.max_ctx;
 }
 
+// One invocation per cache word of this step's keys (and values): words of
+// ELEMENTS_PER_WORD elements, (t, kv head, word) row-major.
 @compute @workgroup_size(64)
 fn kv_store(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -86,22 +96,19 @@ fn kv_store(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let idx = linear_workgroup(wid, nwg) * 64u + lid;
-    let width = p.kv_heads * p.head_dim;
-    if (idx >= p.tokens * width) {
+    let words = (p.head_dim + ELEMENTS_PER_WORD - 1u) / ELEMENTS_PER_WORD;
+    if (idx >= p.tokens * p.kv_heads * words) {
         return;
     }
-    let t = idx / width;
-    let kvh = (idx % width) / p.head_dim;
-    let d = idx % p.head_dim;
+    let t = idx / (p.kv_heads * words);
+    let kvh = idx / words % p.kv_heads;
+    let d = idx % words * ELEMENTS_PER_WORD;
     if (!placed(t)) {
         return;
     }
     let slot = positions[2u * t];
-    let dst = ((slot * p.kv_heads + kvh) * p.max_ctx + positions[2u * t + 1u]) * row_width() + d;
-    k_cache[dst] = k_new[idx];
-    if (p.latent == 0u) {
-        v_cache[dst] = v_new[idx];
-    }
+    let row = (slot * p.kv_heads + kvh) * p.max_ctx + positions[2u * t + 1u];
+    store_word(row * (row_width() / ELEMENTS_PER_WORD) + d / ELEMENTS_PER_WORD, (t * p.kv_heads + kvh) * p.head_dim + d, d);
 }
 
 const BLOCK: u32 = 256u;
@@ -151,10 +158,10 @@ fn masked_scores(row_base: u32, j: u32, start: u32, keys: u32) -> vec4<f32> {
     var s3 = vec4<f32>(0.0);
     for (var i = 0u; i < quads; i++) {
         let qv = query[i];
-        s0 += qv * k_rows[rows.x + i];
-        s1 += qv * k_rows[rows.y + i];
-        s2 += qv * k_rows[rows.z + i];
-        s3 += qv * k_rows[rows.w + i];
+        s0 += qv * key_quad(rows.x + i);
+        s1 += qv * key_quad(rows.y + i);
+        s2 += qv * key_quad(rows.z + i);
+        s3 += qv * key_quad(rows.w + i);
     }
     let s = vec4<f32>(
         (s0.x + s0.y) + (s0.z + s0.w),
@@ -177,12 +184,13 @@ fn position_groups() -> u32 {
     return max(1u, 64u / value_quads());
 }
 
-// Element d of the (token, head)'s value sums: its groups added in order.
-fn value_sum(d: u32) -> f32 {
+// Element d of a (token, head)'s value sums, whose work items start at value_sums[base]
+// (0 for attend; lane * 64 for attend_grouped): its groups added in order.
+fn value_sum(base: u32, d: u32) -> f32 {
     let quads = value_quads();
     var total = 0.0;
     for (var g = 0u; g < position_groups(); g++) {
-        total += value_sums[g * quads + d / 4u][d % 4u];
+        total += value_sums[base + g * quads + d / 4u][d % 4u];
     }
     return total;
 }
@@ -270,11 +278,11 @@ fn attend_blocks(
             // made attend about 5% slower on lavapipe).
             if (p.latent != 0u) {
                 for (var i = first + g; i < end; i += groups) {
-                    acc += probs[i] * k_rows[base + i * quads];
+                    acc += probs[i] * key_quad(base + i * quads);
                 }
             } else {
                 for (var i = first + g; i < end; i += groups) {
-                    acc += probs[i] * v_rows[base + i * quads];
+                    acc += probs[i] * value_quad(base + i * quads);
                 }
             }
             value_sums[w] = acc;
@@ -287,9 +295,10 @@ fn attend_blocks(
     return vec2<f32>(m, reduce(lid, false));
 }
 
-// Writes out[th] = value_sums / total, the softmax's sum total at max m, first
-// joining head h's sink logit to the softmax where the model has sinks.
-fn write_output(lid: u32, th: u32, m: f32, sum: f32) {
+// Writes out[th] = value sums (work items from value_sums[base]) / total, the
+// softmax's sum total at max m, first joining head h's sink logit to the softmax
+// where the model has sinks.
+fn write_output(lid: u32, th: u32, m: f32, sum: f32, base: u32) {
     var total = sum;
     if (p.has_sinks != 0u) {
         // The sink's logit joins the softmax: rescale to the larger max.
@@ -298,12 +307,12 @@ fn write_output(lid: u32, th: u32, m: f32, sum: f32) {
         let rescale = exp(m - m_all);
         total = total * rescale + exp(sink - m_all);
         for (var d = lid; d < p.value_dim; d += 64u) {
-            out[th * p.value_dim + d] = value_sum(d) * rescale / total;
+            out[th * p.value_dim + d] = value_sum(base, d) * rescale / total;
         }
         return;
     }
     for (var d = lid; d < p.value_dim; d += 64u) {
-        out[th * p.value_dim + d] = value_sum(d) / total;
+        out[th * p.value_dim + d] = value_sum(base, d) / total;
     }
 }
 
@@ -325,7 +334,7 @@ fn attend(
     let keys = placement.y + 1u;
     let start = window_start(placement.y);
     let r = attend_blocks(lid, th, placement.x, start, keys, start - start % BLOCK, keys);
-    write_output(lid, th, r.x, r.y);
+    write_output(lid, th, r.x, r.y, 0u);
 }
 
 // Split over the context (flash decoding; steps of few tokens on GPUs, where one
@@ -357,13 +366,19 @@ fn attend_split(
         return;
     }
     let r = attend_blocks(lid, th, placement.x, start, keys, run.x, run.y);
-    let base = ths * (p.value_dim + 2u);
+    write_partials(lid, ths, r.x, r.y, 0u);
+}
+
+// Writes run (th, s)'s [max m, sum, value sums (work items from value_sums[base])] to
+// partials[(th * splits + s) * (value_dim + 2)..], ths = th * splits + s.
+fn write_partials(lid: u32, ths: u32, m: f32, sum: f32, base: u32) {
+    let at = ths * (p.value_dim + 2u);
     if (lid == 0u) {
-        partials[base] = r.x;
-        partials[base + 1u] = r.y;
+        partials[at] = m;
+        partials[at + 1u] = sum;
     }
     for (var d = lid; d < p.value_dim; d += 64u) {
-        partials[base + 2u + d] = value_sum(d);
+        partials[at + 2u + d] = value_sum(base, d);
     }
 }
 
@@ -428,5 +443,227 @@ fn attend_merge(
             acc += partials[base + s * stride + 2u + d] * exp(partials[base + s * stride] - m);
         }
         out[th * p.value_dim + d] = acc / total;
+    }
+}
+
+// ---- Query heads that share a kv head, in one workgroup (grouped-query attention) ----
+// attend_grouped / attend_grouped_split: the attention of attend / attend_split for
+// p.group_lanes (2 to 4) query heads of one kv head at once, the heads as the lanes of
+// vec4s, so each key and value load serves all of them (attend loads a kv head's rows
+// once per query head: 4x the loads for Mixtral, 8x for Qwen3-30B-A3B). Rows up to
+// MAX_GROUPED_DIM elements, no latent cache (the host picks attend for those).
+// Mapping: one 64-invocation workgroup per (t, chunk) (attend_grouped_split: per
+// (t, chunk, run), run-minor), chunk c holding heads c * lanes .. c * lanes + lanes - 1
+// (one kv head's, as lanes divides heads / kv_heads). Invocation i scores positions
+// i, i + 64, i + 128, i + 192 of each block for every lane (per key quad: four key
+// loads, four query loads, sixteen vec4 multiply-adds); the value sums are attend's
+// (group, quad) work items with one accumulator per lane, each value load and
+// probability load serving every lane. The lanes' softmax and reductions are attend's,
+// lane by lane; the per-head outputs and partials are written as attend writes them,
+// so attend_merge merges either kernel's runs.
+
+const MAX_GROUPED_DIM: u32 = 128u;
+
+// The chunk's queries: element d of every lane at grouped_query[d] (zeros past
+// head_dim and past group_lanes).
+var<workgroup> grouped_query: array<vec4<f32>, MAX_GROUPED_DIM>;
+// The block's probabilities, position-major, one lane per head.
+var<workgroup> grouped_probs: array<vec4<f32>, BLOCK>;
+var<workgroup> grouped_partial: array<vec4<f32>, 64>;
+
+// reduce() for every lane at once: grouped_partial[0..64] by max or sum, lane-wise.
+fn reduce_lanes(lid: u32, use_max: bool) -> vec4<f32> {
+    for (var stride = 32u; stride > 0u; stride /= 2u) {
+        workgroupBarrier();
+        if (lid < stride) {
+            let a = grouped_partial[lid];
+            let b = grouped_partial[lid + stride];
+            grouped_partial[lid] = select(a + b, max(a, b), use_max);
+        }
+    }
+    workgroupBarrier();
+    let r = grouped_partial[0];
+    workgroupBarrier();
+    return r;
+}
+
+// masked_scores() for every lane: column c holds position j + 64 c's scores, one
+// lane per head. Each key load serves the lanes, each query load the four positions.
+fn grouped_scores(row_base: u32, j: u32, start: u32, keys: u32) -> mat4x4<f32> {
+    let positions = vec4<u32>(j, j + 64u, j + 128u, j + 192u);
+    let inside = (positions >= vec4<u32>(start)) & (positions < vec4<u32>(keys));
+    let none = vec4<f32>(NO_SCORE);
+    if (!any(inside)) {
+        return mat4x4<f32>(none, none, none, none);
+    }
+    let quads = row_width() / 4u;
+    let rows = vec4<u32>(row_base) + clamp(positions, vec4<u32>(start), vec4<u32>(keys - 1u)) * quads;
+    var s0 = vec4<f32>(0.0);
+    var s1 = vec4<f32>(0.0);
+    var s2 = vec4<f32>(0.0);
+    var s3 = vec4<f32>(0.0);
+    for (var i = 0u; i < quads; i++) {
+        let qx = grouped_query[4u * i];
+        let qy = grouped_query[4u * i + 1u];
+        let qz = grouped_query[4u * i + 2u];
+        let qw = grouped_query[4u * i + 3u];
+        let k0 = key_quad(rows.x + i);
+        s0 += (qx * k0.x + qy * k0.y) + (qz * k0.z + qw * k0.w);
+        let k1 = key_quad(rows.y + i);
+        s1 += (qx * k1.x + qy * k1.y) + (qz * k1.z + qw * k1.w);
+        let k2 = key_quad(rows.z + i);
+        s2 += (qx * k2.x + qy * k2.y) + (qz * k2.z + qw * k2.w);
+        let k3 = key_quad(rows.w + i);
+        s3 += (qx * k3.x + qy * k3.y) + (qz * k3.z + qw * k3.w);
+    }
+    return mat4x4<f32>(
+        select(none, s0 * p.scale, inside.x),
+        select(none, s1 * p.scale, inside.y),
+        select(none, s2 * p.scale, inside.z),
+        select(none, s3 * p.scale, inside.w),
+    );
+}
+
+// Each lane's softmax state: running max and sum of exp(score - max).
+struct LaneSoftmax {
+    m: vec4<f32>,
+    sum: vec4<f32>,
+}
+
+// attend_blocks() for the heads h0 .. h0 + group_lanes - 1 of token t: leaves lane l's
+// value sums in value_sums[64 l ..] (work items as value_sum() adds them up).
+fn attend_grouped_blocks(
+    lid: u32,
+    t: u32,
+    h0: u32,
+    slot: u32,
+    start: u32,
+    keys: u32,
+    block_begin: u32,
+    block_end: u32,
+) -> LaneSoftmax {
+    let kvh = h0 / (p.heads / p.kv_heads);
+    let quads = row_width() / 4u;
+    let row_base = (slot * p.kv_heads + kvh) * p.max_ctx * quads;
+    for (var d = lid; d < row_width(); d += 64u) {
+        var v = vec4<f32>(0.0);
+        if (d < p.head_dim) {
+            for (var l = 0u; l < p.group_lanes; l++) {
+                v[l] = q[(t * p.heads + h0 + l) * p.head_dim + d];
+            }
+        }
+        grouped_query[d] = v;
+    }
+    let value_quads = value_quads();
+    let groups = position_groups();
+    let items = groups * value_quads; // at most 64: value_dim <= MAX_GROUPED_DIM
+    for (var w = lid; w < 4u * 64u; w += 64u) {
+        value_sums[w] = vec4<f32>(0.0);
+    }
+    workgroupBarrier();
+
+    var m = vec4<f32>(NO_SCORE);
+    var sum = vec4<f32>(0.0);
+    for (var block = block_begin; block < block_end; block += BLOCK) {
+        let s = grouped_scores(row_base, block + lid, start, keys);
+        grouped_partial[lid] = max(max(s[0], s[1]), max(s[2], s[3]));
+        let m_new = max(m, reduce_lanes(lid, true));
+        let rescale = exp(m - m_new);
+        let e0 = exp(s[0] - m_new);
+        let e1 = exp(s[1] - m_new);
+        let e2 = exp(s[2] - m_new);
+        let e3 = exp(s[3] - m_new);
+        grouped_probs[lid] = e0;
+        grouped_probs[lid + 64u] = e1;
+        grouped_probs[lid + 128u] = e2;
+        grouped_probs[lid + 192u] = e3;
+        sum = sum * rescale + ((e0 + e1) + (e2 + e3));
+        m = m_new;
+        workgroupBarrier();
+        let first = max(start, block) - block;
+        let end = min(keys - block, BLOCK);
+        for (var w = lid; w < items; w += 64u) {
+            let g = w / value_quads;
+            var a0 = value_sums[w] * rescale.x;
+            var a1 = value_sums[w + 64u] * rescale.y;
+            var a2 = value_sums[w + 128u] * rescale.z;
+            var a3 = value_sums[w + 192u] * rescale.w;
+            let base = row_base + block * quads + w % value_quads;
+            for (var i = first + g; i < end; i += groups) {
+                let v = value_quad(base + i * quads);
+                let pr = grouped_probs[i];
+                a0 += pr.x * v;
+                a1 += pr.y * v;
+                a2 += pr.z * v;
+                a3 += pr.w * v;
+            }
+            value_sums[w] = a0;
+            value_sums[w + 64u] = a1;
+            value_sums[w + 128u] = a2;
+            value_sums[w + 192u] = a3;
+        }
+    }
+    grouped_partial[lid] = sum;
+    // The reduction's barriers also make every work item's value sums visible.
+    return LaneSoftmax(m, reduce_lanes(lid, false));
+}
+
+// Token t and first head h0 of workgroup chunk tc (chunks of group_lanes heads).
+fn chunk_heads(tc: u32) -> vec2<u32> {
+    let chunks = p.heads / p.group_lanes;
+    return vec2<u32>(tc / chunks, tc % chunks * p.group_lanes);
+}
+
+// attend for a chunk of heads: one workgroup per (t, chunk).
+@compute @workgroup_size(64)
+fn attend_grouped(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let tc = linear_workgroup(wid, nwg);
+    if (tc >= p.tokens * (p.heads / p.group_lanes)) {
+        return;
+    }
+    let th0 = chunk_heads(tc);
+    let placement = uniform_placement(th0.x, lid);
+    if (placement.x >= p.slots) {
+        return;
+    }
+    let keys = placement.y + 1u;
+    let start = window_start(placement.y);
+    let r = attend_grouped_blocks(lid, th0.x, th0.y, placement.x, start, keys, start - start % BLOCK, keys);
+    for (var l = 0u; l < p.group_lanes; l++) {
+        write_output(lid, th0.x * p.heads + th0.y + l, r.m[l], r.sum[l], 64u * l);
+    }
+}
+
+// attend_split for a chunk of heads: one workgroup per (t, chunk, run), writing each
+// head's partials where attend_split would.
+@compute @workgroup_size(64)
+fn attend_grouped_split(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let tcs = linear_workgroup(wid, nwg);
+    if (tcs >= p.tokens * (p.heads / p.group_lanes) * p.splits) {
+        return;
+    }
+    let th0 = chunk_heads(tcs / p.splits);
+    let placement = uniform_placement(th0.x, lid);
+    if (placement.x >= p.slots) {
+        return;
+    }
+    let keys = placement.y + 1u;
+    let start = window_start(placement.y);
+    let s = tcs % p.splits;
+    let run = split_run(start, keys, s);
+    if (run.x >= run.y) {
+        return;
+    }
+    let r = attend_grouped_blocks(lid, th0.x, th0.y, placement.x, start, keys, run.x, run.y);
+    for (var l = 0u; l < p.group_lanes; l++) {
+        write_partials(lid, (th0.x * p.heads + th0.y + l) * p.splits + s, r.m[l], r.sum[l], 64u * l);
     }
 }

@@ -11,7 +11,7 @@ use crate::gpu::profile::KernelTime;
 use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::model::model::{dense_gemv_by_size, gemv_by_size};
 use crate::moe::{MoeConfig, MoeLayer, MoeWeights, SharedExpertConfig};
-use crate::ops::attention::{decode_splits, encode_attention, AttentionOptions, KvCache};
+use crate::ops::attention::{attention_workgroups, decode_splits, encode_attention, AttentionOptions, KvCache};
 use crate::ops::embedding::encode_embedding;
 use crate::ops::expert_matmul::{encode_down, encode_gate_up, ExpertRows};
 use crate::ops::router::encode_router_logits;
@@ -87,7 +87,9 @@ impl AttentionShape {
 }
 
 /// Decode attention (one token over a full KV cache of `context` positions) in one
-/// pass and split over the context, as a fraction of the copy bandwidth.
+/// pass and split over the context (query heads sharing their kv head's workgroup
+/// unless the context turns that off), as a fraction of the copy bandwidth; and in
+/// one pass with a workgroup per query head.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AttentionRow {
     pub shape: AttentionShape,
@@ -95,6 +97,15 @@ pub struct AttentionRow {
     pub splits: usize,
     pub one_pass: Timing,
     pub split: Timing,
+    /// One pass, a workgroup per query head (absent from reports before it existed).
+    #[serde(default)]
+    pub per_head: Option<Timing>,
+    /// One pass and split over an f16 cache (the default cache; absent from reports
+    /// before it existed).
+    #[serde(default)]
+    pub f16_one_pass: Option<Timing>,
+    #[serde(default)]
+    pub f16_split: Option<Timing>,
     /// Key and value bytes read.
     pub gbytes: f64,
     pub one_pass_gb_per_s: f64,
@@ -744,24 +755,34 @@ async fn bench_attention(
     )?;
     let out = GpuTensor::empty(ctx, "bench attention output", &[1, heads * head_dim], DType::F32)?;
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let splits = decode_splits(heads);
+    let per_head = !ctx.group_attention;
     let mut rows = Vec::new();
     for &context in contexts {
         // The cache's positions hold zeros, except the last, which each run writes:
         // the reads are the same whatever the values.
         let cache = KvCache::new(ctx, kv_heads, head_dim, context)?;
+        let half_cache = KvCache::of_dtype(ctx, DType::F16, 1, kv_heads, head_dim, context)?;
         let position = TokenPositions::contiguous(ctx, context - 1, 1)?;
+        let splits = decode_splits(attention_workgroups(heads, &cache, per_head));
         let mut timings = Vec::new();
-        for splits in [None, Some(splits)] {
+        let runs = [
+            (&cache, None, per_head),
+            (&cache, Some(splits), per_head),
+            (&cache, None, true),
+            (&half_cache, None, per_head),
+            (&half_cache, Some(splits), per_head),
+        ];
+        for (cache, splits, per_head) in runs {
             let options_for_run = AttentionOptions {
                 splits,
+                per_head,
                 ..AttentionOptions::default()
             };
             let record = |e: &mut Recorder| {
                 encode_attention(
                     ctx,
                     e,
-                    &cache,
+                    cache,
                     &q,
                     &kv,
                     &kv,
@@ -774,7 +795,8 @@ async fn bench_attention(
             };
             timings.push(timer.repeat(options.repeats, &record).await?);
         }
-        let [one_pass, split] = <[Timing; 2]>::try_from(timings).expect("two timings");
+        let [one_pass, split, per_head_one_pass, f16_one_pass, f16_split] =
+            <[Timing; 5]>::try_from(timings).expect("five timings");
         let bytes = shape.bytes(context);
         let gb_per_s = |t: &Timing| bytes / (t.median_ms / 1e3) / 1e9;
         rows.push(AttentionRow {
@@ -787,6 +809,9 @@ async fn bench_attention(
             split_percent_of_copy: 100.0 * gb_per_s(&split) / ceilings.copy_gb_per_s,
             one_pass,
             split,
+            per_head: Some(per_head_one_pass),
+            f16_one_pass: Some(f16_one_pass),
+            f16_split: Some(f16_split),
         });
     }
     Ok(rows)
@@ -910,21 +935,25 @@ pub fn markdown(report: &Report) -> String {
         ));
     }
     if !report.attention.is_empty() {
-        s.push_str("\nDecode attention (1 token over a full f32 KV cache):\n\n| model | heads / kv heads x dim | context | one pass ms | GB/s | split | split ms | GB/s | % of copy |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+        let ms = |t: &Option<Timing>| t.as_ref().map_or("-".into(), |t| format!("{:.3}", t.median_ms));
+        s.push_str("\nDecode attention (1 token over a full KV cache, f32 unless named):\n\n| model | heads / kv heads x dim | context | per head ms | one pass ms | GB/s | split | split ms | GB/s | % of copy | f16 cache: one pass ms | split ms |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for a in &report.attention {
             s.push_str(&format!(
-                "| {} | {} / {} x {} | {} | {:.3} | {:.1} | {} | {:.3} | {:.1} | {:.1}% |\n",
+                "| {} | {} / {} x {} | {} | {} | {:.3} | {:.1} | {} | {:.3} | {:.1} | {:.1}% | {} | {} |\n",
                 a.shape.model,
                 a.shape.heads,
                 a.shape.kv_heads,
                 a.shape.head_dim,
                 a.context,
+                ms(&a.per_head),
                 a.one_pass.median_ms,
                 a.one_pass_gb_per_s,
                 a.splits,
                 a.split.median_ms,
                 a.split_gb_per_s,
-                a.split_percent_of_copy
+                a.split_percent_of_copy,
+                ms(&a.f16_one_pass),
+                ms(&a.f16_split),
             ));
         }
     }

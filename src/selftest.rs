@@ -276,18 +276,60 @@ async fn transformer_op_checks(ctx: &GpuContext, rng: &mut ChaCha8Rng) -> Result
     let sinks_g = GpuTensor::from_f32(ctx, "sinks", &[heads], &sinks, DType::F32)?;
     let start = TokenPositions::contiguous(ctx, 0, t)?;
     let want = attention_reference(&q, &k, &v, heads, kv_heads, hd, 0, scale, Some(&sinks), Some(260));
-    // In one pass, and split over the context into 2 runs (flash decoding).
-    for (splits, name) in [
-        (None, "attention (300 positions, window, sinks)"),
-        (Some(2), "attention split in 2 runs (300 positions, window, sinks)"),
+    // In one pass, and split over the context into 2 runs (flash decoding); the two
+    // query heads in one workgroup (they share their kv head), and a workgroup each.
+    for (splits, per_head, name) in [
+        (None, false, "attention (300 positions, window, sinks)"),
+        (
+            Some(2),
+            false,
+            "attention split in 2 runs (300 positions, window, sinks)",
+        ),
+        (None, true, "attention per head (300 positions, window, sinks)"),
+        (
+            Some(2),
+            true,
+            "attention per head split in 2 runs (300 positions, window, sinks)",
+        ),
     ] {
         let out = GpuTensor::empty(ctx, "out", &[t, heads * hd], DType::F32)?;
         let options = AttentionOptions {
             sinks: Some(&sinks_g),
             window: Some(260),
             splits,
+            per_head,
         };
         run(&|e| encode_attention(ctx, e, &cache, &qg, &kg, &vg, heads, &start, scale, options, &out))?;
+        checks.push(check(name, relative_error(&out.read_f32(ctx).await?, &want), 1e-5, ""));
+    }
+    // The same over an f16 cache (packed two to a word; no shader-f16 needed), against
+    // the reference on keys and values rounded to f16.
+    let half_cache = KvCache::of_dtype(ctx, DType::F16, 1, kv_heads, hd, t)?;
+    let to_f16 = |x: &[f32]| -> Vec<f32> { x.iter().map(|&e| half::f16::from_f32(e).to_f32()).collect() };
+    let want = attention_reference(
+        &q,
+        &to_f16(&k),
+        &to_f16(&v),
+        heads,
+        kv_heads,
+        hd,
+        0,
+        scale,
+        Some(&sinks),
+        Some(260),
+    );
+    for (splits, name) in [
+        (None, "attention over an f16 cache (300 positions, window, sinks)"),
+        (Some(2), "attention over an f16 cache split in 2 runs"),
+    ] {
+        let out = GpuTensor::empty(ctx, "out", &[t, heads * hd], DType::F32)?;
+        let options = AttentionOptions {
+            sinks: Some(&sinks_g),
+            window: Some(260),
+            splits,
+            per_head: false,
+        };
+        run(&|e| encode_attention(ctx, e, &half_cache, &qg, &kg, &vg, heads, &start, scale, options, &out))?;
         checks.push(check(name, relative_error(&out.read_f32(ctx).await?, &want), 1e-5, ""));
     }
     // Argmax over a vocabulary-sized row with a tie

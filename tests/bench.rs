@@ -96,14 +96,20 @@ fn quick_bench_runs_and_its_json_round_trips() {
             row.shape.bytes(row.tokens, row.active_experts, per_weight) / 1e9
         );
     }
-    // Decode attention: Qwen3 and Mixtral at 1,024 positions, one pass and split.
+    // Decode attention: Qwen3 and Mixtral at 1,024 positions, one pass and split, and
+    // one pass per query head.
     let models: Vec<&str> = report.attention.iter().map(|a| a.shape.model.as_str()).collect();
     assert_eq!(models, ["Mixtral-8x7B", "Qwen3-30B-A3B"]);
     for a in &report.attention {
         assert_eq!(a.context, 1024);
-        assert_eq!(a.splits, webmoe::ops::attention::decode_splits(a.shape.heads));
+        // Both have 4 or 8 query heads per kv head and rows of 128: workgroups of 4
+        // heads, so 8 workgroups a token in one pass.
+        assert_eq!(a.splits, webmoe::ops::attention::decode_splits(a.shape.heads / 4));
         assert_eq!(a.gbytes, a.shape.bytes(a.context) / 1e9);
         assert!(a.one_pass.median_ms > 0.0 && a.split.median_ms > 0.0);
+        for t in [&a.per_head, &a.f16_one_pass, &a.f16_split] {
+            assert!(t.as_ref().is_some_and(|t| t.median_ms > 0.0));
+        }
     }
     assert!(table.contains("Decode attention"), "{table}");
     let again: Report = serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();

@@ -157,7 +157,12 @@ fn llama_cpp_q4_k_m_file_gives_llama_cpp_greedy_text() {
 fn llama_cpp_q4_k_m_file_matches_the_cpu_reference_and_keeps_perplexity() {
     let ctx = common::context();
     let (path, _) = llama_cpp();
-    let loaded = webmoe::model::load::load_model_path(&ctx, &path, LoadOptions::default()).unwrap();
+    // f32 KV caches: compared with the f32 CPU reference decoder.
+    let options = LoadOptions {
+        kv_cache: Some(webmoe::DType::F32),
+        ..LoadOptions::default()
+    };
+    let loaded = webmoe::model::load::load_model_path(&ctx, &path, options).unwrap();
     // The CPU reference decoder on the same weights, dequantized on the host.
     let file = std::fs::read(&path).unwrap();
     let parsed = webmoe::model::gguf::parse_gguf("q4_k_m", &file, file.len() as u64).unwrap();

@@ -14,7 +14,7 @@ use webmoe::model::model::{LogitsFor, Model};
 use webmoe::model::safetensors_io::Checkpoint;
 use webmoe::model::session::Session;
 use webmoe::model::tokenizer::Tokenizer;
-use webmoe::{ErrorKind, GpuContext, WeightFormat};
+use webmoe::{DType, ErrorKind, GpuContext, WeightFormat};
 
 const FAMILIES: [&str; 9] = [
     "mixtral",
@@ -49,17 +49,15 @@ fn expected(family: &str) -> serde_json::Value {
 #[test]
 fn gguf_files_run_like_the_safetensors_they_came_from() {
     let ctx = context();
+    // f32 KV caches, so the comparison sees the weights' paths alone (f16 caches round
+    // the keys of both, which magnifies their summation-order differences).
+    let f32_caches = || LoadOptions {
+        kv_cache: Some(DType::F32),
+        ..LoadOptions::default()
+    };
     for family in FAMILIES {
-        let gguf = load(
-            &ctx,
-            fixtures().join(format!("gguf/{family}-f32.gguf")),
-            LoadOptions::default(),
-        );
-        let hf = load(
-            &ctx,
-            fixtures().join(format!("models/{family}")),
-            LoadOptions::default(),
-        );
+        let gguf = load(&ctx, fixtures().join(format!("gguf/{family}-f32.gguf")), f32_caches());
+        let hf = load(&ctx, fixtures().join(format!("models/{family}")), f32_caches());
         let exp = expected(family);
         let prompt = u32s(&exp["prompt_ids"]);
         // llama-style files rotate interleaved pairs of permuted q/k rows: the same
@@ -332,7 +330,12 @@ fn llama_cpp_k_quant_file_matches_the_cpu_reference() {
     let weights = webmoe::model::weights::ModelWeights::load(&gguf.config, &store).unwrap();
     let ids = [3u32, 77, 300, 12, 5, 5, 250, 1];
     let want = webmoe::model::reference::forward_reference(&gguf.config, &weights, &ids);
-    let loaded = load(&ctx, path, LoadOptions::default());
+    // f32 KV caches: compared with the f32 CPU reference decoder.
+    let options = LoadOptions {
+        kv_cache: Some(DType::F32),
+        ..LoadOptions::default()
+    };
+    let loaded = load(&ctx, path, options);
     assert_close(
         "Q5_K_M GGUF logits vs CPU reference",
         &all_logits(&ctx, &loaded.model, &ids),

@@ -158,6 +158,63 @@ fn logits_and_greedy_tokens_match_transformers() {
     }
 }
 
+/// With f32 and with f16 KV caches (`--kv-cache`), every family gives transformers'
+/// logits and greedy tokens, and f16 caches take half the bytes. (Measured: f16 caches
+/// move the last logits by at most 6.1e-4 relative to transformers, f32 by 4e-5 or less.)
+#[test]
+fn kv_caches_of_either_dtype_keep_logits_and_greedy_tokens() {
+    let ctx = context();
+    for (family, dtype) in FAMILIES.iter().flat_map(|f| [(f, DType::F32), (f, DType::F16)]) {
+        let exp = expected(family);
+        let options = LoadOptions {
+            kv_cache: Some(dtype),
+            ..LoadOptions::default()
+        };
+        let loaded = load_model_dir(&ctx, &model_dir(family), options).unwrap();
+        let c = &loaded.model.config;
+        let elements_per_layer = match &c.mla {
+            Some(m) => (m.kv_lora_rank + m.qk_rope_head_dim).div_ceil(4) * 4,
+            None => 2 * c.num_kv_heads * c.head_dim.div_ceil(4) * 4,
+        };
+        assert_eq!(
+            loaded.model.kv_bytes_per_position(),
+            (c.num_layers * elements_per_layer * dtype.size()) as u64,
+            "{family} {dtype:?}"
+        );
+        let prompt = u32s(&exp["prompt_ids"]);
+        let mut session = Session::new(&ctx, &loaded.model, None).unwrap();
+        let logits = pollster::block_on(session.logits(&ctx, &loaded.model, &prompt, LogitsFor::Last)).unwrap();
+        let err = max_relative_error(&logits, &f32s(&exp["last_logits"]), 1e-6);
+        println!("{family}: last-position logits over an {dtype:?} cache, max relative error {err:.2e}");
+        assert!(err < 2e-3, "{family} {dtype:?}: {err}");
+        session.rewind(0).unwrap();
+        let gen = pollster::block_on(generate(
+            &ctx,
+            &loaded.model,
+            &mut session,
+            &prompt,
+            16,
+            SamplingParams::greedy(),
+            &[],
+            |_, _| true,
+        ))
+        .unwrap();
+        assert_eq!(
+            gen.generated_ids,
+            u32s(&exp["greedy_ids"]),
+            "{family} greedy tokens, {dtype:?} cache"
+        );
+    }
+    let options = LoadOptions {
+        kv_cache: Some(DType::BF16),
+        ..LoadOptions::default()
+    };
+    let err = load_model_dir(&ctx, &model_dir(FAMILIES[0]), options)
+        .err()
+        .expect("bf16 cache refused");
+    assert!(err.to_string().contains("f32 or f16"), "{err}");
+}
+
 #[test]
 fn tokenizer_matches_transformers_ids() {
     for family in FAMILIES {
@@ -237,12 +294,20 @@ fn cli_streams_text_from_a_prompt() {
 
 #[test]
 fn cli_reports_the_kv_cache_bytes_per_position() {
-    // MLA: (kv_lora_rank + qk_rope_head_dim) x layers x 4 bytes; GQA: 2 x kv heads x
+    // f32: MLA (kv_lora_rank + qk_rope_head_dim) x layers x 4 bytes; GQA 2 x kv heads x
     // head_dim x layers x 4.
     for (family, expected) in [("deepseek_v3", (32 + 8) * 3 * 4), ("gpt_oss", 2 * 2 * 16 * 3 * 4)] {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_webmoe"))
             .args(["run", "--model", model_dir(family).to_str().unwrap()])
-            .args(["--prompt-ids", "1 2 3", "--max-tokens", "1", "--greedy"])
+            .args([
+                "--prompt-ids",
+                "1 2 3",
+                "--max-tokens",
+                "1",
+                "--greedy",
+                "--kv-cache",
+                "f32",
+            ])
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -251,5 +316,25 @@ fn cli_reports_the_kv_cache_bytes_per_position() {
             stderr.contains(&format!("KV cache {expected} bytes per position")),
             "{family}: {stderr}"
         );
+        // Half with f16 caches, the default.
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_webmoe"))
+            .args(["run", "--model", model_dir(family).to_str().unwrap()])
+            .args(["--prompt-ids", "1 2 3", "--max-tokens", "1", "--greedy"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(&format!("KV cache {} bytes per position", expected / 2)),
+            "{family}: {stderr}"
+        );
     }
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_webmoe"))
+        .args(["run", "--model", model_dir("gpt_oss").to_str().unwrap()])
+        .args(["--prompt-ids", "1", "--kv-cache", "bf16"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--kv-cache bf16: expected f32 or f16"), "{stderr}");
 }

@@ -265,7 +265,10 @@ const SPLITS: [Option<usize>; 4] = [None, Some(2), Some(3), Some(32)];
 
 /// Attention of one sequence over `steps` (token counts: a prompt, chunks of it, then
 /// decode tokens) against the CPU reference, in one pass and split over the context
-/// (each step run once per [`SPLITS`]), each output poisoned before its run.
+/// (each step run once per [`SPLITS`]), with query heads sharing their kv head's
+/// workgroup (the default) and one workgroup per head, over an f32 cache and an f16
+/// one (against the reference on keys and values rounded to f16), each output
+/// poisoned before its run. Returns the f32 cache.
 fn check_attention_steps(
     ctx: &GpuContext,
     rng: &mut ChaCha8Rng,
@@ -276,9 +279,11 @@ fn check_attention_steps(
     window: Option<usize>,
 ) -> KvCache {
     let cache = KvCache::new(ctx, kv_heads, head_dim, max_ctx).unwrap();
+    let half_cache = KvCache::of_dtype(ctx, DType::F16, 1, kv_heads, head_dim, max_ctx).unwrap();
     let scale = 1.0 / (head_dim as f32).sqrt();
     let sinks_gpu = sinks.map(|s| upload(ctx, &[heads], s));
     let (mut all_k, mut all_v) = (Vec::new(), Vec::new());
+    let to_f16 = |x: &[f32]| -> Vec<f32> { x.iter().map(|&e| half::f16::from_f32(e).to_f32()).collect() };
     let mut pos0 = 0;
     for &tokens in steps {
         let q = random_vec(rng, tokens * heads * head_dim, 1.0);
@@ -289,6 +294,10 @@ fn check_attention_steps(
         let want = attention_reference(
             &q, &all_k, &all_v, heads, kv_heads, head_dim, pos0, scale, sinks, window,
         );
+        let (half_k, half_v) = (to_f16(&all_k), to_f16(&all_v));
+        let want_half = attention_reference(
+            &q, &half_k, &half_v, heads, kv_heads, head_dim, pos0, scale, sinks, window,
+        );
         let position = TokenPositions::contiguous(ctx, pos0, tokens).unwrap();
         let (qg, kg, vg) = (
             upload(ctx, &[tokens, heads * head_dim], &q),
@@ -296,24 +305,28 @@ fn check_attention_steps(
             upload(ctx, &[tokens, kv_heads * head_dim], &v),
         );
         // Each run stores the same keys and values at the same positions again.
-        for splits in SPLITS {
+        let runs = [false, true].into_iter().flat_map(|p| SPLITS.map(|s| (p, s)));
+        let caches = [(&cache, &want), (&half_cache, &want_half)];
+        for ((per_head, splits), (cache, want)) in runs.flat_map(|r| caches.map(|c| (r, c))) {
             let options = AttentionOptions {
                 sinks: sinks_gpu.as_ref(),
                 window,
                 splits,
+                per_head,
             };
             let out = GpuTensor::empty(ctx, "out", &[tokens, heads * head_dim], DType::F32).unwrap();
             out.poison(ctx);
             run(ctx, |enc| {
-                encode_attention(ctx, enc, &cache, &qg, &kg, &vg, heads, &position, scale, options, &out).unwrap();
+                encode_attention(ctx, enc, cache, &qg, &kg, &vg, heads, &position, scale, options, &out).unwrap();
             });
             assert_close(
                 &format!(
-                    "attention H={heads}/{kv_heads} d={head_dim} pos0={pos0} T={tokens} sinks={} window={window:?} splits={splits:?}",
-                    sinks.is_some()
+                    "attention H={heads}/{kv_heads} d={head_dim} pos0={pos0} T={tokens} sinks={} window={window:?} splits={splits:?} per_head={per_head} cache {:?}",
+                    sinks.is_some(),
+                    cache.dtype
                 ),
                 &out.read_f32_blocking(ctx).unwrap(),
-                &want,
+                want,
                 1e-5,
             );
         }
@@ -336,6 +349,12 @@ fn attention_prefill_then_decode_matches_reference() {
         (4, 2, 8, 511, 2, 600),
         // Five blocks: split in 2 or 3, runs of 3 + 2 or 2 + 2 + 1 blocks.
         (2, 2, 8, 1100, 2, 1300),
+        // Query heads per kv head 8 (two workgroups of 4 lanes each), 3 and 6 (lanes
+        // of 3), and rows wider than the grouped kernels take (one workgroup per head).
+        (8, 1, 128, 9, 2, 16),
+        (6, 2, 20, 300, 1, 320),
+        (6, 1, 12, 4, 2, 8),
+        (4, 2, 132, 3, 2, 8),
     ] {
         let steps: Vec<usize> = std::iter::once(prefill)
             .chain(std::iter::repeat_n(1, decode_steps))
@@ -520,6 +539,7 @@ fn attention_rejects_bad_sinks_window_and_splits() {
             sinks: Some(&sinks),
             window: Some(1),
             splits,
+            per_head: false,
         })
         .unwrap();
     }
@@ -548,7 +568,14 @@ fn kv_caches_refuse_rows_wider_than_the_kernel() {
 /// chunk of another sequence in the same step); every token checked against the
 /// reference over its own sequence alone. Prompts of 5, 1, 13 and 8 tokens, or with
 /// `long`, of 300, 1, 530 and 8 (contexts over several 256-position blocks).
-fn check_attention_over_slots(seed: u64, with_sinks: bool, window: Option<usize>, splits: Option<usize>, long: bool) {
+fn check_attention_over_slots(
+    seed: u64,
+    with_sinks: bool,
+    window: Option<usize>,
+    splits: Option<usize>,
+    long: bool,
+    per_head: bool,
+) {
     let ctx = context();
     let mut rng = rng(seed);
     let (heads, kv_heads, head_dim) = (4, 2, 16);
@@ -566,6 +593,7 @@ fn check_attention_over_slots(seed: u64, with_sinks: bool, window: Option<usize>
         sinks: sinks_gpu.as_ref(),
         window,
         splits,
+        per_head,
     };
     let (qw, kvw) = (heads * head_dim, kv_heads * head_dim);
     let mut history: Vec<(Vec<f32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); slots];
@@ -608,7 +636,7 @@ fn check_attention_over_slots(seed: u64, with_sinks: bool, window: Option<usize>
                 window,
             );
             assert_close(
-                &format!("slot {slot} position {pos} sinks={with_sinks} window={window:?} splits={splits:?}"),
+                &format!("slot {slot} position {pos} sinks={with_sinks} window={window:?} splits={splits:?} per_head={per_head}"),
                 &got[i * qw..][..qw],
                 &want,
                 1e-5,
@@ -629,18 +657,18 @@ fn check_attention_over_slots(seed: u64, with_sinks: bool, window: Option<usize>
 
 #[test]
 fn attention_over_several_sequences_of_different_lengths_matches_each_alone() {
-    for splits in [None, Some(3)] {
-        check_attention_over_slots(31, false, None, splits, false);
+    for (splits, per_head) in [(None, false), (Some(3), false), (None, true), (Some(3), true)] {
+        check_attention_over_slots(31, false, None, splits, false, per_head);
     }
 }
 
 #[test]
 fn windowed_attention_with_sinks_over_several_sequences_matches_each_alone() {
     // Prompts of 5, 1, 13 and 8 tokens against a window of 4 (and of 1).
-    for splits in [None, Some(3)] {
-        check_attention_over_slots(34, false, Some(4), splits, false);
-        check_attention_over_slots(35, true, Some(4), splits, false);
-        check_attention_over_slots(36, true, Some(1), splits, false);
+    for (splits, per_head) in [(None, false), (Some(3), false), (None, true), (Some(3), true)] {
+        check_attention_over_slots(34, false, Some(4), splits, false, per_head);
+        check_attention_over_slots(35, true, Some(4), splits, false, per_head);
+        check_attention_over_slots(36, true, Some(1), splits, false, per_head);
     }
 }
 
@@ -648,8 +676,10 @@ fn windowed_attention_with_sinks_over_several_sequences_matches_each_alone() {
 /// different numbers of blocks, so their runs differ in length and count.
 #[test]
 fn split_attention_over_several_long_sequences_matches_each_alone() {
-    check_attention_over_slots(37, false, None, Some(2), true);
-    check_attention_over_slots(38, true, Some(300), Some(3), true);
+    for per_head in [false, true] {
+        check_attention_over_slots(37, false, None, Some(2), true, per_head);
+        check_attention_over_slots(38, true, Some(300), Some(3), true, per_head);
+    }
 }
 
 #[test]
@@ -745,18 +775,28 @@ fn latent_attention_reads_values_from_the_keys() {
     // `value_dim` elements are the value, shared by every head.
     let ctx = context();
     let mut rng = rng(91);
-    for &(heads, key_dim, value_dim, window) in &[(4, 16, 12, None), (3, 9, 9, None), (2, 70, 64, Some(3))] {
+    let shapes = [(4, 16, 12, None), (3, 9, 9, None), (2, 70, 64, Some(3))];
+    for (&(heads, key_dim, value_dim, window), dtype) in shapes.iter().flat_map(|s| [(s, DType::F32), (s, DType::F16)])
+    {
         let max_ctx = 12;
-        let cache = KvCache::latent(&ctx, 1, key_dim, value_dim, max_ctx).unwrap();
+        let cache = KvCache::latent_of_dtype(&ctx, dtype, 1, key_dim, value_dim, max_ctx).unwrap();
         // Rows padded to a multiple of 4 elements.
-        assert_eq!(cache.bytes_per_position(), (key_dim.div_ceil(4) * 4 * 4) as u64);
+        let element_bytes = if dtype == DType::F16 { 2 } else { 4 };
+        assert_eq!(
+            cache.bytes_per_position(),
+            (key_dim.div_ceil(4) * 4 * element_bytes) as u64
+        );
         let scale = 0.3;
         let mut all_k = Vec::new();
         let mut pos0 = 0;
         for tokens in [5, 1, 1, 3] {
             let q = random_vec(&mut rng, tokens * heads * key_dim, 1.0);
             let k = random_vec(&mut rng, tokens * key_dim, 1.0);
-            all_k.extend_from_slice(&k);
+            // An f16 cache holds the keys rounded to f16.
+            all_k.extend(k.iter().map(|&e| match dtype {
+                DType::F16 => half::f16::from_f32(e).to_f32(),
+                _ => e,
+            }));
             let out = GpuTensor::empty(&ctx, "out", &[tokens, heads * value_dim], DType::F32).unwrap();
             out.poison(&ctx);
             let position = TokenPositions::contiguous(&ctx, pos0, tokens).unwrap();
@@ -777,7 +817,7 @@ fn latent_attention_reads_values_from_the_keys() {
                 .flat_map(|head| head[..value_dim].to_vec())
                 .collect();
             assert_close(
-                &format!("latent attention H={heads} key {key_dim} value {value_dim} pos0={pos0} T={tokens}"),
+                &format!("latent attention H={heads} key {key_dim} value {value_dim} pos0={pos0} T={tokens} {dtype:?}"),
                 &out.read_f32_blocking(&ctx).unwrap(),
                 &want,
                 1e-5,
@@ -786,6 +826,12 @@ fn latent_attention_reads_values_from_the_keys() {
         }
     }
     assert!(KvCache::latent(&ctx, 1, 8, 9, 4).is_err());
+    // Caches take f32 or f16 elements only, and say so.
+    for dtype in [DType::BF16, DType::U32] {
+        let err = KvCache::of_dtype(&ctx, dtype, 1, 2, 8, 4).err().expect("refused");
+        assert!(err.to_string().contains("f32 or f16"), "{err}");
+        assert!(KvCache::latent_of_dtype(&ctx, dtype, 1, 8, 8, 4).is_err());
+    }
 }
 
 #[test]

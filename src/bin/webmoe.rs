@@ -10,7 +10,7 @@ use webmoe::model::perplexity::perplexity;
 use webmoe::model::safetensors_io::ShardBytes;
 use webmoe::model::session::Session;
 use webmoe::model::tokenizer::TextStream;
-use webmoe::{GpuContext, WeightFormat};
+use webmoe::{DType, GpuContext, WeightFormat};
 
 #[derive(Parser)]
 #[command(
@@ -72,6 +72,9 @@ struct ServeArgs {
     /// Weight storage on the GPU: f32, f16 or bf16 (default: the checkpoint's dtype).
     #[arg(long)]
     dtype: Option<String>,
+    /// KV cache elements: f16 (the default; half the memory and the bytes a decode step reads) or f32.
+    #[arg(long)]
+    kv_cache: Option<String>,
     /// Quantize projections at load: q8_0, q4_0, q4_k or mxfp4.
     #[arg(long)]
     quantize: Option<String>,
@@ -135,6 +138,9 @@ struct PerplexityArgs {
     /// Weight storage on the GPU: f32, f16 or bf16 (default: the checkpoint's dtype).
     #[arg(long)]
     dtype: Option<String>,
+    /// KV cache elements: f16 (the default; half the memory and the bytes a decode step reads) or f32.
+    #[arg(long)]
+    kv_cache: Option<String>,
     /// Quantize attention, MLP and expert matrices at load: q8_0, q4_0 or mxfp4 (lm_head
     /// becomes q8_0; embeddings, routers and norms keep their formats).
     #[arg(long)]
@@ -182,6 +188,9 @@ struct RunArgs {
     /// Weight storage on the GPU: f32, f16 or bf16 (default: the checkpoint's dtype).
     #[arg(long)]
     dtype: Option<String>,
+    /// KV cache elements: f16 (the default; half the memory and the bytes a decode step reads) or f32.
+    #[arg(long)]
+    kv_cache: Option<String>,
     /// Quantize attention, MLP and expert matrices at load: q8_0, q4_0 or mxfp4 (lm_head
     /// becomes q8_0; embeddings, routers and norms keep their formats).
     #[arg(long)]
@@ -290,17 +299,39 @@ fn warm_up(ctx: &GpuContext, loaded: &LoadedModel) -> webmoe::Result<()> {
     Ok(())
 }
 
-fn load_options(context: Option<usize>, dtype: Option<&str>, quantize: Option<&str>) -> webmoe::Result<LoadOptions> {
+fn load_options(
+    context: Option<usize>,
+    dtype: Option<&str>,
+    quantize: Option<&str>,
+    kv_cache: Option<&str>,
+) -> webmoe::Result<LoadOptions> {
     Ok(LoadOptions {
         max_context: context,
         weight_format: parse_dtype(dtype)?,
         quantize: parse_quantize(quantize)?,
+        kv_cache: parse_kv_cache(kv_cache)?,
     })
+}
+
+fn parse_kv_cache(s: Option<&str>) -> webmoe::Result<Option<DType>> {
+    let Some(s) = s else { return Ok(None) };
+    match s.to_ascii_lowercase().as_str() {
+        "f32" => Ok(Some(DType::F32)),
+        "f16" => Ok(Some(DType::F16)),
+        other => Err(webmoe::Error::Config(format!(
+            "--kv-cache {other}: expected f32 or f16"
+        ))),
+    }
 }
 
 fn serve(args: ServeArgs) -> webmoe::Result<()> {
     let ctx = GpuContext::new_blocking()?;
-    let options = load_options(args.context, args.dtype.as_deref(), args.quantize.as_deref())?;
+    let options = load_options(
+        args.context,
+        args.dtype.as_deref(),
+        args.quantize.as_deref(),
+        args.kv_cache.as_deref(),
+    )?;
     let loaded = load(&ctx, args.model.as_deref(), options)?;
     warm_up(&ctx, &loaded)?;
     let model_name = args.model_name.unwrap_or_else(|| match &args.model {
@@ -336,11 +367,12 @@ const DEFAULT_PROMPT: &str = "The Rust programming language";
 fn perplexity_of_file(args: PerplexityArgs) -> webmoe::Result<()> {
     let text = std::fs::read_to_string(&args.file).map_err(|e| webmoe::Error::io(args.file.display(), e))?;
     let ctx = GpuContext::new_blocking()?;
-    let options = LoadOptions {
-        max_context: None,
-        weight_format: parse_dtype(args.dtype.as_deref())?,
-        quantize: parse_quantize(args.quantize.as_deref())?,
-    };
+    let options = load_options(
+        None,
+        args.dtype.as_deref(),
+        args.quantize.as_deref(),
+        args.kv_cache.as_deref(),
+    )?;
     let loaded = load(&ctx, args.model.as_deref(), options)?;
     warm_up(&ctx, &loaded)?;
     let ids = loaded.tokenizer()?.encode(&text)?;
@@ -364,7 +396,12 @@ fn run(args: RunArgs) -> webmoe::Result<()> {
         return Err(webmoe::Error::Config("--prefill-chunk must be at least 1".into()));
     }
     let ctx = GpuContext::new_blocking()?;
-    let options = load_options(args.context, args.dtype.as_deref(), args.quantize.as_deref())?;
+    let options = load_options(
+        args.context,
+        args.dtype.as_deref(),
+        args.quantize.as_deref(),
+        args.kv_cache.as_deref(),
+    )?;
     let loaded = load(&ctx, args.model.as_deref(), options)?;
     warm_up(&ctx, &loaded)?;
     let prompt_ids: Vec<u32> = match (&args.prompt_ids, &args.prompt) {

@@ -33,6 +33,9 @@ pub struct ContextOptions {
     /// Whether steps of few tokens split attention over the context
     /// (`WEBMOE_ATTENTION_SPLITS=0|1`, e.g. to compare); default on the GPU target only.
     pub attention_splits: Option<bool>,
+    /// Whether query heads that share a kv head share an attention workgroup and its
+    /// key and value loads (`WEBMOE_ATTENTION_GROUPS=0|1`, e.g. to compare); default yes.
+    pub attention_groups: Option<bool>,
 }
 
 /// The kind of device kernel choices are made for: where a GPU and a CPU driver
@@ -88,6 +91,7 @@ impl ContextOptions {
             kernel_target,
             subgroups: switch("WEBMOE_SUBGROUPS"),
             attention_splits: switch("WEBMOE_ATTENTION_SPLITS"),
+            attention_groups: switch("WEBMOE_ATTENTION_GROUPS"),
         }
     }
 }
@@ -117,6 +121,9 @@ pub struct GpuContext {
     /// Steps of few tokens (those that take the GEMV) split attention over the context
     /// (flash decoding): on the GPU target unless the options say otherwise.
     pub split_attention: bool,
+    /// Query heads that share a kv head share an attention workgroup (see
+    /// `ops::attention::group_lanes`) unless the options say otherwise.
+    pub group_attention: bool,
     max_binding_bytes: u64,
     failure: Arc<Mutex<Option<Error>>>,
     pub(crate) pipelines: PipelineCache,
@@ -191,6 +198,7 @@ impl GpuContext {
             .map_or(adapter_binding, |m| m.min(adapter_binding));
         let subgroup_reductions = features.contains(wgpu::Features::SUBGROUP) && options.subgroups != Some(false);
         let split_attention = options.attention_splits.unwrap_or(kernel_target == KernelTarget::Gpu);
+        let group_attention = options.attention_groups != Some(false);
         Ok(Self {
             device,
             queue,
@@ -200,6 +208,7 @@ impl GpuContext {
             kernel_target,
             subgroup_reductions,
             split_attention,
+            group_attention,
             max_binding_bytes,
             failure,
             pipelines: PipelineCache::default(),
@@ -222,6 +231,7 @@ impl GpuContext {
             kernel_target: target,
             subgroup_reductions: self.subgroup_reductions,
             split_attention: target == KernelTarget::Gpu,
+            group_attention: self.group_attention,
             max_binding_bytes: self.max_binding_bytes,
             failure: self.failure.clone(),
             pipelines: PipelineCache::default(),
@@ -245,7 +255,12 @@ impl GpuContext {
         } else {
             "attention in one pass"
         };
-        format!("{gemv}, {attention})")
+        let heads = if self.group_attention {
+            "query heads sharing their kv head's workgroup"
+        } else {
+            "a workgroup per query head"
+        };
+        format!("{gemv}, {attention}, {heads})")
     }
 
     /// The largest storage binding the engine may use, in bytes: the adapter's

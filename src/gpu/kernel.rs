@@ -26,6 +26,7 @@ pub enum ShaderId {
     Columns,
     Rope,
     Attention,
+    AttentionF16Cache,
     Embedding,
     Sampling,
     Bench,
@@ -103,7 +104,18 @@ pub const NORM: Shader = shader!(Norm, "norm");
 pub const ELEMENTWISE: Shader = shader!(Elementwise, "elementwise");
 pub const COLUMNS: Shader = shader!(Columns, "columns");
 pub const ROPE: Shader = shader!(Rope, "rope");
-pub const ATTENTION: Shader = shader!(Attention, "attention");
+/// Attention over f32 KV caches.
+pub const ATTENTION: Shader = Shader {
+    parts: &[part!("attention_cache", "attention_cache_f32")],
+    ..shader!(Attention, "attention")
+};
+/// Attention over f16 KV caches (two elements to a u32 word; no shader-f16 needed).
+pub const ATTENTION_F16_CACHE: Shader = Shader {
+    id: ShaderId::AttentionF16Cache,
+    name: "attention_f16_cache",
+    parts: &[part!("attention_cache", "attention_cache_f16")],
+    ..shader!(Attention, "attention")
+};
 pub const EMBEDDING: Shader = shader!(Embedding, "embedding");
 pub const SAMPLING: Shader = shader!(Sampling, "sampling");
 pub const BENCH: Shader = shader!(Bench, "bench");
@@ -124,6 +136,7 @@ pub const ALL_SHADERS: &[Shader] = &[
     COLUMNS,
     ROPE,
     ATTENTION,
+    ATTENTION_F16_CACHE,
     EMBEDDING,
     SAMPLING,
     BENCH,

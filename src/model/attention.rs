@@ -64,6 +64,8 @@ pub(crate) struct AttentionInputs<'a> {
     pub(crate) gemv: bool,
     /// Runs to split each (token, head)'s context into (flash decoding), or one pass.
     pub(crate) splits: Option<usize>,
+    /// One attention workgroup per query head, not per group of heads sharing a kv head.
+    pub(crate) per_head: bool,
 }
 
 impl LayerAttention {
@@ -74,12 +76,21 @@ impl LayerAttention {
         })
     }
 
-    /// The KV cache this attention needs for `slots` sequences of `max_ctx` positions.
-    pub(crate) fn new_cache(&self, ctx: &GpuContext, c: &ModelConfig, slots: usize, max_ctx: usize) -> Result<KvCache> {
+    /// The KV cache of `dtype` elements this attention needs for `slots` sequences of
+    /// `max_ctx` positions.
+    pub(crate) fn new_cache(
+        &self,
+        ctx: &GpuContext,
+        c: &ModelConfig,
+        dtype: DType,
+        slots: usize,
+        max_ctx: usize,
+    ) -> Result<KvCache> {
         match self {
-            LayerAttention::Gqa(_) => KvCache::with_slots(ctx, slots, c.num_kv_heads, c.head_dim, max_ctx),
-            LayerAttention::Mla(m) => KvCache::latent(
+            LayerAttention::Gqa(_) => KvCache::of_dtype(ctx, dtype, slots, c.num_kv_heads, c.head_dim, max_ctx),
+            LayerAttention::Mla(m) => KvCache::latent_of_dtype(
                 ctx,
+                dtype,
                 slots,
                 m.dims.kv_lora_rank + m.dims.qk_rope_head_dim,
                 m.dims.kv_lora_rank,
@@ -88,15 +99,15 @@ impl LayerAttention {
         }
     }
 
-    /// Bytes its KV cache holds per position of one sequence (f32): keys and values
-    /// of every kv head, or MLA's latent and RoPE key (rows padded to a multiple of 4
-    /// elements, as [`KvCache`] stores them).
-    pub(crate) fn cache_bytes_per_position(&self, c: &ModelConfig) -> u64 {
+    /// Bytes its KV cache of `dtype` elements holds per position of one sequence: keys
+    /// and values of every kv head, or MLA's latent and RoPE key (rows padded to a
+    /// multiple of 4 elements, as [`KvCache`] stores them).
+    pub(crate) fn cache_bytes_per_position(&self, c: &ModelConfig, dtype: DType) -> u64 {
         let elements = match self {
             LayerAttention::Gqa(_) => 2 * c.num_kv_heads * row_width(c.head_dim),
             LayerAttention::Mla(m) => row_width(m.dims.kv_lora_rank + m.dims.qk_rope_head_dim),
         };
-        (elements * 4) as u64
+        (elements * dtype.size()) as u64
     }
 
     /// Bytes of GPU memory its weights take.
@@ -242,6 +253,7 @@ impl Gqa {
             sinks: self.sinks.as_ref(),
             window: self.window,
             splits: inputs.splits,
+            per_head: inputs.per_head,
         };
         encode_attention(
             ctx,

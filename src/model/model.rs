@@ -28,7 +28,7 @@ use crate::model::planner::{Planner, Role};
 use crate::model::safetensors_io::Checkpoint;
 use crate::moe::layer::{ExpertBiases, SharedExpert};
 use crate::moe::{MoeLayer, Residual};
-use crate::ops::attention::{decode_splits, KvCache};
+use crate::ops::attention::{attention_workgroups, decode_splits, KvCache};
 use crate::ops::elementwise::{encode_gather_rows, encode_scale_clamp};
 use crate::ops::embedding::encode_embedding;
 use crate::ops::expect_shape;
@@ -145,6 +145,8 @@ pub struct Model {
     pub config: ModelConfig,
     /// Positions the RoPE table covers: the longest context a session may have.
     pub max_context: usize,
+    /// Element type of the KV caches sessions get: f32 or f16.
+    pub kv_cache: DType,
     embed: WeightMatrix,
     lm_head: Option<WeightMatrix>,
     layers: Vec<Layer>,
@@ -345,6 +347,7 @@ impl Model {
         let model = Self {
             config,
             max_context,
+            kv_cache: DType::F32,
             embed,
             lm_head,
             layers,
@@ -379,7 +382,10 @@ impl Model {
     pub fn new_caches(&self, ctx: &GpuContext, slots: usize, max_context: usize) -> Result<Vec<KvCache>> {
         self.layers
             .iter()
-            .map(|l| l.attention.new_cache(ctx, &self.config, slots, max_context))
+            .map(|l| {
+                l.attention
+                    .new_cache(ctx, &self.config, self.kv_cache, slots, max_context)
+            })
             .collect()
     }
 
@@ -387,7 +393,7 @@ impl Model {
     pub fn kv_bytes_per_position(&self) -> u64 {
         self.layers
             .iter()
-            .map(|l| l.attention.cache_bytes_per_position(&self.config))
+            .map(|l| l.attention.cache_bytes_per_position(&self.config, self.kv_cache))
             .sum()
     }
 
@@ -452,7 +458,13 @@ impl Model {
         let gemv = kernels.gemv(dense_gemv_by_size(ctx.kernel_target, t));
         // Steps that take the GEMV (few tokens) split attention over the context on
         // GPUs; a CPU adapter's few cores are busy with one workgroup per (token, head).
-        let splits = (gemv && ctx.split_attention).then(|| decode_splits(c.num_heads));
+        let per_head = !ctx.group_attention;
+        let splits = match caches.first() {
+            Some(cache) if gemv && ctx.split_attention => {
+                Some(decode_splits(attention_workgroups(c.num_heads, cache, per_head)))
+            }
+            _ => None,
+        };
         let x = GpuTensor::empty(ctx, "hidden", &[t, d], DType::F32)?;
         rec.section("embedding");
         encode_embedding(ctx, rec, ids, &self.embed, c.embedding_multiplier, &x)?;
@@ -467,6 +479,7 @@ impl Model {
                 positions,
                 gemv,
                 splits,
+                per_head,
             };
             let residual = Residual {
                 stream: &x,

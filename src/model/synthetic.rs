@@ -340,6 +340,8 @@ pub fn model_from_weights(
         max_context: Some(max_context),
         weight_format: (!format.is_quantized()).then_some(format),
         quantize: format.is_quantized().then_some(format),
+        // f32 caches: these models are checked against the f32 CPU forward.
+        kv_cache: Some(crate::gpu::DType::F32),
     };
     Ok(load_model(ctx, config.clone(), &store, None, options, &mut |_, _| {})?.model)
 }

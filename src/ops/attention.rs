@@ -1,7 +1,7 @@
 //! Causal grouped-query attention over a GPU KV cache (shaders/attention.wgsl).
 
 use crate::error::{Error, Result};
-use crate::gpu::kernel::{Recorder, ATTENTION};
+use crate::gpu::kernel::{Recorder, ATTENTION, ATTENTION_F16_CACHE};
 use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::ops::{expect_shape, workgroups, TokenPositions};
 
@@ -23,10 +23,23 @@ fn check_width(elements: usize, kind: &str, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Bytes of one cache element of `dtype` (f32 or f16), or an error naming the dtypes
+/// a KV cache takes.
+pub fn cache_element_bytes(dtype: DType) -> Result<usize> {
+    match dtype {
+        DType::F32 => Ok(4),
+        DType::F16 => Ok(2),
+        other => Err(Error::Config(format!(
+            "a KV cache of {other:?} elements: it takes f32 or f16"
+        ))),
+    }
+}
+
 /// One layer's key and value caches for `slots` sequences,
 /// `[slots, kv_heads, max_ctx, row]` each, `row` = `head_dim` rounded up to a multiple
 /// of 4 (the kernel reads rows as vec4; the padding stays zero); or a latent cache
-/// (MLA) of keys only.
+/// (MLA) of keys only. Elements f32, or f16 (half the memory and half the bytes each
+/// decode step reads; the kernels compute in f32 either way).
 pub struct KvCache {
     pub keys: GpuTensor,
     /// The value cache; a one-element placeholder for a latent cache.
@@ -39,6 +52,8 @@ pub struct KvCache {
     pub value_dim: usize,
     /// Values are the first `value_dim` elements of each key (MLA's compressed cache).
     pub latent: bool,
+    /// The element type: f32 or f16.
+    pub dtype: DType,
 }
 
 impl KvCache {
@@ -47,7 +62,7 @@ impl KvCache {
         Self::with_slots(ctx, 1, kv_heads, head_dim, max_ctx)
     }
 
-    /// A cache for `slots` sequences of up to `max_ctx` positions each.
+    /// An f32 cache for `slots` sequences of up to `max_ctx` positions each.
     pub fn with_slots(
         ctx: &GpuContext,
         slots: usize,
@@ -55,29 +70,57 @@ impl KvCache {
         head_dim: usize,
         max_ctx: usize,
     ) -> Result<Self> {
+        Self::of_dtype(ctx, DType::F32, slots, kv_heads, head_dim, max_ctx)
+    }
+
+    /// A cache of `dtype` elements (f32 or f16) for `slots` sequences of up to
+    /// `max_ctx` positions each.
+    pub fn of_dtype(
+        ctx: &GpuContext,
+        dtype: DType,
+        slots: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        max_ctx: usize,
+    ) -> Result<Self> {
         check_width(head_dim, "keys and values", "a KV cache")?;
         let shape = [slots, kv_heads, max_ctx, row_width(head_dim)];
-        let bytes = shape.iter().product::<usize>() as u64 * 4;
+        let bytes = (shape.iter().product::<usize>() * cache_element_bytes(dtype)?) as u64;
         ctx.check_binding(
-            &format!("a KV cache of {slots} sequences x {max_ctx} positions x {kv_heads} kv heads x {head_dim}"),
+            &format!(
+                "a {dtype:?} KV cache of {slots} sequences x {max_ctx} positions x {kv_heads} kv heads x {head_dim}"
+            ),
             bytes,
         )?;
         Ok(Self {
-            keys: GpuTensor::empty(ctx, "key cache", &shape, DType::F32)?,
-            values: GpuTensor::empty(ctx, "value cache", &shape, DType::F32)?,
+            keys: GpuTensor::empty(ctx, "key cache", &shape, dtype)?,
+            values: GpuTensor::empty(ctx, "value cache", &shape, dtype)?,
             slots,
             kv_heads,
             head_dim,
             max_ctx,
             value_dim: head_dim,
             latent: false,
+            dtype,
         })
     }
 
-    /// A latent cache (multi-head latent attention) for `slots` sequences: per
+    /// An f32 latent cache (multi-head latent attention) for `slots` sequences: per
     /// position one key of `key_dim` (the compressed latent, then the RoPE key) whose
     /// first `value_dim` elements are also the value, `[slots, 1, max_ctx, key_dim]`.
     pub fn latent(ctx: &GpuContext, slots: usize, key_dim: usize, value_dim: usize, max_ctx: usize) -> Result<Self> {
+        Self::latent_of_dtype(ctx, DType::F32, slots, key_dim, value_dim, max_ctx)
+    }
+
+    /// [`KvCache::latent`] of `dtype` elements (f32 or f16).
+    pub fn latent_of_dtype(
+        ctx: &GpuContext,
+        dtype: DType,
+        slots: usize,
+        key_dim: usize,
+        value_dim: usize,
+        max_ctx: usize,
+    ) -> Result<Self> {
         if value_dim == 0 || value_dim > key_dim {
             return Err(Error::Config(format!(
                 "a latent cache's value width {value_dim} must be between 1 and its key width {key_dim}"
@@ -85,14 +128,14 @@ impl KvCache {
         }
         check_width(key_dim, "keys", "a latent KV cache")?;
         let shape = [slots, 1, max_ctx, row_width(key_dim)];
-        let bytes = shape.iter().product::<usize>() as u64 * 4;
+        let bytes = (shape.iter().product::<usize>() * cache_element_bytes(dtype)?) as u64;
         ctx.check_binding(
-            &format!("a latent KV cache of {slots} sequences x {max_ctx} positions x {key_dim}"),
+            &format!("a {dtype:?} latent KV cache of {slots} sequences x {max_ctx} positions x {key_dim}"),
             bytes,
         )?;
         Ok(Self {
-            keys: GpuTensor::empty(ctx, "latent cache", &shape, DType::F32)?,
-            // One vec4, the smallest binding of the kernel's value rows.
+            keys: GpuTensor::empty(ctx, "latent cache", &shape, dtype)?,
+            // One f32 vec4, the smallest binding of the kernel's value rows.
             values: GpuTensor::empty(ctx, "latent cache (no values)", &[4], DType::F32)?,
             slots,
             kv_heads: 1,
@@ -100,12 +143,13 @@ impl KvCache {
             max_ctx,
             value_dim,
             latent: true,
+            dtype,
         })
     }
 
     /// Bytes one position of one sequence takes (keys and values).
     pub fn bytes_per_position(&self) -> u64 {
-        let per_key = (self.kv_heads * row_width(self.head_dim) * 4) as u64;
+        let per_key = (self.kv_heads * row_width(self.head_dim) * self.dtype.size()) as u64;
         if self.latent {
             per_key
         } else {
@@ -128,11 +172,35 @@ pub const MAX_SPLITS: usize = 64;
 const SPLIT_TARGET_WORKGROUPS: usize = 1024;
 
 /// How many runs to split each (token, head)'s context into for steps of few tokens
-/// on a GPU, for a model with `heads` query heads: about [`SPLIT_TARGET_WORKGROUPS`]
-/// workgroups for one token, 1 to 32 runs. It depends only on the model, so a token's
-/// output never depends on the step it is in.
-pub fn decode_splits(heads: usize) -> usize {
-    (SPLIT_TARGET_WORKGROUPS / heads.max(1)).clamp(1, 32)
+/// on a GPU, when one token's attention takes `workgroups` workgroups in one pass
+/// ([`attention_workgroups`]): about [`SPLIT_TARGET_WORKGROUPS`] workgroups for one
+/// token, 1 to 32 runs. It depends only on the model, so a token's output never
+/// depends on the step it is in.
+pub fn decode_splits(workgroups: usize) -> usize {
+    (SPLIT_TARGET_WORKGROUPS / workgroups.max(1)).clamp(1, 32)
+}
+
+/// The widest rows (keys and values per head) the grouped kernels take
+/// (`MAX_GROUPED_DIM` in shaders/attention.wgsl).
+pub const MAX_GROUPED_DIM: usize = 128;
+
+/// How many query heads one workgroup serves (`group_lanes`): the grouped kernels put
+/// up to 4 heads of one kv head in the lanes of vec4s, so each key and value load
+/// serves all of them. The largest of 4, 3, 2 dividing `heads / kv_heads`; 1 (one
+/// workgroup per query head) where no head shares its kv head, for a latent cache,
+/// for rows wider than [`MAX_GROUPED_DIM`], or with `per_head`.
+pub fn group_lanes(heads: usize, cache: &KvCache, per_head: bool) -> usize {
+    let group = heads / cache.kv_heads.max(1);
+    if per_head || cache.latent || cache.head_dim > MAX_GROUPED_DIM {
+        return 1;
+    }
+    (2..=4).rev().find(|l| group.is_multiple_of(*l)).unwrap_or(1)
+}
+
+/// Workgroups one token's attention takes in one pass: one per query head, or per
+/// chunk of [`group_lanes`] heads.
+pub fn attention_workgroups(heads: usize, cache: &KvCache, per_head: bool) -> usize {
+    heads / group_lanes(heads, cache, per_head)
 }
 
 /// Optional parts of attention some models use (gpt-oss), and how to map it. The
@@ -155,6 +223,10 @@ pub struct AttentionOptions<'a> {
     /// the other tokens of its step; it is not bit for bit the one-pass output.
     /// None (or 1): one pass. Needs a `[T, heads, splits, value_dim + 2]` f32 scratch.
     pub splits: Option<usize>,
+    /// One workgroup per query head even where query heads share a kv head (by
+    /// default up to 4 of them share one workgroup and its key and value loads; see
+    /// [`group_lanes`]). For comparisons; the results agree to rounding.
+    pub per_head: bool,
 }
 
 #[repr(C)]
@@ -176,6 +248,9 @@ pub(crate) struct AttentionParams {
     pub(crate) latent: u32,
     /// Runs per (token, head) for `attend_split` / `attend_merge`.
     pub(crate) splits: u32,
+    /// Query heads per workgroup of `attend_grouped*` (1 for `attend*`).
+    pub(crate) group_lanes: u32,
+    pub(crate) _pad: [u32; 3],
 }
 
 /// Stores `k`, `v [T, kv_heads * head_dim]` at each token's (slot, position) and
@@ -231,6 +306,7 @@ pub fn encode_attention(
             "attention split into {splits} runs: it takes 1 to {MAX_SPLITS}"
         )));
     }
+    let lanes = group_lanes(heads, cache, options.per_head);
     let params = AttentionParams {
         tokens: tokens as u32,
         heads: heads as u32,
@@ -245,22 +321,35 @@ pub fn encode_attention(
         value_dim: cache.value_dim as u32,
         latent: cache.latent as u32,
         splits: splits as u32,
+        group_lanes: lanes as u32,
+        _pad: [0; 3],
     };
     let (keys, values, pos) = (&cache.keys.buffer, &cache.values.buffer, &positions.buffer);
+    // kv_store: one invocation per cache word (f16: two elements).
+    let (shader, words_per_head) = match cache.dtype {
+        DType::F16 => (ATTENTION_F16_CACHE, cache.head_dim.div_ceil(2)),
+        _ => (ATTENTION, cache.head_dim),
+    };
     rec.dispatch(
         ctx,
-        ATTENTION.entry("kv_store"),
+        shader.entry("kv_store"),
         &params,
         &[(2, keys), (3, values), (6, &k.buffer), (7, &v.buffer), (8, pos)],
-        workgroups(k.len(), 64),
+        workgroups(tokens * cache.kv_heads * words_per_head, 64),
     );
     // Without sinks, q stands in for the sinks buffer (the shader does not read it).
     let sinks = options.sinks.map_or(&q.buffer, |s| &s.buffer);
     let reads = [(1, &q.buffer), (8, pos), (10, keys), (11, values)];
+    let (one_pass, split) = if lanes == 1 {
+        ("attend", "attend_split")
+    } else {
+        ("attend_grouped", "attend_grouped_split")
+    };
     let rows = tokens * heads;
+    let workgroups = tokens * heads / lanes;
     if splits == 1 {
         let bindings: Vec<_> = reads.into_iter().chain([(5, &out.buffer), (9, sinks)]).collect();
-        rec.dispatch(ctx, ATTENTION.entry("attend"), &params, &bindings, rows as u32);
+        rec.dispatch(ctx, shader.entry(one_pass), &params, &bindings, workgroups as u32);
         return Ok(());
     }
     let partials = GpuTensor::empty(
@@ -272,14 +361,14 @@ pub fn encode_attention(
     let bindings: Vec<_> = reads.into_iter().chain([(4, &partials.buffer)]).collect();
     rec.dispatch(
         ctx,
-        ATTENTION.entry("attend_split"),
+        shader.entry(split),
         &params,
         &bindings,
-        (rows * splits) as u32,
+        (workgroups * splits) as u32,
     );
     rec.dispatch(
         ctx,
-        ATTENTION.entry("attend_merge"),
+        shader.entry("attend_merge"),
         &params,
         &[(4, &partials.buffer), (5, &out.buffer), (8, pos), (9, sinks)],
         rows as u32,

@@ -131,7 +131,21 @@ pub fn all() -> Vec<ParamsLayout> {
             kernel::ATTENTION,
             "AttentionParams",
             AttentionParams,
-            [tokens, heads, kv_heads, head_dim, max_ctx, scale, slots, has_sinks, window, value_dim, latent, splits]
+            [
+                tokens,
+                heads,
+                kv_heads,
+                head_dim,
+                max_ctx,
+                scale,
+                slots,
+                has_sinks,
+                window,
+                value_dim,
+                latent,
+                splits,
+                group_lanes
+            ]
         ),
         layout!(
             kernel::EMBEDDING,
