@@ -184,13 +184,12 @@ fn position_groups() -> u32 {
     return max(1u, 64u / value_quads());
 }
 
-// Element d of a (token, head)'s value sums, whose work items start at value_sums[base]
-// (0 for attend; lane * 64 for attend_grouped): its groups added in order.
-fn value_sum(base: u32, d: u32) -> f32 {
+// Element d of the (token, head)'s value sums: its groups added in order.
+fn value_sum(d: u32) -> f32 {
     let quads = value_quads();
     var total = 0.0;
     for (var g = 0u; g < position_groups(); g++) {
-        total += value_sums[base + g * quads + d / 4u][d % 4u];
+        total += value_sums[g * quads + d / 4u][d % 4u];
     }
     return total;
 }
@@ -295,10 +294,9 @@ fn attend_blocks(
     return vec2<f32>(m, reduce(lid, false));
 }
 
-// Writes out[th] = value sums (work items from value_sums[base]) / total, the
-// softmax's sum total at max m, first joining head h's sink logit to the softmax
-// where the model has sinks.
-fn write_output(lid: u32, th: u32, m: f32, sum: f32, base: u32) {
+// Writes out[th] = value_sums / total, the softmax's sum total at max m, first
+// joining head h's sink logit to the softmax where the model has sinks.
+fn write_output(lid: u32, th: u32, m: f32, sum: f32) {
     var total = sum;
     if (p.has_sinks != 0u) {
         // The sink's logit joins the softmax: rescale to the larger max.
@@ -307,12 +305,12 @@ fn write_output(lid: u32, th: u32, m: f32, sum: f32, base: u32) {
         let rescale = exp(m - m_all);
         total = total * rescale + exp(sink - m_all);
         for (var d = lid; d < p.value_dim; d += 64u) {
-            out[th * p.value_dim + d] = value_sum(base, d) * rescale / total;
+            out[th * p.value_dim + d] = value_sum(d) * rescale / total;
         }
         return;
     }
     for (var d = lid; d < p.value_dim; d += 64u) {
-        out[th * p.value_dim + d] = value_sum(base, d) / total;
+        out[th * p.value_dim + d] = value_sum(d) / total;
     }
 }
 
@@ -334,7 +332,7 @@ fn attend(
     let keys = placement.y + 1u;
     let start = window_start(placement.y);
     let r = attend_blocks(lid, th, placement.x, start, keys, start - start % BLOCK, keys);
-    write_output(lid, th, r.x, r.y, 0u);
+    write_output(lid, th, r.x, r.y);
 }
 
 // Split over the context (flash decoding; steps of few tokens on GPUs, where one
@@ -366,19 +364,13 @@ fn attend_split(
         return;
     }
     let r = attend_blocks(lid, th, placement.x, start, keys, run.x, run.y);
-    write_partials(lid, ths, r.x, r.y, 0u);
-}
-
-// Writes run (th, s)'s [max m, sum, value sums (work items from value_sums[base])] to
-// partials[(th * splits + s) * (value_dim + 2)..], ths = th * splits + s.
-fn write_partials(lid: u32, ths: u32, m: f32, sum: f32, base: u32) {
-    let at = ths * (p.value_dim + 2u);
+    let base = ths * (p.value_dim + 2u);
     if (lid == 0u) {
-        partials[at] = m;
-        partials[at + 1u] = sum;
+        partials[base] = r.x;
+        partials[base + 1u] = r.y;
     }
     for (var d = lid; d < p.value_dim; d += 64u) {
-        partials[at + 2u + d] = value_sum(base, d);
+        partials[base + 2u + d] = value_sum(d);
     }
 }
 
@@ -450,24 +442,29 @@ fn attend_merge(
 // attend_grouped / attend_grouped_split: the attention of attend / attend_split for
 // p.group_lanes (2 to 4) query heads of one kv head at once, the heads as the lanes of
 // vec4s, so each key and value load serves all of them (attend loads a kv head's rows
-// once per query head: 4x the loads for Mixtral, 8x for Qwen3-30B-A3B). Rows up to
-// MAX_GROUPED_DIM elements, no latent cache (the host picks attend for those).
+// once per query head: 4x the loads for Mixtral, 8x for Qwen3-30B-A3B, 16x for
+// DeepSeek-V2-Lite's latent cache). Rows up to MAX_GROUPED_DIM elements, values up to
+// 4 * MAX_GROUPED_VALUE_QUADS; latent caches too.
 // Mapping: one 64-invocation workgroup per (t, chunk) (attend_grouped_split: per
 // (t, chunk, run), run-minor), chunk c holding heads c * lanes .. c * lanes + lanes - 1
 // (one kv head's, as lanes divides heads / kv_heads). Invocation i scores positions
 // i, i + 64, i + 128, i + 192 of each block for every lane (per key quad: four key
 // loads, four query loads, sixteen vec4 multiply-adds); the value sums are attend's
-// (group, quad) work items with one accumulator per lane, each value load and
-// probability load serving every lane. The lanes' softmax and reductions are attend's,
-// lane by lane; the per-head outputs and partials are written as attend writes them,
-// so attend_merge merges either kernel's runs.
+// (group, quad) work items, invocation i owning items i and i + 64 in registers (one
+// vec4 per lane each), each value load and probability load serving every lane. At
+// the end the items pass through workgroup memory 64 at a time, their groups added in
+// order. The lanes' softmax and reductions are attend's, lane by lane; the per-head
+// outputs and partials are written as attend writes them, so attend_merge merges
+// either kernel's runs.
 
-const MAX_GROUPED_DIM: u32 = 128u;
+const MAX_GROUPED_DIM: u32 = 576u; // DeepSeek's latent (512) and RoPE key (64)
+const MAX_GROUPED_VALUE_QUADS: u32 = 128u; // two work items per invocation
 
 // The chunk's queries: element d of every lane at grouped_query[d] (zeros past
 // head_dim and past group_lanes).
 var<workgroup> grouped_query: array<vec4<f32>, MAX_GROUPED_DIM>;
-// The block's probabilities, position-major, one lane per head.
+// The block's probabilities, position-major, one lane per head; at the end, 64 work
+// items' value sums at a time, [lane][item].
 var<workgroup> grouped_probs: array<vec4<f32>, BLOCK>;
 var<workgroup> grouped_partial: array<vec4<f32>, 64>;
 
@@ -524,14 +521,54 @@ fn grouped_scores(row_base: u32, j: u32, start: u32, keys: u32) -> mat4x4<f32> {
     );
 }
 
-// Each lane's softmax state: running max and sum of exp(score - max).
+// Work item w's value sums (column l: lane l's quad), rescaled, plus the block's
+// positions i = first + g (mod groups) below end weighted by grouped_probs. Items
+// past the last are left as they are.
+fn accumulate_item(acc: mat4x4<f32>, w: u32, rescale: vec4<f32>, row_base: u32, block: u32, first: u32, end: u32) -> mat4x4<f32> {
+    let value_quads = value_quads();
+    let groups = position_groups();
+    if (w >= groups * value_quads) {
+        return acc;
+    }
+    var a0 = acc[0] * rescale.x;
+    var a1 = acc[1] * rescale.y;
+    var a2 = acc[2] * rescale.z;
+    var a3 = acc[3] * rescale.w;
+    let quads = row_width() / 4u;
+    let base = row_base + block * quads + w % value_quads;
+    // Twin loops keep the latent test out of the inner loop.
+    if (p.latent != 0u) {
+        for (var i = first + w / value_quads; i < end; i += groups) {
+            let v = key_quad(base + i * quads);
+            let pr = grouped_probs[i];
+            a0 += pr.x * v;
+            a1 += pr.y * v;
+            a2 += pr.z * v;
+            a3 += pr.w * v;
+        }
+    } else {
+        for (var i = first + w / value_quads; i < end; i += groups) {
+            let v = value_quad(base + i * quads);
+            let pr = grouped_probs[i];
+            a0 += pr.x * v;
+            a1 += pr.y * v;
+            a2 += pr.z * v;
+            a3 += pr.w * v;
+        }
+    }
+    return mat4x4<f32>(a0, a1, a2, a3);
+}
+
+// Each lane's softmax state (running max, sum of exp(score - max)) and the work items
+// lid and lid + 64 of its value sums.
 struct LaneSoftmax {
     m: vec4<f32>,
     sum: vec4<f32>,
+    items0: mat4x4<f32>,
+    items1: mat4x4<f32>,
 }
 
-// attend_blocks() for the heads h0 .. h0 + group_lanes - 1 of token t: leaves lane l's
-// value sums in value_sums[64 l ..] (work items as value_sum() adds them up).
+// attend_blocks() for the heads h0 .. h0 + group_lanes - 1 of token t.
 fn attend_grouped_blocks(
     lid: u32,
     t: u32,
@@ -554,16 +591,12 @@ fn attend_grouped_blocks(
         }
         grouped_query[d] = v;
     }
-    let value_quads = value_quads();
-    let groups = position_groups();
-    let items = groups * value_quads; // at most 64: value_dim <= MAX_GROUPED_DIM
-    for (var w = lid; w < 4u * 64u; w += 64u) {
-        value_sums[w] = vec4<f32>(0.0);
-    }
     workgroupBarrier();
 
     var m = vec4<f32>(NO_SCORE);
     var sum = vec4<f32>(0.0);
+    var items0 = mat4x4<f32>();
+    var items1 = mat4x4<f32>();
     for (var block = block_begin; block < block_end; block += BLOCK) {
         let s = grouped_scores(row_base, block + lid, start, keys);
         grouped_partial[lid] = max(max(s[0], s[1]), max(s[2], s[3]));
@@ -582,36 +615,50 @@ fn attend_grouped_blocks(
         workgroupBarrier();
         let first = max(start, block) - block;
         let end = min(keys - block, BLOCK);
-        for (var w = lid; w < items; w += 64u) {
-            let g = w / value_quads;
-            var a0 = value_sums[w] * rescale.x;
-            var a1 = value_sums[w + 64u] * rescale.y;
-            var a2 = value_sums[w + 128u] * rescale.z;
-            var a3 = value_sums[w + 192u] * rescale.w;
-            let base = row_base + block * quads + w % value_quads;
-            for (var i = first + g; i < end; i += groups) {
-                let v = value_quad(base + i * quads);
-                let pr = grouped_probs[i];
-                a0 += pr.x * v;
-                a1 += pr.y * v;
-                a2 += pr.z * v;
-                a3 += pr.w * v;
-            }
-            value_sums[w] = a0;
-            value_sums[w + 64u] = a1;
-            value_sums[w + 128u] = a2;
-            value_sums[w + 192u] = a3;
-        }
+        items0 = accumulate_item(items0, lid, rescale, row_base, block, first, end);
+        items1 = accumulate_item(items1, lid + 64u, rescale, row_base, block, first, end);
+        // The next block's probabilities are written after its max reduction's
+        // barriers, so every invocation has finished reading these by then.
     }
     grouped_partial[lid] = sum;
-    // The reduction's barriers also make every work item's value sums visible.
-    return LaneSoftmax(m, reduce_lanes(lid, false));
+    return LaneSoftmax(m, reduce_lanes(lid, false), items0, items1);
 }
 
 // Token t and first head h0 of workgroup chunk tc (chunks of group_lanes heads).
 fn chunk_heads(tc: u32) -> vec2<u32> {
     let chunks = p.heads / p.group_lanes;
     return vec2<u32>(tc / chunks, tc % chunks * p.group_lanes);
+}
+
+// The chunk's value sums leave through grouped_probs 64 work items at a time: round
+// r holds items 64 r .. 64 r + 63, i.e. elements 256 r .. 256 r + 255 (with several
+// position groups, value_dim <= 128 and round 0 holds every item).
+fn value_rounds() -> u32 {
+    return (p.value_dim + 255u) / 256u;
+}
+
+// Puts round `round`'s work items of every lane in grouped_probs ([lane][item]),
+// after every invocation is done with what it held.
+fn stage_round(lid: u32, r: LaneSoftmax, round: u32) {
+    workgroupBarrier();
+    var items = r.items0;
+    if (round == 1u) {
+        items = r.items1;
+    }
+    for (var l = 0u; l < 4u; l++) {
+        grouped_probs[64u * l + lid] = items[l];
+    }
+    workgroupBarrier();
+}
+
+// Element d (of round `round`'s) of lane l's value sums: its position groups added in order.
+fn grouped_value(l: u32, d: u32, round: u32) -> f32 {
+    let quads = value_quads();
+    var v = 0.0;
+    for (var g = 0u; g < position_groups(); g++) {
+        v += grouped_probs[64u * l + g * quads + d / 4u - 64u * round][d % 4u];
+    }
+    return v;
 }
 
 // attend for a chunk of heads: one workgroup per (t, chunk).
@@ -633,8 +680,26 @@ fn attend_grouped(
     let keys = placement.y + 1u;
     let start = window_start(placement.y);
     let r = attend_grouped_blocks(lid, th0.x, th0.y, placement.x, start, keys, start - start % BLOCK, keys);
-    for (var l = 0u; l < p.group_lanes; l++) {
-        write_output(lid, th0.x * p.heads + th0.y + l, r.m[l], r.sum[l], 64u * l);
+    // out = value sums / total; with sinks each head's sink logit joins its softmax
+    // (rescaled to the larger max), as write_output does.
+    var factor = 1.0 / r.sum;
+    if (p.has_sinks != 0u) {
+        var sink = vec4<f32>(0.0);
+        for (var l = 0u; l < p.group_lanes; l++) {
+            sink[l] = sinks[th0.y + l];
+        }
+        let m_all = max(r.m, sink);
+        let rescale = exp(r.m - m_all);
+        factor = rescale / (r.sum * rescale + exp(sink - m_all));
+    }
+    for (var round = 0u; round < value_rounds(); round++) {
+        stage_round(lid, r, round);
+        for (var l = 0u; l < p.group_lanes; l++) {
+            let th = th0.x * p.heads + th0.y + l;
+            for (var d = 256u * round + lid; d < min(256u * (round + 1u), p.value_dim); d += 64u) {
+                out[th * p.value_dim + d] = grouped_value(l, d, round) * factor[l];
+            }
+        }
     }
 }
 
@@ -663,7 +728,17 @@ fn attend_grouped_split(
         return;
     }
     let r = attend_grouped_blocks(lid, th0.x, th0.y, placement.x, start, keys, run.x, run.y);
-    for (var l = 0u; l < p.group_lanes; l++) {
-        write_partials(lid, (th0.x * p.heads + th0.y + l) * p.splits + s, r.m[l], r.sum[l], 64u * l);
+    for (var round = 0u; round < value_rounds(); round++) {
+        stage_round(lid, r, round);
+        for (var l = 0u; l < p.group_lanes; l++) {
+            let at = ((th0.x * p.heads + th0.y + l) * p.splits + s) * (p.value_dim + 2u);
+            if (lid == 0u && round == 0u) {
+                partials[at] = r.m[l];
+                partials[at + 1u] = r.sum[l];
+            }
+            for (var d = 256u * round + lid; d < min(256u * (round + 1u), p.value_dim); d += 64u) {
+                partials[at + 2u + d] = grouped_value(l, d, round);
+            }
+        }
     }
 }

@@ -59,30 +59,57 @@ pub struct AttentionShape {
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
+    /// A latent cache (multi-head latent attention): one kv head whose `head_dim`-wide
+    /// keys (latent, then RoPE key) hold the values in their first `latent_values`
+    /// elements. Absent from reports before it existed.
+    #[serde(default)]
+    pub latent_values: Option<usize>,
 }
 
-/// The decode attention rows' shapes, from the models' config.json files (DeepSeek's
-/// latent attention is left out).
+/// The decode attention rows' shapes, from the models' config.json files (DeepSeek-V2-Lite:
+/// its latent cache, kv_lora_rank 512 + RoPE 64).
 pub fn attention_shapes() -> Vec<AttentionShape> {
     let shape = |model: &str, heads, kv_heads, head_dim| AttentionShape {
         model: model.into(),
         heads,
         kv_heads,
         head_dim,
+        latent_values: None,
     };
     vec![
         shape("Mixtral-8x7B", 32, 8, 128),
         shape("OLMoE-1B-7B", 16, 16, 128),
         shape("Qwen3-30B-A3B", 32, 4, 128),
         shape("gpt-oss-20b", 64, 8, 64),
+        AttentionShape {
+            latent_values: Some(512),
+            ..shape("DeepSeek-V2-Lite (MLA)", 16, 1, 576)
+        },
     ]
 }
 
 impl AttentionShape {
     /// Bytes one decode token's attention must read at `context` positions: the f32
-    /// keys and values of every kv head.
+    /// keys and values of every kv head (a latent cache: its keys alone).
     pub fn bytes(&self, context: usize) -> f64 {
-        2.0 * context as f64 * (self.kv_heads * self.head_dim * 4) as f64
+        let per_key = context as f64 * (self.kv_heads * self.head_dim * 4) as f64;
+        if self.latent_values.is_some() {
+            per_key
+        } else {
+            2.0 * per_key
+        }
+    }
+
+    /// Values per head: `head_dim`, or the latent width.
+    pub fn value_dim(&self) -> usize {
+        self.latent_values.unwrap_or(self.head_dim)
+    }
+
+    fn cache(&self, ctx: &GpuContext, dtype: DType, context: usize) -> Result<KvCache> {
+        match self.latent_values {
+            Some(values) => KvCache::latent_of_dtype(ctx, dtype, 1, self.head_dim, values, context),
+            None => KvCache::of_dtype(ctx, dtype, 1, self.kv_heads, self.head_dim, context),
+        }
     }
 }
 
@@ -753,15 +780,20 @@ async fn bench_attention(
         &random(6, kv_heads * head_dim, 1.0),
         DType::F32,
     )?;
-    let out = GpuTensor::empty(ctx, "bench attention output", &[1, heads * head_dim], DType::F32)?;
+    let out = GpuTensor::empty(
+        ctx,
+        "bench attention output",
+        &[1, heads * shape.value_dim()],
+        DType::F32,
+    )?;
     let scale = 1.0 / (head_dim as f32).sqrt();
     let per_head = !ctx.group_attention;
     let mut rows = Vec::new();
     for &context in contexts {
         // The cache's positions hold zeros, except the last, which each run writes:
         // the reads are the same whatever the values.
-        let cache = KvCache::new(ctx, kv_heads, head_dim, context)?;
-        let half_cache = KvCache::of_dtype(ctx, DType::F16, 1, kv_heads, head_dim, context)?;
+        let cache = shape.cache(ctx, DType::F32, context)?;
+        let half_cache = shape.cache(ctx, DType::F16, context)?;
         let position = TokenPositions::contiguous(ctx, context - 1, 1)?;
         let splits = decode_splits(attention_workgroups(heads, &cache, per_head));
         let mut timings = Vec::new();

@@ -35,6 +35,14 @@ fn flop_and_byte_counts_match_hand_computed_values() {
         .unwrap();
     assert_eq!((attention.heads, attention.kv_heads, attention.head_dim), (32, 4, 128));
     assert_eq!(attention.bytes(4096), 16_777_216.0);
+    // DeepSeek-V2-Lite's latent cache: one 576-wide f32 key per position (the values are
+    // its first 512 elements): 4096 * 576 * 4 = 9,437,184 bytes.
+    let mla = attention_shapes()
+        .into_iter()
+        .find(|s| s.model.starts_with("DeepSeek-V2-Lite"))
+        .unwrap();
+    assert_eq!((mla.heads, mla.head_dim, mla.value_dim()), (16, 576, 512));
+    assert_eq!(mla.bytes(4096), 9_437_184.0);
 }
 
 #[test]

@@ -11,10 +11,10 @@ use safetensors::SafeTensors;
 use serde_json::Value;
 use webmoe::model::generate::{generate, SamplingParams};
 use webmoe::model::load::{load_model_dir, LoadOptions};
-use webmoe::model::model::LogitsFor;
+use webmoe::model::model::{LogitsFor, Model};
 use webmoe::model::session::Session;
 use webmoe::model::weights::FeedForwardWeights;
-use webmoe::{DType, GpuTensor, MoeLayer};
+use webmoe::{DType, GpuContext, GpuTensor, MoeLayer};
 
 const FAMILIES: [&str; 11] = [
     "mixtral",
@@ -127,34 +127,40 @@ fn moe_blocks_match_transformers() {
     }
 }
 
+/// `family`'s last-position logits within 1e-3 of transformers' and its 16 greedy
+/// tokens the same, from `model`.
+fn check_against_transformers(ctx: &GpuContext, family: &str, model: &Model, what: &str) {
+    let exp = expected(family);
+    let prompt = u32s(&exp["prompt_ids"]);
+    let mut session = Session::new(ctx, model, None).unwrap();
+    let logits = pollster::block_on(session.logits(ctx, model, &prompt, LogitsFor::Last)).unwrap();
+    let want = f32s(&exp["last_logits"]);
+    println!(
+        "{what}: last-position logits, max relative error {:.2e}",
+        max_relative_error(&logits, &want, 1e-6)
+    );
+    assert_close(&format!("{what} last-position logits"), &logits, &want, 1e-3);
+    session.rewind(0).unwrap();
+    let gen = pollster::block_on(generate(
+        ctx,
+        model,
+        &mut session,
+        &prompt,
+        16,
+        SamplingParams::greedy(),
+        &[],
+        |_, _| true,
+    ))
+    .unwrap();
+    assert_eq!(gen.generated_ids, u32s(&exp["greedy_ids"]), "{what} greedy tokens");
+}
+
 #[test]
 fn logits_and_greedy_tokens_match_transformers() {
     let ctx = context();
     for family in FAMILIES {
-        let exp = expected(family);
         let loaded = load_model_dir(&ctx, &model_dir(family), LoadOptions::default()).unwrap();
-        let prompt = u32s(&exp["prompt_ids"]);
-        let mut session = Session::new(&ctx, &loaded.model, None).unwrap();
-        let logits = pollster::block_on(session.logits(&ctx, &loaded.model, &prompt, LogitsFor::Last)).unwrap();
-        assert_close(
-            &format!("{family} last-position logits"),
-            &logits,
-            &f32s(&exp["last_logits"]),
-            1e-3,
-        );
-        session.rewind(0).unwrap();
-        let gen = pollster::block_on(generate(
-            &ctx,
-            &loaded.model,
-            &mut session,
-            &prompt,
-            16,
-            SamplingParams::greedy(),
-            &[],
-            |_, _| true,
-        ))
-        .unwrap();
-        assert_eq!(gen.generated_ids, u32s(&exp["greedy_ids"]), "{family} greedy tokens");
+        check_against_transformers(&ctx, family, &loaded.model, family);
     }
 }
 
@@ -165,7 +171,6 @@ fn logits_and_greedy_tokens_match_transformers() {
 fn kv_caches_of_either_dtype_keep_logits_and_greedy_tokens() {
     let ctx = context();
     for (family, dtype) in FAMILIES.iter().flat_map(|f| [(f, DType::F32), (f, DType::F16)]) {
-        let exp = expected(family);
         let options = LoadOptions {
             kv_cache: Some(dtype),
             ..LoadOptions::default()
@@ -181,29 +186,7 @@ fn kv_caches_of_either_dtype_keep_logits_and_greedy_tokens() {
             (c.num_layers * elements_per_layer * dtype.size()) as u64,
             "{family} {dtype:?}"
         );
-        let prompt = u32s(&exp["prompt_ids"]);
-        let mut session = Session::new(&ctx, &loaded.model, None).unwrap();
-        let logits = pollster::block_on(session.logits(&ctx, &loaded.model, &prompt, LogitsFor::Last)).unwrap();
-        let err = max_relative_error(&logits, &f32s(&exp["last_logits"]), 1e-6);
-        println!("{family}: last-position logits over an {dtype:?} cache, max relative error {err:.2e}");
-        assert!(err < 2e-3, "{family} {dtype:?}: {err}");
-        session.rewind(0).unwrap();
-        let gen = pollster::block_on(generate(
-            &ctx,
-            &loaded.model,
-            &mut session,
-            &prompt,
-            16,
-            SamplingParams::greedy(),
-            &[],
-            |_, _| true,
-        ))
-        .unwrap();
-        assert_eq!(
-            gen.generated_ids,
-            u32s(&exp["greedy_ids"]),
-            "{family} greedy tokens, {dtype:?} cache"
-        );
+        check_against_transformers(&ctx, family, &loaded.model, &format!("{family}, {dtype:?} cache"));
     }
     let options = LoadOptions {
         kv_cache: Some(DType::BF16),

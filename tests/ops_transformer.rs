@@ -355,6 +355,10 @@ fn attention_prefill_then_decode_matches_reference() {
         (6, 2, 20, 300, 1, 320),
         (6, 1, 12, 4, 2, 8),
         (4, 2, 132, 3, 2, 8),
+        // Rows of 384: one position group of 96 quads, the value sums leaving in two
+        // rounds; rows of 580 are wider than the grouped kernels take.
+        (4, 1, 384, 5, 2, 8),
+        (4, 2, 580, 3, 1, 8),
     ] {
         let steps: Vec<usize> = std::iter::once(prefill)
             .chain(std::iter::repeat_n(1, decode_steps))
@@ -775,9 +779,17 @@ fn latent_attention_reads_values_from_the_keys() {
     // `value_dim` elements are the value, shared by every head.
     let ctx = context();
     let mut rng = rng(91);
-    let shapes = [(4, 16, 12, None), (3, 9, 9, None), (2, 70, 64, Some(3))];
-    for (&(heads, key_dim, value_dim, window), dtype) in shapes.iter().flat_map(|s| [(s, DType::F32), (s, DType::F16)])
-    {
+    // Heads 4, 3 and 2 share one workgroup (lanes of 4, 3, 2); 8 heads over DeepSeek's
+    // 576-element latent keys and 512-element values take two workgroups of 4, whose
+    // value sums leave in two rounds of 64 quads. Each also with a workgroup per head.
+    let shapes = [
+        (4, 16, 12, None),
+        (3, 9, 9, None),
+        (2, 70, 64, Some(3)),
+        (8, 576, 512, None),
+    ];
+    let runs = [(DType::F32, false), (DType::F16, false), (DType::F32, true)];
+    for (&(heads, key_dim, value_dim, window), (dtype, per_head)) in shapes.iter().flat_map(|s| runs.map(|r| (s, r))) {
         let max_ctx = 12;
         let cache = KvCache::latent_of_dtype(&ctx, dtype, 1, key_dim, value_dim, max_ctx).unwrap();
         // Rows padded to a multiple of 4 elements.
@@ -803,6 +815,7 @@ fn latent_attention_reads_values_from_the_keys() {
             let options = AttentionOptions {
                 window,
                 splits: (tokens == 1).then_some(3),
+                per_head,
                 ..AttentionOptions::default()
             };
             run(&ctx, |enc| {
@@ -817,7 +830,7 @@ fn latent_attention_reads_values_from_the_keys() {
                 .flat_map(|head| head[..value_dim].to_vec())
                 .collect();
             assert_close(
-                &format!("latent attention H={heads} key {key_dim} value {value_dim} pos0={pos0} T={tokens} {dtype:?}"),
+                &format!("latent attention H={heads} key {key_dim} value {value_dim} pos0={pos0} T={tokens} {dtype:?} per_head={per_head}"),
                 &out.read_f32_blocking(&ctx).unwrap(),
                 &want,
                 1e-5,

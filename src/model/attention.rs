@@ -457,6 +457,7 @@ impl Mla {
             c.attention_scale,
             AttentionOptions {
                 splits: inputs.splits,
+                per_head: inputs.per_head,
                 ..AttentionOptions::default()
             },
             &out_lat,

@@ -180,18 +180,21 @@ pub fn decode_splits(workgroups: usize) -> usize {
     (SPLIT_TARGET_WORKGROUPS / workgroups.max(1)).clamp(1, 32)
 }
 
-/// The widest rows (keys and values per head) the grouped kernels take
-/// (`MAX_GROUPED_DIM` in shaders/attention.wgsl).
-pub const MAX_GROUPED_DIM: usize = 128;
+/// The widest keys the grouped kernels take (`MAX_GROUPED_DIM` in
+/// shaders/attention.wgsl: DeepSeek's latent and RoPE key, 512 + 64).
+pub const MAX_GROUPED_DIM: usize = 576;
+/// The widest values the grouped kernels take (4 x `MAX_GROUPED_VALUE_QUADS`).
+pub const MAX_GROUPED_VALUE_DIM: usize = 512;
 
 /// How many query heads one workgroup serves (`group_lanes`): the grouped kernels put
-/// up to 4 heads of one kv head in the lanes of vec4s, so each key and value load
-/// serves all of them. The largest of 4, 3, 2 dividing `heads / kv_heads`; 1 (one
-/// workgroup per query head) where no head shares its kv head, for a latent cache,
-/// for rows wider than [`MAX_GROUPED_DIM`], or with `per_head`.
+/// up to 4 heads of one kv head (or of a latent cache) in the lanes of vec4s, so each
+/// key and value load serves all of them. The largest of 4, 3, 2 dividing
+/// `heads / kv_heads`; 1 (one workgroup per query head) where no head shares its kv
+/// head, for keys wider than [`MAX_GROUPED_DIM`] or values wider than
+/// [`MAX_GROUPED_VALUE_DIM`], or with `per_head`.
 pub fn group_lanes(heads: usize, cache: &KvCache, per_head: bool) -> usize {
     let group = heads / cache.kv_heads.max(1);
-    if per_head || cache.latent || cache.head_dim > MAX_GROUPED_DIM {
+    if per_head || row_width(cache.head_dim) > MAX_GROUPED_DIM || cache.value_dim > MAX_GROUPED_VALUE_DIM {
         return 1;
     }
     (2..=4).rev().find(|l| group.is_multiple_of(*l)).unwrap_or(1)
