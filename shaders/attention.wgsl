@@ -27,7 +27,7 @@
 // Latent caches (MLA, latent = 1): one kv head whose key is [latent, RoPE key] and whose
 //   value is the key's first value_dim elements; no value cache is written or read.
 //   out is [T, heads * value_dim].
-// Mapping: kv_store one invocation per element of k; attend one 64-invocation
+// Mapping: kv_store one invocation per cache word (an element, or two of f16); attend one 64-invocation
 // workgroup per (t, head) (attend_split: per (t, head, run)): the query goes to
 // workgroup memory as vec4 quads; invocation i scores positions i, i + 64, i + 128,
 // i + 192 of each block (16-byte loads along the key rows, each query load shared by
@@ -54,7 +54,7 @@ struct AttentionParams {
     value_dim: u32, // values per head (head_dim, or the latent width of a latent cache)
     latent: u32,    // 1: values are the first value_dim elements of each key (MLA)
     splits: u32,    // attend_split / attend_merge: runs per (token, head), 1 to MAX_SPLITS
-    group_lanes: u32, // attend_grouped*: query heads per workgroup (1 to 4, dividing heads / kv_heads)
+    group_lanes: u32, // attend_grouped*: query heads per workgroup (2 to 4, dividing heads / kv_heads)
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,

@@ -4,6 +4,7 @@
 // the cache and for every read of it; a quad (4 elements) is one vec2<u32> load.
 
 const ELEMENTS_PER_WORD: u32 = 2u;
+const F16_MAX: f32 = 65504.0;
 
 @group(0) @binding(2) var<storage, read_write> k_cache: array<u32>;
 @group(0) @binding(3) var<storage, read_write> v_cache: array<u32>;
@@ -13,20 +14,21 @@ const ELEMENTS_PER_WORD: u32 = 2u;
 @group(0) @binding(11) var<storage, read> v_rows: array<vec2<u32>>;
 
 // Elements d and d + 1 of their head (k_new / v_new[src], [src + 1]) to cache word
-// dst; past head_dim the word's second half is the row's zero padding.
+// dst; past head_dim the word's second half is the row's zero padding. Values past
+// f16's range are clamped to it (pack2x16float leaves them indeterminate).
 fn store_word(dst: u32, src: u32, d: u32) {
     var k = vec2<f32>(k_new[src], 0.0);
     var v = vec2<f32>(0.0);
     if (d + 1u < p.head_dim) {
         k.y = k_new[src + 1u];
     }
-    k_cache[dst] = pack2x16float(k);
+    k_cache[dst] = pack2x16float(clamp(k, vec2<f32>(-F16_MAX), vec2<f32>(F16_MAX)));
     if (p.latent == 0u) {
         v.x = v_new[src];
         if (d + 1u < p.head_dim) {
             v.y = v_new[src + 1u];
         }
-        v_cache[dst] = pack2x16float(v);
+        v_cache[dst] = pack2x16float(clamp(v, vec2<f32>(-F16_MAX), vec2<f32>(F16_MAX)));
     }
 }
 

@@ -111,8 +111,9 @@ fn quick_bench_runs_and_its_json_round_trips() {
     for a in &report.attention {
         assert_eq!(a.context, 1024);
         // Both have 4 or 8 query heads per kv head and rows of 128: workgroups of 4
-        // heads, so 8 workgroups a token in one pass.
+        // heads, so 8 workgroups a token in one pass (and the 32-run cap).
         assert_eq!(a.splits, webmoe::ops::attention::decode_splits(a.shape.heads / 4));
+        assert_eq!(a.splits, 32);
         assert_eq!(a.gbytes, a.shape.bytes(a.context) / 1e9);
         assert!(a.one_pass.median_ms > 0.0 && a.split.median_ms > 0.0);
         for t in [&a.per_head, &a.f16_one_pass, &a.f16_split] {

@@ -7,7 +7,9 @@ use common::*;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use webmoe::gpu::kernel::Recorder;
-use webmoe::ops::attention::{attention_reference, encode_attention, AttentionOptions, KvCache, MAX_SPLITS};
+use webmoe::ops::attention::{
+    attention_reference, encode_attention, f16_cache_values, AttentionOptions, KvCache, MAX_SPLITS,
+};
 use webmoe::ops::elementwise::{encode_add_row_bias, encode_add_scaled, encode_scale_clamp};
 use webmoe::ops::embedding::{argmax_reference, encode_argmax, encode_embedding};
 use webmoe::ops::norm::{encode_rms_norm, encode_rms_norm_pair, rms_norm_reference};
@@ -283,7 +285,10 @@ fn check_attention_steps(
     let scale = 1.0 / (head_dim as f32).sqrt();
     let sinks_gpu = sinks.map(|s| upload(ctx, &[heads], s));
     let (mut all_k, mut all_v) = (Vec::new(), Vec::new());
-    let to_f16 = |x: &[f32]| -> Vec<f32> { x.iter().map(|&e| half::f16::from_f32(e).to_f32()).collect() };
+    let f16_reference = |q: &[f32], k: &[f32], v: &[f32], pos0: usize, toward_zero: bool| {
+        let (k, v) = (f16_cache_values(k, toward_zero), f16_cache_values(v, toward_zero));
+        attention_reference(q, &k, &v, heads, kv_heads, head_dim, pos0, scale, sinks, window)
+    };
     let mut pos0 = 0;
     for &tokens in steps {
         let q = random_vec(rng, tokens * heads * head_dim, 1.0);
@@ -294,10 +299,10 @@ fn check_attention_steps(
         let want = attention_reference(
             &q, &all_k, &all_v, heads, kv_heads, head_dim, pos0, scale, sinks, window,
         );
-        let (half_k, half_v) = (to_f16(&all_k), to_f16(&all_v));
-        let want_half = attention_reference(
-            &q, &half_k, &half_v, heads, kv_heads, head_dim, pos0, scale, sinks, window,
-        );
+        let want_half = [
+            f16_reference(&q, &all_k, &all_v, pos0, false),
+            f16_reference(&q, &all_k, &all_v, pos0, true),
+        ];
         let position = TokenPositions::contiguous(ctx, pos0, tokens).unwrap();
         let (qg, kg, vg) = (
             upload(ctx, &[tokens, heads * head_dim], &q),
@@ -306,7 +311,9 @@ fn check_attention_steps(
         );
         // Each run stores the same keys and values at the same positions again.
         let runs = [false, true].into_iter().flat_map(|p| SPLITS.map(|s| (p, s)));
-        let caches = [(&cache, &want), (&half_cache, &want_half)];
+        let want_f32 = [want.as_slice()];
+        let want_f16 = [want_half[0].as_slice(), want_half[1].as_slice()];
+        let caches: [(&KvCache, &[&[f32]]); 2] = [(&cache, &want_f32), (&half_cache, &want_f16)];
         for ((per_head, splits), (cache, want)) in runs.flat_map(|r| caches.map(|c| (r, c))) {
             let options = AttentionOptions {
                 sinks: sinks_gpu.as_ref(),
@@ -319,7 +326,7 @@ fn check_attention_steps(
             run(ctx, |enc| {
                 encode_attention(ctx, enc, cache, &qg, &kg, &vg, heads, &position, scale, options, &out).unwrap();
             });
-            assert_close(
+            assert_close_to_either(
                 &format!(
                     "attention H={heads}/{kv_heads} d={head_dim} pos0={pos0} T={tokens} sinks={} window={window:?} splits={splits:?} per_head={per_head} cache {:?}",
                     sinks.is_some(),
@@ -359,6 +366,8 @@ fn attention_prefill_then_decode_matches_reference() {
         // rounds; rows of 580 are wider than the grouped kernels take.
         (4, 1, 384, 5, 2, 8),
         (4, 2, 580, 3, 1, 8),
+        // An odd width: an f16 cache's last word of each row holds one element.
+        (4, 2, 13, 6, 2, 12),
     ] {
         let steps: Vec<usize> = std::iter::once(prefill)
             .chain(std::iter::repeat_n(1, decode_steps))
@@ -549,6 +558,39 @@ fn attention_rejects_bad_sinks_window_and_splits() {
     }
 }
 
+/// Which query heads share a workgroup: up to 4 of one kv head (the largest of 4, 3, 2
+/// dividing the heads per kv head), every head of a latent cache in chunks of 4, none
+/// for rows or values wider than the grouped kernels take or with `per_head`.
+#[test]
+fn query_heads_share_workgroups_where_their_kv_head_allows() {
+    use webmoe::ops::attention::{attention_workgroups, group_lanes};
+    let ctx = context();
+    let gqa = |kv_heads, head_dim| KvCache::new(&ctx, kv_heads, head_dim, 4).unwrap();
+    let latent = |key, value| KvCache::latent(&ctx, 1, key, value, 4).unwrap();
+    let cases = [
+        (32, gqa(8, 128), 4),  // Mixtral: 4 per kv head
+        (32, gqa(4, 128), 4),  // Qwen3-30B-A3B: 8 per kv head, two chunks
+        (12, gqa(2, 16), 3),   // 6 per kv head
+        (8, gqa(4, 16), 2),    // 2 per kv head
+        (5, gqa(1, 16), 1),    // 5: no divisor from 2 to 4
+        (16, gqa(16, 128), 1), // OLMoE: one per kv head
+        (4, gqa(1, 512), 4),   // the widest values taken
+        (4, gqa(1, 520), 1),   // wider
+        (16, latent(576, 512), 4),
+        (16, latent(560, 520), 1), // values wider than 512
+    ];
+    for (heads, cache, lanes) in &cases {
+        let what = format!(
+            "{heads} heads over {} kv heads x {} ({} values)",
+            cache.kv_heads, cache.head_dim, cache.value_dim
+        );
+        assert_eq!(group_lanes(*heads, cache, false), *lanes, "{what}");
+        assert_eq!(attention_workgroups(*heads, cache, false), heads / lanes, "{what}");
+        assert_eq!(group_lanes(*heads, cache, true), 1, "{what}, per head");
+        assert_eq!(attention_workgroups(*heads, cache, true), *heads, "{what}, per head");
+    }
+}
+
 #[test]
 fn kv_caches_refuse_rows_wider_than_the_kernel() {
     let ctx = context();
@@ -579,6 +621,7 @@ fn check_attention_over_slots(
     splits: Option<usize>,
     long: bool,
     per_head: bool,
+    dtype: DType,
 ) {
     let ctx = context();
     let mut rng = rng(seed);
@@ -589,7 +632,7 @@ fn check_attention_over_slots(
         ([5usize, 1, 13, 8], 24)
     };
     let slots = prompts.len() + 1;
-    let cache = KvCache::with_slots(&ctx, slots, kv_heads, head_dim, max_ctx).unwrap();
+    let cache = KvCache::of_dtype(&ctx, dtype, slots, kv_heads, head_dim, max_ctx).unwrap();
     let scale = 0.3;
     let sinks = with_sinks.then(|| random_vec(&mut rng, heads, 3.0));
     let sinks_gpu = sinks.as_ref().map(|s| upload(&ctx, &[heads], s));
@@ -627,22 +670,24 @@ fn check_attention_over_slots(
             assert_eq!(hk.len(), pos * kvw, "test bookkeeping");
             hk.extend_from_slice(&k[i * kvw..][..kvw]);
             hv.extend_from_slice(&v[i * kvw..][..kvw]);
-            let want = attention_reference(
-                &q[i * qw..][..qw],
-                hk,
-                hv,
-                heads,
-                kv_heads,
-                head_dim,
-                pos,
-                scale,
-                sinks.as_deref(),
-                window,
-            );
-            assert_close(
-                &format!("slot {slot} position {pos} sinks={with_sinks} window={window:?} splits={splits:?} per_head={per_head}"),
+            let want = |k: &[f32], v: &[f32]| {
+                let q = &q[i * qw..][..qw];
+                attention_reference(q, k, v, heads, kv_heads, head_dim, pos, scale, sinks.as_deref(), window)
+            };
+            // An f16 cache holds the keys and values rounded to f16 (either way).
+            let wants = match dtype {
+                DType::F16 => [false, true]
+                    .map(|toward_zero| want(&f16_cache_values(hk, toward_zero), &f16_cache_values(hv, toward_zero)))
+                    .to_vec(),
+                _ => vec![want(hk, hv)],
+            };
+            let wants: Vec<&[f32]> = wants.iter().map(Vec::as_slice).collect();
+            assert_close_to_either(
+                &format!(
+                    "slot {slot} position {pos} sinks={with_sinks} window={window:?} splits={splits:?} per_head={per_head} {dtype:?}"
+                ),
                 &got[i * qw..][..qw],
-                &want,
+                &wants,
                 1e-5,
             );
         }
@@ -662,7 +707,11 @@ fn check_attention_over_slots(
 #[test]
 fn attention_over_several_sequences_of_different_lengths_matches_each_alone() {
     for (splits, per_head) in [(None, false), (Some(3), false), (None, true), (Some(3), true)] {
-        check_attention_over_slots(31, false, None, splits, false, per_head);
+        check_attention_over_slots(31, false, None, splits, false, per_head, DType::F32);
+    }
+    // An f16 cache of several slots.
+    for splits in [None, Some(3)] {
+        check_attention_over_slots(32, false, None, splits, false, false, DType::F16);
     }
 }
 
@@ -670,9 +719,9 @@ fn attention_over_several_sequences_of_different_lengths_matches_each_alone() {
 fn windowed_attention_with_sinks_over_several_sequences_matches_each_alone() {
     // Prompts of 5, 1, 13 and 8 tokens against a window of 4 (and of 1).
     for (splits, per_head) in [(None, false), (Some(3), false), (None, true), (Some(3), true)] {
-        check_attention_over_slots(34, false, Some(4), splits, false, per_head);
-        check_attention_over_slots(35, true, Some(4), splits, false, per_head);
-        check_attention_over_slots(36, true, Some(1), splits, false, per_head);
+        check_attention_over_slots(34, false, Some(4), splits, false, per_head, DType::F32);
+        check_attention_over_slots(35, true, Some(4), splits, false, per_head, DType::F32);
+        check_attention_over_slots(36, true, Some(1), splits, false, per_head, DType::F32);
     }
 }
 
@@ -681,8 +730,8 @@ fn windowed_attention_with_sinks_over_several_sequences_matches_each_alone() {
 #[test]
 fn split_attention_over_several_long_sequences_matches_each_alone() {
     for per_head in [false, true] {
-        check_attention_over_slots(37, false, None, Some(2), true, per_head);
-        check_attention_over_slots(38, true, Some(300), Some(3), true, per_head);
+        check_attention_over_slots(37, false, None, Some(2), true, per_head, DType::F32);
+        check_attention_over_slots(38, true, Some(300), Some(3), true, per_head, DType::F16);
     }
 }
 
@@ -804,11 +853,7 @@ fn latent_attention_reads_values_from_the_keys() {
         for tokens in [5, 1, 1, 3] {
             let q = random_vec(&mut rng, tokens * heads * key_dim, 1.0);
             let k = random_vec(&mut rng, tokens * key_dim, 1.0);
-            // An f16 cache holds the keys rounded to f16.
-            all_k.extend(k.iter().map(|&e| match dtype {
-                DType::F16 => half::f16::from_f32(e).to_f32(),
-                _ => e,
-            }));
+            all_k.extend_from_slice(&k);
             let out = GpuTensor::empty(&ctx, "out", &[tokens, heads * value_dim], DType::F32).unwrap();
             out.poison(&ctx);
             let position = TokenPositions::contiguous(&ctx, pos0, tokens).unwrap();
@@ -823,16 +868,26 @@ fn latent_attention_reads_values_from_the_keys() {
                 let kg = upload(&ctx, &[tokens, key_dim], &k);
                 encode_attention(&ctx, enc, &cache, &qg, &kg, &kg, heads, &position, scale, options, &out).unwrap();
             });
-            // The reference with values = keys, keeping each head's first value_dim outputs.
-            let full = attention_reference(&q, &all_k, &all_k, heads, 1, key_dim, pos0, scale, None, window);
-            let want: Vec<f32> = full
-                .chunks(key_dim)
-                .flat_map(|head| head[..value_dim].to_vec())
-                .collect();
-            assert_close(
+            // The reference with values = keys, keeping each head's first value_dim
+            // outputs; an f16 cache holds the keys rounded to f16 (either way).
+            let want = |keys: &[f32]| -> Vec<f32> {
+                let full = attention_reference(&q, keys, keys, heads, 1, key_dim, pos0, scale, None, window);
+                full.chunks(key_dim)
+                    .flat_map(|head| head[..value_dim].to_vec())
+                    .collect()
+            };
+            let wants = match dtype {
+                DType::F16 => vec![
+                    want(&f16_cache_values(&all_k, false)),
+                    want(&f16_cache_values(&all_k, true)),
+                ],
+                _ => vec![want(&all_k)],
+            };
+            let wants: Vec<&[f32]> = wants.iter().map(Vec::as_slice).collect();
+            assert_close_to_either(
                 &format!("latent attention H={heads} key {key_dim} value {value_dim} pos0={pos0} T={tokens} {dtype:?} per_head={per_head}"),
                 &out.read_f32_blocking(&ctx).unwrap(),
-                &want,
+                &wants,
                 1e-5,
             );
             pos0 += tokens;

@@ -347,7 +347,7 @@ impl Model {
         let model = Self {
             config,
             max_context,
-            kv_cache: DType::F32,
+            kv_cache: crate::model::load::DEFAULT_KV_CACHE,
             embed,
             lm_head,
             layers,
@@ -457,7 +457,8 @@ impl Model {
         let rope = self.rope_angles(positions)?;
         let gemv = kernels.gemv(dense_gemv_by_size(ctx.kernel_target, t));
         // Steps that take the GEMV (few tokens) split attention over the context on
-        // GPUs; a CPU adapter's few cores are busy with one workgroup per (token, head).
+        // GPUs; a CPU adapter's few cores are busy with one workgroup per (token, head
+        // chunk).
         let per_head = !ctx.group_attention;
         let splits = match caches.first() {
             Some(cache) if gemv && ctx.split_attention => {

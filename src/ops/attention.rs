@@ -37,7 +37,8 @@ pub fn cache_element_bytes(dtype: DType) -> Result<usize> {
 
 /// One layer's key and value caches for `slots` sequences,
 /// `[slots, kv_heads, max_ctx, row]` each, `row` = `head_dim` rounded up to a multiple
-/// of 4 (the kernel reads rows as vec4; the padding stays zero); or a latent cache
+/// of 4 (the kernels read rows in quads of 4 elements: a vec4 of f32, or a vec2<u32> of
+/// packed f16; the padding stays zero); or a latent cache
 /// (MLA) of keys only. Elements f32, or f16 (half the memory and half the bytes each
 /// decode step reads; the kernels compute in f32 either way).
 pub struct KvCache {
@@ -174,8 +175,8 @@ const SPLIT_TARGET_WORKGROUPS: usize = 1024;
 /// How many runs to split each (token, head)'s context into for steps of few tokens
 /// on a GPU, when one token's attention takes `workgroups` workgroups in one pass
 /// ([`attention_workgroups`]): about [`SPLIT_TARGET_WORKGROUPS`] workgroups for one
-/// token, 1 to 32 runs. It depends only on the model, so a token's output never
-/// depends on the step it is in.
+/// token, 1 to 32 runs. It depends only on the model and the context's kernel choices,
+/// never on the step, so a token's output never depends on the step it is in.
 pub fn decode_splits(workgroups: usize) -> usize {
     (SPLIT_TARGET_WORKGROUPS / workgroups.max(1)).clamp(1, 32)
 }
@@ -377,6 +378,26 @@ pub fn encode_attention(
         rows as u32,
     );
     Ok(())
+}
+
+/// What an f16 cache holds of `values`, for references: each rounded to f16 (and
+/// clamped to its range, as the kernel does) to nearest even, or toward zero. WGSL
+/// leaves pack2x16float's rounding to the implementation, so checks accept either.
+pub fn f16_cache_values(values: &[f32], toward_zero: bool) -> Vec<f32> {
+    values
+        .iter()
+        .map(|&x| {
+            let x = x.clamp(-65504.0, 65504.0);
+            let nearest = half::f16::from_f32(x);
+            let rounded = if toward_zero && nearest.to_f32().abs() > x.abs() {
+                // One step toward zero: the f16 below in magnitude has the bits below.
+                half::f16::from_bits(nearest.to_bits() - 1)
+            } else {
+                nearest
+            };
+            rounded.to_f32()
+        })
+        .collect()
 }
 
 /// CPU reference: `keys`, `values` hold all positions `0..pos0 + T` as
