@@ -54,10 +54,10 @@ struct AttentionParams {
     value_dim: u32, // values per head (head_dim, or the latent width of a latent cache)
     latent: u32,    // 1: values are the first value_dim elements of each key (MLA)
     splits: u32,    // attend_split / attend_merge: runs per (token, head), 1 to MAX_SPLITS
-    group_lanes: u32, // attend_grouped*: query heads per workgroup (2 to 4, dividing heads / kv_heads)
+    group_lanes: u32, // attend_grouped*: query heads per workgroup (1 to 4, dividing heads / kv_heads)
+    token_lanes: u32, // attend_grouped: tokens per workgroup (group_lanes * token_lanes <= 4); 1 for the split
     _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: AttentionParams;
@@ -439,34 +439,45 @@ fn attend_merge(
 }
 
 // ---- Query heads that share a kv head, in one workgroup (grouped-query attention) ----
-// attend_grouped / attend_grouped_split: the attention of attend / attend_split for
-// p.group_lanes (2 to 4) query heads of one kv head at once, the heads as the lanes of
+// attend_grouped / attend_grouped_split: the attention of attend / attend_split for up
+// to 4 (token, head) pairs at once that read the same cache rows, as the lanes of
 // vec4s, so each key and value load serves all of them (attend loads a kv head's rows
-// once per query head: 4x the loads for Mixtral, 8x for Qwen3-30B-A3B, 16x for
-// DeepSeek-V2-Lite's latent cache). Rows up to MAX_GROUPED_DIM elements, values up to
-// 4 * MAX_GROUPED_VALUE_QUADS; latent caches too.
-// Mapping: one 64-invocation workgroup per (t, chunk) (attend_grouped_split: per
-// (t, chunk, run), run-minor), chunk c holding heads c * lanes .. c * lanes + lanes - 1
-// (one kv head's, as lanes divides heads / kv_heads). Invocation i scores positions
-// i, i + 64, i + 128, i + 192 of each block for every lane (per key quad: four key
-// loads, four query loads, sixteen vec4 multiply-adds); the value sums are attend's
-// (group, quad) work items, invocation i owning items i and i + 64 in registers (one
-// vec4 per lane each), each value load and probability load serving every lane. At
-// the end the items pass through workgroup memory 64 at a time, their groups added in
-// order. The lanes' softmax and reductions are attend's, lane by lane; the per-head
-// outputs and partials are written as attend writes them, so attend_merge merges
-// either kernel's runs.
+// once per query head and token: 4x the loads for Mixtral, 8x for Qwen3-30B-A3B, 16x
+// for DeepSeek-V2-Lite's latent cache, and once per token of a prompt). A chunk holds
+// p.group_lanes heads of one kv head (1 to 4, dividing heads / kv_heads) of
+// p.token_lanes consecutive tokens (attend_grouped only; lanes = group_lanes *
+// token_lanes <= 4): lane l is token t0 + l / group_lanes, head h0 + l % group_lanes.
+// Lanes share their rows when their tokens are in one sequence (a prompt chunk); lanes
+// of other sequences (a continuous-batching step) are taken in further passes, one
+// sequence at a time. Each lane keeps its own window of positions: the blocks run over
+// the union of the lanes' ranges, a position outside a lane's range takes exactly
+// zero probability in it and a block outside it rescales it by exactly 1, so a lane's
+// result does not depend on its chunk-mates. Rows up to MAX_GROUPED_DIM elements,
+// values up to 4 * MAX_GROUPED_VALUE_QUADS; latent caches too.
+// Mapping: one 64-invocation workgroup per (token chunk, head chunk) (attend_grouped_split:
+// per (t, head chunk, run), run-minor). Invocation i scores positions i, i + 64,
+// i + 128, i + 192 of each block for every lane (per key quad: four key loads, four
+// query loads, sixteen vec4 multiply-adds); the value sums are attend's (group, quad)
+// work items, invocation i owning items i and i + 64 in registers (one vec4 per lane
+// each), each value load and probability load serving every lane. At the end the items
+// pass through workgroup memory 64 at a time, their groups added in order. The lanes'
+// softmax and reductions are attend's, lane by lane; the outputs and partials are
+// written as attend writes them, so attend_merge merges either kernel's runs.
 
 const MAX_GROUPED_DIM: u32 = 576u; // DeepSeek's latent (512) and RoPE key (64)
 const MAX_GROUPED_VALUE_QUADS: u32 = 128u; // two work items per invocation
+const NO_LANE: u32 = 0xffffffffu;
 
 // The chunk's queries: element d of every lane at grouped_query[d] (zeros past
-// head_dim and past group_lanes).
+// head_dim and for lanes not in the pass).
 var<workgroup> grouped_query: array<vec4<f32>, MAX_GROUPED_DIM>;
-// The block's probabilities, position-major, one lane per head; at the end, 64 work
-// items' value sums at a time, [lane][item].
+// The block's probabilities, position-major, one lane per (token, head); at the end,
+// 64 work items' value sums at a time, [lane][item].
 var<workgroup> grouped_probs: array<vec4<f32>, BLOCK>;
 var<workgroup> grouped_partial: array<vec4<f32>, 64>;
+// Each lane's slot (NO_LANE for a lane past the tokens or outside the cache) and position.
+var<workgroup> lane_slots: vec4<u32>;
+var<workgroup> lane_positions: vec4<u32>;
 
 // reduce() for every lane at once: grouped_partial[0..64] by max or sum, lane-wise.
 fn reduce_lanes(lid: u32, use_max: bool) -> vec4<f32> {
@@ -484,17 +495,59 @@ fn reduce_lanes(lid: u32, use_max: bool) -> vec4<f32> {
     return r;
 }
 
-// masked_scores() for every lane: column c holds position j + 64 c's scores, one
-// lane per head. Each key load serves the lanes, each query load the four positions.
-fn grouped_scores(row_base: u32, j: u32, start: u32, keys: u32) -> mat4x4<f32> {
-    let positions = vec4<u32>(j, j + 64u, j + 128u, j + 192u);
-    let inside = (positions >= vec4<u32>(start)) & (positions < vec4<u32>(keys));
+// The lanes' tokens and heads: token t0 + l / group_lanes, head h0 + l % group_lanes
+// (lanes past group_lanes * token_lanes repeat the last, and are never in a pass).
+fn lane_tokens(t0: u32) -> vec4<u32> {
+    let l = min(vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.group_lanes * p.token_lanes - 1u));
+    return vec4<u32>(t0) + l / p.group_lanes;
+}
+
+fn lane_heads(h0: u32) -> vec4<u32> {
+    let l = min(vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.group_lanes * p.token_lanes - 1u));
+    return vec4<u32>(h0) + l % p.group_lanes;
+}
+
+// Each lane's slot and position.
+struct LanePlacements {
+    slots: vec4<u32>,
+    positions: vec4<u32>,
+}
+
+// Each lane's (slot, position), made workgroup-uniform; slot NO_LANE for lanes past
+// group_lanes * token_lanes, past the step's tokens or outside the cache.
+fn lane_placements(lid: u32, t0: u32) -> LanePlacements {
+    if (lid == 0u) {
+        let tokens = lane_tokens(t0);
+        var slots = vec4<u32>(NO_LANE);
+        var positions_ = vec4<u32>(0u);
+        for (var l = 0u; l < p.group_lanes * p.token_lanes; l++) {
+            let t = tokens[l];
+            if (t < p.tokens && placed(t)) {
+                slots[l] = positions[2u * t];
+                positions_[l] = positions[2u * t + 1u];
+            }
+        }
+        lane_slots = slots;
+        lane_positions = positions_;
+    }
+    return LanePlacements(workgroupUniformLoad(&lane_slots), workgroupUniformLoad(&lane_positions));
+}
+
+// masked_scores() for every lane: column c holds position j + 64 c's scores, one lane
+// per (token, head), NO_SCORE outside lane l's [starts[l], keys[l]). Positions outside
+// every lane's range read a row inside [first, last] (clamped) and are masked after.
+fn grouped_scores(row_base: u32, j: u32, starts: vec4<u32>, keys: vec4<u32>, first: u32, last: u32) -> mat4x4<f32> {
     let none = vec4<f32>(NO_SCORE);
-    if (!any(inside)) {
+    let positions = vec4<u32>(j, j + 64u, j + 128u, j + 192u);
+    let in0 = lanes_inside(positions.x, starts, keys);
+    let in1 = lanes_inside(positions.y, starts, keys);
+    let in2 = lanes_inside(positions.z, starts, keys);
+    let in3 = lanes_inside(positions.w, starts, keys);
+    if (!(any(in0) || any(in1) || any(in2) || any(in3))) {
         return mat4x4<f32>(none, none, none, none);
     }
     let quads = row_width() / 4u;
-    let rows = vec4<u32>(row_base) + clamp(positions, vec4<u32>(start), vec4<u32>(keys - 1u)) * quads;
+    let rows = vec4<u32>(row_base) + clamp(positions, vec4<u32>(first), vec4<u32>(last)) * quads;
     var s0 = vec4<f32>(0.0);
     var s1 = vec4<f32>(0.0);
     var s2 = vec4<f32>(0.0);
@@ -514,11 +567,16 @@ fn grouped_scores(row_base: u32, j: u32, start: u32, keys: u32) -> mat4x4<f32> {
         s3 += (qx * k3.x + qy * k3.y) + (qz * k3.z + qw * k3.w);
     }
     return mat4x4<f32>(
-        select(none, s0 * p.scale, inside.x),
-        select(none, s1 * p.scale, inside.y),
-        select(none, s2 * p.scale, inside.z),
-        select(none, s3 * p.scale, inside.w),
+        select(none, s0 * p.scale, in0),
+        select(none, s1 * p.scale, in1),
+        select(none, s2 * p.scale, in2),
+        select(none, s3 * p.scale, in3),
     );
+}
+
+// Which lanes have cache position pos in their range [starts[l], keys[l]).
+fn lanes_inside(pos: u32, starts: vec4<u32>, keys: vec4<u32>) -> vec4<bool> {
+    return (vec4<u32>(pos) >= starts) & (vec4<u32>(pos) < keys);
 }
 
 // Work item w's value sums (column l: lane l's quad), rescaled, plus the block's
@@ -568,44 +626,56 @@ struct LaneSoftmax {
     items1: mat4x4<f32>,
 }
 
-// attend_blocks() for the heads h0 .. h0 + group_lanes - 1 of token t.
+// attend_blocks() for the lanes in `pass` (tokens `tokens`, heads `heads_`, all in
+// cache slot `slot`), each over its own range [starts[l], keys[l]) (empty for lanes
+// not in the pass), the blocks running over [block_begin, block_end).
 fn attend_grouped_blocks(
     lid: u32,
-    t: u32,
-    h0: u32,
+    tokens: vec4<u32>,
+    heads_: vec4<u32>,
+    in_pass: vec4<bool>,
     slot: u32,
-    start: u32,
-    keys: u32,
+    starts: vec4<u32>,
+    keys: vec4<u32>,
     block_begin: u32,
     block_end: u32,
 ) -> LaneSoftmax {
-    let kvh = h0 / (p.heads / p.kv_heads);
+    let kvh = heads_.x / (p.heads / p.kv_heads);
     let quads = row_width() / 4u;
     let row_base = (slot * p.kv_heads + kvh) * p.max_ctx * quads;
+    workgroupBarrier(); // a previous pass is done with grouped_query
     for (var d = lid; d < row_width(); d += 64u) {
         var v = vec4<f32>(0.0);
         if (d < p.head_dim) {
-            for (var l = 0u; l < p.group_lanes; l++) {
-                v[l] = q[(t * p.heads + h0 + l) * p.head_dim + d];
+            for (var l = 0u; l < 4u; l++) {
+                if (in_pass[l]) {
+                    v[l] = q[(tokens[l] * p.heads + heads_[l]) * p.head_dim + d];
+                }
             }
         }
         grouped_query[d] = v;
     }
     workgroupBarrier();
 
+    // The union of the lanes' ranges, for the rows the scores read.
+    let first = min(min(starts.x, starts.y), min(starts.z, starts.w));
+    let last = max(max(keys.x, keys.y), max(keys.z, keys.w)) - 1u;
     var m = vec4<f32>(NO_SCORE);
     var sum = vec4<f32>(0.0);
     var items0 = mat4x4<f32>();
     var items1 = mat4x4<f32>();
     for (var block = block_begin; block < block_end; block += BLOCK) {
-        let s = grouped_scores(row_base, block + lid, start, keys);
+        let s = grouped_scores(row_base, block + lid, starts, keys, first, last);
         grouped_partial[lid] = max(max(s[0], s[1]), max(s[2], s[3]));
         let m_new = max(m, reduce_lanes(lid, true));
+        // A lane with no position yet keeps its max at NO_SCORE: its rescale is
+        // exactly 1 and its masked positions take exactly 0.
         let rescale = exp(m - m_new);
-        let e0 = exp(s[0] - m_new);
-        let e1 = exp(s[1] - m_new);
-        let e2 = exp(s[2] - m_new);
-        let e3 = exp(s[3] - m_new);
+        let none = vec4<f32>(NO_SCORE);
+        let e0 = select(vec4<f32>(0.0), exp(s[0] - m_new), s[0] != none);
+        let e1 = select(vec4<f32>(0.0), exp(s[1] - m_new), s[1] != none);
+        let e2 = select(vec4<f32>(0.0), exp(s[2] - m_new), s[2] != none);
+        let e3 = select(vec4<f32>(0.0), exp(s[3] - m_new), s[3] != none);
         grouped_probs[lid] = e0;
         grouped_probs[lid + 64u] = e1;
         grouped_probs[lid + 128u] = e2;
@@ -613,21 +683,15 @@ fn attend_grouped_blocks(
         sum = sum * rescale + ((e0 + e1) + (e2 + e3));
         m = m_new;
         workgroupBarrier();
-        let first = max(start, block) - block;
-        let end = min(keys - block, BLOCK);
-        items0 = accumulate_item(items0, lid, rescale, row_base, block, first, end);
-        items1 = accumulate_item(items1, lid + 64u, rescale, row_base, block, first, end);
+        let begin = max(first, block) - block;
+        let end = min(last + 1u - block, BLOCK);
+        items0 = accumulate_item(items0, lid, rescale, row_base, block, begin, end);
+        items1 = accumulate_item(items1, lid + 64u, rescale, row_base, block, begin, end);
         // The next block's probabilities are written after its max reduction's
         // barriers, so every invocation has finished reading these by then.
     }
     grouped_partial[lid] = sum;
     return LaneSoftmax(m, reduce_lanes(lid, false), items0, items1);
-}
-
-// Token t and first head h0 of workgroup chunk tc (chunks of group_lanes heads).
-fn chunk_heads(tc: u32) -> vec2<u32> {
-    let chunks = p.heads / p.group_lanes;
-    return vec2<u32>(tc / chunks, tc % chunks * p.group_lanes);
 }
 
 // The chunk's value sums leave through grouped_probs 64 work items at a time: round
@@ -661,77 +725,126 @@ fn grouped_value(l: u32, d: u32, round: u32) -> f32 {
     return v;
 }
 
-// attend for a chunk of heads: one workgroup per (t, chunk).
+// The lanes of the next pass: those not done whose slot is the first such lane's.
+fn next_pass(slots: vec4<u32>, done: vec4<bool>) -> vec4<bool> {
+    var slot = NO_LANE;
+    for (var l = 0u; l < 4u; l++) {
+        if (!done[l] && slot == NO_LANE) {
+            slot = slots[l];
+        }
+    }
+    return !done & (slots == vec4<u32>(slot)) & (slots != vec4<u32>(NO_LANE));
+}
+
+// Each lane's first position: p_t + 1 - window (window_start, lane-wise); far past the
+// cache for lanes not in the pass, so their ranges are empty and leave the union alone.
+fn lane_starts(positions_: vec4<u32>, in_pass: vec4<bool>) -> vec4<u32> {
+    let keys = positions_ + 1u;
+    let windowed = select(vec4<u32>(0u), keys - vec4<u32>(p.window), (vec4<u32>(p.window) < keys) & vec4<bool>(p.window > 0u));
+    return select(vec4<u32>(NO_LANE), windowed, in_pass);
+}
+
+// attend for a chunk of (token, head) lanes: one workgroup per (token chunk, head
+// chunk), head chunks minor; one pass per sequence among the lanes' tokens.
 @compute @workgroup_size(64)
 fn attend_grouped(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
+    let head_chunks = p.heads / p.group_lanes;
     let tc = linear_workgroup(wid, nwg);
-    if (tc >= p.tokens * (p.heads / p.group_lanes)) {
+    if (tc >= (p.tokens + p.token_lanes - 1u) / p.token_lanes * head_chunks) {
         return;
     }
-    let th0 = chunk_heads(tc);
-    let placement = uniform_placement(th0.x, lid);
-    if (placement.x >= p.slots) {
-        return;
-    }
-    let keys = placement.y + 1u;
-    let start = window_start(placement.y);
-    let r = attend_grouped_blocks(lid, th0.x, th0.y, placement.x, start, keys, start - start % BLOCK, keys);
-    // out = value sums / total; with sinks each head's sink logit joins its softmax
-    // (rescaled to the larger max), as write_output does.
-    var factor = 1.0 / r.sum;
-    if (p.has_sinks != 0u) {
-        var sink = vec4<f32>(0.0);
-        for (var l = 0u; l < p.group_lanes; l++) {
-            sink[l] = sinks[th0.y + l];
-        }
-        let m_all = max(r.m, sink);
-        let rescale = exp(r.m - m_all);
-        factor = rescale / (r.sum * rescale + exp(sink - m_all));
-    }
-    for (var round = 0u; round < value_rounds(); round++) {
-        stage_round(lid, r, round);
-        for (var l = 0u; l < p.group_lanes; l++) {
-            let th = th0.x * p.heads + th0.y + l;
-            for (var d = 256u * round + lid; d < min(256u * (round + 1u), p.value_dim); d += 64u) {
-                out[th * p.value_dim + d] = grouped_value(l, d, round) * factor[l];
+    let tokens = lane_tokens(tc / head_chunks * p.token_lanes);
+    let heads_ = lane_heads(tc % head_chunks * p.group_lanes);
+    let placements = lane_placements(lid, tokens.x);
+    var done = placements.slots == vec4<u32>(NO_LANE);
+    for (var passes = 0u; passes < 4u && !all(done); passes++) {
+        let in_pass = next_pass(placements.slots, done);
+        var slot = 0u;
+        for (var l = 0u; l < 4u; l++) {
+            if (in_pass[l]) {
+                slot = placements.slots[l];
             }
         }
+        let starts = lane_starts(placements.positions, in_pass);
+        let keys = select(vec4<u32>(0u), placements.positions + 1u, in_pass);
+        let first = min(min(starts.x, starts.y), min(starts.z, starts.w));
+        let end = max(max(keys.x, keys.y), max(keys.z, keys.w));
+        let r = attend_grouped_blocks(lid, tokens, heads_, in_pass, slot, starts, keys, first - first % BLOCK, end);
+        // out = value sums / total; with sinks each head's sink logit joins its softmax
+        // (rescaled to the larger max), as write_output does.
+        var factor = 1.0 / r.sum;
+        if (p.has_sinks != 0u) {
+            var sink = vec4<f32>(0.0);
+            for (var l = 0u; l < 4u; l++) {
+                sink[l] = sinks[heads_[l]];
+            }
+            let m_all = max(r.m, sink);
+            let rescale = exp(r.m - m_all);
+            factor = rescale / (r.sum * rescale + exp(sink - m_all));
+        }
+        for (var round = 0u; round < value_rounds(); round++) {
+            stage_round(lid, r, round);
+            for (var l = 0u; l < 4u; l++) {
+                if (in_pass[l]) {
+                    let th = tokens[l] * p.heads + heads_[l];
+                    for (var d = 256u * round + lid; d < min(256u * (round + 1u), p.value_dim); d += 64u) {
+                        out[th * p.value_dim + d] = grouped_value(l, d, round) * factor[l];
+                    }
+                }
+            }
+        }
+        done = done | in_pass;
     }
 }
 
-// attend_split for a chunk of heads: one workgroup per (t, chunk, run), writing each
-// head's partials where attend_split would.
+// attend_split for a chunk of heads of one token (token_lanes 1): one workgroup per
+// (t, head chunk, run), writing each head's partials where attend_split would.
 @compute @workgroup_size(64)
 fn attend_grouped_split(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
+    let head_chunks = p.heads / p.group_lanes;
     let tcs = linear_workgroup(wid, nwg);
-    if (tcs >= p.tokens * (p.heads / p.group_lanes) * p.splits) {
+    if (tcs >= p.tokens * head_chunks * p.splits) {
         return;
     }
-    let th0 = chunk_heads(tcs / p.splits);
-    let placement = uniform_placement(th0.x, lid);
-    if (placement.x >= p.slots) {
+    let tc = tcs / p.splits;
+    let tokens = lane_tokens(tc / head_chunks);
+    let heads_ = lane_heads(tc % head_chunks * p.group_lanes);
+    let placements = lane_placements(lid, tokens.x);
+    if (placements.slots.x == NO_LANE) {
         return;
     }
-    let keys = placement.y + 1u;
-    let start = window_start(placement.y);
+    let pos = placements.positions.x;
+    let keys = pos + 1u;
+    let start = window_start(pos);
     let s = tcs % p.splits;
     let run = split_run(start, keys, s);
     if (run.x >= run.y) {
         return;
     }
-    let r = attend_grouped_blocks(lid, th0.x, th0.y, placement.x, start, keys, run.x, run.y);
+    let in_pass = placements.slots != vec4<u32>(NO_LANE);
+    let r = attend_grouped_blocks(
+        lid,
+        tokens,
+        heads_,
+        in_pass,
+        placements.slots.x,
+        select(vec4<u32>(NO_LANE), vec4<u32>(start), in_pass),
+        select(vec4<u32>(0u), vec4<u32>(keys), in_pass),
+        run.x,
+        run.y,
+    );
     for (var round = 0u; round < value_rounds(); round++) {
         stage_round(lid, r, round);
         for (var l = 0u; l < p.group_lanes; l++) {
-            let at = ((th0.x * p.heads + th0.y + l) * p.splits + s) * (p.value_dim + 2u);
+            let at = ((tokens.x * p.heads + heads_[l]) * p.splits + s) * (p.value_dim + 2u);
             if (lid == 0u && round == 0u) {
                 partials[at] = r.m[l];
                 partials[at + 1u] = r.sum[l];

@@ -442,6 +442,11 @@ fn attention_with_sinks_and_sliding_window_matches_reference() {
         ((4, 2, 8), &[250, 20, 1, 1], 280, false, Some(100)),
         ((2, 1, 16), &[300, 1, 1], 310, true, Some(257)),
         ((2, 2, 8), &[520, 1], 530, true, Some(300)),
+        // A prompt's tokens share workgroups four at a time (one head per kv head):
+        // tokens 304..307 with a window of 50 start at 255 and 256..258, in two blocks,
+        // so three of the four lanes see a block without any of their positions first.
+        ((2, 2, 8), &[320, 1], 330, true, Some(50)),
+        ((4, 2, 12), &[318, 2], 330, false, Some(50)),
     ];
     for &(shape, steps, max_ctx, with_sinks, window) in cases {
         let sinks = with_sinks.then(|| random_vec(&mut rng, shape.0, 3.0));
@@ -563,7 +568,7 @@ fn attention_rejects_bad_sinks_window_and_splits() {
 /// for rows or values wider than the grouped kernels take or with `per_head`.
 #[test]
 fn query_heads_share_workgroups_where_their_kv_head_allows() {
-    use webmoe::ops::attention::{attention_workgroups, group_lanes};
+    use webmoe::ops::attention::{attention_workgroups, group_lanes, token_lanes};
     let ctx = context();
     let gqa = |kv_heads, head_dim| KvCache::new(&ctx, kv_heads, head_dim, 4).unwrap();
     let latent = |key, value| KvCache::latent(&ctx, 1, key, value, 4).unwrap();
@@ -588,6 +593,15 @@ fn query_heads_share_workgroups_where_their_kv_head_allows() {
         assert_eq!(attention_workgroups(*heads, cache, false), heads / lanes, "{what}");
         assert_eq!(group_lanes(*heads, cache, true), 1, "{what}, per head");
         assert_eq!(attention_workgroups(*heads, cache, true), *heads, "{what}, per head");
+        // A prompt's tokens fill the lanes the heads leave (where the grouped kernels
+        // fit): not for one token, a split, or per head.
+        // (Rows up to 576 elements and values up to 512.)
+        let fits = cache.head_dim.div_ceil(4) * 4 <= 576 && cache.value_dim <= 512;
+        let prompt_lanes = if fits { 4 / lanes } else { 1 };
+        assert_eq!(token_lanes(*heads, cache, false, 8, 1), prompt_lanes, "{what}, prompt");
+        assert_eq!(token_lanes(*heads, cache, false, 1, 1), 1, "{what}, one token");
+        assert_eq!(token_lanes(*heads, cache, false, 8, 2), 1, "{what}, split");
+        assert_eq!(token_lanes(*heads, cache, true, 8, 1), 1, "{what}, per head");
     }
 }
 

@@ -195,10 +195,28 @@ pub const MAX_GROUPED_VALUE_DIM: usize = 512;
 /// [`MAX_GROUPED_VALUE_DIM`], or with `per_head`.
 pub fn group_lanes(heads: usize, cache: &KvCache, per_head: bool) -> usize {
     let group = heads / cache.kv_heads.max(1);
-    if per_head || row_width(cache.head_dim) > MAX_GROUPED_DIM || cache.value_dim > MAX_GROUPED_VALUE_DIM {
+    if !grouped_kernel_fits(cache, per_head) {
         return 1;
     }
     (2..=4).rev().find(|l| group.is_multiple_of(*l)).unwrap_or(1)
+}
+
+/// Whether the grouped kernels take this cache (rows and values narrow enough) and the
+/// caller allows them.
+fn grouped_kernel_fits(cache: &KvCache, per_head: bool) -> bool {
+    !per_head && row_width(cache.head_dim) <= MAX_GROUPED_DIM && cache.value_dim <= MAX_GROUPED_VALUE_DIM
+}
+
+/// How many consecutive tokens one-pass attention puts in one workgroup beside its
+/// [`group_lanes`] heads (4 lanes in all): their rows are shared when the tokens are of
+/// one sequence (a prompt chunk; other sequences take further passes of the same
+/// workgroup). 1 for a single token, for split attention and where the grouped kernels
+/// do not fit.
+pub fn token_lanes(heads: usize, cache: &KvCache, per_head: bool, tokens: usize, splits: usize) -> usize {
+    if tokens < 2 || splits > 1 || !grouped_kernel_fits(cache, per_head) {
+        return 1;
+    }
+    4 / group_lanes(heads, cache, per_head)
 }
 
 /// Workgroups one token's attention takes in one pass: one per query head, or per
@@ -254,7 +272,9 @@ pub(crate) struct AttentionParams {
     pub(crate) splits: u32,
     /// Query heads per workgroup of `attend_grouped*` (1 for `attend*`).
     pub(crate) group_lanes: u32,
-    pub(crate) _pad: [u32; 3],
+    /// Tokens per workgroup of `attend_grouped` (1 for the others).
+    pub(crate) token_lanes: u32,
+    pub(crate) _pad: [u32; 2],
 }
 
 /// Stores `k`, `v [T, kv_heads * head_dim]` at each token's (slot, position) and
@@ -311,6 +331,7 @@ pub fn encode_attention(
         )));
     }
     let lanes = group_lanes(heads, cache, options.per_head);
+    let token_lanes = token_lanes(heads, cache, options.per_head, tokens, splits);
     let params = AttentionParams {
         tokens: tokens as u32,
         heads: heads as u32,
@@ -326,7 +347,8 @@ pub fn encode_attention(
         latent: cache.latent as u32,
         splits: splits as u32,
         group_lanes: lanes as u32,
-        _pad: [0; 3],
+        token_lanes: token_lanes as u32,
+        _pad: [0; 2],
     };
     let (keys, values, pos) = (&cache.keys.buffer, &cache.values.buffer, &positions.buffer);
     // kv_store: one invocation per cache word (f16: two elements).
@@ -344,18 +366,23 @@ pub fn encode_attention(
     // Without sinks, q stands in for the sinks buffer (the shader does not read it).
     let sinks = options.sinks.map_or(&q.buffer, |s| &s.buffer);
     let reads = [(1, &q.buffer), (8, pos), (10, keys), (11, values)];
-    let (one_pass, split) = if lanes == 1 {
-        ("attend", "attend_split")
-    } else {
-        ("attend_grouped", "attend_grouped_split")
-    };
     let rows = tokens * heads;
-    let workgroups = tokens * heads / lanes;
     if splits == 1 {
         let bindings: Vec<_> = reads.into_iter().chain([(5, &out.buffer), (9, sinks)]).collect();
-        rec.dispatch(ctx, shader.entry(one_pass), &params, &bindings, workgroups as u32);
+        let (entry, workgroups) = if lanes * token_lanes == 1 {
+            ("attend", rows)
+        } else {
+            ("attend_grouped", tokens.div_ceil(token_lanes) * heads / lanes)
+        };
+        rec.dispatch(ctx, shader.entry(entry), &params, &bindings, workgroups as u32);
         return Ok(());
     }
+    let split = if lanes == 1 {
+        "attend_split"
+    } else {
+        "attend_grouped_split"
+    };
+    let workgroups = tokens * heads / lanes;
     let partials = GpuTensor::empty(
         ctx,
         "attention split partials",

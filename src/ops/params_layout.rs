@@ -144,7 +144,8 @@ pub fn all() -> Vec<ParamsLayout> {
                 value_dim,
                 latent,
                 splits,
-                group_lanes
+                group_lanes,
+                token_lanes
             ]
         ),
         layout!(
