@@ -89,6 +89,14 @@ pub fn attention_shapes() -> Vec<AttentionShape> {
 }
 
 impl AttentionShape {
+    /// FLOPs of `tokens` tokens' attention ending at position `context` - 1: each
+    /// token at position p scores p + 1 keys (head_dim multiply-adds each) and weights
+    /// as many values (value_dim each), per head.
+    pub fn prefill_flops(&self, tokens: usize, context: usize) -> f64 {
+        let keys = (tokens * (context - tokens) + tokens * (tokens + 1) / 2) as f64;
+        2.0 * keys * self.heads as f64 * (self.head_dim + self.value_dim()) as f64
+    }
+
     /// Bytes one decode token's attention must read at `context` positions: the f32
     /// keys and values of every kv head (a latent cache: its keys alone).
     pub fn bytes(&self, context: usize) -> f64 {
@@ -139,6 +147,23 @@ pub struct AttentionRow {
     pub split_gb_per_s: f64,
     /// The split's GB/s as a percent of the copy ceiling.
     pub split_percent_of_copy: f64,
+    /// A prompt chunk's attention at the end of the same cache (absent from reports
+    /// before it existed).
+    #[serde(default)]
+    pub prefill: Option<PrefillAttention>,
+}
+
+/// One prompt chunk of `tokens` tokens ending at the cache's last position, in one pass,
+/// with a workgroup per (token, head) and with (token, head) lanes sharing workgroups.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PrefillAttention {
+    pub tokens: usize,
+    pub per_head: Timing,
+    pub grouped: Timing,
+    /// Multiply-adds x 2 of the scores and the weighted values.
+    pub gflop: f64,
+    pub per_head_gflop_per_s: f64,
+    pub grouped_gflop_per_s: f64,
 }
 
 impl LayerShape {
@@ -844,9 +869,67 @@ async fn bench_attention(
             per_head: Some(per_head_one_pass),
             f16_one_pass: Some(f16_one_pass),
             f16_split: Some(f16_split),
+            prefill: Some(bench_prefill_attention(ctx, timer, shape, options, &half_cache).await?),
         });
     }
     Ok(rows)
+}
+
+/// Times a prompt chunk (16 tokens with `quick`, else 512) at the end of `cache` (the
+/// default f16 cache), with a workgroup per (token, head) and with shared workgroups.
+async fn bench_prefill_attention(
+    ctx: &GpuContext,
+    timer: &Timer<'_>,
+    shape: &AttentionShape,
+    options: &BenchOptions,
+    cache: &KvCache,
+) -> Result<PrefillAttention> {
+    let tokens = if options.quick { 16 } else { 512 }.min(cache.max_ctx);
+    let (heads, kv_heads, head_dim) = (shape.heads, shape.kv_heads, shape.head_dim);
+    let q = GpuTensor::from_f32(
+        ctx,
+        "bench prompt queries",
+        &[tokens, heads * head_dim],
+        &random(7, tokens * heads * head_dim, 1.0),
+        DType::F32,
+    )?;
+    let kv = GpuTensor::from_f32(
+        ctx,
+        "bench prompt keys and values",
+        &[tokens, kv_heads * head_dim],
+        &random(8, tokens * kv_heads * head_dim, 1.0),
+        DType::F32,
+    )?;
+    let out = GpuTensor::empty(
+        ctx,
+        "bench prompt attention output",
+        &[tokens, heads * shape.value_dim()],
+        DType::F32,
+    )?;
+    let positions = TokenPositions::contiguous(ctx, cache.max_ctx - tokens, tokens)?;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let mut timings = Vec::new();
+    for per_head in [true, !ctx.group_attention] {
+        let run_options = AttentionOptions {
+            per_head,
+            ..AttentionOptions::default()
+        };
+        let record = |e: &mut Recorder| {
+            encode_attention(ctx, e, cache, &q, &kv, &kv, heads, &positions, scale, run_options, &out)
+        };
+        timings.push(timer.repeat(options.repeats, &record).await?);
+    }
+    let [per_head, grouped] = <[Timing; 2]>::try_from(timings).expect("two timings");
+    let flops = shape.prefill_flops(tokens, cache.max_ctx);
+    let gflop_per_s = |t: &Timing| flops / (t.median_ms / 1e3) / 1e9;
+    Ok(PrefillAttention {
+        tokens,
+        per_head_gflop_per_s: gflop_per_s(&per_head),
+        grouped_gflop_per_s: gflop_per_s(&grouped),
+        gflop: flops / 1e9,
+        per_head,
+        grouped,
+    })
 }
 
 /// Runs the whole suite; `models` get whole-model rows.
@@ -986,6 +1069,26 @@ pub fn markdown(report: &Report) -> String {
                 a.split_percent_of_copy,
                 ms(&a.f16_one_pass),
                 ms(&a.f16_split),
+            ));
+        }
+    }
+    if report.attention.iter().any(|a| a.prefill.is_some()) {
+        s.push_str("\nPrefill attention (a prompt chunk ending at the cache's last position, f16 cache):\n\n| model | heads / kv heads x dim | context | tokens | per (token, head) ms | GFLOP/s | shared ms | GFLOP/s | speedup |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+        for a in &report.attention {
+            let Some(pf) = &a.prefill else { continue };
+            s.push_str(&format!(
+                "| {} | {} / {} x {} | {} | {} | {:.3} | {:.2} | {:.3} | {:.2} | {:.2}x |\n",
+                a.shape.model,
+                a.shape.heads,
+                a.shape.kv_heads,
+                a.shape.head_dim,
+                a.context,
+                pf.tokens,
+                pf.per_head.median_ms,
+                pf.per_head_gflop_per_s,
+                pf.grouped.median_ms,
+                pf.grouped_gflop_per_s,
+                pf.per_head.median_ms / pf.grouped.median_ms,
             ));
         }
     }

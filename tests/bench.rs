@@ -35,6 +35,8 @@ fn flop_and_byte_counts_match_hand_computed_values() {
         .unwrap();
     assert_eq!((attention.heads, attention.kv_heads, attention.head_dim), (32, 4, 128));
     assert_eq!(attention.bytes(4096), 16_777_216.0);
+    // 2 tokens ending at position 9 score 9 + 10 keys: 2 * 19 * 32 heads * (128 + 128).
+    assert_eq!(attention.prefill_flops(2, 10), 2.0 * 19.0 * 32.0 * 256.0);
     // DeepSeek-V2-Lite's latent cache: one 576-wide f32 key per position (the values are
     // its first 512 elements): 4096 * 576 * 4 = 9,437,184 bytes.
     let mla = attention_shapes()
@@ -119,8 +121,13 @@ fn quick_bench_runs_and_its_json_round_trips() {
         for t in [&a.per_head, &a.f16_one_pass, &a.f16_split] {
             assert!(t.as_ref().is_some_and(|t| t.median_ms > 0.0));
         }
+        let prefill = a.prefill.as_ref().expect("prefill attention timed");
+        assert_eq!(prefill.tokens, 16);
+        assert_eq!(prefill.gflop, a.shape.prefill_flops(16, 1024) / 1e9);
+        assert!(prefill.per_head.median_ms > 0.0 && prefill.grouped.median_ms > 0.0);
     }
     assert!(table.contains("Decode attention"), "{table}");
+    assert!(table.contains("Prefill attention"), "{table}");
     let again: Report = serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
     assert_eq!(again, report);
     assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
