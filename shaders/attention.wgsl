@@ -451,8 +451,10 @@ fn attend_merge(
 // of other sequences (a continuous-batching step) are taken in further passes, one
 // sequence at a time. Each lane keeps its own window of positions: the blocks run over
 // the union of the lanes' ranges, a position outside a lane's range takes exactly
-// zero probability in it and a block outside it rescales it by exactly 1, so a lane's
-// result does not depend on its chunk-mates. Rows up to MAX_GROUPED_DIM elements,
+// zero probability in it and a block outside it rescales it by exactly 1 (exp(0) = 1,
+// exact on every driver we know; WGSL promises 3 ulp), and 0 * v adds nothing for a
+// finite cached value, so a lane's result does not depend on its chunk-mates (a
+// non-finite key or value would already have broken the model). Rows up to MAX_GROUPED_DIM elements,
 // values up to 4 * MAX_GROUPED_VALUE_QUADS; latent caches too.
 // Mapping: one 64-invocation workgroup per (token chunk, head chunk) (attend_grouped_split:
 // per (t, head chunk, run), run-minor). Invocation i scores positions i, i + 64,

@@ -912,6 +912,7 @@ async fn bench_prefill_attention(
     for per_head in [true, !ctx.group_attention] {
         let run_options = AttentionOptions {
             per_head,
+            share_tokens: true,
             ..AttentionOptions::default()
         };
         let record = |e: &mut Recorder| {

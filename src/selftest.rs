@@ -298,6 +298,7 @@ async fn transformer_op_checks(ctx: &GpuContext, rng: &mut ChaCha8Rng) -> Result
             window: Some(260),
             splits,
             per_head,
+            share_tokens: !per_head,
         };
         run(&|e| encode_attention(ctx, e, &cache, &qg, &kg, &vg, heads, &start, scale, options, &out))?;
         checks.push(check(name, relative_error(&out.read_f32(ctx).await?, &want), 1e-5, ""));
@@ -320,6 +321,7 @@ async fn transformer_op_checks(ctx: &GpuContext, rng: &mut ChaCha8Rng) -> Result
             window: Some(260),
             splits,
             per_head: false,
+            share_tokens: true,
         };
         run(&|e| encode_attention(ctx, e, &half_cache, &qg, &kg, &vg, heads, &start, scale, options, &out))?;
         let got = out.read_f32(ctx).await?;

@@ -320,6 +320,7 @@ fn check_attention_steps(
                 window,
                 splits,
                 per_head,
+                share_tokens: !per_head,
             };
             let out = GpuTensor::empty(ctx, "out", &[tokens, heads * head_dim], DType::F32).unwrap();
             out.poison(ctx);
@@ -558,6 +559,7 @@ fn attention_rejects_bad_sinks_window_and_splits() {
             window: Some(1),
             splits,
             per_head: false,
+            share_tokens: true,
         })
         .unwrap();
     }
@@ -598,10 +600,37 @@ fn query_heads_share_workgroups_where_their_kv_head_allows() {
         // (Rows up to 576 elements and values up to 512.)
         let fits = cache.head_dim.div_ceil(4) * 4 <= 576 && cache.value_dim <= 512;
         let prompt_lanes = if fits { 4 / lanes } else { 1 };
-        assert_eq!(token_lanes(*heads, cache, false, 8, 1), prompt_lanes, "{what}, prompt");
-        assert_eq!(token_lanes(*heads, cache, false, 1, 1), 1, "{what}, one token");
-        assert_eq!(token_lanes(*heads, cache, false, 8, 2), 1, "{what}, split");
-        assert_eq!(token_lanes(*heads, cache, true, 8, 1), 1, "{what}, per head");
+        let options = |per_head, splits, share_tokens| AttentionOptions {
+            per_head,
+            splits,
+            share_tokens,
+            ..AttentionOptions::default()
+        };
+        assert_eq!(
+            token_lanes(*heads, cache, &options(false, None, true), 8),
+            prompt_lanes,
+            "{what}, prompt"
+        );
+        assert_eq!(
+            token_lanes(*heads, cache, &options(false, None, false), 8),
+            1,
+            "{what}, not asked"
+        );
+        assert_eq!(
+            token_lanes(*heads, cache, &options(false, None, true), 1),
+            1,
+            "{what}, one token"
+        );
+        assert_eq!(
+            token_lanes(*heads, cache, &options(false, Some(2), true), 8),
+            1,
+            "{what}, split"
+        );
+        assert_eq!(
+            token_lanes(*heads, cache, &options(true, None, true), 8),
+            1,
+            "{what}, per head"
+        );
     }
 }
 
@@ -655,6 +684,9 @@ fn check_attention_over_slots(
         window,
         splits,
         per_head,
+        // Grouped runs share workgroups between tokens too: tokens of different
+        // sequences in one workgroup take passes.
+        share_tokens: !per_head,
     };
     let (qw, kvw) = (heads * head_dim, kv_heads * head_dim);
     let mut history: Vec<(Vec<f32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); slots];
@@ -875,6 +907,7 @@ fn latent_attention_reads_values_from_the_keys() {
                 window,
                 splits: (tokens == 1).then_some(3),
                 per_head,
+                share_tokens: !per_head,
                 ..AttentionOptions::default()
             };
             run(&ctx, |enc| {

@@ -66,6 +66,9 @@ pub(crate) struct AttentionInputs<'a> {
     pub(crate) splits: Option<usize>,
     /// One attention workgroup per query head, not per group of heads sharing a kv head.
     pub(crate) per_head: bool,
+    /// A prompt's consecutive tokens share attention workgroups (see
+    /// `AttentionOptions::share_tokens`).
+    pub(crate) share_tokens: bool,
 }
 
 impl LayerAttention {
@@ -254,6 +257,7 @@ impl Gqa {
             window: self.window,
             splits: inputs.splits,
             per_head: inputs.per_head,
+            share_tokens: inputs.share_tokens,
         };
         encode_attention(
             ctx,
@@ -458,6 +462,7 @@ impl Mla {
             AttentionOptions {
                 splits: inputs.splits,
                 per_head: inputs.per_head,
+                share_tokens: inputs.share_tokens,
                 ..AttentionOptions::default()
             },
             &out_lat,

@@ -31,8 +31,9 @@ impl SamplingParams {
         }
     }
 
+    /// Temperature 0 (or not a positive number) means greedy.
     pub fn is_greedy(&self) -> bool {
-        self.temperature <= 0.0
+        self.temperature <= 0.0 || self.temperature.is_nan()
     }
 }
 
@@ -60,15 +61,16 @@ impl Sampler {
         if self.params.is_greedy() {
             return argmax_reference(logits).unwrap_or(0) as u32;
         }
+        // Scaled as (l - max) / T: at most 0, so a tiny temperature cannot overflow.
+        let Some(top) = logits.iter().copied().filter(|l| l.is_finite()).reduce(f32::max) else {
+            return 0;
+        };
         let mut candidates: Vec<(u32, f32)> = logits
             .iter()
             .enumerate()
             .filter(|(_, l)| l.is_finite())
-            .map(|(i, &l)| (i as u32, l / self.params.temperature))
+            .map(|(i, &l)| (i as u32, (l - top) / self.params.temperature))
             .collect();
-        if candidates.is_empty() {
-            return 0;
-        }
         let k = self.params.top_k;
         if k > 0 {
             if k < candidates.len() {
@@ -87,12 +89,14 @@ impl Sampler {
         // Top-p over the whole vocabulary: the probabilities need the total over every
         // token (in id order), the prefix only the most likely ones, sorted.
         let total: f32 = candidates.iter().map(|c| (c.1 - max).exp()).sum();
-        let mut sorted = 64.min(candidates.len());
+        let (mut done, mut sorted) = (0, 64.min(candidates.len()));
         loop {
+            // candidates[..done] are the most likely, sorted; bring the next ones after them.
             if sorted < candidates.len() {
-                candidates.select_nth_unstable_by(sorted - 1, most_likely_first);
+                candidates[done..].select_nth_unstable_by(sorted - done - 1, most_likely_first);
             }
-            candidates[..sorted].sort_by(most_likely_first);
+            candidates[done..sorted].sort_by(most_likely_first);
+            done = sorted;
             let mut cumulative = 0.0;
             let reached = candidates[..sorted].iter().position(|c| {
                 cumulative += (c.1 - max).exp() / total;
@@ -133,18 +137,21 @@ impl Sampler {
     }
 
     /// Draws r in [0, total) and returns the token whose weight interval holds it, the
-    /// weights taken in the order given (the last token if rounding leaves r past them).
+    /// weights taken in the order given (the last token of nonzero weight if rounding
+    /// leaves r past them).
     fn walk(&mut self, weighted: impl Iterator<Item = (u32, f32)>, total: f32) -> u32 {
         let mut r = self.rng.random_range(0.0..total.max(f32::MIN_POSITIVE));
-        let mut last = 0;
+        let mut last = None;
         for (id, w) in weighted {
             if r < w {
                 return id;
             }
             r -= w;
-            last = id;
+            if w > 0.0 {
+                last = Some(id);
+            }
         }
-        last
+        last.unwrap_or(0)
     }
 }
 
@@ -288,6 +295,27 @@ mod tests {
     fn greedy_and_top_1_take_the_most_likely_token_lower_id_on_ties() {
         let logits = [0.5, 3.0, -1.0, 3.0, f32::NAN, 2.9];
         assert_eq!(sampled(&logits, SamplingParams::greedy()), 1);
+        assert_eq!(
+            sampled(&logits, params(f32::NAN, 0, 1.0, 0)),
+            1,
+            "NaN temperature: greedy"
+        );
+        // A temperature so small that l / T would overflow: the most likely tokens only.
+        for seed in 0..20 {
+            for p in [
+                params(1e-39, 0, 1.0, seed),
+                params(1e-39, 0, 0.9, seed),
+                params(1e-39, 3, 1.0, seed),
+            ] {
+                let id = sampled(&logits, p);
+                assert!(id == 1 || id == 3, "{p:?}: {id}");
+            }
+        }
+        assert_eq!(
+            sampled(&[f32::NAN, f32::INFINITY], params(0.8, 0, 1.0, 0)),
+            0,
+            "nothing finite"
+        );
         for seed in 0..20 {
             assert_eq!(sampled(&logits, params(0.7, 1, 1.0, seed)), 1);
             assert_eq!(sampled(&logits, params(1.3, 1, 0.5, seed)), 1);
@@ -366,11 +394,17 @@ mod tests {
     /// What `Sampler::sample` computes for top-p without top-k, by sorting every token.
     fn top_p_by_full_sort(logits: &[f32], p: SamplingParams, draws: usize) -> Vec<u32> {
         let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
+        let top = logits
+            .iter()
+            .copied()
+            .filter(|l| l.is_finite())
+            .reduce(f32::max)
+            .unwrap();
         let mut c: Vec<(u32, f32)> = logits
             .iter()
             .enumerate()
             .filter(|(_, l)| l.is_finite())
-            .map(|(i, &l)| (i as u32, l / p.temperature))
+            .map(|(i, &l)| (i as u32, (l - top) / p.temperature))
             .collect();
         let max = c.iter().map(|x| x.1).fold(f32::NEG_INFINITY, f32::max);
         let total: f32 = c.iter().map(|x| (x.1 - max).exp()).sum();

@@ -98,7 +98,9 @@ impl From<LogitsFor> for LogitRows<'_> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernels {
     /// GEMV for steps of a few tokens, tiles above (the fastest for one sequence); on
-    /// a CPU kernel target, GEMV at every size.
+    /// a CPU kernel target, GEMV at every size. A prompt's consecutive tokens also share
+    /// attention workgroups (`AttentionOptions::share_tokens`), which `Gemv` and `Tiled`
+    /// leave off so that a token's result never depends on its step.
     BySize,
     Gemv,
     Tiled,
@@ -481,6 +483,9 @@ impl Model {
                 gemv,
                 splits,
                 per_head,
+                // Only `BySize` (one sequence, the fastest): the server's explicit kinds
+                // keep every token's arithmetic the same in any batch.
+                share_tokens: kernels == Kernels::BySize,
             };
             let residual = Residual {
                 stream: &x,

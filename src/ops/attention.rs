@@ -208,15 +208,17 @@ fn grouped_kernel_fits(cache: &KvCache, per_head: bool) -> bool {
 }
 
 /// How many consecutive tokens one-pass attention puts in one workgroup beside its
-/// [`group_lanes`] heads (4 lanes in all): their rows are shared when the tokens are of
+/// [`group_lanes`] heads (4 lanes in all) where the caller asks for it
+/// ([`AttentionOptions::share_tokens`]): their rows are shared when the tokens are of
 /// one sequence (a prompt chunk; other sequences take further passes of the same
 /// workgroup). 1 for a single token, for split attention and where the grouped kernels
 /// do not fit.
-pub fn token_lanes(heads: usize, cache: &KvCache, per_head: bool, tokens: usize, splits: usize) -> usize {
-    if tokens < 2 || splits > 1 || !grouped_kernel_fits(cache, per_head) {
+pub fn token_lanes(heads: usize, cache: &KvCache, options: &AttentionOptions, tokens: usize) -> usize {
+    let splits = options.splits.unwrap_or(1);
+    if !options.share_tokens || tokens < 2 || splits > 1 || !grouped_kernel_fits(cache, options.per_head) {
         return 1;
     }
-    4 / group_lanes(heads, cache, per_head)
+    4 / group_lanes(heads, cache, options.per_head)
 }
 
 /// Workgroups one token's attention takes in one pass: one per query head, or per
@@ -249,6 +251,12 @@ pub struct AttentionOptions<'a> {
     /// default up to 4 of them share one workgroup and its key and value loads; see
     /// [`group_lanes`]). For comparisons; the results agree to rounding.
     pub per_head: bool,
+    /// Consecutive tokens of the step share workgroups too ([`token_lanes`]): for prompt
+    /// chunks of one sequence (tokens of other sequences take further passes, correct
+    /// but slower). A token's output can then differ in rounding from a step without it
+    /// (where its heads alone would run `attend`), so callers that promise the same
+    /// results in any batch (the server) leave it off.
+    pub share_tokens: bool,
 }
 
 #[repr(C)]
@@ -331,7 +339,7 @@ pub fn encode_attention(
         )));
     }
     let lanes = group_lanes(heads, cache, options.per_head);
-    let token_lanes = token_lanes(heads, cache, options.per_head, tokens, splits);
+    let token_lanes = token_lanes(heads, cache, &options, tokens);
     let params = AttentionParams {
         tokens: tokens as u32,
         heads: heads as u32,
