@@ -69,13 +69,21 @@ struct ServeArgs {
     /// Seconds running requests may go on after SIGINT/SIGTERM.
     #[arg(long, default_value_t = 10.0)]
     shutdown_grace: f64,
+    #[command(flatten)]
+    storage: StorageArgs,
+}
+
+/// How a loaded model is stored on the GPU (run, serve, perplexity).
+#[derive(Args)]
+struct StorageArgs {
     /// Weight storage on the GPU: f32, f16 or bf16 (default: the checkpoint's dtype).
     #[arg(long)]
     dtype: Option<String>,
     /// KV cache elements: f16 (the default; half the memory and the bytes a decode step reads) or f32.
     #[arg(long)]
     kv_cache: Option<String>,
-    /// Quantize projections at load: q8_0, q4_0, q4_k or mxfp4.
+    /// Quantize attention, MLP and expert matrices at load: q8_0, q4_0 or mxfp4 (lm_head
+    /// becomes q8_0; embeddings, routers and norms keep their formats).
     #[arg(long)]
     quantize: Option<String>,
 }
@@ -135,16 +143,8 @@ struct PerplexityArgs {
     /// Tokens per window (each window is one prefill from position 0).
     #[arg(long, default_value_t = 256)]
     window: usize,
-    /// Weight storage on the GPU: f32, f16 or bf16 (default: the checkpoint's dtype).
-    #[arg(long)]
-    dtype: Option<String>,
-    /// KV cache elements: f16 (the default; half the memory and the bytes a decode step reads) or f32.
-    #[arg(long)]
-    kv_cache: Option<String>,
-    /// Quantize attention, MLP and expert matrices at load: q8_0, q4_0 or mxfp4 (lm_head
-    /// becomes q8_0; embeddings, routers and norms keep their formats).
-    #[arg(long)]
-    quantize: Option<String>,
+    #[command(flatten)]
+    storage: StorageArgs,
 }
 
 #[derive(Args)]
@@ -185,16 +185,8 @@ struct RunArgs {
     /// themselves where a chunk's activations pass the adapter's binding limit).
     #[arg(long, default_value_t = webmoe::model::session::DEFAULT_PREFILL_CHUNK)]
     prefill_chunk: usize,
-    /// Weight storage on the GPU: f32, f16 or bf16 (default: the checkpoint's dtype).
-    #[arg(long)]
-    dtype: Option<String>,
-    /// KV cache elements: f16 (the default; half the memory and the bytes a decode step reads) or f32.
-    #[arg(long)]
-    kv_cache: Option<String>,
-    /// Quantize attention, MLP and expert matrices at load: q8_0, q4_0 or mxfp4 (lm_head
-    /// becomes q8_0; embeddings, routers and norms keep their formats).
-    #[arg(long)]
-    quantize: Option<String>,
+    #[command(flatten)]
+    storage: StorageArgs,
 }
 
 fn main() {
@@ -299,17 +291,12 @@ fn warm_up(ctx: &GpuContext, loaded: &LoadedModel) -> webmoe::Result<()> {
     Ok(())
 }
 
-fn load_options(
-    context: Option<usize>,
-    dtype: Option<&str>,
-    quantize: Option<&str>,
-    kv_cache: Option<&str>,
-) -> webmoe::Result<LoadOptions> {
+fn load_options(context: Option<usize>, storage: &StorageArgs) -> webmoe::Result<LoadOptions> {
     Ok(LoadOptions {
         max_context: context,
-        weight_format: parse_dtype(dtype)?,
-        quantize: parse_quantize(quantize)?,
-        kv_cache: parse_kv_cache(kv_cache)?,
+        weight_format: parse_dtype(storage.dtype.as_deref())?,
+        quantize: parse_quantize(storage.quantize.as_deref())?,
+        kv_cache: parse_kv_cache(storage.kv_cache.as_deref())?,
     })
 }
 
@@ -326,12 +313,7 @@ fn parse_kv_cache(s: Option<&str>) -> webmoe::Result<Option<DType>> {
 
 fn serve(args: ServeArgs) -> webmoe::Result<()> {
     let ctx = GpuContext::new_blocking()?;
-    let options = load_options(
-        args.context,
-        args.dtype.as_deref(),
-        args.quantize.as_deref(),
-        args.kv_cache.as_deref(),
-    )?;
+    let options = load_options(args.context, &args.storage)?;
     let loaded = load(&ctx, args.model.as_deref(), options)?;
     warm_up(&ctx, &loaded)?;
     let model_name = args.model_name.unwrap_or_else(|| match &args.model {
@@ -367,12 +349,7 @@ const DEFAULT_PROMPT: &str = "The Rust programming language";
 fn perplexity_of_file(args: PerplexityArgs) -> webmoe::Result<()> {
     let text = std::fs::read_to_string(&args.file).map_err(|e| webmoe::Error::io(args.file.display(), e))?;
     let ctx = GpuContext::new_blocking()?;
-    let options = load_options(
-        None,
-        args.dtype.as_deref(),
-        args.quantize.as_deref(),
-        args.kv_cache.as_deref(),
-    )?;
+    let options = load_options(None, &args.storage)?;
     let loaded = load(&ctx, args.model.as_deref(), options)?;
     warm_up(&ctx, &loaded)?;
     let ids = loaded.tokenizer()?.encode(&text)?;
@@ -396,12 +373,7 @@ fn run(args: RunArgs) -> webmoe::Result<()> {
         return Err(webmoe::Error::Config("--prefill-chunk must be at least 1".into()));
     }
     let ctx = GpuContext::new_blocking()?;
-    let options = load_options(
-        args.context,
-        args.dtype.as_deref(),
-        args.quantize.as_deref(),
-        args.kv_cache.as_deref(),
-    )?;
+    let options = load_options(args.context, &args.storage)?;
     let loaded = load(&ctx, args.model.as_deref(), options)?;
     warm_up(&ctx, &loaded)?;
     let prompt_ids: Vec<u32> = match (&args.prompt_ids, &args.prompt) {
