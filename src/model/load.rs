@@ -10,7 +10,7 @@ use crate::model::config::ModelConfig;
 use crate::model::model::{Model, StorageFormats};
 use crate::model::safetensors_io::{Checkpoint, ShardHeader, TensorStore};
 use crate::model::tokenizer::Tokenizer;
-use crate::ops::attention::cache_element_bytes;
+use crate::ops::attention::check_cache_dtype;
 use crate::util::Clock;
 use crate::weights::upload::{Placements, PIECE_BYTES};
 use crate::weights::{Uploader, WeightFormat};
@@ -110,7 +110,7 @@ impl StreamingLoad {
             quantize: options.quantize,
         };
         let kv_cache = options.kv_cache.unwrap_or(DEFAULT_KV_CACHE);
-        cache_element_bytes(kv_cache)?;
+        check_cache_dtype(kv_cache)?;
         let (mut model, placements) = Model::plan(ctx, config, &checkpoint, formats, context)?;
         model.kv_cache = kv_cache;
         Ok(Self {

@@ -23,12 +23,10 @@ fn check_width(elements: usize, kind: &str, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Bytes of one cache element of `dtype` (f32 or f16), or an error naming the dtypes
-/// a KV cache takes.
-pub fn cache_element_bytes(dtype: DType) -> Result<usize> {
+/// Refuses element types a KV cache cannot hold, naming the ones it takes (f32, f16).
+pub fn check_cache_dtype(dtype: DType) -> Result<()> {
     match dtype {
-        DType::F32 => Ok(4),
-        DType::F16 => Ok(2),
+        DType::F32 | DType::F16 => Ok(()),
         other => Err(Error::Config(format!(
             "a KV cache of {other:?} elements: it takes f32 or f16"
         ))),
@@ -86,7 +84,8 @@ impl KvCache {
     ) -> Result<Self> {
         check_width(head_dim, "keys and values", "a KV cache")?;
         let shape = [slots, kv_heads, max_ctx, row_width(head_dim)];
-        let bytes = (shape.iter().product::<usize>() * cache_element_bytes(dtype)?) as u64;
+        check_cache_dtype(dtype)?;
+        let bytes = (shape.iter().product::<usize>() * dtype.size()) as u64;
         ctx.check_binding(
             &format!(
                 "a {dtype:?} KV cache of {slots} sequences x {max_ctx} positions x {kv_heads} kv heads x {head_dim}"
@@ -129,7 +128,8 @@ impl KvCache {
         }
         check_width(key_dim, "keys", "a latent KV cache")?;
         let shape = [slots, 1, max_ctx, row_width(key_dim)];
-        let bytes = (shape.iter().product::<usize>() * cache_element_bytes(dtype)?) as u64;
+        check_cache_dtype(dtype)?;
+        let bytes = (shape.iter().product::<usize>() * dtype.size()) as u64;
         ctx.check_binding(
             &format!("a {dtype:?} latent KV cache of {slots} sequences x {max_ctx} positions x {key_dim}"),
             bytes,
