@@ -61,7 +61,8 @@ impl Sampler {
         if self.params.is_greedy() {
             return argmax_reference(logits).unwrap_or(0) as u32;
         }
-        // Scaled as (l - max) / T: at most 0, so a tiny temperature cannot overflow.
+        // Scaled as (l - max) / T: at most 0, the most likely token exactly 0, so a tiny
+        // temperature cannot overflow and each token's weight is exp of its value.
         let Some(top) = logits.iter().copied().filter(|l| l.is_finite()).reduce(f32::max) else {
             return 0;
         };
@@ -80,58 +81,60 @@ impl Sampler {
             candidates.sort_by(most_likely_first);
             return self.pick_from_sorted(&candidates);
         }
-        let max = candidates.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
         if self.params.top_p >= 1.0 {
             // Every token: walk them in id order.
-            let total: f32 = candidates.iter().map(|c| (c.1 - max).exp()).sum();
-            return self.walk(candidates.iter().map(|c| (c.0, (c.1 - max).exp())), total);
+            let weights: Vec<f32> = candidates.iter().map(|c| c.1.exp()).collect();
+            let total = weights.iter().sum();
+            return self.walk(candidates.iter().map(|c| c.0).zip(weights), total);
         }
         // Top-p over the whole vocabulary: the probabilities need the total over every
         // token (in id order), the prefix only the most likely ones, sorted.
-        let total: f32 = candidates.iter().map(|c| (c.1 - max).exp()).sum();
-        let (mut done, mut sorted) = (0, 64.min(candidates.len()));
+        let total: f32 = candidates.iter().map(|c| c.1.exp()).sum();
+        let (mut done, mut sorted, mut cumulative) = (0, 64.min(candidates.len()), 0.0);
         loop {
-            // candidates[..done] are the most likely, sorted; bring the next ones after them.
+            // candidates[..done] are the most likely, sorted, and their probabilities are
+            // in `cumulative`; bring the next ones after them.
             if sorted < candidates.len() {
                 candidates[done..].select_nth_unstable_by(sorted - done - 1, most_likely_first);
             }
             candidates[done..sorted].sort_by(most_likely_first);
-            done = sorted;
-            let mut cumulative = 0.0;
-            let reached = candidates[..sorted].iter().position(|c| {
-                cumulative += (c.1 - max).exp() / total;
+            let reached = candidates[done..sorted].iter().position(|c| {
+                cumulative += c.1.exp() / total;
                 cumulative >= self.params.top_p
             });
             match reached {
-                Some(i) => return self.pick_prefix(&candidates[..=i], max),
-                None if sorted == candidates.len() => return self.pick_prefix(&candidates, max),
-                None => sorted = (sorted * 4).min(candidates.len()),
+                Some(i) => return self.pick_prefix(&candidates[..=done + i]),
+                None if sorted == candidates.len() => return self.pick_prefix(&candidates),
+                None => (done, sorted) = (sorted, (sorted * 4).min(candidates.len())),
             }
         }
     }
 
     /// Samples from candidates sorted most likely first (the top-k ones), applying top-p.
     fn pick_from_sorted(&mut self, candidates: &[(u32, f32)]) -> u32 {
-        let max = candidates[0].1;
-        let probs: Vec<f32> = candidates.iter().map(|c| (c.1 - max).exp()).collect();
-        let total: f32 = probs.iter().sum();
+        let weights: Vec<f32> = candidates.iter().map(|c| c.1.exp()).collect();
+        let total: f32 = weights.iter().sum();
         let mut keep = candidates.len();
         if self.params.top_p < 1.0 {
             let mut cumulative = 0.0;
-            keep = probs
+            keep = weights
                 .iter()
-                .position(|p| {
-                    cumulative += p / total;
+                .position(|w| {
+                    cumulative += w / total;
                     cumulative >= self.params.top_p
                 })
                 .map_or(keep, |i| i + 1);
         }
-        self.pick_prefix(&candidates[..keep], max)
+        let kept_total = weights[..keep].iter().sum();
+        self.walk(
+            candidates.iter().map(|c| c.0).zip(weights[..keep].iter().copied()),
+            kept_total,
+        )
     }
 
-    /// Samples from `kept` (most likely first) in proportion to exp(value - max).
-    fn pick_prefix(&mut self, kept: &[(u32, f32)], max: f32) -> u32 {
-        let weights: Vec<f32> = kept.iter().map(|c| (c.1 - max).exp()).collect();
+    /// Samples from `kept` (most likely first) in proportion to exp(value).
+    fn pick_prefix(&mut self, kept: &[(u32, f32)]) -> u32 {
+        let weights: Vec<f32> = kept.iter().map(|c| c.1.exp()).collect();
         let total: f32 = weights.iter().sum();
         self.walk(kept.iter().map(|c| c.0).zip(weights), total)
     }
