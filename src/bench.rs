@@ -113,6 +113,30 @@ impl AttentionShape {
         self.latent_values.unwrap_or(self.head_dim)
     }
 
+    /// Random queries and keys-and-values (one tensor stands for both) of `tokens`
+    /// tokens from `seed`, and room for their output.
+    fn inputs(&self, ctx: &GpuContext, tokens: usize, seed: u64) -> Result<(GpuTensor, GpuTensor, GpuTensor)> {
+        let random_rows = |label, width: usize, seed| {
+            GpuTensor::from_f32(
+                ctx,
+                label,
+                &[tokens, width],
+                &random(seed, tokens * width, 1.0),
+                DType::F32,
+            )
+        };
+        Ok((
+            random_rows("bench queries", self.heads * self.head_dim, seed)?,
+            random_rows("bench keys and values", self.kv_heads * self.head_dim, seed + 1)?,
+            GpuTensor::empty(
+                ctx,
+                "bench attention output",
+                &[tokens, self.heads * self.value_dim()],
+                DType::F32,
+            )?,
+        ))
+    }
+
     fn cache(&self, ctx: &GpuContext, dtype: DType, context: usize) -> Result<KvCache> {
         match self.latent_values {
             Some(values) => KvCache::latent_of_dtype(ctx, dtype, 1, self.head_dim, values, context),
@@ -790,27 +814,8 @@ async fn bench_attention(
     ceilings: &Ceilings,
 ) -> Result<Vec<AttentionRow>> {
     let contexts: &[usize] = if options.quick { &[1024] } else { &[4096, 16384] };
-    let (heads, kv_heads, head_dim) = (shape.heads, shape.kv_heads, shape.head_dim);
-    let q = GpuTensor::from_f32(
-        ctx,
-        "bench queries",
-        &[1, heads * head_dim],
-        &random(5, heads * head_dim, 1.0),
-        DType::F32,
-    )?;
-    let kv = GpuTensor::from_f32(
-        ctx,
-        "bench key and value",
-        &[1, kv_heads * head_dim],
-        &random(6, kv_heads * head_dim, 1.0),
-        DType::F32,
-    )?;
-    let out = GpuTensor::empty(
-        ctx,
-        "bench attention output",
-        &[1, heads * shape.value_dim()],
-        DType::F32,
-    )?;
+    let (heads, head_dim) = (shape.heads, shape.head_dim);
+    let (q, kv, out) = shape.inputs(ctx, 1, 5)?;
     let scale = 1.0 / (head_dim as f32).sqrt();
     let per_head = !ctx.group_attention;
     let mut rows = Vec::new();
@@ -885,27 +890,8 @@ async fn bench_prefill_attention(
     cache: &KvCache,
 ) -> Result<PrefillAttention> {
     let tokens = if options.quick { 16 } else { 512 }.min(cache.max_ctx);
-    let (heads, kv_heads, head_dim) = (shape.heads, shape.kv_heads, shape.head_dim);
-    let q = GpuTensor::from_f32(
-        ctx,
-        "bench prompt queries",
-        &[tokens, heads * head_dim],
-        &random(7, tokens * heads * head_dim, 1.0),
-        DType::F32,
-    )?;
-    let kv = GpuTensor::from_f32(
-        ctx,
-        "bench prompt keys and values",
-        &[tokens, kv_heads * head_dim],
-        &random(8, tokens * kv_heads * head_dim, 1.0),
-        DType::F32,
-    )?;
-    let out = GpuTensor::empty(
-        ctx,
-        "bench prompt attention output",
-        &[tokens, heads * shape.value_dim()],
-        DType::F32,
-    )?;
+    let (heads, head_dim) = (shape.heads, shape.head_dim);
+    let (q, kv, out) = shape.inputs(ctx, tokens, 7)?;
     let positions = TokenPositions::contiguous(ctx, cache.max_ctx - tokens, tokens)?;
     let scale = 1.0 / (head_dim as f32).sqrt();
     let mut timings = Vec::new();
