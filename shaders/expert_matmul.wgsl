@@ -11,9 +11,12 @@
 // row K elements (WEIGHT_DTYPE); blocks of other experts, empty blocks and SENTINEL
 // blocks exit at once. Outputs are [rows, n_dim].
 // Dense mode (dense_rows > 0): row r is token r and the expert is 0 (shared expert).
-// Mapping: one 256-invocation workgroup per (row block of WG_ROWS rows, column tile of BN);
-// invocation (ty, tx) = (lid / TX, lid % TX) computes rows RM ty + i (i < RM) and
-// columns tx + TX j (j < RN): for WG_ROWS = 32, 16, 8 that is 2 x 4, 1 x 4, 1 x 2.
+// Mapping: one workgroup of WG_SIZE = 4 WG_ROWS invocations per (row block of WG_ROWS
+// rows, column tile of BN = 64); invocation (ty, tx) = (lid / 16, lid % 16) computes the
+// 4 x 4 outputs of rows 4 ty .. 4 ty + 3 and columns 4 tx .. 4 tx + 3 as four vec4
+// accumulators, reading per depth one vec4 of A (its 4 rows) and one vec4 per weight
+// matrix (its 4 columns) from shared memory: 16 multiply-adds per matrix for 2 or 3
+// vec4 loads. Consecutive invocations read consecutive vec4s (free of bank conflicts).
 //! weights: w0, w1
 
 struct MatmulParams {
@@ -37,19 +40,15 @@ struct MatmulParams {
 
 const BN: u32 = 64u;
 const BK: u32 = 16u;
-const MAX_BM: u32 = 32u;
-const MAX_RM: u32 = 2u;
-const MAX_RN: u32 = 4u;
-// Rows per block (the host's BlockRows: 32, 16 or 8; the permutation pads each expert
-// to it), and the outputs of one invocation: RM rows x RN columns TX apart. Loops run
-// to the constant MAX_RM / MAX_RN with RM / RN as guards, so compilers unroll them and
-// keep the accumulators in registers.
+const MAX_BM: u32 = 64u;
+// Invocations along a tile's columns, 4 columns each.
+const COL_GROUPS: u32 = BN / 4u;
+// Rows per block (the host's row block: 8, 16 or 32 for experts, where the permutation
+// pads each expert to it; 32 or 64 in dense mode) and the invocations that cover it.
 override WG_ROWS: u32 = 32u;
-override RM: u32 = max(WG_ROWS / 16u, 1u);
-override RN: u32 = WG_ROWS * BN / (256u * RM);
-override TX: u32 = BN / RN;
+override WG_SIZE: u32 = WG_ROWS * 4u;
 // Consecutive weights one invocation decodes per read when filling a weight slice: 8
-// (K a multiple of 8: 128 invocations take a [BK][BN] slice, two per weight row) or 1.
+// (K a multiple of 8: a [BK][BN] slice is 128 runs, two per weight row) or 1.
 override RUN: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> p: MatmulParams;
@@ -63,9 +62,11 @@ override RUN: u32 = 1u;
 @group(0) @binding(7) var<storage, read> bias0: array<f32>;
 @group(0) @binding(8) var<storage, read> bias1: array<f32>;
 
-var<workgroup> tile_a: array<f32, 512>;   // [WG_ROWS][BK] (sized for MAX_BM)
-var<workgroup> tile_b0: array<f32, 1024>; // [BK][BN]
-var<workgroup> tile_b1: array<f32, 1024>; // [BK][BN]
+// tile_a[kk * WG_ROWS / 4 + g][i]: row 4 g + i of the block at depth k0 + kk.
+var<workgroup> tile_a: array<vec4<f32>, 256>;  // [BK][MAX_BM / 4]
+// tile_bN[kk * COL_GROUPS + g][j]: weight row (output column) col0 + 4 g + j at depth k0 + kk.
+var<workgroup> tile_b0: array<vec4<f32>, 256>; // [BK][COL_GROUPS]
+var<workgroup> tile_b1: array<vec4<f32>, 256>; // [BK][COL_GROUPS]
 var<workgroup> src_row: array<u32, MAX_BM>; // row of a_in feeding each tile row, or SENTINEL
 var<workgroup> shared_expert_id: u32;
 
@@ -102,27 +103,16 @@ fn prepare_rows(b: u32, lid: u32, gather_tokens: bool) {
 }
 
 fn load_a_tile(k0: u32, lid: u32) {
-    for (var idx = lid; idx < WG_ROWS * BK; idx += 256u) {
+    for (var idx = lid; idx < WG_ROWS * BK; idx += WG_SIZE) {
         let r = idx / BK;
-        let k = k0 + idx % BK;
+        let kk = idx % BK;
         let src = src_row[r];
         var v = 0.0;
-        if (src != SENTINEL && k < p.k_dim) {
-            v = a_in[src * p.k_dim + k];
+        if (src != SENTINEL && k0 + kk < p.k_dim) {
+            v = a_in[src * p.k_dim + k0 + kk];
         }
-        tile_a[idx] = v;
+        tile_a[kk * (WG_ROWS / 4u) + r / 4u][r % 4u] = v;
     }
-}
-
-// The A values of invocation row ty at depth kk: its RM rows, read once per kk.
-fn a_column(ty: u32, kk: u32) -> array<f32, MAX_RM> {
-    var a: array<f32, MAX_RM>;
-    for (var i = 0u; i < MAX_RM; i++) {
-        if (i < RM) {
-            a[i] = tile_a[(ty * RM + i) * BK + kk];
-        }
-    }
-    return a;
 }
 
 // Index into the weights of element idx (0..1023) of a [BK][BN] weight slice for
@@ -137,21 +127,17 @@ fn weight_tile_index(idx: u32, k0: u32, col0: u32, e: u32) -> u32 {
     return e * p.expert_stride + (col - p.row_begin) * p.k_dim + k;
 }
 
-fn tile_slot(idx: u32) -> u32 {
-    return (idx % BK) * BN + idx / BK;
-}
-
 // Weights k0 + kk .. k0 + kk + 8 of output column col of expert-local e (zeros past the
-// chunk's columns or K), the run invocation lid fills when RUN = 8.
+// chunk's columns or K): run r (0..127) of a weight slice when RUN = 8.
 struct WeightRun {
     col: u32,
     kk: u32,
     index: u32,
 }
 
-fn weight_run(k0: u32, col0: u32, e: u32, lid: u32) -> WeightRun {
-    let col = col0 + lid / 2u;
-    let kk = (lid % 2u) * 8u;
+fn weight_run(k0: u32, col0: u32, e: u32, r: u32) -> WeightRun {
+    let col = col0 + r / 2u;
+    let kk = (r % 2u) * 8u;
     var index = SENTINEL;
     if (col < p.row_end && k0 + kk < p.k_dim) {
         index = e * p.expert_stride + (col - p.row_begin) * p.k_dim + k0 + kk;
@@ -161,57 +147,80 @@ fn weight_run(k0: u32, col0: u32, e: u32, lid: u32) -> WeightRun {
 
 fn load_w0_tile(k0: u32, col0: u32, e: u32, lid: u32) {
     if (RUN == 8u) {
-        if (lid < BN * BK / 8u) {
-            let run = weight_run(k0, col0, e, lid);
+        for (var r = lid; r < BN * BK / 8u; r += WG_SIZE) {
+            let run = weight_run(k0, col0, e, r);
             var v = Run8(vec4<f32>(0.0), vec4<f32>(0.0));
             if (run.index != SENTINEL) {
                 v = w0_at8(run.index);
             }
+            let slot = run.kk * COL_GROUPS + run.col / 4u;
             for (var j = 0u; j < 4u; j++) {
-                tile_b0[(run.kk + j) * BN + run.col] = v.lo[j];
-                tile_b0[(run.kk + 4u + j) * BN + run.col] = v.hi[j];
+                tile_b0[slot + j * COL_GROUPS][run.col % 4u] = v.lo[j];
+                tile_b0[slot + (4u + j) * COL_GROUPS][run.col % 4u] = v.hi[j];
             }
         }
         return;
     }
-    for (var i = 0u; i < 4u; i++) {
-        let idx = lid + 256u * i;
+    for (var idx = lid; idx < BN * BK; idx += WG_SIZE) {
         let wi = weight_tile_index(idx, k0, col0, e);
         var v = 0.0;
         if (wi != SENTINEL) {
             v = w0_at(wi);
         }
-        tile_b0[tile_slot(idx)] = v;
+        let col = idx / BK;
+        tile_b0[(idx % BK) * COL_GROUPS + col / 4u][col % 4u] = v;
     }
 }
 
 fn load_w1_tile(k0: u32, col0: u32, e: u32, lid: u32) {
     if (RUN == 8u) {
-        if (lid < BN * BK / 8u) {
-            let run = weight_run(k0, col0, e, lid);
+        for (var r = lid; r < BN * BK / 8u; r += WG_SIZE) {
+            let run = weight_run(k0, col0, e, r);
             var v = Run8(vec4<f32>(0.0), vec4<f32>(0.0));
             if (run.index != SENTINEL) {
                 v = w1_at8(run.index);
             }
+            let slot = run.kk * COL_GROUPS + run.col / 4u;
             for (var j = 0u; j < 4u; j++) {
-                tile_b1[(run.kk + j) * BN + run.col] = v.lo[j];
-                tile_b1[(run.kk + 4u + j) * BN + run.col] = v.hi[j];
+                tile_b1[slot + j * COL_GROUPS][run.col % 4u] = v.lo[j];
+                tile_b1[slot + (4u + j) * COL_GROUPS][run.col % 4u] = v.hi[j];
             }
         }
         return;
     }
-    for (var i = 0u; i < 4u; i++) {
-        let idx = lid + 256u * i;
+    for (var idx = lid; idx < BN * BK; idx += WG_SIZE) {
         let wi = weight_tile_index(idx, k0, col0, e);
         var v = 0.0;
         if (wi != SENTINEL) {
             v = w1_at(wi);
         }
-        tile_b1[tile_slot(idx)] = v;
+        let col = idx / BK;
+        tile_b1[(idx % BK) * COL_GROUPS + col / 4u][col % 4u] = v;
     }
 }
 
-@compute @workgroup_size(256)
+// Writes row 4 ty + i of the block: act(g, u) over its 4 columns (plus biases).
+fn store_gate_up(b: u32, e: u32, col0: u32, ty: u32, tx: u32, i: u32, g: vec4<f32>, u: vec4<f32>) {
+    let r = 4u * ty + i;
+    if (src_row[r] == SENTINEL) {
+        return;
+    }
+    let row = b * WG_ROWS + r;
+    for (var j = 0u; j < 4u; j++) {
+        let col = col0 + 4u * tx + j;
+        if (col < p.row_end) {
+            var gj = g[j];
+            var uj = u[j];
+            if ((p.flags & HAS_BIAS) != 0u) {
+                gj += bias0[e * p.n_dim + col];
+                uj += bias1[e * p.n_dim + col];
+            }
+            out[row * p.n_dim + col] = gated_activation(gj, uj, p.flags, p.alpha, p.limit);
+        }
+    }
+}
+
+@compute @workgroup_size(WG_SIZE)
 fn gate_up(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -228,53 +237,67 @@ fn gate_up(
         return;
     }
     prepare_rows(b, lid, true);
-    let ty = lid / TX;
-    let tx = lid % TX;
-    var acc_g: array<f32, 8>;
-    var acc_u: array<f32, 8>;
+    let ty = lid / COL_GROUPS;
+    let tx = lid % COL_GROUPS;
+    // gN / uN: row 4 ty + N, columns 4 tx .. 4 tx + 3.
+    var g0 = vec4<f32>(0.0);
+    var g1 = vec4<f32>(0.0);
+    var g2 = vec4<f32>(0.0);
+    var g3 = vec4<f32>(0.0);
+    var u0 = vec4<f32>(0.0);
+    var u1 = vec4<f32>(0.0);
+    var u2 = vec4<f32>(0.0);
+    var u3 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < p.k_dim; k0 += BK) {
         load_a_tile(k0, lid);
         load_w0_tile(k0, col0, e - p.expert_begin, lid);
         load_w1_tile(k0, col0, e - p.expert_begin, lid);
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            let a = a_column(ty, kk);
-            for (var j = 0u; j < MAX_RN; j++) {
-                if (j < RN) {
-                    let g = tile_b0[kk * BN + tx + TX * j];
-                    let u = tile_b1[kk * BN + tx + TX * j];
-                    for (var i = 0u; i < MAX_RM; i++) {
-                        if (i < RM) {
-                            acc_g[MAX_RN * i + j] += a[i] * g;
-                            acc_u[MAX_RN * i + j] += a[i] * u;
-                        }
-                    }
-                }
-            }
+            let a = tile_a[kk * (WG_ROWS / 4u) + ty];
+            let g = tile_b0[kk * COL_GROUPS + tx];
+            let u = tile_b1[kk * COL_GROUPS + tx];
+            g0 += a.x * g;
+            g1 += a.y * g;
+            g2 += a.z * g;
+            g3 += a.w * g;
+            u0 += a.x * u;
+            u1 += a.y * u;
+            u2 += a.z * u;
+            u3 += a.w * u;
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < RM; i++) {
-        if (src_row[ty * RM + i] == SENTINEL) {
-            continue;
-        }
-        let row = b * WG_ROWS + ty * RM + i;
-        for (var j = 0u; j < RN; j++) {
-            let col = col0 + tx + TX * j;
-            if (col < p.row_end) {
-                var g = acc_g[MAX_RN * i + j];
-                var u = acc_u[MAX_RN * i + j];
-                if ((p.flags & HAS_BIAS) != 0u) {
-                    g += bias0[e * p.n_dim + col];
-                    u += bias1[e * p.n_dim + col];
-                }
-                out[row * p.n_dim + col] = gated_activation(g, u, p.flags, p.alpha, p.limit);
+    store_gate_up(b, e, col0, ty, tx, 0u, g0, u0);
+    store_gate_up(b, e, col0, ty, tx, 1u, g1, u1);
+    store_gate_up(b, e, col0, ty, tx, 2u, g2, u2);
+    store_gate_up(b, e, col0, ty, tx, 3u, g3, u3);
+}
+
+// Writes row 4 ty + i of the block over its 4 columns (plus bias, or onto the residual).
+fn store_down(b: u32, e: u32, col0: u32, ty: u32, tx: u32, i: u32, y: vec4<f32>) {
+    let r = 4u * ty + i;
+    if (src_row[r] == SENTINEL) {
+        return;
+    }
+    let row = b * WG_ROWS + r;
+    for (var j = 0u; j < 4u; j++) {
+        let col = col0 + 4u * tx + j;
+        if (col < p.row_end) {
+            var yj = y[j];
+            if ((p.flags & HAS_BIAS) != 0u) {
+                yj += bias0[e * p.n_dim + col];
             }
+            let at = row * p.n_dim + col;
+            if ((p.flags & RESIDUAL) != 0u) {
+                yj = out[at] + p.residual_scale * yj;
+            }
+            out[at] = yj;
         }
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG_SIZE)
 fn down(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -291,46 +314,29 @@ fn down(
         return;
     }
     prepare_rows(b, lid, false);
-    let ty = lid / TX;
-    let tx = lid % TX;
-    var acc: array<f32, 8>;
+    let ty = lid / COL_GROUPS;
+    let tx = lid % COL_GROUPS;
+    // yN: row 4 ty + N, columns 4 tx .. 4 tx + 3.
+    var y0 = vec4<f32>(0.0);
+    var y1 = vec4<f32>(0.0);
+    var y2 = vec4<f32>(0.0);
+    var y3 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < p.k_dim; k0 += BK) {
         load_a_tile(k0, lid);
         load_w0_tile(k0, col0, e - p.expert_begin, lid);
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            let a = a_column(ty, kk);
-            for (var j = 0u; j < MAX_RN; j++) {
-                if (j < RN) {
-                    let w = tile_b0[kk * BN + tx + TX * j];
-                    for (var i = 0u; i < MAX_RM; i++) {
-                        if (i < RM) {
-                            acc[MAX_RN * i + j] += a[i] * w;
-                        }
-                    }
-                }
-            }
+            let a = tile_a[kk * (WG_ROWS / 4u) + ty];
+            let w = tile_b0[kk * COL_GROUPS + tx];
+            y0 += a.x * w;
+            y1 += a.y * w;
+            y2 += a.z * w;
+            y3 += a.w * w;
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < RM; i++) {
-        if (src_row[ty * RM + i] == SENTINEL) {
-            continue;
-        }
-        let row = b * WG_ROWS + ty * RM + i;
-        for (var j = 0u; j < RN; j++) {
-            let col = col0 + tx + TX * j;
-            if (col < p.row_end) {
-                var y = acc[MAX_RN * i + j];
-                if ((p.flags & HAS_BIAS) != 0u) {
-                    y += bias0[e * p.n_dim + col];
-                }
-                let at = row * p.n_dim + col;
-                if ((p.flags & RESIDUAL) != 0u) {
-                    y = out[at] + p.residual_scale * y;
-                }
-                out[at] = y;
-            }
-        }
-    }
+    store_down(b, e, col0, ty, tx, 0u, y0);
+    store_down(b, e, col0, ty, tx, 1u, y1);
+    store_down(b, e, col0, ty, tx, 2u, y2);
+    store_down(b, e, col0, ty, tx, 3u, y3);
 }

@@ -310,6 +310,8 @@ fn check_dense_shared_expert(ctx: &GpuContext) {
         (5, 67, 45),
         (7, 600, 33),
         (70, 64, 100),
+        // Three 64-row blocks, the last with one row; K off the 8-run and the tile.
+        (129, 20, 70),
     ] {
         let x = random_vec(&mut rng, tokens * dim, 1.0);
         let gate = random_vec(&mut rng, ffn * dim, 0.5);

@@ -13,6 +13,16 @@ use crate::weights::{WeightFormat, WeightMatrix};
 
 /// Output columns per workgroup of the tiled kernel (its BN tile).
 const TILE_COLS: usize = 64;
+/// Rows per block of the tiled kernel's dense mode: 64 once a batch fills them (each
+/// weight slice then feeds twice the outputs), else the largest expert block.
+fn dense_block_rows(tokens: usize) -> usize {
+    if tokens >= 64 {
+        64
+    } else {
+        BLOCK_ROWS
+    }
+}
+
 /// Output rows per workgroup of the GEMV kernel for rows of `k_dim` weights: about 4,096
 /// weights per workgroup, 4 to 16 rows. Short rows would otherwise leave each
 /// workgroup a few multiply-adds behind its reduction's barriers (most of the time on
@@ -341,10 +351,10 @@ fn encode_expert_matmul(
                 None,
                 None,
                 1,
-                tokens.div_ceil(BLOCK_ROWS),
+                tokens.div_ceil(dense_block_rows(tokens)),
                 tokens as u32,
                 TILE_COLS,
-                BLOCK_ROWS,
+                dense_block_rows(tokens),
             ),
             ExpertRows::PerAssignment { routed_ids, top_k } => {
                 let (tokens, outputs) = gemv_shape(k_dim, routed_ids.len(), false, mapping);
@@ -381,7 +391,10 @@ fn encode_expert_matmul(
                 GemvMapping::Serial => key,
             }
         }
-        ExpertRows::Dense { gemv: false, .. } => shader.entry(entry).run(weight_run(k_dim)),
+        ExpertRows::Dense { tokens, gemv: false } => shader
+            .entry(entry)
+            .rows(dense_block_rows(tokens) as u32)
+            .run(weight_run(k_dim)),
     }
     .weights(w0.format);
     // Workgroups along the rows: the tiled kernel's row blocks (already counted in
