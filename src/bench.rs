@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::gpu::kernel::{Recorder, BENCH, BENCH_F16};
 use crate::gpu::profile::KernelTime;
 use crate::gpu::{DType, GpuContext, GpuTensor};
-use crate::model::model::{dense_gemv_by_size, gemv_by_size};
+use crate::model::model::{dense_gemv_by_size, moe_gemv_by_size};
 use crate::moe::{MoeConfig, MoeLayer, MoeWeights, SharedExpertConfig};
 use crate::ops::attention::{attention_workgroups, decode_splits, encode_attention, AttentionOptions, KvCache};
 use crate::ops::embedding::encode_embedding;
@@ -673,10 +673,8 @@ async fn bench_shape(
             &random(11 + tokens as u64, tokens * d, 1.0),
             DType::F32,
         )?;
-        // The kernels the model takes for this many tokens on this adapter (on a CPU
-        // kernel target the GEMV at every size).
-        let target = ctx.kernel_target;
-        let layer_gemv = gemv_by_size(target, tokens, config.decode_max_tokens);
+        // The kernels the model takes for this many tokens on this adapter.
+        let layer_gemv = moe_gemv_by_size(ctx, tokens, &config);
         let layer_time = timer
             .repeat(options.repeats, &|enc| {
                 layer.encode_with(ctx, enc, &hidden, layer_gemv).map(|_| ())
@@ -740,7 +738,7 @@ async fn bench_shape(
                 let y = GpuTensor::empty(ctx, "y", &[n, d], DType::F32)?;
                 let rows = ExpertRows::Dense {
                     tokens: n,
-                    gemv: dense_gemv_by_size(target, n),
+                    gemv: dense_gemv_by_size(ctx, n),
                 };
                 encode_gate_up(ctx, &mut enc, rows, &xg, &naive_gate[x], &naive_up[x], &h)?;
                 encode_down(ctx, &mut enc, rows, &h, &naive_down[x], &y)?;
@@ -756,7 +754,7 @@ async fn bench_shape(
             .repeat(options.repeats, &|enc| {
                 let rows = ExpertRows::Dense {
                     tokens,
-                    gemv: dense_gemv_by_size(target, tokens),
+                    gemv: dense_gemv_by_size(ctx, tokens),
                 };
                 let h = GpuTensor::empty(ctx, "dense h", &[tokens, dense_ffn], DType::F32)?;
                 let y = GpuTensor::empty(ctx, "dense y", &[tokens, d], DType::F32)?;

@@ -27,7 +27,7 @@ use crate::model::names::{self, ExpertTensors};
 use crate::model::planner::{Planner, Role};
 use crate::model::safetensors_io::Checkpoint;
 use crate::moe::layer::{ExpertBiases, SharedExpert};
-use crate::moe::{MoeLayer, Residual};
+use crate::moe::{MoeConfig, MoeLayer, Residual};
 use crate::ops::attention::{attention_workgroups, decode_splits, KvCache};
 use crate::ops::elementwise::{encode_gather_rows, encode_scale_clamp};
 use crate::ops::embedding::encode_embedding;
@@ -38,25 +38,48 @@ use crate::ops::rope::{upload_rope_table, DynamicNtk, RopeAngles, RopeScaling};
 use crate::ops::TokenPositions;
 use crate::weights::{Placement, WeightFormat, WeightMatrix};
 
-/// Batches of at most this many tokens use the GEMV kernels for dense projections.
-/// On a CPU kernel target (lavapipe, SwiftShader) `Kernels::BySize` takes the GEMV at
-/// every size: its serial mapping has no barriers and no padding rows, while a tile pays
-/// for both. On lavapipe, prefill with the GEMV at every size against tiles above 64
-/// tokens (the rule before the serial GEMV): the embedded model at 128 tokens 183-189
-/// against 107-118 tokens/s, at 252 tokens 152-170 against 116-127; the Qwen3-30B-A3B
-/// shape / 16 at 256 tokens 935-1075 against 925-933.
+/// Batches of at most this many tokens use the GEMV kernels for dense projections on
+/// a GPU kernel target.
 const GEMV_MAX_TOKENS: usize = 4;
 
-/// `Kernels::BySize`'s choice for a step of `tokens`: the GEMV up to `max_tokens`
-/// (`GEMV_MAX_TOKENS` for dense projections, the MoE config's `decode_max_tokens` for
-/// experts), and at every size on a CPU kernel target. `webmoe bench` times the same.
-pub fn gemv_by_size(target: KernelTarget, tokens: usize, max_tokens: usize) -> bool {
-    tokens <= max_tokens || target == KernelTarget::Cpu
+/// On a CPU kernel target the serial GEMV has no barriers and no padding rows, which a
+/// tile pays for. On lavapipe the tiles (4 x 4 outputs per invocation) still win once a
+/// batch has this many tokens for dense projections, and once the experts average this
+/// many rows for MoE layers (`webmoe bench --quick --tokens 16,32,64,128`, GEMV against
+/// tiles, ms): dense Mixtral / 16 at 16 tokens 9.6 / 12.5, at 32 19.1 / 15.8, at 128
+/// 100 / 46; MoE layers at 8 rows per expert Mixtral 29 / 40, OLMoE 10.9 / 12.6, at 16
+/// rows Mixtral 58 / 56, OLMoE 21.8 / 19.6, at 32 rows Mixtral 116 / 93. On SwiftShader
+/// the GEMV stays as fast at every size (Mixtral / 16 at 128 tokens, dense 241 / 226,
+/// MoE 463 / 478), so `GpuContext::cpu_prompt_tiles` is off there.
+const CPU_DENSE_TILE_TOKENS: usize = 32;
+const CPU_EXPERT_TILE_ROWS: usize = 16;
+
+/// `Kernels::BySize`'s choice for a step of `tokens` through the dense projections: the
+/// GEMV up to `GEMV_MAX_TOKENS` on the GPU target; on the CPU target below
+/// `CPU_DENSE_TILE_TOKENS` where `cpu_prompt_tiles`, else at every size. `webmoe bench`
+/// times the same.
+pub fn dense_gemv_by_size(ctx: &GpuContext, tokens: usize) -> bool {
+    match ctx.kernel_target {
+        KernelTarget::Gpu => tokens <= GEMV_MAX_TOKENS,
+        KernelTarget::Cpu => !ctx.cpu_prompt_tiles || tokens < CPU_DENSE_TILE_TOKENS,
+    }
 }
 
-/// [`gemv_by_size`] for dense projections.
-pub fn dense_gemv_by_size(target: KernelTarget, tokens: usize) -> bool {
-    gemv_by_size(target, tokens, GEMV_MAX_TOKENS)
+/// `Kernels::BySize`'s choice for a step of `tokens` through an MoE layer: the GEMV up
+/// to the config's `decode_max_tokens` on the GPU target; on the CPU target while the
+/// experts average fewer than `CPU_EXPERT_TILE_ROWS` rows where `cpu_prompt_tiles`,
+/// else at every size.
+pub fn moe_gemv_by_size(ctx: &GpuContext, tokens: usize, config: &MoeConfig) -> bool {
+    if tokens <= config.decode_max_tokens {
+        return true;
+    }
+    let routing = &config.routing;
+    let assignments = tokens * routing.top_k;
+    let average_rows = assignments.div_ceil(routing.num_experts.min(assignments).max(1));
+    match ctx.kernel_target {
+        KernelTarget::Gpu => false,
+        KernelTarget::Cpu => !ctx.cpu_prompt_tiles || average_rows < CPU_EXPERT_TILE_ROWS,
+    }
 }
 
 /// Which positions get logits.
@@ -97,8 +120,9 @@ impl From<LogitsFor> for LogitRows<'_> {
 /// same tokens whatever it is batched with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernels {
-    /// GEMV for steps of a few tokens, tiles above (the fastest for one sequence); on
-    /// a CPU kernel target, GEMV at every size. A prompt's consecutive tokens also share
+    /// GEMV for steps of a few tokens, tiles above (the fastest for one sequence; on a
+    /// CPU kernel target the GEMV for more tokens, see `dense_gemv_by_size` and
+    /// `moe_gemv_by_size`). A prompt's consecutive tokens also share
     /// attention workgroups (`AttentionOptions::share_tokens`), which `Gemv` and `Tiled`
     /// leave off so that a token's result never depends on its step.
     BySize,
@@ -457,7 +481,7 @@ impl Model {
             )));
         }
         let rope = self.rope_angles(positions)?;
-        let gemv = kernels.gemv(dense_gemv_by_size(ctx.kernel_target, t));
+        let gemv = kernels.gemv(dense_gemv_by_size(ctx, t));
         // Steps that take the GEMV (few tokens) split attention over the context on
         // GPUs; a CPU adapter's few cores are busy with one workgroup per (token, head
         // chunk).
@@ -501,7 +525,7 @@ impl Model {
             // The MoE combine and the dense down projection add into the residual stream.
             match &layer.ffn {
                 FeedForward::Moe(moe) => {
-                    let decode = kernels.gemv(gemv_by_size(ctx.kernel_target, t, moe.config.decode_max_tokens));
+                    let decode = kernels.gemv(moe_gemv_by_size(ctx, t, &moe.config));
                     let out = moe.encode_into(ctx, rec, &h, decode, Some(residual))?;
                     expert_counts.push(out.expert_counts);
                 }

@@ -129,8 +129,8 @@ impl MoeLayer {
 
     /// Records the whole layer for `hidden [T, d]`, choosing the decode path (GEMV per
     /// assignment) for at most `decode_max_tokens` tokens. (The model applies
-    /// `model::gemv_by_size` instead, which on a CPU kernel target takes the GEMV at every
-    /// size; `encode_with` picks the path explicitly.)
+    /// `model::moe_gemv_by_size` instead, which on a CPU kernel target also takes the GEMV
+    /// while experts get few rows; `encode_with` picks the path explicitly.)
     pub fn encode(&self, ctx: &GpuContext, rec: &mut Recorder, hidden: &GpuTensor) -> Result<MoeOutputs> {
         let tokens = hidden.shape.first().copied().unwrap_or(0);
         self.encode_with(ctx, rec, hidden, tokens <= self.config.decode_max_tokens)
