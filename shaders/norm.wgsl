@@ -4,8 +4,10 @@
 // q/k norms (OLMoE).
 // With rows2 > 0, two norms in one dispatch (a layer's q and k norms): the rows of x
 // with w into y, then rows2 rows of x2 [rows2, dim2] with w2 into y2.
-// Mapping: one 64-invocation workgroup per row; strided partial sums of squares, then a
-// fixed-order tree reduction (deterministic).
+// Mapping (rms_norm): one 64-invocation workgroup per row; strided partial sums of
+// squares, then a fixed-order tree reduction (deterministic). rms_norm_serial (CPU
+// drivers, which pay for each barrier and workgroup): one invocation per row, its
+// squares summed in index order, no barriers.
 
 struct NormParams {
     rows: u32,
@@ -71,5 +73,41 @@ fn rms_norm(
         for (var i = lid; i < p.dim2; i += 64u) {
             y2[base + i] = x2[base + i] * inv * w2[i];
         }
+    }
+}
+
+// y = rms_norm(x) * w for one row of `dim` elements at `base`, summed in index order.
+fn serial_row(base: u32, dim: u32, second: bool) {
+    var sum = 0.0;
+    for (var i = 0u; i < dim; i++) {
+        var v = 0.0;
+        if (second) {
+            v = x2[base + i];
+        } else {
+            v = x[base + i];
+        }
+        sum += v * v;
+    }
+    let inv = 1.0 / sqrt(sum / f32(dim) + p.eps);
+    for (var i = 0u; i < dim; i++) {
+        if (second) {
+            y2[base + i] = x2[base + i] * inv * w2[i];
+        } else {
+            y[base + i] = x[base + i] * inv * w[i];
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn rms_norm_serial(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = linear_workgroup(wid, nwg) * 64u + lid;
+    if (row < p.rows) {
+        serial_row(row * p.dim, p.dim, false);
+    } else if (row < p.rows + p.rows2) {
+        serial_row((row - p.rows) * p.dim2, p.dim2, true);
     }
 }

@@ -26,9 +26,14 @@ fn upload(ctx: &GpuContext, shape: &[usize], v: &[f32]) -> GpuTensor {
 
 #[test]
 fn rms_norm_matches_reference() {
-    let ctx = context();
+    for ctx in contexts_for_both_targets() {
+        check_rms_norm(&ctx);
+    }
+}
+
+fn check_rms_norm(ctx: &GpuContext) {
     let mut rng = rng(1);
-    for &(rows, dim) in &[(1, 1), (7, 13), (64, 256), (3, 1000)] {
+    for &(rows, dim) in &[(1, 1), (7, 13), (64, 256), (3, 1000), (130, 8)] {
         let x = random_vec(&mut rng, rows * dim, 3.0);
         let w = random_vec(&mut rng, dim, 1.0);
         let y = GpuTensor::empty(&ctx, "y", &[rows, dim], DType::F32).unwrap();
@@ -57,13 +62,19 @@ fn rms_norm_matches_reference() {
 /// for bit: per-head norms of GQA widths, whole-projection norms of two widths, one row.
 #[test]
 fn rms_norm_pair_equals_two_single_norms() {
-    let ctx = context();
+    for ctx in contexts_for_both_targets() {
+        check_rms_norm_pair(&ctx);
+    }
+}
+
+fn check_rms_norm_pair(ctx: &GpuContext) {
     let mut rng = rng(4);
     for &((rows, dim), (rows2, dim2)) in &[
         ((1, 1), (1, 1)),
         ((8 * 3, 16), (2 * 3, 16)),
         ((5, 128), (5, 64)),
         ((2, 100), (6, 100)),
+        ((70 * 4, 8), (70 * 2, 8)),
     ] {
         let (x, w) = (random_vec(&mut rng, rows * dim, 3.0), random_vec(&mut rng, dim, 1.0));
         let (x2, w2) = (random_vec(&mut rng, rows2 * dim2, 3.0), random_vec(&mut rng, dim2, 1.0));

@@ -2,7 +2,8 @@
 
 use crate::error::Result;
 use crate::gpu::kernel::{Recorder, NORM};
-use crate::gpu::{GpuContext, GpuTensor};
+use crate::gpu::{GpuContext, GpuTensor, KernelTarget};
+use crate::ops::workgroups;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -67,9 +68,14 @@ fn dispatch_norm(
         dim2: dim2 as u32,
         _pad: [0; 3],
     };
+    // A workgroup per row, or on a CPU kernel target an invocation per row.
+    let (entry, grid) = match ctx.kernel_target {
+        KernelTarget::Gpu => ("rms_norm", (rows + rows2) as u32),
+        KernelTarget::Cpu => ("rms_norm_serial", workgroups(rows + rows2, 64)),
+    };
     rec.dispatch(
         ctx,
-        NORM.entry("rms_norm"),
+        NORM.entry(entry),
         &params,
         &[
             (1, &x.buffer),
@@ -79,7 +85,7 @@ fn dispatch_norm(
             (5, w2),
             (6, y2),
         ],
-        (rows + rows2) as u32,
+        grid,
     );
 }
 
