@@ -7,7 +7,7 @@ use common::*;
 use rand::Rng;
 use webmoe::gpu::kernel::SENTINEL;
 use webmoe::ops::capacity::{capacity_reference, encode_capacity};
-use webmoe::ops::router::{encode_router_logits, router_logits_reference};
+use webmoe::ops::router::{encode_router_logits, encode_router_logits_tiled, router_logits_reference};
 use webmoe::ops::routing::*;
 use webmoe::{DType, GpuContext, GpuTensor};
 
@@ -47,11 +47,20 @@ fn router_logits_match_reference() {
                         weight: &wg,
                         bias: with_bias.then_some(&bg),
                     };
-                    out.poison(&ctx);
-                    run(&ctx, |enc| encode_router_logits(&ctx, enc, &xg, router, &out).unwrap());
-                    let got = out.read_f32_blocking(&ctx).unwrap();
-                    let what = format!("logits T={tokens} E={experts} {dtype:?} bias {with_bias}");
-                    assert_close(&what, &got, &want, 1e-5);
+                    // One invocation per logit, and the tiled matmul (prompts).
+                    for tiled in [false, true] {
+                        out.poison(&ctx);
+                        run(&ctx, |enc| {
+                            if tiled {
+                                encode_router_logits_tiled(&ctx, enc, &xg, router, &out).unwrap()
+                            } else {
+                                encode_router_logits(&ctx, enc, &xg, router, &out).unwrap()
+                            }
+                        });
+                        let got = out.read_f32_blocking(&ctx).unwrap();
+                        let what = format!("logits T={tokens} E={experts} {dtype:?} bias {with_bias} tiled {tiled}");
+                        assert_close(&what, &got, &want, 1e-5);
+                    }
                 }
             }
         }

@@ -14,7 +14,7 @@ use crate::ops::expert_matmul::{
     encode_down, encode_down_with, encode_gate_up, encode_gate_up_with, Epilogue, ExpertRows,
 };
 use crate::ops::permute::{encode_expert_counts, Permutation};
-use crate::ops::router::encode_router_logits;
+use crate::ops::router::{encode_router_logits, encode_router_logits_tiled};
 use crate::ops::routing::{encode_routing, encode_routing_fused, Router};
 use crate::weights::WeightMatrix;
 
@@ -192,7 +192,7 @@ impl MoeLayer {
                 &topk_weights,
             )?;
         } else {
-            encode_router_logits(ctx, rec, hidden, router, &router_logits)?;
+            encode_router_logits_tiled(ctx, rec, hidden, router, &router_logits)?;
             encode_routing(
                 ctx,
                 rec,

@@ -9,7 +9,7 @@ use std::ops::Range;
 use rand::Rng;
 
 use crate::error::{Error, Result};
-use crate::gpu::GpuContext;
+use crate::gpu::{GpuContext, GpuTensor};
 use crate::weights::format::WeightFormat;
 
 /// One buffer of a matrix: experts `experts` (all rows), or rows `rows` of its one expert.
@@ -36,6 +36,31 @@ pub struct WeightMatrix {
 }
 
 impl WeightMatrix {
+    /// A `[out, in]` tensor (f32, f16 or bf16) as a one-expert matrix sharing its buffer
+    /// (no copy): the tensor's kernels already bind the whole buffer, so it is one chunk.
+    pub fn of_tensor(name: &str, tensor: &GpuTensor) -> Result<Self> {
+        let &[out_dim, in_dim] = tensor.shape.as_slice() else {
+            return Err(Error::Shape {
+                what: format!("{name} (a matrix)"),
+                expected: vec![tensor.len(), 1],
+                actual: tensor.shape.clone(),
+            });
+        };
+        Ok(Self {
+            name: name.to_string(),
+            experts: 1,
+            out_dim,
+            in_dim,
+            format: WeightFormat::of_dtype(tensor.dtype)?,
+            expert_stride: out_dim * in_dim,
+            chunks: vec![WeightChunk {
+                buffer: tensor.buffer.clone(),
+                experts: 0..1,
+                rows: 0..out_dim,
+            }],
+        })
+    }
+
     /// Allocates the buffers of a `[experts, out, in]` matrix in `format` (contents
     /// zero until written).
     pub fn allocate(ctx: &GpuContext, name: &str, shape: [usize; 3], format: WeightFormat) -> Result<Self> {
