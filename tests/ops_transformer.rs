@@ -36,14 +36,14 @@ fn check_rms_norm(ctx: &GpuContext) {
     for &(rows, dim) in &[(1, 1), (7, 13), (64, 256), (3, 1000), (130, 8)] {
         let x = random_vec(&mut rng, rows * dim, 3.0);
         let w = random_vec(&mut rng, dim, 1.0);
-        let y = GpuTensor::empty(&ctx, "y", &[rows, dim], DType::F32).unwrap();
-        y.poison(&ctx);
-        run(&ctx, |enc| {
+        let y = GpuTensor::empty(ctx, "y", &[rows, dim], DType::F32).unwrap();
+        y.poison(ctx);
+        run(ctx, |enc| {
             encode_rms_norm(
-                &ctx,
+                ctx,
                 enc,
-                &upload(&ctx, &[rows, dim], &x),
-                &upload(&ctx, &[dim], &w),
+                &upload(ctx, &[rows, dim], &x),
+                &upload(ctx, &[dim], &w),
                 1e-6,
                 &y,
             )
@@ -51,7 +51,7 @@ fn check_rms_norm(ctx: &GpuContext) {
         });
         assert_close(
             &format!("rms norm {rows}x{dim}"),
-            &y.read_f32_blocking(&ctx).unwrap(),
+            &y.read_f32_blocking(ctx).unwrap(),
             &rms_norm_reference(&x, &w, 1e-6),
             1e-5,
         );
@@ -78,26 +78,26 @@ fn check_rms_norm_pair(ctx: &GpuContext) {
     ] {
         let (x, w) = (random_vec(&mut rng, rows * dim, 3.0), random_vec(&mut rng, dim, 1.0));
         let (x2, w2) = (random_vec(&mut rng, rows2 * dim2, 3.0), random_vec(&mut rng, dim2, 1.0));
-        let (xg, wg) = (upload(&ctx, &[rows, dim], &x), upload(&ctx, &[dim], &w));
-        let (x2g, w2g) = (upload(&ctx, &[rows2, dim2], &x2), upload(&ctx, &[dim2], &w2));
+        let (xg, wg) = (upload(ctx, &[rows, dim], &x), upload(ctx, &[dim], &w));
+        let (x2g, w2g) = (upload(ctx, &[rows2, dim2], &x2), upload(ctx, &[dim2], &w2));
         let outputs = || {
-            let y = GpuTensor::empty(&ctx, "y", &[rows, dim], DType::F32).unwrap();
-            let y2 = GpuTensor::empty(&ctx, "y2", &[rows2, dim2], DType::F32).unwrap();
-            y.poison(&ctx);
-            y2.poison(&ctx);
+            let y = GpuTensor::empty(ctx, "y", &[rows, dim], DType::F32).unwrap();
+            let y2 = GpuTensor::empty(ctx, "y2", &[rows2, dim2], DType::F32).unwrap();
+            y.poison(ctx);
+            y2.poison(ctx);
             (y, y2)
         };
         let (pair, pair2) = outputs();
-        run(&ctx, |enc| {
-            encode_rms_norm_pair(&ctx, enc, (&xg, &wg, &pair), (&x2g, &w2g, &pair2), 1e-6).unwrap()
+        run(ctx, |enc| {
+            encode_rms_norm_pair(ctx, enc, (&xg, &wg, &pair), (&x2g, &w2g, &pair2), 1e-6).unwrap()
         });
         let (single, single2) = outputs();
-        run(&ctx, |enc| {
-            encode_rms_norm(&ctx, enc, &xg, &wg, 1e-6, &single).unwrap();
-            encode_rms_norm(&ctx, enc, &x2g, &w2g, 1e-6, &single2).unwrap();
+        run(ctx, |enc| {
+            encode_rms_norm(ctx, enc, &xg, &wg, 1e-6, &single).unwrap();
+            encode_rms_norm(ctx, enc, &x2g, &w2g, 1e-6, &single2).unwrap();
         });
         let what = format!("{rows}x{dim} and {rows2}x{dim2}");
-        let read = |t: &GpuTensor| t.read_f32_blocking(&ctx).unwrap();
+        let read = |t: &GpuTensor| t.read_f32_blocking(ctx).unwrap();
         assert_close(
             &format!("norm pair {what}"),
             &read(&pair),
