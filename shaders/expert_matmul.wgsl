@@ -199,13 +199,20 @@ fn load_w1_tile(k0: u32, col0: u32, e: u32, lid: u32) {
     }
 }
 
+// The output row of row r of block b, or SENTINEL for a padding row.
+fn output_row(b: u32, r: u32) -> u32 {
+    if (src_row[r] == SENTINEL) {
+        return SENTINEL;
+    }
+    return b * WG_ROWS + r;
+}
+
 // Writes row 4 ty + i of the block: act(g, u) over its 4 columns (plus biases).
 fn store_gate_up(b: u32, e: u32, col0: u32, ty: u32, tx: u32, i: u32, g: vec4<f32>, u: vec4<f32>) {
-    let r = 4u * ty + i;
-    if (src_row[r] == SENTINEL) {
+    let row = output_row(b, 4u * ty + i);
+    if (row == SENTINEL) {
         return;
     }
-    let row = b * WG_ROWS + r;
     for (var j = 0u; j < 4u; j++) {
         let col = col0 + 4u * tx + j;
         if (col < p.row_end) {
@@ -276,11 +283,10 @@ fn gate_up(
 
 // Writes row 4 ty + i of the block over its 4 columns (plus bias, or onto the residual).
 fn store_down(b: u32, e: u32, col0: u32, ty: u32, tx: u32, i: u32, y: vec4<f32>) {
-    let r = 4u * ty + i;
-    if (src_row[r] == SENTINEL) {
+    let row = output_row(b, 4u * ty + i);
+    if (row == SENTINEL) {
         return;
     }
-    let row = b * WG_ROWS + r;
     for (var j = 0u; j < 4u; j++) {
         let col = col0 + 4u * tx + j;
         if (col < p.row_end) {
