@@ -34,6 +34,7 @@ use crate::ops::embedding::encode_embedding;
 use crate::ops::expect_shape;
 use crate::ops::expert_matmul::{encode_down_epilogue, encode_gate_up, Epilogue, ExpertRows};
 use crate::ops::norm::encode_rms_norm;
+use crate::ops::permute::average_rows;
 use crate::ops::rope::{upload_rope_table, DynamicNtk, RopeAngles, RopeScaling};
 use crate::ops::TokenPositions;
 use crate::weights::{Placement, WeightFormat, WeightMatrix};
@@ -74,11 +75,10 @@ pub fn moe_gemv_by_size(ctx: &GpuContext, tokens: usize, config: &MoeConfig) -> 
         return true;
     }
     let routing = &config.routing;
-    let assignments = tokens * routing.top_k;
-    let average_rows = assignments.div_ceil(routing.num_experts.min(assignments).max(1));
+    let rows = average_rows(tokens * routing.top_k, routing.num_experts);
     match ctx.kernel_target {
         KernelTarget::Gpu => false,
-        KernelTarget::Cpu => !ctx.cpu_prompt_tiles || average_rows < CPU_EXPERT_TILE_ROWS,
+        KernelTarget::Cpu => !ctx.cpu_prompt_tiles || rows < CPU_EXPERT_TILE_ROWS,
     }
 }
 

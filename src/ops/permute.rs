@@ -28,8 +28,7 @@ impl BlockRows {
     /// The block for `assignments` over `experts`: the smallest that holds the rows an
     /// expert gets on average when they spread evenly.
     pub fn for_load(assignments: usize, experts: usize) -> Self {
-        let average = assignments.div_ceil(experts.min(assignments).max(1));
-        match average {
+        match average_rows(assignments, experts) {
             0..=8 => BlockRows::R8,
             9..=16 => BlockRows::R16,
             _ => BlockRows::R32,
@@ -39,6 +38,12 @@ impl BlockRows {
     pub fn rows(self) -> usize {
         self as usize
     }
+}
+
+/// The rows each expert gets on average when `assignments` spread evenly over `experts`
+/// (rounded up; the experts that get any).
+pub fn average_rows(assignments: usize, experts: usize) -> usize {
+    assignments.div_ceil(experts.min(assignments).max(1))
 }
 
 /// Upper bound on row blocks for `assignments` spread over `experts`: the grid the

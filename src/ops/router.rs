@@ -5,7 +5,7 @@
 use crate::error::Result;
 use crate::gpu::kernel::{KernelKey, Recorder, ROUTING};
 use crate::gpu::{DType, GpuContext, GpuTensor};
-use crate::ops::expert_matmul::{encode_down_epilogue, Activation, Epilogue, ExpertRows};
+use crate::ops::expert_matmul::{encode_down_with, ExpertRows};
 use crate::ops::routing::{Router, RoutingParams};
 use crate::ops::{expect_shape, weight_run, workgroups};
 use crate::weights::{WeightFormat, WeightMatrix};
@@ -56,19 +56,14 @@ pub fn encode_router_logits_tiled(
     check_router(x, router, logits, rows)?;
     let matrix = WeightMatrix::of_tensor("router weight", router.weight)?;
     let bias = router.bias.map(|b| b.reshaped(&[1, rows]));
-    let epilogue = Epilogue {
-        biases: bias.as_ref().map(|b| [b, b]),
-        activation: Activation::Silu,
-        residual: None,
-    };
-    encode_down_epilogue(
+    encode_down_with(
         ctx,
         rec,
         ExpertRows::Dense { tokens, gemv: false },
         x,
         &matrix,
         logits,
-        epilogue,
+        bias.as_ref(),
     )
 }
 
