@@ -346,3 +346,169 @@ fn down(
     store_down(b, e, col0, ty, tx, 2u, y2);
     store_down(b, e, col0, ty, tx, 3u, y3);
 }
+
+// CPU-target variants (`gate_up_direct`, `down_direct`; RUN = 8, K a multiple of 8):
+// the same workgroup mapping and per-output sums in index order, but each invocation
+// reads its 4 rows of A and its 4 weight rows straight from the buffers in runs of 8,
+// with no shared tiles and no barrier in the loop over K. A CPU driver runs an
+// invocation per SIMD lane and keeps the buffers in its caches, so the tile fills and
+// barriers (most of a tile's time there) buy nothing; a GPU keeps the tiled entries.
+
+// Elements k..k+7 of row src of a_in (row 0 stands in for a padding row, never stored).
+fn a_run8(src: u32, k: u32) -> Run8 {
+    let at = select(src, 0u, src == SENTINEL) * p.k_dim + k;
+    return Run8(
+        vec4<f32>(a_in[at], a_in[at + 1u], a_in[at + 2u], a_in[at + 3u]),
+        vec4<f32>(a_in[at + 4u], a_in[at + 5u], a_in[at + 6u], a_in[at + 7u]),
+    );
+}
+
+// acc[j] += a[kk] * wj[kk] for kk = 0..7 in order: one row's sums over 4 columns.
+fn fma_run8(acc: vec4<f32>, a: Run8, w0: Run8, w1: Run8, w2: Run8, w3: Run8) -> vec4<f32> {
+    var s = acc;
+    s += a.lo.x * vec4<f32>(w0.lo.x, w1.lo.x, w2.lo.x, w3.lo.x);
+    s += a.lo.y * vec4<f32>(w0.lo.y, w1.lo.y, w2.lo.y, w3.lo.y);
+    s += a.lo.z * vec4<f32>(w0.lo.z, w1.lo.z, w2.lo.z, w3.lo.z);
+    s += a.lo.w * vec4<f32>(w0.lo.w, w1.lo.w, w2.lo.w, w3.lo.w);
+    s += a.hi.x * vec4<f32>(w0.hi.x, w1.hi.x, w2.hi.x, w3.hi.x);
+    s += a.hi.y * vec4<f32>(w0.hi.y, w1.hi.y, w2.hi.y, w3.hi.y);
+    s += a.hi.z * vec4<f32>(w0.hi.z, w1.hi.z, w2.hi.z, w3.hi.z);
+    s += a.hi.w * vec4<f32>(w0.hi.w, w1.hi.w, w2.hi.w, w3.hi.w);
+    return s;
+}
+
+// Start of weight row col of expert-local e (the chunk's first row past its columns,
+// whose outputs are never stored).
+fn weight_row_start(col: u32, e: u32) -> u32 {
+    return e * p.expert_stride + (min(col, p.row_end - 1u) - p.row_begin) * p.k_dim;
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn gate_up_direct(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let wg = linear_workgroup(wid, nwg);
+    if (wg >= p.blocks * p.col_tiles) {
+        return;
+    }
+    let b = wg / p.col_tiles;
+    let col0 = p.row_begin + (wg % p.col_tiles) * BN;
+    let e = block_expert_of(b, lid);
+    if (e == SENTINEL || e < p.expert_begin || e >= p.expert_end) {
+        return;
+    }
+    prepare_rows(b, lid, true);
+    let ty = lid / COL_GROUPS;
+    let tx = lid % COL_GROUPS;
+    let el = e - p.expert_begin;
+    let s0 = src_row[4u * ty];
+    let s1 = src_row[4u * ty + 1u];
+    let s2 = src_row[4u * ty + 2u];
+    let s3 = src_row[4u * ty + 3u];
+    // No barrier follows: an invocation whose rows are all padding, or whose columns all
+    // lie past the chunk, is done.
+    if (s0 == SENTINEL && s1 == SENTINEL && s2 == SENTINEL && s3 == SENTINEL) {
+        return;
+    }
+    let c = col0 + 4u * tx;
+    if (c >= p.row_end) {
+        return;
+    }
+    let w_0 = weight_row_start(c, el);
+    let w_1 = weight_row_start(c + 1u, el);
+    let w_2 = weight_row_start(c + 2u, el);
+    let w_3 = weight_row_start(c + 3u, el);
+    var g0 = vec4<f32>(0.0);
+    var g1 = vec4<f32>(0.0);
+    var g2 = vec4<f32>(0.0);
+    var g3 = vec4<f32>(0.0);
+    var u0 = vec4<f32>(0.0);
+    var u1 = vec4<f32>(0.0);
+    var u2 = vec4<f32>(0.0);
+    var u3 = vec4<f32>(0.0);
+    for (var k = 0u; k < p.k_dim; k += 8u) {
+        let a0 = a_run8(s0, k);
+        let a1 = a_run8(s1, k);
+        let a2 = a_run8(s2, k);
+        let a3 = a_run8(s3, k);
+        let x0 = w0_at8(w_0 + k);
+        let x1 = w0_at8(w_1 + k);
+        let x2 = w0_at8(w_2 + k);
+        let x3 = w0_at8(w_3 + k);
+        g0 = fma_run8(g0, a0, x0, x1, x2, x3);
+        g1 = fma_run8(g1, a1, x0, x1, x2, x3);
+        g2 = fma_run8(g2, a2, x0, x1, x2, x3);
+        g3 = fma_run8(g3, a3, x0, x1, x2, x3);
+        let y0 = w1_at8(w_0 + k);
+        let y1 = w1_at8(w_1 + k);
+        let y2 = w1_at8(w_2 + k);
+        let y3 = w1_at8(w_3 + k);
+        u0 = fma_run8(u0, a0, y0, y1, y2, y3);
+        u1 = fma_run8(u1, a1, y0, y1, y2, y3);
+        u2 = fma_run8(u2, a2, y0, y1, y2, y3);
+        u3 = fma_run8(u3, a3, y0, y1, y2, y3);
+    }
+    store_gate_up(b, e, col0, ty, tx, 0u, g0, u0);
+    store_gate_up(b, e, col0, ty, tx, 1u, g1, u1);
+    store_gate_up(b, e, col0, ty, tx, 2u, g2, u2);
+    store_gate_up(b, e, col0, ty, tx, 3u, g3, u3);
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn down_direct(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let wg = linear_workgroup(wid, nwg);
+    if (wg >= p.blocks * p.col_tiles) {
+        return;
+    }
+    let b = wg / p.col_tiles;
+    let col0 = p.row_begin + (wg % p.col_tiles) * BN;
+    let e = block_expert_of(b, lid);
+    if (e == SENTINEL || e < p.expert_begin || e >= p.expert_end) {
+        return;
+    }
+    prepare_rows(b, lid, false);
+    let ty = lid / COL_GROUPS;
+    let tx = lid % COL_GROUPS;
+    let el = e - p.expert_begin;
+    let s0 = src_row[4u * ty];
+    let s1 = src_row[4u * ty + 1u];
+    let s2 = src_row[4u * ty + 2u];
+    let s3 = src_row[4u * ty + 3u];
+    // No barrier follows: an invocation whose rows are all padding, or whose columns all
+    // lie past the chunk, is done.
+    if (s0 == SENTINEL && s1 == SENTINEL && s2 == SENTINEL && s3 == SENTINEL) {
+        return;
+    }
+    let c = col0 + 4u * tx;
+    if (c >= p.row_end) {
+        return;
+    }
+    let w_0 = weight_row_start(c, el);
+    let w_1 = weight_row_start(c + 1u, el);
+    let w_2 = weight_row_start(c + 2u, el);
+    let w_3 = weight_row_start(c + 3u, el);
+    var y0 = vec4<f32>(0.0);
+    var y1 = vec4<f32>(0.0);
+    var y2 = vec4<f32>(0.0);
+    var y3 = vec4<f32>(0.0);
+    for (var k = 0u; k < p.k_dim; k += 8u) {
+        let x0 = w0_at8(w_0 + k);
+        let x1 = w0_at8(w_1 + k);
+        let x2 = w0_at8(w_2 + k);
+        let x3 = w0_at8(w_3 + k);
+        y0 = fma_run8(y0, a_run8(s0, k), x0, x1, x2, x3);
+        y1 = fma_run8(y1, a_run8(s1, k), x0, x1, x2, x3);
+        y2 = fma_run8(y2, a_run8(s2, k), x0, x1, x2, x3);
+        y3 = fma_run8(y3, a_run8(s3, k), x0, x1, x2, x3);
+    }
+    store_down(b, e, col0, ty, tx, 0u, y0);
+    store_down(b, e, col0, ty, tx, 1u, y1);
+    store_down(b, e, col0, ty, tx, 2u, y2);
+    store_down(b, e, col0, ty, tx, 3u, y3);
+}

@@ -188,12 +188,15 @@ fn check_expert_matmuls(ctx: &GpuContext, case: &ExpertCase, seed: u64) {
         .map(|&b| Permutation::with_blocks(ctx, tokens * k, experts, b).unwrap())
         .collect();
     let tol = if dtype == DType::F32 { 1e-5 } else { 2e-5 };
-    // Grouped in each block size, then the per-assignment GEMV. The grouped kernel is
-    // the same for every kernel target: it runs on the first context only.
-    let first_mode = if ctx.kernel_target == KernelTarget::Gpu {
-        0
-    } else {
+    // Grouped in each block size, then the per-assignment GEMV. The grouped kernel
+    // differs by kernel target (shared tiles, or read directly on a CPU target when K
+    // is a multiple of 8) but not by the GEMV's reduction: it runs on the first context
+    // of each target (not again on the GPU target with its subgroups turned off).
+    let subgroups_off = ctx.features.contains(wgpu::Features::SUBGROUP) && !ctx.subgroup_reductions;
+    let first_mode = if ctx.kernel_target == KernelTarget::Gpu && subgroups_off {
         blocks.len()
+    } else {
+        0
     };
     for mode in first_mode..=blocks.len() {
         let grouped = mode < blocks.len();

@@ -60,14 +60,6 @@ impl KernelTarget {
         }
     }
 
-    /// Whether the tiled matmul beats the serial GEMV for long prompts on this CPU
-    /// adapter: lavapipe (llvmpipe) yes, SwiftShader no (measured in BENCHMARKS.md,
-    /// 2026-12-02 fifth session).
-    pub fn cpu_prompt_tiles(info: &wgpu::AdapterInfo) -> bool {
-        info.device_type == wgpu::DeviceType::Cpu
-            && (info.driver.contains("llvmpipe") || info.name.contains("llvmpipe"))
-    }
-
     /// `gpu` or `cpu`, as `WEBMOE_KERNELS` takes it.
     pub fn parse(name: &str) -> Option<Self> {
         match name.to_ascii_lowercase().as_str() {
@@ -132,10 +124,6 @@ pub struct GpuContext {
     /// Query heads that share a kv head share an attention workgroup (see
     /// `ops::attention::group_lanes`) unless the options say otherwise.
     pub group_attention: bool,
-    /// On the CPU target, long prompts take the tiled matmul (see
-    /// `model::dense_gemv_by_size`): lavapipe, where the tiles win from a few dozen
-    /// tokens; not SwiftShader, where the serial GEMV stays as fast at every size.
-    pub cpu_prompt_tiles: bool,
     max_binding_bytes: u64,
     failure: Arc<Mutex<Option<Error>>>,
     pub(crate) pipelines: PipelineCache,
@@ -211,7 +199,6 @@ impl GpuContext {
         let subgroup_reductions = features.contains(wgpu::Features::SUBGROUP) && options.subgroups != Some(false);
         let split_attention = options.attention_splits.unwrap_or(kernel_target == KernelTarget::Gpu);
         let group_attention = options.attention_groups != Some(false);
-        let cpu_prompt_tiles = KernelTarget::cpu_prompt_tiles(&adapter_info);
         Ok(Self {
             device,
             queue,
@@ -222,7 +209,6 @@ impl GpuContext {
             subgroup_reductions,
             split_attention,
             group_attention,
-            cpu_prompt_tiles,
             max_binding_bytes,
             failure,
             pipelines: PipelineCache::default(),
@@ -246,7 +232,6 @@ impl GpuContext {
             subgroup_reductions: self.subgroup_reductions,
             split_attention: target == KernelTarget::Gpu,
             group_attention: self.group_attention,
-            cpu_prompt_tiles: self.cpu_prompt_tiles,
             max_binding_bytes: self.max_binding_bytes,
             failure: self.failure.clone(),
             pipelines: PipelineCache::default(),
@@ -261,7 +246,7 @@ impl GpuContext {
     /// reports and messages).
     pub fn kernel_choices(&self) -> String {
         let gemv = match (self.kernel_target, self.subgroup_reductions) {
-            (KernelTarget::Cpu, _) => "CPU target (serial GEMV",
+            (KernelTarget::Cpu, _) => "CPU target (serial GEMV, barrier-free tiles",
             (KernelTarget::Gpu, true) => "GPU target (split GEMV, subgroup reductions",
             (KernelTarget::Gpu, false) => "GPU target (split GEMV, shared-memory reductions",
         };

@@ -43,33 +43,31 @@ use crate::weights::{Placement, WeightFormat, WeightMatrix};
 /// a GPU kernel target.
 const GEMV_MAX_TOKENS: usize = 4;
 
-/// On a CPU kernel target the serial GEMV has no barriers and no padding rows, which a
-/// tile pays for. On lavapipe the tiles (4 x 4 outputs per invocation) still win once a
-/// batch has this many tokens for dense projections, and once the experts average this
-/// many rows for MoE layers (`webmoe bench --quick --tokens 16,32,64,128`, GEMV against
-/// tiles, ms): dense Mixtral / 16 at 16 tokens 9.6 / 12.5, at 32 19.1 / 15.8, at 128
-/// 100 / 46; MoE layers at 8 rows per expert Mixtral 29 / 40, OLMoE 10.9 / 12.6, at 16
-/// rows Mixtral 58 / 56, OLMoE 21.8 / 19.6, at 32 rows Mixtral 116 / 93. On SwiftShader
-/// the GEMV stays as fast at every size (Mixtral / 16 at 128 tokens, dense 241 / 226,
-/// MoE 463 / 478), so `GpuContext::cpu_prompt_tiles` is off there.
-const CPU_DENSE_TILE_TOKENS: usize = 32;
-const CPU_EXPERT_TILE_ROWS: usize = 16;
+/// On a CPU kernel target the serial GEMV has no padding rows, which a tile pays for;
+/// the tiles (barrier-free there, 4 x 4 outputs per invocation read straight from the
+/// buffers) win once a batch has this many tokens for dense projections, and once the
+/// experts average this many rows for MoE layers. GEMV against tiles, ms, lavapipe /
+/// SwiftShader (2026-12-03): dense Mixtral / 16 at 4 tokens 4.4 / 2.3 and 7.4 / 7.6,
+/// OLMoE / 16 0.48 / 0.48 and 1.27 / 2.09, at 8 tokens Mixtral 4.8 / 2.6 and 14.6 /
+/// 12.4; MoE layers at 1 row per expert OLMoE 1.5 / 2.7, Qwen3 4.7 / 5.3, at 2 rows
+/// Mixtral 7.2 / 6.6 and 26.8 / 17.0, OLMoE 4.7 / 3.2 and 11.2 / 9.9, Qwen3 7.4 / 6.8
+/// and 21.9 / 17.0.
+const CPU_DENSE_TILE_TOKENS: usize = 8;
+const CPU_EXPERT_TILE_ROWS: usize = 2;
 
 /// `Kernels::BySize`'s choice for a step of `tokens` through the dense projections: the
 /// GEMV up to `GEMV_MAX_TOKENS` on the GPU target; on the CPU target below
-/// `CPU_DENSE_TILE_TOKENS` where `cpu_prompt_tiles`, else at every size. `webmoe bench`
-/// times the same.
+/// `CPU_DENSE_TILE_TOKENS`. `webmoe bench` times the same.
 pub fn dense_gemv_by_size(ctx: &GpuContext, tokens: usize) -> bool {
     match ctx.kernel_target {
         KernelTarget::Gpu => tokens <= GEMV_MAX_TOKENS,
-        KernelTarget::Cpu => !ctx.cpu_prompt_tiles || tokens < CPU_DENSE_TILE_TOKENS,
+        KernelTarget::Cpu => tokens < CPU_DENSE_TILE_TOKENS,
     }
 }
 
 /// `Kernels::BySize`'s choice for a step of `tokens` through an MoE layer: the GEMV up
 /// to the config's `decode_max_tokens` on the GPU target; on the CPU target while the
-/// experts average fewer than `CPU_EXPERT_TILE_ROWS` rows where `cpu_prompt_tiles`,
-/// else at every size.
+/// experts average fewer than `CPU_EXPERT_TILE_ROWS` rows.
 pub fn moe_gemv_by_size(ctx: &GpuContext, tokens: usize, config: &MoeConfig) -> bool {
     if tokens <= config.decode_max_tokens {
         return true;
@@ -78,7 +76,7 @@ pub fn moe_gemv_by_size(ctx: &GpuContext, tokens: usize, config: &MoeConfig) -> 
     let rows = average_rows(tokens * routing.top_k, routing.num_experts);
     match ctx.kernel_target {
         KernelTarget::Gpu => false,
-        KernelTarget::Cpu => !ctx.cpu_prompt_tiles || rows < CPU_EXPERT_TILE_ROWS,
+        KernelTarget::Cpu => rows < CPU_EXPERT_TILE_ROWS,
     }
 }
 

@@ -323,7 +323,16 @@ fn encode_expert_matmul(
         }
     };
     let (k_dim, n_dim) = (w0.in_dim, w0.out_dim);
-    let entry = if w1.is_some() { "gate_up" } else { "down" };
+    // The tiled kernel's entry: on a CPU target with rows in runs of 8, the barrier-free
+    // form reading the buffers directly (lavapipe: grouped and dense prefill about 1.5x
+    // faster than through shared tiles; BENCHMARKS.md, 2026-12-03).
+    let direct = ctx.kernel_target == KernelTarget::Cpu && weight_run(k_dim) == 8;
+    let entry = match (w1.is_some(), direct) {
+        (true, false) => "gate_up",
+        (false, false) => "down",
+        (true, true) => "gate_up_direct",
+        (false, true) => "down_direct",
+    };
     let mapping = GemvMapping::for_target(ctx.kernel_target);
     let gemv_shader = if mapping == GemvMapping::Split && ctx.subgroup_reductions {
         EXPERT_GEMV_SUBGROUP
