@@ -254,10 +254,13 @@ fn down(
     }
 }
 
-// Serial mapping (CPU adapters): one invocation per output n of the group's TOKENS rows,
-// summing all of K, RUN weights per step; WG consecutive outputs per workgroup
-// (p.row_groups counts those groups). No shared memory and no barrier, which a CPU
-// driver pays per workgroup; on a GPU the split mapping above coalesces better.
+// Serial mapping (CPU adapters): one invocation per serial_outs() consecutive outputs of
+// the group's TOKENS rows, summing all of K, RUN weights per step; WG * serial_outs()
+// consecutive outputs per workgroup (p.row_groups counts those groups). One row
+// (TOKENS = 1: decode, routed rows) takes 4 outputs per invocation, reading each input
+// run once for 4 weight runs; more rows take 1 output (their accumulators already fill
+// the registers). No shared memory and no barrier, which a CPU driver pays per
+// workgroup; on a GPU the split mapping above coalesces better.
 // Each row's sum runs in 4 lanes of a vec4 (lane l takes elements l, l + 4, l + 8, ...
 // in index order; with RUN = 1 everything lands in lane 0), added as (l0 + l1) + (l2 +
 // l3) at the end; the same for every TOKENS, so a token's result never depends on the
@@ -272,9 +275,15 @@ struct SerialOutput {
     weights: u32,
 }
 
-// The rows and output of this invocation, or expert SENTINEL when it has none.
+// Outputs per invocation of the serial mapping (the host's `serial_outputs`).
+fn serial_outs() -> u32 {
+    return select(1u, 4u, TOKENS == 1u);
+}
+
+// The rows and first output of this invocation, or expert SENTINEL when it has none.
 fn serial_output(wg: u32, lid: u32) -> SerialOutput {
-    let tile = GemvTile((wg / p.row_groups) * TOKENS, p.row_begin + (wg % p.row_groups) * WG + lid);
+    let n0 = p.row_begin + ((wg % p.row_groups) * WG + lid) * serial_outs();
+    let tile = GemvTile((wg / p.row_groups) * TOKENS, n0);
     var e = SENTINEL;
     if (tile.first_row < p.assignments && tile.n0 < p.row_end) {
         e = 0u;
@@ -353,6 +362,66 @@ fn zero_sums() -> RowSums {
     return RowSums(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
 }
 
+// Lane sums of one row's 4 consecutive outputs (serial_outs() = 4).
+struct OutputSums {
+    o0: vec4<f32>,
+    o1: vec4<f32>,
+    o2: vec4<f32>,
+    o3: vec4<f32>,
+}
+
+fn zero_outputs() -> OutputSums {
+    return OutputSums(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+}
+
+// The input's runs at i, i + 8, i + 16, i + 24 (RUN = 32; else only r0, at i).
+fn input_runs(row: u32, i: u32) -> Run32 {
+    let zero = Run8(vec4<f32>(0.0), vec4<f32>(0.0));
+    if (RUN == 32u) {
+        return Run32(input_run8(row, i), input_run8(row, i + 8u), input_run8(row, i + 16u), input_run8(row, i + 24u));
+    }
+    return Run32(input_run8(row, i), zero, zero, zero);
+}
+
+// The products of the input runs x with weight run r, in the order add_run and
+// add_run32 take them (RUN = 32: four runs of 8; else r.r0 alone).
+fn run_products(acc: vec4<f32>, x: Run32, r: Run32) -> vec4<f32> {
+    if (RUN == 32u) {
+        let s = lane_products(lane_products(acc, x.r0, r.r0), x.r1, r.r1);
+        return lane_products(lane_products(s, x.r2, r.r2), x.r3, r.r3);
+    }
+    return lane_products(acc, x.r0, r.r0);
+}
+
+// RUN weights of w0 / w1 at i as a Run32 (RUN = 32; else the run of 8 in r0).
+fn w0_runs(i: u32) -> Run32 {
+    if (RUN == 32u) {
+        return w0_at32(i);
+    }
+    let zero = Run8(vec4<f32>(0.0), vec4<f32>(0.0));
+    return Run32(w0_run8(i), zero, zero, zero);
+}
+
+fn w1_runs(i: u32) -> Run32 {
+    if (RUN == 32u) {
+        return w1_at32(i);
+    }
+    let zero = Run8(vec4<f32>(0.0), vec4<f32>(0.0));
+    return Run32(w1_run8(i), zero, zero, zero);
+}
+
+// Index of the first weight of each of the 4 outputs from n0 (clamped into the chunk).
+fn output_weights(o: SerialOutput) -> vec4<u32> {
+    let base = (o.expert - p.expert_begin) * p.expert_stride;
+    let n = o.tile.n0;
+    return vec4<u32>(gemv_weight_index(base, n, 0u), gemv_weight_index(base, n + 1u, 0u),
+        gemv_weight_index(base, n + 2u, 0u), gemv_weight_index(base, n + 3u, 0u));
+}
+
+fn output_sum(v: vec4<f32>) -> f32 {
+    return (v.x + v.y) + (v.z + v.w);
+}
+
 @compute @workgroup_size(64)
 fn gate_up_serial(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -364,6 +433,30 @@ fn gate_up_serial(
         return;
     }
     let src = input_offsets(o.tile, true);
+    if (serial_outs() == 4u) {
+        let w = output_weights(o);
+        var g = zero_outputs();
+        var u = zero_outputs();
+        for (var i = 0u; i < p.k_dim; i += RUN) {
+            let x = input_runs(src[0], i);
+            g.o0 = run_products(g.o0, x, w0_runs(w.x + i));
+            g.o1 = run_products(g.o1, x, w0_runs(w.y + i));
+            g.o2 = run_products(g.o2, x, w0_runs(w.z + i));
+            g.o3 = run_products(g.o3, x, w0_runs(w.w + i));
+            u.o0 = run_products(u.o0, x, w1_runs(w.x + i));
+            u.o1 = run_products(u.o1, x, w1_runs(w.y + i));
+            u.o2 = run_products(u.o2, x, w1_runs(w.z + i));
+            u.o3 = run_products(u.o3, x, w1_runs(w.w + i));
+        }
+        let gs = vec4<f32>(output_sum(g.o0), output_sum(g.o1), output_sum(g.o2), output_sum(g.o3));
+        let us = vec4<f32>(output_sum(u.o0), output_sum(u.o1), output_sum(u.o2), output_sum(u.o3));
+        for (var j = 0u; j < 4u; j++) {
+            if (o.tile.n0 + j < p.row_end) {
+                store_gate_up(o.expert, o.tile.first_row, o.tile.n0 + j, gs[j], us[j]);
+            }
+        }
+        return;
+    }
     var gate = zero_sums();
     var up = zero_sums();
     for (var i = 0u; i < p.k_dim; i += RUN) {
@@ -394,6 +487,24 @@ fn down_serial(
         return;
     }
     let src = input_offsets(o.tile, false);
+    if (serial_outs() == 4u) {
+        let w = output_weights(o);
+        var y = zero_outputs();
+        for (var i = 0u; i < p.k_dim; i += RUN) {
+            let x = input_runs(src[0], i);
+            y.o0 = run_products(y.o0, x, w0_runs(w.x + i));
+            y.o1 = run_products(y.o1, x, w0_runs(w.y + i));
+            y.o2 = run_products(y.o2, x, w0_runs(w.z + i));
+            y.o3 = run_products(y.o3, x, w0_runs(w.w + i));
+        }
+        let ys = vec4<f32>(output_sum(y.o0), output_sum(y.o1), output_sum(y.o2), output_sum(y.o3));
+        for (var j = 0u; j < 4u; j++) {
+            if (o.tile.n0 + j < p.row_end) {
+                store_down(o.expert, o.tile.first_row, o.tile.n0 + j, ys[j]);
+            }
+        }
+        return;
+    }
     var sums = zero_sums();
     for (var i = 0u; i < p.k_dim; i += RUN) {
         let wi = o.weights + i;
