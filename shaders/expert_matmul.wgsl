@@ -82,22 +82,28 @@ fn block_expert_of(b: u32, lid: u32) -> u32 {
     return workgroupUniformLoad(&shared_expert_id);
 }
 
-// Fills src_row for block b. gather_tokens: a_in rows are tokens (gate_up), else rows.
+// The row of a_in feeding row r of block b, or SENTINEL for a padding row.
+// gather_tokens: a_in rows are tokens (gate_up), else rows.
+fn block_row_source(b: u32, r: u32, gather_tokens: bool) -> u32 {
+    let row = b * WG_ROWS + r;
+    var src = SENTINEL;
+    if (p.dense_rows > 0u) {
+        if (row < p.dense_rows) {
+            src = row;
+        }
+    } else {
+        let a = row_assignment[row];
+        if (a != SENTINEL) {
+            src = select(row, a / p.rows_per_token, gather_tokens);
+        }
+    }
+    return src;
+}
+
+// Fills src_row for block b.
 fn prepare_rows(b: u32, lid: u32, gather_tokens: bool) {
     if (lid < WG_ROWS) {
-        let row = b * WG_ROWS + lid;
-        var src = SENTINEL;
-        if (p.dense_rows > 0u) {
-            if (row < p.dense_rows) {
-                src = row;
-            }
-        } else {
-            let a = row_assignment[row];
-            if (a != SENTINEL) {
-                src = select(row, a / p.rows_per_token, gather_tokens);
-            }
-        }
-        src_row[lid] = src;
+        src_row[lid] = block_row_source(b, lid, gather_tokens);
     }
     workgroupBarrier();
 }
@@ -199,17 +205,14 @@ fn load_w1_tile(k0: u32, col0: u32, e: u32, lid: u32) {
     }
 }
 
-// The output row of row r of block b, or SENTINEL for a padding row.
-fn output_row(b: u32, r: u32) -> u32 {
-    if (src_row[r] == SENTINEL) {
-        return SENTINEL;
-    }
-    return b * WG_ROWS + r;
+// The output row of row r of block b fed by a_in row src, or SENTINEL for a padding row.
+fn output_row(b: u32, r: u32, src: u32) -> u32 {
+    return select(b * WG_ROWS + r, SENTINEL, src == SENTINEL);
 }
 
-// Writes row 4 ty + i of the block: act(g, u) over its 4 columns (plus biases).
-fn store_gate_up(b: u32, e: u32, col0: u32, ty: u32, tx: u32, i: u32, g: vec4<f32>, u: vec4<f32>) {
-    let row = output_row(b, 4u * ty + i);
+// Writes output row `row` (SENTINEL: none): act(g, u) over columns 4 tx .. 4 tx + 3 of
+// the tile (plus biases).
+fn store_gate_up(row: u32, e: u32, col0: u32, tx: u32, g: vec4<f32>, u: vec4<f32>) {
     if (row == SENTINEL) {
         return;
     }
@@ -275,15 +278,15 @@ fn gate_up(
         }
         workgroupBarrier();
     }
-    store_gate_up(b, e, col0, ty, tx, 0u, g0, u0);
-    store_gate_up(b, e, col0, ty, tx, 1u, g1, u1);
-    store_gate_up(b, e, col0, ty, tx, 2u, g2, u2);
-    store_gate_up(b, e, col0, ty, tx, 3u, g3, u3);
+    store_gate_up(output_row(b, 4u * ty, src_row[4u * ty]), e, col0, tx, g0, u0);
+    store_gate_up(output_row(b, 4u * ty + 1u, src_row[4u * ty + 1u]), e, col0, tx, g1, u1);
+    store_gate_up(output_row(b, 4u * ty + 2u, src_row[4u * ty + 2u]), e, col0, tx, g2, u2);
+    store_gate_up(output_row(b, 4u * ty + 3u, src_row[4u * ty + 3u]), e, col0, tx, g3, u3);
 }
 
-// Writes row 4 ty + i of the block over its 4 columns (plus bias, or onto the residual).
-fn store_down(b: u32, e: u32, col0: u32, ty: u32, tx: u32, i: u32, y: vec4<f32>) {
-    let row = output_row(b, 4u * ty + i);
+// Writes output row `row` (SENTINEL: none) over columns 4 tx .. 4 tx + 3 of the tile
+// (plus bias, or onto the residual).
+fn store_down(row: u32, e: u32, col0: u32, tx: u32, y: vec4<f32>) {
     if (row == SENTINEL) {
         return;
     }
@@ -341,18 +344,19 @@ fn down(
         }
         workgroupBarrier();
     }
-    store_down(b, e, col0, ty, tx, 0u, y0);
-    store_down(b, e, col0, ty, tx, 1u, y1);
-    store_down(b, e, col0, ty, tx, 2u, y2);
-    store_down(b, e, col0, ty, tx, 3u, y3);
+    store_down(output_row(b, 4u * ty, src_row[4u * ty]), e, col0, tx, y0);
+    store_down(output_row(b, 4u * ty + 1u, src_row[4u * ty + 1u]), e, col0, tx, y1);
+    store_down(output_row(b, 4u * ty + 2u, src_row[4u * ty + 2u]), e, col0, tx, y2);
+    store_down(output_row(b, 4u * ty + 3u, src_row[4u * ty + 3u]), e, col0, tx, y3);
 }
 
 // CPU-target variants (`gate_up_direct`, `down_direct`; RUN = 8, K a multiple of 8):
 // the same workgroup mapping and per-output sums in index order, but each invocation
-// reads its 4 rows of A and its 4 weight rows straight from the buffers in runs of 8,
-// with no shared tiles and no barrier in the loop over K. A CPU driver runs an
-// invocation per SIMD lane and keeps the buffers in its caches, so the tile fills and
-// barriers (most of a tile's time there) buy nothing; a GPU keeps the tiled entries.
+// reads its block's expert, its 4 rows' sources, and its 4 rows of A and 4 weight rows
+// (in runs of 8) straight from the buffers: no shared memory and no barrier. A CPU
+// driver runs an invocation per SIMD lane and keeps the buffers in its caches, so the
+// tile fills and barriers (most of a tile's time there) buy nothing; a GPU keeps the
+// tiled entries.
 
 // Elements k..k+7 of row src of a_in (row 0 stands in for a padding row, never stored).
 fn a_run8(src: u32, k: u32) -> Run8 {
@@ -395,20 +399,19 @@ fn gate_up_direct(
     }
     let b = wg / p.col_tiles;
     let col0 = p.row_begin + (wg % p.col_tiles) * BN;
-    let e = block_expert_of(b, lid);
+    let e = select(block_expert[b], 0u, p.dense_rows > 0u);
     if (e == SENTINEL || e < p.expert_begin || e >= p.expert_end) {
         return;
     }
-    prepare_rows(b, lid, true);
     let ty = lid / COL_GROUPS;
     let tx = lid % COL_GROUPS;
     let el = e - p.expert_begin;
-    let s0 = src_row[4u * ty];
-    let s1 = src_row[4u * ty + 1u];
-    let s2 = src_row[4u * ty + 2u];
-    let s3 = src_row[4u * ty + 3u];
-    // No barrier follows: an invocation whose rows are all padding, or whose columns all
-    // lie past the chunk, is done.
+    let s0 = block_row_source(b, 4u * ty, true);
+    let s1 = block_row_source(b, 4u * ty + 1u, true);
+    let s2 = block_row_source(b, 4u * ty + 2u, true);
+    let s3 = block_row_source(b, 4u * ty + 3u, true);
+    // An invocation whose rows are all padding, or whose columns all lie past the
+    // chunk, is done.
     if (s0 == SENTINEL && s1 == SENTINEL && s2 == SENTINEL && s3 == SENTINEL) {
         return;
     }
@@ -450,10 +453,10 @@ fn gate_up_direct(
         u2 = fma_run8(u2, a2, y0, y1, y2, y3);
         u3 = fma_run8(u3, a3, y0, y1, y2, y3);
     }
-    store_gate_up(b, e, col0, ty, tx, 0u, g0, u0);
-    store_gate_up(b, e, col0, ty, tx, 1u, g1, u1);
-    store_gate_up(b, e, col0, ty, tx, 2u, g2, u2);
-    store_gate_up(b, e, col0, ty, tx, 3u, g3, u3);
+    store_gate_up(output_row(b, 4u * ty, s0), e, col0, tx, g0, u0);
+    store_gate_up(output_row(b, 4u * ty + 1u, s1), e, col0, tx, g1, u1);
+    store_gate_up(output_row(b, 4u * ty + 2u, s2), e, col0, tx, g2, u2);
+    store_gate_up(output_row(b, 4u * ty + 3u, s3), e, col0, tx, g3, u3);
 }
 
 @compute @workgroup_size(WG_SIZE)
@@ -468,20 +471,19 @@ fn down_direct(
     }
     let b = wg / p.col_tiles;
     let col0 = p.row_begin + (wg % p.col_tiles) * BN;
-    let e = block_expert_of(b, lid);
+    let e = select(block_expert[b], 0u, p.dense_rows > 0u);
     if (e == SENTINEL || e < p.expert_begin || e >= p.expert_end) {
         return;
     }
-    prepare_rows(b, lid, false);
     let ty = lid / COL_GROUPS;
     let tx = lid % COL_GROUPS;
     let el = e - p.expert_begin;
-    let s0 = src_row[4u * ty];
-    let s1 = src_row[4u * ty + 1u];
-    let s2 = src_row[4u * ty + 2u];
-    let s3 = src_row[4u * ty + 3u];
-    // No barrier follows: an invocation whose rows are all padding, or whose columns all
-    // lie past the chunk, is done.
+    let s0 = block_row_source(b, 4u * ty, false);
+    let s1 = block_row_source(b, 4u * ty + 1u, false);
+    let s2 = block_row_source(b, 4u * ty + 2u, false);
+    let s3 = block_row_source(b, 4u * ty + 3u, false);
+    // An invocation whose rows are all padding, or whose columns all lie past the
+    // chunk, is done.
     if (s0 == SENTINEL && s1 == SENTINEL && s2 == SENTINEL && s3 == SENTINEL) {
         return;
     }
@@ -507,8 +509,8 @@ fn down_direct(
         y2 = fma_run8(y2, a_run8(s2, k), x0, x1, x2, x3);
         y3 = fma_run8(y3, a_run8(s3, k), x0, x1, x2, x3);
     }
-    store_down(b, e, col0, ty, tx, 0u, y0);
-    store_down(b, e, col0, ty, tx, 1u, y1);
-    store_down(b, e, col0, ty, tx, 2u, y2);
-    store_down(b, e, col0, ty, tx, 3u, y3);
+    store_down(output_row(b, 4u * ty, s0), e, col0, tx, y0);
+    store_down(output_row(b, 4u * ty + 1u, s1), e, col0, tx, y1);
+    store_down(output_row(b, 4u * ty + 2u, s2), e, col0, tx, y2);
+    store_down(output_row(b, 4u * ty + 3u, s3), e, col0, tx, y3);
 }
