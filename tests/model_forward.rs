@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use webmoe::model::config::{Family, MlaConfig, ModelConfig, QkNorm};
-use webmoe::model::model::{LogitsFor, Model};
+use webmoe::model::model::{moe_gemv_by_size, LogitsFor, Model};
 use webmoe::model::reference::forward_reference;
 use webmoe::model::session::Session;
 use webmoe::model::synthetic::model_from_weights;
@@ -297,7 +297,7 @@ fn mla_caches_hold_one_latent_and_one_rope_key_per_position() {
 #[test]
 fn profiled_steps_time_every_kernel_and_advance_like_steps() {
     let ctx = context();
-    let (_, _, model) = model(&ctx, Family::Qwen3Moe, 40);
+    let (config, _, model) = model(&ctx, Family::Qwen3Moe, 40);
     let prompt = [4u32, 8, 15, 16, 23, 42];
     let mut plain = Session::new(&ctx, &model, None).unwrap();
     let want = pollster::block_on(plain.logits(&ctx, &model, &prompt, LogitsFor::Last)).unwrap();
@@ -311,15 +311,17 @@ fn profiled_steps_time_every_kernel_and_advance_like_steps() {
     let name = |k: &webmoe::gpu::profile::KernelTime| format!("{}/{}", k.section, k.kernel);
     let rows = |p: &[webmoe::gpu::profile::KernelTime]| p.iter().map(name).collect::<Vec<_>>();
     // The attention projections and the lm_head use the GEMV too, in their own sections.
-    // A short prompt takes the tiles on a GPU, the GEMV on a CPU adapter (lavapipe),
-    // whose GEMV has one invocation per output (entries `*_serial`).
+    // The prompt's MoE layers take the kernels of `moe_gemv_by_size`: tiles on a GPU; on a
+    // CPU adapter (lavapipe) the GEMV while experts get few rows, else the barrier-free
+    // tiles (`*_direct`, K a multiple of 8), and its GEMV is the serial one (`*_serial`).
     let cpu = ctx.kernel_target == webmoe::KernelTarget::Cpu;
     let gemv =
         |section: &str, entry: &str| format!("{section}/expert_gemv::{entry}{}", if cpu { "_serial" } else { "" });
-    let prefill_moe = if cpu {
+    let prefill_moe = if moe_gemv_by_size(&ctx, prompt.len(), &config.moe) {
         gemv("moe", "gate_up")
     } else {
-        "moe/expert_matmul::gate_up".to_string()
+        let direct = cpu && config.hidden_size.is_multiple_of(8);
+        format!("moe/expert_matmul::gate_up{}", if direct { "_direct" } else { "" })
     };
     for (p, row) in [
         (&prefill, prefill_moe),
