@@ -255,11 +255,11 @@ fn down(
 }
 
 // Serial mapping (CPU adapters): one invocation per serial_outs() consecutive outputs of
-// the group's TOKENS rows, summing all of K, RUN weights per step; WG * serial_outs()
-// consecutive outputs per workgroup (p.row_groups counts those groups). One row
-// (TOKENS = 1: decode, routed rows) takes 4 outputs per invocation, reading each input
-// run once for 4 weight runs; more rows take 1 output (their accumulators already fill
-// the registers). No shared memory and no barrier, which a CPU driver pays per
+// the group's TOKENS rows, summing all of K, RUN weights per step; WG_ROWS invocations
+// (here the workgroup's size) of WG_ROWS * serial_outs() = 64 consecutive outputs per
+// workgroup (p.row_groups counts those groups). One row (TOKENS = 1: decode, routed
+// rows) takes 4 outputs per invocation, reading each input run once for 4 weight runs;
+// more rows take 1 output (their accumulators already fill the registers). No shared memory and no barrier, which a CPU driver pays per
 // workgroup; on a GPU the split mapping above coalesces better.
 // Each row's sum runs in 4 lanes of a vec4 (lane l takes elements l, l + 4, l + 8, ...
 // in index order; with RUN = 1 everything lands in lane 0), added as (l0 + l1) + (l2 +
@@ -282,7 +282,7 @@ fn serial_outs() -> u32 {
 
 // The rows and first output of this invocation, or expert SENTINEL when it has none.
 fn serial_output(wg: u32, lid: u32) -> SerialOutput {
-    let n0 = p.row_begin + ((wg % p.row_groups) * WG + lid) * serial_outs();
+    let n0 = p.row_begin + ((wg % p.row_groups) * WG_ROWS + lid) * serial_outs();
     let tile = GemvTile((wg / p.row_groups) * TOKENS, n0);
     var e = SENTINEL;
     if (tile.first_row < p.assignments && tile.n0 < p.row_end) {
@@ -422,7 +422,7 @@ fn output_sum(v: vec4<f32>) -> f32 {
     return (v.x + v.y) + (v.z + v.w);
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG_ROWS)
 fn gate_up_serial(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -476,7 +476,7 @@ fn gate_up_serial(
     }
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG_ROWS)
 fn down_serial(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,

@@ -83,13 +83,14 @@ impl GemvMapping {
     }
 }
 
-/// Invocations per workgroup of the serial GEMV.
-const SERIAL_GEMV_INVOCATIONS: usize = 64;
+/// Outputs per workgroup of the serial GEMV.
+const SERIAL_GEMV_OUTPUTS: usize = 64;
 
 /// Outputs per invocation of the serial GEMV for `tokens` rows per workgroup: 4 for one
 /// row (each input run read once for 4 weight runs: lavapipe's decode GEMVs about
 /// 1.7x faster than 1), 1 for more (their accumulators already fill the registers).
-/// An output's sum is the same either way.
+/// An output's sum is the same either way. A workgroup keeps 64 outputs (16 or 64
+/// invocations, the kernel's `WG_ROWS`): as many workgroups as before for small layers.
 fn serial_outputs(tokens: usize) -> usize {
     if tokens == 1 {
         4
@@ -100,7 +101,7 @@ fn serial_outputs(tokens: usize) -> usize {
 
 /// Tokens and output rows per GEMV workgroup: dense rows share each weight they read
 /// among up to 4 tokens (split: the rest of [`gemv_rows`]' budget of 16 pairs goes to
-/// outputs; serial: 64 invocations of [`serial_outputs`] each); routed rows take one token each, since their experts
+/// outputs; serial: 64, [`serial_outputs`] per invocation); routed rows take one token each, since their experts
 /// differ. A token's result is the same whatever this picks.
 pub fn gemv_shape(k_dim: usize, tokens: usize, dense: bool, mapping: GemvMapping) -> (usize, usize) {
     let per_group = if dense {
@@ -110,7 +111,7 @@ pub fn gemv_shape(k_dim: usize, tokens: usize, dense: bool, mapping: GemvMapping
     };
     let outputs = match mapping {
         GemvMapping::Split => gemv_rows(k_dim).min(GEMV_MAX_PAIRS / per_group),
-        GemvMapping::Serial => SERIAL_GEMV_INVOCATIONS * serial_outputs(per_group),
+        GemvMapping::Serial => SERIAL_GEMV_OUTPUTS,
     };
     (per_group, outputs)
 }
@@ -409,7 +410,7 @@ fn encode_expert_matmul(
                 .run(mapping.run(k_dim, w0.format));
             match mapping {
                 GemvMapping::Split => key.rows(per_group as u32),
-                GemvMapping::Serial => key,
+                GemvMapping::Serial => key.rows((SERIAL_GEMV_OUTPUTS / serial_outputs(row_group)) as u32),
             }
         }
         ExpertRows::Dense { tokens, gemv: false } => shader
