@@ -434,6 +434,8 @@ fn gate_up_serial(
     }
     let src = input_offsets(o.tile, true);
     if (serial_outs() == 4u) {
+        // Written out: helpers returning structs of sums ran slower on lavapipe (see
+        // expert_matmul.wgsl's direct entries).
         let w = output_weights(o);
         var g = zero_outputs();
         var u = zero_outputs();
