@@ -101,8 +101,8 @@ fn serial_outputs(tokens: usize) -> usize {
 
 /// Tokens and output rows per GEMV workgroup: dense rows share each weight they read
 /// among up to 4 tokens (split: the rest of [`gemv_rows`]' budget of 16 pairs goes to
-/// outputs; serial: 64, [`serial_outputs`] per invocation); routed rows take one token each, since their experts
-/// differ. A token's result is the same whatever this picks.
+/// outputs; serial: 64, [`serial_outputs`] per invocation); routed rows take one token
+/// each, since their experts differ. A token's result is the same whatever this picks.
 pub fn gemv_shape(k_dim: usize, tokens: usize, dense: bool, mapping: GemvMapping) -> (usize, usize) {
     let per_group = if dense {
         tokens.clamp(1, GEMV_MAX_TOKENS).next_power_of_two()
@@ -337,8 +337,8 @@ fn encode_expert_matmul(
     };
     let (k_dim, n_dim) = (w0.in_dim, w0.out_dim);
     // The tiled kernel's entry: on a CPU target with rows in runs of 8, the barrier-free
-    // form reading the buffers directly (lavapipe: grouped and dense prefill about 1.5x
-    // faster than through shared tiles; BENCHMARKS.md, 2026-12-03).
+    // form reading the buffers directly (lavapipe: dense prefill about 1.5x, grouped
+    // 2.3x faster than through shared tiles; BENCHMARKS.md, 2026-12-03).
     let direct = ctx.kernel_target == KernelTarget::Cpu && weight_run(k_dim) == 8;
     let entry = match (w1.is_some(), direct) {
         (true, false) => "gate_up",
