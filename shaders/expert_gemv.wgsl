@@ -259,8 +259,9 @@ fn down(
 // (here the workgroup's size) of WG_ROWS * serial_outs() = 64 consecutive outputs per
 // workgroup (p.row_groups counts those groups). One row (TOKENS = 1: decode, routed
 // rows) takes 4 outputs per invocation, reading each input run once for 4 weight runs;
-// more rows take 1 output (their accumulators already fill the registers). No shared memory and no barrier, which a CPU driver pays per
-// workgroup; on a GPU the split mapping above coalesces better.
+// more rows take 1 output (their accumulators already fill the registers). No shared
+// memory and no barrier, which a CPU driver pays per workgroup; on a GPU the split
+// mapping above coalesces better.
 // Each row's sum runs in 4 lanes of a vec4 (lane l takes elements l, l + 4, l + 8, ...
 // in index order; with RUN = 1 everything lands in lane 0), added as (l0 + l1) + (l2 +
 // l3) at the end; the same for every TOKENS, so a token's result never depends on the

@@ -130,7 +130,12 @@ fn weight_tile_index(idx: u32, k0: u32, col0: u32, e: u32) -> u32 {
     if (col >= p.row_end || k >= p.k_dim) {
         return SENTINEL;
     }
-    return e * p.expert_stride + (col - p.row_begin) * p.k_dim + k;
+    return weight_row_index(col, e) + k;
+}
+
+// Index of the first weight of output column (weight row) col of expert-local e.
+fn weight_row_index(col: u32, e: u32) -> u32 {
+    return e * p.expert_stride + (col - p.row_begin) * p.k_dim;
 }
 
 // Weights k0 + kk .. k0 + kk + 8 of output column col of expert-local e (zeros past the
@@ -146,7 +151,7 @@ fn weight_run(k0: u32, col0: u32, e: u32, r: u32) -> WeightRun {
     let kk = (r % 2u) * 8u;
     var index = SENTINEL;
     if (col < p.row_end && k0 + kk < p.k_dim) {
-        index = e * p.expert_stride + (col - p.row_begin) * p.k_dim + k0 + kk;
+        index = weight_row_index(col, e) + k0 + kk;
     }
     return WeightRun(col - col0, kk, index);
 }
@@ -381,10 +386,10 @@ fn fma_run8(acc: vec4<f32>, a: Run8, w0: Run8, w1: Run8, w2: Run8, w3: Run8) -> 
     return s;
 }
 
-// Start of weight row col of expert-local e (the chunk's first row past its columns,
-// whose outputs are never stored).
+// Start of weight row col of expert-local e, clamped to the chunk's last row (columns
+// past the chunk read it; their outputs are never stored).
 fn weight_row_start(col: u32, e: u32) -> u32 {
-    return e * p.expert_stride + (min(col, p.row_end - 1u) - p.row_begin) * p.k_dim;
+    return weight_row_index(min(col, p.row_end - 1u), e);
 }
 
 // The invocation of a direct entry: its block, expert and tile, the a_in rows of its
