@@ -361,14 +361,14 @@ pub async fn bench_model(
     session.rewind(prompt_tokens)?;
     session.step(ctx, model, &[token], Readback::Argmax).await?;
     session.rewind(prompt_tokens)?;
+    // Decode as generation does: the next step submitted before a token is read back.
     let clock = Clock::start();
-    for _ in 0..decode_tokens {
-        token = session
-            .step(ctx, model, &[token], Readback::Argmax)
-            .await?
-            .token
-            .unwrap_or(0);
-    }
+    session
+        .decode_greedy(ctx, model, token, decode_tokens, |next, _| {
+            token = next;
+            true
+        })
+        .await?;
     let decode_seconds = clock.seconds();
     let (mut prefill_profile, mut decode_profile) = (Vec::new(), Vec::new());
     if profile {

@@ -73,6 +73,78 @@ fn decode_steps_after_the_first_create_no_buffers_or_bind_groups() {
     assert_eq!(session.position(), prompt.len() + 1 + 6 + 4);
 }
 
+/// Greedy decode with the next step submitted before a token is read back (its input
+/// chained on the GPU) gives the step-by-step tokens, positions and routing totals;
+/// stopping it discards the step in flight, and decoding on from there (over the cache
+/// rows that step wrote) continues as if never stopped; it ends at the context's end.
+#[test]
+fn pipelined_greedy_decode_gives_the_step_by_step_tokens() {
+    let ctx = context();
+    let model = tiny_model(&ctx);
+    let prompt = [5u32, 17, 3, 99];
+    let steps = 12;
+    let mut reference = Session::new(&ctx, &model, None).unwrap();
+    let want = greedy(&ctx, &model, &mut reference, &prompt, steps);
+    let distinct: std::collections::HashSet<_> = want.iter().collect();
+    assert!(
+        distinct.len() >= 4,
+        "the tokens should change from step to step: {want:?}"
+    );
+
+    let decode = |session: &mut Session, first: u32, max: usize, stop_after: usize, got: &mut Vec<u32>| {
+        let mut accepted = 0;
+        pollster::block_on(session.decode_greedy(&ctx, &model, first, max, |token, routing| {
+            assert_eq!(routing.len(), session_routing_len(&model));
+            got.push(token);
+            accepted += 1;
+            accepted < stop_after
+        }))
+        .unwrap()
+    };
+
+    let mut session = Session::new(&ctx, &model, None).unwrap();
+    let first = pollster::block_on(session.next_greedy(&ctx, &model, &prompt)).unwrap();
+    let mut got = vec![first];
+    assert_eq!(decode(&mut session, first, steps - 1, usize::MAX, &mut got), steps - 1);
+    assert_eq!(got, want);
+    assert_eq!(session.position(), reference.position());
+    assert_eq!(session.routing_totals, reference.routing_totals);
+    // Another decode reuses the workspace: no buffers, no bind groups.
+    let before = ctx.resource_counts();
+    session.rewind(prompt.len()).unwrap();
+    let mut again = vec![first];
+    decode(&mut session, first, steps - 1, usize::MAX, &mut again);
+    assert_eq!(again, want);
+    assert_eq!(ctx.resource_counts(), before);
+
+    // Stopped after 3 tokens (a step in flight past them), then on from the last.
+    let mut session = Session::new(&ctx, &model, None).unwrap();
+    let first = pollster::block_on(session.next_greedy(&ctx, &model, &prompt)).unwrap();
+    let mut got = vec![first];
+    assert_eq!(decode(&mut session, first, steps - 1, 3, &mut got), 3);
+    assert_eq!(session.position(), prompt.len() + 3);
+    let last = *got.last().unwrap();
+    decode(&mut session, last, steps - 4, usize::MAX, &mut got);
+    assert_eq!(got, want);
+    // A step-by-step step after a pipelined decode writes its own input.
+    session.rewind(prompt.len() + 2).unwrap();
+    let next = pollster::block_on(session.next_greedy(&ctx, &model, &[want[2]])).unwrap();
+    assert_eq!(next, want[3]);
+
+    // A session of prompt + 5 positions decodes 5 tokens, whatever the maximum asked.
+    let mut short = Session::new(&ctx, &model, Some(prompt.len() + 5)).unwrap();
+    let first = pollster::block_on(short.next_greedy(&ctx, &model, &prompt)).unwrap();
+    let mut got = vec![first];
+    assert_eq!(decode(&mut short, first, steps, usize::MAX, &mut got), 5);
+    assert_eq!(got, want[..6]);
+    assert_eq!(short.position(), short.max_context);
+    assert_eq!(decode(&mut short, want[5], 3, usize::MAX, &mut got), 0);
+}
+
+fn session_routing_len(model: &Model) -> usize {
+    model.moe_layers() * model.config.moe.num_experts()
+}
+
 #[test]
 fn interleaved_sessions_give_the_same_tokens_as_each_alone() {
     let ctx = context();

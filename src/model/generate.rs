@@ -1,5 +1,6 @@
 //! Text generation: batched prefill, then token-by-token decode with one submit
-//! and one small readback per token; greedy or sampled (temperature, top-k, top-p).
+//! and one small readback per token; greedy (with the next step submitted before a
+//! token is read back) or sampled (temperature, top-k, top-p).
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -224,6 +225,21 @@ pub async fn generate(
         gen.decode_seconds = clock.seconds();
         return Ok(gen);
     }
+    if sampling.is_greedy() {
+        gen.generated_ids.push(token);
+        let go_on = on_token(token, &routing);
+        if go_on && !stop_ids.contains(&token) && max_new_tokens > 1 {
+            let generated = &mut gen.generated_ids;
+            session
+                .decode_greedy(ctx, model, token, max_new_tokens - 1, |token, routing| {
+                    generated.push(token);
+                    on_token(token, routing) && !stop_ids.contains(&token)
+                })
+                .await?;
+        }
+        gen.decode_seconds = clock.seconds();
+        return Ok(gen);
+    }
     loop {
         gen.generated_ids.push(token);
         let go_on = on_token(token, &routing);
@@ -233,13 +249,8 @@ pub async fn generate(
         if session.position() + 1 > session.max_context {
             break;
         }
-        let read = if sampling.is_greedy() {
-            Readback::Argmax
-        } else {
-            Readback::LastLogits
-        };
-        let step = session.step(ctx, model, &[token], read).await?;
-        token = step.token.unwrap_or_else(|| sampler.sample(&step.logits));
+        let step = session.step(ctx, model, &[token], Readback::LastLogits).await?;
+        token = sampler.sample(&step.logits);
         routing = step.routing_counts;
     }
     gen.decode_seconds = clock.seconds();
