@@ -191,6 +191,18 @@ pub async fn read_buffer(ctx: &GpuContext, buffer: &wgpu::Buffer, size: u64) -> 
 /// Maps a MAP_READ buffer once the submitted work that fills it is done, copies its
 /// bytes out and unmaps it (so it can be filled again).
 pub async fn map_read(ctx: &GpuContext, staging: &wgpu::Buffer, what: &str) -> Result<Vec<u8>> {
+    map_read_after(ctx, staging, what, None).await
+}
+
+/// [`map_read`] of a buffer that `submission` fills: natively it waits for that
+/// submission only (not the latest), so submissions queued after it keep the GPU busy
+/// while the bytes are read (browsers wait for the buffer's own work anyway).
+pub async fn map_read_after(
+    ctx: &GpuContext,
+    staging: &wgpu::Buffer,
+    what: &str,
+    submission: Option<wgpu::SubmissionIndex>,
+) -> Result<Vec<u8>> {
     let failed = |reason: String| Error::Readback {
         what: what.to_string(),
         reason,
@@ -201,8 +213,13 @@ pub async fn map_read(ctx: &GpuContext, staging: &wgpu::Buffer, what: &str) -> R
     });
     #[cfg(not(target_arch = "wasm32"))]
     ctx.device
-        .poll(wgpu::PollType::wait_indefinitely())
+        .poll(wgpu::PollType::Wait {
+            submission_index: submission,
+            timeout: None,
+        })
         .map_err(|e| failed(e.to_string()))?;
+    #[cfg(target_arch = "wasm32")]
+    let _ = submission;
     let mapped = receiver
         .await
         .map_err(|_| failed("the map callback was dropped (device lost?)".into()))?;

@@ -9,7 +9,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::kernel::Recorder;
 use crate::gpu::profile::{profile, KernelTime};
-use crate::gpu::tensor::map_read;
+use crate::gpu::tensor::map_read_after;
 use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::model::model::{Kernels, LogitRows, LogitsFor, Model};
 use crate::ops::attention::KvCache;
@@ -172,8 +172,8 @@ impl Workspace {
         lengths: Option<&[usize]>,
         head_rows: &[u32],
     ) -> Result<Replay> {
-        self.submit(ctx, Some(ids), placed, lengths, head_rows, 0).await?;
-        self.read(ctx, 0).await
+        let submission = self.submit(ctx, Some(ids), placed, lengths, head_rows, 0).await?;
+        self.read(ctx, 0, submission).await
     }
 
     /// Writes a step's inputs and submits its forward with the copies into result
@@ -187,7 +187,7 @@ impl Workspace {
         lengths: Option<&[usize]>,
         head_rows: &[u32],
         slot: usize,
-    ) -> Result<()> {
+    ) -> Result<wgpu::SubmissionIndex> {
         ctx.scoped("model forward", || {
             if let Some(ids) = ids {
                 ctx.queue.write_buffer(&self.ids.buffer, 0, bytemuck::cast_slice(ids));
@@ -199,15 +199,20 @@ impl Workspace {
             let mut encoder = ctx.device.create_command_encoder(&Default::default());
             self.recording.encode(&mut encoder);
             self.results[slot].copies.encode(&mut encoder);
-            ctx.queue.submit([encoder.finish()]);
-            Ok(())
+            Ok(ctx.queue.submit([encoder.finish()]))
         })
         .await
     }
 
     /// Submits a step of the greedy decode shape at `position`, into result buffer
     /// `slot`; `id: None` takes the token the previous submitted step chose.
-    async fn submit_decode(&self, ctx: &GpuContext, id: Option<u32>, position: usize, slot: usize) -> Result<()> {
+    async fn submit_decode(
+        &self,
+        ctx: &GpuContext,
+        id: Option<u32>,
+        position: usize,
+        slot: usize,
+    ) -> Result<wgpu::SubmissionIndex> {
         debug_assert!(self.shape.chains_tokens());
         let ids = id.map(|id| [id]);
         let placed = [(0, position)];
@@ -222,9 +227,10 @@ impl Workspace {
         .await
     }
 
-    /// Maps result buffer `slot` once the step that fills it is done.
-    async fn read(&self, ctx: &GpuContext, slot: usize) -> Result<Replay> {
-        let bytes = map_read(ctx, &self.results[slot].buffer, "the step's results").await?;
+    /// Maps result buffer `slot` once `submission`, the step that fills it, is done.
+    async fn read(&self, ctx: &GpuContext, slot: usize, submission: wgpu::SubmissionIndex) -> Result<Replay> {
+        let buffer = &self.results[slot].buffer;
+        let bytes = map_read_after(ctx, buffer, "the step's results", Some(submission)).await?;
         let words: &[u32] = bytemuck::cast_slice(&bytes);
         let (head, counts) = words.split_at(self.head_words);
         Ok(Replay {
@@ -518,17 +524,18 @@ impl Session {
         let workspace = &self.workspaces[i];
         let start = self.position;
         let slots = workspace.results.len();
+        let mut in_flight = std::collections::VecDeque::with_capacity(slots);
         let mut submitted = 0;
         for k in 0..steps {
             // Keep the steps up to k + DECODE_AHEAD in flight.
             while submitted < steps && submitted < k + slots {
                 let id = (submitted == 0).then_some(first);
-                workspace
-                    .submit_decode(ctx, id, start + submitted, submitted % slots)
-                    .await?;
+                let slot = submitted % slots;
+                in_flight.push_back(workspace.submit_decode(ctx, id, start + submitted, slot).await?);
                 submitted += 1;
             }
-            let out = workspace.read(ctx, k % slots).await?;
+            let submission = in_flight.pop_front().expect("step k was submitted");
+            let out = workspace.read(ctx, k % slots, submission).await?;
             self.position += 1;
             for (total, &c) in self.routing_totals.iter_mut().zip(&out.routing_counts) {
                 *total += c as u64;
