@@ -39,8 +39,8 @@ pub struct StepOutput {
 }
 
 /// Steps a greedy decode keeps submitted past the one whose token it reads next
-/// ([`Session::decode_greedy`]). In Chromium on SwiftShader the embedded model decoded
-/// 29-31 tokens/s with 1 step ahead, 36-39 with 2 and 37 with 3.
+/// ([`Session::decode_greedy`]): enough to cover a browser's readback round trip
+/// through its GPU process (see BENCHMARKS.md, 2026-12-03, eighth session).
 const DECODE_AHEAD: usize = 2;
 
 /// The shape of a recorded forward: what a [`Workspace`] is recorded for.
