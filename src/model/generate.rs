@@ -225,33 +225,24 @@ pub async fn generate(
         gen.decode_seconds = clock.seconds();
         return Ok(gen);
     }
+    // Takes each new token; false when generation ends with it.
+    let generated = &mut gen.generated_ids;
+    let mut accept = |token: u32, routing: &[u32]| {
+        generated.push(token);
+        let go_on = on_token(token, routing);
+        go_on && !stop_ids.contains(&token) && generated.len() < max_new_tokens
+    };
     if sampling.is_greedy() {
-        gen.generated_ids.push(token);
-        let go_on = on_token(token, &routing);
-        if go_on && !stop_ids.contains(&token) && max_new_tokens > 1 {
-            let generated = &mut gen.generated_ids;
-            session
-                .decode_greedy(ctx, model, token, max_new_tokens - 1, |token, routing| {
-                    generated.push(token);
-                    on_token(token, routing) && !stop_ids.contains(&token)
-                })
-                .await?;
+        if accept(token, &routing) {
+            let more = max_new_tokens - 1;
+            session.decode_greedy(ctx, model, token, more, accept).await?;
         }
-        gen.decode_seconds = clock.seconds();
-        return Ok(gen);
-    }
-    loop {
-        gen.generated_ids.push(token);
-        let go_on = on_token(token, &routing);
-        if !go_on || stop_ids.contains(&token) || gen.generated_ids.len() >= max_new_tokens {
-            break;
+    } else {
+        while accept(token, &routing) && session.position() < session.max_context {
+            let step = session.step(ctx, model, &[token], Readback::LastLogits).await?;
+            token = sampler.sample(&step.logits);
+            routing = step.routing_counts;
         }
-        if session.position() + 1 > session.max_context {
-            break;
-        }
-        let step = session.step(ctx, model, &[token], Readback::LastLogits).await?;
-        token = sampler.sample(&step.logits);
-        routing = step.routing_counts;
     }
     gen.decode_seconds = clock.seconds();
     Ok(gen)
