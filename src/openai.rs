@@ -2,12 +2,14 @@
 //! clients send them, validated into what the engine runs, responses and stream
 //! chunks, errors, and the text of a generation with stop strings cut out.
 
+use std::convert::Infallible;
+
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::chat::{ChatMessage, ChatTemplate};
 use crate::model::generate::SamplingParams;
-use crate::model::tokenizer::Tokenizer;
+use crate::model::tokenizer::{DecodeWindow, Tokenizer};
 
 /// A 4xx/5xx answer in OpenAI's error shape.
 #[derive(Debug, Clone, PartialEq)]
@@ -232,7 +234,8 @@ impl Common {
 /// The text of a generation as tokens arrive: whole characters only, and never a
 /// piece of a stop string; the text ends before the first stop string.
 pub struct TextAssembler {
-    ids: Vec<u32>,
+    window: DecodeWindow,
+    tokens: usize,
     text: String,
     emitted: usize,
     stops: Vec<String>,
@@ -243,7 +246,8 @@ pub struct TextAssembler {
 impl TextAssembler {
     pub fn new(stops: Vec<String>) -> Self {
         Self {
-            ids: Vec::new(),
+            window: DecodeWindow::default(),
+            tokens: 0,
             text: String::new(),
             emitted: 0,
             stops,
@@ -251,19 +255,19 @@ impl TextAssembler {
         }
     }
 
-    /// Adds a token (`decode` turns all ids so far into text) and returns the text
-    /// that can be sent now.
+    /// Adds a token (`decode` turns a window of recent ids into text, see
+    /// [`DecodeWindow`]) and returns the text that can be sent now.
     pub fn push(&mut self, id: u32, decode: impl Fn(&[u32]) -> String) -> String {
         if self.stopped {
             return String::new();
         }
-        self.ids.push(id);
-        let text = decode(&self.ids);
-        if text.ends_with('\u{fffd}') {
-            // Part of a multi-byte character: wait for the rest.
+        self.tokens += 1;
+        let pushed = self.window.push(id, |ids| Ok::<_, Infallible>(decode(ids)));
+        let Some(piece) = pushed.unwrap_or_else(|never| match never {}) else {
+            // Part of a multi-byte character (or no text): wait for the rest.
             return String::new();
-        }
-        self.text = text;
+        };
+        self.text.push_str(&piece);
         let hold = self.stops.iter().map(|s| s.len()).max().unwrap_or(1).saturating_sub(1);
         let search_from = floor_boundary(&self.text, self.emitted.saturating_sub(hold));
         let found = self
@@ -299,7 +303,7 @@ impl TextAssembler {
 
     /// Tokens generated (including any that completed a stop string).
     pub fn tokens(&self) -> usize {
-        self.ids.len()
+        self.tokens
     }
 
     pub fn text(&self) -> &str {

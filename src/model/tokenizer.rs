@@ -48,23 +48,58 @@ impl Tokenizer {
     }
 }
 
+/// Incremental detokenization: the text each new id adds, decoding only a short
+/// window of recent ids (those not yet turned into text, after the ids of the last
+/// piece as context for decoders that look at the previous token, such as
+/// SentencePiece's leading space). Decoding every id so far at each step, as before,
+/// made a generation of n tokens cost O(n²) in the detokenizer.
+///
+/// Hand-written rather than `tokenizers`' `DecodeStream`: that borrows the tokenizer
+/// (the wasm API and the server keep a stream beside it across calls) and fails the
+/// stream when a new id changes text already sent; here the text past what was sent
+/// flows on.
+#[derive(Default)]
+pub struct DecodeWindow {
+    ids: Vec<u32>,
+    /// `ids[..context]` produced `context_text`, already sent.
+    context: usize,
+    context_text: String,
+}
+
+impl DecodeWindow {
+    /// Adds `id`; returns the text it completes (`None` while it ends inside a
+    /// character or adds no text). `decode` turns a window of ids into text.
+    pub fn push<E>(
+        &mut self,
+        id: u32,
+        mut decode: impl FnMut(&[u32]) -> std::result::Result<String, E>,
+    ) -> std::result::Result<Option<String>, E> {
+        self.ids.push(id);
+        let text = decode(&self.ids)?;
+        if text.ends_with('\u{fffd}') || text.len() <= self.context_text.len() {
+            return Ok(None);
+        }
+        let mut start = self.context_text.len();
+        while !text.is_char_boundary(start) {
+            start += 1;
+        }
+        let piece = text[start..].to_string();
+        self.ids.drain(..self.context);
+        self.context = self.ids.len();
+        self.context_text = decode(&self.ids)?;
+        Ok(Some(piece))
+    }
+}
+
 /// Turns a growing list of ids into text pieces for streaming: each call returns
 /// the text added since the last call (whole characters only).
 #[derive(Default)]
 pub struct TextStream {
-    ids: Vec<u32>,
-    emitted: usize,
+    window: DecodeWindow,
 }
 
 impl TextStream {
     pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<String> {
-        self.ids.push(id);
-        let text = tokenizer.decode(&self.ids)?;
-        if text.ends_with('\u{fffd}') || text.len() < self.emitted || !text.is_char_boundary(self.emitted) {
-            return Ok(String::new());
-        }
-        let piece = text[self.emitted..].to_string();
-        self.emitted = text.len();
-        Ok(piece)
+        Ok(self.window.push(id, |ids| tokenizer.decode(ids))?.unwrap_or_default())
     }
 }
