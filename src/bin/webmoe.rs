@@ -1,4 +1,5 @@
-//! The `webmoe` command line: run a model, list adapters.
+//! The `webmoe` command line: run, score or serve a model, list adapters, benchmark,
+//! self-test the kernels.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,16 @@ enum Command {
     Bench(BenchArgs),
     /// Serve the model over an OpenAI-compatible HTTP API, batching all requests.
     Serve(ServeArgs),
+    /// Run every GPU op against its CPU reference on this adapter (the browser's
+    /// `Engine.selfTest`), on both kernel targets; fails if any check does.
+    SelfTest(SelfTestArgs),
+}
+
+#[derive(Args)]
+struct SelfTestArgs {
+    /// Write the full report (every check's error and tolerance) as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -203,6 +214,7 @@ fn main() {
         Command::Info => info(),
         Command::Bench(args) => bench(args),
         Command::Serve(args) => serve(args),
+        Command::SelfTest(args) => self_test(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
@@ -576,5 +588,37 @@ fn info() -> webmoe::Result<()> {
         l.max_storage_buffers_per_shader_stage,
         l.max_compute_workgroups_per_dimension
     );
+    Ok(())
+}
+
+fn self_test(args: SelfTestArgs) -> webmoe::Result<()> {
+    let ctx = GpuContext::new_blocking()?;
+    println!("adapter: {}", webmoe::gpu::context::describe_adapter(&ctx.adapter_info));
+    let start = std::time::Instant::now();
+    let report = pollster::block_on(webmoe::selftest::run(&ctx));
+    for c in report.checks.iter().filter(|c| !c.passed) {
+        println!(
+            "FAILED {}: error {:.3e} (tolerance {:.1e}) {}",
+            c.name, c.error, c.tolerance, c.detail
+        );
+    }
+    println!(
+        "self-test: {} of {} checks passed in {:.1} s",
+        report.passed,
+        report.checks.len(),
+        start.elapsed().as_secs_f64()
+    );
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report).unwrap_or_default();
+        std::fs::write(path, json).map_err(|e| webmoe::Error::io(path.display(), e))?;
+    }
+    if report.failed > 0 {
+        return Err(webmoe::Error::Config(format!(
+            "{} of {} self-test checks failed on {}",
+            report.failed,
+            report.checks.len(),
+            report.adapter
+        )));
+    }
     Ok(())
 }
