@@ -17,6 +17,8 @@
 # Needs (Debian): cmake glslc libvulkan-dev spirv-headers mesa-vulkan-drivers
 # vulkan-tools (installed when missing and run as root); numpy and gguf for
 # hf_to_gguf.py (a venv under $WORK when python3 lacks them).
+# Prebuilt binaries (scripts/device-check.sh on a machine with no compilers): set
+# LLAMA_BENCH and WEBMOE to them; then nothing is installed or built.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -43,7 +45,7 @@ done
 mkdir -p "$WORK" "$OUT"
 
 need_apt=()
-for pkg in cmake glslc libvulkan-dev spirv-headers mesa-vulkan-drivers vulkan-tools; do
+[ -n "${LLAMA_BENCH:-}" ] && [ -n "${WEBMOE:-}" ] || for pkg in cmake glslc libvulkan-dev spirv-headers mesa-vulkan-drivers vulkan-tools; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -57,7 +59,7 @@ fi
 
 # llama.cpp, built once.
 SRC=$WORK/llama_cpp_python-$LLAMA_CPP_PYTHON/vendor/llama.cpp
-BENCH_BIN=$SRC/build/bin/llama-bench
+BENCH_BIN=${LLAMA_BENCH:-$SRC/build/bin/llama-bench}
 if [ ! -x "$BENCH_BIN" ]; then
     if [ ! -d "$SRC" ]; then
         python3 -m pip download --quiet --no-deps --no-binary :all: \
@@ -90,14 +92,17 @@ fi
 
 # llama.cpp skips CPU Vulkan devices unless told: name device 0 when no other exists.
 FA=()
-if ! vulkaninfo --summary 2>/dev/null | grep -q "deviceType *= PHYSICAL_DEVICE_TYPE_\(DISCRETE\|INTEGRATED\|VIRTUAL\)_GPU"; then
+if ! vulkaninfo --summary 2>/dev/null | grep -q "deviceType *= PHYSICAL_DEVICE_TYPE_\(DISCRETE\|INTEGRATED\|VIRTUAL\)_GPU" &&
+    ! nvidia-smi -L 2>/dev/null | grep -q "^GPU"; then
     export GGML_VK_VISIBLE_DEVICES=${GGML_VK_VISIBLE_DEVICES:-0}
     FA=(-fa 0)
 fi
 export WGPU_BACKEND=${WGPU_BACKEND:-vulkan}
 
-cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --bin webmoe
-WEBMOE=${CARGO_TARGET_DIR:-$ROOT/target}/release/webmoe
+if [ -z "${WEBMOE:-}" ]; then
+    cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --bin webmoe
+    WEBMOE=${CARGO_TARGET_DIR:-$ROOT/target}/release/webmoe
+fi
 
 # llama-bench: one warm-up run (first Vulkan use compiles its pipelines), then timed.
 "$BENCH_BIN" -m "$GGUF" -p "$PROMPT" -n 0 -r 1 "${FA[@]}" -o json >/dev/null 2>&1 || true

@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 use webmoe::model::generate::{generate, SamplingParams};
-use webmoe::model::load::{load_model_files, load_model_path, LoadOptions, LoadedModel, ModelFiles};
+use webmoe::model::load::{load_model_path, LoadOptions, LoadedModel};
 use webmoe::model::perplexity::perplexity;
-use webmoe::model::safetensors_io::ShardBytes;
 use webmoe::model::session::Session;
 use webmoe::model::tokenizer::TextStream;
 use webmoe::{DType, GpuContext, WeightFormat};
@@ -256,26 +255,46 @@ fn parse_dtype(s: Option<&str>) -> webmoe::Result<Option<WeightFormat>> {
 }
 
 /// The default model, compiled into the binary: it runs from anywhere, with no download.
-fn embedded_model() -> ModelFiles {
+#[cfg(feature = "embedded-model")]
+fn default_model(ctx: &GpuContext, options: LoadOptions) -> webmoe::Result<LoadedModel> {
+    use webmoe::model::load::{load_model_files, ModelFiles};
+    use webmoe::model::safetensors_io::ShardBytes;
     macro_rules! file {
         ($name:literal) => {
             include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/models/tiny-moe/", $name))
         };
     }
-    ModelFiles {
+    let files = ModelFiles {
         config_json: String::from_utf8_lossy(file!("config.json")).into_owned(),
         safetensors: vec![(
             "models/tiny-moe/model.safetensors (embedded)".into(),
             ShardBytes::Static(file!("model.safetensors")),
         )],
         tokenizer_json: Some(file!("tokenizer.json").to_vec()),
+    };
+    load_model_files(ctx, files, options)
+}
+
+/// Built without the `embedded-model` feature (a binary 21 MB smaller, for machines the
+/// repository travels to anyway: scripts/device-pack.sh), the default model is read
+/// from `models/tiny-moe` under the working directory.
+#[cfg(not(feature = "embedded-model"))]
+fn default_model(ctx: &GpuContext, options: LoadOptions) -> webmoe::Result<LoadedModel> {
+    let dir = Path::new("models/tiny-moe");
+    if !dir.join("config.json").is_file() {
+        return Err(webmoe::Error::Config(format!(
+            "this webmoe was built without the embedded model (feature `embedded-model`) and \
+             {} is missing: run it from the repository's root or pass --model",
+            dir.join("config.json").display()
+        )));
     }
+    load_model_path(ctx, dir, options)
 }
 
 fn load(ctx: &GpuContext, model: Option<&Path>, options: LoadOptions) -> webmoe::Result<LoadedModel> {
     let loaded = match model {
         Some(path) => load_model_path(ctx, path, options),
-        None => load_model_files(ctx, embedded_model(), options).map(|l| LoadedModel {
+        None => default_model(ctx, options).map(|l| LoadedModel {
             chat_template: Some(webmoe::chat::EMBEDDED_TEMPLATE.to_string()),
             ..l
         }),
