@@ -28,6 +28,8 @@ mkdir -p -m 0700 "$XDG_RUNTIME_DIR"
 
 echo "== native tests (cargo test)"
 cargo test --all-targets
+# The CLI without its embedded model (scripts/device-pack.sh builds it so): compiles.
+cargo check --quiet --no-default-features --bin webmoe
 # The server and browser tests run the CLI `cargo test` built for the integration tests
 # (the test profile: optimized, dependencies at opt-level 2; on lavapipe as fast as a
 # release build, whose compile would add about 6 minutes on a 2-core machine).
