@@ -448,7 +448,15 @@ fn bits(v: &[f32]) -> Vec<u32> {
 fn combine_matches_reference() {
     let ctx = context();
     let mut rng = rng(400);
-    for &(tokens, k, dim, rows_total) in &[(1, 1, 5, 3), (7, 4, 33, 40), (257, 2, 16, 600)] {
+    // Dims up to 700 (model widths are larger than a workgroup).
+    for &(tokens, k, dim, rows_total) in &[
+        (1, 1, 5, 3),
+        (7, 4, 33, 40),
+        (257, 2, 16, 600),
+        (2, 2, 256, 5),
+        (3, 8, 300, 30),
+        (1, 3, 700, 3),
+    ] {
         let mut ids: Vec<u32> = (0..tokens * k).map(|_| rng.random_range(0..8)).collect();
         ids[0] = SENTINEL;
         let weights = random_vec(&mut rng, tokens * k, 1.0);
