@@ -290,7 +290,7 @@ fn the_warm_up_fits_a_tiny_context() {
 fn residual_adds_biases_and_routing_live_in_the_producing_kernels() {
     // The forward records no separate residual add or bias dispatch: the combine and the
     // down projections add into the residual stream, the projections add their biases;
-    // a decode step routes each MoE layer in one dispatch.
+    // a decode step routes each MoE layer in one dispatch and counts no experts.
     for ctx in &contexts_for_both_targets() {
         if !ctx.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
             eprintln!("skipped: the adapter has no timestamp queries (profiles need them)");
@@ -331,6 +331,9 @@ fn residual_adds_biases_and_routing_live_in_the_producing_kernels() {
             let fused = if decode { dims.layers } else { 0 };
             assert_eq!(calls("routing::route_fused"), fused, "{what}: fused routing");
             assert_eq!(calls("routing::route"), dims.layers - fused, "{what}: separate routing");
+            // The routing statistics of a decode step are its routed ids, counted after
+            // the readback: no counting dispatch.
+            assert_eq!(calls("permute::count_experts"), 0, "{what}: a counting dispatch");
         }
     }
 }

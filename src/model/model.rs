@@ -26,7 +26,7 @@ use crate::model::families::{self, gpt_oss};
 use crate::model::names::{self, ExpertTensors};
 use crate::model::planner::{Planner, Role};
 use crate::model::safetensors_io::Checkpoint;
-use crate::moe::layer::{ExpertBiases, SharedExpert};
+use crate::moe::layer::{ExpertBiases, RoutingRecord, SharedExpert};
 use crate::moe::{MoeConfig, MoeLayer, Residual};
 use crate::ops::attention::{attention_workgroups, decode_splits, KvCache};
 use crate::ops::elementwise::{encode_gather_rows, encode_scale_clamp};
@@ -184,8 +184,9 @@ pub struct Model {
 pub struct ForwardOutputs {
     /// `[1 or T, vocab]`
     pub logits: GpuTensor,
-    /// Per MoE layer, `[E]` assignments routed to each expert in this forward.
-    pub expert_counts: Vec<GpuTensor>,
+    /// Per MoE layer, what counts the assignments routed to each expert in this
+    /// forward (the counts, or the routed ids to count after the readback).
+    pub routing: Vec<RoutingRecord>,
 }
 
 /// How the caller wants weights stored on the GPU.
@@ -493,7 +494,7 @@ impl Model {
         let x = GpuTensor::empty(ctx, "hidden", &[t, d], DType::F32)?;
         rec.section("embedding");
         encode_embedding(ctx, rec, ids, &self.embed, c.embedding_multiplier, &x)?;
-        let mut expert_counts = Vec::new();
+        let mut routing = Vec::new();
         for (layer, cache) in self.layers.iter().zip(caches) {
             rec.section("attention");
             let h = norm(ctx, rec, &x, &layer.input_norm, c.rms_norm_eps)?;
@@ -524,8 +525,7 @@ impl Model {
             match &layer.ffn {
                 FeedForward::Moe(moe) => {
                     let decode = kernels.gemv(moe_gemv_by_size(ctx, t, &moe.config));
-                    let out = moe.encode_into(ctx, rec, &h, decode, Some(residual))?;
-                    expert_counts.push(out.expert_counts);
+                    routing.push(moe.encode_step(ctx, rec, &h, decode, residual)?);
                 }
                 FeedForward::Dense(mlp) => {
                     let mid = GpuTensor::empty(ctx, "dense mlp intermediate", &[t, mlp.gate.out_dim], DType::F32)?;
@@ -557,7 +557,7 @@ impl Model {
         if c.logits_scaling != 1.0 {
             encode_scale_clamp(ctx, rec, &logits, 1.0 / c.logits_scaling, f32::MAX);
         }
-        Ok(ForwardOutputs { logits, expert_counts })
+        Ok(ForwardOutputs { logits, routing })
     }
 }
 

@@ -12,6 +12,7 @@ use crate::gpu::profile::{profile, KernelTime};
 use crate::gpu::tensor::map_read_after;
 use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::model::model::{Kernels, LogitRows, LogitsFor, Model};
+use crate::moe::layer::RoutingRecord;
 use crate::ops::attention::KvCache;
 use crate::ops::embedding::encode_argmax;
 use crate::ops::TokenPositions;
@@ -83,10 +84,12 @@ pub(crate) struct Workspace {
     /// flight, so that one step's results can be read while the next steps run.
     results: Vec<ResultBuffer>,
     head_words: usize,
+    /// Each MoE layer's routing record, read back after the head in this order.
+    routing: Vec<RoutingRecord>,
 }
 
-/// A MAP_READ buffer (the head, tokens or logits, then the routing counts) with the
-/// copies that fill it, encoded after the forward.
+/// A MAP_READ buffer (the head, tokens or logits, then each layer's routing record)
+/// with the copies that fill it, encoded after the forward.
 struct ResultBuffer {
     buffer: wgpu::Buffer,
     copies: Recorder,
@@ -129,8 +132,7 @@ impl Workspace {
             recording.copy(&head.buffer, 0, &ids.buffer, 0, 4);
         }
         let head_words = head.len();
-        let experts = model.config.moe.num_experts();
-        let words = head_words + out.expert_counts.len() * experts;
+        let words = head_words + out.routing.iter().map(|r| r.tensor().len()).sum::<usize>();
         ctx.check_binding("the step readback", (words * 4) as u64)?;
         let results = (0..if chained { DECODE_AHEAD + 1 } else { 1 })
             .map(|_| {
@@ -142,9 +144,11 @@ impl Workspace {
                 });
                 let mut copies = Recorder::new();
                 copies.copy(&head.buffer, 0, &buffer, 0, (head_words * 4) as u64);
-                for (i, counts) in out.expert_counts.iter().enumerate() {
-                    let offset = ((head_words + i * experts) * 4) as u64;
-                    copies.copy(&counts.buffer, 0, &buffer, offset, (experts * 4) as u64);
+                let mut offset = head_words;
+                for record in &out.routing {
+                    let t = record.tensor();
+                    copies.copy(&t.buffer, 0, &buffer, (offset * 4) as u64, (t.len() * 4) as u64);
+                    offset += t.len();
                 }
                 ResultBuffer { buffer, copies }
             })
@@ -157,6 +161,7 @@ impl Workspace {
             head_rows,
             results,
             head_words,
+            routing: out.routing,
         })
     }
 
@@ -232,10 +237,16 @@ impl Workspace {
         let buffer = &self.results[slot].buffer;
         let bytes = map_read_after(ctx, buffer, "the step's results", Some(submission)).await?;
         let words: &[u32] = bytemuck::cast_slice(&bytes);
-        let (head, counts) = words.split_at(self.head_words);
+        let (head, mut rest) = words.split_at(self.head_words);
+        let mut routing_counts = Vec::new();
+        for record in &self.routing {
+            let (layer, next) = rest.split_at(record.tensor().len());
+            routing_counts.extend(record.counts(layer));
+            rest = next;
+        }
         Ok(Replay {
             head: head.to_vec(),
-            routing_counts: counts.to_vec(),
+            routing_counts,
         })
     }
 

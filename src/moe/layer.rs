@@ -78,6 +78,55 @@ pub struct MoeOutputs {
     pub dropped: Option<GpuTensor>,
 }
 
+/// [`MoeOutputs`] with the counts only where the permutation made them (see
+/// `MoeLayer::encode_routed`).
+struct Encoded {
+    output: GpuTensor,
+    router_logits: GpuTensor,
+    topk_ids: GpuTensor,
+    topk_weights: GpuTensor,
+    routed_ids: GpuTensor,
+    permutation_counts: Option<GpuTensor>,
+    dropped: Option<GpuTensor>,
+}
+
+/// What a model's step keeps of a layer's routing for its statistics (tokens per
+/// expert): the permutation's counts where the layer permuted its rows, else the
+/// routed ids themselves, counted on the CPU after the step's readback
+/// ([`RoutingRecord::counts`]), so a decode step needs no counting dispatch per layer
+/// and reads back T * k words per layer instead of E.
+pub enum RoutingRecord {
+    /// `[E]` tokens routed to each expert.
+    Counts(GpuTensor),
+    /// `[T, k]` experts used (SENTINEL where capacity dropped one), of `experts`.
+    Ids { ids: GpuTensor, experts: usize },
+}
+
+impl RoutingRecord {
+    /// The tensor the step reads back.
+    pub fn tensor(&self) -> &GpuTensor {
+        match self {
+            RoutingRecord::Counts(t) | RoutingRecord::Ids { ids: t, .. } => t,
+        }
+    }
+
+    /// Tokens per expert from the tensor's words as read back.
+    pub fn counts(&self, words: &[u32]) -> Vec<u32> {
+        match self {
+            RoutingRecord::Counts(_) => words.to_vec(),
+            RoutingRecord::Ids { experts, .. } => {
+                let mut counts = vec![0u32; *experts];
+                for &id in words {
+                    if let Some(c) = counts.get_mut(id as usize) {
+                        *c += 1;
+                    }
+                }
+                counts
+            }
+        }
+    }
+}
+
 impl MoeLayer {
     /// Validates `weights` against `config` and uploads them.
     pub fn new(ctx: &GpuContext, config: MoeConfig, weights: &MoeWeights) -> Result<Self> {
@@ -158,6 +207,57 @@ impl MoeLayer {
         decode: bool,
         residual: Option<Residual>,
     ) -> Result<MoeOutputs> {
+        let o = self.encode_routed(ctx, rec, hidden, decode, residual)?;
+        let expert_counts = match o.permutation_counts {
+            Some(counts) => counts,
+            // Decode reads each assignment's expert directly (no permutation): count.
+            None => {
+                let counts = GpuTensor::empty(ctx, "expert counts", &[self.config.num_experts()], DType::U32)?;
+                encode_expert_counts(ctx, rec, &o.routed_ids, &counts);
+                counts
+            }
+        };
+        Ok(MoeOutputs {
+            output: o.output,
+            router_logits: o.router_logits,
+            topk_ids: o.topk_ids,
+            topk_weights: o.topk_weights,
+            routed_ids: o.routed_ids,
+            expert_counts,
+            dropped: o.dropped,
+        })
+    }
+
+    /// [`Self::encode_into`] for a model's step: the routing statistics as a
+    /// [`RoutingRecord`] (on the decode path the routed ids, no counting dispatch).
+    pub fn encode_step(
+        &self,
+        ctx: &GpuContext,
+        rec: &mut Recorder,
+        hidden: &GpuTensor,
+        decode: bool,
+        residual: Residual,
+    ) -> Result<RoutingRecord> {
+        let o = self.encode_routed(ctx, rec, hidden, decode, Some(residual))?;
+        Ok(match o.permutation_counts {
+            Some(counts) => RoutingRecord::Counts(counts),
+            None => RoutingRecord::Ids {
+                ids: o.routed_ids,
+                experts: self.config.num_experts(),
+            },
+        })
+    }
+
+    /// The layer, with the tokens per expert where the grouped path's permutation
+    /// counted them.
+    fn encode_routed(
+        &self,
+        ctx: &GpuContext,
+        rec: &mut Recorder,
+        hidden: &GpuTensor,
+        decode: bool,
+        residual: Option<Residual>,
+    ) -> Result<Encoded> {
         let cfg = &self.config;
         let (d, e, k) = (cfg.hidden_size, cfg.num_experts(), cfg.top_k());
         let tokens = hidden.shape.first().copied().unwrap_or(0);
@@ -215,17 +315,14 @@ impl MoeLayer {
             }
         };
 
-        // Decode reads each assignment's expert directly (GEMV): no permutation, just
-        // the counts for the routing statistics.
-        let (permutation, expert_counts) = if decode {
-            let counts = GpuTensor::empty(ctx, "expert counts", &[e], DType::U32)?;
-            encode_expert_counts(ctx, rec, &routed_ids, &counts);
-            (None, counts)
+        // Decode reads each assignment's expert directly (GEMV): no permutation.
+        let (permutation, permutation_counts) = if decode {
+            (None, None)
         } else {
             let permutation = Permutation::new(ctx, tokens * k, e)?;
             permutation.encode(ctx, rec, &routed_ids);
             let counts = permutation.expert_counts.clone();
-            (Some(permutation), counts)
+            (Some(permutation), Some(counts))
         };
         let rows = match &permutation {
             None => ExpertRows::PerAssignment {
@@ -286,13 +383,13 @@ impl MoeLayer {
             &output,
             residual.map(|r| r.scale),
         )?;
-        Ok(MoeOutputs {
+        Ok(Encoded {
             output,
             router_logits,
             topk_ids,
             topk_weights,
             routed_ids,
-            expert_counts,
+            permutation_counts,
             dropped,
         })
     }
