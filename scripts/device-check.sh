@@ -38,13 +38,18 @@ mkdir -p "$OUT"
 LOG=$OUT/log.txt
 START=$(date +%s)
 exec > >(tee -a "$LOG") 2>&1
+TEE=$!
 
 elapsed() { echo $(($(date +%s) - START)); }
+# bounded CMD...: CMD, killed at the deadline (the tool kills the whole run at 600 s,
+# and what a phase was writing would be lost with every later phase).
+bounded() { timeout "$((DEADLINE - $(elapsed) > 1 ? DEADLINE - $(elapsed) : 1))" "$@"; }
 # phase NAME SECONDS: true when NAME is expected to end (in about SECONDS) before the deadline.
 phase() {
     local left=$((DEADLINE - $(elapsed)))
     if [ "$left" -lt "$2" ]; then
         echo "== $1: skipped ($left s left, needs about $2)"
+        skipped=$((skipped + 1))
         return 1
     fi
     echo "== $1 (at $(elapsed) s)"
@@ -52,7 +57,7 @@ phase() {
 
 # The loaders where the machine has none, and the NVIDIA driver's ICD (the device
 # README's recipe).
-if ! ldconfig -p | grep -q libvulkan.so.1 && ls .gl/*.deb >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+if ! ldconfig -p | grep libvulkan.so.1 >/dev/null && ls .gl/*.deb >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     for f in .gl/*.deb; do dpkg -x "$f" /; done
     ldconfig
 fi
@@ -63,16 +68,15 @@ export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp/xdg-$(id -u)}
 mkdir -p -m 0700 "$XDG_RUNTIME_DIR"
 
 # The pack.
+# Extracted afresh each run: a machine kept warm between runs may hold an older one.
 PACK=${DEVICE_PACK_DIR:-/tmp/webmoe-pack}
-if [ ! -x "$PACK/bin/webmoe" ]; then
-    mkdir -p "$PACK"
-    python3 -c 'import lzma, sys, tarfile; tarfile.open(sys.argv[1], "r:xz").extractall(sys.argv[2])' \
-        .device/pack.tar.xz "$PACK" || { echo "no pack: run scripts/device-pack.sh here first"; exit 1; }
-fi
+rm -rf "$PACK" && mkdir -p "$PACK"
+python3 -c 'import lzma, sys, tarfile; tarfile.open(sys.argv[1], "r:xz").extractall(sys.argv[2])' \
+    .device/pack.tar.xz "$PACK" || { echo "no pack: run scripts/device-pack.sh here first"; exit 1; }
 echo "pack built at $(cat "$PACK/commit"); this tree at $(git rev-parse HEAD 2>/dev/null || echo '?')"
 WEBMOE=$PACK/bin/webmoe
-# llama.cpp's tools with their libraries; the rest of the system keeps its own.
-llama() { LD_LIBRARY_PATH=$PACK/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} "$@"; }
+# llama.cpp's tools with their libraries (the rest of the system keeps its own), bounded.
+llama() { bounded env LD_LIBRARY_PATH="$PACK/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$@"; }
 mkdir -p "$PACK/site"
 python3 -c "import gguf" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --no-compile \
     --target "$PACK/site" "$PACK"/wheels/*.whl
@@ -82,17 +86,18 @@ PYTHON=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
 echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
 failed=0
+skipped=0
 
 if phase adapter 10; then
-    "$WEBMOE" info || failed=1
+    bounded "$WEBMOE" info || failed=1
 fi
 
 if phase self-test 60; then
-    "$WEBMOE" self-test --json "$OUT/self-test.json" || failed=1
+    bounded "$WEBMOE" self-test --json "$OUT/self-test.json" || failed=1
 fi
 
 if phase "embedded model" 60; then
-    python3 - "$WEBMOE" <<'EOF' || failed=1
+    bounded python3 - "$WEBMOE" <<'EOF' || failed=1
 import json, subprocess, sys
 webmoe = sys.argv[1]
 exp = json.load(open("models/tiny-moe/expected.json"))
@@ -116,7 +121,7 @@ EOF
 fi
 
 if phase kernels 120; then
-    "$WEBMOE" bench "${QUICK[@]}" --no-models --formats f16,q4_k --json "$OUT/kernels.json" \
+    bounded "$WEBMOE" bench "${QUICK[@]}" --no-models --formats f16,q4_k --json "$OUT/kernels.json" \
         >"$OUT/kernels.md" || failed=1
     cat "$OUT/kernels.md"
 fi
@@ -124,12 +129,12 @@ if phase "kernels, decode rows with shared-memory reductions" 60; then
     {
         echo
         echo "## WEBMOE_SUBGROUPS=0 (decode rows)"
-        WEBMOE_SUBGROUPS=0 "$WEBMOE" bench "${QUICK[@]}" --no-models --tokens 1,4 --formats f16,q4_k
-    } | tee -a "$OUT/kernels.md"
+        WEBMOE_SUBGROUPS=0 bounded "$WEBMOE" bench "${QUICK[@]}" --no-models --tokens 1,4 --formats f16,q4_k
+    } | tee -a "$OUT/kernels.md" || failed=1
 fi
 
 if phase "whole models" 90; then
-    "$WEBMOE" bench "${QUICK[@]}" --shapes none --profile >"$OUT/models.md" || failed=1
+    bounded "$WEBMOE" bench "${QUICK[@]}" --shapes none --profile >"$OUT/models.md" || failed=1
     cat "$OUT/models.md"
 fi
 
@@ -137,15 +142,15 @@ fi
 peer() { # NAME MODEL_DIR
     local name=$1 dir=$2 f16=/tmp/peer/$1-f16.gguf q4=/tmp/peer/$1-q4_k_m.gguf
     if [ ! -f "$f16" ]; then
-        "$PYTHON" scripts/hf_to_gguf.py "$dir" "$f16" --type f16 >/dev/null || return 1
+        bounded "$PYTHON" scripts/hf_to_gguf.py "$dir" "$f16" --type f16 >/dev/null || { rm -f "$f16"; return 1; }
     fi
     [ -f "$q4" ] || llama "$PACK/bin/llama-quantize" "$f16" "$q4" Q4_K_M >/tmp/peer/quantize.log 2>&1 ||
-        { tail -5 /tmp/peer/quantize.log; return 1; }
+        { tail -5 /tmp/peer/quantize.log; rm -f "$q4"; return 1; }
     for gguf in "$f16" "$q4"; do
         echo "### $name, $(basename "$gguf")" >>"$OUT/peer.md"
         LLAMA_BENCH="$PACK/bin/llama-bench" WEBMOE="$WEBMOE" OUT=/tmp/peer/out \
             LD_LIBRARY_PATH=$PACK/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
-            bash scripts/peer-bench.sh --model "$gguf" --prompt "${PEER_PROMPT:-512}" \
+            bounded bash scripts/peer-bench.sh --model "$gguf" --prompt "${PEER_PROMPT:-512}" \
             --decode "${PEER_DECODE:-128}" --repeats 3 >>"$OUT/peer.md" 2>/tmp/peer/peer.log ||
             { tail -20 /tmp/peer/peer.log /tmp/peer/out/*.log; return 1; }
         echo >>"$OUT/peer.md"
@@ -163,7 +168,7 @@ for shape in $PEER_SHAPES; do
         dir=models/tiny-moe
     else
         dir=/tmp/peer/$shape
-        "$PYTHON" scripts/real_shapes.py write "$shape" "$dir" >/dev/null || { failed=1; continue; }
+        bounded "$PYTHON" scripts/real_shapes.py write "$shape" "$dir" >/dev/null || { failed=1; continue; }
         cp models/tiny-moe/tokenizer.json "$dir/"
     fi
     peer "$shape" "$dir" || failed=1
@@ -172,5 +177,9 @@ for shape in $PEER_SHAPES; do
     cat "$OUT/peer.md"
 done
 
-echo "== done at $(elapsed) s; $([ $failed = 0 ] && echo 'all checks passed' || echo 'SOMETHING FAILED (see above)')"
+echo "== done at $(elapsed) s; $([ $failed = 0 ] && echo 'all checks run passed' || echo 'SOMETHING FAILED (see above)');" \
+    "$skipped phases skipped for time"
+# Let tee write the last lines to log.txt before the run ends.
+exec >&- 2>&-
+wait "$TEE"
 exit $failed

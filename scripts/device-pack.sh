@@ -27,8 +27,10 @@ LLAMA_CPP_PYTHON=${LLAMA_CPP_PYTHON:-0.3.36}
 GGUF_VERSION=${GGUF_VERSION:-0.19.0}
 LIMIT=$((64 * 1024 * 1024))
 
+exclude=$(git rev-parse --git-path info/exclude)
+mkdir -p "$(dirname "$exclude")"
 for ignored in /.gl/ /.device/; do
-    grep -qx "$ignored" .git/info/exclude 2>/dev/null || echo "$ignored" >>.git/info/exclude
+    grep -qx "$ignored" "$exclude" 2>/dev/null || echo "$ignored" >>"$exclude"
 done
 
 # The loaders (as the device README says: amd64 packages, unpacked there with dpkg -x).
@@ -80,8 +82,10 @@ mkdir -p .device
 git rev-parse HEAD >"$STAGE/commit"
 tar -C "$STAGE" -cf - . | xz -T0 -9e >.device/pack.tar.xz
 
-tracked=$(git ls-files -z | xargs -0 stat -c %s 2>/dev/null | awk '{s += $1} END {print s}')
-untracked=$(git ls-files -z --others --exclude-standard | xargs -0 -r stat -c %s 2>/dev/null | awk '{s += $1} END {print s + 0}')
+# (Files deleted from the working tree do not travel: stat skips them.)
+tracked=$({ git ls-files -z | xargs -0 stat -c %s 2>/dev/null || true; } | awk '{s += $1} END {print s + 0}')
+untracked=$({ git ls-files -z --others --exclude-standard | xargs -0 -r stat -c %s 2>/dev/null || true; } |
+    awk '{s += $1} END {print s + 0}')
 carried=$(du -cb .gl .device | tail -1 | cut -f1)
 total=$((tracked + untracked + carried))
 echo "packed $(du -h .device/pack.tar.xz | cut -f1) at $(git rev-parse --short HEAD);" \

@@ -163,3 +163,28 @@ fn text_keeps_flowing_after_the_decoder_rewrites_text_already_sent() {
     assert!(pieces.concat().starts_with("code]"), "{pieces:?}");
     assert!(pieces.concat().ends_with("does more here"), "{pieces:?}");
 }
+
+#[test]
+fn ids_that_add_no_text_do_not_pile_up_in_the_window() {
+    // A sampled run of special tokens (skipped when decoding), e.g. a server request
+    // with ignore_eos whose model keeps choosing end-of-text: each step still decodes
+    // a few ids, and the text around them streams whole.
+    let tokenizer = byte_level();
+    let end_of_text = 0; // <|endoftext|>, special
+    assert_eq!(tokenizer.token_text(end_of_text).as_deref(), Some("<|endoftext|>"));
+    let mut ids = tokenizer.encode_plain("Before ").unwrap();
+    ids.extend(std::iter::repeat_n(end_of_text, 500));
+    ids.extend(tokenizer.encode_plain("after é").unwrap());
+    let longest = Cell::new(0usize);
+    let mut assembler = TextAssembler::new(Vec::new());
+    let mut sent = String::new();
+    for &id in &ids {
+        sent += &assembler.push(id, |window| {
+            longest.set(longest.get().max(window.len()));
+            tokenizer.decode(window).unwrap()
+        });
+    }
+    sent += &assembler.finish();
+    assert_eq!(sent, tokenizer.decode(&ids).unwrap());
+    assert!(longest.get() <= 12, "a step decoded {} ids", longest.get());
+}

@@ -76,6 +76,12 @@ impl DecodeWindow {
     ) -> std::result::Result<Option<String>, E> {
         self.ids.push(id);
         let text = decode(&self.ids)?;
+        if text == self.context_text {
+            // Ids that add no text (special tokens, skipped) would otherwise pile up
+            // in the window, each step decoding them all again.
+            self.ids.truncate(self.context);
+            return Ok(None);
+        }
         if text.ends_with('\u{fffd}') || text.len() <= self.context_text.len() {
             return Ok(None);
         }
