@@ -13,7 +13,7 @@ use crate::ops::expect_shape;
 use crate::ops::expert_matmul::{
     encode_down, encode_down_with, encode_gate_up, encode_gate_up_with, Epilogue, ExpertRows,
 };
-use crate::ops::permute::{encode_expert_counts, Permutation};
+use crate::ops::permute::{encode_expert_counts, expert_counts_reference, Permutation};
 use crate::ops::router::{encode_router_logits, encode_router_logits_tiled};
 use crate::ops::routing::{encode_routing, encode_routing_fused, Router};
 use crate::weights::WeightMatrix;
@@ -114,15 +114,7 @@ impl RoutingRecord {
     pub fn counts(&self, words: &[u32]) -> Vec<u32> {
         match self {
             RoutingRecord::Counts(_) => words.to_vec(),
-            RoutingRecord::Ids { experts, .. } => {
-                let mut counts = vec![0u32; *experts];
-                for &id in words {
-                    if let Some(c) = counts.get_mut(id as usize) {
-                        *c += 1;
-                    }
-                }
-                counts
-            }
+            RoutingRecord::Ids { experts, .. } => expert_counts_reference(words, *experts),
         }
     }
 }

@@ -189,11 +189,15 @@ pub fn encode_expert_counts(ctx: &GpuContext, rec: &mut Recorder, routed_ids: &G
     );
 }
 
-/// CPU reference of the expert counts.
+/// CPU reference of the expert counts (also how a decode step counts its read-back
+/// ids): like the kernel, ids that name no expert (SENTINEL for a dropped assignment)
+/// count nowhere.
 pub fn expert_counts_reference(routed_ids: &[u32], experts: usize) -> Vec<u32> {
     let mut counts = vec![0u32; experts];
-    for &e in routed_ids.iter().filter(|&&e| e != SENTINEL) {
-        counts[e as usize] += 1;
+    for &e in routed_ids {
+        if let Some(c) = counts.get_mut(e as usize) {
+            *c += 1;
+        }
     }
     counts
 }
