@@ -45,6 +45,40 @@ fn stream(tokenizer: &Tokenizer, ids: &[u32]) -> Vec<String> {
     ids.iter().map(|&id| stream.push(tokenizer, id).unwrap()).collect()
 }
 
+/// What a `TextAssembler` sent for `ids`, with the most ids one step decoded and the
+/// number of decodes.
+struct Assembled {
+    sent: String,
+    tokens: usize,
+    longest_window: usize,
+    decodes: usize,
+}
+
+fn assemble(tokenizer: &Tokenizer, ids: &[u32]) -> Assembled {
+    let (longest, calls) = (Cell::new(0usize), Cell::new(0usize));
+    let mut assembler = TextAssembler::new(Vec::new());
+    let mut sent = String::new();
+    for &id in ids {
+        sent += &assembler.push(id, |window| {
+            longest.set(longest.get().max(window.len()));
+            calls.set(calls.get() + 1);
+            tokenizer.decode(window).unwrap()
+        });
+    }
+    sent += &assembler.finish();
+    Assembled {
+        sent,
+        tokens: assembler.tokens(),
+        longest_window: longest.get(),
+        decodes: calls.get(),
+    }
+}
+
+/// Every id of the vocabulary.
+fn vocabulary(tokenizer: &Tokenizer) -> impl Iterator<Item = u32> + '_ {
+    (0..u32::MAX).take_while(|&id| tokenizer.token_text(id).is_some())
+}
+
 #[test]
 fn streamed_pieces_add_up_to_the_whole_decode() {
     for (name, tokenizer) in [("byte-level BPE", byte_level()), ("SentencePiece", sentence_piece())] {
@@ -67,40 +101,28 @@ fn streamed_pieces_add_up_to_the_whole_decode() {
 fn each_step_decodes_a_short_window_not_the_whole_generation() {
     let tokenizer = byte_level();
     let ids = tokenizer.encode_plain(&long_text()).unwrap();
-    let longest = Cell::new(0usize);
-    let calls = Cell::new(0usize);
-    let mut assembler = TextAssembler::new(Vec::new());
-    let mut sent = String::new();
-    for &id in &ids {
-        sent += &assembler.push(id, |window| {
-            longest.set(longest.get().max(window.len()));
-            calls.set(calls.get() + 1);
-            tokenizer.decode(window).unwrap()
-        });
-    }
-    sent += &assembler.finish();
-    assert_eq!(sent, tokenizer.decode(&ids).unwrap());
-    assert_eq!(assembler.tokens(), ids.len());
+    let got = assemble(&tokenizer, &ids);
+    assert_eq!(got.sent, tokenizer.decode(&ids).unwrap());
+    assert_eq!(got.tokens, ids.len());
     // The window holds the last piece's ids and those pending (a 4-byte emoji is
     // at most 4 byte tokens), so it stays a few ids long however long the text.
     assert!(
-        longest.get() <= 12,
+        got.longest_window <= 12,
         "a step decoded {} of {} ids",
-        longest.get(),
+        got.longest_window,
         ids.len()
     );
     assert!(
-        calls.get() <= 2 * ids.len(),
+        got.decodes <= 2 * ids.len(),
         "{} decodes for {} ids",
-        calls.get(),
+        got.decodes,
         ids.len()
     );
 }
 
 /// Ids of the SentencePiece vocabulary's byte tokens (`<0x41>`) and of the rest.
 fn byte_and_word_ids(tokenizer: &Tokenizer) -> (Vec<u32>, Vec<u32>) {
-    let vocab = (0..u32::MAX).take_while(|&id| tokenizer.token_text(id).is_some());
-    vocab.partition(|&id| tokenizer.token_text(id).unwrap().starts_with("<0x"))
+    vocabulary(tokenizer).partition(|&id| tokenizer.token_text(id).unwrap().starts_with("<0x"))
 }
 
 #[test]
@@ -116,9 +138,7 @@ fn random_ids_stream_like_their_whole_decode() {
         // when any of them is invalid, rewriting text already sent (next test).
         ("SentencePiece", sentence_piece(), Some(words)),
     ] {
-        let vocab = (0..u32::MAX)
-            .take_while(|&id| tokenizer.token_text(id).is_some())
-            .count() as u32;
+        let vocab = vocabulary(&tokenizer).count() as u32;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
         for trial in 0..100 {
             let ids: Vec<u32> = (0..rng.random_range(1..60))
@@ -147,7 +167,7 @@ fn text_keeps_flowing_after_the_decoder_rewrites_text_already_sent() {
     let tokenizer = sentence_piece();
     let byte = |b: u8| {
         let name = format!("<0x{b:02X}>");
-        (0..u32::MAX)
+        vocabulary(&tokenizer)
             .find(|&id| tokenizer.token_text(id).as_deref() == Some(name.as_str()))
             .unwrap()
     };
@@ -175,16 +195,7 @@ fn ids_that_add_no_text_do_not_pile_up_in_the_window() {
     let mut ids = tokenizer.encode_plain("Before ").unwrap();
     ids.extend(std::iter::repeat_n(end_of_text, 500));
     ids.extend(tokenizer.encode_plain("after é").unwrap());
-    let longest = Cell::new(0usize);
-    let mut assembler = TextAssembler::new(Vec::new());
-    let mut sent = String::new();
-    for &id in &ids {
-        sent += &assembler.push(id, |window| {
-            longest.set(longest.get().max(window.len()));
-            tokenizer.decode(window).unwrap()
-        });
-    }
-    sent += &assembler.finish();
-    assert_eq!(sent, tokenizer.decode(&ids).unwrap());
-    assert!(longest.get() <= 12, "a step decoded {} ids", longest.get());
+    let got = assemble(&tokenizer, &ids);
+    assert_eq!(got.sent, tokenizer.decode(&ids).unwrap());
+    assert!(got.longest_window <= 12, "a step decoded {} ids", got.longest_window);
 }
