@@ -13,7 +13,7 @@ use crate::moe::reference::moe_reference;
 use crate::moe::{MoeConfig, MoeLayer, MoeWeights, SharedExpertConfig};
 use crate::ops::attention::{attention_reference, encode_attention, f16_cache_values, AttentionOptions, KvCache};
 use crate::ops::embedding::encode_embedding_in_runs;
-use crate::ops::embedding::{argmax_reference, encode_argmax};
+use crate::ops::sampling::{argmax_reference, encode_argmax};
 use crate::ops::norm::{encode_rms_norm, encode_rms_norm_pair, rms_norm_reference};
 use crate::ops::rope::{encode_rope_pair, rope_reference, rope_table, upload_rope_table, RopeAngles};
 use crate::ops::routing::{GroupLimit, GroupScore, Scoring, TopKOrder};

@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::gpu::GpuContext;
 use crate::model::model::Model;
 use crate::model::session::{Readback, Session};
-use crate::ops::embedding::argmax_reference;
+use crate::ops::sampling::argmax_reference;
 
 /// How the next token is chosen. `temperature == 0` means greedy.
 #[derive(Clone, Copy, Debug, PartialEq)]

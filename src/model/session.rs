@@ -14,7 +14,7 @@ use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::model::model::{Kernels, LogitRows, LogitsFor, Model};
 use crate::moe::layer::RoutingRecord;
 use crate::ops::attention::KvCache;
-use crate::ops::embedding::encode_argmax;
+use crate::ops::sampling::encode_argmax;
 use crate::ops::TokenPositions;
 
 /// What a step reads back.

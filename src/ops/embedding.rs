@@ -1,7 +1,7 @@
-//! Token embedding lookup (shaders/embedding.wgsl) and greedy argmax (shaders/sampling.wgsl).
+//! Token embedding lookup (shaders/embedding.wgsl).
 
 use crate::error::{Error, Result};
-use crate::gpu::kernel::{Recorder, EMBEDDING, SAMPLING};
+use crate::gpu::kernel::{Recorder, EMBEDDING};
 use crate::gpu::{GpuContext, GpuTensor};
 use crate::ops::{expect_shape, weight_run, workgroups};
 use crate::weights::WeightMatrix;
@@ -68,30 +68,4 @@ pub fn encode_embedding_in_runs(
         );
     }
     Ok(())
-}
-
-/// `result[r] = argmax(logits[r])` for logits `[rows, vocab]` (or `[vocab]`) and
-/// `result [rows]`, lowest index on ties.
-pub fn encode_argmax(ctx: &GpuContext, rec: &mut Recorder, logits: &GpuTensor, result: &GpuTensor) {
-    let rows = result.len().max(1);
-    debug_assert_eq!(logits.len() % rows, 0);
-    let params = [(logits.len() / rows) as u32, 0, 0, 0];
-    rec.dispatch(
-        ctx,
-        SAMPLING.entry("argmax"),
-        &params,
-        &[(1, &logits.buffer), (2, &result.buffer)],
-        rows as u32,
-    );
-}
-
-/// CPU reference of argmax (lowest index on ties, NaN ignored).
-pub fn argmax_reference(logits: &[f32]) -> Option<usize> {
-    let mut best: Option<(f32, usize)> = None;
-    for (i, &v) in logits.iter().enumerate() {
-        if !v.is_nan() && best.is_none_or(|(b, _)| v > b) {
-            best = Some((v, i));
-        }
-    }
-    best.map(|(_, i)| i)
 }

@@ -13,6 +13,7 @@ pub mod permute;
 pub mod rope;
 pub mod router;
 pub mod routing;
+pub mod sampling;
 
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, GpuTensor};
