@@ -13,7 +13,7 @@ use crate::moe::reference::moe_reference;
 use crate::moe::{MoeConfig, MoeLayer, MoeWeights, SharedExpertConfig};
 use crate::ops::attention::{attention_reference, encode_attention, f16_cache_values, AttentionOptions, KvCache};
 use crate::ops::embedding::encode_embedding_in_runs;
-use crate::ops::sampling::{argmax_reference, encode_argmax};
+use crate::ops::sampling::{argmax_reference, encode_argmax, encode_sample, sample_reference, RowSampling, Sampled};
 use crate::ops::norm::{encode_rms_norm, encode_rms_norm_pair, rms_norm_reference};
 use crate::ops::rope::{encode_rope_pair, rope_reference, rope_table, upload_rope_table, RopeAngles};
 use crate::ops::routing::{GroupLimit, GroupScore, Scoring, TopKOrder};
@@ -349,7 +349,56 @@ async fn transformer_op_checks(ctx: &GpuContext, rng: &mut ChaCha8Rng) -> Result
         0.0,
         format!("got {got}, want {want}"),
     ));
+    checks.push(sampling_check(ctx, rng).await?);
     Ok(checks)
+}
+
+/// The `sample` kernel over rows of 5,000 logits (half of them rounded, so cuts fall
+/// among equal values) under greedy, temperature-only, top-k, top-p and both: the
+/// token and the sizes of the kept sets match the reference's.
+async fn sampling_check(ctx: &GpuContext, rng: &mut ChaCha8Rng) -> Result<Check> {
+    let vocab = 5000;
+    let settings = [(0.0, 0, 1.0), (1.0, 0, 1.0), (0.7, 40, 1.0), (0.8, 0, 0.9), (1.2, 300, 0.6), (1.0, 1, 0.5)];
+    let mut logits = Vec::new();
+    let mut rows = Vec::new();
+    for (r, &(temperature, top_k, top_p)) in settings.iter().enumerate() {
+        let mut row = random(rng, vocab, 8.0);
+        if r % 2 == 1 {
+            row.iter_mut().for_each(|x| *x = x.round());
+        }
+        logits.extend(row);
+        rows.push(RowSampling {
+            temperature,
+            top_k,
+            top_p,
+            uniform: rng.random_range(0.0..1.0),
+        });
+    }
+    let n = rows.len();
+    let lg = GpuTensor::from_f32(ctx, "logits", &[n, vocab], &logits, DType::F32)?;
+    let words: Vec<u32> = bytemuck::cast_slice(&rows).to_vec();
+    let settings = GpuTensor::from_u32(ctx, "settings", &[n, 4], &words)?;
+    let tokens = GpuTensor::empty(ctx, "tokens", &[n], DType::U32)?;
+    let details = GpuTensor::empty(ctx, "details", &[n, 4], DType::U32)?;
+    details.poison(ctx);
+    let mut recorder = Recorder::new();
+    encode_sample(ctx, &mut recorder, &lg, &settings, &tokens, &details)?;
+    recorder.submit(ctx);
+    let details = details.read_u32(ctx).await?;
+    let mut mismatches = Vec::new();
+    for (r, draw) in rows.iter().enumerate() {
+        let got = Sampled::from_details(&details[r * 4..][..4]);
+        let want = sample_reference(&logits[r * vocab..][..vocab], *draw);
+        if (got.token, got.kept_top_k, got.kept) != (want.token, want.kept_top_k, want.kept) {
+            mismatches.push(format!("row {r}: got {got:?}, want {want:?}"));
+        }
+    }
+    Ok(check(
+        "sampling: temperature, top-k, top-p, the draw (6 rows of 5,000)",
+        mismatches.len() as f64,
+        0.0,
+        mismatches.join("; "),
+    ))
 }
 
 /// Every block format decoded on the GPU (through the embedding kernel's weight

@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use webmoe::model::config::{Family, QkNorm};
+use webmoe::model::generate::{Sampler, SamplingParams};
 use webmoe::model::model::{moe_gemv_by_size, Model};
 use webmoe::model::session::{Readback, Session};
 use webmoe::model::synthetic::{model_from_weights, random_weights, synthetic_config, Dims};
@@ -141,6 +142,65 @@ fn pipelined_greedy_decode_gives_the_step_by_step_tokens() {
     assert_eq!(decode(&mut short, want[5], 3, usize::MAX, &mut got), 0);
 }
 
+/// Sampled decode on the GPU (the `sample` kernel, steps queued ahead, only tokens
+/// read back) gives the tokens the CPU sampler draws, with the same seed, from the
+/// step-by-step logits of those tokens; decoding again reuses the workspace.
+#[test]
+fn pipelined_sampled_decode_gives_the_cpu_samplers_tokens() {
+    let ctx = context();
+    let model = tiny_model(&ctx);
+    let prompt = [5u32, 17, 3, 99];
+    let steps = 16;
+    let logits = |s: &mut Session, ids: &[u32]| {
+        pollster::block_on(s.step(&ctx, &model, ids, Readback::LastLogits))
+            .unwrap()
+            .logits
+    };
+    let mut runs = Vec::new();
+    for (temperature, top_k, top_p, seed) in [(1.0, 0, 1.0, 1), (0.8, 20, 0.9, 2), (1.5, 0, 0.7, 3), (1.0, 0, 1.0, 4)] {
+        let params = SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            seed,
+        };
+        let mut session = Session::new(&ctx, &model, None).unwrap();
+        let mut sampler = Sampler::new(params);
+        let first = sampler.sample(&logits(&mut session, &prompt));
+        let decode = |session: &mut Session, sampler: &mut Sampler| {
+            let mut got = vec![first];
+            let n = pollster::block_on(session.decode(&ctx, &model, first, steps - 1, sampler, |token, _| {
+                got.push(token);
+                true
+            }))
+            .unwrap();
+            assert_eq!(n, steps - 1);
+            got
+        };
+        let got = decode(&mut session, &mut sampler);
+        let mut cpu = Sampler::new(params);
+        let mut check = Session::new(&ctx, &model, None).unwrap();
+        let mut step_logits = logits(&mut check, &prompt);
+        for (k, &token) in got.iter().enumerate() {
+            assert_eq!(cpu.sample(&step_logits), token, "{params:?}: token {k} of {got:?}");
+            step_logits = logits(&mut check, &[token]);
+        }
+        // Again from the same seed: the same tokens, no new buffers or bind groups.
+        session.rewind(prompt.len()).unwrap();
+        let before = ctx.resource_counts();
+        let mut sampler = Sampler::new(params);
+        sampler.next_draw();
+        assert_eq!(decode(&mut session, &mut sampler), got);
+        assert_eq!(ctx.resource_counts(), before);
+        runs.push(got);
+    }
+    assert!(
+        runs.iter().all(|r| r.iter().collect::<std::collections::HashSet<_>>().len() >= 4),
+        "the tokens should vary: {runs:?}"
+    );
+    assert_ne!(runs[0], runs[3], "another seed, other tokens");
+}
+
 fn session_routing_len(model: &Model) -> usize {
     model.moe_layers() * model.config.moe.num_experts()
 }
@@ -239,8 +299,8 @@ fn the_model_is_shared_between_threads() {
 
 #[test]
 fn after_the_warm_up_generations_compile_no_pipelines() {
-    // The warm-up (throwaway steps of 8, 3, 2 and 1 tokens, run at load) compiles every
-    // kernel of greedy and sampled decode and of prompts of 2 to 4 tokens on both kernel
+    // The warm-up (throwaway steps of 8, 3, 2 and 1 tokens and a sampled decode step,
+    // run at load) compiles every kernel of greedy and sampled decode and of prompts of 2 to 4 tokens on both kernel
     // targets, and on a CPU kernel target (GEMV in token groups at every size) those of
     // any prompt.
     for ctx in &contexts_for_both_targets() {
@@ -257,6 +317,13 @@ fn after_the_warm_up_generations_compile_no_pipelines() {
             let mut session = Session::new(ctx, &model, None).unwrap();
             let token = greedy(ctx, &model, &mut session, prompt, 4)[3];
             pollster::block_on(session.step(ctx, &model, &[token], Readback::LastLogits)).unwrap();
+            let mut sampler = Sampler::new(SamplingParams {
+                temperature: 0.8,
+                top_k: 0,
+                top_p: 0.9,
+                seed: 1,
+            });
+            pollster::block_on(session.decode(ctx, &model, token, 2, &mut sampler, |_, _| true)).unwrap();
             assert_eq!(
                 ctx.compiled_pipelines(),
                 compiled,

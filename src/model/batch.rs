@@ -13,7 +13,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::model::model::{Kernels, Model};
-use crate::model::session::{HeadRows, StepShape, Workspace};
+use crate::model::session::{Head, HeadRows, StepShape, Workspace};
 use crate::ops::attention::KvCache;
 
 /// Workspaces kept per batch (each is a recorded forward for one step shape).
@@ -211,12 +211,15 @@ impl Batch {
         let shape = StepShape {
             tokens: ids.len(),
             rows: HeadRows::Listed(entries.len()),
-            argmax: read == BatchRead::Argmax,
+            head: match read {
+                BatchRead::Argmax => Head::Argmax,
+                BatchRead::Logits => Head::Logits,
+            },
             kernels,
         };
         let i = self.workspace(ctx, model, shape)?;
         let out = self.workspaces[i]
-            .replay(ctx, &ids, &placed, Some(&lengths), &head_rows)
+            .replay(ctx, &ids, &placed, Some(&lengths), &head_rows, &[])
             .await?;
         for e in entries {
             self.positions[e.slot] += e.tokens.len();

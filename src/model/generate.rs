@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::gpu::GpuContext;
 use crate::model::model::Model;
 use crate::model::session::{Readback, Session};
-use crate::ops::sampling::argmax_reference;
+use crate::ops::sampling::{argmax_reference, sample_reference, RowSampling};
 
 /// How the next token is chosen. `temperature == 0` means greedy.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -38,7 +38,10 @@ impl SamplingParams {
     }
 }
 
-/// Picks tokens from logits on the CPU (sampling); greedy decoding stays on the GPU.
+/// The draws of one generation: each token's sampling settings, with the uniform
+/// from a seeded generator, one per sampled token (greedy tokens take none), so a
+/// seed gives the same tokens whether a token is drawn on the GPU (the `sample`
+/// kernel) or on the CPU ([`sample_reference`], the same rules).
 pub struct Sampler {
     params: SamplingParams,
     rng: ChaCha8Rng,
@@ -52,116 +55,33 @@ impl Sampler {
         }
     }
 
-    /// The next token from `logits`: greedy, or sampled at the temperature from the
-    /// `top_k` most likely tokens (ties: lower id first), then from the smallest prefix
-    /// of them (most likely first) whose probability reaches `top_p`. Without top-k, only
-    /// as many tokens as top-p needs are sorted (partial selection, growing 4x at a
-    /// time), and without either truncation none: a 151,936-token vocabulary took about
-    /// 15 ms per token to sort, as long as a decode step on a GPU.
+    pub fn params(&self) -> SamplingParams {
+        self.params
+    }
+
+    /// The settings of the next draw (greedy: temperature 0, no uniform drawn).
+    pub fn next_draw(&mut self) -> RowSampling {
+        if self.params.is_greedy() {
+            return RowSampling::default();
+        }
+        RowSampling {
+            temperature: self.params.temperature,
+            top_k: self.params.top_k.min(u32::MAX as usize) as u32,
+            top_p: self.params.top_p,
+            uniform: self.rng.random::<f32>(),
+        }
+    }
+
+    /// The next token from `logits`, on the CPU: greedy (the argmax, as on the GPU), or
+    /// drawn at the temperature from the `top_k` most likely tokens, then from the
+    /// shortest run of them, most likely first, whose probability reaches `top_p`
+    /// (see [`sample_reference`]).
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         if self.params.is_greedy() {
             return argmax_reference(logits).unwrap_or(0) as u32;
         }
-        // Scaled as (l - max) / T: at most 0, the most likely token exactly 0, so a tiny
-        // temperature cannot overflow and each token's weight is exp of its value.
-        let Some(top) = logits.iter().copied().filter(|l| l.is_finite()).reduce(f32::max) else {
-            return 0;
-        };
-        let mut candidates: Vec<(u32, f32)> = logits
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| l.is_finite())
-            .map(|(i, &l)| (i as u32, (l - top) / self.params.temperature))
-            .collect();
-        let k = self.params.top_k;
-        if k > 0 {
-            if k < candidates.len() {
-                candidates.select_nth_unstable_by(k - 1, most_likely_first);
-                candidates.truncate(k);
-            }
-            candidates.sort_by(most_likely_first);
-            return self.pick_from_sorted(&candidates);
-        }
-        if self.params.top_p >= 1.0 {
-            // Every token: walk them in id order.
-            let weights: Vec<f32> = candidates.iter().map(|c| c.1.exp()).collect();
-            let total = weights.iter().sum();
-            return self.walk(candidates.iter().map(|c| c.0).zip(weights), total);
-        }
-        // Top-p over the whole vocabulary: the probabilities need the total over every
-        // token (in id order), the prefix only the most likely ones, sorted.
-        let total: f32 = candidates.iter().map(|c| c.1.exp()).sum();
-        let (mut done, mut sorted, mut cumulative) = (0, 64.min(candidates.len()), 0.0);
-        loop {
-            // candidates[..done] are the most likely, sorted, and their probabilities are
-            // in `cumulative`; bring the next ones after them.
-            if sorted < candidates.len() {
-                candidates[done..].select_nth_unstable_by(sorted - done - 1, most_likely_first);
-            }
-            candidates[done..sorted].sort_by(most_likely_first);
-            let reached = candidates[done..sorted].iter().position(|c| {
-                cumulative += c.1.exp() / total;
-                cumulative >= self.params.top_p
-            });
-            match reached {
-                Some(i) => return self.pick_prefix(&candidates[..=done + i]),
-                None if sorted == candidates.len() => return self.pick_prefix(&candidates),
-                None => (done, sorted) = (sorted, (sorted * 4).min(candidates.len())),
-            }
-        }
+        sample_reference(logits, self.next_draw()).token
     }
-
-    /// Samples from candidates sorted most likely first (the top-k ones), applying top-p.
-    fn pick_from_sorted(&mut self, candidates: &[(u32, f32)]) -> u32 {
-        let weights: Vec<f32> = candidates.iter().map(|c| c.1.exp()).collect();
-        let total: f32 = weights.iter().sum();
-        let mut keep = candidates.len();
-        if self.params.top_p < 1.0 {
-            let mut cumulative = 0.0;
-            keep = weights
-                .iter()
-                .position(|w| {
-                    cumulative += w / total;
-                    cumulative >= self.params.top_p
-                })
-                .map_or(keep, |i| i + 1);
-        }
-        let kept_total = weights[..keep].iter().sum();
-        self.walk(
-            candidates.iter().map(|c| c.0).zip(weights[..keep].iter().copied()),
-            kept_total,
-        )
-    }
-
-    /// Samples from `kept` (most likely first) in proportion to exp(value).
-    fn pick_prefix(&mut self, kept: &[(u32, f32)]) -> u32 {
-        let weights: Vec<f32> = kept.iter().map(|c| c.1.exp()).collect();
-        let total: f32 = weights.iter().sum();
-        self.walk(kept.iter().map(|c| c.0).zip(weights), total)
-    }
-
-    /// Draws r in [0, total) and returns the token whose weight interval holds it, the
-    /// weights taken in the order given (the last token of nonzero weight if rounding
-    /// leaves r past them).
-    fn walk(&mut self, weighted: impl Iterator<Item = (u32, f32)>, total: f32) -> u32 {
-        let mut r = self.rng.random_range(0.0..total.max(f32::MIN_POSITIVE));
-        let mut last = None;
-        for (id, w) in weighted {
-            if r < w {
-                return id;
-            }
-            r -= w;
-            if w > 0.0 {
-                last = Some(id);
-            }
-        }
-        last.unwrap_or(0)
-    }
-}
-
-/// Orders candidates most likely first, lower id first among equals.
-fn most_likely_first(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
-    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
 }
 
 /// What a generation produced, with timings.
@@ -217,8 +137,8 @@ pub async fn generate(
         ..Default::default()
     };
     let mut sampler = Sampler::new(sampling);
-    let mut token = sampler.sample(&first.logits);
-    let mut routing = first.routing_counts;
+    let token = sampler.sample(&first.logits);
+    let routing = first.routing_counts;
     gen.prefill_seconds = clock.seconds();
     let clock = crate::util::Clock::start();
     if max_new_tokens == 0 {
@@ -232,17 +152,9 @@ pub async fn generate(
         let go_on = on_token(token, routing);
         go_on && !stop_ids.contains(&token) && generated.len() < max_new_tokens
     };
-    if sampling.is_greedy() {
-        if accept(token, &routing) {
-            let more = max_new_tokens - 1;
-            session.decode_greedy(ctx, model, token, more, accept).await?;
-        }
-    } else {
-        while accept(token, &routing) && session.position() < session.max_context {
-            let step = session.step(ctx, model, &[token], Readback::LastLogits).await?;
-            token = sampler.sample(&step.logits);
-            routing = step.routing_counts;
-        }
+    if accept(token, &routing) {
+        let more = max_new_tokens - 1;
+        session.decode(ctx, model, token, more, &mut sampler, accept).await?;
     }
     gen.decode_seconds = clock.seconds();
     Ok(gen)
@@ -274,7 +186,7 @@ mod tests {
             .filter(|(_, l)| l.is_finite())
             .map(|(i, &l)| (i as u32, l / p.temperature))
             .collect();
-        c.sort_by(most_likely_first);
+        c.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if p.top_k > 0 {
             c.truncate(p.top_k);
         }
@@ -360,7 +272,7 @@ mod tests {
 
     /// Top-p without top-k over a large vocabulary sorts only a growing prefix: the
     /// nucleus it keeps is the full sort's, whether it is 1 token, about 100 (past the
-    /// first 64) or about 3,000 (past 256 and 1,024).
+    /// first 64) or about 3,000 (past 256 and 1,024), and every draw comes from it.
     #[test]
     fn top_p_over_a_large_vocabulary_keeps_the_full_sorts_nucleus() {
         let mut x: u64 = 7;
@@ -385,56 +297,12 @@ mod tests {
             assert!(nucleus.contains(&want.len()), "nucleus of {} tokens", want.len());
             let kept: std::collections::HashSet<u32> = want.iter().map(|w| w.0).collect();
             let mut sampler = Sampler::new(p);
-            let got: Vec<u32> = (0..200).map(|_| sampler.sample(logits)).collect();
-            assert!(
-                got.iter().all(|id| kept.contains(id)),
-                "a token outside the {} kept",
-                kept.len()
-            );
-            // The same draws as sorting everything first.
-            assert_eq!(got, top_p_by_full_sort(logits, p, 200), "nucleus of {}", want.len());
+            for _ in 0..200 {
+                let draw = sampler.next_draw();
+                let got = sample_reference(logits, draw);
+                assert_eq!(got.kept as usize, want.len(), "nucleus of {}", want.len());
+                assert!(kept.contains(&got.token), "a token outside the {} kept", kept.len());
+            }
         }
-    }
-
-    /// What `Sampler::sample` computes for top-p without top-k, by sorting every token.
-    fn top_p_by_full_sort(logits: &[f32], p: SamplingParams, draws: usize) -> Vec<u32> {
-        let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
-        let top = logits
-            .iter()
-            .copied()
-            .filter(|l| l.is_finite())
-            .reduce(f32::max)
-            .unwrap();
-        let mut c: Vec<(u32, f32)> = logits
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| l.is_finite())
-            .map(|(i, &l)| (i as u32, (l - top) / p.temperature))
-            .collect();
-        let max = c.iter().map(|x| x.1).fold(f32::NEG_INFINITY, f32::max);
-        let total: f32 = c.iter().map(|x| (x.1 - max).exp()).sum();
-        c.sort_by(most_likely_first);
-        let mut cumulative = 0.0;
-        let keep = c
-            .iter()
-            .position(|x| {
-                cumulative += (x.1 - max).exp() / total;
-                cumulative >= p.top_p
-            })
-            .map_or(c.len(), |i| i + 1);
-        let weights: Vec<f32> = c[..keep].iter().map(|x| (x.1 - max).exp()).collect();
-        let kept_total: f32 = weights.iter().sum();
-        (0..draws)
-            .map(|_| {
-                let mut r = rng.random_range(0.0..kept_total.max(f32::MIN_POSITIVE));
-                for (x, w) in c.iter().zip(&weights) {
-                    if r < *w {
-                        return x.0;
-                    }
-                    r -= w;
-                }
-                c[keep - 1].0
-            })
-            .collect()
     }
 }

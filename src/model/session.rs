@@ -14,7 +14,8 @@ use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::model::model::{Kernels, LogitRows, LogitsFor, Model};
 use crate::moe::layer::RoutingRecord;
 use crate::ops::attention::KvCache;
-use crate::ops::sampling::encode_argmax;
+use crate::model::generate::{Sampler, SamplingParams};
+use crate::ops::sampling::{encode_argmax, encode_sample, RowSampling};
 use crate::ops::TokenPositions;
 
 /// What a step reads back.
@@ -39,8 +40,8 @@ pub struct StepOutput {
     pub routing_counts: Vec<u32>,
 }
 
-/// Steps a greedy decode keeps submitted past the one whose token it reads next
-/// ([`Session::decode_greedy`]): enough to cover a browser's readback round trip
+/// Steps a decode keeps submitted past the one whose token it reads next
+/// ([`Session::decode`]): enough to cover a browser's readback round trip
 /// through its GPU process (see BENCHMARKS.md, 2026-12-03, eighth session).
 const DECODE_AHEAD: usize = 2;
 
@@ -49,17 +50,26 @@ const DECODE_AHEAD: usize = 2;
 pub(crate) struct StepShape {
     pub tokens: usize,
     pub rows: HeadRows,
-    /// Argmax tokens (one per head row) instead of logits.
-    pub argmax: bool,
+    pub head: Head,
     pub kernels: Kernels,
 }
 
+/// What a step's head gives for each of its rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Head {
+    Logits,
+    /// The greedy token.
+    Argmax,
+    /// A token sampled on the GPU under settings written before each replay.
+    Sample,
+}
+
 impl StepShape {
-    /// The greedy decode shape: one token in, its greedy token out, which the forward
+    /// A decode shape: one token in, its greedy or sampled token out, which the forward
     /// also copies into its own input ids, so a next step can be submitted before this
-    /// one's token is read back ([`Session::decode_greedy`]).
+    /// one's token is read back ([`Session::decode`]).
     fn chains_tokens(&self) -> bool {
-        self.tokens == 1 && self.argmax && self.rows == HeadRows::Last
+        self.tokens == 1 && self.head != Head::Logits && self.rows == HeadRows::Last
     }
 }
 
@@ -80,6 +90,9 @@ pub(crate) struct Workspace {
     positions: TokenPositions,
     /// `[n]` rows of the step that get logits, for `HeadRows::Listed(n)`.
     head_rows: Option<GpuTensor>,
+    /// For `Head::Sample`: each head row's [`RowSampling`] (`[rows, 4]`, written before
+    /// each replay), and what the kernel reports beside the tokens.
+    sampling: Option<(GpuTensor, GpuTensor)>,
     /// Where results land: one buffer, or for the greedy decode shape one per step in
     /// flight, so that one step's results can be read while the next steps run.
     results: Vec<ResultBuffer>,
@@ -118,17 +131,27 @@ impl Workspace {
         };
         let out = model.record_forward(ctx, &mut recording, &ids, &positions, caches, logit_rows, shape.kernels)?;
         recording.section("sampling");
-        let head = if shape.argmax {
-            let rows = out.logits.shape[0];
-            let tokens = GpuTensor::empty(ctx, "sampled tokens", &[rows], DType::U32)?;
-            encode_argmax(ctx, &mut recording, &out.logits, &tokens);
-            tokens
-        } else {
-            out.logits
+        let rows = out.logits.shape[0];
+        let mut sampling = None;
+        let head = match shape.head {
+            Head::Logits => out.logits,
+            Head::Argmax => {
+                let tokens = GpuTensor::empty(ctx, "greedy tokens", &[rows], DType::U32)?;
+                encode_argmax(ctx, &mut recording, &out.logits, &tokens);
+                tokens
+            }
+            Head::Sample => {
+                let tokens = GpuTensor::empty(ctx, "sampled tokens", &[rows], DType::U32)?;
+                let settings = GpuTensor::empty(ctx, "sampling settings", &[rows, 4], DType::U32)?;
+                let details = GpuTensor::empty(ctx, "sampling details", &[rows, 4], DType::U32)?;
+                encode_sample(ctx, &mut recording, &out.logits, &settings, &tokens, &details)?;
+                sampling = Some((settings, details));
+                tokens
+            }
         };
         let chained = shape.chains_tokens();
         if chained {
-            // The greedy token becomes the next step's input without leaving the GPU.
+            // The chosen token becomes the next step's input without leaving the GPU.
             recording.copy(&head.buffer, 0, &ids.buffer, 0, 4);
         }
         let head_words = head.len();
@@ -159,6 +182,7 @@ impl Workspace {
             ids,
             positions,
             head_rows,
+            sampling,
             results,
             head_words,
             routing: out.routing,
@@ -166,9 +190,9 @@ impl Workspace {
     }
 
     /// Writes this step's inputs (ids, each token's slot and position, the rows that
-    /// get logits), submits the recording once and maps the readback. `lengths`: the
-    /// length each token's forward counts as for a dynamic NTK RoPE (else where its
-    /// sequence ends in this step).
+    /// get logits, for a sampling head each row's draw), submits the recording once and
+    /// maps the readback. `lengths`: the length each token's forward counts as for a
+    /// dynamic NTK RoPE (else where its sequence ends in this step).
     pub(crate) async fn replay(
         &self,
         ctx: &GpuContext,
@@ -176,14 +200,16 @@ impl Workspace {
         placed: &[(usize, usize)],
         lengths: Option<&[usize]>,
         head_rows: &[u32],
+        draws: &[RowSampling],
     ) -> Result<Replay> {
-        let submission = self.submit(ctx, Some(ids), placed, lengths, head_rows, 0).await?;
+        let submission = self.submit(ctx, Some(ids), placed, lengths, head_rows, draws, 0).await?;
         self.read(ctx, 0, submission).await
     }
 
     /// Writes a step's inputs and submits its forward with the copies into result
-    /// buffer `slot`. `ids: None` keeps the ids on the GPU: for the greedy decode shape,
-    /// the token the previous submitted step chose.
+    /// buffer `slot`. `ids: None` keeps the ids on the GPU: for a decode shape, the
+    /// token the previous submitted step chose.
+    #[allow(clippy::too_many_arguments)]
     async fn submit(
         &self,
         ctx: &GpuContext,
@@ -191,6 +217,7 @@ impl Workspace {
         placed: &[(usize, usize)],
         lengths: Option<&[usize]>,
         head_rows: &[u32],
+        draws: &[RowSampling],
         slot: usize,
     ) -> Result<wgpu::SubmissionIndex> {
         ctx.scoped("model forward", || {
@@ -201,6 +228,10 @@ impl Workspace {
             if let Some(rows) = &self.head_rows {
                 ctx.queue.write_buffer(&rows.buffer, 0, bytemuck::cast_slice(head_rows));
             }
+            if let Some((settings, _)) = &self.sampling {
+                debug_assert_eq!(draws.len() * 4, settings.len(), "one draw per head row");
+                ctx.queue.write_buffer(&settings.buffer, 0, bytemuck::cast_slice(draws));
+            }
             let mut encoder = ctx.device.create_command_encoder(&Default::default());
             self.recording.encode(&mut encoder);
             self.results[slot].copies.encode(&mut encoder);
@@ -209,13 +240,15 @@ impl Workspace {
         .await
     }
 
-    /// Submits a step of the greedy decode shape at `position`, into result buffer
-    /// `slot`; `id: None` takes the token the previous submitted step chose.
+    /// Submits a step of a decode shape at `position` with `draw` (for a sampling
+    /// head), into result buffer `slot`; `id: None` takes the token the previous
+    /// submitted step chose.
     async fn submit_decode(
         &self,
         ctx: &GpuContext,
         id: Option<u32>,
         position: usize,
+        draw: RowSampling,
         slot: usize,
     ) -> Result<wgpu::SubmissionIndex> {
         debug_assert!(self.shape.chains_tokens());
@@ -227,6 +260,7 @@ impl Workspace {
             &placed,
             Some(&[position + 1]),
             &[],
+            &[draw],
             slot,
         )
         .await
@@ -363,9 +397,18 @@ impl Session {
                 Readback::AllLogits => HeadRows::All,
                 _ => HeadRows::Last,
             },
-            argmax: read == Readback::Argmax,
+            head: match read {
+                Readback::Argmax => Head::Argmax,
+                _ => Head::Logits,
+            },
             kernels: Kernels::BySize,
         };
+        self.workspace_of(ctx, model, shape)
+    }
+
+    /// The workspace of `shape`, recorded on first use.
+    fn workspace_of(&mut self, ctx: &GpuContext, model: &Model, shape: StepShape) -> Result<usize> {
+        let tokens = shape.tokens;
         if let Some(i) = self.workspaces.iter().position(|w| w.shape == shape) {
             let ws = self.workspaces.remove(i);
             self.workspaces.push(ws);
@@ -455,7 +498,7 @@ impl Session {
             let placed: Vec<(usize, usize)> = (0..n).map(|t| (0, self.position + t)).collect();
             let lengths = vec![end; n];
             let out = self.workspaces[i]
-                .replay(ctx, &rest[..n], &placed, Some(&lengths), &[])
+                .replay(ctx, &rest[..n], &placed, Some(&lengths), &[], &[])
                 .await?;
             self.position += n;
             rest = &rest[n..];
@@ -506,24 +549,28 @@ impl Session {
         Ok(self.step(ctx, model, ids, read).await?.logits)
     }
 
-    /// Greedy decode of up to `max_tokens` tokens after `first`, from the session's
-    /// position, with steps submitted ahead: steps k + 1 ..= k + [`DECODE_AHEAD`] are
-    /// in the queue while step k's token is read back, each step's input being the
-    /// token of the one before, which the GPU copies into the step's ids itself. So the
-    /// wait for a readback (in a browser, a round trip through its GPU process that
-    /// outlasts a small model's step) overlaps the GPU's work instead of adding to it.
-    /// Each token goes to `accept` with the routing counts of the forward that chose it,
-    /// in order; `accept` returning false stops the decode. Stops early at the end of
-    /// the context. The position advances by the tokens accepted (or produced before an
-    /// error); steps submitted past the last one accepted are discarded, and the cache
-    /// rows they wrote are overwritten by whatever runs at those positions next. Gives
-    /// the tokens produced, as [`Self::step`] with `Readback::Argmax` would.
-    pub async fn decode_greedy(
+    /// Decodes up to `max_tokens` tokens after `first`, from the session's position,
+    /// each chosen on the GPU as `sampler` says (greedy: the argmax; else the `sample`
+    /// kernel with the sampler's next draw), with steps submitted ahead: steps k + 1
+    /// ..= k + [`DECODE_AHEAD`] are in the queue while step k's token is read back,
+    /// each step's input being the token of the one before, which the GPU copies into
+    /// the step's ids itself. So the wait for a readback (in a browser, a round trip
+    /// through its GPU process that outlasts a small model's step) overlaps the GPU's
+    /// work instead of adding to it, and only the token and the routing record come
+    /// back, never the logits. Each token goes to `accept` with the routing counts of
+    /// the forward that chose it, in order; `accept` returning false stops the decode.
+    /// Stops early at the end of the context. The position advances by the tokens
+    /// accepted (or produced before an error); steps submitted past the last one
+    /// accepted are discarded (their draws too), and the cache rows they wrote are
+    /// overwritten by whatever runs at those positions next. Gives the number of
+    /// tokens produced.
+    pub async fn decode(
         &mut self,
         ctx: &GpuContext,
         model: &Model,
         first: u32,
         max_tokens: usize,
+        sampler: &mut Sampler,
         mut accept: impl FnMut(u32, &[u32]) -> bool,
     ) -> Result<usize> {
         let steps = max_tokens.min(self.max_context.saturating_sub(self.position));
@@ -531,7 +578,17 @@ impl Session {
             return Ok(0);
         }
         self.check_input(model, &[first])?;
-        let i = self.workspace(ctx, model, 1, Readback::Argmax)?;
+        let shape = StepShape {
+            tokens: 1,
+            rows: HeadRows::Last,
+            head: if sampler.params().is_greedy() {
+                Head::Argmax
+            } else {
+                Head::Sample
+            },
+            kernels: Kernels::BySize,
+        };
+        let i = self.workspace_of(ctx, model, shape)?;
         let workspace = &self.workspaces[i];
         let start = self.position;
         let slots = workspace.results.len();
@@ -542,7 +599,9 @@ impl Session {
             while submitted < steps && submitted < k + slots {
                 let id = (submitted == 0).then_some(first);
                 let slot = submitted % slots;
-                in_flight.push_back(workspace.submit_decode(ctx, id, start + submitted, slot).await?);
+                let draw = sampler.next_draw();
+                let submission = workspace.submit_decode(ctx, id, start + submitted, draw, slot).await?;
+                in_flight.push_back(submission);
                 submitted += 1;
             }
             let submission = in_flight.pop_front().expect("step k was submitted");
@@ -556,6 +615,19 @@ impl Session {
             }
         }
         Ok(steps)
+    }
+
+    /// [`Self::decode`] with greedy tokens.
+    pub async fn decode_greedy(
+        &mut self,
+        ctx: &GpuContext,
+        model: &Model,
+        first: u32,
+        max_tokens: usize,
+        accept: impl FnMut(u32, &[u32]) -> bool,
+    ) -> Result<usize> {
+        let mut greedy = Sampler::new(SamplingParams::greedy());
+        self.decode(ctx, model, first, max_tokens, &mut greedy, accept).await
     }
 
     /// Runs `ids` at the session's position and returns the argmax token.

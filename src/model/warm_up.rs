@@ -5,6 +5,7 @@
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
+use crate::model::generate::{Sampler, SamplingParams};
 use crate::model::model::Model;
 use crate::model::session::{Readback, Session};
 use crate::util::Clock;
@@ -12,7 +13,8 @@ use crate::util::Clock;
 /// Step sizes of the warm-up, run in this order on one sequence: a prompt long enough
 /// for the prefill kernels of most prompts (on a GPU the tiles; on a CPU kernel target
 /// the GEMV's 4-token groups), then the GEMV's 4-, 2- and 1-token groups of short
-/// prompts, batched decode (`webmoe serve`) and decode.
+/// prompts, batched decode (`webmoe serve`) and decode; then one step of sampled
+/// decode (the `sample` kernel).
 const WARM_UP_STEPS: [usize; 4] = [8, 3, 2, 1];
 
 /// Runs the warm-up steps on a throwaway session of `model` (as much of them as its
@@ -20,7 +22,7 @@ const WARM_UP_STEPS: [usize; 4] = [8, 3, 2, 1];
 /// took. Long prompts on a GPU may still compile tiles of other row blocks.
 pub async fn warm_up(ctx: &GpuContext, model: &Model) -> Result<f64> {
     let clock = Clock::start();
-    let positions = WARM_UP_STEPS.iter().sum::<usize>().min(model.max_context);
+    let positions = (WARM_UP_STEPS.iter().sum::<usize>() + 1).min(model.max_context);
     let mut session = Session::new(ctx, model, Some(positions))?;
     for (i, &tokens) in WARM_UP_STEPS.iter().enumerate() {
         if session.position() + tokens > positions {
@@ -30,5 +32,10 @@ pub async fn warm_up(ctx: &GpuContext, model: &Model) -> Result<f64> {
         let read = if last { Readback::Argmax } else { Readback::LastLogits };
         session.step(ctx, model, &vec![0u32; tokens], read).await?;
     }
+    let mut sampler = Sampler::new(SamplingParams {
+        temperature: 1.0,
+        ..SamplingParams::greedy()
+    });
+    session.decode(ctx, model, 0, 1, &mut sampler, |_, _| false).await?;
     Ok(clock.seconds())
 }
