@@ -142,17 +142,23 @@ fn pipelined_greedy_decode_gives_the_step_by_step_tokens() {
     assert_eq!(decode(&mut short, want[5], 3, usize::MAX, &mut got), 0);
 }
 
-/// Sampled decode on the GPU (the `sample` kernel, steps queued ahead, only tokens
-/// read back) gives the tokens the CPU sampler draws, with the same seed, from the
-/// step-by-step logits of those tokens; decoding again reuses the workspace.
+/// Sampled decode (on a GPU kernel target with the `sample` kernel, steps queued
+/// ahead, only tokens read back; on a CPU one from read-back logits) gives the tokens
+/// the CPU sampler draws, with the same seed, from the step-by-step logits of those
+/// tokens; decoding again reuses the workspaces.
 #[test]
 fn pipelined_sampled_decode_gives_the_cpu_samplers_tokens() {
-    let ctx = context();
-    let model = tiny_model(&ctx);
+    for ctx in &contexts_for_both_targets() {
+        check_sampled_decode(ctx);
+    }
+}
+
+fn check_sampled_decode(ctx: &GpuContext) {
+    let model = tiny_model(ctx);
     let prompt = [5u32, 17, 3, 99];
     let steps = 16;
     let logits = |s: &mut Session, ids: &[u32]| {
-        pollster::block_on(s.step(&ctx, &model, ids, Readback::LastLogits))
+        pollster::block_on(s.step(ctx, &model, ids, Readback::LastLogits))
             .unwrap()
             .logits
     };
@@ -164,12 +170,12 @@ fn pipelined_sampled_decode_gives_the_cpu_samplers_tokens() {
             top_p,
             seed,
         };
-        let mut session = Session::new(&ctx, &model, None).unwrap();
+        let mut session = Session::new(ctx, &model, None).unwrap();
         let mut sampler = Sampler::new(params);
         let first = sampler.sample(&logits(&mut session, &prompt));
         let decode = |session: &mut Session, sampler: &mut Sampler| {
             let mut got = vec![first];
-            let n = pollster::block_on(session.decode(&ctx, &model, first, steps - 1, sampler, |token, _| {
+            let n = pollster::block_on(session.decode(ctx, &model, first, steps - 1, sampler, |token, _| {
                 got.push(token);
                 true
             }))
@@ -179,7 +185,7 @@ fn pipelined_sampled_decode_gives_the_cpu_samplers_tokens() {
         };
         let got = decode(&mut session, &mut sampler);
         let mut cpu = Sampler::new(params);
-        let mut check = Session::new(&ctx, &model, None).unwrap();
+        let mut check = Session::new(ctx, &model, None).unwrap();
         let mut step_logits = logits(&mut check, &prompt);
         for (k, &token) in got.iter().enumerate() {
             assert_eq!(cpu.sample(&step_logits), token, "{params:?}: token {k} of {got:?}");

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::gpu::kernel::Recorder;
 use crate::gpu::profile::{profile, KernelTime};
 use crate::gpu::tensor::map_read_after;
-use crate::gpu::{DType, GpuContext, GpuTensor};
+use crate::gpu::{DType, GpuContext, GpuTensor, KernelTarget};
 use crate::model::model::{Kernels, LogitRows, LogitsFor, Model};
 use crate::moe::layer::RoutingRecord;
 use crate::ops::attention::KvCache;
@@ -550,8 +550,9 @@ impl Session {
     }
 
     /// Decodes up to `max_tokens` tokens after `first`, from the session's position,
-    /// each chosen on the GPU as `sampler` says (greedy: the argmax; else the `sample`
-    /// kernel with the sampler's next draw), with steps submitted ahead: steps k + 1
+    /// each chosen as `sampler` says. Greedy, and on a GPU kernel target sampled too,
+    /// the token is chosen on the GPU (the argmax, or the `sample` kernel with the
+    /// sampler's next draw), with steps submitted ahead: steps k + 1
     /// ..= k + [`DECODE_AHEAD`] are in the queue while step k's token is read back,
     /// each step's input being the token of the one before, which the GPU copies into
     /// the step's ids itself. So the wait for a readback (in a browser, a round trip
@@ -564,6 +565,12 @@ impl Session {
     /// accepted are discarded (their draws too), and the cache rows they wrote are
     /// overwritten by whatever runs at those positions next. Gives the number of
     /// tokens produced.
+    ///
+    /// Sampled on a CPU kernel target (lavapipe, SwiftShader), each step's logits are
+    /// read back and sampled on the CPU by the same rules instead, one step at a time:
+    /// there the logits' readback is a copy in memory, and the kernel, one workgroup
+    /// on one CPU thread, took 2 to 16 times as long as the CPU sampler (BENCHMARKS.md,
+    /// 2026-12-03, tenth session).
     pub async fn decode(
         &mut self,
         ctx: &GpuContext,
@@ -578,6 +585,9 @@ impl Session {
             return Ok(0);
         }
         self.check_input(model, &[first])?;
+        if !sampler.params().is_greedy() && ctx.kernel_target == KernelTarget::Cpu {
+            return self.decode_sampling_on_cpu(ctx, model, first, steps, sampler, accept).await;
+        }
         let shape = StepShape {
             tokens: 1,
             rows: HeadRows::Last,
@@ -611,6 +621,27 @@ impl Session {
                 *total += c as u64;
             }
             if !accept(out.head[0], &out.routing_counts) {
+                return Ok(k + 1);
+            }
+        }
+        Ok(steps)
+    }
+
+    /// [`Self::decode`] sampling on the CPU from each step's logits.
+    async fn decode_sampling_on_cpu(
+        &mut self,
+        ctx: &GpuContext,
+        model: &Model,
+        first: u32,
+        steps: usize,
+        sampler: &mut Sampler,
+        mut accept: impl FnMut(u32, &[u32]) -> bool,
+    ) -> Result<usize> {
+        let mut token = first;
+        for k in 0..steps {
+            let out = self.step(ctx, model, &[token], Readback::LastLogits).await?;
+            token = sampler.sample(&out.logits);
+            if !accept(token, &out.routing_counts) {
                 return Ok(k + 1);
             }
         }
