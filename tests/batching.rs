@@ -14,12 +14,13 @@ use common::*;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use webmoe::model::batch::{Batch, BatchEntry, BatchRead};
 use webmoe::model::config::{Family, MlaConfig, QkNorm};
-use webmoe::model::generate::SamplingParams;
+use webmoe::model::generate::{generate, SamplingParams};
 use webmoe::model::load::{load_model_dir, LoadOptions};
 use webmoe::model::model::{Kernels, LogitsFor, Model};
 use webmoe::model::session::Session;
 use webmoe::model::synthetic::{model_from_weights, random_weights, synthetic_config, Dims};
 use webmoe::moe::MoeConfig;
+use webmoe::ops::sampling::{sample_reference, RowSampling};
 use webmoe::ops::expert_matmul::Activation;
 use webmoe::ops::routing::{Scoring, TopKOrder};
 use webmoe::serve::engine::{
@@ -84,6 +85,54 @@ fn mla_and_gpt_oss_models(ctx: &GpuContext) -> Vec<Model> {
 
 /// On both kernel targets: the GPU target's GEMV steps split attention over the
 /// context, and a sequence's logits must still not depend on the batch.
+/// A batched step sampling on the GPU (each entry under its own draw; temperature 0
+/// greedy) gives the tokens the CPU reference samples from the same step's logits; a
+/// step given a draw too few is refused.
+#[test]
+fn a_batched_step_samples_each_entry_under_its_own_draw() {
+    let ctx = context();
+    let model = synthetic_model(&ctx);
+    let prompts: Vec<Vec<u32>> = vec![vec![3, 9, 27], vec![11], vec![5, 6, 7, 8, 9], vec![40, 41]];
+    let draws = [
+        RowSampling {
+            temperature: 0.9,
+            top_k: 0,
+            top_p: 0.9,
+            uniform: 0.3,
+        },
+        RowSampling::default(),
+        RowSampling {
+            temperature: 1.2,
+            top_k: 5,
+            top_p: 1.0,
+            uniform: 0.8,
+        },
+        RowSampling {
+            temperature: 0.7,
+            top_k: 0,
+            top_p: 1.0,
+            uniform: 0.55,
+        },
+    ];
+    let step = |read: BatchRead| {
+        let mut batch = Batch::new(&ctx, &model, 4, 16).unwrap();
+        let slots: Vec<usize> = (0..prompts.len()).map(|_| batch.acquire().unwrap()).collect();
+        let entries: Vec<BatchEntry> = slots.iter().zip(&prompts).map(|(&s, p)| BatchEntry::new(s, p)).collect();
+        pollster::block_on(batch.step(&ctx, &model, &entries, read, Kernels::Gemv))
+    };
+    let logits = step(BatchRead::Logits).unwrap().logits;
+    let sampled = step(BatchRead::Sample(&draws)).unwrap().tokens;
+    let vocab = model.config.vocab_size;
+    let want: Vec<u32> = draws
+        .iter()
+        .enumerate()
+        .map(|(k, &d)| sample_reference(&logits[k * vocab..][..vocab], d).token)
+        .collect();
+    assert_eq!(sampled, want);
+    let error = step(BatchRead::Sample(&draws[..3])).unwrap_err();
+    assert!(error.to_string().contains("4 entries got 3 sampling draws"), "{error}");
+}
+
 #[test]
 fn a_batched_step_gives_each_sequence_the_logits_it_gets_alone() {
     for ctx in contexts_for_both_targets() {
@@ -251,11 +300,20 @@ fn try_submit(
     prompt: Vec<u32>,
     max_tokens: usize,
 ) -> Result<UnboundedReceiver<Event>, SubmitError> {
+    try_submit_sampling(engine, prompt, max_tokens, SamplingParams::greedy())
+}
+
+fn try_submit_sampling(
+    engine: &EngineHandle,
+    prompt: Vec<u32>,
+    max_tokens: usize,
+    sampling: SamplingParams,
+) -> Result<UnboundedReceiver<Event>, SubmitError> {
     let (events, receiver) = unbounded_channel();
     engine.submit(Request {
         prompt,
         max_tokens,
-        sampling: SamplingParams::greedy(),
+        sampling,
         stop_ids: Vec::new(),
         events,
     })?;
@@ -334,6 +392,44 @@ fn same_tokens_alone_or_batched(engine: &EngineHandle, vocab: u32) {
     let rendered = m.render();
     assert!(rendered.contains("webmoe_active_sequences 0"), "{rendered}");
     assert!(rendered.contains("webmoe_expert_assignments_total{layer=\"1\",expert=\"7\"}"));
+}
+
+/// Sampled requests, six at once with greedy ones among them (on a GPU kernel target
+/// drawn by the `sample` kernel in the batched steps, on a CPU one from read-back
+/// logits), get the tokens `generate` draws for their seeds on a session alone.
+#[test]
+fn sampled_requests_get_the_tokens_generate_draws_for_their_seeds() {
+    for ctx in contexts_for_both_targets() {
+        let model = synthetic_model(&ctx);
+        let params = |i: usize| SamplingParams {
+            temperature: if i % 3 == 2 { 0.0 } else { 0.9 },
+            top_k: if i % 2 == 0 { 0 } else { 20 },
+            top_p: 0.9,
+            seed: i as u64,
+        };
+        let prompts = &prompts(97)[..6];
+        let max_tokens = 8;
+        let want: Vec<Vec<u32>> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut session = Session::new(&ctx, &model, None).unwrap();
+                let run = generate(&ctx, &model, &mut session, p, max_tokens, params(i), &[], |_, _| true);
+                pollster::block_on(run).unwrap().generated_ids
+            })
+            .collect();
+        let target = ctx.kernel_target;
+        let engine = engine_on(ctx, model, 8, 16, prompt_kernels_for(target));
+        let receivers: Vec<_> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| try_submit_sampling(&engine, p.clone(), max_tokens, params(i)).unwrap())
+            .collect();
+        for (i, (receiver, want)) in receivers.into_iter().zip(&want).enumerate() {
+            assert_eq!(&collect(receiver).0, want, "{target:?}: request {i} {:?}", params(i));
+        }
+        assert!(want.iter().any(|w| w.iter().collect::<std::collections::HashSet<_>>().len() > 3));
+    }
 }
 
 #[test]

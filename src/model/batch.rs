@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::model::model::{Kernels, Model};
 use crate::model::session::{Head, HeadRows, StepShape, Workspace};
+use crate::ops::sampling::RowSampling;
 use crate::ops::attention::KvCache;
 
 /// Workspaces kept per batch (each is a recorded forward for one step shape).
@@ -43,18 +44,21 @@ impl<'a> BatchEntry<'a> {
 }
 
 /// What a batched step reads back for each entry's last token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BatchRead {
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum BatchRead<'a> {
     /// The argmax token (on the GPU).
     Argmax,
     /// The logits, for sampling on the CPU.
     Logits,
+    /// A token sampled on the GPU under each entry's draw (the `sample` kernel; a
+    /// temperature of 0 picks the most likely token).
+    Sample(&'a [RowSampling]),
 }
 
 /// A batched step's results, one per entry, in entry order.
 #[derive(Clone, Debug)]
 pub struct BatchOutput {
-    /// `BatchRead::Argmax`: the greedy token of each entry's last position.
+    /// `BatchRead::Argmax` or `Sample`: the token chosen at each entry's last position.
     pub tokens: Vec<u32>,
     /// `BatchRead::Logits`: `[entries, vocab]`.
     pub logits: Vec<f32>,
@@ -192,10 +196,21 @@ impl Batch {
         ctx: &GpuContext,
         model: &Model,
         entries: &[BatchEntry<'_>],
-        read: BatchRead,
+        read: BatchRead<'_>,
         kernels: Kernels,
     ) -> Result<BatchOutput> {
         self.check(model, entries)?;
+        let draws = match read {
+            BatchRead::Sample(draws) if draws.len() != entries.len() => {
+                return Err(Error::Config(format!(
+                    "a batched step of {} entries got {} sampling draws",
+                    entries.len(),
+                    draws.len()
+                )))
+            }
+            BatchRead::Sample(draws) => draws,
+            _ => &[],
+        };
         let mut ids = Vec::new();
         let mut placed = Vec::new();
         let mut lengths = Vec::new();
@@ -214,18 +229,19 @@ impl Batch {
             head: match read {
                 BatchRead::Argmax => Head::Argmax,
                 BatchRead::Logits => Head::Logits,
+                BatchRead::Sample(_) => Head::Sample,
             },
             kernels,
         };
         let i = self.workspace(ctx, model, shape)?;
         let out = self.workspaces[i]
-            .replay(ctx, &ids, &placed, Some(&lengths), &head_rows, &[])
+            .replay(ctx, &ids, &placed, Some(&lengths), &head_rows, draws)
             .await?;
         for e in entries {
             self.positions[e.slot] += e.tokens.len();
         }
         Ok(match read {
-            BatchRead::Argmax => BatchOutput {
+            BatchRead::Argmax | BatchRead::Sample(_) => BatchOutput {
                 tokens: out.head,
                 logits: Vec::new(),
                 routing_counts: out.routing_counts,

@@ -24,6 +24,7 @@ use crate::gpu::{GpuContext, KernelTarget};
 use crate::model::batch::{Batch, BatchEntry, BatchRead};
 use crate::model::generate::{Sampler, SamplingParams};
 use crate::model::model::{Kernels, Model};
+use crate::ops::sampling::RowSampling;
 use crate::serve::metrics::Metrics;
 
 /// How the engine batches.
@@ -311,6 +312,24 @@ impl Engine {
             }
         }
         if !chunks.is_empty() {
+            let finishing: Vec<bool> = chunks
+                .iter()
+                .map(|&(i, _, to)| to == self.running[i].request.prompt.len())
+                .collect();
+            let greedy = chunks
+                .iter()
+                .zip(&finishing)
+                .all(|(&(i, _, _), &f)| !f || self.running[i].request.sampling.is_greedy());
+            let draws: Vec<RowSampling> = if self.samples_on_gpu(greedy) {
+                let running = &mut self.running;
+                chunks
+                    .iter()
+                    .zip(&finishing)
+                    .map(|(&(i, _, _), &f)| if f { running[i].sampler.next_draw() } else { RowSampling::default() })
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let entries: Vec<BatchEntry> = chunks
                 .iter()
                 .map(|&(i, from, to)| {
@@ -322,15 +341,7 @@ impl Engine {
                     }
                 })
                 .collect();
-            let finishing: Vec<bool> = chunks
-                .iter()
-                .map(|&(i, _, to)| to == self.running[i].request.prompt.len())
-                .collect();
-            let greedy = chunks
-                .iter()
-                .zip(&finishing)
-                .all(|(&(i, _, _), &f)| !f || self.running[i].request.sampling.is_greedy());
-            let read = if greedy { BatchRead::Argmax } else { BatchRead::Logits };
+            let read = read_for(greedy, &draws);
             let clock = Instant::now();
             let kernels = self.options.prompt_kernels;
             let out = pollster::block_on(self.batch.step(&self.ctx, &self.model, &entries, read, kernels))?;
@@ -361,7 +372,13 @@ impl Engine {
                 .map(|(&i, t)| BatchEntry::new(self.running[i].slot, t))
                 .collect();
             let greedy = decoding.iter().all(|&i| self.running[i].request.sampling.is_greedy());
-            let read = if greedy { BatchRead::Argmax } else { BatchRead::Logits };
+            let draws: Vec<RowSampling> = if self.samples_on_gpu(greedy) {
+                let running = &mut self.running;
+                decoding.iter().map(|&i| running[i].sampler.next_draw()).collect()
+            } else {
+                Vec::new()
+            };
+            let read = read_for(greedy, &draws);
             let clock = Instant::now();
             let out = pollster::block_on(self.batch.step(&self.ctx, &self.model, &entries, read, Kernels::Gemv))?;
             self.metrics
@@ -374,6 +391,14 @@ impl Engine {
             self.deliver();
         }
         Ok(())
+    }
+
+    /// Whether a step that samples for some entry (not `greedy`) samples on the GPU
+    /// (the `sample` kernel under each entry's next draw): on a GPU kernel target. On a
+    /// CPU one it reads the logits back and [`pick`] samples them on the CPU by the same
+    /// rules (see [`crate::model::session::Session::decode`]).
+    fn samples_on_gpu(&self, greedy: bool) -> bool {
+        !greedy && self.ctx.kernel_target == KernelTarget::Gpu
     }
 
     /// Sends each newly sampled token and ends the sequences that stop (EOS,
@@ -445,6 +470,17 @@ fn fail(events: &UnboundedSender<Event>, kind: ErrorKind, message: &str) {
         kind,
         message: message.to_string(),
     });
+}
+
+/// How a step reads its tokens: greedy, sampled on the GPU under `draws` (the
+/// samplers' next, one per entry; greedy for entries that get no token), or (no
+/// draws) logits for [`pick`] to sample.
+fn read_for(greedy: bool, draws: &[RowSampling]) -> BatchRead<'_> {
+    match (greedy, draws.is_empty()) {
+        (true, _) => BatchRead::Argmax,
+        (false, false) => BatchRead::Sample(draws),
+        (false, true) => BatchRead::Logits,
+    }
 }
 
 /// Entry `k`'s token from a step's output.
