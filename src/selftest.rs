@@ -13,10 +13,10 @@ use crate::moe::reference::moe_reference;
 use crate::moe::{MoeConfig, MoeLayer, MoeWeights, SharedExpertConfig};
 use crate::ops::attention::{attention_reference, encode_attention, f16_cache_values, AttentionOptions, KvCache};
 use crate::ops::embedding::encode_embedding_in_runs;
-use crate::ops::sampling::{argmax_reference, encode_argmax, encode_sample, sample_reference, RowSampling, Sampled};
 use crate::ops::norm::{encode_rms_norm, encode_rms_norm_pair, rms_norm_reference};
 use crate::ops::rope::{encode_rope_pair, rope_reference, rope_table, upload_rope_table, RopeAngles};
 use crate::ops::routing::{GroupLimit, GroupScore, Scoring, TopKOrder};
+use crate::ops::sampling::{argmax_reference, encode_argmax, encode_sample, sample_reference, RowSampling, Sampled};
 use crate::ops::TokenPositions;
 use crate::weights::{WeightFormat, WeightMatrix};
 
@@ -358,7 +358,14 @@ async fn transformer_op_checks(ctx: &GpuContext, rng: &mut ChaCha8Rng) -> Result
 /// token and the sizes of the kept sets match the reference's.
 async fn sampling_check(ctx: &GpuContext, rng: &mut ChaCha8Rng) -> Result<Check> {
     let vocab = 5000;
-    let settings = [(0.0, 0, 1.0), (1.0, 0, 1.0), (0.7, 40, 1.0), (0.8, 0, 0.9), (1.2, 300, 0.6), (1.0, 1, 0.5)];
+    let settings = [
+        (0.0, 0, 1.0),
+        (1.0, 0, 1.0),
+        (0.7, 40, 1.0),
+        (0.8, 0, 0.9),
+        (1.2, 300, 0.6),
+        (1.0, 1, 0.5),
+    ];
     let mut logits = Vec::new();
     let mut rows = Vec::new();
     for (r, &(temperature, top_k, top_p)) in settings.iter().enumerate() {

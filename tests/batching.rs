@@ -20,9 +20,9 @@ use webmoe::model::model::{Kernels, LogitsFor, Model};
 use webmoe::model::session::Session;
 use webmoe::model::synthetic::{model_from_weights, random_weights, synthetic_config, Dims};
 use webmoe::moe::MoeConfig;
-use webmoe::ops::sampling::{sample_reference, RowSampling};
 use webmoe::ops::expert_matmul::Activation;
 use webmoe::ops::routing::{Scoring, TopKOrder};
+use webmoe::ops::sampling::{sample_reference, RowSampling};
 use webmoe::serve::engine::{
     prompt_kernels_for, Engine, EngineHandle, EngineOptions, Event, Finish, Request, SubmitError,
 };
@@ -117,7 +117,11 @@ fn a_batched_step_samples_each_entry_under_its_own_draw() {
     let step = |read: BatchRead| {
         let mut batch = Batch::new(&ctx, &model, 4, 16).unwrap();
         let slots: Vec<usize> = (0..prompts.len()).map(|_| batch.acquire().unwrap()).collect();
-        let entries: Vec<BatchEntry> = slots.iter().zip(&prompts).map(|(&s, p)| BatchEntry::new(s, p)).collect();
+        let entries: Vec<BatchEntry> = slots
+            .iter()
+            .zip(&prompts)
+            .map(|(&s, p)| BatchEntry::new(s, p))
+            .collect();
         pollster::block_on(batch.step(&ctx, &model, &entries, read, Kernels::Gemv))
     };
     let logits = step(BatchRead::Logits).unwrap().logits;
@@ -403,7 +407,7 @@ fn sampled_requests_get_the_tokens_generate_draws_for_their_seeds() {
         let model = synthetic_model(&ctx);
         let params = |i: usize| SamplingParams {
             temperature: if i % 3 == 2 { 0.0 } else { 0.9 },
-            top_k: if i % 2 == 0 { 0 } else { 20 },
+            top_k: if i.is_multiple_of(2) { 0 } else { 20 },
             top_p: 0.9,
             seed: i as u64,
         };
@@ -428,7 +432,9 @@ fn sampled_requests_get_the_tokens_generate_draws_for_their_seeds() {
         for (i, (receiver, want)) in receivers.into_iter().zip(&want).enumerate() {
             assert_eq!(&collect(receiver).0, want, "{target:?}: request {i} {:?}", params(i));
         }
-        assert!(want.iter().any(|w| w.iter().collect::<std::collections::HashSet<_>>().len() > 3));
+        assert!(want
+            .iter()
+            .any(|w| w.iter().collect::<std::collections::HashSet<_>>().len() > 3));
     }
 }
 

@@ -52,8 +52,14 @@ fn definition(logits: &[f32], s: RowSampling) -> Definition {
     } else {
         (1.0, 1)
     };
-    let mut order: Vec<u32> = (0..logits.len() as u32).filter(|&i| logits[i as usize].is_finite()).collect();
-    order.sort_by(|&a, &b| order_key(logits[b as usize]).cmp(&order_key(logits[a as usize])).then(a.cmp(&b)));
+    let mut order: Vec<u32> = (0..logits.len() as u32)
+        .filter(|&i| logits[i as usize].is_finite())
+        .collect();
+    order.sort_by(|&a, &b| {
+        order_key(logits[b as usize])
+            .cmp(&order_key(logits[a as usize]))
+            .then(a.cmp(&b))
+    });
     if k > 0 {
         order.truncate(k);
     }
@@ -93,13 +99,20 @@ fn check_row(what: &str, logits: &[f32], s: RowSampling, gpu: Sampled) {
         }
         let (lo, hi) = def.kept_range;
         let kept = got.kept as usize;
-        assert!(lo <= kept && kept <= hi, "{what}: {side} top-p kept {kept}, the definition {lo}..={hi}");
+        assert!(
+            lo <= kept && kept <= hi,
+            "{what}: {side} top-p kept {kept}, the definition {lo}..={hi}"
+        );
         // B: the first `kept` of A, in index order.
         let mut b = def.weights[..kept].to_vec();
         b.sort_by_key(|w| w.0);
         let total: f64 = b.iter().map(|w| w.1).sum();
         let weight_error = (got.kept_weight as f64 - total).abs() / total;
-        assert!(weight_error < 1e-4, "{what}: {side} weight(B) {} against {total}", got.kept_weight);
+        assert!(
+            weight_error < 1e-4,
+            "{what}: {side} weight(B) {} against {total}",
+            got.kept_weight
+        );
         // The draw: the token whose interval holds uniform * weight(B), or near an edge
         // either token beside it.
         let point = s.uniform as f64 * total;
@@ -156,7 +169,10 @@ fn logits_of(rng: &mut ChaCha8Rng, vocab: usize, kind: &str) -> Vec<f32> {
         "none finite" => v.iter_mut().enumerate().for_each(|(i, x)| {
             *x = [f32::NAN, f32::NEG_INFINITY, f32::INFINITY][i % 3];
         }),
-        "zeros" => v.iter_mut().enumerate().for_each(|(i, x)| *x = if i % 2 == 0 { 0.0 } else { -0.0 }),
+        "zeros" => v
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, x)| *x = if i % 2 == 0 { 0.0 } else { -0.0 }),
         _ => {}
     }
     v
@@ -189,14 +205,32 @@ fn sampling_matches_reference_across_vocabularies_and_settings() {
         for _ in 0..8 {
             settings.push(setting(
                 rng.random_range(0.2..2.0),
-                if rng.random_bool(0.5) { rng.random_range(0..=v + 1) } else { 0 },
-                if rng.random_bool(0.7) { rng.random_range(0.05..1.0) } else { 1.0 },
+                if rng.random_bool(0.5) {
+                    rng.random_range(0..=v + 1)
+                } else {
+                    0
+                },
+                if rng.random_bool(0.7) {
+                    rng.random_range(0.05..1.0)
+                } else {
+                    1.0
+                },
                 rng.random_range(0.0..1.0),
             ));
         }
-        for kind in ["random", "ties", "equal", "peaked", "non-finite", "none finite", "zeros"] {
-            let rows: Vec<(Vec<f32>, RowSampling)> =
-                settings.iter().map(|&s| (logits_of(&mut rng, vocab, kind), s)).collect();
+        for kind in [
+            "random",
+            "ties",
+            "equal",
+            "peaked",
+            "non-finite",
+            "none finite",
+            "zeros",
+        ] {
+            let rows: Vec<(Vec<f32>, RowSampling)> = settings
+                .iter()
+                .map(|&s| (logits_of(&mut rng, vocab, kind), s))
+                .collect();
             let got = sample_on_gpu(&ctx, vocab, &rows);
             for (r, ((logits, s), g)) in rows.iter().zip(got).enumerate() {
                 check_row(&format!("vocab {vocab}, {kind} logits, row {r} {s:?}"), logits, *s, g);
@@ -215,7 +249,11 @@ fn sampled_tokens_follow_the_truncated_softmax() {
     let vocab = 3000;
     let logits = logits_of(&mut rng, vocab, "ties");
     let draws = 2000;
-    for base in [setting(0.9, 0, 1.0, 0.0), setting(1.0, 50, 0.75, 0.0), setting(0.6, 0, 0.66, 0.0)] {
+    for base in [
+        setting(0.9, 0, 1.0, 0.0),
+        setting(1.0, 50, 0.75, 0.0),
+        setting(0.6, 0, 0.66, 0.0),
+    ] {
         let rows: Vec<(Vec<f32>, RowSampling)> = (0..draws)
             .map(|d| {
                 let s = RowSampling {
@@ -237,9 +275,15 @@ fn sampled_tokens_follow_the_truncated_softmax() {
         for &(id, w) in kept {
             let expected = w / total * draws as f64;
             let n = counts.remove(&id).unwrap_or(0) as f64;
-            assert!((n - expected).abs() <= 1.5, "{base:?}: token {id} drawn {n} times, expected {expected:.1}");
+            assert!(
+                (n - expected).abs() <= 1.5,
+                "{base:?}: token {id} drawn {n} times, expected {expected:.1}"
+            );
         }
-        assert!(counts.is_empty(), "{base:?}: tokens outside the kept set drawn: {counts:?}");
+        assert!(
+            counts.is_empty(),
+            "{base:?}: tokens outside the kept set drawn: {counts:?}"
+        );
     }
 }
 

@@ -12,12 +12,12 @@ use webmoe::ops::attention::{
 };
 use webmoe::ops::elementwise::{encode_add_row_bias, encode_add_scaled, encode_scale_clamp};
 use webmoe::ops::embedding::encode_embedding;
-use webmoe::ops::sampling::{argmax_reference, encode_argmax};
 use webmoe::ops::norm::{encode_rms_norm, encode_rms_norm_pair, rms_norm_reference};
 use webmoe::ops::rope::{
     encode_rope, encode_rope_pair, rope_reference, rope_table, rope_table_scaled, upload_rope_table, DynamicNtk,
     RopeAngles, RopeScaling,
 };
+use webmoe::ops::sampling::{argmax_reference, encode_argmax};
 use webmoe::ops::TokenPositions;
 use webmoe::{ContextOptions, DType, ErrorKind, GpuContext, GpuTensor, WeightFormat, WeightMatrix};
 

@@ -201,7 +201,8 @@ fn check_sampled_decode(ctx: &GpuContext) {
         runs.push(got);
     }
     assert!(
-        runs.iter().all(|r| r.iter().collect::<std::collections::HashSet<_>>().len() >= 4),
+        runs.iter()
+            .all(|r| r.iter().collect::<std::collections::HashSet<_>>().len() >= 4),
         "the tokens should vary: {runs:?}"
     );
     assert_ne!(runs[0], runs[3], "another seed, other tokens");

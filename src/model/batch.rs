@@ -14,8 +14,8 @@ use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::model::model::{Kernels, Model};
 use crate::model::session::{Head, HeadRows, StepShape, Workspace};
-use crate::ops::sampling::RowSampling;
 use crate::ops::attention::KvCache;
+use crate::ops::sampling::RowSampling;
 
 /// Workspaces kept per batch (each is a recorded forward for one step shape).
 const KEPT_WORKSPACES: usize = 24;

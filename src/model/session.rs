@@ -11,10 +11,10 @@ use crate::gpu::kernel::Recorder;
 use crate::gpu::profile::{profile, KernelTime};
 use crate::gpu::tensor::map_read_after;
 use crate::gpu::{DType, GpuContext, GpuTensor, KernelTarget};
+use crate::model::generate::{Sampler, SamplingParams};
 use crate::model::model::{Kernels, LogitRows, LogitsFor, Model};
 use crate::moe::layer::RoutingRecord;
 use crate::ops::attention::KvCache;
-use crate::model::generate::{Sampler, SamplingParams};
 use crate::ops::sampling::{encode_argmax, encode_sample, RowSampling};
 use crate::ops::TokenPositions;
 
@@ -202,7 +202,9 @@ impl Workspace {
         head_rows: &[u32],
         draws: &[RowSampling],
     ) -> Result<Replay> {
-        let submission = self.submit(ctx, Some(ids), placed, lengths, head_rows, draws, 0).await?;
+        let submission = self
+            .submit(ctx, Some(ids), placed, lengths, head_rows, draws, 0)
+            .await?;
         self.read(ctx, 0, submission).await
     }
 
@@ -586,7 +588,9 @@ impl Session {
         }
         self.check_input(model, &[first])?;
         if !sampler.params().is_greedy() && ctx.kernel_target == KernelTarget::Cpu {
-            return self.decode_sampling_on_cpu(ctx, model, first, steps, sampler, accept).await;
+            return self
+                .decode_sampling_on_cpu(ctx, model, first, steps, sampler, accept)
+                .await;
         }
         let shape = StepShape {
             tokens: 1,

@@ -87,7 +87,8 @@ pub fn encode_sample(
 ) -> Result<()> {
     let rows = tokens.len().max(1);
     let vocab = logits.len() / rows;
-    expect_shape("sampling logits", logits, &[rows, vocab]).or_else(|_| expect_shape("sampling logits", logits, &[vocab]))?;
+    expect_shape("sampling logits", logits, &[rows, vocab])
+        .or_else(|_| expect_shape("sampling logits", logits, &[vocab]))?;
     expect_shape("sampling settings", settings, &[rows, 4])?;
     expect_shape("sampling details", details, &[rows, 4])?;
     let params = [vocab as u32, 0, 0, 0];

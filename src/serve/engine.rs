@@ -325,7 +325,13 @@ impl Engine {
                 chunks
                     .iter()
                     .zip(&finishing)
-                    .map(|(&(i, _, _), &f)| if f { running[i].sampler.next_draw() } else { RowSampling::default() })
+                    .map(|(&(i, _, _), &f)| {
+                        if f {
+                            running[i].sampler.next_draw()
+                        } else {
+                            RowSampling::default()
+                        }
+                    })
                     .collect()
             } else {
                 Vec::new()
