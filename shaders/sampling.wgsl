@@ -277,12 +277,17 @@ fn sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         // answer is in [lo, hi]. Keys above the cut are all kept.
         var lo = cut.key;
         var hi = top_key;
+        var masses: array<f32, 8>;
         loop {
             if (lo >= hi) {
                 break;
             }
             let step = max((hi - lo) / (SEARCH_WAYS + 1u), 1u);
-            var masses: array<f32, 8>;
+            // Zeroed by stores each pass: Chromium's WebGPU (on SwiftShader) kept the
+            // last pass's sums in an array declared, so zeroed, inside the loop.
+            for (var j = 0u; j < SEARCH_WAYS; j++) {
+                masses[j] = 0.0;
+            }
             for (var i = begin; i < end; i++) {
                 let x = logits[base + i];
                 let key = order_key(x);
@@ -393,9 +398,10 @@ fn sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
             }
         }
         if (lane == LANES) {
-            // Past every lane by rounding: the last kept token of any weight.
+            // Past every lane by rounding: the last kept token of any weight (no
+            // weight passes 1, so the walk never stops before the end).
             lane = last;
-            left = bitcast<f32>(0x7f800000u);
+            left = 2.0;
         }
         decided = vec4<u32>(lane, bitcast<u32>(left), kept_total, bitcast<u32>(total));
         details[row * 4u + 1u] = kept_top_k;

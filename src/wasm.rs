@@ -9,7 +9,7 @@ use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 
 use crate::chat::ChatTemplate;
-use crate::gpu::context::{describe_adapter, ContextOptions};
+use crate::gpu::context::{describe_adapter, ContextOptions, KernelTarget};
 use crate::gpu::GpuContext;
 use crate::model::config::ModelConfig;
 use crate::model::generate::{generate, SamplingParams};
@@ -39,10 +39,23 @@ fn js_error(e: crate::Error) -> JsError {
 
 #[wasm_bindgen]
 impl Engine {
-    /// Creates an engine on the browser's WebGPU adapter.
-    pub async fn create() -> Result<Engine, JsError> {
+    /// Creates an engine on the browser's WebGPU adapter. `kernels` ("gpu" or "cpu";
+    /// default: by the adapter, "cpu" for a CPU driver such as SwiftShader) picks the
+    /// kernel target, as `WEBMOE_KERNELS` does natively.
+    pub async fn create(kernels: Option<String>) -> Result<Engine, JsError> {
         console_error_panic_hook();
-        let ctx = GpuContext::new(ContextOptions::default()).await.map_err(js_error)?;
+        let kernel_target = match kernels.as_deref() {
+            None | Some("") => None,
+            Some(name) => Some(
+                KernelTarget::parse(name)
+                    .ok_or_else(|| JsError::new(&format!("kernels must be \"gpu\" or \"cpu\", not {name:?}")))?,
+            ),
+        };
+        let options = ContextOptions {
+            kernel_target,
+            ..ContextOptions::default()
+        };
+        let ctx = GpuContext::new(options).await.map_err(js_error)?;
         Ok(Engine {
             state: Rc::new(State {
                 ctx,
@@ -69,6 +82,7 @@ impl Engine {
             "max_storage_buffer_binding_size": ctx.limits.max_storage_buffer_binding_size,
             "max_buffer_size": ctx.limits.max_buffer_size,
             "max_compute_invocations_per_workgroup": ctx.limits.max_compute_invocations_per_workgroup,
+            "kernel_target": format!("{:?}", ctx.kernel_target),
         })
         .to_string()
     }

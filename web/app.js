@@ -175,7 +175,8 @@ async function main() {
   }
   try {
     await initWasm();
-    state.engine = await Engine.create();
+    // ?kernels=gpu|cpu: the kernel target (default: by the adapter).
+    state.engine = await Engine.create(params.get("kernels") ?? undefined);
     const info = JSON.parse(state.engine.adapterInfo());
     if (!info.name) {
       // wgpu's WebGPU backend reports no adapter name; ask the browser directly.
@@ -201,6 +202,9 @@ async function main() {
   if (params.has("prompt")) $("prompt").value = params.get("prompt");
   if (params.has("max")) $("max-tokens").value = params.get("max");
   if (params.get("greedy") === "1") $("greedy").checked = true;
+  for (const name of ["temperature", "top-k", "top-p", "seed"]) {
+    if (params.has(name)) $(name).value = params.get(name);
+  }
   if (params.get("autorun") === "1") await generate();
   else window.__webmoe.done = true;
 }

@@ -1,6 +1,6 @@
 // Opens the demo page (web/dist, built by scripts/build-web.sh) in headless Chromium
 // with WebGPU, generates 16 greedy tokens on the embedded model, and checks them
-// against the native engine; checks the routing heat map's totals; the OpenAI-style
+// against the native engine, and sampled ones on both kernel targets; checks the routing heat map's totals; the OpenAI-style
 // API; runs the kernel self-test in the browser; saves a screenshot.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -151,6 +151,28 @@ test("greedy tokens in the browser equal the native engine's", async () => {
     console.log(`${line(`native on Chromium's driver (${same.adapter}, median)`, same)} [runs ${runs(sameRuns)}]; browser / native: ${ratio(same)} on the same driver, ${ratio(native)} against ${native.adapter}`);
   }
   await page.close();
+});
+
+// Sampled tokens (temperature, top-p, a seed) on either kernel target: on "gpu" the
+// `sample` kernel draws each token inside the decode step, on "cpu" the CPU sampler
+// draws it from read-back logits; both follow the same rules and seed as natively.
+test("sampled tokens in the browser equal the native engine's for the seed, on either kernel target", async () => {
+  const bin = process.env.WEBMOE_BIN ?? join(root, "target/release/webmoe");
+  const settings = { temperature: "0.8", "top-k": "0", "top-p": "0.9", seed: "7" };
+  for (const kernels of ["gpu", "cpu"]) {
+    const native = spawnSync(bin, ["run", "--model", DEFAULT_GGUF, "--prompt", PROMPT, "--max-tokens", String(TOKENS),
+      "--temperature", settings.temperature, "--top-k", settings["top-k"], "--top-p", settings["top-p"],
+      "--seed", settings.seed, "--json"], {
+      env: { ...process.env, WEBMOE_KERNELS: kernels }, encoding: "utf8", maxBuffer: 1 << 24,
+    });
+    assert.equal(native.status, 0, `webmoe run failed: ${native.stderr}`);
+    const want = JSON.parse(native.stdout).generated_ids;
+    const query = new URLSearchParams({ autorun: "1", max: String(TOKENS), prompt: PROMPT, kernels, ...settings });
+    const { page, state } = await openPage(query.toString());
+    assert.equal(state.adapter.kernel_target, kernels === "gpu" ? "Gpu" : "Cpu");
+    assert.deepEqual(state.generated, want, `kernels=${kernels}: the browser's sampled tokens differ from the native engine's`);
+    await page.close();
+  }
 });
 
 test("the OpenAI-style browser API answers in OpenAI's shapes, like the native engine", async () => {
