@@ -317,6 +317,10 @@ pub struct ModelRow {
     pub prefill_tokens_per_s: f64,
     pub decode_tokens: usize,
     pub decode_tokens_per_s: f64,
+    /// The same decode sampling as `webmoe run` does by default ([`BENCH_SAMPLING`]):
+    /// on a GPU kernel target in the `sample` kernel, on a CPU one from read-back logits.
+    #[serde(default)]
+    pub sampled_decode_tokens_per_s: f64,
     /// With `--profile`: GPU time per kernel of one prefill of the prompt and of one
     /// decode step after it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -325,9 +329,17 @@ pub struct ModelRow {
     pub decode_profile: Vec<KernelTime>,
 }
 
+/// How the whole-model rows' sampled decode draws: `webmoe run`'s defaults.
+pub const BENCH_SAMPLING: crate::model::generate::SamplingParams = crate::model::generate::SamplingParams {
+    temperature: 0.8,
+    top_k: 0,
+    top_p: 0.95,
+    seed: 0,
+};
+
 /// Times a prefill of `prompt_tokens` tokens (median of `repeats`) and `decode_tokens`
-/// greedy decode steps after it; with `profile`, also the kernels of one prefill and
-/// one decode step.
+/// decode steps after it, greedy and sampled ([`BENCH_SAMPLING`]); with `profile`,
+/// also the kernels of one prefill and one decode step.
 pub async fn bench_model(
     ctx: &GpuContext,
     name: &str,
@@ -370,6 +382,16 @@ pub async fn bench_model(
         })
         .await?;
     let decode_seconds = clock.seconds();
+    // Sampled, after a step that records its workspace and compiles its kernels.
+    let mut sampler = crate::model::generate::Sampler::new(BENCH_SAMPLING);
+    session.rewind(prompt_tokens)?;
+    session.decode(ctx, model, token, 1, &mut sampler, |_, _| true).await?;
+    session.rewind(prompt_tokens)?;
+    let clock = Clock::start();
+    let sampled = session
+        .decode(ctx, model, token, decode_tokens, &mut sampler, |_, _| true)
+        .await?;
+    let sampled_seconds = clock.seconds();
     let (mut prefill_profile, mut decode_profile) = (Vec::new(), Vec::new());
     if profile {
         session.rewind(0)?;
@@ -383,6 +405,7 @@ pub async fn bench_model(
         prefill,
         decode_tokens,
         decode_tokens_per_s: decode_tokens as f64 / decode_seconds.max(1e-9),
+        sampled_decode_tokens_per_s: sampled as f64 / sampled_seconds.max(1e-9),
         prefill_profile,
         decode_profile,
     })
@@ -1078,16 +1101,20 @@ pub fn markdown(report: &Report) -> String {
         }
     }
     if !report.models.is_empty() {
-        s.push_str("\n| model | prompt tokens | prefill ms | prefill tokens/s | decode tokens | decode tokens/s |\n|---|---:|---:|---:|---:|---:|\n");
+        s.push_str(&format!(
+            "\n| model | prompt tokens | prefill ms | prefill tokens/s | decode tokens | decode tokens/s | sampled (T {}, top-p {}) tokens/s |\n|---|---:|---:|---:|---:|---:|---:|\n",
+            BENCH_SAMPLING.temperature, BENCH_SAMPLING.top_p
+        ));
         for m in &report.models {
             s.push_str(&format!(
-                "| {} | {} | {:.2} | {:.1} | {} | {:.1} |\n",
+                "| {} | {} | {:.2} | {:.1} | {} | {:.1} | {:.1} |\n",
                 m.model,
                 m.prompt_tokens,
                 m.prefill.median_ms,
                 m.prefill_tokens_per_s,
                 m.decode_tokens,
-                m.decode_tokens_per_s
+                m.decode_tokens_per_s,
+                m.sampled_decode_tokens_per_s
             ));
         }
         for m in report.models.iter().filter(|m| !m.decode_profile.is_empty()) {

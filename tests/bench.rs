@@ -91,10 +91,10 @@ fn quick_bench_runs_and_its_json_round_trips() {
     assert_eq!(q4.len(), 2);
     assert!(q4.iter().all(|m| m.starts_with("Mixtral")), "{q4:?}");
     assert_eq!(report.models.len(), 2);
-    assert!(report
-        .models
-        .iter()
-        .all(|m| m.prefill_tokens_per_s > 0.0 && m.decode_tokens_per_s > 0.0 && m.decode_tokens > 0));
+    assert!(report.models.iter().all(|m| m.prefill_tokens_per_s > 0.0
+        && m.decode_tokens_per_s > 0.0
+        && m.sampled_decode_tokens_per_s > 0.0
+        && m.decode_tokens > 0));
     assert!(report.ceilings.copy_gb_per_s > 0.0 && report.ceilings.f32_gflop_per_s > 0.0);
     assert!(report.ceilings.shader_read_gb_per_s.is_some_and(|g| g > 0.0));
     for row in &report.rows {
