@@ -156,6 +156,31 @@ fn ties_before(lid: u32, base: u32, begin: u32, end: u32, key: u32) -> u32 {
     return lane_prefix(lid, ties).x;
 }
 
+struct Kept {
+    mass: f32,
+    count: u32,
+}
+
+// The weight and number of the logits of this lane's chunk that `cut` keeps,
+// `tie_base` being the logits equal to its key before the chunk.
+fn kept_in_chunk(base: u32, begin: u32, end: u32, cut: Cut, tie_base: u32, top_logit: f32, temperature: f32) -> Kept {
+    var mass = 0.0;
+    var kept = 0u;
+    var rank = tie_base;
+    for (var i = begin; i < end; i++) {
+        let x = logits[base + i];
+        let key = order_key(x);
+        if (is_finite(x)) {
+            if (keeps(cut, key, rank)) {
+                mass += exp((x - top_logit) / temperature);
+                kept += 1u;
+            }
+            rank += u32(key == cut.key);
+        }
+    }
+    return Kept(mass, kept);
+}
+
 @compute @workgroup_size(256)
 fn sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row = wid.x;
@@ -253,18 +278,7 @@ fn sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     // top_p * weight(A), narrowed 9 ways a pass; then as many logits equal to P as
     // reach that weight (they weigh the same).
     if (s.top_p < 1.0 && kept_top_k > 1u) {
-        var mass = 0.0;
-        var rank = tie_base;
-        for (var i = begin; i < end; i++) {
-            let x = logits[base + i];
-            let key = order_key(x);
-            if (is_finite(x)) {
-                if (keeps(cut, key, rank)) {
-                    mass += exp((x - top_logit) / temperature);
-                }
-                rank += u32(key == cut.key);
-            }
-        }
+        let mass = kept_in_chunk(base, begin, end, cut, tie_base, top_logit, temperature).mass;
         for (var j = 0u; j < SEARCH_WAYS; j++) {
             lane_masses[j][lid] = select(0.0, mass, j == 0u);
         }
@@ -323,7 +337,7 @@ fn sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         // The weight above P, and how many kept logits equal P.
         var above = 0.0;
         var ties = 0u;
-        rank = tie_base;
+        var rank = tie_base;
         for (var i = begin; i < end; i++) {
             let x = logits[base + i];
             let key = order_key(x);
@@ -356,23 +370,10 @@ fn sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     // The draw: each lane's weight of B; lane 0 finds the lane whose interval holds
     // uniform * weight(B) (or, past the end by rounding, the last lane of any weight),
     // and that lane walks its chunk.
-    var mass = 0.0;
-    var kept = 0u;
-    var rank = tie_base;
-    for (var i = begin; i < end; i++) {
-        let x = logits[base + i];
-        let key = order_key(x);
-        if (is_finite(x)) {
-            if (keeps(cut, key, rank)) {
-                mass += exp((x - top_logit) / temperature);
-                kept += 1u;
-            }
-            rank += u32(key == cut.key);
-        }
-    }
+    let kept = kept_in_chunk(base, begin, end, cut, tie_base, top_logit, temperature);
     workgroupBarrier();
-    lane_masses[0][lid] = mass;
-    lane_counts[lid] = kept;
+    lane_masses[0][lid] = kept.mass;
+    lane_counts[lid] = kept.count;
     workgroupBarrier();
     if (lid == 0u) {
         var total = 0.0;
@@ -413,7 +414,7 @@ fn sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         var left = bitcast<f32>(draw.y);
         var token = SENTINEL;
         var last = begin;
-        rank = tie_base;
+        var rank = tie_base;
         for (var i = begin; i < end; i++) {
             let x = logits[base + i];
             let key = order_key(x);
