@@ -291,6 +291,8 @@ fn sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         // answer is in [lo, hi]. Keys above the cut are all kept.
         var lo = cut.key;
         var hi = top_key;
+        // f(hi + 1): the weight of the logits above the answer's range.
+        var above = 0.0;
         var masses: array<f32, 8>;
         loop {
             if (lo >= hi) {
@@ -319,52 +321,41 @@ fn sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
             }
             sum_lane_masses(lid);
             if (lid == 0u) {
+                // The last threshold reaching the goal is the new lo; the first one
+                // short of it, less one, the new hi (its weight: the new `above`).
                 var new_lo = lo;
-                var new_hi = min(lo + step, hi) - 1u;
+                var new_hi = hi;
+                var new_above = above;
                 for (var j = 0u; j < SEARCH_WAYS; j++) {
                     let threshold = min(lo + step * (j + 1u), hi);
                     if (lane_masses[j][0] >= goal) {
                         new_lo = threshold;
-                        new_hi = select(min(lo + step * (j + 2u), hi) - 1u, hi, j + 1u == SEARCH_WAYS || threshold == hi);
+                    } else if (new_hi == hi && threshold > new_lo) {
+                        new_hi = threshold - 1u;
+                        new_above = lane_masses[j][0];
                     }
                 }
-                decided = vec4<u32>(new_lo, new_hi, 0u, 0u);
+                decided = vec4<u32>(new_lo, new_hi, bitcast<u32>(new_above), 0u);
             }
             let narrowed = workgroupUniformLoad(&decided);
             lo = narrowed.x;
             hi = narrowed.y;
+            above = bitcast<f32>(narrowed.z);
         }
-        // The weight above P, and how many kept logits equal P.
-        var above = 0.0;
-        var ties = 0u;
-        var rank = tie_base;
-        for (var i = begin; i < end; i++) {
-            let x = logits[base + i];
-            let key = order_key(x);
-            if (is_finite(x)) {
-                if (key > lo) {
-                    above += exp((x - top_logit) / temperature);
-                } else if (key == lo && keeps(cut, key, rank)) {
-                    ties += 1u;
-                }
-                rank += u32(key == cut.key);
-            }
-        }
-        for (var j = 0u; j < SEARCH_WAYS; j++) {
-            lane_masses[j][lid] = select(0.0, above, j == 0u);
-        }
-        sum_lane_masses(lid);
-        let tie_total = lane_prefix(lid, ties).y;
+        // P = lo: as many logits equal to it as reach the goal beyond `above` (no more
+        // than A keeps when P is A's edge; a quota past their number keeps them all).
         if (lid == 0u) {
             let tie_weight = exp((key_value(lo) - top_logit) / temperature);
-            let wanted = ceil((goal - lane_masses[0][0]) / tie_weight);
-            decided = vec4<u32>(lo, u32(clamp(wanted, 1.0, f32(tie_total))), 0u, 0u);
+            let wanted = clamp(ceil((goal - above) / tie_weight), 1.0, 4294967040.0);
+            decided = vec4<u32>(lo, u32(wanted), 0u, 0u);
         }
         let edge = workgroupUniformLoad(&decided);
         if (edge.x != cut.key) {
             tie_base = ties_before(lid, base, begin, end, edge.x);
+            cut = Cut(edge.x, edge.y);
+        } else {
+            cut = Cut(edge.x, min(edge.y, cut.quota));
         }
-        cut = Cut(edge.x, min(edge.y, tie_total));
     }
 
     // The draw: each lane's weight of B; lane 0 finds the lane whose interval holds
