@@ -1,6 +1,7 @@
 //! Text generation: batched prefill, then token-by-token decode with one submit
-//! and one small readback per token; greedy (with the next step submitted before a
-//! token is read back) or sampled (temperature, top-k, top-p).
+//! and one small readback per token, greedy or sampled (temperature, top-k, top-p),
+//! the token chosen on the GPU and the next step submitted before it is read back
+//! (see [`Session::decode`]).
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
