@@ -10,12 +10,12 @@ use crate::error::{Error, Result};
 use crate::gpu::kernel::Recorder;
 use crate::gpu::profile::{profile, KernelTime};
 use crate::gpu::tensor::map_read_after;
-use crate::gpu::{DType, GpuContext, GpuTensor, KernelTarget};
+use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::model::generate::{Sampler, SamplingParams};
 use crate::model::model::{Kernels, LogitRows, LogitsFor, Model};
 use crate::moe::layer::RoutingRecord;
 use crate::ops::attention::KvCache;
-use crate::ops::sampling::{encode_argmax, encode_sample, RowSampling};
+use crate::ops::sampling::{encode_argmax, encode_sample, samples_on_gpu, RowSampling};
 use crate::ops::TokenPositions;
 
 /// What a step reads back.
@@ -91,8 +91,8 @@ pub(crate) struct Workspace {
     /// `[n]` rows of the step that get logits, for `HeadRows::Listed(n)`.
     head_rows: Option<GpuTensor>,
     /// For `Head::Sample`: each head row's [`RowSampling`] (`[rows, 4]`, written before
-    /// each replay), and what the kernel reports beside the tokens.
-    sampling: Option<(GpuTensor, GpuTensor)>,
+    /// each replay).
+    sampling: Option<GpuTensor>,
     /// Where results land: one buffer, or for the greedy decode shape one per step in
     /// flight, so that one step's results can be read while the next steps run.
     results: Vec<ResultBuffer>,
@@ -145,7 +145,7 @@ impl Workspace {
                 let settings = GpuTensor::empty(ctx, "sampling settings", &[rows, 4], DType::U32)?;
                 let details = GpuTensor::empty(ctx, "sampling details", &[rows, 4], DType::U32)?;
                 encode_sample(ctx, &mut recording, &out.logits, &settings, &tokens, &details)?;
-                sampling = Some((settings, details));
+                sampling = Some(settings);
                 tokens
             }
         };
@@ -230,7 +230,7 @@ impl Workspace {
             if let Some(rows) = &self.head_rows {
                 ctx.queue.write_buffer(&rows.buffer, 0, bytemuck::cast_slice(head_rows));
             }
-            if let Some((settings, _)) = &self.sampling {
+            if let Some(settings) = &self.sampling {
                 debug_assert_eq!(draws.len() * 4, settings.len(), "one draw per head row");
                 ctx.queue.write_buffer(&settings.buffer, 0, bytemuck::cast_slice(draws));
             }
@@ -568,11 +568,9 @@ impl Session {
     /// overwritten by whatever runs at those positions next. Gives the number of
     /// tokens produced.
     ///
-    /// Sampled on a CPU kernel target (lavapipe, SwiftShader), each step's logits are
-    /// read back and sampled on the CPU by the same rules instead, one step at a time:
-    /// there the logits' readback is a copy in memory, and the kernel, one workgroup
-    /// on one CPU thread, took 2 to 16 times as long as the CPU sampler (BENCHMARKS.md,
-    /// 2026-12-03, tenth session).
+    /// Sampled where [`samples_on_gpu`] says no (a CPU kernel target), each step's
+    /// logits are read back and sampled on the CPU by the same rules instead, one step
+    /// at a time.
     pub async fn decode(
         &mut self,
         ctx: &GpuContext,
@@ -587,7 +585,8 @@ impl Session {
             return Ok(0);
         }
         self.check_input(model, &[first])?;
-        if !sampler.params().is_greedy() && ctx.kernel_target == KernelTarget::Cpu {
+        let greedy = sampler.params().is_greedy();
+        if !greedy && !samples_on_gpu(ctx) {
             return self
                 .decode_sampling_on_cpu(ctx, model, first, steps, sampler, accept)
                 .await;
@@ -595,11 +594,7 @@ impl Session {
         let shape = StepShape {
             tokens: 1,
             rows: HeadRows::Last,
-            head: if sampler.params().is_greedy() {
-                Head::Argmax
-            } else {
-                Head::Sample
-            },
+            head: if greedy { Head::Argmax } else { Head::Sample },
             kernels: Kernels::BySize,
         };
         let i = self.workspace_of(ctx, model, shape)?;

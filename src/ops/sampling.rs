@@ -4,7 +4,7 @@
 
 use crate::error::Result;
 use crate::gpu::kernel::{Recorder, SAMPLING};
-use crate::gpu::{GpuContext, GpuTensor};
+use crate::gpu::{GpuContext, GpuTensor, KernelTarget};
 use crate::ops::expect_shape;
 
 /// `result[r] = argmax(logits[r])` for logits `[rows, vocab]` (or `[vocab]`) and
@@ -31,6 +31,15 @@ pub fn argmax_reference(logits: &[f32]) -> Option<usize> {
         }
     }
     best.map(|(_, i)| i)
+}
+
+/// Whether sampled tokens are drawn on the GPU (the `sample` kernel, inside the decode
+/// step) on this context: on a GPU kernel target. On a CPU one (lavapipe, SwiftShader)
+/// the logits are read back and sampled on the CPU by the same rules instead: there the
+/// readback is a copy in memory, and the kernel, one workgroup on one CPU thread, took
+/// 2 to 16 times as long as the CPU sampler (BENCHMARKS.md, 2026-12-03, tenth session).
+pub fn samples_on_gpu(ctx: &GpuContext) -> bool {
+    ctx.kernel_target == KernelTarget::Gpu
 }
 
 /// One row's sampling settings, as the `sample` kernel reads them (16 bytes).

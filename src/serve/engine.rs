@@ -24,7 +24,7 @@ use crate::gpu::{GpuContext, KernelTarget};
 use crate::model::batch::{Batch, BatchEntry, BatchRead};
 use crate::model::generate::{Sampler, SamplingParams};
 use crate::model::model::{Kernels, Model};
-use crate::ops::sampling::RowSampling;
+use crate::ops::sampling::{samples_on_gpu, RowSampling};
 use crate::serve::metrics::Metrics;
 
 /// How the engine batches.
@@ -320,22 +320,8 @@ impl Engine {
                 .iter()
                 .zip(&finishing)
                 .all(|(&(i, _, _), &f)| !f || self.running[i].request.sampling.is_greedy());
-            let draws: Vec<RowSampling> = if self.samples_on_gpu(greedy) {
-                let running = &mut self.running;
-                chunks
-                    .iter()
-                    .zip(&finishing)
-                    .map(|(&(i, _, _), &f)| {
-                        if f {
-                            running[i].sampler.next_draw()
-                        } else {
-                            RowSampling::default()
-                        }
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
+            let taking = chunks.iter().zip(&finishing).map(|(&(i, _, _), &f)| (i, f));
+            let draws = self.draws_on_gpu(greedy, taking);
             let entries: Vec<BatchEntry> = chunks
                 .iter()
                 .map(|&(i, from, to)| {
@@ -378,12 +364,7 @@ impl Engine {
                 .map(|(&i, t)| BatchEntry::new(self.running[i].slot, t))
                 .collect();
             let greedy = decoding.iter().all(|&i| self.running[i].request.sampling.is_greedy());
-            let draws: Vec<RowSampling> = if self.samples_on_gpu(greedy) {
-                let running = &mut self.running;
-                decoding.iter().map(|&i| running[i].sampler.next_draw()).collect()
-            } else {
-                Vec::new()
-            };
+            let draws = self.draws_on_gpu(greedy, decoding.iter().map(|&i| (i, true)));
             let read = read_for(greedy, &draws);
             let clock = Instant::now();
             let out = pollster::block_on(self.batch.step(&self.ctx, &self.model, &entries, read, Kernels::Gemv))?;
@@ -399,12 +380,24 @@ impl Engine {
         Ok(())
     }
 
-    /// Whether a step that samples for some entry (not `greedy`) samples on the GPU
-    /// (the `sample` kernel under each entry's next draw): on a GPU kernel target. On a
-    /// CPU one it reads the logits back and [`pick`] samples them on the CPU by the same
-    /// rules (see [`crate::model::session::Session::decode`]).
-    fn samples_on_gpu(&self, greedy: bool) -> bool {
-        !greedy && self.ctx.kernel_target == KernelTarget::Gpu
+    /// The draws of a step that samples for some entry (not `greedy`) where sampling
+    /// runs on the GPU ([`samples_on_gpu`]): for each `(sequence, takes a token)` of
+    /// the step's entries, its sampler's next draw, or greedy for an entry that gets no
+    /// token. Empty otherwise: the step reads logits and [`pick`] samples them on the
+    /// CPU by the same rules.
+    fn draws_on_gpu(&mut self, greedy: bool, entries: impl Iterator<Item = (usize, bool)>) -> Vec<RowSampling> {
+        if greedy || !samples_on_gpu(&self.ctx) {
+            return Vec::new();
+        }
+        entries
+            .map(|(i, takes)| {
+                if takes {
+                    self.running[i].sampler.next_draw()
+                } else {
+                    RowSampling::default()
+                }
+            })
+            .collect()
     }
 
     /// Sends each newly sampled token and ends the sequences that stop (EOS,
