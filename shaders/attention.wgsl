@@ -72,10 +72,29 @@ struct AttentionParams {
 // How the caches store their elements: the host composes attention_cache_f32 or
 // attention_cache_f16 here. Each binds the caches for writing (2, 3: k_cache,
 // v_cache, in words of ELEMENTS_PER_WORD elements) and again for reading as rows of
-// quads (10, 11: k_rows, v_rows), and defines store_word(dst, src, d) (kv_store's
-// write of the elements of k_new / v_new from src, element d of its head, to cache
-// word dst), key_quad(i) and value_quad(i) (quad i of the key / value rows as f32).
+// quads (10, 11: k_rows, v_rows), and defines cache_word(pair) (the word holding
+// elements pair.x and, in f16, pair.y), key_quad(i) and value_quad(i) (quad i of the
+// key / value rows as f32).
 //! part: attention_cache
+
+// Elements d (and d + 1 in f16) of their head, k_new / v_new[src..], to cache word
+// dst; past head_dim a word's second element is the row's zero padding.
+fn store_word(dst: u32, src: u32, d: u32) {
+    var k = vec2<f32>(k_new[src], 0.0);
+    var v = vec2<f32>(0.0);
+    let pair = ELEMENTS_PER_WORD == 2u && d + 1u < p.head_dim;
+    if (pair) {
+        k.y = k_new[src + 1u];
+    }
+    k_cache[dst] = cache_word(k);
+    if (p.latent == 0u) {
+        v.x = v_new[src];
+        if (pair) {
+            v.y = v_new[src + 1u];
+        }
+        v_cache[dst] = cache_word(v);
+    }
+}
 
 // Elements per cache row: head_dim rounded up to a multiple of 4.
 fn row_width() -> u32 {

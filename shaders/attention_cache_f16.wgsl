@@ -1,7 +1,8 @@
 // KV caches of f16 elements, two to a u32 word (pack2x16float / unpack2x16float are
 // core WGSL: no shader-f16 feature, so this runs in every browser): composed into
-// attention.wgsl at its `//! part: attention_cache` line. Half the bytes of f32 for
-// the cache and for every read of it; a quad (4 elements) is one vec2<u32> load.
+// attention.wgsl and attention_inputs.wgsl at their `//! part: attention_cache` line.
+// Half the bytes of f32 for the cache and for every read of it; a quad (4 elements) is
+// one vec2<u32> load.
 
 const ELEMENTS_PER_WORD: u32 = 2u;
 const F16_MAX: f32 = 65504.0;
@@ -13,23 +14,10 @@ const F16_MAX: f32 = 65504.0;
 @group(0) @binding(10) var<storage, read> k_rows: array<vec2<u32>>;
 @group(0) @binding(11) var<storage, read> v_rows: array<vec2<u32>>;
 
-// Elements d and d + 1 of their head (k_new / v_new[src], [src + 1]) to cache word
-// dst; past head_dim the word's second half is the row's zero padding. Values past
-// f16's range are clamped to it (pack2x16float leaves them indeterminate).
-fn store_word(dst: u32, src: u32, d: u32) {
-    var k = vec2<f32>(k_new[src], 0.0);
-    var v = vec2<f32>(0.0);
-    if (d + 1u < p.head_dim) {
-        k.y = k_new[src + 1u];
-    }
-    k_cache[dst] = pack2x16float(clamp(k, vec2<f32>(-F16_MAX), vec2<f32>(F16_MAX)));
-    if (p.latent == 0u) {
-        v.x = v_new[src];
-        if (d + 1u < p.head_dim) {
-            v.y = v_new[src + 1u];
-        }
-        v_cache[dst] = pack2x16float(clamp(v, vec2<f32>(-F16_MAX), vec2<f32>(F16_MAX)));
-    }
+// A cache word of elements (pair.x, pair.y); values past f16's range are clamped
+// to it (pack2x16float leaves them indeterminate).
+fn cache_word(pair: vec2<f32>) -> u32 {
+    return pack2x16float(clamp(pair, vec2<f32>(-F16_MAX), vec2<f32>(F16_MAX)));
 }
 
 fn key_quad(i: u32) -> vec4<f32> {

@@ -1,5 +1,5 @@
-// KV caches of f32 elements: composed into attention.wgsl at its
-// `//! part: attention_cache` line. A word is one element; a quad is a vec4 load.
+// KV caches of f32 elements: composed into attention.wgsl and attention_inputs.wgsl
+// at their `//! part: attention_cache` line. A word is one element; a quad is a vec4 load.
 
 const ELEMENTS_PER_WORD: u32 = 1u;
 
@@ -10,12 +10,9 @@ const ELEMENTS_PER_WORD: u32 = 1u;
 @group(0) @binding(10) var<storage, read> k_rows: array<vec4<f32>>;
 @group(0) @binding(11) var<storage, read> v_rows: array<vec4<f32>>;
 
-// Element d of its head (k_new / v_new[src]) to cache word dst.
-fn store_word(dst: u32, src: u32, d: u32) {
-    k_cache[dst] = k_new[src];
-    if (p.latent == 0u) {
-        v_cache[dst] = v_new[src];
-    }
+// A cache word: element pair.x (pair.y is the next word's).
+fn cache_word(pair: vec2<f32>) -> f32 {
+    return pair.x;
 }
 
 fn key_quad(i: u32) -> vec4<f32> {

@@ -336,6 +336,8 @@ fn llama_cpp_k_quant_file_matches_the_cpu_reference() {
         ..LoadOptions::default()
     };
     let loaded = load(&ctx, path, options);
+    // Layer 0 stores q, k and v in Q5_K (one joined matrix), layer 1 v in Q6_K (three).
+    assert_eq!(loaded.model.joined_qkv_layers(), 1, "layers with q, k and v joined");
     assert_close(
         "Q5_K_M GGUF logits vs CPU reference",
         &all_logits(&ctx, &loaded.model, &ids),

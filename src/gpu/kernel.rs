@@ -27,6 +27,8 @@ pub enum ShaderId {
     Rope,
     Attention,
     AttentionF16Cache,
+    AttentionInputs,
+    AttentionInputsF16Cache,
     Embedding,
     Sampling,
     Bench,
@@ -116,6 +118,18 @@ pub const ATTENTION_F16_CACHE: Shader = Shader {
     parts: &[part!("attention_cache", "attention_cache_f16")],
     ..shader!(Attention, "attention")
 };
+/// A GQA step's query/key norms, RoPE and cache stores in one kernel, f32 KV caches.
+pub const ATTENTION_INPUTS: Shader = Shader {
+    parts: &[part!("attention_cache", "attention_cache_f32")],
+    ..shader!(AttentionInputs, "attention_inputs")
+};
+/// The same for f16 KV caches.
+pub const ATTENTION_INPUTS_F16_CACHE: Shader = Shader {
+    id: ShaderId::AttentionInputsF16Cache,
+    name: "attention_inputs_f16_cache",
+    parts: &[part!("attention_cache", "attention_cache_f16")],
+    ..shader!(AttentionInputs, "attention_inputs")
+};
 pub const EMBEDDING: Shader = shader!(Embedding, "embedding");
 pub const SAMPLING: Shader = shader!(Sampling, "sampling");
 pub const BENCH: Shader = shader!(Bench, "bench");
@@ -137,6 +151,8 @@ pub const ALL_SHADERS: &[Shader] = &[
     ROPE,
     ATTENTION,
     ATTENTION_F16_CACHE,
+    ATTENTION_INPUTS,
+    ATTENTION_INPUTS_F16_CACHE,
     EMBEDDING,
     SAMPLING,
     BENCH,

@@ -29,9 +29,9 @@ use crate::model::model::{linear, linear_with, norm};
 use crate::model::names;
 use crate::model::planner::{Planner, Role};
 use crate::moe::Residual;
-use crate::ops::attention::{encode_attention, row_width, AttentionOptions, KvCache};
+use crate::ops::attention::{encode_attend, encode_attention, row_width, AttentionOptions, KvCache};
+use crate::ops::attention_inputs::{encode_attention_inputs, HeadRows, InputTransforms};
 use crate::ops::columns::{encode_join_columns, encode_split_columns};
-use crate::ops::elementwise::encode_scale_clamp;
 use crate::ops::expert_matmul::{encode_down, ExpertRows};
 use crate::ops::norm::encode_rms_norm_pair;
 use crate::ops::rope::{encode_rope_pair, RopeAngles};
@@ -113,11 +113,19 @@ impl LayerAttention {
         (elements * dtype.size()) as u64
     }
 
+    /// Whether q, k and v run as one matrix.
+    pub(crate) fn joined_qkv(&self) -> bool {
+        matches!(self, LayerAttention::Gqa(a) if matches!(a.projections, QkvProjections::Joined { .. }))
+    }
+
     /// Bytes of GPU memory its weights take.
     pub(crate) fn weight_bytes(&self) -> u64 {
         let sum = |ms: &[&WeightMatrix]| ms.iter().map(|m| m.bytes()).sum::<u64>();
         match self {
-            LayerAttention::Gqa(a) => sum(&[&a.q, &a.k, &a.v, &a.o]),
+            LayerAttention::Gqa(a) => match &a.projections {
+                QkvProjections::Joined { qkv, .. } => sum(&[qkv, &a.o]),
+                QkvProjections::Separate { q, k, v, .. } => sum(&[q, k, v, &a.o]),
+            },
             LayerAttention::Mla(m) => {
                 let q = match &m.queries {
                     MlaQueries::Direct(q) => sum(&[q]),
@@ -145,13 +153,25 @@ impl LayerAttention {
     }
 }
 
+/// A GQA layer's q, k and v projections.
+enum QkvProjections {
+    /// Their rows stacked in one matrix (and their biases in one vector): one GEMV or
+    /// matmul computes all three, `[T, qw + 2 kvw]`.
+    Joined { qkv: WeightMatrix, bias: Option<GpuTensor> },
+    /// Three matrices: where the checkpoint stores them in different formats, or where
+    /// whole-projection q/k norms (OLMoE) need the queries and keys as rows of their own.
+    Separate {
+        q: WeightMatrix,
+        k: WeightMatrix,
+        v: WeightMatrix,
+        biases: Option<[GpuTensor; 3]>,
+    },
+}
+
 /// Grouped-query attention's weights.
 pub(crate) struct Gqa {
-    q: WeightMatrix,
-    k: WeightMatrix,
-    v: WeightMatrix,
+    projections: QkvProjections,
     o: WeightMatrix,
-    biases: Option<[GpuTensor; 3]>,
     o_bias: Option<GpuTensor>,
     qk_norm: Option<(GpuTensor, GpuTensor)>,
     /// `[heads]` sink logits (gpt-oss).
@@ -166,14 +186,45 @@ impl Gqa {
         let name = |s: &str| format!("{prefix}.{s}");
         let (d, hd) = (c.hidden_size, c.head_dim);
         let (qw, kvw) = (c.num_heads * hd, c.num_kv_heads * hd);
-        let biases = if c.attention_bias {
-            Some([
-                p.vector(&name("self_attn.q_proj.bias"), &[qw])?,
-                p.vector(&name("self_attn.k_proj.bias"), &[kvw])?,
-                p.vector(&name("self_attn.v_proj.bias"), &[kvw])?,
-            ])
-        } else {
-            None
+        let part = |s: &str, rows: usize| (name(&format!("self_attn.{s}")), rows);
+        let weights = [
+            part("q_proj.weight", qw),
+            part("k_proj.weight", kvw),
+            part("v_proj.weight", kvw),
+        ];
+        let biases = [
+            part("q_proj.bias", qw),
+            part("k_proj.bias", kvw),
+            part("v_proj.bias", kvw),
+        ];
+        let joined = match c.qk_norm {
+            QkNorm::Full => None,
+            QkNorm::None | QkNorm::PerHead => p.joined_rows(&name("self_attn.qkv_proj"), &weights, d)?,
+        };
+        let projections = match joined {
+            Some(qkv) => QkvProjections::Joined {
+                qkv,
+                bias: match c.attention_bias {
+                    true => Some(p.joined_vector(&name("self_attn.qkv_proj.bias"), &biases)?),
+                    false => None,
+                },
+            },
+            None => {
+                let [q, k, v] = &weights;
+                QkvProjections::Separate {
+                    q: p.matrix(&q.0, qw, d)?,
+                    k: p.matrix(&k.0, kvw, d)?,
+                    v: p.matrix(&v.0, kvw, d)?,
+                    biases: match c.attention_bias {
+                        true => Some([
+                            p.vector(&biases[0].0, &[qw])?,
+                            p.vector(&biases[1].0, &[kvw])?,
+                            p.vector(&biases[2].0, &[kvw])?,
+                        ]),
+                        false => None,
+                    },
+                }
+            }
         };
         let qk_norm = match c.qk_norm {
             QkNorm::None => None,
@@ -187,11 +238,8 @@ impl Gqa {
             )),
         };
         Ok(Self {
-            q: p.matrix(&name("self_attn.q_proj.weight"), qw, d)?,
-            k: p.matrix(&name("self_attn.k_proj.weight"), kvw, d)?,
-            v: p.matrix(&name("self_attn.v_proj.weight"), kvw, d)?,
+            projections,
             o: p.matrix(&name("self_attn.o_proj.weight"), d, qw)?,
-            biases,
             o_bias: if c.output_bias {
                 Some(p.vector(&name("self_attn.o_proj.bias"), &[d])?)
             } else {
@@ -216,41 +264,59 @@ impl Gqa {
         residual: Residual,
     ) -> Result<()> {
         let (c, gemv) = (inputs.config, inputs.gemv);
-        // Biases (Qwen2-style) in the projections' epilogue.
-        let [qb, kb, vb] = match &self.biases {
-            Some([q, k, v]) => [Some(q), Some(k), Some(v)],
-            None => [None; 3],
-        };
-        let (mut q, mut k, v) = (
-            linear_with(ctx, rec, h, &self.q, gemv, qb, None)?,
-            linear_with(ctx, rec, h, &self.k, gemv, kb, None)?,
-            linear_with(ctx, rec, h, &self.v, gemv, vb, None)?,
-        );
-        if let Some((qn, kn)) = &self.qk_norm {
-            // PerHead norms have head_dim weights, Full norms the projection width:
-            // the kernel normalises rows of the weight's length either way.
-            // Both in one dispatch.
-            let q_normed = GpuTensor::empty(ctx, "normed queries", &q.shape, DType::F32)?;
-            let k_normed = GpuTensor::empty(ctx, "normed keys", &k.shape, DType::F32)?;
-            encode_rms_norm_pair(ctx, rec, (&q, qn, &q_normed), (&k, kn, &k_normed), c.rms_norm_eps)?;
-            (q, k) = (q_normed, k_normed);
-        }
-        if let Some(limit) = c.clip_qkv {
-            for x in [&q, &k, &v] {
-                encode_scale_clamp(ctx, rec, x, 1.0, limit);
+        let tokens = h.shape[0];
+        let (qw, kvw) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        // The projections (biases, Qwen2-style, in their epilogue), as one tensor
+        // `[T, qw + 2 kvw]` or three, with the column where each of q, k, v starts.
+        let (projected, columns) = match &self.projections {
+            QkvProjections::Joined { qkv, bias } => (
+                vec![linear_with(ctx, rec, h, qkv, gemv, bias.as_ref(), None)?],
+                [0, qw, qw + kvw],
+            ),
+            QkvProjections::Separate { q, k, v, biases } => {
+                let [qb, kb, vb] = match biases {
+                    Some([q, k, v]) => [Some(q), Some(k), Some(v)],
+                    None => [None; 3],
+                };
+                let (mut q, mut k, v) = (
+                    linear_with(ctx, rec, h, q, gemv, qb, None)?,
+                    linear_with(ctx, rec, h, k, gemv, kb, None)?,
+                    linear_with(ctx, rec, h, v, gemv, vb, None)?,
+                );
+                if let (QkNorm::Full, Some((qn, kn))) = (c.qk_norm, &self.qk_norm) {
+                    // Whole-projection norms (OLMoE), both in one dispatch.
+                    let q_normed = GpuTensor::empty(ctx, "normed queries", &q.shape, DType::F32)?;
+                    let k_normed = GpuTensor::empty(ctx, "normed keys", &k.shape, DType::F32)?;
+                    encode_rms_norm_pair(ctx, rec, (&q, qn, &q_normed), (&k, kn, &k_normed), c.rms_norm_eps)?;
+                    (q, k) = (q_normed, k_normed);
+                }
+                (vec![q, k, v], [0; 3])
             }
-        }
+        };
+        let rows = |i: usize| HeadRows::columns(&projected[i.min(projected.len() - 1)], columns[i]);
+        // Per-head q/k norms, the clamp, RoPE and the cache stores in one dispatch.
+        let transforms = InputTransforms {
+            norms: match (c.qk_norm, &self.qk_norm) {
+                (QkNorm::PerHead, Some((qn, kn))) => Some((qn, kn)),
+                _ => None,
+            },
+            eps: c.rms_norm_eps,
+            clip: c.clip_qkv,
+            angles: inputs.rope,
+            interleaved: c.rope_interleaved,
+        };
+        let q = GpuTensor::empty(ctx, "queries", &[tokens, qw], DType::F32)?;
         let positions = inputs.positions;
-        encode_rope_pair(
+        encode_attention_inputs(
             ctx,
             rec,
-            (&q, c.num_heads),
-            (&k, c.num_kv_heads),
-            inputs.rope,
-            c.head_dim,
+            inputs.cache,
+            (rows(0), rows(1), rows(2)),
+            c.num_heads,
+            transforms,
             positions,
-            c.rope_interleaved,
-        );
+            &q,
+        )?;
         let out = GpuTensor::empty(ctx, "attention output", &q.shape, DType::F32)?;
         let options = AttentionOptions {
             sinks: self.sinks.as_ref(),
@@ -259,13 +325,11 @@ impl Gqa {
             per_head: inputs.per_head,
             share_tokens: inputs.share_tokens,
         };
-        encode_attention(
+        encode_attend(
             ctx,
             rec,
             inputs.cache,
             &q,
-            &k,
-            &v,
             c.num_heads,
             positions,
             c.attention_scale,

@@ -427,6 +427,13 @@ impl Model {
         self.config.sparse_layers.iter().filter(|s| **s).count()
     }
 
+    /// Number of layers whose q, k and v projections run as one matrix (all grouped-
+    /// query layers whose three are stored in one format, without whole-projection q/k
+    /// norms).
+    pub fn joined_qkv_layers(&self) -> usize {
+        self.layers.iter().filter(|l| l.attention.joined_qkv()).count()
+    }
+
     /// Bytes of GPU memory the weights take.
     pub fn weight_bytes(&self) -> u64 {
         let matrices = |m: &WeightMatrix| m.bytes();

@@ -68,23 +68,73 @@ impl Planner<'_> {
         let matrix = WeightMatrix::allocate(self.ctx, label, [experts, out, input], format)?;
         for e in 0..experts {
             let (name, shape, row0) = source(e);
-            let (shard, info, src_format) = self.checkpoint.expect(&name, &shape)?;
-            let src_row = src_format.bytes_for(input)? as u64;
-            for (chunk, rows, dst_offset) in matrix.destinations(e, 0..out) {
-                self.placements.push(Placement {
-                    tensor: name.clone(),
-                    shard,
-                    src_offset: info.start + (row0 + rows.start) as u64 * src_row,
-                    src_len: rows.len() as u64 * src_row,
-                    src_format,
-                    dst: chunk.buffer.clone(),
-                    dst_offset,
-                    dst_format: format,
-                    assembly: Assembly::Stream,
-                });
-            }
+            self.place_rows(&matrix, e, 0, 0..out, &name, &shape, row0)?;
         }
         Ok(matrix)
+    }
+
+    /// One `[rows_0 + rows_1 + .., in]` matrix of `[rows_i, in]` tensors stacked in
+    /// order (a layer's q, k and v projections, so that one kernel computes all three),
+    /// or None where they would not share a storage format (GGUF files often quantize
+    /// v with more bits than q and k).
+    pub(crate) fn joined_rows(
+        &mut self,
+        label: &str,
+        parts: &[(String, usize)],
+        input: usize,
+    ) -> Result<Option<WeightMatrix>> {
+        let mut format = None;
+        for (name, rows) in parts {
+            let (_, _, stored) = self.checkpoint.expect(name, &[*rows, input])?;
+            let part_format = self.format_for(Role::Projection, stored, input);
+            if format.is_some_and(|f| f != part_format) {
+                return Ok(None);
+            }
+            format = Some(part_format);
+        }
+        let Some(format) = format else {
+            return Ok(None);
+        };
+        let total = parts.iter().map(|(_, rows)| rows).sum();
+        let matrix = WeightMatrix::allocate(self.ctx, label, [1, total, input], format)?;
+        let mut first = 0;
+        for (name, rows) in parts {
+            self.place_rows(&matrix, 0, first, 0..*rows, name, &[*rows, input], 0)?;
+            first += rows;
+        }
+        Ok(Some(matrix))
+    }
+
+    /// Rows `rows` of tensor `name` (of `shape`) from its row `row0` on, into expert
+    /// `expert` of `matrix` `shift` rows further down.
+    #[allow(clippy::too_many_arguments)]
+    fn place_rows(
+        &mut self,
+        matrix: &WeightMatrix,
+        expert: usize,
+        shift: usize,
+        rows: std::ops::Range<usize>,
+        name: &str,
+        shape: &[usize],
+        row0: usize,
+    ) -> Result<()> {
+        let (shard, info, src_format) = self.checkpoint.expect(name, shape)?;
+        let src_row = src_format.bytes_for(matrix.in_dim)? as u64;
+        let shifted = rows.start + shift..rows.end + shift;
+        for (chunk, dst_rows, dst_offset) in matrix.destinations(expert, shifted) {
+            self.placements.push(Placement {
+                tensor: name.to_string(),
+                shard,
+                src_offset: info.start + (row0 + dst_rows.start - shift) as u64 * src_row,
+                src_len: dst_rows.len() as u64 * src_row,
+                src_format,
+                dst: chunk.buffer.clone(),
+                dst_offset,
+                dst_format: matrix.format,
+                assembly: Assembly::Stream,
+            });
+        }
+        Ok(())
     }
 
     /// `[experts, out, in]` from a `[experts, in, cols]` tensor applied as `x @ W`
@@ -247,19 +297,37 @@ impl Planner<'_> {
 
     /// A small tensor kept in f32 (norms, biases, routers).
     pub(crate) fn vector(&mut self, name: &str, shape: &[usize]) -> Result<GpuTensor> {
-        let (shard, info, src_format) = self.checkpoint.expect(name, shape)?;
         let tensor = GpuTensor::empty(self.ctx, name, shape, DType::F32)?;
+        self.place_vector(name, shape, &tensor, 0)?;
+        Ok(tensor)
+    }
+
+    /// One f32 vector of several `[len_i]` tensors in order (the biases of joined rows).
+    pub(crate) fn joined_vector(&mut self, label: &str, parts: &[(String, usize)]) -> Result<GpuTensor> {
+        let total = parts.iter().map(|(_, len)| len).sum();
+        let tensor = GpuTensor::empty(self.ctx, label, &[total], DType::F32)?;
+        let mut first = 0;
+        for (name, len) in parts {
+            self.place_vector(name, &[*len], &tensor, first)?;
+            first += len;
+        }
+        Ok(tensor)
+    }
+
+    /// Tensor `name` into `dst` from element `first`.
+    fn place_vector(&mut self, name: &str, shape: &[usize], dst: &GpuTensor, first: usize) -> Result<()> {
+        let (shard, info, src_format) = self.checkpoint.expect(name, shape)?;
         self.placements.push(Placement {
             tensor: name.to_string(),
             shard,
             src_offset: info.start,
             src_len: info.len,
             src_format,
-            dst: tensor.buffer.clone(),
-            dst_offset: 0,
+            dst: dst.buffer.clone(),
+            dst_offset: (first * 4) as u64,
             dst_format: WeightFormat::F32,
             assembly: Assembly::Stream,
         });
-        Ok(tensor)
+        Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! Causal grouped-query attention over a GPU KV cache (shaders/attention.wgsl).
 
 use crate::error::{Error, Result};
-use crate::gpu::kernel::{Recorder, ATTENTION, ATTENTION_F16_CACHE};
+use crate::gpu::kernel::{Recorder, Shader, ATTENTION, ATTENTION_F16_CACHE};
 use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::ops::{expect_shape, workgroups, TokenPositions};
 
@@ -305,6 +305,63 @@ pub fn encode_attention(
     options: AttentionOptions,
     out: &GpuTensor,
 ) -> Result<()> {
+    let params = attention_params(cache, q, heads, scale, &options, out)?;
+    let tokens = q.shape[0];
+    // kv_store: one invocation per cache word (f16: two elements).
+    let words_per_head = match cache.dtype {
+        DType::F16 => cache.head_dim.div_ceil(2),
+        _ => cache.head_dim,
+    };
+    rec.dispatch(
+        ctx,
+        attention_shader(cache).entry("kv_store"),
+        &params,
+        &[
+            (2, &cache.keys.buffer),
+            (3, &cache.values.buffer),
+            (6, &k.buffer),
+            (7, &v.buffer),
+            (8, &positions.buffer),
+        ],
+        workgroups(tokens * cache.kv_heads * words_per_head, 64),
+    );
+    attend(ctx, rec, cache, q, positions, &params, options, out)
+}
+
+/// Records attention as [`encode_attention`] does, over a cache that already holds
+/// this step's keys and values (stored by `ops::attention_inputs`).
+#[allow(clippy::too_many_arguments)]
+pub fn encode_attend(
+    ctx: &GpuContext,
+    rec: &mut Recorder,
+    cache: &KvCache,
+    q: &GpuTensor,
+    heads: usize,
+    positions: &TokenPositions,
+    scale: f32,
+    options: AttentionOptions,
+    out: &GpuTensor,
+) -> Result<()> {
+    let params = attention_params(cache, q, heads, scale, &options, out)?;
+    attend(ctx, rec, cache, q, positions, &params, options, out)
+}
+
+fn attention_shader(cache: &KvCache) -> Shader {
+    match cache.dtype {
+        DType::F16 => ATTENTION_F16_CACHE,
+        _ => ATTENTION,
+    }
+}
+
+/// Checks a step's shapes and options against the cache and lays out its parameters.
+fn attention_params(
+    cache: &KvCache,
+    q: &GpuTensor,
+    heads: usize,
+    scale: f32,
+    options: &AttentionOptions,
+    out: &GpuTensor,
+) -> Result<AttentionParams> {
     let tokens = q.shape[0];
     if tokens > cache.max_ctx {
         return Err(Error::Config(format!(
@@ -340,7 +397,7 @@ pub fn encode_attention(
     }
     let lanes = group_lanes(heads, cache, options.per_head);
     let token_lanes = token_lanes(heads, cache, &options, tokens);
-    let params = AttentionParams {
+    Ok(AttentionParams {
         tokens: tokens as u32,
         heads: heads as u32,
         kv_heads: cache.kv_heads as u32,
@@ -357,20 +414,29 @@ pub fn encode_attention(
         group_lanes: lanes as u32,
         token_lanes: token_lanes as u32,
         _pad: [0; 2],
-    };
-    let (keys, values, pos) = (&cache.keys.buffer, &cache.values.buffer, &positions.buffer);
-    // kv_store: one invocation per cache word (f16: two elements).
-    let (shader, words_per_head) = match cache.dtype {
-        DType::F16 => (ATTENTION_F16_CACHE, cache.head_dim.div_ceil(2)),
-        _ => (ATTENTION, cache.head_dim),
-    };
-    rec.dispatch(
-        ctx,
-        shader.entry("kv_store"),
-        &params,
-        &[(2, keys), (3, values), (6, &k.buffer), (7, &v.buffer), (8, pos)],
-        workgroups(tokens * cache.kv_heads * words_per_head, 64),
+    })
+}
+
+/// The attend pass (or the split pass and its merge) of a validated step.
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    ctx: &GpuContext,
+    rec: &mut Recorder,
+    cache: &KvCache,
+    q: &GpuTensor,
+    positions: &TokenPositions,
+    params: &AttentionParams,
+    options: AttentionOptions,
+    out: &GpuTensor,
+) -> Result<()> {
+    let (tokens, heads) = (params.tokens as usize, params.heads as usize);
+    let (splits, lanes, token_lanes) = (
+        params.splits as usize,
+        params.group_lanes as usize,
+        params.token_lanes as usize,
     );
+    let shader = attention_shader(cache);
+    let (keys, values, pos) = (&cache.keys.buffer, &cache.values.buffer, &positions.buffer);
     // Without sinks, q stands in for the sinks buffer (the shader does not read it).
     let sinks = options.sinks.map_or(&q.buffer, |s| &s.buffer);
     let reads = [(1, &q.buffer), (8, pos), (10, keys), (11, values)];
@@ -382,7 +448,7 @@ pub fn encode_attention(
         } else {
             ("attend_grouped", tokens.div_ceil(token_lanes) * heads / lanes)
         };
-        rec.dispatch(ctx, shader.entry(entry), &params, &bindings, workgroups as u32);
+        rec.dispatch(ctx, shader.entry(entry), params, &bindings, workgroups as u32);
         return Ok(());
     }
     let split = if lanes == 1 {
@@ -401,14 +467,14 @@ pub fn encode_attention(
     rec.dispatch(
         ctx,
         shader.entry(split),
-        &params,
+        params,
         &bindings,
         (workgroups * splits) as u32,
     );
     rec.dispatch(
         ctx,
         shader.entry("attend_merge"),
-        &params,
+        params,
         &[(4, &partials.buffer), (5, &out.buffer), (8, pos), (9, sinks)],
         rows as u32,
     );

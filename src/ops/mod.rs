@@ -1,6 +1,7 @@
 //! GPU ops of the MoE layer. Each module holds the host code that records a kernel
 //! of `shaders/` and, beside it, the plain-Rust CPU reference that tests compare with.
 pub mod attention;
+pub mod attention_inputs;
 pub mod capacity;
 pub mod columns;
 pub mod combine;
