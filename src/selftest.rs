@@ -11,7 +11,12 @@ use crate::gpu::kernel::Recorder;
 use crate::gpu::{DType, GpuContext, GpuTensor, KernelTarget};
 use crate::moe::reference::moe_reference;
 use crate::moe::{MoeConfig, MoeLayer, MoeWeights, SharedExpertConfig};
-use crate::ops::attention::{attention_reference, encode_attention, f16_cache_values, AttentionOptions, KvCache};
+use crate::ops::attention::{
+    attention_reference, encode_attend, encode_attention, f16_cache_values, AttentionOptions, KvCache,
+};
+use crate::ops::attention_inputs::{
+    attention_inputs_reference, encode_attention_inputs, HeadRows, InputTransforms, InputsReference,
+};
 use crate::ops::embedding::encode_embedding_in_runs;
 use crate::ops::norm::{encode_rms_norm, encode_rms_norm_pair, rms_norm_reference};
 use crate::ops::rope::{encode_rope_pair, rope_reference, rope_table, upload_rope_table, RopeAngles};
@@ -353,6 +358,118 @@ async fn transformer_op_checks(ctx: &GpuContext, rng: &mut ChaCha8Rng) -> Result
     Ok(checks)
 }
 
+/// A grouped-query step's inputs in one kernel (q, k, v as one joined projection,
+/// per-head norms, the clamp, RoPE at positions 200.., keys and values stored in an f16
+/// cache), then attention over that cache: the queries and the attention output
+/// against the references.
+async fn attention_inputs_checks(ctx: &GpuContext, rng: &mut ChaCha8Rng, suffix: &str) -> Result<Vec<Check>> {
+    let (t, heads, kv_heads, hd, pos0) = (3, 4, 2, 32, 200);
+    let (qw, kvw) = (heads * hd, kv_heads * hd);
+    let (q, k, v) = (
+        random(rng, t * qw, 2.0),
+        random(rng, t * kvw, 2.0),
+        random(rng, t * kvw, 2.0),
+    );
+    let (q_norm, k_norm) = (random(rng, hd, 1.5), random(rng, hd, 1.5));
+    let joined: Vec<f32> = (0..t)
+        .flat_map(|i| [&q[i * qw..][..qw], &k[i * kvw..][..kvw], &v[i * kvw..][..kvw]].concat())
+        .collect();
+    let qkv = GpuTensor::from_f32(ctx, "qkv", &[t, qw + 2 * kvw], &joined, DType::F32)?;
+    let qn = GpuTensor::from_f32(ctx, "q norm", &[hd], &q_norm, DType::F32)?;
+    let kn = GpuTensor::from_f32(ctx, "k norm", &[hd], &k_norm, DType::F32)?;
+    let table = upload_rope_table(ctx, 10000.0, hd, pos0 + t, &Default::default())?;
+    let cache = KvCache::of_dtype(ctx, DType::F16, 1, kv_heads, hd, pos0 + t)?;
+    let positions = TokenPositions::contiguous(ctx, pos0, t)?;
+    let queries = GpuTensor::empty(ctx, "queries", &[t, qw], DType::F32)?;
+    let out = GpuTensor::empty(ctx, "out", &[t, qw], DType::F32)?;
+    let (eps, clip, scale) = (1e-6, 1.5, 0.2);
+    let mut recorder = Recorder::new();
+    let rows = (
+        HeadRows::columns(&qkv, 0),
+        HeadRows::columns(&qkv, qw),
+        HeadRows::columns(&qkv, qw + kvw),
+    );
+    let transforms = InputTransforms {
+        norms: Some((&qn, &kn)),
+        eps,
+        clip: Some(clip),
+        angles: RopeAngles::ByPosition(&table),
+        interleaved: false,
+    };
+    encode_attention_inputs(
+        ctx,
+        &mut recorder,
+        &cache,
+        rows,
+        heads,
+        transforms,
+        &positions,
+        &queries,
+    )?;
+    let options = AttentionOptions::default();
+    encode_attend(
+        ctx,
+        &mut recorder,
+        &cache,
+        &queries,
+        heads,
+        &positions,
+        scale,
+        options,
+        &out,
+    )?;
+    recorder.submit(ctx);
+    let host_table = rope_table(10000.0, hd, pos0 + t);
+    let reference = InputsReference {
+        heads,
+        kv_heads,
+        head_dim: hd,
+        norms: Some((&q_norm, &k_norm)),
+        eps,
+        clip: Some(clip),
+        table: &host_table,
+        half_rot: hd / 2,
+        interleaved: false,
+    };
+    let rows: Vec<usize> = (pos0..pos0 + t).collect();
+    let (want_q, want_k, want_v) = attention_inputs_reference(&q, &k, &v, &rows, &reference);
+    let got = out.read_f32(ctx).await?;
+    // Positions before pos0 hold the cache's zeros.
+    let attention_error = [false, true]
+        .map(|toward_zero| {
+            let cached = |x: &[f32]| [vec![0.0; pos0 * kvw], f16_cache_values(x, toward_zero)].concat();
+            let want = attention_reference(
+                &want_q,
+                &cached(&want_k),
+                &cached(&want_v),
+                heads,
+                kv_heads,
+                hd,
+                pos0,
+                scale,
+                None,
+                None,
+            );
+            relative_error(&got, &want)
+        })
+        .into_iter()
+        .fold(f64::INFINITY, f64::min);
+    Ok(vec![
+        check(
+            format!("attention inputs: queries (joined q/k/v, per-head norms, clamp, RoPE){suffix}"),
+            relative_error(&queries.read_f32(ctx).await?, &want_q),
+            1e-5,
+            "",
+        ),
+        check(
+            format!("attention inputs: attention over the keys and values they stored (f16 cache){suffix}"),
+            attention_error,
+            1e-5,
+            "",
+        ),
+    ])
+}
+
 /// The `sample` kernel over rows of 5,000 logits (half of them rounded, so cuts fall
 /// among equal values) under greedy, temperature-only, top-k, top-p and both: the
 /// token and the sizes of the kept sets match the reference's.
@@ -462,6 +579,17 @@ pub async fn run(ctx: &GpuContext) -> Report {
         }
     }
     let mut rng = ChaCha8Rng::seed_from_u64(7);
+    for (target_ctx, suffix) in [(ctx, String::new()), (&other_ctx, format!(" [{other:?} kernels]"))] {
+        match attention_inputs_checks(target_ctx, &mut rng, &suffix).await {
+            Ok(c) => checks.extend(c),
+            Err(e) => checks.push(check(
+                format!("attention inputs{suffix}"),
+                f64::INFINITY,
+                0.0,
+                e.to_string(),
+            )),
+        }
+    }
     match transformer_op_checks(ctx, &mut rng).await {
         Ok(c) => checks.extend(c),
         Err(e) => checks.push(check("transformer ops", f64::INFINITY, 0.0, e.to_string())),
