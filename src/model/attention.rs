@@ -153,7 +153,9 @@ impl LayerAttention {
     }
 }
 
-/// A GQA layer's q, k and v projections.
+/// A GQA layer's q, k and v projections (one per layer, inside the boxed [`Gqa`], so the
+/// variants' sizes do not matter).
+#[allow(clippy::large_enum_variant)]
 enum QkvProjections {
     /// Their rows stacked in one matrix (and their biases in one vector): one GEMV or
     /// matmul computes all three, `[T, qw + 2 kvw]`.

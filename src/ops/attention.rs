@@ -396,7 +396,7 @@ fn attention_params(
         )));
     }
     let lanes = group_lanes(heads, cache, options.per_head);
-    let token_lanes = token_lanes(heads, cache, &options, tokens);
+    let token_lanes = token_lanes(heads, cache, options, tokens);
     Ok(AttentionParams {
         tokens: tokens as u32,
         heads: heads as u32,
