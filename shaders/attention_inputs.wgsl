@@ -172,6 +172,28 @@ fn inverse_rms(lid: u32, sum: f32) -> f32 {
     return 1.0 / sqrt(partial[0] / f32(p.head_dim) + p.eps);
 }
 
+// Token t's head slot row's sum of squares over elements first, first + step, ...
+fn sum_of_squares(head: vec2<u32>, t: u32, first: u32, step: u32) -> f32 {
+    var sum = 0.0;
+    for (var e = first; e < p.head_dim; e += step) {
+        let x = input(head.x, t, head.y, e);
+        sum += x * x;
+    }
+    return sum;
+}
+
+// Token t's head slot row, elements (or cache words) first, first + step, ...: a query
+// head's into q_out, a kv head's key and value into the caches.
+fn write_row(head: vec2<u32>, t: u32, first: u32, step: u32, inv: f32) {
+    if (head.x == QUERY) {
+        for (var e = first; e < p.head_dim; e += step) {
+            q_out[(t * p.heads + head.y) * p.head_dim + e] = element(QUERY, t, head.y, e, inv);
+        }
+    } else {
+        store_head(t, head.y, first, step, inv);
+    }
+}
+
 @compute @workgroup_size(64)
 fn rope_store(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -187,20 +209,9 @@ fn rope_store(
     let head = slot_head(index % slots);
     var inv = 1.0;
     if (p.has_norm != 0u) {
-        var sum = 0.0;
-        for (var e = lid; e < p.head_dim; e += 64u) {
-            let x = input(head.x, t, head.y, e);
-            sum += x * x;
-        }
-        inv = inverse_rms(lid, sum);
+        inv = inverse_rms(lid, sum_of_squares(head, t, lid, 64u));
     }
-    if (head.x == QUERY) {
-        for (var e = lid; e < p.head_dim; e += 64u) {
-            q_out[(t * p.heads + head.y) * p.head_dim + e] = element(QUERY, t, head.y, e, inv);
-        }
-    } else {
-        store_head(t, head.y, lid, 64u, inv);
-    }
+    write_row(head, t, lid, 64u, inv);
 }
 
 @compute @workgroup_size(64)
@@ -218,18 +229,7 @@ fn rope_store_serial(
     let head = slot_head(index % slots);
     var inv = 1.0;
     if (p.has_norm != 0u) {
-        var sum = 0.0;
-        for (var e = 0u; e < p.head_dim; e++) {
-            let x = input(head.x, t, head.y, e);
-            sum += x * x;
-        }
-        inv = 1.0 / sqrt(sum / f32(p.head_dim) + p.eps);
+        inv = 1.0 / sqrt(sum_of_squares(head, t, 0u, 1u) / f32(p.head_dim) + p.eps);
     }
-    if (head.x == QUERY) {
-        for (var e = 0u; e < p.head_dim; e++) {
-            q_out[(t * p.heads + head.y) * p.head_dim + e] = element(QUERY, t, head.y, e, inv);
-        }
-    } else {
-        store_head(t, head.y, 0u, 1u, inv);
-    }
+    write_row(head, t, 0u, 1u, inv);
 }
