@@ -5,7 +5,12 @@
 // shared_gate [T]; out [T, d]. row(t, j) = assignment_row[t*k + j], or t*k + j when
 // identity_rows (decode path); SENTINEL rows (dropped) add nothing. With residual, the
 // sum is added times residual_scale into out (the residual stream) instead.
-// Mapping: one invocation per output element, 64 per workgroup.
+// combine_norm: the same into the residual stream, then the next layer's input norm of
+// each updated row: normed[t, c] = out[t, c] / sqrt(mean_c(out[t, c]^2) + eps) *
+// norm_weight[c], so that layer records no norm of its own.
+// Mapping: combine one invocation per output element, 64 per workgroup; combine_norm
+// one 64-invocation workgroup per token, elements strided over the lanes, the sum of
+// squares by a fixed-order tree (norm.wgsl's rms_norm: the same sums, bit for bit).
 
 struct CombineParams {
     tokens: u32,
@@ -15,7 +20,7 @@ struct CombineParams {
     shared_mode: u32, // 0 = none, 1 = added as is, 2 = times sigmoid(shared_gate[t])
     residual: u32,
     residual_scale: f32,
-    _pad0: u32,
+    eps: f32, // combine_norm
 }
 
 @group(0) @binding(0) var<uniform> p: CombineParams;
@@ -26,19 +31,11 @@ struct CombineParams {
 @group(0) @binding(5) var<storage, read> shared_out: array<f32>;
 @group(0) @binding(6) var<storage, read> shared_gate: array<f32>;
 @group(0) @binding(7) var<storage, read_write> out: array<f32>;
+@group(0) @binding(8) var<storage, read> norm_weight: array<f32>; // [d], combine_norm
+@group(0) @binding(9) var<storage, read_write> normed: array<f32>; // [T, d], combine_norm
 
-@compute @workgroup_size(64)
-fn combine(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let idx = linear_workgroup(wid, nwg) * 64u + lid;
-    if (idx >= p.tokens * p.dim) {
-        return;
-    }
-    let t = idx / p.dim;
-    let c = idx % p.dim;
+// Output element c of token t: its slots' weighted expert rows and the shared term.
+fn combined(t: u32, c: u32) -> f32 {
     var acc = 0.0;
     for (var j = 0u; j < p.top_k; j++) {
         let a = t * p.top_k + j;
@@ -51,13 +48,62 @@ fn combine(
         }
         acc += weights[a] * y[row * p.dim + c];
     }
+    let idx = t * p.dim + c;
     if (p.shared_mode == 1u) {
         acc += shared_out[idx];
     } else if (p.shared_mode == 2u) {
         acc += shared_out[idx] * (1.0 / (1.0 + exp(-shared_gate[t])));
     }
+    return acc;
+}
+
+@compute @workgroup_size(64)
+fn combine(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let idx = linear_workgroup(wid, nwg) * 64u + lid;
+    if (idx >= p.tokens * p.dim) {
+        return;
+    }
+    var acc = combined(idx / p.dim, idx % p.dim);
     if (p.residual == 1u) {
         acc = out[idx] + p.residual_scale * acc;
     }
     out[idx] = acc;
+}
+
+var<workgroup> partial: array<f32, 64>;
+
+@compute @workgroup_size(64)
+fn combine_norm(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let t = linear_workgroup(wid, nwg);
+    if (t >= p.tokens) {
+        return;
+    }
+    let base = t * p.dim;
+    var sum = 0.0;
+    for (var c = lid; c < p.dim; c += 64u) {
+        let v = out[base + c] + p.residual_scale * combined(t, c);
+        out[base + c] = v;
+        sum += v * v;
+    }
+    partial[lid] = sum;
+    for (var stride = 32u; stride > 0u; stride /= 2u) {
+        workgroupBarrier();
+        if (lid < stride) {
+            partial[lid] += partial[lid + stride];
+        }
+    }
+    workgroupBarrier();
+    let inv = 1.0 / sqrt(partial[0] / f32(p.dim) + p.eps);
+    // Each invocation reads back only the elements it wrote.
+    for (var c = lid; c < p.dim; c += 64u) {
+        normed[base + c] = out[base + c] * inv * norm_weight[c];
+    }
 }

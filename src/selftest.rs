@@ -17,6 +17,7 @@ use crate::ops::attention::{
 use crate::ops::attention_inputs::{
     attention_inputs_reference, encode_attention_inputs, HeadRows, InputTransforms, InputsReference,
 };
+use crate::ops::combine::{combine_reference, encode_combine, NextNorm};
 use crate::ops::embedding::encode_embedding_in_runs;
 use crate::ops::norm::{encode_rms_norm, encode_rms_norm_pair, rms_norm_reference};
 use crate::ops::rope::{encode_rope_pair, rope_reference, rope_table, upload_rope_table, RopeAngles};
@@ -355,6 +356,7 @@ async fn transformer_op_checks(ctx: &GpuContext, rng: &mut ChaCha8Rng) -> Result
         format!("got {got}, want {want}"),
     ));
     checks.push(sampling_check(ctx, rng).await?);
+    checks.push(combine_norm_check(ctx, rng).await?);
     Ok(checks)
 }
 
@@ -468,6 +470,54 @@ async fn attention_inputs_checks(ctx: &GpuContext, rng: &mut ChaCha8Rng, suffix:
             "",
         ),
     ])
+}
+
+/// The decode combine (rows in assignment order, one slot dropped) adding into a
+/// residual stream, then the next layer's norm of it in the same dispatch
+/// (`combine_norm`): the normed rows against the references.
+async fn combine_norm_check(ctx: &GpuContext, rng: &mut ChaCha8Rng) -> Result<Check> {
+    let (tokens, k, dim) = (3, 4, 300);
+    let mut ids: Vec<u32> = (0..tokens * k).map(|_| rng.random_range(0..8)).collect();
+    ids[1] = crate::gpu::kernel::SENTINEL;
+    let weights = random(rng, tokens * k, 1.0);
+    let y = random(rng, tokens * k * dim, 1.0);
+    let stream = random(rng, tokens * dim, 2.0);
+    let norm_weight = random(rng, dim, 1.5);
+    let ig = GpuTensor::from_u32(ctx, "ids", &[tokens, k], &ids)?;
+    let wg = GpuTensor::from_f32(ctx, "weights", &[tokens, k], &weights, DType::F32)?;
+    let yg = GpuTensor::from_f32(ctx, "y", &[tokens * k, dim], &y, DType::F32)?;
+    let sg = GpuTensor::from_f32(ctx, "stream", &[tokens, dim], &stream, DType::F32)?;
+    let ng = GpuTensor::from_f32(ctx, "norm weight", &[dim], &norm_weight, DType::F32)?;
+    let normed = GpuTensor::empty(ctx, "normed", &[tokens, dim], DType::F32)?;
+    let next = NextNorm {
+        weight: &ng,
+        eps: 1e-6,
+        output: &normed,
+    };
+    let mut recorder = Recorder::new();
+    encode_combine(
+        ctx,
+        &mut recorder,
+        &ig,
+        None,
+        &wg,
+        &yg,
+        None,
+        &sg,
+        Some(0.5),
+        Some(next),
+    )?;
+    recorder.submit(ctx);
+    let rows: Vec<Option<Vec<f32>>> = (0..tokens * k).map(|a| Some(y[a * dim..][..dim].to_vec())).collect();
+    let combined = combine_reference(&ids, &weights, &rows, None, tokens, k, dim);
+    let updated: Vec<f32> = stream.iter().zip(&combined).map(|(s, c)| s + 0.5 * c).collect();
+    let want = rms_norm_reference(&updated, &norm_weight, 1e-6);
+    Ok(check(
+        "combine then the next norm, one dispatch",
+        relative_error(&normed.read_f32(ctx).await?, &want),
+        1e-5,
+        "",
+    ))
 }
 
 /// The `sample` kernel over rows of 5,000 logits (half of them rounded, so cuts fall

@@ -5,8 +5,9 @@ mod common;
 use common::*;
 use rand::Rng;
 use webmoe::gpu::kernel::{Recorder, SENTINEL};
-use webmoe::ops::combine::{combine_reference, encode_combine, SharedTerm};
+use webmoe::ops::combine::{combine_reference, encode_combine, NextNorm, SharedTerm};
 use webmoe::ops::expert_matmul::*;
+use webmoe::ops::norm::rms_norm_reference;
 use webmoe::ops::permute::{permutation_reference, BlockRows, Permutation};
 use webmoe::{DType, GpuContext, GpuTensor, KernelTarget, WeightFormat, WeightMatrix};
 
@@ -496,7 +497,7 @@ fn combine_matches_reference() {
             let out = GpuTensor::empty(&ctx, "out", &[tokens, dim], DType::F32).unwrap();
             out.poison(&ctx);
             run(&ctx, |enc| {
-                encode_combine(&ctx, enc, &ig, Some(&rg), &wg, &yg, term, &out, None).unwrap()
+                encode_combine(&ctx, enc, &ig, Some(&rg), &wg, &yg, term, &out, None, None).unwrap()
             });
             let shared_ref = match mode {
                 0 => None,
@@ -514,13 +515,38 @@ fn combine_matches_reference() {
             let stream = random_vec(&mut rng, tokens * dim, 2.0);
             let sg = GpuTensor::from_f32(&ctx, "stream", &[tokens, dim], &stream, DType::F32).unwrap();
             run(&ctx, |enc| {
-                encode_combine(&ctx, enc, &ig, Some(&rg), &wg, &yg, term, &sg, Some(-1.5)).unwrap()
+                encode_combine(&ctx, enc, &ig, Some(&rg), &wg, &yg, term, &sg, Some(-1.5), None).unwrap()
             });
             let want_stream: Vec<f32> = stream.iter().zip(&want).map(|(s, w)| s + -1.5 * w).collect();
             assert_close(
                 &format!("combine into a residual stream T={tokens} mode {mode}"),
                 &sg.read_f32_blocking(&ctx).unwrap(),
                 &want_stream,
+                1e-5,
+            );
+            // And then the next layer's norm of the updated stream, in the same dispatch.
+            let sg = GpuTensor::from_f32(&ctx, "stream", &[tokens, dim], &stream, DType::F32).unwrap();
+            let norm_weight = random_vec(&mut rng, dim, 1.5);
+            let wn = GpuTensor::from_f32(&ctx, "norm weight", &[dim], &norm_weight, DType::F32).unwrap();
+            let normed = GpuTensor::empty(&ctx, "normed", &[tokens, dim], DType::F32).unwrap();
+            normed.poison(&ctx);
+            let next = NextNorm {
+                weight: &wn,
+                eps: 1e-5,
+                output: &normed,
+            };
+            run(&ctx, |enc| {
+                encode_combine(&ctx, enc, &ig, Some(&rg), &wg, &yg, term, &sg, Some(-1.5), Some(next)).unwrap()
+            });
+            // The norm follows only a residual add.
+            let mut rec = Recorder::new();
+            assert!(encode_combine(&ctx, &mut rec, &ig, Some(&rg), &wg, &yg, term, &sg, None, Some(next)).is_err());
+            let what = format!("combine then norm T={tokens} mode {mode}");
+            assert_close(&what, &sg.read_f32_blocking(&ctx).unwrap(), &want_stream, 1e-5);
+            assert_close(
+                &format!("{what}: normed"),
+                &normed.read_f32_blocking(&ctx).unwrap(),
+                &rms_norm_reference(&want_stream, &norm_weight, 1e-5),
                 1e-5,
             );
         }

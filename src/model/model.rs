@@ -29,6 +29,7 @@ use crate::model::safetensors_io::Checkpoint;
 use crate::moe::layer::{ExpertBiases, RoutingRecord, SharedExpert};
 use crate::moe::{MoeConfig, MoeLayer, Residual};
 use crate::ops::attention::{attention_workgroups, decode_splits, KvCache};
+use crate::ops::combine::NextNorm;
 use crate::ops::elementwise::{encode_gather_rows, encode_scale_clamp};
 use crate::ops::embedding::encode_embedding;
 use crate::ops::expect_shape;
@@ -502,9 +503,14 @@ impl Model {
         rec.section("embedding");
         encode_embedding(ctx, rec, ids, &self.embed, c.embedding_multiplier, &x)?;
         let mut routing = Vec::new();
-        for (layer, cache) in self.layers.iter().zip(caches) {
+        // A layer's normed input, where the layer before wrote it (its MoE combine).
+        let mut normed_input: Option<GpuTensor> = None;
+        for (i, (layer, cache)) in self.layers.iter().zip(caches).enumerate() {
             rec.section("attention");
-            let h = norm(ctx, rec, &x, &layer.input_norm, c.rms_norm_eps)?;
+            let h = match normed_input.take() {
+                Some(h) => h,
+                None => norm(ctx, rec, &x, &layer.input_norm, c.rms_norm_eps)?,
+            };
             let inputs = AttentionInputs {
                 config: c,
                 rope,
@@ -532,7 +538,18 @@ impl Model {
             match &layer.ffn {
                 FeedForward::Moe(moe) => {
                     let decode = kernels.gemv(moe_gemv_by_size(ctx, t, &moe.config));
-                    routing.push(moe.encode_step(ctx, rec, &h, decode, residual)?);
+                    // The combine also norms the stream for the next layer.
+                    let next = match self.layers.get(i + 1) {
+                        Some(next) => Some((next, GpuTensor::empty(ctx, "normed", &[t, d], DType::F32)?)),
+                        None => None,
+                    };
+                    let next_norm = next.as_ref().map(|(next, output)| NextNorm {
+                        weight: &next.input_norm,
+                        eps: c.rms_norm_eps,
+                        output,
+                    });
+                    routing.push(moe.encode_step(ctx, rec, &h, decode, residual, next_norm)?);
+                    normed_input = next.map(|(_, output)| output);
                 }
                 FeedForward::Dense(mlp) => {
                     let mid = GpuTensor::empty(ctx, "dense mlp intermediate", &[t, mlp.gate.out_dim], DType::F32)?;

@@ -8,7 +8,7 @@ use crate::gpu::{DType, GpuContext, GpuTensor};
 use crate::moe::config::MoeConfig;
 use crate::moe::weights::MoeWeights;
 use crate::ops::capacity::{encode_capacity, expert_capacity};
-use crate::ops::combine::{encode_combine, SharedTerm};
+use crate::ops::combine::{encode_combine, NextNorm, SharedTerm};
 use crate::ops::expect_shape;
 use crate::ops::expert_matmul::{
     encode_down, encode_down_with, encode_gate_up, encode_gate_up_with, Epilogue, ExpertRows,
@@ -199,7 +199,7 @@ impl MoeLayer {
         decode: bool,
         residual: Option<Residual>,
     ) -> Result<MoeOutputs> {
-        let o = self.encode_routed(ctx, rec, hidden, decode, residual)?;
+        let o = self.encode_routed(ctx, rec, hidden, decode, residual, None)?;
         let expert_counts = match o.permutation_counts {
             Some(counts) => counts,
             // Decode reads each assignment's expert directly (no permutation): count.
@@ -222,6 +222,7 @@ impl MoeLayer {
 
     /// [`Self::encode_into`] for a model's step: the routing statistics as a
     /// [`RoutingRecord`] (on the decode path the routed ids, no counting dispatch).
+    /// With `next_norm`, the combine also writes the next layer's normed input.
     pub fn encode_step(
         &self,
         ctx: &GpuContext,
@@ -229,8 +230,9 @@ impl MoeLayer {
         hidden: &GpuTensor,
         decode: bool,
         residual: Residual,
+        next_norm: Option<NextNorm>,
     ) -> Result<RoutingRecord> {
-        let o = self.encode_routed(ctx, rec, hidden, decode, Some(residual))?;
+        let o = self.encode_routed(ctx, rec, hidden, decode, Some(residual), next_norm)?;
         Ok(match o.permutation_counts {
             Some(counts) => RoutingRecord::Counts(counts),
             None => RoutingRecord::Ids {
@@ -249,6 +251,7 @@ impl MoeLayer {
         hidden: &GpuTensor,
         decode: bool,
         residual: Option<Residual>,
+        next_norm: Option<NextNorm>,
     ) -> Result<Encoded> {
         let cfg = &self.config;
         let (d, e, k) = (cfg.hidden_size, cfg.num_experts(), cfg.top_k());
@@ -374,6 +377,7 @@ impl MoeLayer {
             }),
             &output,
             residual.map(|r| r.scale),
+            next_norm,
         )?;
         Ok(Encoded {
             output,

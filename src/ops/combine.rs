@@ -1,7 +1,7 @@
 //! Weighted combine of expert outputs per token, plus an optional shared expert
 //! (shaders/combine.wgsl).
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::kernel::{Recorder, COMBINE, SENTINEL};
 use crate::gpu::{GpuContext, GpuTensor};
 use crate::ops::{expect_shape, workgroups};
@@ -25,12 +25,25 @@ pub(crate) struct CombineParams {
     pub(crate) shared_mode: u32,
     pub(crate) residual: u32,
     pub(crate) residual_scale: f32,
-    pub(crate) _pad: u32,
+    pub(crate) eps: f32,
+}
+
+/// The next layer's input norm, taken by the combine that ends a layer: `output =
+/// rms_norm(stream) * weight` of each updated row of the residual stream.
+#[derive(Clone, Copy)]
+pub struct NextNorm<'a> {
+    /// `[d]`
+    pub weight: &'a GpuTensor,
+    pub eps: f32,
+    /// `[T, d]`
+    pub output: &'a GpuTensor,
 }
 
 /// Records `out[t] = sum_j weights[t, j] * y[row(t, j)] (+ shared term)`, or with
 /// `residual = Some(s)`, `out[t] += s * (that sum)`. `assignment_row` maps assignments
-/// to rows of `y`; `None` means row = assignment (decode path).
+/// to rows of `y`; `None` means row = assignment (decode path). With `next_norm` (and a
+/// residual), the same dispatch then writes the norm of each updated row of `out`
+/// (one workgroup per token instead of one invocation per element).
 #[allow(clippy::too_many_arguments)]
 pub fn encode_combine(
     ctx: &GpuContext,
@@ -42,6 +55,7 @@ pub fn encode_combine(
     shared: Option<SharedTerm>,
     out: &GpuTensor,
     residual: Option<f32>,
+    next_norm: Option<NextNorm>,
 ) -> Result<()> {
     let (tokens, top_k) = (routed_ids.shape[0], routed_ids.shape[1]);
     let dim = out.shape[1];
@@ -66,27 +80,41 @@ pub fn encode_combine(
         },
         residual: residual.is_some() as u32,
         residual_scale: residual.unwrap_or(0.0),
-        _pad: 0,
+        eps: next_norm.map_or(0.0, |n| n.eps),
     };
     // Unused inputs are never read; other read-only buffers stand in for them.
     let rows = assignment_row.map_or(&routed_ids.buffer, |r| &r.buffer);
     let shared_out = shared.map_or(&y.buffer, |s| &s.output.buffer);
     let shared_gate = shared.and_then(|s| s.gate_logits).map_or(&y.buffer, |g| &g.buffer);
-    rec.dispatch(
-        ctx,
-        COMBINE.entry("combine"),
-        &params,
-        &[
-            (1, &routed_ids.buffer),
-            (2, rows),
-            (3, &weights.buffer),
-            (4, &y.buffer),
-            (5, shared_out),
-            (6, shared_gate),
-            (7, &out.buffer),
-        ],
-        workgroups(tokens * dim, 64),
-    );
+    let mut bindings = vec![
+        (1, &routed_ids.buffer),
+        (2, rows),
+        (3, &weights.buffer),
+        (4, &y.buffer),
+        (5, shared_out),
+        (6, shared_gate),
+        (7, &out.buffer),
+    ];
+    match next_norm {
+        None => rec.dispatch(
+            ctx,
+            COMBINE.entry("combine"),
+            &params,
+            &bindings,
+            workgroups(tokens * dim, 64),
+        ),
+        Some(norm) => {
+            if residual.is_none() {
+                return Err(Error::Config(
+                    "the combine takes the next norm only when it adds into a residual stream".into(),
+                ));
+            }
+            expect_shape("next norm weight", norm.weight, &[dim])?;
+            expect_shape("next norm output", norm.output, &[tokens, dim])?;
+            bindings.extend([(8, &norm.weight.buffer), (9, &norm.output.buffer)]);
+            rec.dispatch(ctx, COMBINE.entry("combine_norm"), &params, &bindings, tokens as u32);
+        }
+    }
     Ok(())
 }
 
