@@ -155,12 +155,16 @@ fn check_against_transformers(ctx: &GpuContext, family: &str, model: &Model, wha
     assert_eq!(gen.generated_ids, u32s(&exp["greedy_ids"]), "{what} greedy tokens");
 }
 
+/// On both kernel targets: the GPU target's forward (tiles, split GEMV and attention,
+/// the combine that norms for the next layer) runs on lavapipe too.
 #[test]
 fn logits_and_greedy_tokens_match_transformers() {
-    let ctx = context();
-    for family in FAMILIES {
-        let loaded = load_model_dir(&ctx, &model_dir(family), LoadOptions::default()).unwrap();
-        check_against_transformers(&ctx, family, &loaded.model, family);
+    for ctx in contexts_for_both_targets() {
+        for family in FAMILIES {
+            let loaded = load_model_dir(&ctx, &model_dir(family), LoadOptions::default()).unwrap();
+            let what = format!("{family} ({:?} kernels)", ctx.kernel_target);
+            check_against_transformers(&ctx, family, &loaded.model, &what);
+        }
     }
 }
 

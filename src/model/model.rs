@@ -538,10 +538,14 @@ impl Model {
             match &layer.ffn {
                 FeedForward::Moe(moe) => {
                     let decode = kernels.gemv(moe_gemv_by_size(ctx, t, &moe.config));
-                    // The combine also norms the stream for the next layer.
+                    // On GPUs the combine also norms the stream for the next layer (a
+                    // CPU driver pays more for its workgroup-per-token barriers than for
+                    // the dispatch it saves: BENCHMARKS.md).
                     let next = match self.layers.get(i + 1) {
-                        Some(next) => Some((next, GpuTensor::empty(ctx, "normed", &[t, d], DType::F32)?)),
-                        None => None,
+                        Some(next) if ctx.kernel_target == KernelTarget::Gpu => {
+                            Some((next, GpuTensor::empty(ctx, "normed", &[t, d], DType::F32)?))
+                        }
+                        _ => None,
                     };
                     let next_norm = next.as_ref().map(|(next, output)| NextNorm {
                         weight: &next.input_norm,
