@@ -156,20 +156,10 @@ fn slot_head(slot: u32) -> vec2<u32> {
     return vec2<u32>(KEY, slot - p.heads);
 }
 
-var<workgroup> partial: array<f32, 64>;
-
 // 1 / sqrt(mean + eps) of a head row whose invocations hold the partial sums of
 // squares `sum`: a fixed-order tree over the workgroup.
 fn inverse_rms(lid: u32, sum: f32) -> f32 {
-    partial[lid] = sum;
-    for (var stride = 32u; stride > 0u; stride /= 2u) {
-        workgroupBarrier();
-        if (lid < stride) {
-            partial[lid] += partial[lid + stride];
-        }
-    }
-    workgroupBarrier();
-    return 1.0 / sqrt(partial[0] / f32(p.head_dim) + p.eps);
+    return 1.0 / sqrt(workgroup_sum(lid, sum) / f32(p.head_dim) + p.eps);
 }
 
 // Token t's head slot row's sum of squares over elements first, first + step, ...

@@ -74,8 +74,6 @@ fn combine(
     out[idx] = acc;
 }
 
-var<workgroup> partial: array<f32, 64>;
-
 @compute @workgroup_size(64)
 fn combine_norm(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -93,15 +91,7 @@ fn combine_norm(
         out[base + c] = v;
         sum += v * v;
     }
-    partial[lid] = sum;
-    for (var stride = 32u; stride > 0u; stride /= 2u) {
-        workgroupBarrier();
-        if (lid < stride) {
-            partial[lid] += partial[lid + stride];
-        }
-    }
-    workgroupBarrier();
-    let inv = 1.0 / sqrt(partial[0] / f32(p.dim) + p.eps);
+    let inv = 1.0 / sqrt(workgroup_sum(lid, sum) / f32(p.dim) + p.eps);
     // Each invocation reads back only the elements it wrote.
     for (var c = lid; c < p.dim; c += 64u) {
         normed[base + c] = out[base + c] * inv * norm_weight[c];

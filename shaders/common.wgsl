@@ -11,6 +11,25 @@ fn linear_workgroup(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
 }
 
+var<workgroup> tree_sums: array<f32, 64>;
+
+// The sum of `value` over a 64-invocation workgroup by a fixed-order tree (so
+// deterministic), for every invocation. Call from uniform control flow.
+fn workgroup_sum(lid: u32, value: f32) -> f32 {
+    tree_sums[lid] = value;
+    for (var stride = 32u; stride > 0u; stride /= 2u) {
+        workgroupBarrier();
+        if (lid < stride) {
+            tree_sums[lid] += tree_sums[lid + stride];
+        }
+    }
+    workgroupBarrier();
+    let total = tree_sums[0];
+    // No invocation may start another sum before all have read this one.
+    workgroupBarrier();
+    return total;
+}
+
 fn silu(v: f32) -> f32 {
     return v / (1.0 + exp(-v));
 }

@@ -28,20 +28,10 @@ struct NormParams {
 @group(0) @binding(5) var<storage, read> w2: array<f32>;
 @group(0) @binding(6) var<storage, read_write> y2: array<f32>;
 
-var<workgroup> partial: array<f32, 64>;
-
 // 1 / sqrt(mean + eps) of a row of `dim` elements whose invocations hold the partial
 // sums of squares `sum`: a fixed-order tree over the workgroup.
 fn inverse_rms(lid: u32, sum: f32, dim: u32) -> f32 {
-    partial[lid] = sum;
-    for (var stride = 32u; stride > 0u; stride /= 2u) {
-        workgroupBarrier();
-        if (lid < stride) {
-            partial[lid] += partial[lid + stride];
-        }
-    }
-    workgroupBarrier();
-    return 1.0 / sqrt(partial[0] / f32(dim) + p.eps);
+    return 1.0 / sqrt(workgroup_sum(lid, sum) / f32(dim) + p.eps);
 }
 
 @compute @workgroup_size(64)
