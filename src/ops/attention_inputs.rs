@@ -55,26 +55,26 @@ pub struct InputTransforms<'a> {
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct InputsParams {
-    tokens: u32,
-    heads: u32,
-    kv_heads: u32,
-    head_dim: u32,
-    max_ctx: u32,
-    slots: u32,
-    half_rot: u32,
-    interleaved: u32,
-    by_token: u32,
-    has_norm: u32,
-    eps: f32,
-    clip: f32,
-    q_offset: u32,
-    q_stride: u32,
-    k_offset: u32,
-    k_stride: u32,
-    v_offset: u32,
-    v_stride: u32,
-    _pad: [u32; 2],
+pub(crate) struct InputsParams {
+    pub(crate) tokens: u32,
+    pub(crate) heads: u32,
+    pub(crate) kv_heads: u32,
+    pub(crate) head_dim: u32,
+    pub(crate) max_ctx: u32,
+    pub(crate) slots: u32,
+    pub(crate) half_rot: u32,
+    pub(crate) interleaved: u32,
+    pub(crate) by_token: u32,
+    pub(crate) has_norm: u32,
+    pub(crate) eps: f32,
+    pub(crate) clip: f32,
+    pub(crate) q_offset: u32,
+    pub(crate) q_stride: u32,
+    pub(crate) k_offset: u32,
+    pub(crate) k_stride: u32,
+    pub(crate) v_offset: u32,
+    pub(crate) v_stride: u32,
+    pub(crate) _pad: [u32; 2],
 }
 
 fn check_rows(what: &str, rows: &HeadRows, tokens: usize, width: usize) -> Result<()> {

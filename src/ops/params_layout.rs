@@ -106,7 +106,7 @@ pub fn all() -> Vec<ParamsLayout> {
             kernel::COMBINE,
             "CombineParams",
             CombineParams,
-            [tokens, top_k, dim, identity_rows, shared_mode, residual, residual_scale]
+            [tokens, top_k, dim, identity_rows, shared_mode, residual, residual_scale, eps]
         ),
         layout!(kernel::NORM, "NormParams", NormParams, [rows, dim, eps, rows2, dim2]),
         layout!(
@@ -126,6 +126,31 @@ pub fn all() -> Vec<ParamsLayout> {
             "RopeParams",
             RopeParams,
             [tokens, heads, head_dim, half_rot, interleaved, by_token, heads2]
+        ),
+        layout!(
+            kernel::ATTENTION_INPUTS,
+            "InputsParams",
+            ops::attention_inputs::InputsParams,
+            [
+                tokens,
+                heads,
+                kv_heads,
+                head_dim,
+                max_ctx,
+                slots,
+                half_rot,
+                interleaved,
+                by_token,
+                has_norm,
+                eps,
+                clip,
+                q_offset,
+                q_stride,
+                k_offset,
+                k_stride,
+                v_offset,
+                v_stride,
+            ]
         ),
         layout!(
             kernel::ATTENTION,
