@@ -106,7 +106,16 @@ pub fn all() -> Vec<ParamsLayout> {
             kernel::COMBINE,
             "CombineParams",
             CombineParams,
-            [tokens, top_k, dim, identity_rows, shared_mode, residual, residual_scale, eps]
+            [
+                tokens,
+                top_k,
+                dim,
+                identity_rows,
+                shared_mode,
+                residual,
+                residual_scale,
+                eps
+            ]
         ),
         layout!(kernel::NORM, "NormParams", NormParams, [rows, dim, eps, rows2, dim2]),
         layout!(
