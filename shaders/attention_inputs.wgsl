@@ -156,12 +156,6 @@ fn slot_head(slot: u32) -> vec2<u32> {
     return vec2<u32>(KEY, slot - p.heads);
 }
 
-// 1 / sqrt(mean + eps) of a head row whose invocations hold the partial sums of
-// squares `sum`: a fixed-order tree over the workgroup.
-fn inverse_rms(lid: u32, sum: f32) -> f32 {
-    return 1.0 / sqrt(workgroup_sum(lid, sum) / f32(p.head_dim) + p.eps);
-}
-
 // Token t's head slot row's sum of squares over elements first, first + step, ...
 fn sum_of_squares(head: vec2<u32>, t: u32, first: u32, step: u32) -> f32 {
     var sum = 0.0;
@@ -199,7 +193,7 @@ fn rope_store(
     let head = slot_head(index % slots);
     var inv = 1.0;
     if (p.has_norm != 0u) {
-        inv = inverse_rms(lid, sum_of_squares(head, t, lid, 64u));
+        inv = inverse_rms(workgroup_sum(lid, sum_of_squares(head, t, lid, 64u)), p.head_dim, p.eps);
     }
     write_row(head, t, lid, 64u, inv);
 }
@@ -219,7 +213,7 @@ fn rope_store_serial(
     let head = slot_head(index % slots);
     var inv = 1.0;
     if (p.has_norm != 0u) {
-        inv = 1.0 / sqrt(sum_of_squares(head, t, 0u, 1u) / f32(p.head_dim) + p.eps);
+        inv = inverse_rms(sum_of_squares(head, t, 0u, 1u), p.head_dim, p.eps);
     }
     write_row(head, t, 0u, 1u, inv);
 }

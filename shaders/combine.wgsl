@@ -91,7 +91,7 @@ fn combine_norm(
         out[base + c] = v;
         sum += v * v;
     }
-    let inv = 1.0 / sqrt(workgroup_sum(lid, sum) / f32(p.dim) + p.eps);
+    let inv = inverse_rms(workgroup_sum(lid, sum), p.dim, p.eps);
     // Each invocation reads back only the elements it wrote.
     for (var c = lid; c < p.dim; c += 64u) {
         normed[base + c] = out[base + c] * inv * norm_weight[c];

@@ -30,6 +30,13 @@ fn workgroup_sum(lid: u32, value: f32) -> f32 {
     return total;
 }
 
+// RMSNorm's scale of a row of `dim` elements whose squares sum to `squares`:
+// 1 / sqrt(mean + eps). Every norm kernel takes it from here, so they agree bit for bit
+// where their sums do.
+fn inverse_rms(squares: f32, dim: u32, eps: f32) -> f32 {
+    return 1.0 / sqrt(squares / f32(dim) + eps);
+}
+
 fn silu(v: f32) -> f32 {
     return v / (1.0 + exp(-v));
 }

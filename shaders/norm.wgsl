@@ -28,12 +28,6 @@ struct NormParams {
 @group(0) @binding(5) var<storage, read> w2: array<f32>;
 @group(0) @binding(6) var<storage, read_write> y2: array<f32>;
 
-// 1 / sqrt(mean + eps) of a row of `dim` elements whose invocations hold the partial
-// sums of squares `sum`: a fixed-order tree over the workgroup.
-fn inverse_rms(lid: u32, sum: f32, dim: u32) -> f32 {
-    return 1.0 / sqrt(workgroup_sum(lid, sum) / f32(dim) + p.eps);
-}
-
 @compute @workgroup_size(64)
 fn rms_norm(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -48,7 +42,7 @@ fn rms_norm(
             let v = x[base + i];
             sum += v * v;
         }
-        let inv = inverse_rms(lid, sum, p.dim);
+        let inv = inverse_rms(workgroup_sum(lid, sum), p.dim, p.eps);
         for (var i = lid; i < p.dim; i += 64u) {
             y[base + i] = x[base + i] * inv * w[i];
         }
@@ -59,7 +53,7 @@ fn rms_norm(
             let v = x2[base + i];
             sum += v * v;
         }
-        let inv = inverse_rms(lid, sum, p.dim2);
+        let inv = inverse_rms(workgroup_sum(lid, sum), p.dim2, p.eps);
         for (var i = lid; i < p.dim2; i += 64u) {
             y2[base + i] = x2[base + i] * inv * w2[i];
         }
@@ -78,7 +72,7 @@ fn serial_row(base: u32, dim: u32, second: bool) {
         }
         sum += v * v;
     }
-    let inv = 1.0 / sqrt(sum / f32(dim) + p.eps);
+    let inv = inverse_rms(sum, dim, p.eps);
     for (var i = 0u; i < dim; i++) {
         if (second) {
             y2[base + i] = x2[base + i] * inv * w2[i];

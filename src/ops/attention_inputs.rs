@@ -23,11 +23,7 @@ pub struct HeadRows<'a> {
 impl<'a> HeadRows<'a> {
     /// All of a `[T, heads * head_dim]` tensor.
     pub fn whole(tensor: &'a GpuTensor) -> Self {
-        Self {
-            tensor,
-            offset: 0,
-            stride: tensor.shape[1],
-        }
+        Self::columns(tensor, 0)
     }
 
     /// Columns `offset..` of each row of a `[T, width]` tensor (a fused projection).
